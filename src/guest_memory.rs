@@ -1,0 +1,381 @@
+//! Guest physical memory, read and written through the file that backs it.
+//!
+//! QEMU's `memory-backend-file` with `share=on` keeps guest RAM in a file;
+//! mapping that file shared gives the host the same pages the guest is using
+//! right now. The guest writes them concurrently, so nothing here hands out a
+//! `&[u8]` over the mapping: reads copy out with volatile or atomic loads, and
+//! the few host writes are single aligned 8-byte atomic stores.
+
+use std::fmt;
+use std::fs::{File, OpenOptions};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{fence, AtomicU64, Ordering};
+
+use memmap2::{MmapOptions, MmapRaw};
+
+use crate::error::{Error, Result};
+
+/// A guest physical address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct GuestAddress(pub u64);
+
+impl GuestAddress {
+    pub fn checked_add(self, off: u64) -> Option<GuestAddress> {
+        self.0.checked_add(off).map(GuestAddress)
+    }
+}
+
+impl fmt::Display for GuestAddress {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:#x}", self.0)
+    }
+}
+
+/// The x86 machine type, which decides where RAM above the PCI hole goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Machine {
+    /// i440fx (`pc-*`): up to 3 GiB below 4 GiB once RAM reaches 3.5 GiB.
+    Pc,
+    /// Q35 (`pc-q35-*`): up to 2 GiB below 4 GiB once RAM reaches 2.75 GiB.
+    Q35,
+}
+
+/// One stretch of guest physical memory that is contiguous in the file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RamRegion {
+    pub gpa: u64,
+    pub len: u64,
+    pub file_offset: u64,
+}
+
+/// Where each guest physical range lives in the RAM file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MemoryLayout {
+    regions: Vec<RamRegion>,
+}
+
+const GIB: u64 = 1 << 30;
+const FOUR_GIB: u64 = 4 * GIB;
+
+impl MemoryLayout {
+    /// Layout of a single RAM backend of `ram_size` bytes on an x86_64 `pc`
+    /// or `q35` machine, as QEMU builds it: RAM below the low-memory limit
+    /// is at GPA = file offset; the rest starts at 4 GiB. `lowmem` overrides
+    /// the limit (QEMU's `max-ram-below-4g`).
+    pub fn x86(ram_size: u64, machine: Machine, lowmem: Option<u64>) -> Self {
+        let default_low = match machine {
+            Machine::Pc if ram_size >= 0xe000_0000 => 0xc000_0000,
+            Machine::Q35 if ram_size >= 0xb000_0000 => 0x8000_0000,
+            _ => ram_size,
+        };
+        let low = lowmem
+            .map_or(default_low, |l| l.min(default_low))
+            .min(ram_size);
+        let mut regions = vec![RamRegion {
+            gpa: 0,
+            len: low,
+            file_offset: 0,
+        }];
+        if ram_size > low {
+            regions.push(RamRegion {
+                gpa: FOUR_GIB,
+                len: ram_size - low,
+                file_offset: low,
+            });
+        }
+        MemoryLayout { regions }
+    }
+
+    /// A layout given region by region (from QEMU's memory map, or tests).
+    pub fn from_regions(mut regions: Vec<RamRegion>) -> Self {
+        regions.sort_by_key(|r| r.gpa);
+        MemoryLayout { regions }
+    }
+
+    pub fn regions(&self) -> &[RamRegion] {
+        &self.regions
+    }
+
+    /// File offset of `[gpa, gpa + len)`, if the whole range is RAM that is
+    /// contiguous in the file.
+    pub fn to_file_offset(&self, gpa: GuestAddress, len: u64) -> Option<u64> {
+        let r = self
+            .regions
+            .iter()
+            .find(|r| gpa.0 >= r.gpa && gpa.0 - r.gpa < r.len)?;
+        let off = gpa.0 - r.gpa;
+        if len > r.len - off {
+            return None;
+        }
+        Some(r.file_offset + off)
+    }
+
+    /// Guest physical address of a file offset.
+    pub fn to_gpa(&self, file_offset: u64) -> Option<GuestAddress> {
+        self.regions
+            .iter()
+            .find(|r| file_offset >= r.file_offset && file_offset - r.file_offset < r.len)
+            .map(|r| GuestAddress(r.gpa + (file_offset - r.file_offset)))
+    }
+
+    /// Bytes of RAM the layout covers.
+    pub fn file_len(&self) -> u64 {
+        self.regions
+            .iter()
+            .map(|r| r.file_offset + r.len)
+            .max()
+            .unwrap_or(0)
+    }
+}
+
+/// Guest RAM mapped from its backing file.
+pub struct GuestRam {
+    map: MmapRaw,
+    len: u64,
+    layout: MemoryLayout,
+    path: PathBuf,
+    file: File,
+}
+
+impl GuestRam {
+    /// Map `path` shared, read-write, with `layout`. The file is never
+    /// resized, truncated or created.
+    pub fn open(path: &Path, layout: MemoryLayout) -> Result<Self> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .map_err(|e| Error::io(format!("cannot open guest RAM file {}", path.display()), e))?;
+        let meta = file
+            .metadata()
+            .map_err(|e| Error::io(format!("cannot stat {}", path.display()), e))?;
+        if !meta.is_file() {
+            return Err(Error::NotGuestRam(format!(
+                "{} is not a regular file",
+                path.display()
+            )));
+        }
+        let len = meta.len();
+        if len < 16 << 20 || len % 4096 != 0 {
+            return Err(Error::NotGuestRam(format!(
+                "{} is {} bytes; guest RAM files are page-sized multiples of at least 16 MiB",
+                path.display(),
+                len
+            )));
+        }
+        if layout.file_len() > len {
+            return Err(Error::NotGuestRam(format!(
+                "{} is {} bytes but the memory layout needs {}",
+                path.display(),
+                len,
+                layout.file_len()
+            )));
+        }
+        let map = MmapOptions::new()
+            .len(len as usize)
+            .map_raw(&file)
+            .map_err(|e| Error::io(format!("cannot map {}", path.display()), e))?;
+        Ok(GuestRam {
+            map,
+            len,
+            layout,
+            path: path.to_path_buf(),
+            file,
+        })
+    }
+
+    pub fn layout(&self) -> &MemoryLayout {
+        &self.layout
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn file_len(&self) -> u64 {
+        self.len
+    }
+
+    /// True once the file has been unlinked (the VM's RAM directory was
+    /// removed: the domain stopped). The mapping stays valid but stale.
+    pub fn unlinked(&self) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        self.file.metadata().map(|m| m.nlink() == 0).unwrap_or(true)
+    }
+
+    fn ptr_at(&self, gpa: GuestAddress, len: u64) -> Result<*mut u8> {
+        let off = self
+            .layout
+            .to_file_offset(gpa, len)
+            .filter(|o| o.checked_add(len).is_some_and(|end| end <= self.len))
+            .ok_or(Error::OutOfRange { gpa: gpa.0, len })?;
+        // In bounds of the mapping, checked above.
+        Ok(unsafe { self.map.as_mut_ptr().add(off as usize) })
+    }
+
+    fn atomic_at(&self, gpa: GuestAddress) -> Result<&AtomicU64> {
+        if gpa.0 % 8 != 0 {
+            return Err(Error::Unaligned(gpa.0));
+        }
+        let p = self.ptr_at(gpa, 8)? as *mut u64;
+        // Aligned, in bounds, and the mapping lives as long as `self`.
+        // Concurrent access by the guest is what atomics are for.
+        Ok(unsafe { AtomicU64::from_ptr(p) })
+    }
+
+    /// Atomically load the aligned u64 at `gpa`.
+    pub fn read_u64(&self, gpa: GuestAddress) -> Result<u64> {
+        Ok(self.atomic_at(gpa)?.load(Ordering::Acquire))
+    }
+
+    /// Atomically store `val` at `gpa` (aligned): the guest sees either the
+    /// old or the new value, never a mix.
+    pub fn write_u64(&self, gpa: GuestAddress, val: u64) -> Result<()> {
+        self.atomic_at(gpa)?.store(val, Ordering::Release);
+        fence(Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// Copy `buf.len()` bytes from `gpa` with volatile loads.
+    pub fn read_into(&self, gpa: GuestAddress, buf: &mut [u8]) -> Result<()> {
+        let p = self.ptr_at(gpa, buf.len() as u64)?;
+        for (i, b) in buf.iter_mut().enumerate() {
+            // In bounds: ptr_at checked the whole range.
+            *b = unsafe { std::ptr::read_volatile(p.add(i)) };
+        }
+        fence(Ordering::Acquire);
+        Ok(())
+    }
+
+    /// Copy aligned u64 words starting at `gpa` with atomic loads, in order.
+    pub fn read_words(&self, gpa: GuestAddress, words: &mut [u64]) -> Result<()> {
+        if gpa.0 % 8 != 0 {
+            return Err(Error::Unaligned(gpa.0));
+        }
+        let p = self.ptr_at(gpa, words.len() as u64 * 8)? as *mut u64;
+        for (i, w) in words.iter_mut().enumerate() {
+            // Aligned and in bounds, as checked above.
+            *w = unsafe { AtomicU64::from_ptr(p.add(i)) }.load(Ordering::Acquire);
+        }
+        Ok(())
+    }
+
+    /// Load the u64 at each page boundary of the file: the cheap first pass
+    /// of a scan for a page-aligned structure. Calls `f(file_offset, word)`.
+    pub fn scan_page_words(&self, mut f: impl FnMut(u64, u64)) {
+        let base = self.map.as_mut_ptr();
+        let mut off = 0u64;
+        while off + 8 <= self.len {
+            // Page-aligned, in bounds.
+            let w = unsafe { AtomicU64::from_ptr(base.add(off as usize) as *mut u64) }
+                .load(Ordering::Relaxed);
+            f(off, w);
+            off += 4096;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn small_guest_is_all_low_memory() {
+        for m in [Machine::Pc, Machine::Q35] {
+            let l = MemoryLayout::x86(512 << 20, m, None);
+            assert_eq!(l.regions().len(), 1);
+            assert_eq!(l.to_file_offset(GuestAddress(0x1000), 8), Some(0x1000));
+            assert_eq!(l.to_file_offset(GuestAddress((512 << 20) - 4), 8), None);
+            assert_eq!(l.to_file_offset(GuestAddress(FOUR_GIB), 8), None);
+        }
+    }
+
+    #[test]
+    fn q35_splits_above_four_gib() {
+        let ram = 6 * GIB;
+        let l = MemoryLayout::x86(ram, Machine::Q35, None);
+        assert_eq!(
+            l.to_file_offset(GuestAddress(2 * GIB - 8), 8),
+            Some(2 * GIB - 8)
+        );
+        // The PCI hole is not RAM.
+        assert_eq!(l.to_file_offset(GuestAddress(3 * GIB), 8), None);
+        assert_eq!(l.to_file_offset(GuestAddress(FOUR_GIB), 8), Some(2 * GIB));
+        assert_eq!(
+            l.to_file_offset(GuestAddress(FOUR_GIB + 4 * GIB - 8), 8),
+            Some(6 * GIB - 8)
+        );
+        assert_eq!(l.to_file_offset(GuestAddress(FOUR_GIB + 4 * GIB), 8), None);
+        assert_eq!(
+            l.to_gpa(2 * GIB + 0x1000),
+            Some(GuestAddress(FOUR_GIB + 0x1000))
+        );
+        assert_eq!(l.file_len(), ram);
+    }
+
+    #[test]
+    fn pc_keeps_three_gib_low() {
+        let l = MemoryLayout::x86(4 * GIB, Machine::Pc, None);
+        assert_eq!(
+            l.to_file_offset(GuestAddress(3 * GIB - 8), 8),
+            Some(3 * GIB - 8)
+        );
+        assert_eq!(l.to_file_offset(GuestAddress(FOUR_GIB), 8), Some(3 * GIB));
+        // Below 3.5 GiB the pc machine keeps everything low.
+        let l = MemoryLayout::x86(3 * GIB + (256 << 20), Machine::Pc, None);
+        assert_eq!(l.regions().len(), 1);
+    }
+
+    #[test]
+    fn max_ram_below_4g_lowers_the_split() {
+        let l = MemoryLayout::x86(2 * GIB, Machine::Pc, Some(GIB));
+        assert_eq!(l.to_file_offset(GuestAddress(FOUR_GIB), 8), Some(GIB));
+    }
+
+    #[test]
+    fn ranges_do_not_straddle_regions() {
+        let l = MemoryLayout::x86(6 * GIB, Machine::Q35, None);
+        assert_eq!(l.to_file_offset(GuestAddress(2 * GIB - 4), 8), None);
+    }
+
+    #[test]
+    fn reads_and_writes_a_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("ram");
+        std::fs::write(&p, vec![0u8; 16 << 20]).unwrap();
+        let ram = GuestRam::open(&p, MemoryLayout::x86(16 << 20, Machine::Pc, None)).unwrap();
+        ram.write_u64(GuestAddress(0x2000), 0x1122_3344_5566_7788)
+            .unwrap();
+        assert_eq!(
+            ram.read_u64(GuestAddress(0x2000)).unwrap(),
+            0x1122_3344_5566_7788
+        );
+        let mut b = [0u8; 3];
+        ram.read_into(GuestAddress(0x2001), &mut b).unwrap();
+        assert_eq!(b, [0x77, 0x66, 0x55]);
+        assert!(matches!(
+            ram.read_u64(GuestAddress(0x2004)),
+            Err(Error::Unaligned(_))
+        ));
+        assert!(matches!(
+            ram.read_u64(GuestAddress(16 << 20)),
+            Err(Error::OutOfRange { .. })
+        ));
+        let data = std::fs::read(&p).unwrap();
+        assert_eq!(
+            &data[0x2000..0x2008],
+            &0x1122_3344_5566_7788u64.to_le_bytes()
+        );
+    }
+
+    #[test]
+    fn refuses_files_that_are_not_ram() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("small");
+        std::fs::write(&p, b"hello").unwrap();
+        let e = GuestRam::open(&p, MemoryLayout::x86(5, Machine::Pc, None))
+            .err()
+            .unwrap();
+        assert!(matches!(e, Error::NotGuestRam(_)), "{e}");
+    }
+}

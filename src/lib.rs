@@ -1,0 +1,31 @@
+//! xftrace: host-side tracing of KVM guest kernels, for rootkit detection,
+//! without pausing the guest.
+//!
+//! The guest kernel (patched by `guest-kernel/`) writes each function_graph
+//! event, XORed with a key the host rotates, into rings inside its own image.
+//! The host maps the file that backs the guest's RAM and does the rest:
+//!
+//! | module | job |
+//! |---|---|
+//! | [`guest_memory`] | guest physical addresses → RAM file; volatile/atomic access |
+//! | [`symbols`] | the trusted System.map: lookups, names users type |
+//! | [`kernel`] | find and validate the control block despite KASLR |
+//! | [`abi`] | the guest↔host contract of `docs/abi.md` |
+//! | [`keys`] | Key Controller and Klog |
+//! | [`trace_switch`] | on/off commands through the control block |
+//! | [`collect`] | read the rings under their commit protocol |
+//! | [`render`] | `trace_graph.txt` in ftrace's function_graph layout |
+//! | [`state`] | private per-guest state, collector lock, status |
+//! | [`session`] | `on` / `off` / `status` and the background collector |
+
+pub mod abi;
+pub mod collect;
+pub mod error;
+pub mod guest_memory;
+pub mod kernel;
+pub mod keys;
+pub mod render;
+pub mod session;
+pub mod state;
+pub mod symbols;
+pub mod trace_switch;
