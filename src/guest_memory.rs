@@ -260,18 +260,20 @@ impl GuestRam {
         Ok(())
     }
 
-    /// Load the u64 at each page boundary of the file: the cheap first pass
+    /// Read the u64 at each page boundary of the file: the cheap first pass
     /// of a scan for a page-aligned structure. Calls `f(file_offset, word)`.
-    pub fn scan_page_words(&self, mut f: impl FnMut(u64, u64)) {
-        let base = self.map.as_mut_ptr();
-        let mut off = 0u64;
-        while off + 8 <= self.len {
-            // Page-aligned, in bounds.
-            let w = unsafe { AtomicU64::from_ptr(base.add(off as usize) as *mut u64) }
-                .load(Ordering::Relaxed);
-            f(off, w);
-            off += 4096;
+    /// Uses pread rather than the mapping, so scanning a large guest neither
+    /// faults every page into this process nor copies whole pages.
+    pub fn scan_page_words(&self, mut f: impl FnMut(u64, u64)) -> Result<()> {
+        use std::os::unix::fs::FileExt;
+        let mut word = [0u8; 8];
+        for off in (0..self.len.saturating_sub(7)).step_by(4096) {
+            self.file
+                .read_exact_at(&mut word, off)
+                .map_err(|e| Error::io(format!("cannot read {}", self.path.display()), e))?;
+            f(off, u64::from_le_bytes(word));
         }
+        Ok(())
     }
 }
 

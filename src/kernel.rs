@@ -194,7 +194,7 @@ pub fn locate(ram: &GuestRam, map: &SystemMap, vmlinux: Option<&Path>) -> Result
         if w == abi::MAGIC {
             candidates.push(off);
         }
-    });
+    })?;
     if candidates.is_empty() {
         return Err(Error::Guest(format!(
             "no xftrace control block in {}: the guest is not running a kernel built from guest-kernel/ (CONFIG_XFTRACE), or has not finished booting",
@@ -290,6 +290,27 @@ pub(crate) mod tests {
         assert_eq!(k.ctl.0, pa_of(&map, TEXT_PA, "xftrace_control"));
         assert_eq!(k.rings.0, pa_of(&map, TEXT_PA, "xftrace_rings"));
         assert!(k.banner.starts_with("Linux version 6.1.192"));
+    }
+
+    #[test]
+    fn finds_a_kernel_loaded_above_four_gib() {
+        // 3 GiB on q35: 2 GiB low, 1 GiB from 4 GiB up (a sparse file).
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("ram");
+        let size = 3u64 << 30;
+        std::fs::File::create(&p).unwrap().set_len(size).unwrap();
+        let ram = GuestRam::open(&p, MemoryLayout::x86(size, Machine::Q35, None)).unwrap();
+        let map = SystemMap::parse(MAP).unwrap();
+        let text_pa = (4u64 << 30) + (64 << 20);
+        place_control(&ram, &map, text_pa, SLIDE);
+        let k = locate(&ram, &map, None).unwrap();
+        assert_eq!(k.text_pa, text_pa);
+        assert_eq!(k.ctl.0, pa_of(&map, text_pa, "xftrace_control"));
+        // In the file, that is 2 GiB + 64 MiB + the offset into the image.
+        assert_eq!(
+            ram.layout().to_file_offset(k.ctl, 8),
+            Some((2u64 << 30) + (64 << 20) + 0x100_1000)
+        );
     }
 
     #[test]
