@@ -40,15 +40,24 @@ pub enum Machine {
     Q35,
 }
 
-/// One stretch of guest physical memory that is contiguous in the file.
+/// One stretch of guest physical memory that is contiguous in one file.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RamRegion {
     pub gpa: u64,
     pub len: u64,
+    /// Which backing file (index into the files the layout was built for).
+    pub file: usize,
     pub file_offset: u64,
 }
 
-/// Where each guest physical range lives in the RAM file.
+/// A place in the backing files.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FileOffset {
+    pub file: usize,
+    pub offset: u64,
+}
+
+/// Where each guest physical range lives in the RAM file(s).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MemoryLayout {
     regions: Vec<RamRegion>,
@@ -74,12 +83,14 @@ impl MemoryLayout {
         let mut regions = vec![RamRegion {
             gpa: 0,
             len: low,
+            file: 0,
             file_offset: 0,
         }];
         if ram_size > low {
             regions.push(RamRegion {
                 gpa: FOUR_GIB,
                 len: ram_size - low,
+                file: 0,
                 file_offset: low,
             });
         }
@@ -87,18 +98,32 @@ impl MemoryLayout {
     }
 
     /// A layout given region by region (from QEMU's memory map, or tests).
+    /// Neighbours contiguous both in guest memory and in the same file merge.
     pub fn from_regions(mut regions: Vec<RamRegion>) -> Self {
         regions.sort_by_key(|r| r.gpa);
-        MemoryLayout { regions }
+        let mut merged: Vec<RamRegion> = Vec::with_capacity(regions.len());
+        for r in regions.into_iter().filter(|r| r.len > 0) {
+            match merged.last_mut() {
+                Some(m)
+                    if m.file == r.file
+                        && m.gpa + m.len == r.gpa
+                        && m.file_offset + m.len == r.file_offset =>
+                {
+                    m.len += r.len
+                }
+                _ => merged.push(r),
+            }
+        }
+        MemoryLayout { regions: merged }
     }
 
     pub fn regions(&self) -> &[RamRegion] {
         &self.regions
     }
 
-    /// File offset of `[gpa, gpa + len)`, if the whole range is RAM that is
-    /// contiguous in the file.
-    pub fn to_file_offset(&self, gpa: GuestAddress, len: u64) -> Option<u64> {
+    /// Where `[gpa, gpa + len)` is, if the whole range is RAM contiguous in
+    /// one file.
+    pub fn locate(&self, gpa: GuestAddress, len: u64) -> Option<FileOffset> {
         let r = self
             .regions
             .iter()
@@ -107,40 +132,55 @@ impl MemoryLayout {
         if len > r.len - off {
             return None;
         }
-        Some(r.file_offset + off)
+        Some(FileOffset {
+            file: r.file,
+            offset: r.file_offset + off,
+        })
     }
 
-    /// Guest physical address of a file offset.
-    pub fn to_gpa(&self, file_offset: u64) -> Option<GuestAddress> {
+    /// Offset in its file of `[gpa, gpa + len)`.
+    pub fn to_file_offset(&self, gpa: GuestAddress, len: u64) -> Option<u64> {
+        self.locate(gpa, len).map(|f| f.offset)
+    }
+
+    /// Guest physical address of an offset in file `file`.
+    pub fn to_gpa(&self, file: usize, file_offset: u64) -> Option<GuestAddress> {
         self.regions
             .iter()
-            .find(|r| file_offset >= r.file_offset && file_offset - r.file_offset < r.len)
+            .find(|r| {
+                r.file == file
+                    && file_offset >= r.file_offset
+                    && file_offset - r.file_offset < r.len
+            })
             .map(|r| GuestAddress(r.gpa + (file_offset - r.file_offset)))
     }
 
-    /// Bytes of RAM the layout covers.
-    pub fn file_len(&self) -> u64 {
+    /// Bytes of file `file` the layout needs.
+    pub fn file_len(&self, file: usize) -> u64 {
         self.regions
             .iter()
+            .filter(|r| r.file == file)
             .map(|r| r.file_offset + r.len)
             .max()
             .unwrap_or(0)
     }
+
+    /// Number of backing files the layout refers to.
+    pub fn nr_files(&self) -> usize {
+        self.regions.iter().map(|r| r.file + 1).max().unwrap_or(0)
+    }
 }
 
-/// Guest RAM mapped from its backing file.
-pub struct GuestRam {
+/// One mapped backing file.
+struct MappedFile {
     map: MmapRaw,
     len: u64,
-    layout: MemoryLayout,
     path: PathBuf,
     file: File,
 }
 
-impl GuestRam {
-    /// Map `path` shared, read-write, with `layout`. The file is never
-    /// resized, truncated or created.
-    pub fn open(path: &Path, layout: MemoryLayout) -> Result<Self> {
+impl MappedFile {
+    fn open(path: &Path, needed: u64) -> Result<Self> {
         let file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -163,54 +203,89 @@ impl GuestRam {
                 len
             )));
         }
-        if layout.file_len() > len {
+        if needed > len {
             return Err(Error::NotGuestRam(format!(
                 "{} is {} bytes but the memory layout needs {}",
                 path.display(),
                 len,
-                layout.file_len()
+                needed
             )));
         }
         let map = MmapOptions::new()
             .len(len as usize)
             .map_raw(&file)
             .map_err(|e| Error::io(format!("cannot map {}", path.display()), e))?;
-        Ok(GuestRam {
+        Ok(MappedFile {
             map,
             len,
-            layout,
             path: path.to_path_buf(),
             file,
         })
+    }
+}
+
+/// Guest RAM mapped from its backing file(s).
+pub struct GuestRam {
+    files: Vec<MappedFile>,
+    layout: MemoryLayout,
+}
+
+impl GuestRam {
+    /// Map `path` shared, read-write, with `layout`. The file is never
+    /// resized, truncated or created.
+    pub fn open(path: &Path, layout: MemoryLayout) -> Result<Self> {
+        Self::open_files(&[path.to_path_buf()], layout)
+    }
+
+    /// Map several backing files (one per QEMU memory backend, e.g. per NUMA
+    /// node); `layout` regions name them by index.
+    pub fn open_files(paths: &[PathBuf], layout: MemoryLayout) -> Result<Self> {
+        if paths.is_empty() || layout.nr_files() > paths.len() {
+            return Err(Error::NotGuestRam(format!(
+                "the memory layout refers to {} backing files, {} given",
+                layout.nr_files(),
+                paths.len()
+            )));
+        }
+        let files = paths
+            .iter()
+            .enumerate()
+            .map(|(i, p)| MappedFile::open(p, layout.file_len(i)))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(GuestRam { files, layout })
     }
 
     pub fn layout(&self) -> &MemoryLayout {
         &self.layout
     }
 
+    /// The first backing file (the only one outside NUMA setups).
     pub fn path(&self) -> &Path {
-        &self.path
+        &self.files[0].path
     }
 
-    pub fn file_len(&self) -> u64 {
-        self.len
-    }
-
-    /// True once the file has been unlinked (the VM's RAM directory was
-    /// removed: the domain stopped). The mapping stays valid but stale.
+    /// True once a backing file has been unlinked (the VM's RAM directory
+    /// was removed: the domain stopped). The mapping stays valid but stale.
     pub fn unlinked(&self) -> bool {
         use std::os::unix::fs::MetadataExt;
-        self.file.metadata().map(|m| m.nlink() == 0).unwrap_or(true)
+        self.files
+            .iter()
+            .any(|f| f.file.metadata().map(|m| m.nlink() == 0).unwrap_or(true))
     }
 
     fn ptr_at(&self, gpa: GuestAddress, len: u64) -> Result<*mut u8> {
-        let off = self
+        let at = self
             .layout
-            .to_file_offset(gpa, len)
-            .filter(|o| o.checked_add(len).is_some_and(|end| end <= self.len))
+            .locate(gpa, len)
+            .filter(|at| {
+                self.files
+                    .get(at.file)
+                    .is_some_and(|f| at.offset.checked_add(len).is_some_and(|end| end <= f.len))
+            })
             .ok_or(Error::OutOfRange { gpa: gpa.0, len })?;
-        // In bounds of the mapping, checked above.
-        Ok(unsafe { self.map.as_mut_ptr().add(off as usize) })
+        let f = &self.files[at.file];
+        // In bounds of that file's mapping, checked above.
+        Ok(unsafe { f.map.as_mut_ptr().add(at.offset as usize) })
     }
 
     fn atomic_at(&self, gpa: GuestAddress) -> Result<&AtomicU64> {
@@ -260,18 +335,23 @@ impl GuestRam {
         Ok(())
     }
 
-    /// Read the u64 at each page boundary of the file: the cheap first pass
-    /// of a scan for a page-aligned structure. Calls `f(file_offset, word)`.
-    /// Uses pread rather than the mapping, so scanning a large guest neither
-    /// faults every page into this process nor copies whole pages.
-    pub fn scan_page_words(&self, mut f: impl FnMut(u64, u64)) -> Result<()> {
+    /// Read the u64 at each page boundary of every backing file: the cheap
+    /// first pass of a scan for a page-aligned structure. Calls
+    /// `f(gpa, word)` for pages that are guest RAM. Uses pread rather than
+    /// the mapping, so scanning a large guest neither faults every page into
+    /// this process nor copies whole pages.
+    pub fn scan_page_words(&self, mut f: impl FnMut(GuestAddress, u64)) -> Result<()> {
         use std::os::unix::fs::FileExt;
         let mut word = [0u8; 8];
-        for off in (0..self.len.saturating_sub(7)).step_by(4096) {
-            self.file
-                .read_exact_at(&mut word, off)
-                .map_err(|e| Error::io(format!("cannot read {}", self.path.display()), e))?;
-            f(off, u64::from_le_bytes(word));
+        for (i, m) in self.files.iter().enumerate() {
+            for off in (0..m.len.saturating_sub(7)).step_by(4096) {
+                m.file
+                    .read_exact_at(&mut word, off)
+                    .map_err(|e| Error::io(format!("cannot read {}", m.path.display()), e))?;
+                if let Some(gpa) = self.layout.to_gpa(i, off) {
+                    f(gpa, u64::from_le_bytes(word));
+                }
+            }
         }
         Ok(())
     }
@@ -309,10 +389,10 @@ mod tests {
         );
         assert_eq!(l.to_file_offset(GuestAddress(FOUR_GIB + 4 * GIB), 8), None);
         assert_eq!(
-            l.to_gpa(2 * GIB + 0x1000),
+            l.to_gpa(0, 2 * GIB + 0x1000),
             Some(GuestAddress(FOUR_GIB + 0x1000))
         );
-        assert_eq!(l.file_len(), ram);
+        assert_eq!(l.file_len(0), ram);
     }
 
     #[test]
@@ -338,6 +418,39 @@ mod tests {
     fn ranges_do_not_straddle_regions() {
         let l = MemoryLayout::x86(6 * GIB, Machine::Q35, None);
         assert_eq!(l.to_file_offset(GuestAddress(2 * GIB - 4), 8), None);
+    }
+
+    #[test]
+    fn regions_from_a_memory_map_merge_and_span_files() {
+        let r = |gpa, len, file, file_offset| RamRegion {
+            gpa,
+            len,
+            file,
+            file_offset,
+        };
+        let l = MemoryLayout::from_regions(vec![
+            r(0x100000, 0x1000_0000 - 0x100000, 0, 0x100000),
+            r(0, 0xc3000, 0, 0),
+            r(0xc3000, 0x3d000, 0, 0xc3000),
+            // A second NUMA node's backend, from 256 MiB up.
+            r(0x1000_0000, 0x1000_0000, 1, 0),
+        ]);
+        assert_eq!(l.regions().len(), 2, "{:?}", l.regions());
+        assert_eq!(
+            l.to_file_offset(GuestAddress(0xbf000), 0x2000),
+            Some(0xbf000)
+        );
+        assert_eq!(
+            l.locate(GuestAddress(0x1000_2000), 8),
+            Some(FileOffset {
+                file: 1,
+                offset: 0x2000
+            })
+        );
+        assert_eq!(l.to_gpa(1, 0x10), Some(GuestAddress(0x1000_0010)));
+        assert_eq!(l.nr_files(), 2);
+        // Not contiguous across the node boundary.
+        assert_eq!(l.locate(GuestAddress(0x0fff_fffc), 8), None);
     }
 
     #[test]

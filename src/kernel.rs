@@ -148,14 +148,14 @@ fn validate(
     let (start, end) = map.image();
     if ram
         .layout()
-        .to_file_offset(GuestAddress(text_pa), end - start)
+        .locate(GuestAddress(text_pa), end - start)
         .is_none()
     {
         return Err("kernel image would lie outside guest RAM".into());
     }
     if ram
         .layout()
-        .to_file_offset(kernel.rings, kernel.header.rings_len())
+        .locate(kernel.rings, kernel.header.rings_len())
         .is_none()
     {
         return Err("rings lie outside guest RAM".into());
@@ -190,9 +190,9 @@ pub fn locate(ram: &GuestRam, map: &SystemMap, vmlinux: Option<&Path>) -> Result
         _ => None,
     };
     let mut candidates = Vec::new();
-    ram.scan_page_words(|off, w| {
+    ram.scan_page_words(|gpa, w| {
         if w == abi::MAGIC {
-            candidates.push(off);
+            candidates.push(gpa);
         }
     })?;
     if candidates.is_empty() {
@@ -203,10 +203,7 @@ pub fn locate(ram: &GuestRam, map: &SystemMap, vmlinux: Option<&Path>) -> Result
     }
     let mut found = Vec::new();
     let mut reasons = Vec::new();
-    for off in candidates {
-        let Some(gpa) = ram.layout().to_gpa(off) else {
-            continue;
-        };
+    for gpa in candidates {
         match validate(ram, map, gpa, expected.as_deref()) {
             Ok(k) => found.push(k),
             Err(why) => {
