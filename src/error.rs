@@ -13,6 +13,7 @@ pub mod exit {
     pub const STATE: i32 = 5;
     pub const TIMEOUT: i32 = 6;
     pub const IO: i32 = 7;
+    pub const LIBVIRT: i32 = 8;
 }
 
 #[derive(Debug)]
@@ -37,6 +38,8 @@ pub enum Error {
         what: String,
         source: io::Error,
     },
+    /// libvirt refused or failed a request.
+    Libvirt(String),
 }
 
 impl Error {
@@ -57,6 +60,7 @@ impl Error {
             Error::State(_) => exit::STATE,
             Error::Timeout(_) => exit::TIMEOUT,
             Error::Io { .. } => exit::IO,
+            Error::Libvirt(_) => exit::LIBVIRT,
         }
     }
 }
@@ -65,7 +69,7 @@ impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Error::Input(m) | Error::NotGuestRam(m) | Error::Guest(m) => f.write_str(m),
-            Error::State(m) | Error::Timeout(m) => f.write_str(m),
+            Error::State(m) | Error::Timeout(m) | Error::Libvirt(m) => f.write_str(m),
             Error::OutOfRange { gpa, len } => write!(
                 f,
                 "guest physical range {gpa:#x}+{len:#x} is not RAM in this memory layout \

@@ -16,16 +16,24 @@
 //! | [`collect`] | read the rings under their commit protocol |
 //! | [`render`] | `trace_graph.txt` in ftrace's function_graph layout |
 //! | [`state`] | private per-guest state, collector lock, status |
+//! | [`target`] | which guest: a RAM file, or a libvirt domain |
+//! | [`libvirt`] | domains, enrollment, RAM files and layout via QEMU's monitor |
+//! | [`domain_xml`] | byte-preserving domain XML edits, the hook's decision |
+//! | [`hook`] | the libvirt qemu hook (never calls libvirt) |
 //! | [`session`] | `on` / `off` / `status` and the background collector |
 
 pub mod abi;
 pub mod collect;
+pub mod domain_xml;
 pub mod error;
 pub mod guest_memory;
+pub mod hook;
 pub mod kernel;
 pub mod keys;
+pub mod libvirt;
 pub mod render;
 pub mod session;
 pub mod state;
 pub mod symbols;
+pub mod target;
 pub mod trace_switch;

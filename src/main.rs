@@ -4,23 +4,54 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 
-use xftrace::error::{exit, Error};
+use xftrace::error::Error;
 use xftrace::guest_memory::Machine;
-use xftrace::session::{self, CollectOptions, Target};
-use xftrace::state;
+use xftrace::hook;
+use xftrace::libvirt::{Libvirt, DEFAULT_URI};
+use xftrace::session::{self, CollectOptions};
+use xftrace::state::{self, GuestState};
+use xftrace::target::{Source, Target};
 
 /// Trace a KVM guest's kernel from the host, through the file that backs its
 /// RAM, without pausing it.
 #[derive(Parser, Debug)]
 #[command(name = "xftrace", version, about, long_about = None)]
 struct Cli {
-    /// File backing the guest's RAM (QEMU memory-backend-file, share=on).
+    #[command(flatten)]
+    guest: GuestArgs,
+
+    /// Where xftrace keeps per-guest state (0700).
+    #[arg(long, global = true, env = "XFTRACE_STATE_DIR", default_value = state::DEFAULT_ROOT)]
+    state_dir: PathBuf,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Args, Debug)]
+struct GuestArgs {
+    /// The libvirt domain to trace.
+    #[arg(
+        long,
+        short = 'd',
+        global = true,
+        value_name = "NAME",
+        conflicts_with = "mem_file"
+    )]
+    domain: Option<String>,
+
+    /// libvirt connection URI.
+    #[arg(long, short = 'c', global = true, value_name = "URI", default_value = DEFAULT_URI)]
+    connect: String,
+
+    /// File backing the guest's RAM (QEMU memory-backend-file, share=on), for guests outside libvirt.
     #[arg(long, global = true, value_name = "PATH")]
     mem_file: Option<PathBuf>,
 
-    /// System.map of the kernel the guest runs (from guest-kernel/build.sh).
+    /// System.map of the kernel the guest runs (from guest-kernel/build.sh)
+    /// [default for domains: the one recorded at enrollment].
     #[arg(long, global = true, value_name = "PATH")]
     system_map: Option<PathBuf>,
 
@@ -29,20 +60,13 @@ struct Cli {
     #[arg(long, global = true, value_name = "PATH")]
     vmlinux: Option<PathBuf>,
 
-    /// QEMU machine type; needed only for guests with 2.75 GiB of RAM or more.
+    /// QEMU machine type (--mem-file only); needed for guests with 2.75 GiB of RAM or more.
     #[arg(long, global = true, value_enum)]
     machine: Option<Machine>,
 
-    /// QEMU's max-ram-below-4g, if the guest was started with it (bytes).
+    /// QEMU's max-ram-below-4g, if the guest was started with it (--mem-file only; bytes).
     #[arg(long, global = true, value_name = "BYTES")]
     max_ram_below_4g: Option<u64>,
-
-    /// Where xftrace keeps per-guest state (0700).
-    #[arg(long, global = true, env = "XFTRACE_STATE_DIR", default_value = state::DEFAULT_ROOT)]
-    state_dir: PathBuf,
-
-    #[command(subcommand)]
-    command: Command,
 }
 
 #[derive(Subcommand, Debug)]
@@ -67,6 +91,29 @@ enum Command {
     },
     /// Show the guest's tracer and the collector.
     Status,
+    /// Prepare a libvirt domain for tracing (takes effect at its next start).
+    Enroll {
+        /// The domain.
+        name: String,
+        /// Print the change to the domain's definition without making it.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Undo `enroll`: restore the domain's previous memory backing.
+    Unenroll {
+        name: String,
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// List libvirt domains: running or not, enrolled or not, tracing or not.
+    List,
+    /// Entry point of the libvirt hook (reads the domain XML on stdin).
+    Hook {
+        /// The hook's driver; only `qemu` is handled.
+        driver: String,
+        /// libvirt's arguments: DOMAIN OPERATION SUB-OPERATION EXTRA.
+        args: Vec<String>,
+    },
     /// Run the collector (started by `on`; not for direct use).
     #[command(hide = true)]
     Collect {
@@ -78,34 +125,63 @@ enum Command {
     },
 }
 
-fn target(cli: &Cli) -> Result<Target, Error> {
-    let mem_file = cli.mem_file.clone().ok_or_else(|| {
-        Error::Input("say which guest: --mem-file PATH (the file backing its RAM)".into())
-    })?;
-    let system_map = cli.system_map.clone().ok_or_else(|| {
-        Error::Input(
-            "--system-map PATH is required: the System.map of the kernel the guest runs".into(),
-        )
-    })?;
+fn target(g: &GuestArgs) -> Result<Target, Error> {
+    let source = match (&g.domain, &g.mem_file) {
+        (Some(name), _) => Source::Domain {
+            name: name.clone(),
+            uri: g.connect.clone(),
+        },
+        (None, Some(path)) => Source::MemFile {
+            path: path.clone(),
+            machine: g.machine,
+            max_ram_below_4g: g.max_ram_below_4g,
+        },
+        (None, None) => {
+            return Err(Error::Input(
+                "say which guest: --domain NAME (libvirt) or --mem-file PATH (the file backing its RAM)".into(),
+            ))
+        }
+    };
     Ok(Target {
-        mem_file,
-        system_map,
-        vmlinux: cli.vmlinux.clone(),
-        machine: cli.machine,
-        max_ram_below_4g: cli.max_ram_below_4g,
+        source,
+        system_map: g.system_map.clone(),
+        vmlinux: g.vmlinux.clone(),
     })
 }
 
+/// The changed lines between two versions of a document.
+fn print_change(old: &str, new: &str) {
+    let (a, b): (Vec<&str>, Vec<&str>) = (old.lines().collect(), new.lines().collect());
+    let head = a.iter().zip(&b).take_while(|(x, y)| x == y).count();
+    let tail = a[head..]
+        .iter()
+        .rev()
+        .zip(b[head..].iter().rev())
+        .take_while(|(x, y)| x == y)
+        .count();
+    if head == a.len() && head == b.len() {
+        println!("(no change)");
+        return;
+    }
+    println!("@@ line {} @@", head + 1);
+    for l in &a[head..a.len() - tail] {
+        println!("-{l}");
+    }
+    for l in &b[head..b.len() - tail] {
+        println!("+{l}");
+    }
+}
+
 fn run(cli: Cli) -> Result<(), Error> {
-    let t = target(&cli)?;
+    let root = &cli.state_dir;
     match &cli.command {
         Command::On {
             functions,
             key_interval_ms,
             irqs,
         } => session::on(
-            &t,
-            &cli.state_dir,
+            &target(&cli.guest)?,
+            root,
             functions,
             CollectOptions {
                 key_interval: Duration::from_millis(*key_interval_ms),
@@ -113,8 +189,67 @@ fn run(cli: Cli) -> Result<(), Error> {
                 ..Default::default()
             },
         ),
-        Command::Off { output } => session::off(&t, &cli.state_dir, output).map(|_| ()),
-        Command::Status => session::status(&t, &cli.state_dir),
+        Command::Off { output } => session::off(&target(&cli.guest)?, root, output).map(|_| ()),
+        Command::Status => session::status(&target(&cli.guest)?, root),
+        Command::Enroll { name, dry_run } => {
+            let map = cli.guest.system_map.as_ref().ok_or_else(|| {
+                Error::Input(format!(
+                    "enrolling records the guest kernel's System.map: `xftrace enroll {name} --system-map PATH`"
+                ))
+            })?;
+            let lv = Libvirt::connect(&cli.guest.connect)?;
+            let (old, new) = lv.enroll(name, map, *dry_run)?;
+            if *dry_run {
+                print_change(&old, &new);
+            } else if old == new {
+                println!("{name} is already enrolled");
+            } else {
+                println!("enrolled {name}: its RAM will be a shared, preallocated file from its next start");
+            }
+            Ok(())
+        }
+        Command::Unenroll { name, dry_run } => {
+            let lv = Libvirt::connect(&cli.guest.connect)?;
+            let st = GuestState::for_domain(root, name)?;
+            if !*dry_run && st.collector_running()? {
+                return Err(Error::State(format!(
+                    "{name} is being traced; run `xftrace --domain {name} off` first"
+                )));
+            }
+            let (old, new) = lv.unenroll(name, *dry_run)?;
+            if *dry_run {
+                print_change(&old, &new);
+            } else {
+                println!(
+                    "unenrolled {name}: its previous memory backing applies from its next start"
+                );
+            }
+            Ok(())
+        }
+        Command::List => {
+            let lv = Libvirt::connect(&cli.guest.connect)?;
+            println!(
+                "{:<24} {:<8} {:<9} {:<8} SYSTEM.MAP",
+                "DOMAIN", "STATE", "ENROLLED", "TRACING"
+            );
+            for d in lv.list()? {
+                let tracing = root.join("domains").join(&d.name).is_dir()
+                    && GuestState::for_domain(root, &d.name)?.collector_running()?;
+                println!(
+                    "{:<24} {:<8} {:<9} {:<8} {}",
+                    d.name,
+                    if d.running { "running" } else { "off" },
+                    if d.enrolled { "yes" } else { "no" },
+                    if tracing { "yes" } else { "no" },
+                    d.system_map.unwrap_or_else(|| "-".into())
+                );
+            }
+            Ok(())
+        }
+        Command::Hook { driver, args } => match driver.as_str() {
+            "qemu" => hook::qemu(root, args, &mut std::io::stdin()),
+            _ => Ok(()),
+        },
         Command::Collect {
             lock_fd,
             key_interval_ms,
@@ -123,8 +258,8 @@ fn run(cli: Cli) -> Result<(), Error> {
             // The descriptor was left open for us by `on`.
             let lock = unsafe { state::inherited_lock(*lock_fd) };
             session::collect(
-                &t,
-                &cli.state_dir,
+                &target(&cli.guest)?,
+                root,
                 lock,
                 functions,
                 CollectOptions {
@@ -145,9 +280,7 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("xftrace: error: {e}");
-            let code = e.exit_code();
-            debug_assert_ne!(code, exit::USAGE);
-            ExitCode::from(code as u8)
+            ExitCode::from(e.exit_code() as u8)
         }
     }
 }

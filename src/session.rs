@@ -20,102 +20,12 @@ use log::{error, info, warn};
 use crate::abi::Op;
 use crate::collect::{read_spool, RingReader, Spool};
 use crate::error::{Error, Result};
-use crate::guest_memory::{GuestRam, Machine, MemoryLayout};
-use crate::kernel::{locate, GuestKernel};
 use crate::keys::KeyController;
 use crate::render;
 use crate::state::{self, now_unix, GuestState, Status};
 use crate::symbols::SystemMap;
+use crate::target::Target;
 use crate::trace_switch;
-
-/// Which guest, and how to read it.
-#[derive(Clone, Debug)]
-pub struct Target {
-    pub mem_file: PathBuf,
-    pub system_map: PathBuf,
-    pub vmlinux: Option<PathBuf>,
-    pub machine: Option<Machine>,
-    pub max_ram_below_4g: Option<u64>,
-}
-
-/// A guest opened for tracing.
-pub struct Guest {
-    pub ram: GuestRam,
-    pub map: SystemMap,
-    pub kernel: GuestKernel,
-}
-
-impl Target {
-    fn vmlinux(&self) -> Option<PathBuf> {
-        self.vmlinux.clone().or_else(|| {
-            let v = self.system_map.with_file_name("vmlinux");
-            v.is_file().then_some(v)
-        })
-    }
-
-    pub fn layout(&self) -> Result<MemoryLayout> {
-        let size = std::fs::metadata(&self.mem_file)
-            .map_err(|e| {
-                Error::io(
-                    format!("cannot open guest RAM file {}", self.mem_file.display()),
-                    e,
-                )
-            })?
-            .len();
-        let machine = match self.machine {
-            Some(m) => m,
-            // Below 2.75 GiB both machine types keep all RAM low.
-            None if size < 0xb000_0000 => Machine::Pc,
-            None => {
-                return Err(Error::Input(format!(
-                    "{} holds {} MiB of RAM, where pc and q35 lay memory out differently; pass --machine pc or --machine q35",
-                    self.mem_file.display(),
-                    size >> 20
-                )))
-            }
-        };
-        Ok(MemoryLayout::x86(size, machine, self.max_ram_below_4g))
-    }
-
-    pub fn open(&self) -> Result<Guest> {
-        let map = SystemMap::load(&self.system_map)?;
-        let ram = GuestRam::open(&self.mem_file, self.layout()?)?;
-        let kernel = locate(&ram, &map, self.vmlinux().as_deref())?;
-        info!(
-            "guest kernel at {:#x} (slide {:#x}), control block at {}: {}",
-            kernel.text_pa, kernel.slide, kernel.ctl, kernel.banner
-        );
-        Ok(Guest { ram, map, kernel })
-    }
-
-    pub fn state(&self, root: &Path) -> Result<GuestState> {
-        GuestState::for_mem_file(root, &self.mem_file)
-    }
-
-    fn describe(&self) -> String {
-        self.mem_file.display().to_string()
-    }
-
-    /// Arguments that make another xftrace process open the same target.
-    fn args(&self) -> Vec<String> {
-        let mut a = vec![
-            "--mem-file".into(),
-            self.mem_file.display().to_string(),
-            "--system-map".into(),
-            self.system_map.display().to_string(),
-        ];
-        if let Some(v) = &self.vmlinux {
-            a.extend(["--vmlinux".into(), v.display().to_string()]);
-        }
-        if let Some(m) = self.machine {
-            a.extend(["--machine".into(), format!("{m:?}").to_lowercase()]);
-        }
-        if let Some(l) = self.max_ram_below_4g {
-            a.extend(["--max-ram-below-4g".into(), l.to_string()]);
-        }
-        a
-    }
-}
 
 /// How the collector works.
 #[derive(Clone, Copy, Debug)]
@@ -313,7 +223,15 @@ pub fn off(target: &Target, root: &Path, output: &Path) -> Result<PathBuf> {
         return Err(guest_error.unwrap_or_else(|| Error::State("no records were collected".into())));
     }
     let status = state.read_status().unwrap_or_default();
-    let map = SystemMap::load(&target.system_map)?;
+    let map = match &target.system_map {
+        Some(p) => SystemMap::load(p)?,
+        None if !status.system_map.is_empty() => SystemMap::load(Path::new(&status.system_map))?,
+        None => {
+            return Err(Error::Input(
+                "pass --system-map: the session did not record one".into(),
+            ))
+        }
+    };
     let n = write_trace(&state, &status, &map, output)?;
     // The session's data now lives in the trace and its Klog; a second `off`
     // has nothing left to write.
@@ -380,7 +298,7 @@ pub fn write_trace(
 /// `xftrace status`
 pub fn status(target: &Target, root: &Path) -> Result<()> {
     let state = target.state(root)?;
-    println!("guest RAM:  {}", target.describe());
+    println!("guest:      {}", target.describe());
     match target.open() {
         Ok(g) => {
             let gs = trace_switch::read_status(&g.ram, &g.kernel)?;
@@ -499,6 +417,7 @@ fn collect_loop(
     status.slide = g.kernel.slide;
     status.nr_cpus = g.kernel.header.nr_cpus;
     status.banner = g.kernel.banner.clone();
+    status.system_map = g.system_map.display().to_string();
 
     let mut keys = KeyController::new(&g.ram, &g.kernel, &state.klog())?;
     let mut reader = RingReader::start(&g.ram, &g.kernel)?;

@@ -66,6 +66,9 @@ pub struct Status {
     pub slide: u64,
     pub nr_cpus: u32,
     pub banner: String,
+    /// The System.map the collector used (for rendering after the guest is gone).
+    #[serde(default)]
+    pub system_map: String,
     #[serde(flatten)]
     pub rings: RingStats,
     /// Events the guest could not record: no valid key, or a CPU without a ring.
@@ -122,6 +125,16 @@ impl GuestState {
             fnv1a(canon.as_os_str().as_encoded_bytes())
         );
         Self::open(&root.join("guests").join(id))
+    }
+
+    /// State of libvirt domain `name`.
+    pub fn for_domain(root: &Path, name: &str) -> Result<Self> {
+        if name.is_empty() || name.starts_with('.') || name.contains('/') {
+            return Err(Error::Input(format!(
+                "'{name}' is not a usable domain name"
+            )));
+        }
+        Self::open(&root.join("domains").join(name))
     }
 
     pub fn open(dir: &Path) -> Result<Self> {

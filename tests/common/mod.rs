@@ -42,7 +42,7 @@ pub fn system_map() -> PathBuf {
     kernel_dir().join("System.map")
 }
 
-fn initramfs() -> &'static Path {
+pub fn initramfs() -> &'static Path {
     static P: OnceLock<PathBuf> = OnceLock::new();
     P.get_or_init(|| {
         let out = repo().join("target").join("xftrace-test-initramfs.cpio.gz");
@@ -88,13 +88,101 @@ pub fn accel() -> &'static str {
     })
 }
 
+pub mod libvirtd;
+
+trait Stream: Read + Write + Send {}
+impl<T: Read + Write + Send> Stream for T {}
+
+/// A shell on the guest's serial console.
+pub struct Console {
+    stream: Box<dyn Stream>,
+    pending: String,
+    marker: u32,
+}
+
+impl Console {
+    pub fn unix(s: UnixStream) -> Console {
+        s.set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        Console {
+            stream: Box::new(s),
+            pending: String::new(),
+            marker: 0,
+        }
+    }
+
+    /// Connect to a console on a TCP port (libvirt's `<serial type='tcp'>`).
+    pub fn tcp(addr: &str, timeout: Duration) -> Result<Console, String> {
+        let end = Instant::now() + timeout;
+        loop {
+            match std::net::TcpStream::connect(addr) {
+                Ok(s) => {
+                    s.set_read_timeout(Some(Duration::from_millis(200)))
+                        .unwrap();
+                    return Ok(Console {
+                        stream: Box::new(s),
+                        pending: String::new(),
+                        marker: 0,
+                    });
+                }
+                Err(e) if Instant::now() >= end => {
+                    return Err(format!(
+                        "cannot connect to the guest console at {addr}: {e}"
+                    ))
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(100)),
+            }
+        }
+    }
+
+    /// Read until `needle`; return what came before it. `alive` reports a
+    /// dead guest early.
+    pub fn wait_for(
+        &mut self,
+        needle: &str,
+        timeout: Duration,
+        alive: &mut dyn FnMut() -> Result<(), String>,
+    ) -> Result<String, String> {
+        let end = Instant::now() + timeout;
+        let mut buf = [0u8; 4096];
+        loop {
+            if let Some(i) = self.pending.find(needle) {
+                let out = self.pending[..i].to_string();
+                self.pending.drain(..i + needle.len());
+                return Ok(out);
+            }
+            if Instant::now() >= end {
+                return Err(format!(
+                    "timed out waiting for {needle:?}; console so far: {:?}",
+                    self.pending
+                ));
+            }
+            alive()?;
+            match self.stream.read(&mut buf) {
+                Ok(0) => std::thread::sleep(Duration::from_millis(50)),
+                Ok(n) => self.pending.push_str(&String::from_utf8_lossy(&buf[..n])),
+                Err(_) => {}
+            }
+        }
+    }
+
+    /// Run a shell command in the guest and return what it printed.
+    pub fn sh(&mut self, cmd: &str) -> String {
+        self.marker += 1;
+        let m = format!("XFT-DONE-{}", self.marker);
+        // The marker is split in the command line so only the echo matches.
+        let line = format!("{cmd}; echo XFT-DONE-\"{}\"\n", self.marker);
+        self.stream.write_all(line.as_bytes()).unwrap();
+        self.wait_for(&m, Duration::from_secs(120), &mut || Ok(()))
+            .unwrap_or_else(|e| panic!("guest command {cmd:?}: {e}"))
+    }
+}
+
 pub struct Vm {
     pub dir: tempfile::TempDir,
     pub ram: PathBuf,
     child: Child,
-    console: UnixStream,
-    pending: String,
-    marker: u32,
+    console: Console,
 }
 
 impl Vm {
@@ -162,16 +250,11 @@ impl Vm {
             }
             std::thread::sleep(Duration::from_millis(50));
         };
-        console
-            .set_read_timeout(Some(Duration::from_millis(200)))
-            .unwrap();
         let mut vm = Vm {
             dir,
             ram,
             child,
-            console,
-            pending: String::new(),
-            marker: 0,
+            console: Console::unix(console),
         };
         vm.wait_for("XFTRACE-GUEST-READY", timeout)?;
         eprintln!(
@@ -184,40 +267,17 @@ impl Vm {
     }
 
     fn wait_for(&mut self, needle: &str, timeout: Duration) -> Result<String, String> {
-        let end = Instant::now() + timeout;
-        let mut buf = [0u8; 4096];
-        loop {
-            if let Some(i) = self.pending.find(needle) {
-                let out = self.pending[..i].to_string();
-                self.pending.drain(..i + needle.len());
-                return Ok(out);
-            }
-            if Instant::now() >= end {
-                return Err(format!(
-                    "timed out waiting for {needle:?}; console so far: {:?}",
-                    self.pending
-                ));
-            }
-            if let Ok(Some(st)) = self.child.try_wait() {
-                return Err(format!("qemu exited ({st}) waiting for {needle:?}"));
-            }
-            match self.console.read(&mut buf) {
-                Ok(0) => std::thread::sleep(Duration::from_millis(50)),
-                Ok(n) => self.pending.push_str(&String::from_utf8_lossy(&buf[..n])),
-                Err(_) => {}
-            }
-        }
+        let child = &mut self.child;
+        self.console
+            .wait_for(needle, timeout, &mut || match child.try_wait() {
+                Ok(Some(st)) => Err(format!("qemu exited ({st}) waiting for {needle:?}")),
+                _ => Ok(()),
+            })
     }
 
     /// Run a shell command in the guest and return what it printed.
     pub fn sh(&mut self, cmd: &str) -> String {
-        self.marker += 1;
-        let m = format!("XFT-DONE-{}", self.marker);
-        // The marker is split in the command line so only the echo matches.
-        let line = format!("{cmd}; echo XFT-DONE-\"{}\"\n", self.marker);
-        self.console.write_all(line.as_bytes()).unwrap();
-        self.wait_for(&m, Duration::from_secs(120))
-            .unwrap_or_else(|e| panic!("guest command {cmd:?}: {e}"))
+        self.console.sh(cmd)
     }
 
     /// QMP query-status, e.g. "running".
@@ -268,25 +328,14 @@ impl Xftrace {
     }
 
     pub fn run(&self, args: &[&str]) -> Output {
-        let out = Command::new(env!("CARGO_BIN_EXE_xftrace"))
-            .arg("--mem-file")
-            .arg(&self.mem_file)
-            .arg("--system-map")
-            .arg(&self.system_map)
-            .arg("--state-dir")
-            .arg(self.state.path())
-            .args(args)
-            .env("RUST_LOG", "info")
-            .output()
-            .expect("run xftrace");
-        eprintln!(
-            "$ xftrace {}\n  exit {:?}\n  stdout: {}\n  stderr: {}",
-            args.join(" "),
-            out.status.code(),
-            String::from_utf8_lossy(&out.stdout).trim(),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-        out
+        let mut all = vec![
+            "--mem-file",
+            self.mem_file.to_str().unwrap(),
+            "--system-map",
+            self.system_map.to_str().unwrap(),
+        ];
+        all.extend_from_slice(args);
+        xftrace(self.state.path(), &all)
     }
 }
 
@@ -338,4 +387,31 @@ pub fn xftrace_with_map(x: &Xftrace, map: &Path, args: &[&str]) -> Output {
         system_map: map.to_path_buf(),
     };
     y.run(args)
+}
+
+/// Run the xftrace binary with state in `state`.
+pub fn xftrace(state: &Path, args: &[&str]) -> Output {
+    let out = Command::new(env!("CARGO_BIN_EXE_xftrace"))
+        .arg("--state-dir")
+        .arg(state)
+        .args(args)
+        .env("RUST_LOG", "info")
+        .output()
+        .expect("run xftrace");
+    eprintln!(
+        "$ xftrace {}\n  exit {:?}\n  stdout: {}\n  stderr: {}",
+        args.join(" "),
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).trim(),
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    out
+}
+
+/// What the libvirt hook recorded for domain `name` in `state`.
+pub fn hook_state(state: &Path, name: &str) -> Option<String> {
+    let text =
+        std::fs::read_to_string(state.join("domains").join(name).join("libvirt.json")).ok()?;
+    let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+    v["state"].as_str().map(str::to_string)
 }

@@ -1,0 +1,281 @@
+//! End to end through a real libvirtd: enrollment, the `virsh start` hook,
+//! and tracing a domain by name while it runs.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::libvirtd::{virsh, Libvirtd, URI};
+use common::{xftrace, Console};
+
+fn out(o: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// A line of `xftrace list`: name, state, enrolled, tracing.
+fn list_row(line: &str, name: &str, want: [&str; 3]) -> bool {
+    let f: Vec<&str> = line.split_whitespace().collect();
+    f.len() >= 4 && f[0] == name && f[1..4] == want
+}
+
+fn domstate(name: &str) -> String {
+    String::from_utf8_lossy(&virsh(&["domstate", name]).stdout)
+        .trim()
+        .to_string()
+}
+
+#[test]
+fn enroll_start_trace_by_name_and_survive_destroy() {
+    let _one = common::serial();
+    let state = tempfile::Builder::new()
+        .prefix("xftrace-lv-")
+        .tempdir()
+        .unwrap();
+    let st = state.path();
+    let mut lv = Libvirtd::start(st);
+    let name = format!("xft-e2e-{}", std::process::id());
+    let console = lv.define(&name, 256);
+    let map = common::system_map();
+
+    // Enrollment: dry run changes nothing, then the real one, then idempotent.
+    let o = xftrace(
+        st,
+        &[
+            "-c",
+            URI,
+            "enroll",
+            &name,
+            "--system-map",
+            map.to_str().unwrap(),
+            "--dry-run",
+        ],
+    );
+    assert!(o.status.success(), "{}", out(&o));
+    assert!(
+        out(&o).contains("+    <source type='file'/>"),
+        "{}",
+        out(&o)
+    );
+    assert!(
+        !String::from_utf8_lossy(&virsh(&["dumpxml", "--inactive", &name]).stdout)
+            .contains("xftrace:enrollment")
+    );
+    let o = xftrace(
+        st,
+        &[
+            "-c",
+            URI,
+            "enroll",
+            &name,
+            "--system-map",
+            map.to_str().unwrap(),
+        ],
+    );
+    assert!(o.status.success(), "{}", out(&o));
+    let xml =
+        String::from_utf8_lossy(&virsh(&["dumpxml", "--inactive", &name]).stdout).into_owned();
+    for want in [
+        "<source type='file'/>",
+        "<access mode='shared'/>",
+        "<allocation mode='immediate'/>",
+        "<memballoon model='none'/>",
+        "xftrace:enrollment",
+    ] {
+        assert!(xml.contains(want), "{want} missing from {xml}");
+    }
+    let o = xftrace(
+        st,
+        &[
+            "-c",
+            URI,
+            "enroll",
+            &name,
+            "--system-map",
+            map.to_str().unwrap(),
+        ],
+    );
+    assert!(out(&o).contains("already enrolled"), "{}", out(&o));
+    let o = xftrace(st, &["-c", URI, "list"]);
+    assert!(
+        out(&o)
+            .lines()
+            .any(|l| list_row(l, &name, ["off", "yes", "no"])),
+        "{}",
+        out(&o)
+    );
+
+    // Start through libvirt (the hook runs), trace by name.
+    let o = virsh(&["start", &name]);
+    assert!(o.status.success(), "{}", out(&o));
+    let mut con = Console::tcp(&console, Duration::from_secs(30)).unwrap();
+    con.wait_for("XFTRACE-GUEST-READY", Duration::from_secs(180), &mut || {
+        Ok(())
+    })
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(common::hook_state(st, &name).as_deref(), Some("running"));
+
+    let o = xftrace(st, &["--domain", &name, "on", "sys_openat", "sys_read"]);
+    assert!(o.status.success(), "{}", out(&o));
+    let o = xftrace(st, &["--domain", &name, "status"]);
+    assert!(
+        out(&o).contains("tracer on") && out(&o).contains("collector:  running"),
+        "{}",
+        out(&o)
+    );
+    let o = xftrace(st, &["-c", URI, "list"]);
+    assert!(
+        out(&o)
+            .lines()
+            .any(|l| list_row(l, &name, ["running", "yes", "yes"])),
+        "{}",
+        out(&o)
+    );
+    let mut states = Vec::new();
+    for _ in 0..3 {
+        assert!(con
+            .sh("cat /tmp/hello.txt")
+            .contains("hello from the guest"));
+        states.push(domstate(&name));
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let trace = dir.path().join("trace_graph.txt");
+    let o = xftrace(
+        st,
+        &[
+            "--domain",
+            &name,
+            "off",
+            "--output",
+            trace.to_str().unwrap(),
+        ],
+    );
+    assert!(o.status.success(), "{}", out(&o));
+    states.push(domstate(&name));
+    assert!(states.iter().all(|s| s == "running"), "{states:?}");
+    let text = std::fs::read_to_string(&trace).unwrap();
+    assert!(
+        text.contains(&format!("# xftrace: guest domain {name}")),
+        "{}",
+        &text[..400.min(text.len())]
+    );
+    assert!(text.contains(" 0 failed integrity checks"));
+    let open = text.find("|  __x64_sys_openat() {").expect("openat traced");
+    assert!(
+        text[open..].contains("|    do_sys_openat2() {"),
+        "do_sys_openat2 not nested"
+    );
+
+    // `virsh destroy` while collecting: a complete trace and a clear status.
+    let o = xftrace(st, &["--domain", &name, "on", "sys_openat"]);
+    assert!(o.status.success(), "{}", out(&o));
+    con.sh("cat /tmp/hello.txt > /dev/null");
+    std::thread::sleep(Duration::from_millis(300));
+    let o = virsh(&["destroy", &name]);
+    assert!(o.status.success(), "{}", out(&o));
+    let end = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        let o = xftrace(st, &["--domain", &name, "status"]);
+        let s = out(&o);
+        if s.contains("collector:  not running") || Instant::now() > end {
+            break s;
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    assert!(status.contains("not running"), "{status}");
+    assert!(
+        status.contains("guest-gone") || status.contains("stopped"),
+        "{status}"
+    );
+    assert!(
+        status.contains("domain") && status.contains("not running"),
+        "{status}"
+    );
+    assert_eq!(common::hook_state(st, &name).as_deref(), Some("stopped"));
+    let trace2 = dir.path().join("after-destroy.txt");
+    let o = xftrace(
+        st,
+        &[
+            "--domain",
+            &name,
+            "off",
+            "--output",
+            trace2.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(o.status.code(), Some(4), "{}", out(&o));
+    assert!(out(&o).contains("not running"), "{}", out(&o));
+    let text = std::fs::read_to_string(&trace2).unwrap();
+    assert!(text.starts_with("# tracer: function_graph\n"));
+    assert!(text.contains("__x64_sys_openat() {"), "{text}");
+
+    // Unenroll restores the definition.
+    let o = xftrace(st, &["-c", URI, "unenroll", &name]);
+    assert!(o.status.success(), "{}", out(&o));
+    let xml =
+        String::from_utf8_lossy(&virsh(&["dumpxml", "--inactive", &name]).stdout).into_owned();
+    assert!(
+        !xml.contains("xftrace:enrollment") && !xml.contains("<access mode='shared'/>"),
+        "{xml}"
+    );
+    drop(lv);
+}
+
+#[test]
+fn hook_passes_plain_domains_and_refuses_broken_enrollments() {
+    let _one = common::serial();
+    let state = tempfile::Builder::new()
+        .prefix("xftrace-lv-")
+        .tempdir()
+        .unwrap();
+    let st = state.path();
+    let mut lv = Libvirtd::start(st);
+    let plain = format!("xft-plain-{}", std::process::id());
+    let broken = format!("xft-broken-{}", std::process::id());
+    lv.define(&plain, 128);
+    lv.define(&broken, 128);
+
+    // Not enrolled: starts as if xftrace were not there.
+    let o = virsh(&["start", &plain]);
+    assert!(o.status.success(), "{}", out(&o));
+    assert_eq!(domstate(&plain), "running");
+    assert!(common::hook_state(st, &plain).is_none());
+    virsh(&["destroy", &plain]);
+
+    // Enrolled, then the memory backing edited away by hand: refused.
+    let map = common::system_map();
+    let o = xftrace(
+        st,
+        &[
+            "-c",
+            URI,
+            "enroll",
+            &broken,
+            "--system-map",
+            map.to_str().unwrap(),
+        ],
+    );
+    assert!(o.status.success(), "{}", out(&o));
+    let xml = String::from_utf8_lossy(&virsh(&["dumpxml", "--inactive", &broken]).stdout)
+        .replace("<access mode='shared'/>", "");
+    let f = lv.images.join("broken-edited.xml");
+    std::fs::write(&f, xml).unwrap();
+    assert!(virsh(&["define", f.to_str().unwrap()]).status.success());
+    let o = virsh(&["start", &broken]);
+    assert!(
+        !o.status.success(),
+        "a broken enrolled domain started: {}",
+        out(&o)
+    );
+    let msg = out(&o);
+    assert!(
+        msg.contains("xftrace enroll"),
+        "libvirt did not pass on the hook's message: {msg}"
+    );
+    assert_ne!(domstate(&broken), "running");
+    drop(lv);
+}
