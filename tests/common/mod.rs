@@ -201,7 +201,14 @@ impl Vm {
         let ram = dir.path().join("pc.ram");
         let p = |n: &str| dir.path().join(n).display().to_string();
         let child = Command::new("qemu-system-x86_64")
-            .args(["-machine", "pc", "-accel", accel, "-cpu", "max"])
+            // Multi-threaded TCG (QEMU 7.2) sometimes hangs an SMP guest while
+            // ftrace patches kernel text; one TCG thread for all vCPUs does not.
+            .args(["-machine", "pc", "-cpu", "max", "-accel"])
+            .arg(if accel == "tcg" && smp > 1 {
+                "tcg,thread=single"
+            } else {
+                accel
+            })
             .args(["-m", &format!("{mem_mb}M"), "-smp", &smp.to_string()])
             .args([
                 "-object",

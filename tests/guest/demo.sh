@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # The xftrace demo, from a fresh Debian bookworm machine (run as root): build
-# the patched guest kernel and xftrace, boot a small demo guest under QEMU with
-# its RAM in a shared file, trace sys_openat and sys_read for a few seconds
-# while the guest runs, and show the start of trace_graph.txt.
+# the patched guest kernel and xftrace, start libvirtd with xftrace's hook,
+# define a small demo domain that opens and reads files on its own, enroll it,
+# `virsh start` it, trace sys_openat and sys_read by domain name for a few
+# seconds while it runs, and show the start of trace_graph.txt. Everything it
+# set up (domain, daemons it started, hook) is removed again at the end.
 #
 #   tests/guest/demo.sh            (XFTRACE_ACCEL=kvm|tcg to skip the KVM probe)
 set -euo pipefail
@@ -18,45 +20,93 @@ xftrace="$repo/target/release/xftrace"
 
 work=$(mktemp -d /tmp/xftrace-demo-XXXXXX)
 chmod 0700 "$work"
-tests/guest/make-initramfs.sh "$work/initrd.gz"
-qemu_pid=
-cleanup() { [ -n "$qemu_pid" ] && kill "$qemu_pid" 2>/dev/null; rm -f "$work/pc.ram"; }
+state="$work/state"
+name=xftrace-demo
+images=/var/lib/libvirt/images/xftrace-demo
+hook=/etc/libvirt/hooks/qemu.d/xftrace
+started=()
+hook_backup=
+cleanup() {
+	virsh -q -c qemu:///system destroy "$name" >/dev/null 2>&1 || true
+	virsh -q -c qemu:///system undefine "$name" >/dev/null 2>&1 || true
+	for pid in "${started[@]}"; do kill "$pid" 2>/dev/null || true; done
+	if [ -n "$hook_backup" ]; then mv "$hook_backup" "$hook"; else rm -f "$hook"; fi
+	rm -rf "$images"
+}
 trap cleanup EXIT
 
-boot() { # accel seconds
-	rm -f "$work/console.log" "$work/pc.ram"
-	qemu-system-x86_64 -machine pc -accel "$1" -cpu max -m 512M -smp 2 \
-		-object memory-backend-file,id=pc.ram,size=512M,mem-path="$work/pc.ram",share=on,prealloc=on \
-		-machine memory-backend=pc.ram \
-		-kernel "$kernel/bzImage" -initrd "$work/initrd.gz" \
-		-append "console=ttyS0 panic=-1 quiet xftrace_demo" \
-		-display none -no-reboot -nodefaults \
-		-serial file:"$work/console.log" -serial null </dev/null >"$work/qemu.log" 2>&1 &
-	qemu_pid=$!
-	for _ in $(seq $((5 * $2))); do
-		grep -q XFTRACE-GUEST-READY "$work/console.log" 2>/dev/null && return 0
-		kill -0 "$qemu_pid" 2>/dev/null || return 1
-		sleep 0.2
-	done
-	kill "$qemu_pid" 2>/dev/null; wait "$qemu_pid" 2>/dev/null || true; qemu_pid=
-	return 1
-}
+mkdir -p "$images"
+cp "$kernel/bzImage" "$images/bzImage"
+tests/guest/make-initramfs.sh "$images/initrd.gz"
 
+# KVM if a probe guest boots under it, else TCG.
 accel=${XFTRACE_ACCEL:-}
 if [ -z "$accel" ]; then
-	if [ -e /dev/kvm ] && boot kvm 20; then accel=kvm; else accel=tcg; fi
+	accel=tcg
+	if [ -e /dev/kvm ]; then
+		timeout 20 qemu-system-x86_64 -accel kvm -m 256M -kernel "$images/bzImage" -initrd "$images/initrd.gz" \
+			-append "console=ttyS0 panic=-1 quiet" -display none -nodefaults -no-reboot \
+			-serial file:"$work/probe.log" </dev/null >/dev/null 2>&1 || true
+		grep -q XFTRACE-GUEST-READY "$work/probe.log" 2>/dev/null && accel=kvm
+	fi
 fi
-if [ -z "$qemu_pid" ]; then
-	boot "$accel" 180 || { cat "$work/qemu.log" "$work/console.log" >&2; say "the demo guest did not boot"; exit 1; }
-fi
-say "demo guest booted under $accel: $(grep -a XFTRACE-GUEST-READY "$work/console.log")"
+say "guests run under $accel"
 
-x=("$xftrace" --mem-file "$work/pc.ram" --system-map "$kernel/System.map" --state-dir "$work/state")
-"${x[@]}" on sys_openat sys_read
-sleep 4
-"${x[@]}" status
-"${x[@]}" off --output "$work/trace_graph.txt"
+# The hook, then the daemons: libvirtd looks for hooks when it starts.
+if [ -e "$hook" ]; then hook_backup="$work/hook.orig"; cp -p "$hook" "$hook_backup"; fi
+libvirt-hooks/install.sh --bin "$xftrace" --state-dir "$state" >/dev/null
+alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
+if ! alive /run/virtlogd.pid; then virtlogd -d; sleep 0.5; started+=("$(cat /run/virtlogd.pid)"); fi
+if alive /run/libvirtd.pid; then
+	say "libvirtd was already running: the hook takes effect at its next restart"
+else
+	if [ "$accel" = tcg ] && [ -e /dev/kvm ]; then
+		# This /dev/kvm hangs guests; keep libvirt's capability probe off it.
+		unshare -m --propagation private sh -c 'mount --bind /dev/null /dev/kvm && exec libvirtd -d'
+	else
+		libvirtd -d
+	fi
+	for _ in $(seq 50); do alive /run/libvirtd.pid && break; sleep 0.2; done
+	started+=("$(cat /run/libvirtd.pid)")
+	for _ in $(seq 50); do virsh -q -c qemu:///system version >/dev/null 2>&1 && break; sleep 0.2; done
+fi
+
+# Under TCG one vCPU: QEMU 7.2's multi-threaded TCG sometimes hangs an SMP
+# guest while ftrace patches kernel text.
+type=qemu vcpus=1
+[ "$accel" = kvm ] && type=kvm vcpus=2
+cat >"$work/$name.xml" <<XML
+<domain type='$type'>
+  <name>$name</name>
+  <memory unit='MiB'>512</memory>
+  <vcpu>$vcpus</vcpu>
+  <os>
+    <type arch='x86_64' machine='pc'>hvm</type>
+    <kernel>$images/bzImage</kernel>
+    <initrd>$images/initrd.gz</initrd>
+    <cmdline>console=ttyS0 panic=-1 quiet xftrace_demo</cmdline>
+  </os>
+  <devices>
+    <emulator>/usr/bin/qemu-system-x86_64</emulator>
+    <serial type='file'><source path='$work/console.log'/></serial>
+  </devices>
+</domain>
+XML
+virsh -q -c qemu:///system define "$work/$name.xml" >/dev/null
+x=("$xftrace" --state-dir "$state")
+"${x[@]}" enroll "$name" --system-map "$kernel/System.map"
+virsh -q -c qemu:///system start "$name"
+say "waiting for $name to boot"
+for _ in $(seq 120); do
+	"${x[@]}" --domain "$name" status 2>/dev/null | grep -q 'tracer off' && break
+	sleep 1
+done
+"${x[@]}" --domain "$name" on sys_openat sys_read
+sleep 4; cp "$work/console.log" "$work/console.at-off.log" 2>/dev/null || true
+"${x[@]}" --domain "$name" status
+"${x[@]}" list
+"${x[@]}" --domain "$name" off --output "$work/trace_graph.txt"
 echo
 head -n 45 "$work/trace_graph.txt"
 echo "..."
-say "full trace: $work/trace_graph.txt ($(wc -l <"$work/trace_graph.txt") lines); Klog: $work/trace_graph.klog"
+say "full trace: $work/trace_graph.txt ($(wc -l <"$work/trace_graph.txt") lines); key log: $work/trace_graph.klog"
