@@ -12,6 +12,15 @@ say() { echo "tests/run.sh: $*" >&2; }
 
 tests/guest/install-deps.sh
 
+# Ansible for the role's tests, from PyPI, in a venv outside the repository.
+venv=${XFTRACE_ANSIBLE_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/xftrace/ansible-venv}
+if ! "$venv/bin/ansible-playbook" --version >/dev/null 2>&1 || ! "$venv/bin/ansible-lint" --version >/dev/null 2>&1; then
+	say "installing ansible-core and ansible-lint into $venv"
+	python3 -m venv "$venv"
+	"$venv/bin/pip" install -q 'ansible-core>=2.16,<2.20' 'ansible-lint>=25,<27'
+fi
+export XFTRACE_ANSIBLE_BIN="$venv/bin"
+
 start=$(date +%s)
 XFTRACE_KERNEL_DIR=$(guest-kernel/build.sh | tail -n 1)
 export XFTRACE_KERNEL_DIR

@@ -16,7 +16,9 @@ fn pid_alive(pidfile: &str) -> Option<i32> {
 }
 
 pub struct Libvirtd {
-    started: Vec<(i32, &'static str)>,
+    /// Daemons this harness started, by pid file: the Ansible role restarts
+    /// libvirtd, so the pid is read again when stopping.
+    started: Vec<(&'static str, &'static str)>,
     hook_backup: Option<Vec<u8>>,
     domains: Vec<String>,
     pub images: PathBuf,
@@ -38,23 +40,43 @@ pub fn virsh(args: &[&str]) -> Output {
     out
 }
 
+/// How the harness starts libvirtd. This machine's /dev/kvm hangs guests
+/// (see the KVM probe), and libvirt's capability probe would wait 30 s on it
+/// at every define: under TCG, hide it from libvirtd alone, in a mount
+/// namespace.
+pub fn libvirtd_command() -> String {
+    if super::accel() == "tcg" && Path::new("/dev/kvm").exists() {
+        "unshare -m --propagation private sh -c 'mount --bind /dev/null /dev/kvm && exec libvirtd -d'"
+            .into()
+    } else {
+        "libvirtd -d".into()
+    }
+}
+
 impl Libvirtd {
     /// Install the hook (pointing at this build and `state`), then start
     /// virtlogd and libvirtd: libvirtd only finds hooks when it starts.
     pub fn start(state: &Path) -> Libvirtd {
+        Self::start_with_hook(Some(state))
+    }
+
+    /// Start the daemons; with `Some(state)`, install the hook first.
+    pub fn start_with_hook(state: Option<&Path>) -> Libvirtd {
         assert!(
             pid_alive("/run/libvirtd.pid").is_none(),
             "a libvirtd is already running; stop it first (the hook must be in place when libvirtd starts)"
         );
         let hook_backup = std::fs::read(HOOK).ok();
-        let st = Command::new("bash")
-            .arg(repo().join("libvirt-hooks/install.sh"))
-            .args(["--bin", env!("CARGO_BIN_EXE_xftrace")])
-            .arg("--state-dir")
-            .arg(state)
-            .status()
-            .unwrap();
-        assert!(st.success(), "install the hook");
+        if let Some(state) = state {
+            let st = Command::new("bash")
+                .arg(repo().join("libvirt-hooks/install.sh"))
+                .args(["--bin", env!("CARGO_BIN_EXE_xftrace")])
+                .arg("--state-dir")
+                .arg(state)
+                .status()
+                .unwrap();
+            assert!(st.success(), "install the hook");
+        }
         let mut d = Libvirtd {
             started: Vec::new(),
             hook_backup,
@@ -71,34 +93,23 @@ impl Libvirtd {
             if pid_alive(pidfile).is_some() {
                 continue;
             }
-            let st = if daemon == "libvirtd"
-                && super::accel() == "tcg"
-                && Path::new("/dev/kvm").exists()
-            {
-                // This /dev/kvm hangs guests (see the KVM probe), and
-                // libvirt's capability probe would wait 30 s on it at every
-                // define: hide it from libvirtd alone, in a mount namespace.
-                Command::new("unshare")
-                    .args(["-m", "--propagation", "private", "sh", "-c"])
-                    .arg("mount --bind /dev/null /dev/kvm && exec libvirtd -d")
-                    .status()
-                    .expect("start libvirtd")
+            let cmd = if daemon == "libvirtd" {
+                libvirtd_command()
             } else {
-                Command::new(daemon)
-                    .arg("-d")
-                    .status()
-                    .expect("start daemon")
+                "virtlogd -d".to_string()
             };
+            let st = Command::new("sh")
+                .arg("-c")
+                .arg(&cmd)
+                .status()
+                .expect("start daemon");
             assert!(st.success(), "{daemon} -d failed");
             let end = Instant::now() + Duration::from_secs(20);
-            let pid = loop {
-                if let Some(p) = pid_alive(pidfile) {
-                    break p;
-                }
+            while pid_alive(pidfile).is_none() {
                 assert!(Instant::now() < end, "{daemon} did not write {pidfile}");
                 std::thread::sleep(Duration::from_millis(100));
-            };
-            d.started.push((pid, daemon));
+            }
+            d.started.push((pidfile, daemon));
         }
         let end = Instant::now() + Duration::from_secs(30);
         while !Command::new("virsh")
@@ -173,8 +184,11 @@ impl Drop for Libvirtd {
                 .args(["-c", URI, "undefine", d])
                 .output();
         }
-        for (pid, daemon) in self.started.iter().rev() {
-            let _ = nix_kill(*pid);
+        for (pidfile, daemon) in self.started.iter().rev() {
+            let Some(pid) = pid_alive(pidfile) else {
+                continue;
+            };
+            let _ = nix_kill(pid);
             let end = Instant::now() + Duration::from_secs(15);
             while Path::new(&format!("/proc/{pid}")).exists() && Instant::now() < end {
                 std::thread::sleep(Duration::from_millis(100));

@@ -1,0 +1,261 @@
+//! The Ansible role, for real, against this machine (ansible_connection:
+//! local) with a real libvirtd: install, prove it works, run again (nothing
+//! changes), check mode, then remove. The machine's files are restored.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Instant;
+
+use common::libvirtd::{libvirtd_command, virsh, Libvirtd, URI};
+
+const QEMU_CONF: &str = "/etc/libvirt/qemu.conf";
+const HOOK: &str = "/etc/libvirt/hooks/qemu.d/xftrace";
+
+fn ansible_bin(tool: &str) -> PathBuf {
+    match std::env::var_os("XFTRACE_ANSIBLE_BIN") {
+        Some(d) => PathBuf::from(d).join(tool),
+        None => PathBuf::from(tool),
+    }
+}
+
+fn run(tool: &str, args: &[&str], dir: &Path) -> Output {
+    let o = Command::new(ansible_bin(tool))
+        .args(args)
+        .current_dir(dir)
+        .env("ANSIBLE_NOCOLOR", "1")
+        .env("ANSIBLE_FORCE_COLOR", "0")
+        .output()
+        .unwrap_or_else(|e| {
+            panic!("cannot run {tool} (tests/run.sh installs it; or set XFTRACE_ANSIBLE_BIN): {e}")
+        });
+    eprintln!(
+        "$ {tool} {}\n  exit {:?}\n{}{}",
+        args.join(" "),
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    o
+}
+
+/// `changed=N` of the recap line for localhost.
+fn changed(o: &Output) -> u32 {
+    let out = String::from_utf8_lossy(&o.stdout);
+    let line = out
+        .lines()
+        .find(|l| l.starts_with("localhost") && l.contains("changed="))
+        .unwrap_or_else(|| panic!("no PLAY RECAP in {out}"));
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix("changed="))
+        .and_then(|n| n.parse().ok())
+        .unwrap()
+}
+
+#[test]
+fn role_passes_syntax_check_and_lint() {
+    let dir = common::repo().join("ansible");
+    let o = run(
+        "ansible-playbook",
+        &["--syntax-check", "-i", "inventory.example.yml", "site.yml"],
+        &dir,
+    );
+    assert!(o.status.success());
+    let o = run("ansible-lint", &["--profile", "production"], &dir);
+    assert!(o.status.success(), "ansible-lint failed");
+}
+
+/// Puts a file back as it was when dropped.
+struct Restore(&'static str, Option<Vec<u8>>);
+
+impl Drop for Restore {
+    fn drop(&mut self) {
+        match &self.1 {
+            Some(b) => std::fs::write(self.0, b).unwrap(),
+            None => {
+                let _ = std::fs::remove_file(self.0);
+            }
+        }
+    }
+}
+
+#[test]
+fn playbook_installs_idempotently_and_removes_cleanly() {
+    let _one = common::serial();
+    let _conf = Restore(QEMU_CONF, std::fs::read(QEMU_CONF).ok());
+    let _hook = Restore(HOOK, std::fs::read(HOOK).ok());
+    let tmp = tempfile::Builder::new()
+        .prefix("xftrace-ansible-")
+        .tempdir()
+        .unwrap();
+    let t = tmp.path();
+    let state = t.join("state");
+    let bin = t.join("bin/xftrace");
+    let ram_dir = format!("/dev/shm/xftrace-test-ram-{}", std::process::id());
+    struct RmDir(String);
+    impl Drop for RmDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+    let _ram = RmDir(ram_dir.clone());
+
+    let mut lv = Libvirtd::start_with_hook(None);
+    let dom = format!("xft-ans-{}", std::process::id());
+    let plain = format!("xft-ans-plain-{}", std::process::id());
+    lv.define(&dom, 128);
+    lv.define(&plain, 128);
+
+    let inventory = format!(
+        r#"all:
+  hosts:
+    localhost:
+      ansible_connection: local
+      ansible_python_interpreter: "{{{{ ansible_playbook_python }}}}"
+  children:
+    libvirt_hosts:
+      hosts:
+        localhost:
+      vars:
+        xftrace_binary_src: {src}
+        xftrace_binary_dest: {bin}
+        xftrace_state_dir: {state}
+        xftrace_memory_backing_dir: {ram_dir}
+        xftrace_libvirtd_start_command: "{start}"
+        xftrace_kernels:
+          - name: test-kernel
+            system_map: {map}
+        xftrace_domains:
+          - name: {dom}
+            kernel: test-kernel
+"#,
+        src = env!("CARGO_BIN_EXE_xftrace"),
+        bin = bin.display(),
+        state = state.display(),
+        start = libvirtd_command().replace('"', "\\\""),
+        map = common::system_map().display(),
+    );
+    let inv = t.join("inventory.yml");
+    std::fs::write(&inv, inventory).unwrap();
+    let site = common::repo().join("ansible/site.yml");
+    let (inv, site) = (inv.to_str().unwrap(), site.to_str().unwrap());
+
+    let start = Instant::now();
+    let first = run("ansible-playbook", &["-i", inv, site], t);
+    let first_time = start.elapsed();
+    assert!(first.status.success(), "first run failed");
+    assert!(changed(&first) > 0);
+
+    // It worked: binary, private state, qemu.conf, hook, enrollment.
+    assert!(bin.is_file());
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&state).unwrap().permissions().mode() & 0o777,
+        0o700
+    );
+    let conf = std::fs::read_to_string(QEMU_CONF).unwrap();
+    assert!(
+        conf.contains(&format!("memory_backing_dir = \"{ram_dir}\"")),
+        "qemu.conf not set"
+    );
+    let hook = std::fs::read_to_string(HOOK).unwrap();
+    assert!(
+        hook.contains(&bin.display().to_string()) && hook.contains(&state.display().to_string())
+    );
+    let xml = String::from_utf8_lossy(&virsh(&["dumpxml", "--inactive", &dom]).stdout).into_owned();
+    assert!(
+        xml.contains("xftrace:enrollment") && xml.contains("kernels/test-kernel/System.map"),
+        "{xml}"
+    );
+
+    // The restarted libvirtd uses the hook and the tmpfs directory: the
+    // enrolled domain's RAM file appears there, a plain domain still starts.
+    assert!(virsh(&["start", &dom]).status.success());
+    let files: Vec<_> = walk(Path::new(&ram_dir));
+    assert!(
+        files.iter().any(|f| f.ends_with("pc.ram")),
+        "no RAM file under {ram_dir}: {files:?}"
+    );
+    assert_eq!(common::hook_state(&state, &dom).as_deref(), Some("running"));
+    virsh(&["destroy", &dom]);
+    assert!(virsh(&["start", &plain]).status.success());
+    virsh(&["destroy", &plain]);
+
+    // Idempotent, and check mode agrees.
+    let start = Instant::now();
+    let second = run("ansible-playbook", &["-i", inv, site], t);
+    let second_time = start.elapsed();
+    assert!(second.status.success());
+    assert_eq!(changed(&second), 0, "second run changed something");
+    let check = run(
+        "ansible-playbook",
+        &["-i", inv, site, "--check", "--diff"],
+        t,
+    );
+    assert!(check.status.success());
+    assert_eq!(changed(&check), 0);
+    eprintln!(
+        "ansible: first run {:.1} s, second run {:.1} s",
+        first_time.as_secs_f64(),
+        second_time.as_secs_f64()
+    );
+
+    // The hook refuses an enrolled domain whose backing was edited away.
+    let broken = xml.replace("<access mode='shared'/>", "");
+    let f = t.join("broken.xml");
+    std::fs::write(&f, broken).unwrap();
+    assert!(virsh(&["define", f.to_str().unwrap()]).status.success());
+    let o = virsh(&["start", &dom]);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("xftrace enroll"));
+    // Check mode reports that it would repair it, without doing so.
+    let check = run(
+        "ansible-playbook",
+        &["-i", inv, site, "--check", "--diff"],
+        t,
+    );
+    assert!(check.status.success());
+    assert!(changed(&check) > 0);
+    assert!(
+        !String::from_utf8_lossy(&virsh(&["dumpxml", "--inactive", &dom]).stdout)
+            .contains("<access mode='shared'/>")
+    );
+
+    // Removal.
+    let gone = run(
+        "ansible-playbook",
+        &["-i", inv, site, "-e", "xftrace_state=absent"],
+        t,
+    );
+    assert!(gone.status.success());
+    assert!(!Path::new(HOOK).exists());
+    assert!(!bin.exists());
+    assert!(!std::fs::read_to_string(QEMU_CONF)
+        .unwrap()
+        .contains(&ram_dir));
+    let xml = String::from_utf8_lossy(&virsh(&["dumpxml", "--inactive", &dom]).stdout).into_owned();
+    assert!(!xml.contains("xftrace:enrollment"), "{xml}");
+    let again = run(
+        "ansible-playbook",
+        &["-i", inv, site, "-e", "xftrace_state=absent"],
+        t,
+    );
+    assert_eq!(changed(&again), 0);
+    drop(lv);
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                out.extend(walk(&p));
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
