@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Instant;
 
-use common::libvirtd::{libvirtd_command, virsh, Libvirtd, URI};
+use common::libvirtd::{libvirtd_command, virsh, Libvirtd};
 
 const QEMU_CONF: &str = "/etc/libvirt/qemu.conf";
 const HOOK: &str = "/etc/libvirt/hooks/qemu.d/xftrace";
