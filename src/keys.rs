@@ -34,6 +34,11 @@ impl Klog {
         self.keys.insert(epoch, key);
     }
 
+    /// The newest epoch logged (0 if none).
+    pub fn max_epoch(&self) -> u64 {
+        self.keys.keys().copied().max().unwrap_or(0)
+    }
+
     pub fn len(&self) -> usize {
         self.keys.len()
     }

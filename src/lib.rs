@@ -21,9 +21,13 @@
 //! | [`domain_xml`] | byte-preserving domain XML edits, the hook's decision |
 //! | [`hook`] | the libvirt qemu hook (never calls libvirt) |
 //! | [`session`] | `on` / `off` / `status` and the background collector |
+//! | [`detect`] | findings: control-data and tracer integrity, call flow |
+//! | [`paging`] | guest page-table walks (4/5-level) for module memory |
+//! | [`vmlinux`] | the trusted build's bytes by link-time address |
 
 pub mod abi;
 pub mod collect;
+pub mod detect;
 pub mod domain_xml;
 pub mod error;
 pub mod guest_memory;
@@ -31,9 +35,11 @@ pub mod hook;
 pub mod kernel;
 pub mod keys;
 pub mod libvirt;
+pub mod paging;
 pub mod render;
 pub mod session;
 pub mod state;
 pub mod symbols;
 pub mod target;
 pub mod trace_switch;
+pub mod vmlinux;

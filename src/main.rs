@@ -8,11 +8,11 @@ use clap::{Args, Parser, Subcommand};
 
 use xftrace::error::Error;
 use xftrace::guest_memory::Machine;
-use xftrace::hook;
 use xftrace::libvirt::{Libvirt, DEFAULT_URI};
 use xftrace::session::{self, CollectOptions};
 use xftrace::state::{self, GuestState};
 use xftrace::target::{Source, Target};
+use xftrace::{detect, hook};
 
 /// Trace a KVM guest's kernel from the host, through the file that backs its
 /// RAM, without pausing it.
@@ -113,6 +113,41 @@ enum Command {
         driver: String,
         /// libvirt's arguments: DOMAIN OPERATION SUB-OPERATION EXTRA.
         args: Vec<String>,
+    },
+    /// Trace the clean guest and save its call flow as the baseline for `check`.
+    Baseline {
+        /// Seconds to trace.
+        #[arg(long, default_value_t = 10)]
+        duration: u64,
+        /// Levels below each syscall to record (deeper levels vary more
+        /// between runs of a clean guest).
+        #[arg(long, default_value_t = 2)]
+        depth: u32,
+        /// Functions to trace [default: sys_openat sys_read sys_getdents64].
+        functions: Vec<String>,
+    },
+    /// Check the guest once: exit 0 clean, 1 findings, 2 error.
+    Check {
+        /// One JSON object per finding.
+        #[arg(long)]
+        json: bool,
+        /// Seconds of tracing for the call-flow check against the baseline (0: skip).
+        #[arg(long, default_value_t = 3)]
+        trace_seconds: u64,
+    },
+    /// Check continuously, reporting each finding when it appears.
+    Watch {
+        #[arg(long)]
+        json: bool,
+        /// Seconds between checks.
+        #[arg(long, default_value_t = 1.0)]
+        interval: f64,
+        /// Seconds of tracing per call-flow check (0: integrity checks only).
+        #[arg(long, default_value_t = 0)]
+        trace_seconds: u64,
+        /// Stop after this many checks.
+        #[arg(long)]
+        rounds: Option<u64>,
     },
     /// Run the collector (started by `on`; not for direct use).
     #[command(hide = true)]
@@ -246,6 +281,29 @@ fn run(cli: Cli) -> Result<(), Error> {
             }
             Ok(())
         }
+        Command::Baseline {
+            duration,
+            depth,
+            functions,
+        } => {
+            let defaults = ["sys_openat", "sys_read", "sys_getdents64"].map(String::from);
+            let f = if functions.is_empty() {
+                &defaults[..]
+            } else {
+                &functions[..]
+            };
+            let b = detect::baseline(
+                &target(&cli.guest)?,
+                root,
+                f,
+                Duration::from_secs(*duration),
+                *depth,
+            )?;
+            let n: usize = b.edges.values().map(|e| e.len()).sum();
+            println!("baseline: {n} call edges of {}", b.functions.join(" "));
+            Ok(())
+        }
+        Command::Check { .. } | Command::Watch { .. } => unreachable!("handled in main"),
         Command::Hook { driver, args } => match driver.as_str() {
             "qemu" => hook::qemu(root, args, &mut std::io::stdin()),
             _ => Ok(()),
@@ -276,6 +334,54 @@ fn main() -> ExitCode {
         .format_timestamp_millis()
         .init();
     let cli = Cli::parse();
+    // check and watch: 0 clean, 1 findings, 2 error (whatever the error).
+    let detection = match &cli.command {
+        Command::Check {
+            json,
+            trace_seconds,
+        } => Some(target(&cli.guest).and_then(|t| {
+            let f = detect::check(
+                &t,
+                &cli.state_dir,
+                &detect::CheckOptions {
+                    trace_seconds: *trace_seconds,
+                },
+            )?;
+            detect::report(&f, *json);
+            if f.is_empty() && !*json {
+                println!("{}: clean", t.describe());
+            }
+            Ok(!f.is_empty())
+        })),
+        Command::Watch {
+            json,
+            interval,
+            trace_seconds,
+            rounds,
+        } => Some(target(&cli.guest).and_then(|t| {
+            detect::watch(
+                &t,
+                &cli.state_dir,
+                &detect::CheckOptions {
+                    trace_seconds: *trace_seconds,
+                },
+                Duration::from_secs_f64(interval.max(0.1)),
+                *json,
+                *rounds,
+            )
+        })),
+        _ => None,
+    };
+    if let Some(r) = detection {
+        return match r {
+            Ok(false) => ExitCode::SUCCESS,
+            Ok(true) => ExitCode::from(1),
+            Err(e) => {
+                eprintln!("xftrace: error: {e}");
+                ExitCode::from(2)
+            }
+        };
+    }
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -54,6 +54,22 @@ const HEARTBEAT_STALL: Duration = Duration::from_secs(5);
 
 /// `xftrace on FUNCS...`
 pub fn on(target: &Target, root: &Path, functions: &[String], opts: CollectOptions) -> Result<()> {
+    let (symbols, pid) = start(target, root, functions, opts)?;
+    println!(
+        "tracing {} in {} (collector pid {pid}); stop with `xftrace off`",
+        symbols.join(" "),
+        target.describe(),
+    );
+    Ok(())
+}
+
+/// Start tracing: returns the kernel symbols traced and the collector's pid.
+fn start(
+    target: &Target,
+    root: &Path,
+    functions: &[String],
+    opts: CollectOptions,
+) -> Result<(Vec<String>, u32)> {
     if functions.is_empty() {
         return Err(Error::Input(
             "name at least one function to trace, e.g. `xftrace on sys_openat sys_read`".into(),
@@ -152,13 +168,7 @@ pub fn on(target: &Target, root: &Path, functions: &[String], opts: CollectOptio
         let _ = child.wait();
         return Err(e);
     }
-    println!(
-        "tracing {} in {} (collector pid {}); stop with `xftrace off`",
-        symbols.join(" "),
-        target.describe(),
-        child.id()
-    );
-    Ok(())
+    Ok((symbols, child.id()))
 }
 
 fn last_line(path: &Path) -> String {
@@ -183,8 +193,10 @@ fn stop_collector(state: &GuestState, pid: u32) -> bool {
     state.wait_unlocked(COLLECTOR_STOP).unwrap_or(false)
 }
 
-/// `xftrace off`: returns the path of the trace written.
-pub fn off(target: &Target, root: &Path, output: &Path) -> Result<PathBuf> {
+/// Turn the guest's tracer off and stop the collector, keeping its spool.
+/// Returns the state and the error the guest side had, if any (the spool is
+/// still there to write out).
+fn stop(target: &Target, root: &Path) -> Result<(GuestState, Option<Error>)> {
     let state = target.state(root)?;
     let running = state.collector_running()?;
     let status = state.read_status();
@@ -222,16 +234,25 @@ pub fn off(target: &Target, root: &Path, output: &Path) -> Result<PathBuf> {
     if !have_spool && !state.spool().is_file() {
         return Err(guest_error.unwrap_or_else(|| Error::State("no records were collected".into())));
     }
+    Ok((state, guest_error))
+}
+
+/// The System.map for rendering: given, or the one the session used.
+fn session_map(target: &Target, status: &Status) -> Result<SystemMap> {
+    match &target.system_map {
+        Some(p) => SystemMap::load(p),
+        None if !status.system_map.is_empty() => SystemMap::load(Path::new(&status.system_map)),
+        None => Err(Error::Input(
+            "pass --system-map: the session did not record one".into(),
+        )),
+    }
+}
+
+/// `xftrace off`: returns the path of the trace written.
+pub fn off(target: &Target, root: &Path, output: &Path) -> Result<PathBuf> {
+    let (state, guest_error) = stop(target, root)?;
     let status = state.read_status().unwrap_or_default();
-    let map = match &target.system_map {
-        Some(p) => SystemMap::load(p)?,
-        None if !status.system_map.is_empty() => SystemMap::load(Path::new(&status.system_map))?,
-        None => {
-            return Err(Error::Input(
-                "pass --system-map: the session did not record one".into(),
-            ))
-        }
-    };
+    let map = session_map(target, &status)?;
     let n = write_trace(&state, &status, &map, output)?;
     // The session's data now lives in the trace and its Klog; a second `off`
     // has nothing left to write.
@@ -257,6 +278,28 @@ pub fn off(target: &Target, root: &Path, output: &Path) -> Result<PathBuf> {
         Some(e) => Err(e),
         None => Ok(output.to_path_buf()),
     }
+}
+
+/// Trace `functions` for `duration` and return the records (for baselines
+/// and call-flow checks), with the session's status and System.map.
+pub fn capture(
+    target: &Target,
+    root: &Path,
+    functions: &[String],
+    duration: Duration,
+) -> Result<(Vec<crate::abi::Record>, Status, SystemMap)> {
+    start(target, root, functions, CollectOptions::default())?;
+    std::thread::sleep(duration);
+    let (state, guest_error) = stop(target, root)?;
+    if let Some(e) = guest_error {
+        return Err(e);
+    }
+    let status = state.read_status().unwrap_or_default();
+    let mut records = Vec::new();
+    read_spool(&state.spool(), |r| records.push(r))?;
+    state.finish_session()?;
+    let map = session_map(target, &status)?;
+    Ok((records, status, map))
 }
 
 /// Render the session's spool to `output`, with the Klog beside it.
@@ -434,6 +477,7 @@ fn collect_loop(
         keys.epoch()
     );
 
+    let mut logged = 0u64;
     let mut last_rotation = Instant::now();
     let mut last_report = Instant::now();
     let mut heartbeat = (
@@ -454,7 +498,16 @@ fn collect_loop(
                 }
             },
             |a| {
-                warn!("integrity: {a}");
+                // Every anomaly goes to anomalies.log; the log gets the first few.
+                logged += 1;
+                if logged <= 20 {
+                    warn!("integrity: {a}");
+                } else if logged == 21 {
+                    warn!(
+                        "more integrity failures: see {}",
+                        state.anomalies().display()
+                    );
+                }
                 let _ = writeln!(anomalies, "{:.3} {a}", now_unix());
             },
         )?;

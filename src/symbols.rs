@@ -26,6 +26,8 @@ pub struct SystemMap {
     /// Text symbols sorted by address, for symbolization.
     text: Vec<Symbol>,
     by_name: HashMap<String, u64>,
+    /// Every distinct symbol address, sorted: where the next object starts.
+    starts: Vec<u64>,
     /// `[_text, _end)` as linked.
     image: (u64, u64),
 }
@@ -67,11 +69,15 @@ impl SystemMap {
         if image.0 < START_KERNEL_MAP || image.1 <= image.0 {
             return Err("_text/_end are not in the x86_64 kernel mapping".into());
         }
+        let mut starts: Vec<u64> = syms.iter().map(|s| s.addr).collect();
+        starts.sort_unstable();
+        starts.dedup();
         syms.retain(|s| s.is_text());
         syms.sort_by_key(|s| s.addr);
         Ok(SystemMap {
             text: syms,
             by_name,
+            starts,
             image,
         })
     }
@@ -79,6 +85,18 @@ impl SystemMap {
     /// Link-time address of `name`.
     pub fn addr(&self, name: &str) -> Option<u64> {
         self.by_name.get(name).copied()
+    }
+
+    /// Bytes from `name` to the next symbol: an upper bound of its size.
+    pub fn extent(&self, name: &str) -> Option<u64> {
+        let a = self.addr(name)?;
+        let i = self.starts.partition_point(|&s| s <= a);
+        self.starts.get(i).map(|&next| next - a)
+    }
+
+    /// True if link-time `addr` lies in the kernel image.
+    pub fn in_image(&self, addr: u64) -> bool {
+        addr >= self.image.0 && addr < self.image.1
     }
 
     /// Link-time `[_text, _end)`.
@@ -211,6 +229,8 @@ ffffffff83000000 B _end
             Some(("do_sys_openat2", 0x10))
         );
         assert_eq!(m.containing(0xffffffffc0000000), None);
+        assert_eq!(m.extent("__x64_sys_read"), Some(0x40));
+        assert_eq!(m.extent("_end"), None);
     }
 
     #[test]

@@ -75,7 +75,7 @@ pub fn accel() -> &'static str {
             eprintln!("harness: no /dev/kvm, using TCG");
             return "tcg";
         }
-        match Vm::try_boot("kvm", 256, 1, Duration::from_secs(20)) {
+        match Vm::try_boot("kvm", 256, 1, Duration::from_secs(20), &Boot::default()) {
             Ok(_) => {
                 eprintln!("harness: KVM probe guest booted, using KVM");
                 "kvm"
@@ -178,6 +178,56 @@ impl Console {
     }
 }
 
+/// Non-default boot settings.
+#[derive(Default)]
+pub struct Boot {
+    pub initramfs: Option<PathBuf>,
+    /// Appended to the kernel command line (e.g. `xftrace_demo`).
+    pub cmdline: String,
+}
+
+/// The test rootkits (tests/rootkits), built against the guest kernel's
+/// prepared tree, and an initramfs that carries them in /lib/xftrace-test/.
+pub fn rootkit_initramfs() -> &'static Path {
+    static P: OnceLock<PathBuf> = OnceLock::new();
+    P.get_or_init(|| {
+        let build = repo().join("target").join("xftrace-rootkits");
+        let _ = std::fs::remove_dir_all(&build);
+        std::fs::create_dir_all(&build).unwrap();
+        for e in std::fs::read_dir(repo().join("tests/rootkits")).unwrap() {
+            let e = e.unwrap();
+            std::fs::copy(e.path(), build.join(e.file_name())).unwrap();
+        }
+        let st = Command::new("make")
+            .arg("-C")
+            .arg(kernel_dir().join("build"))
+            .arg(format!("M={}", build.display()))
+            .arg("modules")
+            .stdout(Stdio::null())
+            .status()
+            .expect("run make");
+        assert!(st.success(), "building the test rootkits failed");
+        let mut kos: Vec<PathBuf> = std::fs::read_dir(&build)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|x| x == "ko"))
+            .collect();
+        kos.sort();
+        assert_eq!(kos.len(), 6, "{kos:?}");
+        let out = repo()
+            .join("target")
+            .join("xftrace-test-initramfs-rootkits.cpio.gz");
+        let st = Command::new("bash")
+            .arg(repo().join("tests/guest/make-initramfs.sh"))
+            .arg(&out)
+            .args(&kos)
+            .status()
+            .unwrap();
+        assert!(st.success());
+        out
+    })
+}
+
 pub struct Vm {
     pub dir: tempfile::TempDir,
     pub ram: PathBuf,
@@ -187,12 +237,22 @@ pub struct Vm {
 
 impl Vm {
     pub fn boot(mem_mb: u64, smp: u32) -> Vm {
-        let accel = accel();
-        let timeout = Duration::from_secs(if accel == "kvm" { 60 } else { 180 });
-        Vm::try_boot(accel, mem_mb, smp, timeout).expect("boot the test guest")
+        Vm::boot_with(mem_mb, smp, &Boot::default())
     }
 
-    fn try_boot(accel: &str, mem_mb: u64, smp: u32, timeout: Duration) -> Result<Vm, String> {
+    pub fn boot_with(mem_mb: u64, smp: u32, how: &Boot) -> Vm {
+        let accel = accel();
+        let timeout = Duration::from_secs(if accel == "kvm" { 60 } else { 180 });
+        Vm::try_boot(accel, mem_mb, smp, timeout, how).expect("boot the test guest")
+    }
+
+    fn try_boot(
+        accel: &str,
+        mem_mb: u64,
+        smp: u32,
+        timeout: Duration,
+        how: &Boot,
+    ) -> Result<Vm, String> {
         let dir = tempfile::Builder::new()
             .prefix("xftrace-vm-")
             .tempdir()
@@ -222,8 +282,11 @@ impl Vm {
             .arg("-kernel")
             .arg(kernel_dir().join("bzImage"))
             .arg("-initrd")
-            .arg(initramfs())
-            .args(["-append", "console=ttyS0 panic=-1 quiet"])
+            .arg(how.initramfs.as_deref().unwrap_or(initramfs()))
+            .args([
+                "-append",
+                &format!("console=ttyS0 panic=-1 quiet {}", how.cmdline),
+            ])
             .args(["-display", "none", "-no-reboot", "-nodefaults"])
             .args([
                 "-chardev",

@@ -1,0 +1,127 @@
+//! The tracer's own integrity: a rootkit that knows about xftrace will try to
+//! blind it. Each of these is a finding, never a silent failure.
+
+use std::time::Duration;
+
+use crate::abi;
+use crate::guest_memory::GuestRam;
+use crate::kernel::GuestKernel;
+use crate::keys::Klog;
+use crate::state::GuestState;
+use crate::trace_switch;
+
+use super::Finding;
+
+pub fn check(ram: &GuestRam, k: &GuestKernel, state: &GuestState) -> Vec<Finding> {
+    let mut out = Vec::new();
+    let gs = match trace_switch::read_status(ram, k) {
+        Ok(s) => s,
+        Err(e) => {
+            out.push(Finding::new(
+                "tracer-integrity",
+                format!("cannot read the control block: {e}"),
+                &[k.ctl.0],
+                "",
+            ));
+            return out;
+        }
+    };
+    if !trace_switch::guest_alive(ram, k, Duration::from_secs(2)).unwrap_or(false) {
+        out.push(Finding::new(
+            "tracer-integrity",
+            "the xftrace kernel thread's heartbeat did not advance in 2 s (thread stopped, or the VM paused)",
+            &[k.field(abi::off::HEARTBEAT).0],
+            format!("heartbeat {}", gs.heartbeat),
+        ));
+    } else if gs.cmd_seq != gs.ack_seq {
+        // The thread runs but may simply not have polled yet: look again.
+        std::thread::sleep(Duration::from_millis(300));
+        if let Ok(again) = trace_switch::read_status(ram, k) {
+            if again.cmd_seq != again.ack_seq && again.cmd_seq == gs.cmd_seq {
+                out.push(Finding::new(
+                    "tracer-integrity",
+                    format!(
+                        "command {} was not acknowledged (last acknowledged {})",
+                        again.cmd_seq, again.ack_seq
+                    ),
+                    &[k.field(abi::off::CMD_SEQ).0],
+                    "",
+                ));
+            }
+        }
+    }
+
+    let running = state.collector_running().unwrap_or(false);
+    let status = state.read_status();
+    if let (true, Some(s)) = (running, &status) {
+        if s.state == "collecting" && !gs.tracing {
+            out.push(Finding::new(
+                "tracer-integrity",
+                "the host is collecting but the guest's tracer is off: switched off behind the host's back",
+                &[k.field(abi::off::ACK_RESULT_TRACING).0],
+                "",
+            ));
+        }
+        if let Ok(klog) = Klog::load(&state.klog()) {
+            key_matches(ram, k, &klog, &mut out);
+        }
+    }
+    if let Some(s) = status {
+        let r = &s.rings;
+        if r.integrity_failures() > 0 {
+            out.push(Finding::new(
+                "tracer-integrity",
+                format!(
+                    "records failed integrity checks: {} erased or rewritten, {} failed their check (forged or stale key), {} with an epoch the host never issued, {} ring rewinds",
+                    r.erased, r.bad_check, r.unknown_epoch, r.rewound
+                ),
+                &[],
+                format!("session {}, see {}", s.state, state.anomalies().display()),
+            ));
+        }
+    }
+    out
+}
+
+/// The key in guest RAM must be the one the host wrote for that epoch.
+fn key_matches(ram: &GuestRam, k: &GuestKernel, klog: &Klog, out: &mut Vec<Finding>) {
+    for _ in 0..5 {
+        let Ok(epoch) = ram.read_u64(k.field(abi::off::CUR_EPOCH)) else {
+            return;
+        };
+        let slot = abi::off::KEYS + (epoch % abi::KEY_SLOTS) * 16;
+        let (Ok(e1), Ok(key), Ok(e2)) = (
+            ram.read_u64(k.field(slot)),
+            ram.read_u64(k.field(slot + 8)),
+            ram.read_u64(k.field(slot)),
+        ) else {
+            return;
+        };
+        if e1 != epoch || e2 != epoch {
+            // The host is rotating right now; look again.
+            std::thread::sleep(Duration::from_millis(50));
+            continue;
+        }
+        match klog.key(epoch) {
+            Some(want) if want == key => {}
+            Some(_) => out.push(Finding::new(
+                "tracer-integrity",
+                format!("the key of epoch {epoch} in guest memory is not the one the host wrote"),
+                &[k.field(slot + 8).0],
+                "key rewritten in the guest",
+            )),
+            None => {
+                // Written after we loaded Klog? Then it is a newer epoch.
+                if epoch > klog.max_epoch() + 1 {
+                    out.push(Finding::new(
+                        "tracer-integrity",
+                        format!("guest key epoch {epoch} was never issued by the host"),
+                        &[k.field(abi::off::CUR_EPOCH).0],
+                        "",
+                    ));
+                }
+            }
+        }
+        return;
+    }
+}

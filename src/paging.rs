@@ -1,0 +1,151 @@
+//! x86_64 guest page tables, walked in guest RAM from the host.
+//!
+//! Kernel-image addresses translate linearly (see [`crate::kernel`]), but
+//! modules, vmalloc and the direct map do not: those need the guest's own
+//! page tables, from `init_top_pgt` (4-level, or 5-level when the guest
+//! enabled LA57), with 1 GiB and 2 MiB pages.
+
+use crate::guest_memory::{GuestAddress, GuestRam};
+
+const PRESENT: u64 = 1;
+const HUGE: u64 = 1 << 7;
+const ADDR_MASK: u64 = 0x000f_ffff_ffff_f000;
+
+pub struct PageTables<'a> {
+    ram: &'a GuestRam,
+    /// Guest physical address of the top-level table.
+    root: u64,
+    levels: u32,
+}
+
+impl<'a> PageTables<'a> {
+    pub fn new(ram: &'a GuestRam, root: GuestAddress, five_level: bool) -> Self {
+        PageTables {
+            ram,
+            root: root.0 & ADDR_MASK,
+            levels: if five_level { 5 } else { 4 },
+        }
+    }
+
+    /// The guest physical address `va` maps to, if mapped.
+    pub fn translate(&self, va: u64) -> Option<GuestAddress> {
+        let mut table = self.root;
+        for level in (1..=self.levels).rev() {
+            let shift = 12 + 9 * (level - 1);
+            let index = (va >> shift) & 511;
+            let entry = self.ram.read_u64(GuestAddress(table + index * 8)).ok()?;
+            if entry & PRESENT == 0 {
+                return None;
+            }
+            // 1 GiB (level 3) and 2 MiB (level 2) pages.
+            if (level == 2 || level == 3) && entry & HUGE != 0 {
+                let size_mask = (1u64 << shift) - 1;
+                return Some(GuestAddress(
+                    (entry & ADDR_MASK & !size_mask) | (va & size_mask),
+                ));
+            }
+            table = entry & ADDR_MASK;
+        }
+        Some(GuestAddress(table | (va & 0xfff)))
+    }
+
+    /// Copy `buf.len()` bytes from guest virtual `va`, page by page.
+    pub fn read(&self, va: u64, buf: &mut [u8]) -> Option<()> {
+        let mut done = 0usize;
+        while done < buf.len() {
+            let cur = va.checked_add(done as u64)?;
+            let in_page = (4096 - (cur & 0xfff)) as usize;
+            let n = in_page.min(buf.len() - done);
+            let pa = self.translate(cur)?;
+            self.ram.read_into(pa, &mut buf[done..done + n]).ok()?;
+            done += n;
+        }
+        Some(())
+    }
+
+    pub fn read_u64(&self, va: u64) -> Option<u64> {
+        let mut b = [0u8; 8];
+        self.read(va, &mut b)?;
+        Some(u64::from_le_bytes(b))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::guest_memory::{Machine, MemoryLayout};
+
+    fn ram() -> (tempfile::TempDir, GuestRam) {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("ram");
+        std::fs::File::create(&p)
+            .unwrap()
+            .set_len(64 << 20)
+            .unwrap();
+        let r = GuestRam::open(&p, MemoryLayout::x86(64 << 20, Machine::Pc, None)).unwrap();
+        (dir, r)
+    }
+
+    fn set(ram: &GuestRam, table: u64, index: u64, val: u64) {
+        ram.write_u64(GuestAddress(table + index * 8), val).unwrap();
+    }
+
+    const VA: u64 = 0xffff_ffff_c012_3456; // a module address
+    fn idx(va: u64, level: u32) -> u64 {
+        (va >> (12 + 9 * (level - 1))) & 511
+    }
+
+    #[test]
+    fn walks_four_level_tables_with_4k_pages() {
+        let (_d, ram) = ram();
+        let (pml4, pdpt, pd, pt, page) = (0x10_0000, 0x10_1000, 0x10_2000, 0x10_3000, 0x20_0000);
+        set(&ram, pml4, idx(VA, 4), pdpt | 3);
+        set(&ram, pdpt, idx(VA, 3), pd | 3);
+        set(&ram, pd, idx(VA, 2), pt | 3);
+        set(&ram, pt, idx(VA, 1), page | 3 | (1 << 63));
+        let pt4 = PageTables::new(&ram, GuestAddress(pml4), false);
+        assert_eq!(pt4.translate(VA), Some(GuestAddress(page + 0x456)));
+        ram.write_u64(GuestAddress(page + 0x458), 0xabcd).unwrap();
+        assert_eq!(pt4.read_u64(VA + 2), Some(0xabcd));
+        assert_eq!(pt4.translate(VA + 0x1000), None, "next page is not mapped");
+    }
+
+    #[test]
+    fn huge_pages_and_five_levels() {
+        let (_d, ram) = ram();
+        let (pml5, pml4, pdpt, pd) = (0x30_0000, 0x30_1000, 0x30_2000, 0x30_3000);
+        set(&ram, pml5, idx(VA, 5), pml4 | 3);
+        set(&ram, pml4, idx(VA, 4), pdpt | 3);
+        set(&ram, pdpt, idx(VA, 3), pd | 3);
+        // 2 MiB page at 0x0200_0000.
+        set(&ram, pd, idx(VA, 2), 0x0200_0000 | HUGE | 3);
+        let t = PageTables::new(&ram, GuestAddress(pml5), true);
+        assert_eq!(
+            t.translate(VA),
+            Some(GuestAddress(0x0200_0000 | (VA & 0x1f_ffff)))
+        );
+        // 1 GiB page for the direct map.
+        let dm = 0xffff_8880_0000_0000u64 + 0x1234_5678;
+        let pdpt2 = 0x31_0000;
+        set(&ram, pml5, idx(dm, 5), pml4 | 3);
+        set(&ram, pml4, idx(dm, 4), pdpt2 | 3);
+        set(&ram, pdpt2, idx(dm, 3), HUGE | 3);
+        assert_eq!(t.translate(dm), Some(GuestAddress(0x1234_5678)));
+        // The same tables read as 4-level give something else or nothing.
+        assert_ne!(
+            PageTables::new(&ram, GuestAddress(pml5), false).translate(VA),
+            t.translate(VA)
+        );
+    }
+
+    #[test]
+    fn hostile_entries_do_not_panic() {
+        let (_d, ram) = ram();
+        // Points far outside RAM.
+        set(&ram, 0x10_0000, idx(VA, 4), 0x000f_ffff_ffff_f000 | 3);
+        let t = PageTables::new(&ram, GuestAddress(0x10_0000), false);
+        assert_eq!(t.translate(VA), None);
+        let mut b = [0u8; 16];
+        assert!(t.read(VA, &mut b).is_none());
+    }
+}
