@@ -109,6 +109,8 @@ pub struct DomainFacts {
     pub domain_type: String,
     pub enrolled: bool,
     pub system_map: Option<String>,
+    /// Functions to trace from every start (always-on monitoring), if asked.
+    pub monitor: Vec<String>,
     pub file_backed: bool,
     pub shared: bool,
     pub immediate: bool,
@@ -174,6 +176,11 @@ pub fn facts(xml: &str) -> Result<DomainFacts, String> {
             .and_then(|e| child(&nodes, e, "system-map"))
             .and_then(|n| n.attr("path"))
             .map(str::to_string),
+        monitor: en
+            .and_then(|e| child(&nodes, e, "monitor"))
+            .and_then(|n| n.attr("functions"))
+            .map(|f| f.split_whitespace().map(str::to_string).collect())
+            .unwrap_or_default(),
         file_backed: mb_child("source").and_then(|n| n.attr("type")) == Some("file"),
         shared: mb_child("access").and_then(|n| n.attr("mode")) == Some("shared"),
         immediate: mb_child("allocation").and_then(|n| n.attr("mode")) == Some("immediate"),
@@ -256,7 +263,9 @@ pub fn refuse_reason(f: &DomainFacts) -> Option<String> {
 }
 
 /// Enroll: the edited XML (identical to `xml` if already enrolled the same way).
-pub fn enroll(xml: &str, system_map: &str) -> Result<String, String> {
+/// Enroll: the edited XML (identical to `xml` if already enrolled the same
+/// way). `monitor` lists functions to trace from every start.
+pub fn enroll(xml: &str, system_map: &str, monitor: &[String]) -> Result<String, String> {
     let f = facts(xml)?;
     if let Some(why) = refuse_reason(&f) {
         return Err(why);
@@ -342,12 +351,17 @@ pub fn enroll(xml: &str, system_map: &str) -> Result<String, String> {
         }
     };
     let element = format!(
-        "<{PREFIX}:enrollment xmlns:{PREFIX}=\"{NAMESPACE}\"><{PREFIX}:system-map path=\"{}\"/>{}{}</{PREFIX}:enrollment>",
+        "<{PREFIX}:enrollment xmlns:{PREFIX}=\"{NAMESPACE}\"><{PREFIX}:system-map path=\"{}\"/>{}{}{}</{PREFIX}:enrollment>",
         escape(system_map),
+        if monitor.is_empty() {
+            String::new()
+        } else {
+            format!("<{PREFIX}:monitor functions=\"{}\"/>", escape(&monitor.join(" ")))
+        },
         prev("previous-memory-backing", old_backing),
         prev("previous-memballoon", old_balloon),
     );
-    if already && f.system_map.as_deref() == Some(system_map) {
+    if already && f.system_map.as_deref() == Some(system_map) && f.monitor == monitor {
         return Ok(xml.to_string());
     }
     match (en, nodes.iter().find(|n| n.is(&["domain", "metadata"]))) {
@@ -477,7 +491,7 @@ mod tests {
 
     #[test]
     fn enroll_adds_backing_balloon_and_metadata_and_keeps_the_rest() {
-        let out = enroll(PLAIN, "/var/lib/xftrace/kernels/6.1/System.map").unwrap();
+        let out = enroll(PLAIN, "/var/lib/xftrace/kernels/6.1/System.map", &[]).unwrap();
         let f = facts(&out).unwrap();
         assert!(f.enrolled && f.backing_ok() && !f.balloon, "{out}");
         assert_eq!(
@@ -499,15 +513,24 @@ mod tests {
 
     #[test]
     fn enroll_is_idempotent_and_unenroll_restores() {
-        let once = enroll(PLAIN, "/k/System.map").unwrap();
-        let twice = enroll(&once, "/k/System.map").unwrap();
+        let once = enroll(PLAIN, "/k/System.map", &[]).unwrap();
+        let twice = enroll(&once, "/k/System.map", &[]).unwrap();
         assert_eq!(once, twice);
         let back = unenroll(&twice).unwrap();
         assert_eq!(back, PLAIN, "{back}");
         let f = facts(&back).unwrap();
         assert!(!f.enrolled && f.balloon && !f.file_backed);
+        // Always-on monitoring is recorded, and changing it is a change.
+        let mon = enroll(
+            &once,
+            "/k/System.map",
+            &["sys_read".into(), "sys_openat".into()],
+        )
+        .unwrap();
+        assert_eq!(facts(&mon).unwrap().monitor, vec!["sys_read", "sys_openat"]);
+        assert_eq!(unenroll(&mon).unwrap(), PLAIN);
         // A new System.map updates the enrollment but keeps what it saved.
-        let other = enroll(&once, "/k2/System.map").unwrap();
+        let other = enroll(&once, "/k2/System.map", &[]).unwrap();
         assert_eq!(
             facts(&other).unwrap().system_map.as_deref(),
             Some("/k2/System.map")
@@ -521,7 +544,7 @@ mod tests {
             "  <vcpu",
             "  <memoryBacking>\n    <nosharepages/>\n    <discard/>\n  </memoryBacking>\n  <vcpu",
         );
-        let out = enroll(&xml, "/k/System.map").unwrap();
+        let out = enroll(&xml, "/k/System.map", &[]).unwrap();
         assert!(out.contains("<nosharepages/>"), "{out}");
         assert!(!out.contains("<discard/>\n"), "{out}");
         assert!(facts(&out).unwrap().backing_ok());
@@ -537,25 +560,25 @@ mod tests {
     #[test]
     fn refuses_what_cannot_work() {
         let xen = PLAIN.replace("type='kvm'", "type='xen'");
-        assert!(enroll(&xen, "/m").unwrap_err().contains("type 'xen'"));
+        assert!(enroll(&xen, "/m", &[]).unwrap_err().contains("type 'xen'"));
         let huge = PLAIN.replace(
             "  <vcpu",
             "  <memoryBacking><hugepages/></memoryBacking>\n  <vcpu",
         );
-        assert!(enroll(&huge, "/m").unwrap_err().contains("hugepage"));
+        assert!(enroll(&huge, "/m", &[]).unwrap_err().contains("hugepage"));
         let memfd = PLAIN.replace(
             "  <vcpu",
             "  <memoryBacking><source type='memfd'/></memoryBacking>\n  <vcpu",
         );
-        assert!(enroll(&memfd, "/m").unwrap_err().contains("memfd"));
+        assert!(enroll(&memfd, "/m", &[]).unwrap_err().contains("memfd"));
         assert!(unenroll(PLAIN).unwrap_err().contains("not enrolled"));
-        assert!(enroll("<domain", "/m").is_err());
+        assert!(enroll("<domain", "/m", &[]).is_err());
     }
 
     #[test]
     fn hook_allows_plain_and_enrolled_domains_and_refuses_broken_ones() {
         assert_eq!(prepare_decision(PLAIN), HookDecision::Allow);
-        let enrolled = enroll(PLAIN, "/k/System.map").unwrap();
+        let enrolled = enroll(PLAIN, "/k/System.map", &[]).unwrap();
         assert_eq!(prepare_decision(&enrolled), HookDecision::Allow);
         // Someone edited the backing away but left the enrollment.
         let broken = enrolled.replace("<access mode='shared'/>", "<access mode='private'/>");
@@ -572,7 +595,7 @@ mod tests {
             "  <memory",
             "  <metadata>\n    <app:info xmlns:app=\"http://example.org/app\">x</app:info>\n  </metadata>\n  <memory",
         );
-        let out = enroll(&xml, "/k/System.map").unwrap();
+        let out = enroll(&xml, "/k/System.map", &[]).unwrap();
         assert!(out.contains("<app:info xmlns:app=\"http://example.org/app\">x</app:info>"));
         let back = unenroll(&out).unwrap();
         assert!(back.contains("<app:info"));

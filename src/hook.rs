@@ -32,6 +32,41 @@ fn record(root: &Path, name: &str, state: &str) -> Result<GuestState> {
     Ok(st)
 }
 
+/// Always-on monitoring: start `xftrace --domain NAME on FUNCTIONS` in the
+/// background and return at once. That process talks to libvirt only after
+/// this hook has exited (libvirt finishes the start first), waits for the
+/// guest kernel to boot, and holds none of the hook's pipes, so libvirt never
+/// waits for it.
+fn start_monitoring(root: &Path, st: &GuestState, name: &str, functions: &[String]) -> Result<()> {
+    use std::os::unix::process::CommandExt;
+    let log = crate::state::create_private(&st.dir().join("monitor.log"))?;
+    let exe =
+        std::env::current_exe().map_err(|e| Error::io("cannot find the xftrace binary", e))?;
+    let mut cmd = std::process::Command::new(exe);
+    cmd.arg("--state-dir")
+        .arg(root)
+        .args(["--domain", name, "on", "--wait", "300"])
+        .args(functions)
+        .env("RUST_LOG", "info")
+        .stdin(std::process::Stdio::null())
+        .stdout(
+            log.try_clone()
+                .map_err(|e| Error::io("cannot dup log", e))?,
+        )
+        .stderr(log);
+    // In the child, before exec: leave libvirt's process group and session.
+    unsafe {
+        cmd.pre_exec(|| {
+            nix::unistd::setsid()
+                .map(|_| ())
+                .map_err(std::io::Error::from)
+        });
+    }
+    cmd.spawn()
+        .map_err(|e| Error::io("cannot start monitoring", e))?;
+    Ok(())
+}
+
 /// Read what the hook last recorded for domain `name`.
 pub fn recorded(root: &Path, name: &str) -> Option<LibvirtState> {
     let p = root.join("domains").join(name).join("libvirt.json");
@@ -61,9 +96,18 @@ pub fn qemu(root: &Path, args: &[String], stdin: &mut dyn std::io::Read) -> Resu
         ("started", "begin") => {
             let mut xml = String::new();
             let _ = stdin.read_to_string(&mut xml);
-            if domain_xml::facts(&xml).is_ok_and(|f| f.enrolled) {
-                if let Err(e) = record(root, name, "running") {
-                    warn!("xftrace hook: cannot record that {name} started: {e}");
+            let Ok(f) = domain_xml::facts(&xml) else {
+                return Ok(());
+            };
+            if f.enrolled {
+                match record(root, name, "running") {
+                    Ok(st) if !f.monitor.is_empty() => {
+                        if let Err(e) = start_monitoring(root, &st, name, &f.monitor) {
+                            warn!("xftrace hook: cannot start monitoring {name}: {e}");
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(e) => warn!("xftrace hook: cannot record that {name} started: {e}"),
                 }
             }
             Ok(())

@@ -56,46 +56,16 @@ impl GuestKernel {
     }
 }
 
-/// The `linux_banner` string of a vmlinux, read from its ELF sections.
+/// The `linux_banner` string of a vmlinux.
 pub fn banner_from_vmlinux(path: &Path, banner_addr: u64) -> Result<String> {
-    let data = std::fs::read(path)
-        .map_err(|e| Error::io(format!("cannot read vmlinux {}", path.display()), e))?;
-    elf_cstring_at(&data, banner_addr).ok_or_else(|| {
-        Error::Input(format!(
-            "{}: no linux_banner at {banner_addr:#x}; is it the vmlinux of this System.map?",
-            path.display()
-        ))
-    })
-}
-
-fn elf_cstring_at(elf: &[u8], addr: u64) -> Option<String> {
-    let u16_at = |o: usize| Some(u16::from_le_bytes(elf.get(o..o + 2)?.try_into().ok()?));
-    let u32_at = |o: usize| Some(u32::from_le_bytes(elf.get(o..o + 4)?.try_into().ok()?));
-    let u64_at = |o: usize| Some(u64::from_le_bytes(elf.get(o..o + 8)?.try_into().ok()?));
-    if elf.get(0..6)? != b"\x7fELF\x02\x01" {
-        return None;
-    }
-    let shoff = usize::try_from(u64_at(0x28)?).ok()?;
-    let shentsize = usize::from(u16_at(0x3a)?);
-    let shnum = usize::from(u16_at(0x3c)?);
-    for i in 0..shnum {
-        let sh = shoff.checked_add(i.checked_mul(shentsize)?)?;
-        let (ty, sa, so, ss) = (
-            u32_at(sh + 4)?,
-            u64_at(sh + 0x10)?,
-            u64_at(sh + 0x18)?,
-            u64_at(sh + 0x20)?,
-        );
-        if ty == 8 || sa == 0 || addr < sa || addr - sa >= ss {
-            continue;
-        }
-        let start = usize::try_from(so + (addr - sa)).ok()?;
-        let end = start.checked_add(512)?.min(elf.len());
-        let bytes = elf.get(start..end)?;
-        let n = bytes.iter().position(|&b| b == 0)?;
-        return String::from_utf8(bytes[..n].to_vec()).ok();
-    }
-    None
+    crate::vmlinux::Vmlinux::load(path)?
+        .cstring(banner_addr)
+        .ok_or_else(|| {
+            Error::Input(format!(
+                "{}: no linux_banner at {banner_addr:#x}; is it the vmlinux of this System.map?",
+                path.display()
+            ))
+        })
 }
 
 /// Check one candidate control block found at `ctl`.

@@ -85,7 +85,13 @@ impl Libvirt {
 
     /// Enroll `name`; returns (old XML, new XML). With `dry_run`, nothing is
     /// defined.
-    pub fn enroll(&self, name: &str, system_map: &Path, dry_run: bool) -> Result<(String, String)> {
+    pub fn enroll(
+        &self,
+        name: &str,
+        system_map: &Path,
+        monitor: &[String],
+        dry_run: bool,
+    ) -> Result<(String, String)> {
         let dom = self.domain(name)?;
         if !dom.is_persistent().unwrap_or(false) {
             return Err(Error::Input(format!(
@@ -100,7 +106,8 @@ impl Libvirt {
         })?;
         crate::symbols::SystemMap::load(&map)?;
         let old = self.persistent_xml(&dom)?;
-        let new = domain_xml::enroll(&old, &map.display().to_string()).map_err(Error::Input)?;
+        let new =
+            domain_xml::enroll(&old, &map.display().to_string(), monitor).map_err(Error::Input)?;
         if !dry_run && new != old {
             self.conn
                 .define_domain_xml(&new)

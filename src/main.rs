@@ -82,6 +82,10 @@ enum Command {
         /// Also trace interrupt handlers that run inside traced calls.
         #[arg(long)]
         irqs: bool,
+        /// Keep trying this many seconds while the guest is not up yet (the
+        /// hook's always-on monitoring uses it).
+        #[arg(long, default_value_t = 0, hide = true)]
+        wait: u64,
     },
     /// Stop tracing, drain the rings and write the trace.
     Off {
@@ -98,6 +102,10 @@ enum Command {
         /// Print the change to the domain's definition without making it.
         #[arg(long)]
         dry_run: bool,
+        /// Always-on monitoring: trace these functions from every start of
+        /// the domain (comma-separated; started by the libvirt hook).
+        #[arg(long, value_delimiter = ',', value_name = "FUNCTIONS")]
+        monitor: Vec<String>,
     },
     /// Undo `enroll`: restore the domain's previous memory backing.
     Unenroll {
@@ -214,7 +222,9 @@ fn run(cli: Cli) -> Result<(), Error> {
             functions,
             key_interval_ms,
             irqs,
-        } => session::on(
+            wait,
+        } => session::on_waiting(
+            Duration::from_secs(*wait),
             &target(&cli.guest)?,
             root,
             functions,
@@ -226,14 +236,18 @@ fn run(cli: Cli) -> Result<(), Error> {
         ),
         Command::Off { output } => session::off(&target(&cli.guest)?, root, output).map(|_| ()),
         Command::Status => session::status(&target(&cli.guest)?, root),
-        Command::Enroll { name, dry_run } => {
+        Command::Enroll {
+            name,
+            dry_run,
+            monitor,
+        } => {
             let map = cli.guest.system_map.as_ref().ok_or_else(|| {
                 Error::Input(format!(
                     "enrolling records the guest kernel's System.map: `xftrace enroll {name} --system-map PATH`"
                 ))
             })?;
             let lv = Libvirt::connect(&cli.guest.connect)?;
-            let (old, new) = lv.enroll(name, map, *dry_run)?;
+            let (old, new) = lv.enroll(name, map, monitor, *dry_run)?;
             if *dry_run {
                 print_change(&old, &new);
             } else if old == new {

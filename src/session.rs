@@ -63,6 +63,27 @@ pub fn on(target: &Target, root: &Path, functions: &[String], opts: CollectOptio
     Ok(())
 }
 
+/// `on`, retrying for up to `wait` while the guest cannot be opened yet
+/// (not running, or its kernel still booting).
+pub fn on_waiting(
+    wait: Duration,
+    target: &Target,
+    root: &Path,
+    functions: &[String],
+    opts: CollectOptions,
+) -> Result<()> {
+    let end = Instant::now() + wait;
+    loop {
+        match on(target, root, functions, opts) {
+            Err(Error::Guest(m) | Error::Libvirt(m)) if Instant::now() < end => {
+                info!("{}: not ready ({m}); retrying", target.describe());
+                std::thread::sleep(Duration::from_secs(2));
+            }
+            r => return r,
+        }
+    }
+}
+
 /// Start tracing: returns the kernel symbols traced and the collector's pid.
 fn start(
     target: &Target,

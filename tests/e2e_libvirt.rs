@@ -279,3 +279,65 @@ fn hook_passes_plain_domains_and_refuses_broken_enrollments() {
     assert_ne!(domstate(&broken), "running");
     drop(lv);
 }
+
+#[test]
+fn always_on_monitoring_starts_from_the_hook() {
+    let _one = common::serial();
+    let state = tempfile::Builder::new()
+        .prefix("xftrace-lv-")
+        .tempdir()
+        .unwrap();
+    let st = state.path();
+    let mut lv = Libvirtd::start(st);
+    let name = format!("xft-mon-{}", std::process::id());
+    let console = lv.define(&name, 256);
+    let map = common::system_map();
+    let o = xftrace(
+        st,
+        &[
+            "-c",
+            URI,
+            "enroll",
+            &name,
+            "--system-map",
+            map.to_str().unwrap(),
+            "--monitor",
+            "sys_openat",
+        ],
+    );
+    assert!(o.status.success(), "{}", out(&o));
+    assert!(virsh(&["start", &name]).status.success());
+    let mut con = Console::tcp(&console, Duration::from_secs(30)).unwrap();
+    con.wait_for("XFTRACE-GUEST-READY", Duration::from_secs(180), &mut || {
+        Ok(())
+    })
+    .unwrap();
+    // The hook started `on` in the background; it waits for the kernel.
+    let end = Instant::now() + Duration::from_secs(120);
+    loop {
+        let s = out(&xftrace(st, &["--domain", &name, "status"]));
+        if s.contains("tracer on") && s.contains("collector:  running") {
+            break;
+        }
+        assert!(Instant::now() < end, "monitoring never started: {s}");
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    con.sh("cat /tmp/hello.txt > /dev/null");
+    let dir = tempfile::tempdir().unwrap();
+    let trace = dir.path().join("trace_graph.txt");
+    let o = xftrace(
+        st,
+        &[
+            "--domain",
+            &name,
+            "off",
+            "--output",
+            trace.to_str().unwrap(),
+        ],
+    );
+    assert!(o.status.success(), "{}", out(&o));
+    assert!(std::fs::read_to_string(&trace)
+        .unwrap()
+        .contains("__x64_sys_openat() {"));
+    drop(lv);
+}

@@ -6,7 +6,7 @@
 mod common;
 
 use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -31,14 +31,8 @@ fn has(f: &[serde_json::Value], kind: &str, parts: &[&str]) -> bool {
 /// Peak resident memory (KiB) and wall time of one xftrace run.
 fn measured(x: &Xftrace, args: &[&str]) -> (std::process::Output, Duration, i64) {
     let t = Instant::now();
-    let child = Command::new(env!("CARGO_BIN_EXE_xftrace"))
-        .arg("--mem-file")
-        .arg(&x.mem_file)
-        .arg("--system-map")
-        .arg(&x.system_map)
-        .arg("--state-dir")
-        .arg(x.state.path())
-        .args(args)
+    let child = x
+        .command(args)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -126,14 +120,8 @@ fn detects_every_test_rootkit_and_nothing_on_a_clean_guest() {
     );
 
     // Detection latency: `watch` running while a rootkit loads.
-    let mut watch = Command::new(env!("CARGO_BIN_EXE_xftrace"))
-        .arg("--mem-file")
-        .arg(&x.mem_file)
-        .arg("--system-map")
-        .arg(&x.system_map)
-        .arg("--state-dir")
-        .arg(x.state.path())
-        .args(["watch", "--json", "--interval", "0.5"])
+    let mut watch = x
+        .command(&["watch", "--json", "--interval", "0.5"])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()

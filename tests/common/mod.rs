@@ -397,6 +397,19 @@ impl Xftrace {
         }
     }
 
+    /// The xftrace command for this guest, not yet run.
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_xftrace"));
+        c.arg("--mem-file")
+            .arg(&self.mem_file)
+            .arg("--system-map")
+            .arg(&self.system_map)
+            .arg("--state-dir")
+            .arg(self.state.path())
+            .args(args);
+        c
+    }
+
     pub fn run(&self, args: &[&str]) -> Output {
         let mut all = vec![
             "--mem-file",
