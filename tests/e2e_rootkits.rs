@@ -93,14 +93,26 @@ fn detects_every_test_rootkit_and_nothing_on_a_clean_guest() {
     );
     let x = Xftrace::new(&vm.ram);
 
-    // Clean: a baseline, then 20 consecutive checks with call flow.
-    let o = x.run(&["baseline", "--duration", "8"]);
-    assert!(o.status.success(), "baseline failed");
+    // Clean: a baseline under the mixed workload, then 20 consecutive checks
+    // with call flow under the same workload.
+    const WORKLOAD: &str =
+        "ls / > /dev/null; cat /init > /dev/null; cat /nonexistent 2> /dev/null; \
+         ps > /dev/null; echo x > /tmp/f; sh -c 'cat /tmp/f' > /dev/null; rm /tmp/f";
+    let mut baseline = x
+        .command(&["baseline", "--duration", "10"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    for _ in 0..6 {
+        vm.sh(WORKLOAD);
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    assert!(baseline.wait().unwrap().success(), "baseline failed");
     let mut worst = (Duration::ZERO, 0);
     for i in 0..20 {
-        vm.sh(
-            "ls / > /dev/null; cat /init > /dev/null; ps > /dev/null; echo x > /tmp/f; rm /tmp/f",
-        );
+        vm.sh(WORKLOAD);
         let (o, t, rss) = measured(&x, &["check", "--json", "--trace-seconds", "1"]);
         let f = findings(&o);
         assert!(
@@ -108,6 +120,11 @@ fn detects_every_test_rootkit_and_nothing_on_a_clean_guest() {
             "clean check {i} found {f:?}"
         );
         worst = (worst.0.max(t), worst.1.max(rss));
+        assert_eq!(
+            vm.qmp_status(),
+            "running",
+            "the guest left the running state"
+        );
     }
     let (o, t, rss) = measured(&x, &["check", "--json", "--trace-seconds", "0"]);
     assert_eq!(o.status.code(), Some(0));
@@ -200,6 +217,11 @@ fn detects_every_test_rootkit_and_nothing_on_a_clean_guest() {
         assert!(f
             .iter()
             .all(|x| x["domain"].is_string() && x["addresses"].is_array()));
+        assert_eq!(
+            vm.qmp_status(),
+            "running",
+            "the guest left the running state"
+        );
     }
 
     // A rootkit that goes for xftrace itself, while a session runs.
