@@ -160,7 +160,9 @@ fn detects_every_test_rootkit_and_nothing_on_a_clean_guest() {
     let _ = watch.kill();
     let _ = watch.wait();
     assert!(
-        line.contains("\"idt\"") && line.contains("IDT vector 0 enters"),
+        line.contains("\"idt\"")
+            && line.contains("IDT vector 0 enters")
+            && line.contains("in module rk_idt"),
         "{line}"
     );
     eprintln!(
@@ -207,6 +209,11 @@ fn detects_every_test_rootkit_and_nothing_on_a_clean_guest() {
         assert!(
             has(&f, kind, parts),
             "{module}: no {kind} finding with {parts:?} in {f:#?}"
+        );
+        // ... naming the module that owns the hook.
+        assert!(
+            has(&f, kind, &[&format!("in module {module}")]),
+            "{module}: the {kind} finding does not name the module: {f:#?}"
         );
         if let Some(flow) = flow {
             assert!(

@@ -39,6 +39,8 @@ pub struct Context<'a> {
     pub map: &'a SystemMap,
     pub kernel: &'a GuestKernel,
     pub vmlinux: &'a Vmlinux,
+    /// Loaded modules (address of `struct module`, name), read on first use.
+    pub modules: std::cell::OnceCell<Vec<(u64, String)>>,
 }
 
 impl Context<'_> {
@@ -95,13 +97,53 @@ impl Context<'_> {
         self.map.in_image(addr.wrapping_sub(self.slide()))
     }
 
-    /// `symbol+0xoff` for a runtime address, or the bare address.
+    /// `symbol+0xoff` for a runtime address, or the bare address (with the
+    /// module that probably owns it).
     pub fn name(&self, addr: u64) -> String {
         match self.map.containing(addr.wrapping_sub(self.slide())) {
             Some((s, 0)) => s.to_string(),
             Some((s, off)) => format!("{s}+{off:#x}"),
-            None => format!("{addr:#x} (outside the kernel image)"),
+            None => match self.module_of(addr) {
+                Some(m) => format!("{addr:#x} (outside the kernel image, in module {m})"),
+                None => format!("{addr:#x} (outside the kernel image)"),
+            },
         }
+    }
+
+    /// The guest's module list: `modules` heads a list of `struct module`,
+    /// which on 6.1 starts `{ enum module_state state; struct list_head
+    /// list; char name[56]; ... }` whatever the config.
+    fn modules(&self) -> &[(u64, String)] {
+        self.modules.get_or_init(|| {
+            let mut out = Vec::new();
+            let Some(head) = self.sym("modules") else {
+                return out;
+            };
+            let mut p = self.read_words(head, 1).map_or(head, |w| w[0]);
+            while p != head && p != 0 && out.len() < 1024 {
+                let mut name = [0u8; 56];
+                if self.read(p + 16, &mut name).is_none() {
+                    break;
+                }
+                let n = name.iter().position(|&c| c == 0).unwrap_or(name.len());
+                out.push((p - 8, String::from_utf8_lossy(&name[..n]).into_owned()));
+                p = match self.read_words(p, 1) {
+                    Some(w) => w[0],
+                    None => break,
+                };
+            }
+            out
+        })
+    }
+
+    /// The module whose `struct module` (in its own data, after its code)
+    /// is the nearest one above `addr`: an attribution by layout, not proof.
+    fn module_of(&self, addr: u64) -> Option<&str> {
+        self.modules()
+            .iter()
+            .filter(|(m, _)| *m >= addr && *m - addr < 8 << 20)
+            .min_by_key(|(m, _)| *m)
+            .map(|(_, n)| n.as_str())
     }
 }
 

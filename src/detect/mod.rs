@@ -104,6 +104,7 @@ pub fn check(target: &Target, root: &Path, opts: &CheckOptions) -> Result<Vec<Fi
                 map: &g.map,
                 kernel: &g.kernel,
                 vmlinux: &vmlinux,
+                modules: Default::default(),
             };
             let mut f = integrity::check_all(&cx);
             f.extend(tracer::check(&g.ram, &g.kernel, &target.state(root)?));
