@@ -22,6 +22,31 @@ fn list_row(line: &str, name: &str, want: [&str; 3]) -> bool {
     f.len() >= 4 && f[0] == name && f[1..4] == want
 }
 
+/// State directory and a libvirtd with the hook pointing at it.
+fn setup() -> (tempfile::TempDir, Libvirtd) {
+    let state = tempfile::Builder::new()
+        .prefix("xftrace-lv-")
+        .tempdir()
+        .unwrap();
+    let lv = Libvirtd::start(state.path());
+    (state, lv)
+}
+
+/// `xftrace enroll NAME --system-map <the test kernel's> EXTRA...`
+fn enroll(st: &std::path::Path, name: &str, extra: &[&str]) -> std::process::Output {
+    let map = common::system_map();
+    let mut args = vec![
+        "-c",
+        URI,
+        "enroll",
+        name,
+        "--system-map",
+        map.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    xftrace(st, &args)
+}
+
 fn domstate(name: &str) -> String {
     String::from_utf8_lossy(&virsh(&["domstate", name]).stdout)
         .trim()
@@ -31,29 +56,13 @@ fn domstate(name: &str) -> String {
 #[test]
 fn enroll_start_trace_by_name_and_survive_destroy() {
     let _one = common::serial();
-    let state = tempfile::Builder::new()
-        .prefix("xftrace-lv-")
-        .tempdir()
-        .unwrap();
+    let (state, mut lv) = setup();
     let st = state.path();
-    let mut lv = Libvirtd::start(st);
     let name = format!("xft-e2e-{}", std::process::id());
     let console = lv.define(&name, 256);
-    let map = common::system_map();
 
     // Enrollment: dry run changes nothing, then the real one, then idempotent.
-    let o = xftrace(
-        st,
-        &[
-            "-c",
-            URI,
-            "enroll",
-            &name,
-            "--system-map",
-            map.to_str().unwrap(),
-            "--dry-run",
-        ],
-    );
+    let o = enroll(st, &name, &["--dry-run"]);
     assert!(o.status.success(), "{}", out(&o));
     assert!(
         out(&o).contains("+    <source type='file'/>"),
@@ -64,17 +73,7 @@ fn enroll_start_trace_by_name_and_survive_destroy() {
         !String::from_utf8_lossy(&virsh(&["dumpxml", "--inactive", &name]).stdout)
             .contains("xftrace:enrollment")
     );
-    let o = xftrace(
-        st,
-        &[
-            "-c",
-            URI,
-            "enroll",
-            &name,
-            "--system-map",
-            map.to_str().unwrap(),
-        ],
-    );
+    let o = enroll(st, &name, &[]);
     assert!(o.status.success(), "{}", out(&o));
     let xml =
         String::from_utf8_lossy(&virsh(&["dumpxml", "--inactive", &name]).stdout).into_owned();
@@ -87,17 +86,7 @@ fn enroll_start_trace_by_name_and_survive_destroy() {
     ] {
         assert!(xml.contains(want), "{want} missing from {xml}");
     }
-    let o = xftrace(
-        st,
-        &[
-            "-c",
-            URI,
-            "enroll",
-            &name,
-            "--system-map",
-            map.to_str().unwrap(),
-        ],
-    );
+    let o = enroll(st, &name, &[]);
     assert!(out(&o).contains("already enrolled"), "{}", out(&o));
     let o = xftrace(st, &["-c", URI, "list"]);
     assert!(
@@ -228,12 +217,8 @@ fn enroll_start_trace_by_name_and_survive_destroy() {
 #[test]
 fn hook_passes_plain_domains_and_refuses_broken_enrollments() {
     let _one = common::serial();
-    let state = tempfile::Builder::new()
-        .prefix("xftrace-lv-")
-        .tempdir()
-        .unwrap();
+    let (state, mut lv) = setup();
     let st = state.path();
-    let mut lv = Libvirtd::start(st);
     let plain = format!("xft-plain-{}", std::process::id());
     let broken = format!("xft-broken-{}", std::process::id());
     lv.define(&plain, 128);
@@ -247,18 +232,7 @@ fn hook_passes_plain_domains_and_refuses_broken_enrollments() {
     virsh(&["destroy", &plain]);
 
     // Enrolled, then the memory backing edited away by hand: refused.
-    let map = common::system_map();
-    let o = xftrace(
-        st,
-        &[
-            "-c",
-            URI,
-            "enroll",
-            &broken,
-            "--system-map",
-            map.to_str().unwrap(),
-        ],
-    );
+    let o = enroll(st, &broken, &[]);
     assert!(o.status.success(), "{}", out(&o));
     let xml = String::from_utf8_lossy(&virsh(&["dumpxml", "--inactive", &broken]).stdout)
         .replace("<access mode='shared'/>", "");
@@ -283,28 +257,11 @@ fn hook_passes_plain_domains_and_refuses_broken_enrollments() {
 #[test]
 fn always_on_monitoring_starts_from_the_hook() {
     let _one = common::serial();
-    let state = tempfile::Builder::new()
-        .prefix("xftrace-lv-")
-        .tempdir()
-        .unwrap();
+    let (state, mut lv) = setup();
     let st = state.path();
-    let mut lv = Libvirtd::start(st);
     let name = format!("xft-mon-{}", std::process::id());
     let console = lv.define(&name, 256);
-    let map = common::system_map();
-    let o = xftrace(
-        st,
-        &[
-            "-c",
-            URI,
-            "enroll",
-            &name,
-            "--system-map",
-            map.to_str().unwrap(),
-            "--monitor",
-            "sys_openat",
-        ],
-    );
+    let o = enroll(st, &name, &["--monitor", "sys_openat"]);
     assert!(o.status.success(), "{}", out(&o));
     assert!(virsh(&["start", &name]).status.success());
     let mut con = Console::tcp(&console, Duration::from_secs(30)).unwrap();
