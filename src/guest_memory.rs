@@ -19,12 +19,6 @@ use crate::error::{Error, Result};
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct GuestAddress(pub u64);
 
-impl GuestAddress {
-    pub fn checked_add(self, off: u64) -> Option<GuestAddress> {
-        self.0.checked_add(off).map(GuestAddress)
-    }
-}
-
 impl fmt::Display for GuestAddress {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{:#x}", self.0)

@@ -39,14 +39,6 @@ impl Klog {
         self.keys.keys().copied().max().unwrap_or(0)
     }
 
-    pub fn len(&self) -> usize {
-        self.keys.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.keys.is_empty()
-    }
-
     /// Read a Klog file (`TIME_NS EPOCH KEY_HEX` per line).
     pub fn load(path: &Path) -> Result<Self> {
         let f = File::open(path)
@@ -125,10 +117,6 @@ impl KeyController {
 
     pub fn epoch(&self) -> u64 {
         self.epoch
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
     }
 
     /// Generate a new key, log it, and install it in the guest.

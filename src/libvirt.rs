@@ -58,10 +58,6 @@ impl Libvirt {
         })
     }
 
-    pub fn uri(&self) -> &str {
-        &self.uri
-    }
-
     pub fn domain(&self, name: &str) -> Result<Domain> {
         self.conn.lookup_domain_by_name(name).map_err(|e| {
             Error::Input(format!(

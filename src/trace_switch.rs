@@ -87,13 +87,13 @@ pub fn send(
         .read_u64(k.field(abi::off::CMD_SEQ))?
         .max(ram.read_u64(k.field(abi::off::ACK_SEQ))?)
         + 1;
+    let len = list.len() as u64;
     let mut bytes = list.into_bytes();
     bytes.resize(bytes.len().div_ceil(8) * 8, 0);
     for (i, chunk) in bytes.chunks(8).enumerate() {
         let w = u64::from_le_bytes(chunk.try_into().unwrap());
         ram.write_u64(k.field(abi::off::FUNCS + 8 * i as u64), w)?;
     }
-    let len = functions.join(" ").len() as u64;
     ram.write_u64(k.field(abi::off::CMD_OP_FUNCS_LEN), op as u64 | (len << 32))?;
     ram.write_u64(k.field(abi::off::CMD_FLAGS), flags)?;
     ram.write_u64(k.field(abi::off::CMD_SEQ), seq)?;

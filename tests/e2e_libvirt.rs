@@ -47,6 +47,14 @@ fn enroll(st: &std::path::Path, name: &str, extra: &[&str]) -> std::process::Out
     xftrace(st, &args)
 }
 
+/// `xftrace --domain NAME off --output TRACE`
+fn off(st: &std::path::Path, name: &str, trace: &std::path::Path) -> std::process::Output {
+    xftrace(
+        st,
+        &["--domain", name, "off", "--output", trace.to_str().unwrap()],
+    )
+}
+
 fn domstate(name: &str) -> String {
     String::from_utf8_lossy(&virsh(&["domstate", name]).stdout)
         .trim()
@@ -133,16 +141,7 @@ fn enroll_start_trace_by_name_and_survive_destroy() {
     }
     let dir = tempfile::tempdir().unwrap();
     let trace = dir.path().join("trace_graph.txt");
-    let o = xftrace(
-        st,
-        &[
-            "--domain",
-            &name,
-            "off",
-            "--output",
-            trace.to_str().unwrap(),
-        ],
-    );
+    let o = off(st, &name, &trace);
     assert!(o.status.success(), "{}", out(&o));
     states.push(domstate(&name));
     assert!(states.iter().all(|s| s == "running"), "{states:?}");
@@ -186,16 +185,7 @@ fn enroll_start_trace_by_name_and_survive_destroy() {
     );
     assert_eq!(common::hook_state(st, &name).as_deref(), Some("stopped"));
     let trace2 = dir.path().join("after-destroy.txt");
-    let o = xftrace(
-        st,
-        &[
-            "--domain",
-            &name,
-            "off",
-            "--output",
-            trace2.to_str().unwrap(),
-        ],
-    );
+    let o = off(st, &name, &trace2);
     assert_eq!(o.status.code(), Some(4), "{}", out(&o));
     assert!(out(&o).contains("not running"), "{}", out(&o));
     let text = std::fs::read_to_string(&trace2).unwrap();
@@ -282,16 +272,7 @@ fn always_on_monitoring_starts_from_the_hook() {
     con.sh("cat /tmp/hello.txt > /dev/null");
     let dir = tempfile::tempdir().unwrap();
     let trace = dir.path().join("trace_graph.txt");
-    let o = xftrace(
-        st,
-        &[
-            "--domain",
-            &name,
-            "off",
-            "--output",
-            trace.to_str().unwrap(),
-        ],
-    );
+    let o = off(st, &name, &trace);
     assert!(o.status.success(), "{}", out(&o));
     assert!(std::fs::read_to_string(&trace)
         .unwrap()

@@ -30,14 +30,7 @@ pub fn virsh(args: &[&str]) -> Output {
         .args(args)
         .output()
         .expect("run virsh");
-    eprintln!(
-        "$ virsh {}\n  exit {:?}\n  {}{}",
-        args.join(" "),
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout).trim(),
-        String::from_utf8_lossy(&out.stderr).trim()
-    );
-    out
+    super::logged("virsh", args, out)
 }
 
 /// How the harness starts libvirtd. This machine's /dev/kvm hangs guests

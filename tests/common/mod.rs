@@ -481,8 +481,13 @@ pub fn xftrace(state: &Path, args: &[&str]) -> Output {
         .env("RUST_LOG", "info")
         .output()
         .expect("run xftrace");
+    logged("xftrace", args, out)
+}
+
+/// Echo a command and what it did to the test log; hand its output on.
+pub fn logged(tool: &str, args: &[&str], out: Output) -> Output {
     eprintln!(
-        "$ xftrace {}\n  exit {:?}\n  stdout: {}\n  stderr: {}",
+        "$ {tool} {}\n  exit {:?}\n  stdout: {}\n  stderr: {}",
         args.join(" "),
         out.status.code(),
         String::from_utf8_lossy(&out.stdout).trim(),
