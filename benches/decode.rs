@@ -95,11 +95,23 @@ fn main() {
         map.containing(a)
             .map_or_else(|| format!("{a:#x}"), |(n, _)| n.to_string())
     };
-    let text = render::render(&records, 1, &name, &[]);
+    // Streamed, as `off` does, into a sink that only counts bytes.
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0 += b.len();
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut out = Count(0);
+    render::render(&mut out, vec![(0, records.into_iter())], 1, &name, &[]).expect("renders");
     let dt = t.elapsed().as_secs_f64();
     println!(
         "render: {N} records in {dt:.3} s = {:.2} M records/s ({} MiB of text)",
         N as f64 / dt / 1e6,
-        text.len() >> 20
+        out.0 >> 20
     );
 }

@@ -6,51 +6,117 @@
 //! is copied; anything else is accounted for, never skipped silently:
 //! overwritten by a later lap of the ring (`lost`), erased or rewritten by
 //! something other than the tracer (`erased`), failing its check under the
-//! key of the epoch it names (`bad_check`), or naming an epoch the host never
-//! issued (`unknown_epoch`).
+//! key of the epoch it names (`bad_check`), naming an epoch the host never
+//! issued (`unknown_epoch`), naming an epoch two or more rotations old after
+//! the ring has moved past the point where a newer one was installed
+//! (`stale_epoch`: someone kept an old key), going back to an older epoch
+//! than the ring already used (`epoch_backwards`), or carrying impossible
+//! fields under a valid check (`bad_record`).
+#![deny(clippy::arithmetic_side_effects)]
 
-use std::fs::File;
-use std::io::{BufReader, BufWriter, Read, Write};
-use std::path::Path;
+use std::collections::VecDeque;
 
-use log::warn;
 use serde::{Deserialize, Serialize};
 
-use crate::abi::{self, DecodeError, Kind, RawSlot, Record};
-use crate::error::{Error, Result};
-use crate::guest_memory::GuestRam;
+use crate::abi::{self, DecodeError, RawSlot, Record};
+use crate::error::Result;
+use crate::guest_memory::{GuestAddress, GuestRam};
 use crate::kernel::GuestKernel;
 use crate::keys::Klog;
 
 /// Counters a collection keeps; saved in the session's status.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct RingStats {
     pub records: u64,
     /// Records overwritten by the guest before the host read them.
     pub lost: u64,
+    /// Records read but not kept: the spool reached its size limit.
+    pub over_limit: u64,
     /// Slots holding neither the expected record nor a later lap of it.
     pub erased: u64,
     /// Records that fail their check under their epoch's key.
     pub bad_check: u64,
     /// Records naming an epoch the host never issued.
     pub unknown_epoch: u64,
+    /// Records under a key the guest should no longer have had.
+    pub stale_epoch: u64,
+    /// Records whose epoch is older than one the ring already used.
+    pub epoch_backwards: u64,
+    /// Records that pass their check but cannot be (depth, type).
+    pub bad_record: u64,
     /// Times a ring's head went backwards (guest reboot or tampering).
     pub rewound: u64,
+    /// Times the guest moved a ring after the host started reading it.
+    pub ring_moved: u64,
 }
 
 impl RingStats {
     pub fn integrity_failures(&self) -> u64 {
-        self.erased + self.bad_check + self.unknown_epoch + self.rewound
+        [
+            self.erased,
+            self.bad_check,
+            self.unknown_epoch,
+            self.stale_epoch,
+            self.epoch_backwards,
+            self.bad_record,
+            self.rewound,
+            self.ring_moved,
+        ]
+        .iter()
+        .fold(0u64, |a, &b| a.saturating_add(b))
+    }
+
+    /// Records the trace does not have, for any reason other than integrity.
+    pub fn missing(&self) -> u64 {
+        self.lost.saturating_add(self.over_limit)
     }
 }
 
 /// Something wrong with a slot, reported with where it was.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Anomaly {
-    Erased { cpu: u32, seq: u64, commit: u64 },
-    BadCheck { cpu: u32, seq: u64, epoch: u64 },
-    UnknownEpoch { cpu: u32, seq: u64, epoch: u64 },
-    Rewound { cpu: u32, head: u64, expected: u64 },
+    Erased {
+        cpu: u32,
+        seq: u64,
+        commit: u64,
+    },
+    BadCheck {
+        cpu: u32,
+        seq: u64,
+        epoch: u64,
+    },
+    UnknownEpoch {
+        cpu: u32,
+        seq: u64,
+        epoch: u64,
+    },
+    StaleEpoch {
+        cpu: u32,
+        seq: u64,
+        epoch: u64,
+        newer: u64,
+    },
+    EpochBackwards {
+        cpu: u32,
+        seq: u64,
+        epoch: u64,
+        before: u64,
+    },
+    BadRecord {
+        cpu: u32,
+        seq: u64,
+    },
+    Rewound {
+        cpu: u32,
+        head: u64,
+        expected: u64,
+    },
+    RingMoved {
+        cpu: u32,
+        from: u64,
+        to: u64,
+    },
 }
 
 impl std::fmt::Display for Anomaly {
@@ -68,33 +134,109 @@ impl std::fmt::Display for Anomaly {
                 f,
                 "cpu {cpu} record {seq}: names key epoch {epoch}, which the host never issued (forged)"
             ),
+            Anomaly::StaleEpoch { cpu, seq, epoch, newer } => write!(
+                f,
+                "cpu {cpu} record {seq}: written under key epoch {epoch} after epoch {newer} was installed (forged with a kept key)"
+            ),
+            Anomaly::EpochBackwards { cpu, seq, epoch, before } => write!(
+                f,
+                "cpu {cpu} record {seq}: key epoch {epoch} after the ring already used epoch {before} (forged or replayed)"
+            ),
+            Anomaly::BadRecord { cpu, seq } => write!(
+                f,
+                "cpu {cpu} record {seq}: passes its check but its fields are impossible (forged by someone with the key)"
+            ),
             Anomaly::Rewound { cpu, head, expected } => write!(
                 f,
                 "cpu {cpu}: ring head went back from {expected} to {head} (guest rebooted or ring tampered with)"
+            ),
+            Anomaly::RingMoved { cpu, from, to } => write!(
+                f,
+                "cpu {cpu}: the guest moved its ring from {from:#x} to {to:#x} while the host read it"
             ),
         }
     }
 }
 
+/// Where the host stands on one ring.
+#[derive(Debug)]
+struct Cursor {
+    /// The ring's memory, once the guest has published it.
+    base: Option<GuestAddress>,
+    moved_reported: bool,
+    /// The next record to read.
+    next: u64,
+    /// The newest epoch a record of this ring used.
+    last_epoch: u64,
+    /// Epochs installed while this ring's head stood at `.1`: records past
+    /// that point cannot legitimately use keys older than the epoch before.
+    installs: VecDeque<(u64, u64)>,
+    /// The newest epoch installed before the record at `next`.
+    installed: u64,
+}
+
 /// Incremental reader of all rings.
 pub struct RingReader {
-    next: Vec<u64>,
+    rings: Vec<Cursor>,
     slots: u64,
+    ring_len: u64,
     pub stats: RingStats,
+}
+
+/// The ring `ring` as the guest published it, if usable.
+fn ring_base(ram: &GuestRam, k: &GuestKernel, ring: u32, len: u64) -> Result<Option<GuestAddress>> {
+    let pa = ram.read_u64(k.field(abi::ring_pa(ring)))?;
+    let ok = pa != 0 && pa % 4096 == 0 && ram.layout().locate(GuestAddress(pa), len).is_some();
+    Ok(ok.then_some(GuestAddress(pa)))
 }
 
 impl RingReader {
     /// Start at the rings' current heads: older records belong to earlier
-    /// sessions.
+    /// sessions. A ring the guest has not allocated yet starts at 0 when it
+    /// appears.
     pub fn start(ram: &GuestRam, kernel: &GuestKernel) -> Result<Self> {
-        let next = (0..kernel.header.nr_rings)
-            .map(|cpu| ram.read_u64(kernel.field(abi::off::HEAD + 8 * u64::from(cpu))))
-            .collect::<Result<_>>()?;
+        let ring_len = kernel.header.ring_len();
+        let mut rings = Vec::new();
+        for ring in 0..kernel.header.nr_rings {
+            let base = ring_base(ram, kernel, ring, ring_len)?;
+            let next = match base {
+                Some(_) => ram.read_u64(kernel.head(ring))?,
+                None => 0,
+            };
+            rings.push(Cursor {
+                base,
+                moved_reported: false,
+                next,
+                last_epoch: 0,
+                installs: VecDeque::new(),
+                installed: 0,
+            });
+        }
         Ok(RingReader {
-            next,
+            rings,
             slots: u64::from(kernel.header.ring_slots),
+            ring_len,
             stats: RingStats::default(),
         })
+    }
+
+    /// Tell the reader the host just installed `epoch`: from each ring's
+    /// current head on, records may use only this epoch or the one before.
+    pub fn note_rotation(
+        &mut self,
+        ram: &GuestRam,
+        kernel: &GuestKernel,
+        epoch: u64,
+    ) -> Result<()> {
+        for (ring, c) in (0u32..).zip(self.rings.iter_mut()) {
+            let head = ram.read_u64(kernel.head(ring))?;
+            // Bounded: the reader drains these as it passes them.
+            if c.installs.len() >= 1024 {
+                c.installs.pop_front();
+            }
+            c.installs.push_back((epoch, head));
+        }
+        Ok(())
     }
 
     /// Read every record committed since the last poll.
@@ -106,65 +248,71 @@ impl RingReader {
         mut record: impl FnMut(Record),
         mut anomaly: impl FnMut(Anomaly),
     ) -> Result<u64> {
-        let mut n = 0;
-        for cpu in 0..self.next.len() as u32 {
-            let head = ram.read_u64(kernel.field(abi::off::HEAD + 8 * u64::from(cpu)))?;
-            let next = &mut self.next[cpu as usize];
-            if head < *next {
-                self.stats.rewound += 1;
+        let mut n = 0u64;
+        let (slots, ring_len) = (self.slots, self.ring_len);
+        for (cpu, c) in (0u32..).zip(self.rings.iter_mut()) {
+            let published = ring_base(ram, kernel, cpu, ring_len)?;
+            let base = match (c.base, published) {
+                (None, Some(b)) => {
+                    c.base = Some(b);
+                    b
+                }
+                (Some(b), Some(p)) if b != p && !c.moved_reported => {
+                    c.moved_reported = true;
+                    self.stats.ring_moved = self.stats.ring_moved.saturating_add(1);
+                    anomaly(Anomaly::RingMoved {
+                        cpu,
+                        from: b.0,
+                        to: p.0,
+                    });
+                    b
+                }
+                (Some(b), _) => b,
+                (None, None) => continue,
+            };
+            let head = ram.read_u64(kernel.head(cpu))?;
+            if head < c.next {
+                self.stats.rewound = self.stats.rewound.saturating_add(1);
                 anomaly(Anomaly::Rewound {
                     cpu,
                     head,
-                    expected: *next,
+                    expected: c.next,
                 });
-                *next = head;
+                c.next = head;
+                c.installs.clear();
+                c.last_epoch = 0;
                 continue;
             }
-            if head - *next > self.slots {
-                self.stats.lost += head - self.slots - *next;
-                *next = head - self.slots;
+            // head ≥ next here.
+            let behind = head.saturating_sub(c.next);
+            if behind > slots {
+                let skipped = behind.saturating_sub(slots);
+                self.stats.lost = self.stats.lost.saturating_add(skipped);
+                c.next = c.next.saturating_add(skipped);
             }
-            while *next < head {
-                let seq = *next;
-                let at = kernel.slot(cpu, seq % self.slots);
-                let mut slot: RawSlot = [0; 8];
-                ram.read_words(at, &mut slot)?;
-                let again = ram.read_u64(at)?;
-                *next += 1;
-                let want = abi::committed(seq);
-                if slot[0] != want || again != want {
-                    // The writer lapping the ring is the only legitimate reason.
-                    let later_lap = match (slot[0].max(again) >> 1).checked_sub(1) {
-                        Some(cseq) => cseq > seq && (cseq - seq) % self.slots == 0,
-                        None => false,
-                    };
-                    if later_lap {
-                        self.stats.lost += 1;
-                    } else {
-                        self.stats.erased += 1;
-                        anomaly(Anomaly::Erased {
-                            cpu,
-                            seq,
-                            commit: slot[0],
-                        });
-                    }
-                    continue;
-                }
-                let epoch = slot[1];
-                let Some(key) = klog.key(epoch) else {
-                    self.stats.unknown_epoch += 1;
-                    anomaly(Anomaly::UnknownEpoch { cpu, seq, epoch });
-                    continue;
-                };
-                match abi::decode(cpu, seq, &slot, key) {
+            while c.next < head {
+                let seq = c.next;
+                c.next = c.next.saturating_add(1);
+                match read_one(ram, base, seq, slots, cpu, c, klog) {
                     Ok(r) => {
-                        self.stats.records += 1;
-                        n += 1;
+                        self.stats.records = self.stats.records.saturating_add(1);
+                        n = n.saturating_add(1);
                         record(r);
                     }
-                    Err(DecodeError::BadCheck) | Err(DecodeError::BadFields) => {
-                        self.stats.bad_check += 1;
-                        anomaly(Anomaly::BadCheck { cpu, seq, epoch });
+                    Err(Outcome::Lost) => self.stats.lost = self.stats.lost.saturating_add(1),
+                    Err(Outcome::Bad(a)) => {
+                        let counter = match a {
+                            Anomaly::Erased { .. } => &mut self.stats.erased,
+                            Anomaly::BadCheck { .. } => &mut self.stats.bad_check,
+                            Anomaly::UnknownEpoch { .. } => &mut self.stats.unknown_epoch,
+                            Anomaly::StaleEpoch { .. } => &mut self.stats.stale_epoch,
+                            Anomaly::EpochBackwards { .. } => &mut self.stats.epoch_backwards,
+                            Anomaly::BadRecord { .. } => &mut self.stats.bad_record,
+                            Anomaly::Rewound { .. } => &mut self.stats.rewound,
+                            Anomaly::RingMoved { .. } => &mut self.stats.ring_moved,
+                        };
+                        *counter = counter.saturating_add(1);
+                        anomaly(a);
                     }
                 }
             }
@@ -173,104 +321,96 @@ impl RingReader {
     }
 }
 
-/// Size of one record in a spool file.
-const SPOOL_RECORD: usize = 64;
-
-/// Append-only file of decoded records, so a long trace never has to fit in
-/// memory and nothing is lost if the collector dies.
-pub struct Spool {
-    out: BufWriter<File>,
+enum Outcome {
+    Lost,
+    Bad(Anomaly),
 }
 
-impl Spool {
-    pub fn create(path: &Path) -> Result<Self> {
-        let f = crate::state::create_private(path)?;
-        Ok(Spool {
-            out: BufWriter::new(f),
-        })
-    }
-
-    pub fn push(&mut self, r: &Record) -> Result<()> {
-        let mut b = [0u8; SPOOL_RECORD];
-        b[0..4].copy_from_slice(&r.cpu.to_le_bytes());
-        b[4..8].copy_from_slice(&r.depth.to_le_bytes());
-        b[8..12].copy_from_slice(&r.pid.to_le_bytes());
-        b[12] = match r.kind {
-            Kind::Entry => 1,
-            Kind::Return => 2,
-        };
-        for (i, v) in [r.seq, r.epoch, r.func, r.time, r.calltime, r.overrun]
-            .iter()
-            .enumerate()
-        {
-            b[16 + 8 * i..24 + 8 * i].copy_from_slice(&v.to_le_bytes());
-        }
-        self.out
-            .write_all(&b)
-            .map_err(|e| Error::io("cannot write the record spool", e))
-    }
-
-    pub fn flush(&mut self) -> Result<()> {
-        self.out
-            .flush()
-            .and_then(|_| self.out.get_ref().sync_data())
-            .map_err(|e| Error::io("cannot flush the record spool", e))
-    }
-}
-
-/// Read a spool back, calling `f` for each record in file order.
-pub fn read_spool(path: &Path, mut f: impl FnMut(Record)) -> Result<u64> {
-    let file = File::open(path)
-        .map_err(|e| Error::io(format!("cannot open record spool {}", path.display()), e))?;
-    let mut rd = BufReader::new(file);
-    let mut b = [0u8; SPOOL_RECORD];
-    let mut n = 0;
-    loop {
-        match rd.read_exact(&mut b) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => break,
-            Err(e) => return Err(Error::io("cannot read the record spool", e)),
-        }
-        let u32_at = |o: usize| u32::from_le_bytes(b[o..o + 4].try_into().unwrap());
-        let u64_at = |i: usize| u64::from_le_bytes(b[16 + 8 * i..24 + 8 * i].try_into().unwrap());
-        let kind = match b[12] {
-            1 => Kind::Entry,
-            2 => Kind::Return,
-            k => {
-                warn!(
-                    "record spool {}: bad record kind {k}, skipped",
-                    path.display()
-                );
-                continue;
-            }
-        };
-        f(Record {
-            cpu: u32_at(0),
-            depth: u32_at(4),
-            pid: u32_at(8),
-            kind,
-            seq: u64_at(0),
-            epoch: u64_at(1),
-            func: u64_at(2),
-            time: u64_at(3),
-            calltime: u64_at(4),
-            overrun: u64_at(5),
+/// Read and judge record `seq` of ring `cpu`.
+fn read_one(
+    ram: &GuestRam,
+    base: GuestAddress,
+    seq: u64,
+    slots: u64,
+    cpu: u32,
+    c: &mut Cursor,
+    klog: &Klog,
+) -> std::result::Result<Record, Outcome> {
+    // Inside the ring: checked against RAM when the ring was accepted.
+    let at = GuestAddress(
+        base.0
+            .saturating_add(abi::slot(seq.checked_rem(slots).unwrap_or(0))),
+    );
+    let mut slot: RawSlot = [0; 8];
+    let erased = |commit| Outcome::Bad(Anomaly::Erased { cpu, seq, commit });
+    ram.read_words(at, &mut slot).map_err(|_| erased(0))?;
+    let again = ram.read_u64(at).map_err(|_| erased(0))?;
+    let want = abi::committed(seq).ok_or_else(|| erased(slot[0]))?;
+    if slot[0] != want || again != want {
+        // The writer lapping the ring is the only legitimate reason.
+        let later_lap = abi::commit_seq(slot[0].max(again))
+            .and_then(|cseq| cseq.checked_sub(seq))
+            .is_some_and(|d| d > 0 && d.checked_rem(slots) == Some(0));
+        return Err(if later_lap {
+            Outcome::Lost
+        } else {
+            erased(slot[0])
         });
-        n += 1;
     }
-    Ok(n)
+    let epoch = slot[1];
+    // Records past the point where epoch E was installed may use E or E−1.
+    while c.installs.front().is_some_and(|&(_, head)| head < seq) {
+        if let Some((e, _)) = c.installs.pop_front() {
+            c.installed = c.installed.max(e);
+        }
+    }
+    if epoch < c.last_epoch {
+        return Err(Outcome::Bad(Anomaly::EpochBackwards {
+            cpu,
+            seq,
+            epoch,
+            before: c.last_epoch,
+        }));
+    }
+    if epoch.saturating_add(1) < c.installed {
+        return Err(Outcome::Bad(Anomaly::StaleEpoch {
+            cpu,
+            seq,
+            epoch,
+            newer: c.installed,
+        }));
+    }
+    let Some(key) = klog.key(epoch) else {
+        return Err(Outcome::Bad(Anomaly::UnknownEpoch { cpu, seq, epoch }));
+    };
+    match abi::decode(cpu, seq, &slot, key) {
+        Ok(r) => {
+            c.last_epoch = epoch;
+            Ok(r)
+        }
+        Err(DecodeError::BadCheck) => Err(Outcome::Bad(Anomaly::BadCheck { cpu, seq, epoch })),
+        Err(DecodeError::BadFields) => Err(Outcome::Bad(Anomaly::BadRecord { cpu, seq })),
+    }
 }
 
 #[cfg(test)]
+#[allow(clippy::arithmetic_side_effects)]
 pub(crate) mod tests {
     use super::*;
-    use crate::guest_memory::GuestAddress;
+    use crate::abi::Kind;
     use crate::kernel::{locate, tests::synthetic_guest};
+    use crate::keys::KeyController;
+
+    /// Where ring `cpu`'s slot `idx` is.
+    pub(crate) fn slot_at(ram: &GuestRam, k: &GuestKernel, cpu: u32, idx: u64) -> GuestAddress {
+        let base = ram.read_u64(k.field(abi::ring_pa(cpu))).unwrap();
+        GuestAddress(base + idx * 64)
+    }
 
     /// Write record `seq` into ring `cpu` as the guest would, and publish it.
     pub(crate) fn guest_push(ram: &GuestRam, k: &GuestKernel, r: &Record, key: u64) {
         let slots = u64::from(k.header.ring_slots);
-        let at = k.slot(r.cpu, r.seq % slots);
+        let at = slot_at(ram, k, r.cpu, r.seq % slots);
         let words = abi::encode(r, key);
         ram.write_u64(at, words[0] | 1).unwrap();
         for (i, w) in words.iter().enumerate().skip(1) {
@@ -278,8 +418,7 @@ pub(crate) mod tests {
                 .unwrap();
         }
         ram.write_u64(at, words[0]).unwrap();
-        ram.write_u64(k.field(abi::off::HEAD + 8 * u64::from(r.cpu)), r.seq + 1)
-            .unwrap();
+        ram.write_u64(k.head(r.cpu), r.seq + 1).unwrap();
     }
 
     pub(crate) fn rec(cpu: u32, seq: u64, epoch: u64) -> Record {
@@ -374,6 +513,76 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn a_key_kept_from_before_rotation_cannot_forge_later_records() {
+        let (d, ram, k) = setup();
+        let mut keys = KeyController::new(&ram, &k, &d.path().join("klog")).unwrap();
+        let mut rd = RingReader::start(&ram, &k).unwrap();
+        let e1 = keys.rotate(&ram, &k).unwrap();
+        rd.note_rotation(&ram, &k, e1).unwrap();
+        // A guest attacker copies the key of epoch 1 out of its memory.
+        let stolen = ram.read_u64(k.field(abi::key_slot(e1) + 8)).unwrap();
+        guest_push(&ram, &k, &rec(0, 0, e1), stolen);
+        // The host rotates twice; epoch 1's key is wiped from the guest.
+        for _ in 0..2 {
+            let e = keys.rotate(&ram, &k).unwrap();
+            guest_push(&ram, &k, &rec(0, e - 1, e), keys.current().unwrap().1);
+            rd.note_rotation(&ram, &k, e).unwrap();
+        }
+        assert_ne!(
+            ram.read_u64(k.field(abi::key_slot(e1) + 8)).unwrap(),
+            stolen
+        );
+        // Now a record at the current position, forged with the stolen key.
+        guest_push(&ram, &k, &rec(0, 3, e1), stolen);
+        let (recs, anoms) = poll_all(&mut rd, &ram, &k, keys.klog());
+        assert_eq!(
+            recs.iter().map(|r| r.seq).collect::<Vec<_>>(),
+            vec![0, 1, 2]
+        );
+        assert!(
+            matches!(
+                anoms[..],
+                [Anomaly::EpochBackwards {
+                    seq: 3,
+                    epoch: 1,
+                    ..
+                }]
+            ),
+            "{anoms:?}"
+        );
+        // Even on a ring that never used a newer epoch, it is stale.
+        let (d2, ram2, k2) = setup();
+        let mut keys2 = KeyController::new(&ram2, &k2, &d2.path().join("klog")).unwrap();
+        let mut rd2 = RingReader::start(&ram2, &k2).unwrap();
+        let e1 = keys2.rotate(&ram2, &k2).unwrap();
+        rd2.note_rotation(&ram2, &k2, e1).unwrap();
+        let stolen = keys2.current().unwrap().1;
+        for _ in 0..2 {
+            let e = keys2.rotate(&ram2, &k2).unwrap();
+            rd2.note_rotation(&ram2, &k2, e).unwrap();
+        }
+        guest_push(&ram2, &k2, &rec(1, 0, e1), stolen);
+        guest_push(&ram2, &k2, &rec(1, 1, e1), stolen);
+        let (recs, anoms) = poll_all(&mut rd2, &ram2, &k2, keys2.klog());
+        // Record 0 was at the head when epochs 2 and 3 came: it may be a
+        // write in flight. Record 1 began after that: forged.
+        assert_eq!(recs.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![0]);
+        assert!(
+            matches!(
+                anoms[..],
+                [Anomaly::StaleEpoch {
+                    seq: 1,
+                    epoch: 1,
+                    newer: 3,
+                    ..
+                }]
+            ),
+            "{anoms:?}"
+        );
+        assert_eq!(rd2.stats.stale_epoch, 1);
+    }
+
+    #[test]
     fn torn_and_erased_slots_are_counted() {
         let (_d, ram, k) = setup();
         let mut klog = Klog::default();
@@ -383,10 +592,10 @@ pub(crate) mod tests {
             guest_push(&ram, &k, &rec(0, seq, 1), 7);
         }
         // Record 1: caught mid-write (commit word odd).
-        let at = k.slot(0, 1);
-        ram.write_u64(at, abi::committed(1) | 1).unwrap();
+        ram.write_u64(slot_at(&ram, &k, 0, 1), abi::committed(1).unwrap() | 1)
+            .unwrap();
         // Record 2: zeroed by someone.
-        ram.write_u64(k.slot(0, 2), 0).unwrap();
+        ram.write_u64(slot_at(&ram, &k, 0, 2), 0).unwrap();
         let (recs, anoms) = poll_all(&mut rd, &ram, &k, &klog);
         assert_eq!(recs.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![0, 3]);
         assert_eq!(rd.stats.erased, 2);
@@ -411,12 +620,34 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn hostile_heads_and_commit_words_do_not_panic() {
+        let (_d, ram, k) = setup();
+        let mut klog = Klog::default();
+        klog.insert(1, 7);
+        let mut rd = RingReader::start(&ram, &k).unwrap();
+        ram.write_u64(k.head(0), u64::MAX).unwrap();
+        ram.write_u64(slot_at(&ram, &k, 0, (u64::MAX - 1) % 256), u64::MAX)
+            .unwrap();
+        let (recs, _) = poll_all(&mut rd, &ram, &k, &klog);
+        assert!(recs.is_empty());
+        assert_eq!(rd.stats.lost, u64::MAX - 256);
+        assert_eq!(rd.stats.erased, 256);
+        // A ring moved to a bogus address is reported once, not followed.
+        ram.write_u64(k.field(abi::ring_pa(1)), 0x2000).unwrap();
+        let (_, anoms) = poll_all(&mut rd, &ram, &k, &klog);
+        assert!(
+            matches!(anoms[..], [Anomaly::RingMoved { cpu: 1, .. }]),
+            "{anoms:?}"
+        );
+    }
+
+    #[test]
     fn head_going_backwards_is_an_anomaly() {
         let (_d, ram, k) = setup();
         let klog = Klog::default();
-        ram.write_u64(k.field(abi::off::HEAD), 100).unwrap();
+        ram.write_u64(k.head(0), 100).unwrap();
         let mut rd = RingReader::start(&ram, &k).unwrap();
-        ram.write_u64(k.field(abi::off::HEAD), 3).unwrap();
+        ram.write_u64(k.head(0), 3).unwrap();
         let (_, anoms) = poll_all(&mut rd, &ram, &k, &klog);
         assert_eq!(
             anoms,
@@ -426,20 +657,5 @@ pub(crate) mod tests {
                 expected: 100
             }]
         );
-    }
-
-    #[test]
-    fn spool_round_trips() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("records.bin");
-        let mut s = Spool::create(&p).unwrap();
-        let rs: Vec<Record> = (0..5).map(|i| rec(i % 2, u64::from(i), 3)).collect();
-        for r in &rs {
-            s.push(r).unwrap();
-        }
-        s.flush().unwrap();
-        let mut back = Vec::new();
-        assert_eq!(read_spool(&p, |r| back.push(r)).unwrap(), 5);
-        assert_eq!(back, rs);
     }
 }

@@ -262,10 +262,12 @@ pub fn refuse_reason(f: &DomainFacts) -> Option<String> {
     None
 }
 
-/// Enroll: the edited XML (identical to `xml` if already enrolled the same way).
 /// Enroll: the edited XML (identical to `xml` if already enrolled the same
 /// way). `monitor` lists functions to trace from every start.
 pub fn enroll(xml: &str, system_map: &str, monitor: &[String]) -> Result<String, String> {
+    for m in monitor {
+        crate::symbols::check_pattern(m)?;
+    }
     let f = facts(xml)?;
     if let Some(why) = refuse_reason(&f) {
         return Err(why);
@@ -555,6 +557,18 @@ mod tests {
             ),
             "{back}"
         );
+    }
+
+    #[test]
+    fn enroll_monitor_takes_function_names_only() {
+        let e = enroll(
+            PLAIN,
+            "/k/System.map",
+            &["sys_read --state-dir=/etc".into()],
+        )
+        .unwrap_err();
+        assert!(e.contains("not a function name"), "{e}");
+        assert!(enroll(PLAIN, "/k/System.map", &["__x64_sys_*".into()]).is_ok());
     }
 
     #[test]

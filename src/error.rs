@@ -24,6 +24,9 @@ pub enum Error {
     NotGuestRam(String),
     /// The guest is not running an xftrace kernel, or not this one.
     Guest(String),
+    /// More than one control block passes validation: someone in the guest
+    /// planted a copy. Checks still run against each; commands are refused.
+    Decoy(String),
     /// A guest physical range that is not RAM in this layout.
     OutOfRange {
         gpa: u64,
@@ -55,6 +58,7 @@ impl Error {
             Error::Input(_) => exit::INPUT,
             Error::NotGuestRam(_)
             | Error::Guest(_)
+            | Error::Decoy(_)
             | Error::OutOfRange { .. }
             | Error::Unaligned(_) => exit::GUEST,
             Error::State(_) => exit::STATE,
@@ -68,7 +72,9 @@ impl Error {
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Error::Input(m) | Error::NotGuestRam(m) | Error::Guest(m) => f.write_str(m),
+            Error::Input(m) | Error::NotGuestRam(m) | Error::Guest(m) | Error::Decoy(m) => {
+                f.write_str(m)
+            }
             Error::State(m) | Error::Timeout(m) | Error::Libvirt(m) => f.write_str(m),
             Error::OutOfRange { gpa, len } => write!(
                 f,

@@ -5,6 +5,7 @@
 //! right now. The guest writes them concurrently, so nothing here hands out a
 //! `&[u8]` over the mapping: reads copy out with volatile or atomic loads, and
 //! the few host writes are single aligned 8-byte atomic stores.
+#![deny(clippy::arithmetic_side_effects)]
 
 use std::fmt;
 use std::fs::{File, OpenOptions};
@@ -80,10 +81,10 @@ impl MemoryLayout {
             file: 0,
             file_offset: 0,
         }];
-        if ram_size > low {
+        if let Some(high) = ram_size.checked_sub(low).filter(|&h| h > 0) {
             regions.push(RamRegion {
                 gpa: FOUR_GIB,
-                len: ram_size - low,
+                len: high,
                 file: 0,
                 file_offset: low,
             });
@@ -92,18 +93,24 @@ impl MemoryLayout {
     }
 
     /// A layout given region by region (from QEMU's memory map, or tests).
-    /// Neighbours contiguous both in guest memory and in the same file merge.
+    /// Neighbours contiguous both in guest memory and in the same file
+    /// merge; regions whose end does not fit in 64 bits are dropped.
     pub fn from_regions(mut regions: Vec<RamRegion>) -> Self {
+        regions.retain(|r| {
+            r.len > 0
+                && r.gpa.checked_add(r.len).is_some()
+                && r.file_offset.checked_add(r.len).is_some()
+        });
         regions.sort_by_key(|r| r.gpa);
         let mut merged: Vec<RamRegion> = Vec::with_capacity(regions.len());
-        for r in regions.into_iter().filter(|r| r.len > 0) {
+        for r in regions {
             match merged.last_mut() {
                 Some(m)
                     if m.file == r.file
-                        && m.gpa + m.len == r.gpa
-                        && m.file_offset + m.len == r.file_offset =>
+                        && m.gpa.checked_add(m.len) == Some(r.gpa)
+                        && m.file_offset.checked_add(m.len) == Some(r.file_offset) =>
                 {
-                    m.len += r.len
+                    m.len = m.len.saturating_add(r.len)
                 }
                 _ => merged.push(r),
             }
@@ -118,17 +125,16 @@ impl MemoryLayout {
     /// Where `[gpa, gpa + len)` is, if the whole range is RAM contiguous in
     /// one file.
     pub fn locate(&self, gpa: GuestAddress, len: u64) -> Option<FileOffset> {
-        let r = self
+        let (r, off) = self
             .regions
             .iter()
-            .find(|r| gpa.0 >= r.gpa && gpa.0 - r.gpa < r.len)?;
-        let off = gpa.0 - r.gpa;
-        if len > r.len - off {
+            .find_map(|r| Some((r, gpa.0.checked_sub(r.gpa).filter(|&o| o < r.len)?)))?;
+        if len > r.len.checked_sub(off)? {
             return None;
         }
         Some(FileOffset {
             file: r.file,
-            offset: r.file_offset + off,
+            offset: r.file_offset.checked_add(off)?,
         })
     }
 
@@ -139,14 +145,12 @@ impl MemoryLayout {
 
     /// Guest physical address of an offset in file `file`.
     pub fn to_gpa(&self, file: usize, file_offset: u64) -> Option<GuestAddress> {
-        self.regions
-            .iter()
-            .find(|r| {
-                r.file == file
-                    && file_offset >= r.file_offset
-                    && file_offset - r.file_offset < r.len
-            })
-            .map(|r| GuestAddress(r.gpa + (file_offset - r.file_offset)))
+        self.regions.iter().find_map(|r| {
+            let off = file_offset
+                .checked_sub(r.file_offset)
+                .filter(|&o| r.file == file && o < r.len)?;
+            r.gpa.checked_add(off).map(GuestAddress)
+        })
     }
 
     /// Bytes of file `file` the layout needs.
@@ -154,14 +158,18 @@ impl MemoryLayout {
         self.regions
             .iter()
             .filter(|r| r.file == file)
-            .map(|r| r.file_offset + r.len)
+            .map(|r| r.file_offset.saturating_add(r.len))
             .max()
             .unwrap_or(0)
     }
 
     /// Number of backing files the layout refers to.
     pub fn nr_files(&self) -> usize {
-        self.regions.iter().map(|r| r.file + 1).max().unwrap_or(0)
+        self.regions
+            .iter()
+            .map(|r| r.file.saturating_add(1))
+            .max()
+            .unwrap_or(0)
     }
 }
 
@@ -174,10 +182,13 @@ struct MappedFile {
 }
 
 impl MappedFile {
-    fn open(path: &Path, needed: u64) -> Result<Self> {
+    fn open(path: &Path, needed: u64, follow_links: bool) -> Result<Self> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let flags = if follow_links { 0 } else { libc::O_NOFOLLOW };
         let file = OpenOptions::new()
             .read(true)
             .write(true)
+            .custom_flags(flags | libc::O_CLOEXEC)
             .open(path)
             .map_err(|e| Error::io(format!("cannot open guest RAM file {}", path.display()), e))?;
         let meta = file
@@ -190,7 +201,7 @@ impl MappedFile {
             )));
         }
         let len = meta.len();
-        if len < 16 << 20 || len % 4096 != 0 {
+        if len < 16 << 20 || len % 4096 != 0 || usize::try_from(len).is_err() {
             return Err(Error::NotGuestRam(format!(
                 "{} is {} bytes; guest RAM files are page-sized multiples of at least 16 MiB",
                 path.display(),
@@ -228,12 +239,14 @@ impl GuestRam {
     /// Map `path` shared, read-write, with `layout`. The file is never
     /// resized, truncated or created.
     pub fn open(path: &Path, layout: MemoryLayout) -> Result<Self> {
-        Self::open_files(&[path.to_path_buf()], layout)
+        Self::open_files(&[path.to_path_buf()], layout, true)
     }
 
     /// Map several backing files (one per QEMU memory backend, e.g. per NUMA
-    /// node); `layout` regions name them by index.
-    pub fn open_files(paths: &[PathBuf], layout: MemoryLayout) -> Result<Self> {
+    /// node); `layout` regions name them by index. Paths that came from
+    /// somewhere less trusted than the operator (QEMU's monitor) are opened
+    /// with `follow_links` false: a link planted there is refused.
+    pub fn open_files(paths: &[PathBuf], layout: MemoryLayout, follow_links: bool) -> Result<Self> {
         if paths.is_empty() || layout.nr_files() > paths.len() {
             return Err(Error::NotGuestRam(format!(
                 "the memory layout refers to {} backing files, {} given",
@@ -244,7 +257,7 @@ impl GuestRam {
         let files = paths
             .iter()
             .enumerate()
-            .map(|(i, p)| MappedFile::open(p, layout.file_len(i)))
+            .map(|(i, p)| MappedFile::open(p, layout.file_len(i), follow_links))
             .collect::<Result<Vec<_>>>()?;
         Ok(GuestRam { files, layout })
     }
@@ -278,7 +291,8 @@ impl GuestRam {
             })
             .ok_or(Error::OutOfRange { gpa: gpa.0, len })?;
         let f = &self.files[at.file];
-        // In bounds of that file's mapping, checked above.
+        // In bounds of that file's mapping, checked above (the mapping's
+        // length fits in usize, so the offset does too).
         Ok(unsafe { f.map.as_mut_ptr().add(at.offset as usize) })
     }
 
@@ -321,7 +335,13 @@ impl GuestRam {
         if gpa.0 % 8 != 0 {
             return Err(Error::Unaligned(gpa.0));
         }
-        let p = self.ptr_at(gpa, words.len() as u64 * 8)? as *mut u64;
+        let len = (words.len() as u64)
+            .checked_mul(8)
+            .ok_or(Error::OutOfRange {
+                gpa: gpa.0,
+                len: u64::MAX,
+            })?;
+        let p = self.ptr_at(gpa, len)? as *mut u64;
         for (i, w) in words.iter_mut().enumerate() {
             // Aligned and in bounds, as checked above.
             *w = unsafe { AtomicU64::from_ptr(p.add(i)) }.load(Ordering::Acquire);
@@ -352,6 +372,7 @@ impl GuestRam {
 }
 
 #[cfg(test)]
+#[allow(clippy::arithmetic_side_effects)]
 mod tests {
     use super::*;
 

@@ -5,14 +5,29 @@
 //! back into libvirt and never blocks a start for anything but the one check
 //! that matters: an enrolled domain must keep its shared, preallocated,
 //! file-backed RAM, or xftrace would silently lose it.
+//!
+//! The domain XML is written by whoever may define domains, which is not
+//! necessarily whoever may run commands as root. Nothing from it reaches a
+//! command line but function names that pass [`crate::symbols::check_pattern`],
+//! after a `--`; paths in it are checked where they are used
+//! ([`crate::kernels::check_recorded`]).
 
+use std::ffi::OsString;
+use std::io::{Read, Write};
 use std::path::Path;
 
 use log::warn;
 
-use crate::domain_xml::{self, HookDecision};
+use crate::domain_xml::{self, DomainFacts, HookDecision};
 use crate::error::{Error, Result};
+use crate::escape::escape;
+use crate::hostfs;
 use crate::state::{now_unix, GuestState};
+
+/// libvirt's domain XML is rarely above a few tens of kilobytes.
+const MAX_XML: u64 = 16 << 20;
+/// Functions always-on monitoring may name.
+const MAX_MONITOR: usize = 64;
 
 /// What the hook records about a domain's life, beside xftrace's state.
 #[derive(Debug, serde::Serialize, serde::Deserialize, PartialEq)]
@@ -28,54 +43,89 @@ fn record(root: &Path, name: &str, state: &str) -> Result<GuestState> {
         since: now_unix(),
     })
     .expect("serializes");
-    crate::render::write_atomically(&st.dir().join("libvirt.json"), &text)?;
+    hostfs::write_atomically(&st.dir().join("libvirt.json"), text.as_bytes())?;
     Ok(st)
 }
 
-/// Always-on monitoring: start `xftrace --domain NAME on FUNCTIONS` in the
-/// background and return at once. That process talks to libvirt only after
-/// this hook has exited (libvirt finishes the start first), waits for the
-/// guest kernel to boot, and holds none of the hook's pipes, so libvirt never
-/// waits for it.
-fn start_monitoring(root: &Path, st: &GuestState, name: &str, functions: &[String]) -> Result<()> {
-    use std::os::unix::process::CommandExt;
-    let log = crate::state::create_private(&st.dir().join("monitor.log"))?;
-    let exe =
-        std::env::current_exe().map_err(|e| Error::io("cannot find the xftrace binary", e))?;
-    let mut cmd = std::process::Command::new(exe);
-    cmd.arg("--state-dir")
-        .arg(root)
-        .args(["--domain", name, "on", "--wait", "300"])
-        .args(functions)
-        .env("RUST_LOG", "info")
-        .stdin(std::process::Stdio::null())
-        .stdout(
-            log.try_clone()
-                .map_err(|e| Error::io("cannot dup log", e))?,
-        )
-        .stderr(log);
-    // In the child, before exec: leave libvirt's process group and session.
-    unsafe {
-        cmd.pre_exec(|| {
-            nix::unistd::setsid()
-                .map(|_| ())
-                .map_err(std::io::Error::from)
-        });
+/// The arguments of the `xftrace on` that always-on monitoring runs, or
+/// why the domain definition's request is refused.
+pub fn monitor_args(
+    root: &Path,
+    name: &str,
+    facts: &DomainFacts,
+) -> std::result::Result<Vec<OsString>, String> {
+    if facts.monitor.len() > MAX_MONITOR {
+        return Err(format!(
+            "it names {} functions; at most {MAX_MONITOR}",
+            facts.monitor.len()
+        ));
     }
-    cmd.spawn()
-        .map_err(|e| Error::io("cannot start monitoring", e))?;
+    for f in &facts.monitor {
+        crate::symbols::check_pattern(f)?;
+    }
+    let mut state_dir = OsString::from("--state-dir=");
+    state_dir.push(root.as_os_str());
+    let mut args = vec![
+        state_dir,
+        OsString::from(format!("--domain={name}")),
+        "on".into(),
+        "--wait=300".into(),
+        "--".into(),
+    ];
+    args.extend(facts.monitor.iter().map(OsString::from));
+    Ok(args)
+}
+
+/// Always-on monitoring: start `xftrace --domain NAME on -- FUNCTIONS` in
+/// the background and return at once. That process talks to libvirt only
+/// after this hook has exited (libvirt finishes the start first), waits for
+/// the guest kernel to boot, and holds none of the hook's pipes, so libvirt
+/// never waits for it.
+fn start_monitoring(root: &Path, st: &GuestState, name: &str, facts: &DomainFacts) -> Result<()> {
+    let mut log = hostfs::replace_private(&st.dir().join("monitor.log"))?;
+    let args = match monitor_args(root, name, facts) {
+        Ok(a) => a,
+        Err(why) => {
+            let msg = format!(
+                "xftrace hook: not monitoring {}: its definition's <xftrace:monitor functions=...> is refused: {why}",
+                escape(name)
+            );
+            warn!("{msg}");
+            let _ = writeln!(log, "{msg}");
+            return Ok(());
+        }
+    };
+    crate::session::spawn_detached(
+        &args,
+        log,
+        |cmd| {
+            cmd.env("RUST_LOG", "info");
+        },
+        None,
+    )?;
     Ok(())
 }
 
 /// Read what the hook last recorded for domain `name`.
 pub fn recorded(root: &Path, name: &str) -> Option<LibvirtState> {
-    let p = root.join("domains").join(name).join("libvirt.json");
-    serde_json::from_str(&std::fs::read_to_string(p).ok()?).ok()
+    let st = GuestState::existing_domain(root, name)?;
+    let text =
+        hostfs::read_text_bounded(&st.dir().join("libvirt.json"), 4096, "hook state").ok()?;
+    serde_json::from_str(&text).ok()
+}
+
+fn read_xml(stdin: &mut dyn Read) -> Result<String> {
+    let mut xml = String::new();
+    stdin
+        .take(MAX_XML)
+        .read_to_string(&mut xml)
+        .map_err(|e| Error::io("cannot read the domain XML from stdin", e))?;
+    Ok(xml)
 }
 
 /// Run the hook. `args` are libvirt's: domain, operation, sub-operation,
 /// extra. An `Err` refuses the operation (libvirt shows the message).
-pub fn qemu(root: &Path, args: &[String], stdin: &mut dyn std::io::Read) -> Result<()> {
+pub fn qemu(root: &Path, args: &[String], stdin: &mut dyn Read) -> Result<()> {
     let (Some(name), Some(op)) = (args.first(), args.get(1)) else {
         return Err(Error::Input(
             "usage: xftrace hook qemu DOMAIN OPERATION SUB-OPERATION [EXTRA]".into(),
@@ -83,52 +133,51 @@ pub fn qemu(root: &Path, args: &[String], stdin: &mut dyn std::io::Read) -> Resu
     };
     let sub = args.get(2).map_or("-", String::as_str);
     match (op.as_str(), sub) {
-        ("prepare", "begin") => {
-            let mut xml = String::new();
-            stdin
-                .read_to_string(&mut xml)
-                .map_err(|e| Error::io("cannot read the domain XML from stdin", e))?;
-            match domain_xml::prepare_decision(&xml) {
-                HookDecision::Allow => Ok(()),
-                HookDecision::Refuse(why) => Err(Error::State(why)),
-            }
-        }
+        ("prepare", "begin") => match domain_xml::prepare_decision(&read_xml(stdin)?) {
+            HookDecision::Allow => Ok(()),
+            HookDecision::Refuse(why) => Err(Error::State(why)),
+        },
         ("started", "begin") => {
-            let mut xml = String::new();
-            let _ = stdin.read_to_string(&mut xml);
+            let xml = read_xml(stdin).unwrap_or_default();
             let Ok(f) = domain_xml::facts(&xml) else {
                 return Ok(());
             };
             if f.enrolled {
                 match record(root, name, "running") {
                     Ok(st) if !f.monitor.is_empty() => {
-                        if let Err(e) = start_monitoring(root, &st, name, &f.monitor) {
-                            warn!("xftrace hook: cannot start monitoring {name}: {e}");
+                        if let Err(e) = start_monitoring(root, &st, name, &f) {
+                            warn!(
+                                "xftrace hook: cannot start monitoring {}: {e}",
+                                escape(name)
+                            );
                         }
                     }
                     Ok(_) => {}
-                    Err(e) => warn!("xftrace hook: cannot record that {name} started: {e}"),
+                    Err(e) => warn!(
+                        "xftrace hook: cannot record that {} started: {e}",
+                        escape(name)
+                    ),
                 }
             }
             Ok(())
         }
         ("stopped", "end") | ("release", "end") => {
             // Only domains xftrace has state for; nothing to do for others.
-            if root.join("domains").join(name).is_dir() {
+            if GuestState::existing_domain(root, name).is_some() {
                 match record(root, name, "stopped") {
                     // The collector notices the RAM file going away by itself;
                     // a SIGTERM makes it write out what it has at once.
                     Ok(st) => {
                         if st.collector_running().unwrap_or(false) {
-                            if let Some(pid) = st.read_status().map(|s| s.pid).filter(|&p| p > 0) {
-                                let _ = nix::sys::signal::kill(
-                                    nix::unistd::Pid::from_raw(pid as i32),
-                                    nix::sys::signal::Signal::SIGTERM,
-                                );
+                            if let Some(s) = st.read_status() {
+                                crate::state::signal_collector(&s);
                             }
                         }
                     }
-                    Err(e) => warn!("xftrace hook: cannot record that {name} stopped: {e}"),
+                    Err(e) => warn!(
+                        "xftrace hook: cannot record that {} stopped: {e}",
+                        escape(name)
+                    ),
                 }
             }
             Ok(())
@@ -148,30 +197,85 @@ mod tests {
         qemu(root, &args, &mut xml.as_bytes())
     }
 
+    fn with_monitor(functions: &str) -> String {
+        ENROLLED.replace(
+            "<xftrace:previous-memory-backing",
+            &format!(
+                "<xftrace:monitor functions=\"{functions}\"/><xftrace:previous-memory-backing"
+            ),
+        )
+    }
+
     #[test]
     fn prepare_refuses_only_broken_enrolled_domains() {
-        let root = tempfile::tempdir().unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("state");
+        let root = &root;
         let plain = "<domain type='qemu'><name>p</name></domain>";
-        assert!(run(root.path(), &["p", "prepare", "begin", "-"], plain).is_ok());
-        assert!(run(root.path(), &["t1", "prepare", "begin", "-"], ENROLLED).is_ok());
+        assert!(run(root.as_path(), &["p", "prepare", "begin", "-"], plain).is_ok());
+        assert!(run(root.as_path(), &["t1", "prepare", "begin", "-"], ENROLLED).is_ok());
         let broken = ENROLLED.replace("<allocation mode='immediate'/>", "");
-        let e = run(root.path(), &["t1", "prepare", "begin", "-"], &broken).unwrap_err();
+        let e = run(root.as_path(), &["t1", "prepare", "begin", "-"], &broken).unwrap_err();
         assert!(e.to_string().contains("xftrace enroll t1"), "{e}");
         // Plain domains leave no trace in xftrace's state.
-        assert!(run(root.path(), &["p", "started", "begin", "-"], plain).is_ok());
-        assert!(!root.path().join("domains/p").exists());
+        assert!(run(root.as_path(), &["p", "started", "begin", "-"], plain).is_ok());
+        assert!(!root.as_path().join("domains/p").exists());
     }
 
     #[test]
     fn lifecycle_is_recorded_for_enrolled_domains() {
-        let root = tempfile::tempdir().unwrap();
-        run(root.path(), &["t1", "started", "begin", "-"], ENROLLED).unwrap();
-        assert_eq!(recorded(root.path(), "t1").unwrap().state, "running");
-        run(root.path(), &["t1", "stopped", "end", "-"], "").unwrap();
-        assert_eq!(recorded(root.path(), "t1").unwrap().state, "stopped");
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("state");
+        let root = &root;
+        run(root.as_path(), &["t1", "started", "begin", "-"], ENROLLED).unwrap();
+        assert_eq!(recorded(root.as_path(), "t1").unwrap().state, "running");
+        run(root.as_path(), &["t1", "stopped", "end", "-"], "").unwrap();
+        assert_eq!(recorded(root.as_path(), "t1").unwrap().state, "stopped");
         // Unknown operations and domains are no-ops.
-        run(root.path(), &["zz", "migrate", "begin", "-"], "").unwrap();
-        run(root.path(), &["zz", "stopped", "end", "-"], "").unwrap();
-        assert!(!root.path().join("domains/zz").exists());
+        run(root.as_path(), &["zz", "migrate", "begin", "-"], "").unwrap();
+        run(root.as_path(), &["zz", "stopped", "end", "-"], "").unwrap();
+        assert!(!root.as_path().join("domains/zz").exists());
+    }
+
+    #[test]
+    fn monitoring_takes_function_names_only() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("state");
+        let root = &root;
+        let f = domain_xml::facts(&with_monitor("sys_read __x64_sys_open* vfs_rea?")).unwrap();
+        let args = monitor_args(root.as_path(), "t1", &f).unwrap();
+        let dashdash = args.iter().position(|a| a == "--").unwrap();
+        assert_eq!(
+            &args[dashdash + 1..],
+            ["sys_read", "__x64_sys_open*", "vfs_rea?"]
+        );
+        assert!(args[..dashdash]
+            .iter()
+            .all(|a| a.to_string_lossy().starts_with("--") || a == "on"));
+
+        // Options and paths smuggled in through the definition.
+        for evil in [
+            "sys_read --connect=qemu+ext:///system?command=/tmp/x",
+            "sys_read --state-dir=/etc",
+            "--vmlinux=/dev/zero",
+            "sys_read;touch /tmp/x",
+            "$(touch /tmp/x)",
+        ] {
+            let f = domain_xml::facts(&with_monitor(evil)).unwrap();
+            let e = monitor_args(root.as_path(), "t1", &f).unwrap_err();
+            assert!(e.contains("not a function name"), "{evil}: {e}");
+        }
+    }
+
+    #[test]
+    fn a_refused_monitor_request_runs_nothing_and_says_why() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("state");
+        let root = &root;
+        let xml = with_monitor("sys_read --connect=qemu+ext:///system?command=/tmp/x");
+        run(root.as_path(), &["t1", "started", "begin", "-"], &xml).unwrap();
+        let log = std::fs::read_to_string(root.as_path().join("domains/t1/monitor.log")).unwrap();
+        assert!(log.contains("not monitoring t1"), "{log}");
+        assert!(log.contains("not a function name"), "{log}");
     }
 }

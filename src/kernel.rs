@@ -1,25 +1,33 @@
-//! Finding the running guest kernel's xftrace control block despite KASLR.
+//! Finding the running guest kernel's xftrace control block despite KASLR,
+//! and despite anything a guest process writes into its own memory.
 //!
-//! The control block is page-aligned in the kernel's .data, so the locator
-//! reads one word per page of guest RAM looking for the magic, then checks
-//! each candidate against the trusted System.map: every address the guest
-//! reports must be its link-time address plus one 2 MiB-aligned slide, the
-//! physical base must be 2 MiB-aligned, and `linux_banner` at the derived
-//! physical address must match the build. Candidates that fail (stale copies,
-//! page cache, decoys) are rejected; two that pass is itself an error.
-
-use std::path::Path;
+//! x86_64 loads the kernel physically contiguous at a 2 MiB-aligned
+//! address, so the control block can only be at `P + (xftrace_control −
+//! _text)` for a 2 MiB-aligned `P`: one read per 2 MiB of RAM finds every
+//! candidate. Each must then agree with the trusted System.map (every
+//! address it reports is its link-time address plus one KASLR slide), carry
+//! the build's `linux_banner` at the derived physical address, and be
+//! confirmed by the guest kernel's own page tables: the top-level table
+//! inside that candidate image (`init_top_pgt`) must map `ctl_va` to this
+//! very page through the image's own static tables. A user process can fill
+//! pages with copies of the header and the banner (both are readable from
+//! /proc), but it cannot make those pages the kernel's page tables.
+#![deny(clippy::arithmetic_side_effects)]
 
 use log::debug;
 
 use crate::abi::{self, ControlHeader};
 use crate::error::{Error, Result};
+use crate::escape::escape;
 use crate::guest_memory::{GuestAddress, GuestRam};
+use crate::paging::PageTables;
 use crate::symbols::{SystemMap, START_KERNEL_MAP};
 
 const ALIGN_2M: u64 = 2 << 20;
 /// x86_64 KASLR keeps the kernel image inside the 1 GiB text mapping.
 const KERNEL_IMAGE_SIZE: u64 = 1 << 30;
+/// Candidates that pass every check beyond this many are not kept.
+const MAX_KEPT: usize = 8;
 
 /// The guest kernel as found in RAM.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -30,119 +38,170 @@ pub struct GuestKernel {
     pub slide: u64,
     /// Guest physical address of `_text`.
     pub text_pa: u64,
-    pub rings: GuestAddress,
-    /// The banner read from guest memory.
+    /// Guest physical address of the ring head lines.
+    pub heads: GuestAddress,
+    /// The banner read from guest memory (no control characters).
     pub banner: String,
+    /// The kernel's top-level page table and whether it is 5-level.
+    pub pgd: GuestAddress,
+    pub five_level: bool,
 }
 
 impl GuestKernel {
     /// Guest physical address of a runtime kernel-image virtual address.
     pub fn kva_to_gpa(&self, va: u64) -> Option<GuestAddress> {
-        let off = va.checked_sub(self.header.text_va)?;
-        (off < KERNEL_IMAGE_SIZE).then(|| GuestAddress(self.text_pa + off))
+        let off = va
+            .checked_sub(self.header.text_va)
+            .filter(|&o| o < KERNEL_IMAGE_SIZE)?;
+        self.text_pa.checked_add(off).map(GuestAddress)
     }
 
-    /// Guest physical address of a field of the control block.
+    /// Guest physical address of a field of the control block (`off` is
+    /// one of [`abi::off`] or computed by [`abi`]: below 4096).
     pub fn field(&self, off: u64) -> GuestAddress {
-        GuestAddress(self.ctl.0 + off)
+        GuestAddress(self.ctl.0 | (off % abi::CTL_SIZE))
     }
 
-    /// Guest physical address of slot `idx` of ring `cpu`.
-    pub fn slot(&self, cpu: u32, idx: u64) -> GuestAddress {
-        GuestAddress(
-            self.rings.0
-                + (u64::from(cpu) * u64::from(self.header.ring_slots) + idx) * abi::SLOT_SIZE,
-        )
+    /// Guest physical address of ring `ring`'s head line.
+    pub fn head(&self, ring: u32) -> GuestAddress {
+        // heads is page-aligned and the lines fit in 16 KiB of RAM checked
+        // at validation.
+        GuestAddress(self.heads.0.saturating_add(abi::head_line(ring)))
+    }
+
+    /// The guest kernel's own page tables.
+    pub fn page_tables<'a>(&self, ram: &'a GuestRam) -> PageTables<'a> {
+        PageTables::new(ram, self.pgd, self.five_level)
     }
 }
 
-/// The `linux_banner` string of a vmlinux.
-pub fn banner_from_vmlinux(path: &Path, banner_addr: u64) -> Result<String> {
-    crate::vmlinux::Vmlinux::load(path)?
-        .cstring(banner_addr)
-        .ok_or_else(|| {
-            Error::Input(format!(
-                "{}: no linux_banner at {banner_addr:#x}; is it the vmlinux of this System.map?",
-                path.display()
-            ))
-        })
+/// How hard to look.
+#[derive(Clone, Copy, Debug)]
+pub struct LocateOptions {
+    /// Require the guest's own page tables to map the control block. Only
+    /// tests turn this off, to show what it protects against.
+    pub confirm_with_page_tables: bool,
 }
 
-/// Check one candidate control block found at `ctl`.
+impl Default for LocateOptions {
+    fn default() -> Self {
+        LocateOptions {
+            confirm_with_page_tables: true,
+        }
+    }
+}
+
+/// Every candidate that passed, and how many did not (with the first
+/// reason: memory stays bounded however many pages a guest sprays).
+#[derive(Debug)]
+pub struct Located {
+    pub kernels: Vec<GuestKernel>,
+    pub candidates: u64,
+    pub rejected: u64,
+    pub first_reason: Option<String>,
+}
+
+struct Layout {
+    off_ctl: u64,
+    image_len: u64,
+}
+
+fn sym(map: &SystemMap, n: &str) -> std::result::Result<u64, String> {
+    map.addr(n).ok_or(format!(
+        "System.map has no {n}: not an xftrace kernel build"
+    ))
+}
+
+/// Where the control block sits in the image, from System.map.
+fn layout(map: &SystemMap) -> std::result::Result<Layout, String> {
+    let (start, end) = map.image();
+    let off_ctl = sym(map, "xftrace_control")?
+        .checked_sub(start)
+        .filter(|&o| o < KERNEL_IMAGE_SIZE)
+        .ok_or("xftrace_control lies outside the kernel image")?;
+    Ok(Layout {
+        off_ctl,
+        image_len: end.saturating_sub(start),
+    })
+}
+
+/// Read a NUL-terminated string of at most 256 bytes.
+fn read_cstr(ram: &GuestRam, at: GuestAddress) -> std::result::Result<Vec<u8>, String> {
+    let mut b = [0u8; 256];
+    ram.read_into(at, &mut b).map_err(|e| e.to_string())?;
+    let n = b.iter().position(|&c| c == 0).unwrap_or(b.len());
+    Ok(b[..n].to_vec())
+}
+
+/// Check one candidate whose `_text` would be at physical `text_pa`.
 fn validate(
     ram: &GuestRam,
     map: &SystemMap,
-    ctl: GuestAddress,
+    text_pa: u64,
+    lay: &Layout,
     expected_banner: Option<&str>,
-) -> Result<GuestKernel, String> {
+    opts: LocateOptions,
+) -> std::result::Result<GuestKernel, String> {
+    let ctl = GuestAddress(text_pa.checked_add(lay.off_ctl).ok_or("address overflow")?);
     let mut head = [0u8; 64];
     ram.read_into(ctl, &mut head).map_err(|e| e.to_string())?;
     let header = ControlHeader::parse(&head)?;
-    let sym = |n: &str| {
-        map.addr(n).ok_or(format!(
-            "System.map has no {n}: not an xftrace kernel build"
-        ))
-    };
-    let slide = header.ctl_va.wrapping_sub(sym("xftrace_control")?);
+    let slide = header.ctl_va.wrapping_sub(sym(map, "xftrace_control")?);
     if slide % ALIGN_2M != 0 || slide >= KERNEL_IMAGE_SIZE {
         return Err(format!(
             "slide {slide:#x} is not a KASLR slide: System.map does not match"
         ));
     }
-    if header.text_va.wrapping_sub(sym("_text")?) != slide
-        || header.rings_va.wrapping_sub(sym("xftrace_rings")?) != slide
+    if header.text_va.wrapping_sub(sym(map, "_text")?) != slide
+        || header.heads_va.wrapping_sub(sym(map, "xftrace_heads")?) != slide
     {
         return Err("addresses disagree with System.map: it belongs to another build".into());
     }
-    // The image is physically contiguous: PA = VA - __START_KERNEL_map + phys_base.
-    let phys_base = ctl
-        .0
-        .wrapping_sub(header.ctl_va.wrapping_sub(START_KERNEL_MAP));
-    let text_pa = header
-        .text_va
-        .wrapping_sub(START_KERNEL_MAP)
-        .wrapping_add(phys_base);
-    if text_pa % ALIGN_2M != 0 {
-        return Err(format!(
-            "kernel physical base {text_pa:#x} is not 2 MiB-aligned"
-        ));
+    // Both 2 MiB-aligned, so physical and virtual agree on the whole image.
+    if header.text_va.wrapping_sub(START_KERNEL_MAP) % ALIGN_2M != 0 {
+        return Err("kernel text is not 2 MiB-aligned".into());
     }
-    let kernel = GuestKernel {
-        ctl,
-        rings: GuestAddress(header.rings_va - header.text_va + text_pa),
-        slide,
-        text_pa,
-        banner: String::new(),
-        header,
-    };
-    let (start, end) = map.image();
     if ram
         .layout()
-        .locate(GuestAddress(text_pa), end - start)
+        .locate(GuestAddress(text_pa), lay.image_len)
         .is_none()
     {
         return Err("kernel image would lie outside guest RAM".into());
     }
-    if ram
-        .layout()
-        .locate(kernel.rings, kernel.header.rings_len())
-        .is_none()
-    {
-        return Err("rings lie outside guest RAM".into());
-    }
+    let mut kernel = GuestKernel {
+        ctl,
+        heads: GuestAddress(0),
+        slide,
+        text_pa,
+        banner: String::new(),
+        pgd: GuestAddress(0),
+        five_level: false,
+        header,
+    };
+    kernel.heads = kernel
+        .kva_to_gpa(kernel.header.heads_va)
+        .filter(|&h| ram.layout().locate(h, kernel.header.heads_len()).is_some())
+        .ok_or("ring heads lie outside guest RAM")?;
+
+    let runtime = |n: &str| sym(map, n).map(|a| a.wrapping_add(slide));
     let banner_pa = kernel
-        .kva_to_gpa(sym("linux_banner")? + slide)
+        .kva_to_gpa(runtime("linux_banner")?)
         .ok_or("linux_banner outside the image")?;
-    let mut b = [0u8; 256];
-    ram.read_into(banner_pa, &mut b)
-        .map_err(|e| e.to_string())?;
-    let n = b.iter().position(|&c| c == 0).unwrap_or(b.len());
-    let banner = String::from_utf8_lossy(&b[..n]).trim_end().to_string();
+    let raw = read_cstr(ram, banner_pa)?;
+    let text = raw.strip_suffix(b"\n").unwrap_or(&raw);
+    if text.iter().any(|&c| c < 0x20 || c == 0x7f) {
+        return Err(format!(
+            "the banner holds control characters: {}",
+            crate::escape::escape_bytes(&raw)
+        ));
+    }
+    let banner = String::from_utf8_lossy(text).into_owned();
     match expected_banner {
         Some(want) if want.trim_end() != banner => {
             return Err(format!(
-                "linux_banner is {banner:?}, the build's is {:?}",
-                want.trim_end()
+                "linux_banner is \"{}\", the build's is \"{}\"",
+                escape(&banner),
+                escape(want.trim_end())
             ))
         }
         None if !banner.starts_with("Linux version ") => {
@@ -150,69 +209,204 @@ fn validate(
         }
         _ => {}
     }
-    Ok(GuestKernel { banner, ..kernel })
+    kernel.banner = banner;
+
+    kernel.pgd = kernel
+        .kva_to_gpa(runtime("init_top_pgt")?)
+        .ok_or("init_top_pgt outside the image")?;
+    kernel.five_level = match map.addr("__pgtable_l5_enabled") {
+        Some(a) => {
+            let pa = kernel
+                .kva_to_gpa(a.wrapping_add(slide))
+                .ok_or("__pgtable_l5_enabled outside the image")?;
+            let mut b = [0u8; 4];
+            ram.read_into(pa, &mut b).map_err(|e| e.to_string())?;
+            u32::from_le_bytes(b) != 0
+        }
+        None => false,
+    };
+    if opts.confirm_with_page_tables {
+        confirm_by_page_tables(ram, map, &kernel)?;
+    }
+    Ok(kernel)
 }
 
-/// Find and validate the guest kernel's control block.
-pub fn locate(ram: &GuestRam, map: &SystemMap, vmlinux: Option<&Path>) -> Result<GuestKernel> {
-    let expected = match (vmlinux, map.addr("linux_banner")) {
-        (Some(v), Some(a)) => Some(banner_from_vmlinux(v, a)?),
-        _ => None,
-    };
-    let mut candidates = Vec::new();
-    ram.scan_page_words(|gpa, w| {
-        if w == abi::MAGIC {
-            candidates.push(gpa);
-        }
-    })?;
-    if candidates.is_empty() {
-        return Err(Error::Guest(format!(
-            "no xftrace control block in {}: the guest is not running a kernel built from guest-kernel/ (CONFIG_XFTRACE), or has not finished booting",
-            ram.path().display()
-        )));
+/// The candidate's own `init_top_pgt` must map `ctl_va` to the candidate's
+/// control block, through the image's static kernel tables.
+fn confirm_by_page_tables(
+    ram: &GuestRam,
+    map: &SystemMap,
+    k: &GuestKernel,
+) -> std::result::Result<(), String> {
+    let walk = k
+        .page_tables(ram)
+        .walk(k.header.ctl_va)
+        .ok_or("the kernel's own page tables do not map its control block")?;
+    if walk.pa != k.ctl {
+        return Err(format!(
+            "the kernel's own page tables map its control block to {}, not here",
+            walk.pa
+        ));
     }
-    let mut found = Vec::new();
-    let mut reasons = Vec::new();
-    for gpa in candidates {
-        match validate(ram, map, gpa, expected.as_deref()) {
-            Ok(k) => found.push(k),
+    // Below the top level, the kernel mapping goes through tables that are
+    // part of the image (arch/x86/kernel/head_64.S).
+    let statics: &[&str] = if k.five_level {
+        &[
+            "level4_kernel_pgt",
+            "level3_kernel_pgt",
+            "level2_kernel_pgt",
+        ]
+    } else {
+        &["level3_kernel_pgt", "level2_kernel_pgt"]
+    };
+    for (table, name) in walk.tables.iter().skip(1).zip(statics) {
+        let Some(link) = map.addr(name) else {
+            continue;
+        };
+        let want = k.kva_to_gpa(link.wrapping_add(k.slide));
+        if want != Some(*table) {
+            return Err(format!(
+                "the kernel mapping goes through a table at {table}, not the image's {name}"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Every 2 MiB-aligned physical address where `_text` could be.
+fn text_candidates(ram: &GuestRam, lay: &Layout) -> Vec<u64> {
+    let mut out = Vec::new();
+    for r in ram.layout().regions() {
+        let end = r.gpa.saturating_add(r.len);
+        let mut p = r.gpa.div_ceil(ALIGN_2M).saturating_mul(ALIGN_2M);
+        while p.checked_add(lay.off_ctl).is_some_and(|c| c < end) {
+            out.push(p);
+            p = match p.checked_add(ALIGN_2M) {
+                Some(n) => n,
+                None => break,
+            };
+        }
+    }
+    out
+}
+
+/// Find every control block that passes validation. `expected_banner` is
+/// the build's `linux_banner` (from its vmlinux), if known.
+pub fn locate_all(
+    ram: &GuestRam,
+    map: &SystemMap,
+    expected_banner: Option<&str>,
+    opts: LocateOptions,
+) -> Result<Located> {
+    let lay = layout(map).map_err(|m| Error::Input(format!("System.map: {m}")))?;
+    let mut found = Located {
+        kernels: Vec::new(),
+        candidates: 0,
+        rejected: 0,
+        first_reason: None,
+    };
+    for text_pa in text_candidates(ram, &lay) {
+        let ctl = GuestAddress(text_pa.saturating_add(lay.off_ctl));
+        if ram.read_u64(ctl).ok() != Some(abi::MAGIC) {
+            continue;
+        }
+        found.candidates = found.candidates.saturating_add(1);
+        match validate(ram, map, text_pa, &lay, expected_banner, opts) {
+            Ok(k) if found.kernels.len() < MAX_KEPT => found.kernels.push(k),
+            Ok(_) => found.rejected = found.rejected.saturating_add(1),
             Err(why) => {
-                debug!("rejected control block candidate at {gpa}: {why}");
-                reasons.push(why);
+                debug!("rejected control block candidate at {ctl}: {why}");
+                found.rejected = found.rejected.saturating_add(1);
+                found.first_reason.get_or_insert(why);
             }
         }
     }
-    match found.len() {
-        1 => Ok(found.pop().unwrap()),
-        0 => Err(Error::Guest(format!(
-            "the guest kernel does not match the System.map given ({}); pass the System.map of the kernel the guest runs",
-            reasons.first().map_or("no candidate", String::as_str)
-        ))),
-        n => Err(Error::Guest(format!(
-            "{n} control blocks pass validation (at {}): the guest's memory holds a decoy; refusing to trust either",
-            found.iter().map(|k| k.ctl.to_string()).collect::<Vec<_>>().join(", ")
-        ))),
+    Ok(found)
+}
+
+/// Find and validate the guest kernel's control block: exactly one.
+pub fn locate(
+    ram: &GuestRam,
+    map: &SystemMap,
+    expected_banner: Option<&str>,
+) -> Result<GuestKernel> {
+    let mut found = locate_all(ram, map, expected_banner, LocateOptions::default())?;
+    match found.kernels.len() {
+        1 => Ok(found.kernels.remove(0)),
+        0 => Err(not_found(ram, &found)),
+        _ => Err(decoy(&found)),
     }
 }
 
+/// The error for several control blocks that all pass.
+pub fn decoy(found: &Located) -> Error {
+    Error::Decoy(format!(
+        "{} control blocks pass validation (at {}): the guest's memory holds a decoy; refusing to drive either",
+        found.kernels.len(),
+        found
+            .kernels
+            .iter()
+            .map(|k| k.ctl.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    ))
+}
+
+/// Why nothing was found: a rejected candidate, a control block where this
+/// System.map does not put one (another build), or none at all.
+pub fn not_found(ram: &GuestRam, found: &Located) -> Error {
+    if let Some(why) = &found.first_reason {
+        return Error::Guest(format!(
+            "the guest kernel does not match the System.map given ({why}); pass the System.map of the kernel the guest runs"
+        ));
+    }
+    // Slow path, errors only: is there a control block anywhere at all?
+    let mut elsewhere = 0u64;
+    let _ = ram.scan_page_words(|_, w| {
+        if w == abi::MAGIC {
+            elsewhere = elsewhere.saturating_add(1);
+        }
+    });
+    if elsewhere > 0 {
+        Error::Guest(format!(
+            "guest RAM holds {elsewhere} page(s) that start like an xftrace control block, but none where this System.map puts it: the guest kernel does not match the System.map given; pass the System.map of the kernel the guest runs"
+        ))
+    } else {
+        Error::Guest(format!(
+            "no xftrace control block in {}: the guest is not running a kernel built from guest-kernel/ (CONFIG_XFTRACE), or has not finished booting",
+            ram.path().display()
+        ))
+    }
+}
+
+/// The guest's `max_low_pfn`: where RAM below 4 GiB ends, which tells pc
+/// from q35 layouts of the same RAM size apart.
+pub fn max_low_pfn(ram: &GuestRam, map: &SystemMap, k: &GuestKernel) -> Option<u64> {
+    let pa = k.kva_to_gpa(map.addr("max_low_pfn")?.wrapping_add(k.slide))?;
+    ram.read_u64(pa).ok()
+}
+
 #[cfg(test)]
+#[allow(clippy::arithmetic_side_effects)]
 pub(crate) mod tests {
     use super::*;
     use crate::guest_memory::{Machine, MemoryLayout};
     use crate::symbols::tests::MAP;
+    use std::path::Path;
 
     pub(crate) const SLIDE: u64 = 0x1e00_0000;
     pub(crate) const TEXT_PA: u64 = 0x0400_0000;
 
     /// A 160 MiB RAM image with a kernel from `symbols::tests::MAP` at
-    /// `TEXT_PA`, slid by `SLIDE`.
+    /// `TEXT_PA`, slid by `SLIDE`, its control block mapped by its own page
+    /// tables.
     pub(crate) fn synthetic_guest(dir: &Path) -> (GuestRam, SystemMap) {
         let map = SystemMap::parse(MAP).unwrap();
         let p = dir.join("ram");
         let size = 160u64 << 20;
-        std::fs::write(&p, vec![0u8; size as usize]).unwrap();
+        std::fs::File::create(&p).unwrap().set_len(size).unwrap();
         let ram = GuestRam::open(&p, MemoryLayout::x86(size, Machine::Pc, None)).unwrap();
-        place_control(&ram, &map, TEXT_PA, SLIDE);
+        place_kernel(&ram, &map, TEXT_PA, SLIDE);
         (ram, map)
     }
 
@@ -220,18 +414,23 @@ pub(crate) mod tests {
         map.addr(sym).unwrap() - map.addr("_text").unwrap() + text_pa
     }
 
+    /// The identity part of a control block and the banner (what a spraying
+    /// process can copy), without page tables.
     pub(crate) fn place_control(ram: &GuestRam, map: &SystemMap, text_pa: u64, slide: u64) {
         let ctl = pa_of(map, text_pa, "xftrace_control");
         let w = |o: u64, v: u64| ram.write_u64(GuestAddress(ctl + o), v).unwrap();
         w(abi::off::MAGIC, abi::MAGIC);
-        w(abi::off::ABI_VERSION, 1 | (4096 << 32));
+        w(
+            abi::off::ABI_VERSION,
+            u64::from(abi::ABI_VERSION) | (4096 << 32),
+        );
         w(
             abi::off::CTL_VA,
             map.addr("xftrace_control").unwrap() + slide,
         );
         w(
-            abi::off::RINGS_VA,
-            map.addr("xftrace_rings").unwrap() + slide,
+            abi::off::HEADS_VA,
+            map.addr("xftrace_heads").unwrap() + slide,
         );
         w(abi::off::TEXT_VA, map.addr("_text").unwrap() + slide);
         w(abi::off::NR_RINGS, 2 | (256 << 32));
@@ -247,6 +446,40 @@ pub(crate) mod tests {
         }
     }
 
+    /// A whole kernel: the control block, the banner, the 4-level page
+    /// tables of head_64.S mapping the image with 2 MiB pages, and rings.
+    pub(crate) fn place_kernel(ram: &GuestRam, map: &SystemMap, text_pa: u64, slide: u64) {
+        place_control(ram, map, text_pa, slide);
+        let pgd = pa_of(map, text_pa, "init_top_pgt");
+        let l3 = pa_of(map, text_pa, "level3_kernel_pgt");
+        let l2 = pa_of(map, text_pa, "level2_kernel_pgt");
+        let text_va = map.addr("_text").unwrap() + slide;
+        let set = |t: u64, i: u64, v: u64| ram.write_u64(GuestAddress(t + 8 * i), v).unwrap();
+        set(pgd, (text_va >> 39) & 511, l3 | 0x63);
+        set(l3, (text_va >> 30) & 511, l2 | 0x63);
+        let (start, end) = map.image();
+        let mut off = 0;
+        while off < end - start {
+            set(l2, ((text_va + off) >> 21) & 511, (text_pa + off) | 0xe3);
+            off += 2 << 20;
+        }
+        // Rings, as the guest allocates them at the first "on", at 128 MiB.
+        for r in 0..2u64 {
+            let ring = (128 << 20) + r * (256 * 64);
+            ram.write_u64(
+                GuestAddress(pa_of(map, text_pa, "xftrace_control") + abi::ring_pa(r as u32)),
+                ring,
+            )
+            .unwrap();
+        }
+        // max_low_pfn: all of a pc guest's 160 MiB is low.
+        ram.write_u64(
+            GuestAddress(pa_of(map, text_pa, "max_low_pfn")),
+            (160 << 20) >> 12,
+        )
+        .unwrap();
+    }
+
     #[test]
     fn finds_the_control_block_and_slide() {
         let dir = tempfile::tempdir().unwrap();
@@ -255,8 +488,10 @@ pub(crate) mod tests {
         assert_eq!(k.slide, SLIDE);
         assert_eq!(k.text_pa, TEXT_PA);
         assert_eq!(k.ctl.0, pa_of(&map, TEXT_PA, "xftrace_control"));
-        assert_eq!(k.rings.0, pa_of(&map, TEXT_PA, "xftrace_rings"));
+        assert_eq!(k.heads.0, pa_of(&map, TEXT_PA, "xftrace_heads"));
+        assert_eq!(k.pgd.0, pa_of(&map, TEXT_PA, "init_top_pgt"));
         assert!(k.banner.starts_with("Linux version 6.1.192"));
+        assert_eq!(max_low_pfn(&ram, &map, &k), Some((160 << 20) >> 12));
     }
 
     #[test]
@@ -269,7 +504,7 @@ pub(crate) mod tests {
         let ram = GuestRam::open(&p, MemoryLayout::x86(size, Machine::Q35, None)).unwrap();
         let map = SystemMap::parse(MAP).unwrap();
         let text_pa = (4u64 << 30) + (64 << 20);
-        place_control(&ram, &map, text_pa, SLIDE);
+        place_kernel(&ram, &map, text_pa, SLIDE);
         let k = locate(&ram, &map, None).unwrap();
         assert_eq!(k.text_pa, text_pa);
         assert_eq!(k.ctl.0, pa_of(&map, text_pa, "xftrace_control"));
@@ -285,7 +520,7 @@ pub(crate) mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (ram, map) = synthetic_guest(dir.path());
         // A copy of the real block one page away (page cache, a rootkit's
-        // decoy): its own physical address contradicts what it claims.
+        // decoy): not where a 2 MiB-aligned kernel would have it.
         let ctl = pa_of(&map, TEXT_PA, "xftrace_control");
         let mut words = [0u64; 8];
         ram.read_words(GuestAddress(ctl), &mut words).unwrap();
@@ -297,14 +532,64 @@ pub(crate) mod tests {
         assert_eq!(k.ctl.0, ctl);
     }
 
+    /// What an unprivileged process can do: fill pages with the control
+    /// block's header and the banner at every offset a 2 MiB-aligned kernel
+    /// would have them.
+    fn spray(ram: &GuestRam, map: &SystemMap, from: u64, to: u64) -> u32 {
+        let mut n = 0;
+        let mut p = from;
+        while p < to {
+            place_control(ram, map, p, SLIDE);
+            p += 2 << 20;
+            n += 1;
+        }
+        n
+    }
+
     #[test]
-    fn a_consistent_decoy_is_refused() {
+    fn a_sprayed_guest_is_located_through_its_page_tables() {
         let dir = tempfile::tempdir().unwrap();
         let (ram, map) = synthetic_guest(dir.path());
-        // A whole second "kernel" 32 MiB higher that passes every check.
-        place_control(&ram, &map, TEXT_PA + (32 << 20), SLIDE);
+        let sprayed = spray(&ram, &map, TEXT_PA + (32 << 20), 128 << 20);
+        assert_eq!(sprayed, 16);
+        // Without the page-table confirmation the spray passes every other
+        // check: each sprayed copy is a "kernel".
+        let off = LocateOptions {
+            confirm_with_page_tables: false,
+        };
+        let all = locate_all(&ram, &map, None, off).unwrap();
+        assert!(all.kernels.len() > 1, "{all:?}");
+        // With it, only the real one.
+        let found = locate_all(&ram, &map, None, LocateOptions::default()).unwrap();
+        assert_eq!(found.kernels.len(), 1);
+        assert_eq!(found.kernels[0].text_pa, TEXT_PA);
+        assert_eq!(found.rejected, u64::from(sprayed));
+        assert!(found.first_reason.unwrap().contains("page tables"));
+        assert_eq!(locate(&ram, &map, None).unwrap().text_pa, TEXT_PA);
+    }
+
+    #[test]
+    fn a_second_whole_kernel_is_a_decoy() {
+        let dir = tempfile::tempdir().unwrap();
+        let (ram, map) = synthetic_guest(dir.path());
+        // A whole second kernel, page tables included (only kernel code can
+        // build that), 32 MiB higher.
+        place_kernel(&ram, &map, TEXT_PA + (32 << 20), SLIDE);
         let e = locate(&ram, &map, None).unwrap_err();
-        assert!(e.to_string().contains("decoy"), "{e}");
+        assert!(matches!(e, Error::Decoy(_)), "{e}");
+        let found = locate_all(&ram, &map, None, LocateOptions::default()).unwrap();
+        assert_eq!(found.kernels.len(), 2);
+    }
+
+    #[test]
+    fn a_banner_with_control_characters_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let (ram, map) = synthetic_guest(dir.path());
+        let banner = pa_of(&map, TEXT_PA, "linux_banner");
+        ram.write_u64(GuestAddress(banner + 16), u64::from_le_bytes(*b"\n 0) fak"))
+            .unwrap();
+        let e = locate(&ram, &map, None).unwrap_err().to_string();
+        assert!(e.contains("control characters"), "{e}");
     }
 
     #[test]
@@ -313,7 +598,14 @@ pub(crate) mod tests {
         let (ram, _) = synthetic_guest(dir.path());
         let other = SystemMap::parse(&MAP.replace(
             "ffffffff82001000 d xftrace_control",
-            "ffffffff82003000 d xftrace_control",
+            "ffffffff82011000 d xftrace_control",
+        ))
+        .unwrap();
+        let e = locate(&ram, &other, None).unwrap_err();
+        assert!(e.to_string().contains("does not match"), "{e}");
+        let other = SystemMap::parse(&MAP.replace(
+            "ffffffff82400000 b xftrace_heads",
+            "ffffffff82402000 b xftrace_heads",
         ))
         .unwrap();
         let e = locate(&ram, &other, None).unwrap_err();

@@ -8,6 +8,10 @@
 //! | module | job |
 //! |---|---|
 //! | [`guest_memory`] | guest physical addresses → RAM file; volatile/atomic access |
+//! | [`escape`] | guest- and definition-derived text made safe for terminals and files |
+//! | [`hostfs`] | private, atomic, bounded host files; no link is ever followed |
+//! | [`kernels`] | trusted guest-kernel builds kept in the state directory |
+//! | [`spool`] | decoded records on disk, per ring, bounded, streamed back |
 //! | [`symbols`] | the trusted System.map: lookups, names users type |
 //! | [`kernel`] | find and validate the control block despite KASLR |
 //! | [`abi`] | the guest↔host contract of `docs/abi.md` |
@@ -30,14 +34,19 @@ pub mod collect;
 pub mod detect;
 pub mod domain_xml;
 pub mod error;
+pub mod escape;
+pub mod fuzzing;
 pub mod guest_memory;
 pub mod hook;
+pub mod hostfs;
 pub mod kernel;
+pub mod kernels;
 pub mod keys;
 pub mod libvirt;
 pub mod paging;
 pub mod render;
 pub mod session;
+pub mod spool;
 pub mod state;
 pub mod symbols;
 pub mod target;

@@ -17,6 +17,7 @@ use virt::sys;
 
 use crate::domain_xml::{self, DomainFacts};
 use crate::error::{Error, Result};
+use crate::escape::escape;
 use crate::guest_memory::{MemoryLayout, RamRegion};
 
 pub const DEFAULT_URI: &str = "qemu:///system";
@@ -46,6 +47,9 @@ pub struct DomainRow {
 
 impl Libvirt {
     pub fn connect(uri: &str) -> Result<Self> {
+        // libvirt's default error handler prints every error a second time,
+        // raw; xftrace reports them itself.
+        virt::error::clear_error_callback();
         let conn = Connect::open(Some(uri)).map_err(|e| {
             Error::Libvirt(format!(
                 "cannot connect to libvirt at {uri}: {} (is libvirtd running? use -c to pick another URI)",
@@ -61,7 +65,8 @@ impl Libvirt {
     pub fn domain(&self, name: &str) -> Result<Domain> {
         self.conn.lookup_domain_by_name(name).map_err(|e| {
             Error::Input(format!(
-                "no domain named '{name}' at {}: {}",
+                "no domain named '{}' at {}: {}",
+                escape(name),
                 self.uri,
                 e.message()
             ))
@@ -79,8 +84,9 @@ impl Libvirt {
             .map_err(lv("cannot read the domain's XML".into()))
     }
 
-    /// Enroll `name`; returns (old XML, new XML). With `dry_run`, nothing is
-    /// defined.
+    /// Enroll `name` with the stored System.map at `system_map` (from
+    /// [`crate::kernels::store`]); returns (old XML, new XML). With
+    /// `dry_run`, nothing is defined.
     pub fn enroll(
         &self,
         name: &str,
@@ -91,23 +97,19 @@ impl Libvirt {
         let dom = self.domain(name)?;
         if !dom.is_persistent().unwrap_or(false) {
             return Err(Error::Input(format!(
-                "domain {name} is transient; enrollment changes the persistent definition, so define it first"
+                "domain {} is transient; enrollment changes the persistent definition, so define it first",
+                escape(name)
             )));
         }
-        let map = system_map.canonicalize().map_err(|e| {
-            Error::io(
-                format!("cannot find System.map {}", system_map.display()),
-                e,
-            )
-        })?;
-        crate::symbols::SystemMap::load(&map)?;
+        let map = system_map
+            .to_str()
+            .ok_or_else(|| Error::Input(format!("{} is not a UTF-8 path", system_map.display())))?;
         let old = self.persistent_xml(&dom)?;
-        let new =
-            domain_xml::enroll(&old, &map.display().to_string(), monitor).map_err(Error::Input)?;
+        let new = domain_xml::enroll(&old, map, monitor).map_err(Error::Input)?;
         if !dry_run && new != old {
             self.conn
                 .define_domain_xml(&new)
-                .map_err(lv(format!("cannot define domain {name}")))?;
+                .map_err(lv(format!("cannot define domain {}", escape(name))))?;
         }
         Ok((old, new))
     }
@@ -119,7 +121,7 @@ impl Libvirt {
         if !dry_run {
             self.conn
                 .define_domain_xml(&new)
-                .map_err(lv(format!("cannot define domain {name}")))?;
+                .map_err(lv(format!("cannot define domain {}", escape(name))))?;
         }
         Ok((old, new))
     }
@@ -129,7 +131,9 @@ impl Libvirt {
         let dom = self.domain(name)?;
         if !dom.is_active().unwrap_or(false) {
             return Err(Error::Guest(format!(
-                "domain {name} is not running; start it with `virsh start {name}`"
+                "domain {} is not running; start it with `virsh start {}`",
+                escape(name),
+                escape(name)
             )));
         }
         let facts = domain_xml::facts(&self.live_xml(&dom)?).map_err(Error::Libvirt)?;
@@ -150,6 +154,7 @@ impl Libvirt {
     /// The RAM backing files of a running domain and where they sit in
     /// guest physical memory.
     pub fn ram_backing(&self, dom: &Domain, name: &str) -> Result<RamBacking> {
+        let name = escape(name);
         let objects = self.qmp(
             dom,
             json!({"execute": "qom-list", "arguments": {"path": "/objects"}}),
@@ -160,6 +165,7 @@ impl Libvirt {
             .flatten()
             .filter(|o| o["type"] == "child<memory-backend-file>")
             .filter_map(|o| o["name"].as_str().map(str::to_string))
+            .take(64)
             .collect();
         if ids.is_empty() {
             return Err(Error::Guest(format!(
@@ -168,6 +174,7 @@ impl Libvirt {
         }
         let mut paths = Vec::new();
         for id in &ids {
+            let shown = escape(id);
             let get = |prop: &str| {
                 self.qmp(
                     dom,
@@ -178,13 +185,13 @@ impl Libvirt {
             let share = get("share")?.as_bool().unwrap_or(false);
             if !share {
                 return Err(Error::Guest(format!(
-                    "domain {name}'s memory backend {id} is not shared; enroll it and restart it"
+                    "domain {name}'s memory backend {shown} is not shared; enroll it and restart it"
                 )));
             }
             if path.is_dir() {
                 return Err(Error::Guest(format!(
-                    "domain {name}'s memory backend {id} lives in an unlinked file under {} (hugepages?): unsupported; use a file-backed <memoryBacking> without hugepages",
-                    path.display()
+                    "domain {name}'s memory backend {shown} lives in an unlinked file under {} (hugepages?): unsupported; use a file-backed <memoryBacking> without hugepages",
+                    escape(&path.display().to_string())
                 )));
             }
             paths.push(path);
@@ -196,7 +203,7 @@ impl Libvirt {
         if regions.is_empty() {
             return Err(Error::Libvirt(format!(
                 "QEMU's memory map of {name} shows none of its RAM backends ({})",
-                ids.join(", ")
+                escape(&ids.join(", "))
             )));
         }
         Ok(RamBacking {
@@ -271,7 +278,7 @@ pub fn parse_mtree(text: &str, backends: &[String]) -> Vec<RamRegion> {
             };
             Some(RamRegion {
                 gpa: a,
-                len: b - a + 1,
+                len: b.checked_sub(a)?.checked_add(1)?,
                 file,
                 file_offset: off,
             })

@@ -7,12 +7,13 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 
 use xftrace::error::Error;
+use xftrace::escape::escape;
 use xftrace::guest_memory::Machine;
 use xftrace::libvirt::{Libvirt, DEFAULT_URI};
 use xftrace::session::{self, CollectOptions};
 use xftrace::state::{self, GuestState};
 use xftrace::target::{Source, Target};
-use xftrace::{detect, hook};
+use xftrace::{detect, hook, kernels, spool};
 
 /// Trace a KVM guest's kernel from the host, through the file that backs its
 /// RAM, without pausing it.
@@ -86,6 +87,10 @@ enum Command {
         /// hook's always-on monitoring uses it).
         #[arg(long, default_value_t = 0, hide = true)]
         wait: u64,
+        /// Most bytes of records to keep for the trace (64 per record);
+        /// records past it are counted as lost and the trace says so.
+        #[arg(long, env = "XFTRACE_SPOOL_LIMIT", default_value_t = spool::DEFAULT_LIMIT, value_name = "BYTES")]
+        spool_limit: u64,
     },
     /// Stop tracing, drain the rings and write the trace.
     Off {
@@ -164,11 +169,13 @@ enum Command {
         lock_fd: i32,
         #[arg(long, default_value_t = 1000)]
         key_interval_ms: u64,
+        #[arg(long, default_value_t = spool::DEFAULT_LIMIT)]
+        spool_limit: u64,
         functions: Vec<String>,
     },
 }
 
-fn target(g: &GuestArgs) -> Result<Target, Error> {
+fn target(g: &GuestArgs, root: &std::path::Path) -> Result<Target, Error> {
     let source = match (&g.domain, &g.mem_file) {
         (Some(name), _) => Source::Domain {
             name: name.clone(),
@@ -189,6 +196,7 @@ fn target(g: &GuestArgs) -> Result<Target, Error> {
         source,
         system_map: g.system_map.clone(),
         vmlinux: g.vmlinux.clone(),
+        state_root: root.to_path_buf(),
     })
 }
 
@@ -223,19 +231,20 @@ fn run(cli: Cli) -> Result<(), Error> {
             key_interval_ms,
             irqs,
             wait,
+            spool_limit,
         } => session::on_waiting(
             Duration::from_secs(*wait),
-            &target(&cli.guest)?,
-            root,
+            &target(&cli.guest, root)?,
             functions,
             CollectOptions {
                 key_interval: Duration::from_millis(*key_interval_ms),
                 irqs: *irqs,
+                spool_limit: *spool_limit,
                 ..Default::default()
             },
         ),
-        Command::Off { output } => session::off(&target(&cli.guest)?, root, output).map(|_| ()),
-        Command::Status => session::status(&target(&cli.guest)?, root),
+        Command::Off { output } => session::off(&target(&cli.guest, root)?, output).map(|_| ()),
+        Command::Status => session::status(&target(&cli.guest, root)?),
         Command::Enroll {
             name,
             dry_run,
@@ -246,8 +255,16 @@ fn run(cli: Cli) -> Result<(), Error> {
                     "enrolling records the guest kernel's System.map: `xftrace enroll {name} --system-map PATH`"
                 ))
             })?;
+            let vmlinux = cli.guest.vmlinux.clone().or_else(|| {
+                let v = map.with_file_name("vmlinux");
+                v.is_file().then_some(v)
+            });
             let lv = Libvirt::connect(&cli.guest.connect)?;
-            let (old, new) = lv.enroll(name, map, monitor, *dry_run)?;
+            // The domain must exist before anything is copied.
+            lv.domain(name)?;
+            let stored = kernels::store(root, map, vmlinux.as_deref(), *dry_run)?;
+            let (old, new) = lv.enroll(name, &stored, monitor, *dry_run)?;
+            let name = escape(name);
             if *dry_run {
                 print_change(&old, &new);
             } else if old == new {
@@ -259,18 +276,21 @@ fn run(cli: Cli) -> Result<(), Error> {
         }
         Command::Unenroll { name, dry_run } => {
             let lv = Libvirt::connect(&cli.guest.connect)?;
-            let st = GuestState::for_domain(root, name)?;
-            if !*dry_run && st.collector_running()? {
-                return Err(Error::State(format!(
-                    "{name} is being traced; run `xftrace --domain {name} off` first"
-                )));
+            if let Some(st) = GuestState::existing_domain(root, name) {
+                if !*dry_run && st.collector_running()? {
+                    let name = escape(name);
+                    return Err(Error::State(format!(
+                        "{name} is being traced; run `xftrace --domain {name} off` first"
+                    )));
+                }
             }
             let (old, new) = lv.unenroll(name, *dry_run)?;
             if *dry_run {
                 print_change(&old, &new);
             } else {
                 println!(
-                    "unenrolled {name}: its previous memory backing applies from its next start"
+                    "unenrolled {}: its previous memory backing applies from its next start",
+                    escape(name)
                 );
             }
             Ok(())
@@ -282,15 +302,17 @@ fn run(cli: Cli) -> Result<(), Error> {
                 "DOMAIN", "STATE", "ENROLLED", "TRACING"
             );
             for d in lv.list()? {
-                let tracing = root.join("domains").join(&d.name).is_dir()
-                    && GuestState::for_domain(root, &d.name)?.collector_running()?;
+                let tracing = match GuestState::existing_domain(root, &d.name) {
+                    Some(st) => st.collector_running()?,
+                    None => false,
+                };
                 println!(
                     "{:<24} {:<8} {:<9} {:<8} {}",
-                    d.name,
+                    escape(&d.name),
                     if d.running { "running" } else { "off" },
                     if d.enrolled { "yes" } else { "no" },
                     if tracing { "yes" } else { "no" },
-                    d.system_map.unwrap_or_else(|| "-".into())
+                    escape(d.system_map.as_deref().unwrap_or("-"))
                 );
             }
             Ok(())
@@ -307,8 +329,7 @@ fn run(cli: Cli) -> Result<(), Error> {
                 &functions[..]
             };
             let b = detect::baseline(
-                &target(&cli.guest)?,
-                root,
+                &target(&cli.guest, root)?,
                 f,
                 Duration::from_secs(*duration),
                 *depth,
@@ -325,17 +346,18 @@ fn run(cli: Cli) -> Result<(), Error> {
         Command::Collect {
             lock_fd,
             key_interval_ms,
+            spool_limit,
             functions,
         } => {
             // The descriptor was left open for us by `on`.
             let lock = unsafe { state::inherited_lock(*lock_fd) };
             session::collect(
-                &target(&cli.guest)?,
-                root,
+                &target(&cli.guest, root)?,
                 lock,
                 functions,
                 CollectOptions {
                     key_interval: Duration::from_millis(*key_interval_ms),
+                    spool_limit: *spool_limit,
                     ..Default::default()
                 },
             )
@@ -353,10 +375,9 @@ fn main() -> ExitCode {
         Command::Check {
             json,
             trace_seconds,
-        } => Some(target(&cli.guest).and_then(|t| {
+        } => Some(target(&cli.guest, &cli.state_dir).and_then(|t| {
             let f = detect::check(
                 &t,
-                &cli.state_dir,
                 &detect::CheckOptions {
                     trace_seconds: *trace_seconds,
                 },
@@ -372,10 +393,9 @@ fn main() -> ExitCode {
             interval,
             trace_seconds,
             rounds,
-        } => Some(target(&cli.guest).and_then(|t| {
+        } => Some(target(&cli.guest, &cli.state_dir).and_then(|t| {
             detect::watch(
                 &t,
-                &cli.state_dir,
                 &detect::CheckOptions {
                     trace_seconds: *trace_seconds,
                 },

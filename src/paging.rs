@@ -3,7 +3,9 @@
 //! Kernel-image addresses translate linearly (see [`crate::kernel`]), but
 //! modules, vmalloc and the direct map do not: those need the guest's own
 //! page tables, from `init_top_pgt` (4-level, or 5-level when the guest
-//! enabled LA57), with 1 GiB and 2 MiB pages.
+//! enabled LA57), with 1 GiB and 2 MiB pages. Every entry is guest data:
+//! a walk that leads outside RAM simply fails.
+#![deny(clippy::arithmetic_side_effects)]
 
 use crate::guest_memory::{GuestAddress, GuestRam};
 
@@ -18,6 +20,14 @@ pub struct PageTables<'a> {
     levels: u32,
 }
 
+/// How a virtual address translated: the guest physical address of the
+/// table consulted at each level, top first, and where it led.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Walk {
+    pub tables: Vec<GuestAddress>,
+    pub pa: GuestAddress,
+}
+
 impl<'a> PageTables<'a> {
     pub fn new(ram: &'a GuestRam, root: GuestAddress, five_level: bool) -> Self {
         PageTables {
@@ -27,38 +37,55 @@ impl<'a> PageTables<'a> {
         }
     }
 
-    /// The guest physical address `va` maps to, if mapped.
-    pub fn translate(&self, va: u64) -> Option<GuestAddress> {
+    /// Walk the tables for `va`, if it is mapped.
+    pub fn walk(&self, va: u64) -> Option<Walk> {
         let mut table = self.root;
+        let mut tables = Vec::with_capacity(self.levels as usize);
         for level in (1..=self.levels).rev() {
-            let shift = 12 + 9 * (level - 1);
+            // level ≤ 5: shift ≤ 48.
+            let shift = 12u32.wrapping_add(9u32.wrapping_mul(level.wrapping_sub(1)));
             let index = (va >> shift) & 511;
-            let entry = self.ram.read_u64(GuestAddress(table + index * 8)).ok()?;
+            tables.push(GuestAddress(table));
+            let entry = self
+                .ram
+                .read_u64(GuestAddress(table.checked_add(index << 3)?))
+                .ok()?;
             if entry & PRESENT == 0 {
                 return None;
             }
             // 1 GiB (level 3) and 2 MiB (level 2) pages.
             if (level == 2 || level == 3) && entry & HUGE != 0 {
-                let size_mask = (1u64 << shift) - 1;
-                return Some(GuestAddress(
-                    (entry & ADDR_MASK & !size_mask) | (va & size_mask),
-                ));
+                let size_mask = (1u64 << shift).wrapping_sub(1);
+                let pa = (entry & ADDR_MASK & !size_mask) | (va & size_mask);
+                return Some(Walk {
+                    tables,
+                    pa: GuestAddress(pa),
+                });
             }
             table = entry & ADDR_MASK;
         }
-        Some(GuestAddress(table | (va & 0xfff)))
+        Some(Walk {
+            tables,
+            pa: GuestAddress(table | (va & 0xfff)),
+        })
+    }
+
+    /// The guest physical address `va` maps to, if mapped.
+    pub fn translate(&self, va: u64) -> Option<GuestAddress> {
+        self.walk(va).map(|w| w.pa)
     }
 
     /// Copy `buf.len()` bytes from guest virtual `va`, page by page.
     pub fn read(&self, va: u64, buf: &mut [u8]) -> Option<()> {
         let mut done = 0usize;
-        while done < buf.len() {
+        while let Some(rest) = buf.get_mut(done..).filter(|r| !r.is_empty()) {
             let cur = va.checked_add(done as u64)?;
-            let in_page = (4096 - (cur & 0xfff)) as usize;
-            let n = in_page.min(buf.len() - done);
+            // 1 ..= 4096.
+            let in_page = 4096u64.wrapping_sub(cur & 0xfff) as usize;
+            let n = in_page.min(rest.len());
             let pa = self.translate(cur)?;
-            self.ram.read_into(pa, &mut buf[done..done + n]).ok()?;
-            done += n;
+            self.ram.read_into(pa, &mut rest[..n]).ok()?;
+            done = done.checked_add(n)?;
         }
         Some(())
     }
@@ -71,6 +98,7 @@ impl<'a> PageTables<'a> {
 }
 
 #[cfg(test)]
+#[allow(clippy::arithmetic_side_effects)]
 mod tests {
     use super::*;
     use crate::guest_memory::{Machine, MemoryLayout};

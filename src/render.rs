@@ -1,15 +1,18 @@
 //! Log Maker, second half: records to `trace_graph.txt` in the layout of
 //! ftrace's function_graph tracer (kernel/trace/trace_functions_graph.c with
-//! its default options: CPU, overhead marks, duration).
+//! its default options: CPU, overhead marks, duration), streamed from the
+//! spool so that memory does not grow with the trace.
+#![deny(clippy::arithmetic_side_effects)]
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::BinaryHeap;
 use std::fmt::Write as _;
 use std::io::Write;
-use std::path::Path;
+use std::iter::Peekable;
 
-use crate::abi::{Kind, Record};
+use crate::abi::{self, Kind, Record};
 use crate::error::{Error, Result};
+use crate::escape::escape;
 
 const INDENT: usize = 2;
 
@@ -33,9 +36,10 @@ fn duration(out: &mut String, ns: u64) {
     let _ = write!(out, "{} {usecs}", mark(ns));
     if len < 7 {
         let nsecs = format!("{:03}", ns % 1000);
-        let keep = (8 - len - 1).min(nsecs.len());
+        // len < 7: 8 - len - 1 ≥ 1.
+        let keep = 7usize.saturating_sub(len).min(nsecs.len());
         let _ = write!(out, ".{}", &nsecs[..keep]);
-        len += keep + 1;
+        len = len.saturating_add(keep).saturating_add(1);
     }
     out.push_str(" us ");
     for _ in len..8 {
@@ -46,11 +50,12 @@ fn duration(out: &mut String, ns: u64) {
 
 const NO_DURATION: &str = "              |  ";
 
-/// Header lines for `trace_graph.txt`; `notes` become `# xftrace:` comments.
+/// Header lines for `trace_graph.txt`; `notes` become `# xftrace:` comments
+/// (escaped: a note that holds guest text cannot start a line of its own).
 pub fn header(notes: &[String]) -> String {
     let mut s = String::from("# tracer: function_graph\n#\n");
     for n in notes {
-        let _ = writeln!(s, "# xftrace: {n}");
+        let _ = writeln!(s, "# xftrace: {}", escape(n));
     }
     if !notes.is_empty() {
         s.push_str("#\n");
@@ -60,36 +65,47 @@ pub fn header(notes: &[String]) -> String {
     s
 }
 
-/// One output line with the time that orders it among CPUs.
-struct Line {
-    time: u64,
-    text: String,
+/// One CPU's records turned into output lines, one at a time, each with
+/// the time that orders it among CPUs. Memory: one record of look-ahead
+/// and one open function per depth.
+struct CpuLines<'a, I: Iterator<Item = Record>> {
+    recs: Peekable<I>,
+    prefix: String,
+    entered: [Option<u64>; abi::FTRACE_RETFUNC_DEPTH as usize + 1],
+    last_pid: Option<u32>,
+    name: &'a dyn Fn(u64) -> String,
 }
 
-fn cpu_lines(cpu: u32, width: usize, recs: &[Record], name: &dyn Fn(u64) -> String) -> Vec<Line> {
-    let mut out = Vec::with_capacity(recs.len());
-    let mut entered: HashMap<u32, u64> = HashMap::new();
-    let mut last_pid: Option<u32> = None;
-    let prefix = format!(" {cpu:>width$}) ");
-    let mut i = 0;
-    while i < recs.len() {
-        let r = &recs[i];
+impl<'a, I: Iterator<Item = Record>> CpuLines<'a, I> {
+    fn new(cpu: u32, width: usize, recs: I, name: &'a dyn Fn(u64) -> String) -> Self {
+        CpuLines {
+            recs: recs.peekable(),
+            prefix: format!(" {cpu:>width$}) "),
+            entered: [None; abi::FTRACE_RETFUNC_DEPTH as usize + 1],
+            last_pid: None,
+            name,
+        }
+    }
+
+    fn next_line(&mut self) -> Option<(u64, String)> {
+        let r = self.recs.next()?;
         let mut text = String::new();
-        if let Some(prev) = last_pid.filter(|&p| p != r.pid) {
+        if let Some(prev) = self.last_pid.filter(|&p| p != r.pid) {
             let _ = write!(
                 text,
-                " ------------------------------------------\n{prefix}  pid-{prev:<6} =>  pid-{:<6}\n ------------------------------------------\n\n",
-                r.pid
+                " ------------------------------------------\n{}  pid-{prev:<6} =>  pid-{:<6}\n ------------------------------------------\n\n",
+                self.prefix, r.pid
             );
         }
-        last_pid = Some(r.pid);
-        text.push_str(&prefix);
-        let indent = " ".repeat(r.depth as usize * INDENT);
-        let time;
+        self.last_pid = Some(r.pid);
+        text.push_str(&self.prefix);
+        // Depth ≤ FTRACE_RETFUNC_DEPTH: spool and decoder both refuse more.
+        let depth = (r.depth as usize).min(abi::FTRACE_RETFUNC_DEPTH as usize);
+        let indent = " ".repeat(depth.saturating_mul(INDENT));
+        let name = self.name;
         match r.kind {
             Kind::Entry => {
-                time = r.time;
-                let leaf = recs.get(i + 1).filter(|n| {
+                let leaf = self.recs.next_if(|n| {
                     n.kind == Kind::Return
                         && n.func == r.func
                         && n.depth == r.depth
@@ -98,17 +114,15 @@ fn cpu_lines(cpu: u32, width: usize, recs: &[Record], name: &dyn Fn(u64) -> Stri
                 if let Some(ret) = leaf {
                     duration(&mut text, ret.time.saturating_sub(ret.calltime));
                     let _ = write!(text, "{indent}{}();", name(r.func));
-                    i += 1;
                 } else {
-                    entered.insert(r.depth, r.func);
+                    self.entered[depth] = Some(r.func);
                     let _ = write!(text, "{NO_DURATION}{indent}{}() {{", name(r.func));
                 }
             }
             Kind::Return => {
-                time = r.time;
                 duration(&mut text, r.time.saturating_sub(r.calltime));
                 text.push_str(&indent);
-                if entered.remove(&r.depth) == Some(r.func) {
+                if self.entered[depth].take() == Some(r.func) {
                     text.push('}');
                 } else {
                     let _ = write!(text, "}} /* {} */", name(r.func));
@@ -118,85 +132,75 @@ fn cpu_lines(cpu: u32, width: usize, recs: &[Record], name: &dyn Fn(u64) -> Stri
                 }
             }
         }
-        out.push(Line { time, text });
-        i += 1;
+        Some((r.time, text))
     }
-    out
 }
 
-/// Render records (each CPU's in ring order) as function_graph text.
-/// `name` symbolizes a runtime function address.
-pub fn render(
+/// Render each ring's records (in ring order) as function_graph text to
+/// `out`, merging CPUs by time. `name` symbolizes a runtime function
+/// address. Memory does not grow with the trace. Returns the records
+/// rendered.
+pub fn render<I: Iterator<Item = Record>>(
+    out: &mut dyn Write,
+    rings: Vec<(u32, I)>,
+    nr_cpus: u32,
+    name: &dyn Fn(u64) -> String,
+    notes: &[String],
+) -> Result<u64> {
+    let io = |e| Error::io("cannot write the trace", e);
+    let width = nr_cpus.max(1).saturating_sub(1).to_string().len();
+    let mut cpus: Vec<CpuLines<'_, I>> = rings
+        .into_iter()
+        .map(|(cpu, recs)| CpuLines::new(cpu, width, recs, name))
+        .collect();
+    let mut pending: Vec<Option<String>> = Vec::with_capacity(cpus.len());
+    let mut heap: BinaryHeap<Reverse<(u64, usize)>> = BinaryHeap::new();
+    for (i, c) in cpus.iter_mut().enumerate() {
+        let line = c.next_line();
+        if let Some((t, _)) = &line {
+            heap.push(Reverse((*t, i)));
+        }
+        pending.push(line.map(|(_, s)| s));
+    }
+    out.write_all(header(notes).as_bytes()).map_err(io)?;
+    let mut lines = 0u64;
+    while let Some(Reverse((_, i))) = heap.pop() {
+        if let Some(text) = pending[i].take() {
+            out.write_all(text.as_bytes()).map_err(io)?;
+            out.write_all(b"\n").map_err(io)?;
+            lines = lines.saturating_add(1);
+        }
+        if let Some((t, s)) = cpus[i].next_line() {
+            heap.push(Reverse((t, i)));
+            pending[i] = Some(s);
+        }
+    }
+    Ok(lines)
+}
+
+/// [`render`] into a string (tests and small traces).
+pub fn render_to_string(
     records: &[Record],
     nr_cpus: u32,
     name: &dyn Fn(u64) -> String,
     notes: &[String],
 ) -> String {
-    let width = (nr_cpus.max(1) - 1).to_string().len();
-    let mut per_cpu: Vec<Vec<Record>> = Vec::new();
+    let mut rings: Vec<(u32, Vec<Record>)> = Vec::new();
     for r in records {
-        let c = r.cpu as usize;
-        if per_cpu.len() <= c {
-            per_cpu.resize_with(c + 1, Vec::new);
-        }
-        per_cpu[c].push(*r);
-    }
-    let lines: Vec<Vec<Line>> = per_cpu
-        .iter()
-        .enumerate()
-        .map(|(cpu, rs)| cpu_lines(cpu as u32, width, rs, name))
-        .collect();
-    // Merge CPUs by time, keeping each CPU's own order.
-    let mut heap: BinaryHeap<Reverse<(u64, usize, usize)>> = lines
-        .iter()
-        .enumerate()
-        .filter(|(_, l)| !l.is_empty())
-        .map(|(c, l)| Reverse((l[0].time, c, 0)))
-        .collect();
-    let mut s = header(notes);
-    while let Some(Reverse((_, c, i))) = heap.pop() {
-        s.push_str(&lines[c][i].text);
-        s.push('\n');
-        if let Some(n) = lines[c].get(i + 1) {
-            heap.push(Reverse((n.time, c, i + 1)));
+        match rings.iter_mut().find(|(c, _)| *c == r.cpu) {
+            Some((_, v)) => v.push(*r),
+            None => rings.push((r.cpu, vec![*r])),
         }
     }
-    s
-}
-
-/// Write `text` to `path` atomically (temporary file, fsync, rename), mode 0600.
-pub fn write_atomically(path: &Path, text: &str) -> Result<()> {
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .ok_or_else(|| Error::Input(format!("{} is not a file name", path.display())))?;
-    let tmp = dir.join(format!(
-        ".{}.{}.tmp",
-        name.to_string_lossy(),
-        std::process::id()
-    ));
-    let res = (|| {
-        let mut f = crate::state::create_private(&tmp)?;
-        f.write_all(text.as_bytes())
-            .and_then(|_| f.sync_all())
-            .map_err(|e| Error::io(format!("cannot write {}", tmp.display()), e))?;
-        std::fs::rename(&tmp, path).map_err(|e| {
-            Error::io(
-                format!("cannot move trace into place at {}", path.display()),
-                e,
-            )
-        })
-    })();
-    if res.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    res
+    rings.sort_by_key(|(c, _)| *c);
+    let mut out = Vec::new();
+    let rings = rings.into_iter().map(|(c, v)| (c, v.into_iter())).collect();
+    render(&mut out, rings, nr_cpus, name, notes).expect("writing to memory");
+    String::from_utf8(out).expect("rendered text is UTF-8")
 }
 
 #[cfg(test)]
+#[allow(clippy::arithmetic_side_effects)]
 mod tests {
     use super::*;
 
@@ -252,7 +256,7 @@ mod tests {
             ev(0, Return, 2, 1, 5_340, 110),
             ev(0, Return, 1, 0, 12_581, 100),
         ];
-        let text = render(&recs, 2, &name, &[]);
+        let text = render_to_string(&recs, 2, &name, &[]);
         let body: Vec<&str> = text.lines().skip(4).collect();
         assert_eq!(
             body,
@@ -275,7 +279,7 @@ mod tests {
             ev(1, Entry, 0xffff_ffff_c0b3_7000, 1, 600, 0),
             ev(1, Return, 0xffff_ffff_c0b3_7000, 1, 700, 600),
         ];
-        let text = render(&recs, 2, &name, &["2 records".into()]);
+        let text = render_to_string(&recs, 2, &name, &["2 records".into()]);
         assert!(text.contains("# xftrace: 2 records\n"));
         assert!(
             text.contains(" 1)   0.100 us    |    } /* do_sys_openat2 */\n"),
@@ -293,7 +297,7 @@ mod tests {
             ev(1, Entry, 2, 0, 200, 0),
             ev(1, Return, 2, 0, 250, 200),
         ];
-        let text = render(&recs, 2, &name, &[]);
+        let text = render_to_string(&recs, 2, &name, &[]);
         let body: Vec<&str> = text.lines().skip(4).collect();
         assert!(
             body[0].starts_with(" 0)") && body[1].starts_with(" 1)"),
@@ -302,17 +306,21 @@ mod tests {
     }
 
     #[test]
-    fn writes_atomically_and_privately() {
-        use std::os::unix::fs::PermissionsExt;
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("trace_graph.txt");
-        write_atomically(&p, "a\n").unwrap();
-        write_atomically(&p, "b\n").unwrap();
-        assert_eq!(std::fs::read_to_string(&p).unwrap(), "b\n");
-        assert_eq!(
-            std::fs::metadata(&p).unwrap().permissions().mode() & 0o777,
-            0o600
+    fn notes_cannot_inject_lines() {
+        let text = render_to_string(&[], 1, &name, &["banner\n 0)  fake();\x1b[2K".into()]);
+        assert!(
+            text.contains("# xftrace: banner\\x0a 0)  fake();\\x1b[2K\n"),
+            "{text}"
         );
-        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+        assert_eq!(text.lines().filter(|l| !l.starts_with('#')).count(), 0);
+    }
+
+    #[test]
+    fn a_deep_forged_record_cannot_blow_up_the_output() {
+        use Kind::*;
+        let mut r = ev(0, Entry, 1, 0, 100, 0);
+        r.depth = 0xff_ffff;
+        let text = render_to_string(&[r], 1, &name, &[]);
+        assert!(text.len() < 1000, "{} bytes", text.len());
     }
 }

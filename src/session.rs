@@ -4,8 +4,11 @@
 //!
 //! The collector is this same binary (`xftrace collect`), started in its own
 //! session with the guest's state lock inherited from `on`, so exactly one
-//! collector runs per guest and `off` knows when it has finished.
+//! collector runs per guest and `off` knows when it has finished. `off`
+//! then takes the lock itself and holds it while it writes the trace, so
+//! that no new session can remove the spool under it.
 
+use std::ffi::OsString;
 use std::fs::File;
 use std::io::Write;
 use std::os::fd::AsRawFd;
@@ -18,10 +21,13 @@ use std::time::{Duration, Instant};
 use log::{error, info, warn};
 
 use crate::abi::Op;
-use crate::collect::{read_spool, RingReader, Spool};
+use crate::collect::RingReader;
 use crate::error::{Error, Result};
+use crate::escape::escape;
+use crate::hostfs;
 use crate::keys::KeyController;
 use crate::render;
+use crate::spool::{self, SpoolWriter};
 use crate::state::{self, now_unix, GuestState, Status};
 use crate::symbols::SystemMap;
 use crate::target::Target;
@@ -34,6 +40,8 @@ pub struct CollectOptions {
     pub poll_interval: Duration,
     /// Also trace interrupt handlers that run inside traced calls.
     pub irqs: bool,
+    /// Bytes of decoded records to keep; the rest is counted as lost.
+    pub spool_limit: u64,
 }
 
 impl Default for CollectOptions {
@@ -42,6 +50,7 @@ impl Default for CollectOptions {
             key_interval: Duration::from_secs(1),
             poll_interval: Duration::from_millis(10),
             irqs: false,
+            spool_limit: spool::DEFAULT_LIMIT,
         }
     }
 }
@@ -51,10 +60,12 @@ const GUEST_ACK: Duration = Duration::from_secs(20);
 const COLLECTOR_STOP: Duration = Duration::from_secs(30);
 /// A heartbeat unchanged this long while the VM should run is reported.
 const HEARTBEAT_STALL: Duration = Duration::from_secs(5);
+/// The last lines of a collector's log worth quoting.
+const LOG_TAIL: u64 = 4096;
 
 /// `xftrace on FUNCS...`
-pub fn on(target: &Target, root: &Path, functions: &[String], opts: CollectOptions) -> Result<()> {
-    let (symbols, pid) = start(target, root, functions, opts)?;
+pub fn on(target: &Target, functions: &[String], opts: CollectOptions) -> Result<()> {
+    let (symbols, pid) = start(target, functions, opts)?;
     println!(
         "tracing {} in {} (collector pid {pid}); stop with `xftrace off`",
         symbols.join(" "),
@@ -68,13 +79,14 @@ pub fn on(target: &Target, root: &Path, functions: &[String], opts: CollectOptio
 pub fn on_waiting(
     wait: Duration,
     target: &Target,
-    root: &Path,
     functions: &[String],
     opts: CollectOptions,
 ) -> Result<()> {
-    let end = Instant::now() + wait;
+    let end = Instant::now()
+        .checked_add(wait)
+        .unwrap_or_else(Instant::now);
     loop {
-        match on(target, root, functions, opts) {
+        match on(target, functions, opts) {
             Err(Error::Guest(m) | Error::Libvirt(m)) if Instant::now() < end => {
                 info!("{}: not ready ({m}); retrying", target.describe());
                 std::thread::sleep(Duration::from_secs(2));
@@ -87,7 +99,6 @@ pub fn on_waiting(
 /// Start tracing: returns the kernel symbols traced and the collector's pid.
 fn start(
     target: &Target,
-    root: &Path,
     functions: &[String],
     opts: CollectOptions,
 ) -> Result<(Vec<String>, u32)> {
@@ -104,7 +115,7 @@ fn start(
             symbols.push(s);
         }
     }
-    let state = target.state(root)?;
+    let state = target.state()?;
     let Some(lock) = state.try_lock()? else {
         let pid = state.read_status().map_or(0, |s| s.pid);
         return Err(Error::State(format!(
@@ -114,52 +125,36 @@ fn start(
     };
     state.reset_session()?;
 
-    let log = state::create_private(&state.collector_log())?;
-    let exe =
-        std::env::current_exe().map_err(|e| Error::io("cannot find the xftrace binary", e))?;
+    let log = hostfs::create_new_private(&state.collector_log())?;
     let fd = lock.as_raw_fd();
-    let mut cmd = Command::new(exe);
-    cmd.arg("collect")
-        .args(target.args())
-        .args(["--state-dir", &root.display().to_string()])
-        .args(["--lock-fd", &fd.to_string()])
-        .args([
-            "--key-interval-ms",
-            &opts.key_interval.as_millis().to_string(),
-        ])
-        .args(&symbols)
-        .stdin(Stdio::null())
-        .stdout(
-            log.try_clone()
-                .map_err(|e| Error::io("cannot dup log", e))?,
-        )
-        .stderr(log);
-    if std::env::var_os("RUST_LOG").is_none() {
-        cmd.env("RUST_LOG", "info");
-    }
-    // In the child, before exec: detach from the terminal's session and keep
-    // the lock descriptor open across exec.
-    unsafe {
-        cmd.pre_exec(move || {
-            nix::unistd::setsid().map_err(std::io::Error::from)?;
-            if libc::fcntl(fd, libc::F_SETFD, 0) != 0 {
-                return Err(std::io::Error::last_os_error());
+    let mut args: Vec<OsString> = target.args();
+    args.extend([
+        "collect".into(),
+        format!("--lock-fd={fd}").into(),
+        format!("--key-interval-ms={}", opts.key_interval.as_millis()).into(),
+        format!("--spool-limit={}", opts.spool_limit).into(),
+        "--".into(),
+    ]);
+    args.extend(symbols.iter().map(OsString::from));
+    let mut child = spawn_detached(
+        &args,
+        log,
+        |cmd| {
+            if std::env::var_os("RUST_LOG").is_none() {
+                cmd.env("RUST_LOG", "info");
             }
-            Ok(())
-        });
-    }
-    let mut child = cmd
-        .spawn()
-        .map_err(|e| Error::io("cannot start the collector", e))?;
+        },
+        Some(fd),
+    )?;
     drop(lock);
 
     // Wait for the collector to install the first key and start reading.
-    let end = Instant::now() + COLLECTOR_READY;
+    let end = Instant::now()
+        .checked_add(COLLECTOR_READY)
+        .unwrap_or_else(Instant::now);
     loop {
-        if let Some(s) = state.read_status() {
-            if s.state == "collecting" {
-                break;
-            }
+        if state.read_status().is_some_and(|s| s.state == "collecting") {
+            break;
         }
         if let Ok(Some(code)) = child.try_wait() {
             return Err(Error::State(format!(
@@ -185,43 +180,78 @@ fn start(
         flags,
         GUEST_ACK,
     ) {
-        stop_collector(&state, child.id());
+        if let Some(s) = state.read_status() {
+            state::signal_collector(&s);
+        }
+        let _ = state.wait_unlocked(COLLECTOR_STOP);
         let _ = child.wait();
         return Err(e);
     }
     Ok((symbols, child.id()))
 }
 
+/// Start this binary with `args` in a session of its own (no terminal, no
+/// process group of the caller's), output to `log`. `keep_fd` stays open
+/// across exec (the collector's lock).
+pub fn spawn_detached(
+    args: &[OsString],
+    log: File,
+    tweak: impl FnOnce(&mut Command),
+    keep_fd: Option<i32>,
+) -> Result<std::process::Child> {
+    let exe =
+        std::env::current_exe().map_err(|e| Error::io("cannot find the xftrace binary", e))?;
+    let mut cmd = Command::new(exe);
+    cmd.args(args)
+        .stdin(Stdio::null())
+        .stdout(
+            log.try_clone()
+                .map_err(|e| Error::io("cannot dup log", e))?,
+        )
+        .stderr(log);
+    tweak(&mut cmd);
+    // In the child, before exec: leave the caller's session and keep the
+    // lock descriptor open across exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            nix::unistd::setsid().map_err(std::io::Error::from)?;
+            if let Some(fd) = keep_fd {
+                if libc::fcntl(fd, libc::F_SETFD, 0) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+    cmd.spawn()
+        .map_err(|e| Error::io("cannot start a background xftrace", e))
+}
+
 fn last_line(path: &Path) -> String {
-    std::fs::read_to_string(path)
-        .ok()
+    hostfs::read_tail(path, LOG_TAIL)
         .and_then(|t| {
             t.lines()
                 .rev()
                 .find(|l| !l.trim().is_empty())
-                .map(str::to_string)
+                .map(|l| escape(l).into_owned())
         })
         .unwrap_or_else(|| "no output".into())
 }
 
-fn stop_collector(state: &GuestState, pid: u32) -> bool {
-    if pid > 0 {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(pid as i32),
-            nix::sys::signal::Signal::SIGTERM,
-        );
-    }
-    state.wait_unlocked(COLLECTOR_STOP).unwrap_or(false)
+/// What `stop` leaves for writing the trace.
+struct Stopped {
+    state: GuestState,
+    guest_error: Option<Error>,
+    /// Held until the trace is written.
+    _lock: File,
 }
 
 /// Turn the guest's tracer off and stop the collector, keeping its spool.
-/// Returns the state and the error the guest side had, if any (the spool is
-/// still there to write out).
-fn stop(target: &Target, root: &Path) -> Result<(GuestState, Option<Error>)> {
-    let state = target.state(root)?;
+fn stop(target: &Target) -> Result<Stopped> {
+    let state = target.state()?;
     let running = state.collector_running()?;
     let status = state.read_status();
-    let have_spool = state.spool().is_file();
+    let have_spool = spool::exists(state.dir());
     let mut guest_error = None;
     match target.open() {
         Ok(g) => {
@@ -243,19 +273,31 @@ fn stop(target: &Target, root: &Path) -> Result<(GuestState, Option<Error>)> {
         Err(e) => return Err(e),
     }
     if running {
-        let pid = status.as_ref().map_or(0, |s| s.pid);
-        if !stop_collector(&state, pid) {
-            return Err(Error::Timeout(format!(
-                "the collector (pid {pid}) did not stop within {} s; its data is in {}",
-                COLLECTOR_STOP.as_secs(),
-                state.dir().display()
-            )));
+        if let Some(s) = &status {
+            if !state::signal_collector(s) {
+                warn!(
+                    "the collector (pid {}) could not be signalled as itself; waiting for it to notice",
+                    s.pid
+                );
+            }
         }
     }
-    if !have_spool && !state.spool().is_file() {
+    let Some(lock) = state.lock_waiting(COLLECTOR_STOP)? else {
+        return Err(Error::Timeout(format!(
+            "the collector (pid {}) did not stop within {} s; its data is in {}",
+            status.map_or(0, |s| s.pid),
+            COLLECTOR_STOP.as_secs(),
+            state.dir().display()
+        )));
+    };
+    if !spool::exists(state.dir()) {
         return Err(guest_error.unwrap_or_else(|| Error::State("no records were collected".into())));
     }
-    Ok((state, guest_error))
+    Ok(Stopped {
+        state,
+        guest_error,
+        _lock: lock,
+    })
 }
 
 /// The System.map for rendering: given, or the one the session used.
@@ -269,12 +311,27 @@ fn session_map(target: &Target, status: &Status) -> Result<SystemMap> {
     }
 }
 
+/// Where the Klog of a trace written to `output` goes; refuses an output
+/// that would be overwritten by its own Klog.
+pub fn klog_beside(output: &Path) -> Result<PathBuf> {
+    let klog = output.with_extension("klog");
+    if klog == output {
+        return Err(Error::Input(format!(
+            "{} would be overwritten by its own key log; name the trace something not ending in .klog",
+            output.display()
+        )));
+    }
+    Ok(klog)
+}
+
 /// `xftrace off`: returns the path of the trace written.
-pub fn off(target: &Target, root: &Path, output: &Path) -> Result<PathBuf> {
-    let (state, guest_error) = stop(target, root)?;
+pub fn off(target: &Target, output: &Path) -> Result<PathBuf> {
+    klog_beside(output)?;
+    let stopped = stop(target)?;
+    let state = &stopped.state;
     let status = state.read_status().unwrap_or_default();
     let map = session_map(target, &status)?;
-    let n = write_trace(&state, &status, &map, output)?;
+    let n = write_trace(state, &status, &map, output)?;
     // The session's data now lives in the trace and its Klog; a second `off`
     // has nothing left to write.
     state.finish_session()?;
@@ -282,10 +339,11 @@ pub fn off(target: &Target, root: &Path, output: &Path) -> Result<PathBuf> {
     done.state = "written".into();
     done.message = format!("trace written to {}", output.display());
     state.write_status(&done)?;
-    let lost = status.rings.lost + status.guest_dropped;
+    let missing = status.rings.missing().saturating_add(status.guest_dropped);
     println!(
-        "wrote {} ({n} records, {lost} lost, {} failed integrity checks)",
+        "wrote {} ({n} lines, {} records, {missing} lost, {} failed integrity checks)",
         output.display(),
+        status.rings.records,
         status.rings.integrity_failures()
     );
     if status.rings.integrity_failures() > 0 {
@@ -295,94 +353,127 @@ pub fn off(target: &Target, root: &Path, output: &Path) -> Result<PathBuf> {
             state.anomalies().display()
         );
     }
-    match guest_error {
+    for why in &status.narrowed {
+        warn!("the guest narrowed the capture: {why}");
+    }
+    match stopped.guest_error {
         Some(e) => Err(e),
         None => Ok(output.to_path_buf()),
     }
 }
 
-/// Trace `functions` for `duration` and return the records (for baselines
-/// and call-flow checks), with the session's status and System.map.
-pub fn capture(
-    target: &Target,
-    root: &Path,
-    functions: &[String],
-    duration: Duration,
-) -> Result<(Vec<crate::abi::Record>, Status, SystemMap)> {
-    start(target, root, functions, CollectOptions::default())?;
-    std::thread::sleep(duration);
-    let (state, guest_error) = stop(target, root)?;
-    if let Some(e) = guest_error {
-        return Err(e);
-    }
-    let status = state.read_status().unwrap_or_default();
-    let mut records = Vec::new();
-    read_spool(&state.spool(), |r| records.push(r))?;
-    state.finish_session()?;
-    let map = session_map(target, &status)?;
-    Ok((records, status, map))
+/// A finished capture: its status and System.map, and its spool, which
+/// stays on disk (and locked) until this is dropped.
+pub struct Capture {
+    pub status: Status,
+    pub map: SystemMap,
+    stopped: Stopped,
 }
 
-/// Render the session's spool to `output`, with the Klog beside it.
+impl Capture {
+    /// The captured records, merged across CPUs in time order, streamed.
+    pub fn records(&self) -> Result<impl Iterator<Item = crate::abi::Record>> {
+        Ok(spool::Merged::new(spool::open(self.stopped.state.dir())?))
+    }
+
+    pub fn finish(self) -> Result<()> {
+        self.stopped.state.finish_session()
+    }
+}
+
+/// Trace `functions` for `duration` (for baselines and call-flow checks).
+pub fn capture(target: &Target, functions: &[String], duration: Duration) -> Result<Capture> {
+    start(target, functions, CollectOptions::default())?;
+    std::thread::sleep(duration);
+    let stopped = stop(target)?;
+    if let Some(e) = stopped.guest_error {
+        return Err(e);
+    }
+    let status = stopped.state.read_status().unwrap_or_default();
+    let map = session_map(target, &status)?;
+    Ok(Capture {
+        status,
+        map,
+        stopped,
+    })
+}
+
+/// Render the session's spool to `output`, with the Klog beside it; both
+/// private and replaced atomically. Returns the lines written.
 pub fn write_trace(
     state: &GuestState,
     status: &Status,
     map: &SystemMap,
     output: &Path,
 ) -> Result<u64> {
-    let mut records = Vec::new();
-    let n = read_spool(&state.spool(), |r| records.push(r))?;
+    let klog_path = klog_beside(output)?;
     let slide = status.slide;
     let name = |addr: u64| match map.containing(addr.wrapping_sub(slide)) {
         Some((sym, _)) => sym.to_string(),
         None => format!("{addr:#x}"),
     };
-    let notes = vec![
+    let mut notes = vec![
         format!("guest {} ({})", status.target, status.banner),
         format!("functions {}", status.functions.join(" ")),
         format!(
-            "{n} records, {} lost in the rings, {} dropped by the guest, {} failed integrity checks, {} keys",
+            "{} records, {} lost in the rings, {} over the spool limit of {} bytes, {} dropped by the guest, {} failed integrity checks, {} keys",
+            status.rings.records,
             status.rings.lost,
+            status.rings.over_limit,
+            status.spool_limit,
             status.guest_dropped,
             status.rings.integrity_failures(),
             status.key_rotations
         ),
     ];
-    let text = render::render(&records, status.nr_cpus.max(1), &name, &notes);
-    render::write_atomically(output, &text)?;
-    let klog = output.with_extension("klog");
-    if let Ok(k) = std::fs::read(state.klog()) {
-        let mut f = state::create_private(&klog)?;
-        f.write_all(&k)
-            .map_err(|e| Error::io(format!("cannot write {}", klog.display()), e))?;
+    notes.extend(
+        status
+            .narrowed
+            .iter()
+            .map(|w| format!("guest narrowed the capture: {w}")),
+    );
+    if let Ok(k) = hostfs::open_regular(&state.klog(), "Klog") {
+        let mut out = hostfs::AtomicFile::create(&klog_path)?;
+        std::io::copy(&mut { k }, out.writer())
+            .map_err(|e| Error::io(format!("cannot write {}", klog_path.display()), e))?;
+        out.commit()?;
     }
+    let rings: Vec<(u32, spool::RingStream)> = spool::open(state.dir())?
+        .into_iter()
+        .map(|s| (s.cpu(), s))
+        .collect();
+    let mut out = hostfs::AtomicFile::create(output)?;
+    let n = render::render(out.writer(), rings, status.nr_cpus.max(1), &name, &notes)?;
+    out.commit()?;
     Ok(n)
 }
 
-/// `xftrace status`
-pub fn status(target: &Target, root: &Path) -> Result<()> {
-    let state = target.state(root)?;
+/// `xftrace status`: prints what is known; an unavailable guest is an error
+/// (exit code) after the collector's part has been printed.
+pub fn status(target: &Target) -> Result<()> {
+    let state = target.state()?;
     println!("guest:      {}", target.describe());
-    match target.open() {
-        Ok(g) => {
-            let gs = trace_switch::read_status(&g.ram, &g.kernel)?;
-            let alive = trace_switch::guest_alive(&g.ram, &g.kernel, Duration::from_secs(1))?;
-            println!("kernel:     {}", g.kernel.banner);
-            println!(
-                "guest:      {}, tracer {}, key epoch {}, command {}/{} (result {})",
-                if alive {
-                    "running"
-                } else {
-                    "not running (heartbeat stalled)"
-                },
-                if gs.tracing { "on" } else { "off" },
-                gs.key_epoch,
-                gs.ack_seq,
-                gs.cmd_seq,
-                gs.ack_result
-            );
+    let guest = target.open();
+    if let Ok(g) = &guest {
+        let gs = trace_switch::read_status(&g.ram, &g.kernel)?;
+        let alive = trace_switch::guest_alive(&g.ram, &g.kernel, Duration::from_secs(1))?;
+        println!("kernel:     {}", escape(&g.kernel.banner));
+        println!(
+            "guest:      {}, tracer {}, key epoch {}, command {}/{} (result {})",
+            if alive {
+                "running"
+            } else {
+                "not running (heartbeat stalled)"
+            },
+            if gs.tracing { "on" } else { "off" },
+            gs.key_epoch,
+            gs.ack_seq,
+            gs.cmd_seq,
+            gs.ack_result
+        );
+        for why in gs.narrowed_reasons() {
+            println!("warning:    {why}");
         }
-        Err(e) => println!("guest:      unavailable: {e}"),
     }
     let running = state.collector_running()?;
     match state.read_status() {
@@ -391,18 +482,18 @@ pub fn status(target: &Target, root: &Path) -> Result<()> {
                 "collector:  {} (pid {}), {}{}",
                 if running { "running" } else { "not running" },
                 s.pid,
-                s.state,
+                escape(&s.state),
                 if s.message.is_empty() {
                     String::new()
                 } else {
-                    format!(": {}", s.message)
+                    format!(": {}", escape(&s.message))
                 }
             );
             println!("functions:  {}", s.functions.join(" "));
             println!(
                 "records:    {} collected, {} lost, {} dropped by the guest, {} failed integrity checks",
                 s.rings.records,
-                s.rings.lost,
+                s.rings.missing(),
                 s.guest_dropped,
                 s.rings.integrity_failures()
             );
@@ -422,7 +513,7 @@ pub fn status(target: &Target, root: &Path) -> Result<()> {
             }
         ),
     }
-    Ok(())
+    guest.map(|_| ())
 }
 
 static STOP: AtomicBool = AtomicBool::new(false);
@@ -435,19 +526,22 @@ extern "C" fn on_signal(_: libc::c_int) {
 /// RAM file disappears, or an error.
 pub fn collect(
     target: &Target,
-    root: &Path,
     lock: File,
     functions: &[String],
     opts: CollectOptions,
 ) -> Result<()> {
-    let state = target.state(root)?;
+    let state = target.state()?;
+    let (pid, pid_start, boot_id) = state::own_identity();
     let mut status = Status {
         state: "starting".into(),
-        pid: std::process::id(),
+        pid,
+        pid_start,
+        boot_id,
         target: target.describe(),
         functions: functions.to_vec(),
         started: now_unix(),
         updated: now_unix(),
+        spool_limit: opts.spool_limit,
         ..Default::default()
     };
     let result = collect_loop(target, &state, &mut status, opts);
@@ -480,15 +574,16 @@ fn collect_loop(
     let g = target.open()?;
     status.slide = g.kernel.slide;
     status.nr_cpus = g.kernel.header.nr_cpus;
-    status.banner = g.kernel.banner.clone();
+    status.banner = escape(&g.kernel.banner).into_owned();
     status.system_map = g.system_map.display().to_string();
 
     let mut keys = KeyController::new(&g.ram, &g.kernel, &state.klog())?;
     let mut reader = RingReader::start(&g.ram, &g.kernel)?;
-    keys.rotate(&g.ram, &g.kernel)?;
+    let first = keys.rotate(&g.ram, &g.kernel)?;
+    reader.note_rotation(&g.ram, &g.kernel, first)?;
     status.key_rotations = 1;
-    let mut spool = Spool::create(&state.spool())?;
-    let mut anomalies = state::create_private(&state.anomalies())?;
+    let mut spool = SpoolWriter::create(state.dir(), g.kernel.header.nr_rings, opts.spool_limit)?;
+    let mut anomalies = hostfs::replace_private(&state.anomalies())?;
     status.state = "collecting".into();
     status.key_epoch = keys.epoch();
     state.write_status(status)?;
@@ -509,18 +604,21 @@ fn collect_loop(
         let stopping = STOP.load(Ordering::SeqCst);
         let gone = g.ram.unlinked();
         let mut write_err = None;
+        let mut over_limit = 0u64;
         reader.poll(
             &g.ram,
             &g.kernel,
             keys.klog(),
-            |r| {
-                if let Err(e) = spool.push(&r) {
+            |r| match spool.push(&r) {
+                Ok(true) => {}
+                Ok(false) => over_limit = over_limit.saturating_add(1),
+                Err(e) => {
                     write_err.get_or_insert(e);
                 }
             },
             |a| {
                 // Every anomaly goes to anomalies.log; the log gets the first few.
-                logged += 1;
+                logged = logged.saturating_add(1);
                 if logged <= 20 {
                     warn!("integrity: {a}");
                 } else if logged == 21 {
@@ -535,6 +633,13 @@ fn collect_loop(
         if let Some(e) = write_err {
             return Err(e);
         }
+        if over_limit > 0 && reader.stats.over_limit == 0 {
+            warn!(
+                "the record spool reached its limit of {} bytes: further records are counted as lost",
+                opts.spool_limit
+            );
+        }
+        reader.stats.over_limit = reader.stats.over_limit.saturating_add(over_limit);
         if gone {
             status.state = "guest-gone".into();
             status.message =
@@ -554,8 +659,17 @@ fn collect_loop(
                     HEARTBEAT_STALL.as_secs()
                 );
             }
+            for why in gs.narrowed_reasons() {
+                if !status.narrowed.iter().any(|w| w == why) {
+                    warn!("the guest narrowed the capture: {why}");
+                    status.narrowed.push(why.to_string());
+                }
+            }
             status.rings = reader.stats.clone();
-            status.guest_dropped = gs.dropped.saturating_add(gs.unringed);
+            status.guest_dropped = gs
+                .dropped
+                .saturating_add(gs.unringed)
+                .saturating_add(gs.nested);
             status.key_epoch = keys.epoch();
             status.updated = now_unix();
             spool.flush()?;
@@ -566,8 +680,9 @@ fn collect_loop(
             break;
         }
         if last_rotation.elapsed() >= opts.key_interval {
-            keys.rotate(&g.ram, &g.kernel)?;
-            status.key_rotations += 1;
+            let e = keys.rotate(&g.ram, &g.kernel)?;
+            reader.note_rotation(&g.ram, &g.kernel, e)?;
+            status.key_rotations = status.key_rotations.saturating_add(1);
             last_rotation = Instant::now();
         }
         std::thread::sleep(opts.poll_interval);
@@ -578,8 +693,59 @@ fn collect_loop(
     info!(
         "collector done: {} records, {} lost, {} integrity failures",
         reader.stats.records,
-        reader.stats.lost,
+        reader.stats.missing(),
         reader.stats.integrity_failures()
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_trace_is_never_its_own_klog() {
+        assert!(klog_beside(Path::new("/tmp/x.klog")).is_err());
+        assert_eq!(
+            klog_beside(Path::new("out/trace_graph.txt")).unwrap(),
+            Path::new("out/trace_graph.klog")
+        );
+        assert_eq!(klog_beside(Path::new("t")).unwrap(), Path::new("t.klog"));
+    }
+
+    #[test]
+    fn off_writes_through_no_planted_link() {
+        use crate::collect::tests::rec;
+        let dir = tempfile::tempdir().unwrap();
+        let st = GuestState::for_domain(&dir.path().join("state"), "d").unwrap();
+        let mut sp = SpoolWriter::create(st.dir(), 1, spool::DEFAULT_LIMIT).unwrap();
+        sp.push(&rec(0, 0, 1)).unwrap();
+        sp.push(&rec(0, 1, 1)).unwrap();
+        sp.flush().unwrap();
+        std::fs::write(st.klog(), "1 1 00000000000000aa\n").unwrap();
+        // Someone who can write the output directory plants links at the
+        // trace's and the Klog's names, and at last time's temp name.
+        let out = dir.path().join("out");
+        std::fs::create_dir(&out).unwrap();
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, "precious").unwrap();
+        for n in [
+            "trace_graph.txt",
+            "trace_graph.klog",
+            ".trace_graph.txt.1234.tmp",
+        ] {
+            std::os::unix::fs::symlink(&victim, out.join(n)).unwrap();
+        }
+        let map = SystemMap::parse(crate::symbols::tests::MAP).unwrap();
+        let status = Status {
+            nr_cpus: 1,
+            ..Default::default()
+        };
+        write_trace(&st, &status, &map, &out.join("trace_graph.txt")).unwrap();
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious");
+        let klog = std::fs::read_to_string(out.join("trace_graph.klog")).unwrap();
+        assert!(klog.contains("00000000000000aa"));
+        let trace = std::fs::read_to_string(out.join("trace_graph.txt")).unwrap();
+        assert!(trace.starts_with("# tracer: function_graph"));
+    }
 }

@@ -2,11 +2,18 @@
 //! lock, its status, the Klog and the record spool of the current session.
 //!
 //! Everything here holds guest data or keys, so directories are 0700 and
-//! files 0600, whatever the umask.
+//! files 0600, whatever the umask, and nothing is followed through a link.
+//!
+//! One collector per guest holds the lock exclusively for as long as it
+//! runs. Anyone who only wants to know whether a collector runs probes with
+//! a shared lock, which never makes a concurrent `on` believe a collector
+//! is there. A collector is signalled only once it is proven to be the
+//! process that wrote the status (its pid, start time and boot), through a
+//! pidfd, so a recycled pid is never hit.
 
 use std::fs::{File, OpenOptions};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -14,35 +21,12 @@ use serde::{Deserialize, Serialize};
 
 use crate::collect::RingStats;
 use crate::error::{Error, Result};
+use crate::hostfs;
 
 /// Default root of xftrace's state (`--state-dir`, `XFTRACE_STATE_DIR`).
 pub const DEFAULT_ROOT: &str = "/var/lib/xftrace";
-
-/// Create (or truncate) `path` as a file only its owner can read.
-pub fn create_private(path: &Path) -> Result<File> {
-    let f = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(|e| Error::io(format!("cannot create {}", path.display()), e))?;
-    f.set_permissions(std::fs::Permissions::from_mode(0o600))
-        .map_err(|e| Error::io(format!("cannot restrict {}", path.display()), e))?;
-    Ok(f)
-}
-
-/// Create `path` and its parents; make `path` itself 0700.
-pub fn private_dir(path: &Path) -> Result<()> {
-    std::fs::create_dir_all(path).map_err(|e| {
-        Error::io(
-            format!("cannot create state directory {}", path.display()),
-            e,
-        )
-    })?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700))
-        .map_err(|e| Error::io(format!("cannot restrict {}", path.display()), e))
-}
+/// A status.json is a few hundred bytes.
+const MAX_STATUS: u64 = 1 << 20;
 
 pub fn now_unix() -> f64 {
     SystemTime::now()
@@ -53,10 +37,15 @@ pub fn now_unix() -> f64 {
 
 /// What the collector reports about the current session.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
 pub struct Status {
-    /// starting, collecting, stopped, guest-gone, failed
+    /// starting, collecting, stopped, guest-gone, failed, written
     pub state: String,
     pub pid: u32,
+    /// The collector's start time (clock ticks since boot, /proc/PID/stat)
+    /// and the host's boot id: with `pid`, which process this is.
+    pub pid_start: u64,
+    pub boot_id: String,
     pub target: String,
     pub functions: Vec<String>,
     pub started: f64,
@@ -67,25 +56,18 @@ pub struct Status {
     pub nr_cpus: u32,
     pub banner: String,
     /// The System.map the collector used (for rendering after the guest is gone).
-    #[serde(default)]
     pub system_map: String,
     #[serde(flatten)]
     pub rings: RingStats,
-    /// Events the guest could not record: no valid key, or a CPU without a ring.
+    /// Events the guest could not record: no valid key, a CPU without a
+    /// ring, or a CPU already inside the tracer (NMI).
     pub guest_dropped: u64,
     pub heartbeat_stalled: bool,
+    /// Why the guest's capture was thinner than asked, as it reported.
+    pub narrowed: Vec<String>,
+    /// The spool's limit in bytes.
+    pub spool_limit: u64,
     pub message: String,
-}
-
-fn remove_files(paths: &[PathBuf]) -> Result<()> {
-    for p in paths {
-        match std::fs::remove_file(p) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(Error::io(format!("cannot remove {}", p.display()), e)),
-        }
-    }
-    Ok(())
 }
 
 /// The state directory of one guest.
@@ -98,6 +80,17 @@ fn fnv1a(data: &[u8]) -> u64 {
     data.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
         (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
     })
+}
+
+/// Create the state root (its parents as needed) and check it is private.
+pub fn open_root(root: &Path) -> Result<()> {
+    if let Some(parent) = root.parent().filter(|p| !p.as_os_str().is_empty()) {
+        if !parent.exists() {
+            std::fs::create_dir_all(parent)
+                .map_err(|e| Error::io(format!("cannot create {}", parent.display()), e))?;
+        }
+    }
+    hostfs::private_dir(root)
 }
 
 impl GuestState {
@@ -120,34 +113,42 @@ impl GuestState {
             })
             .take(40)
             .collect();
-        let id = format!(
-            "file-{base}-{:016x}",
-            fnv1a(canon.as_os_str().as_encoded_bytes())
-        );
-        Self::open(&root.join("guests").join(id))
+        let id = format!("file-{base}-{:016x}", fnv1a(&hostfs::path_bytes(&canon)));
+        Self::open(root, "guests", &id)
     }
 
     /// State of libvirt domain `name`.
     pub fn for_domain(root: &Path, name: &str) -> Result<Self> {
-        if name.is_empty() || name.starts_with('.') || name.contains('/') {
+        if name.is_empty()
+            || name.starts_with('.')
+            || name.contains('/')
+            || name.len() > 255
+            || name.chars().any(char::is_control)
+        {
             return Err(Error::Input(format!(
-                "'{name}' is not a usable domain name"
+                "'{}' is not a usable domain name",
+                crate::escape::escape(name)
             )));
         }
-        Self::open(&root.join("domains").join(name))
+        Self::open(root, "domains", name)
     }
 
-    pub fn open(dir: &Path) -> Result<Self> {
-        if let Some(parent) = dir.parent() {
-            if let Some(root) = parent.parent() {
-                private_dir(root)?;
-            }
-            private_dir(parent)?;
-        }
-        private_dir(dir)?;
-        Ok(GuestState {
-            dir: dir.to_path_buf(),
-        })
+    fn open(root: &Path, kind: &str, id: &str) -> Result<Self> {
+        open_root(root)?;
+        let parent = root.join(kind);
+        hostfs::private_dir(&parent)?;
+        let dir = parent.join(id);
+        hostfs::private_dir(&dir)?;
+        Ok(GuestState { dir })
+    }
+
+    /// The state of a domain if xftrace has any, without creating it.
+    pub fn existing_domain(root: &Path, name: &str) -> Option<Self> {
+        let dir = root.join("domains").join(name);
+        std::fs::symlink_metadata(&dir)
+            .is_ok_and(|m| m.is_dir())
+            .then(|| GuestState::for_domain(root, name).ok())
+            .flatten()
     }
 
     pub fn dir(&self) -> &Path {
@@ -155,9 +156,6 @@ impl GuestState {
     }
     pub fn klog(&self) -> PathBuf {
         self.dir.join("klog")
-    }
-    pub fn spool(&self) -> PathBuf {
-        self.dir.join("records.bin")
     }
     pub fn anomalies(&self) -> PathBuf {
         self.dir.join("anomalies.log")
@@ -174,28 +172,32 @@ impl GuestState {
 
     /// Remove the previous session's files.
     pub fn reset_session(&self) -> Result<()> {
-        remove_files(&[
+        crate::spool::remove(&self.dir)?;
+        for p in [
             self.klog(),
-            self.spool(),
             self.anomalies(),
             self.status_path(),
             self.collector_log(),
-        ])
+        ] {
+            hostfs::remove_if_present(&p)?;
+        }
+        Ok(())
     }
 
     /// Drop the spool and Klog once a trace (with its Klog) has been written.
     pub fn finish_session(&self) -> Result<()> {
-        remove_files(&[self.spool(), self.klog()])
+        crate::spool::remove(&self.dir)?;
+        hostfs::remove_if_present(&self.klog())
     }
 
     pub fn read_status(&self) -> Option<Status> {
-        let text = std::fs::read_to_string(self.status_path()).ok()?;
+        let text = hostfs::read_text_bounded(&self.status_path(), MAX_STATUS, "status").ok()?;
         serde_json::from_str(&text).ok()
     }
 
     pub fn write_status(&self, s: &Status) -> Result<()> {
         let text = serde_json::to_string_pretty(s).expect("status serializes");
-        crate::render::write_atomically(&self.status_path(), &text)
+        hostfs::write_atomically(&self.status_path(), text.as_bytes())
     }
 
     fn lock_file(&self) -> Result<File> {
@@ -205,41 +207,82 @@ impl GuestState {
             .create(true)
             .truncate(false)
             .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
             .open(self.lock_path())
             .map_err(|e| Error::io(format!("cannot open {}", self.lock_path().display()), e))
     }
 
-    /// Take the collector lock, or None if a collector holds it. The lock
-    /// lives as long as any descriptor of the returned file, including one
-    /// inherited by a child: that is how `on` hands it to the collector.
-    pub fn try_lock(&self) -> Result<Option<File>> {
-        let f = self.lock_file()?;
+    /// flock(2) `f` with `op | LOCK_NB`: Ok(false) if someone holds a
+    /// conflicting lock.
+    fn flock(f: &File, op: libc::c_int) -> Result<bool> {
         // flock(2) on a descriptor we own.
-        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
-            return Ok(Some(f));
+        if unsafe { libc::flock(f.as_raw_fd(), op | libc::LOCK_NB) } == 0 {
+            return Ok(true);
         }
         let e = std::io::Error::last_os_error();
         if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
-            Ok(None)
+            Ok(false)
         } else {
             Err(Error::io("cannot lock the collector lock", e))
         }
     }
 
-    /// True while a collector holds the lock.
+    /// Take the collector lock, or None if a collector holds it. The lock
+    /// lives as long as any descriptor of the returned file, including one
+    /// inherited by a child: that is how `on` hands it to the collector.
+    /// A concurrent probe (`status`, `list`) holds the lock shared for an
+    /// instant: that is waited out, never taken for a collector.
+    pub fn try_lock(&self) -> Result<Option<File>> {
+        let f = self.lock_file()?;
+        for _ in 0..100 {
+            if Self::flock(&f, libc::LOCK_EX)? {
+                return Ok(Some(f));
+            }
+            // Held. Exclusively (a collector) or shared (a probe)?
+            let probe = self.lock_file()?;
+            if !Self::flock(&probe, libc::LOCK_SH)? {
+                return Ok(None);
+            }
+            drop(probe);
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Ok(None)
+    }
+
+    /// True while a collector holds the lock. Takes it shared, for an
+    /// instant, so that it never gets in the way of a collector starting.
     pub fn collector_running(&self) -> Result<bool> {
-        Ok(self.try_lock()?.is_none())
+        let f = self.lock_file()?;
+        Ok(!Self::flock(&f, libc::LOCK_SH)?)
     }
 
     /// Wait until no collector holds the lock.
     pub fn wait_unlocked(&self, timeout: Duration) -> Result<bool> {
-        let end = Instant::now() + timeout;
+        let end = Instant::now()
+            .checked_add(timeout)
+            .unwrap_or_else(Instant::now);
         loop {
             if !self.collector_running()? {
                 return Ok(true);
             }
             if Instant::now() >= end {
                 return Ok(false);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Take the lock, waiting up to `timeout` for a collector to let go.
+    pub fn lock_waiting(&self, timeout: Duration) -> Result<Option<File>> {
+        let end = Instant::now()
+            .checked_add(timeout)
+            .unwrap_or_else(Instant::now);
+        loop {
+            if let Some(f) = self.try_lock()? {
+                return Ok(Some(f));
+            }
+            if Instant::now() >= end {
+                return Ok(None);
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -254,9 +297,78 @@ pub unsafe fn inherited_lock(fd: i32) -> File {
     File::from(OwnedFd::from_raw_fd(fd))
 }
 
+/// This host's boot id (changes at every boot).
+pub fn boot_id() -> String {
+    hostfs::read_text_bounded(Path::new("/proc/sys/kernel/random/boot_id"), 64, "boot id")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
+}
+
+/// Start time of process `pid` in clock ticks since boot (/proc/PID/stat
+/// field 22; the command name before it may hold anything, even ')').
+pub fn process_start_time(pid: i32) -> Option<u64> {
+    let stat =
+        hostfs::read_text_bounded(Path::new(&format!("/proc/{pid}/stat")), 4096, "stat").ok()?;
+    let after = &stat[stat.rfind(')')?.checked_add(1)?..];
+    // Fields from 3 (state) on; starttime is field 22.
+    after.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// Who this process is, for the status it writes.
+pub fn own_identity() -> (u32, u64, String) {
+    let pid = std::process::id();
+    let start = i32::try_from(pid)
+        .ok()
+        .and_then(process_start_time)
+        .unwrap_or(0);
+    (pid, start, boot_id())
+}
+
+/// Send SIGTERM to the collector `status` describes, if and only if that
+/// process still runs and is provably the one that wrote the status.
+/// Returns whether it was signalled.
+pub fn signal_collector(status: &Status) -> bool {
+    let Some(pid) = i32::try_from(status.pid).ok().filter(|&p| p > 1) else {
+        return false;
+    };
+    if status.pid_start == 0 || status.boot_id.is_empty() || status.boot_id != boot_id() {
+        return false;
+    }
+    // SAFETY: plain syscalls; the returned descriptor is owned below.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    let Ok(fd) = i32::try_from(fd) else {
+        return false;
+    };
+    if fd < 0 {
+        return false;
+    }
+    // SAFETY: pidfd_open returned a new descriptor.
+    let pidfd = unsafe { OwnedFd::from_raw_fd(fd) };
+    // With the pidfd held, the pid names this process until it is reaped:
+    // check it is the one we mean, then signal through the pidfd.
+    if process_start_time(pid) != Some(status.pid_start) {
+        return false;
+    }
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            pidfd.as_raw_fd(),
+            libc::SIGTERM,
+            std::ptr::null::<libc::siginfo_t>(),
+            0,
+        )
+    };
+    r == 0
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn mode(p: &Path) -> u32 {
+        std::fs::metadata(p).unwrap().permissions().mode() & 0o777
+    }
 
     #[test]
     fn state_is_private_and_locked_once() {
@@ -264,7 +376,6 @@ mod tests {
         let ram = root.path().join("guest ram");
         std::fs::write(&ram, b"x").unwrap();
         let st = GuestState::for_mem_file(&root.path().join("state"), &ram).unwrap();
-        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode(st.dir()), 0o700);
         assert_eq!(mode(&root.path().join("state")), 0o700);
         assert!(st
@@ -276,6 +387,7 @@ mod tests {
         let held = st.try_lock().unwrap();
         assert!(held.is_some());
         assert!(st.collector_running().unwrap());
+        assert!(st.try_lock().unwrap().is_none());
         drop(held);
         assert!(!st.collector_running().unwrap());
         let s = Status {
@@ -286,5 +398,65 @@ mod tests {
         st.write_status(&s).unwrap();
         assert_eq!(st.read_status().unwrap(), s);
         assert_eq!(mode(&st.dir().join("status.json")), 0o600);
+    }
+
+    #[test]
+    fn a_probe_never_looks_like_a_collector() {
+        let root = tempfile::tempdir().unwrap();
+        let st = GuestState::for_domain(&root.path().join("state"), "web01").unwrap();
+        // A `status` probing at the same moment as `on` takes the lock.
+        let probe = st.lock_file().unwrap();
+        assert!(GuestState::flock(&probe, libc::LOCK_SH).unwrap());
+        assert!(!st.collector_running().unwrap());
+        let releaser = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(100));
+            drop(probe);
+        });
+        assert!(st.try_lock().unwrap().is_some(), "the probe blocked `on`");
+        releaser.join().unwrap();
+    }
+
+    #[test]
+    fn only_the_collector_itself_is_signalled() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        let start = process_start_time(pid as i32).unwrap();
+        let mut s = Status {
+            pid,
+            pid_start: start + 1, // a recycled pid: another process
+            boot_id: boot_id(),
+            ..Default::default()
+        };
+        assert!(!signal_collector(&s));
+        s.pid = u32::MAX; // i32 -1: kill(-1) would hit every process
+        s.pid_start = start;
+        assert!(!signal_collector(&s));
+        s.pid = 1;
+        assert!(!signal_collector(&s));
+        s.pid = pid;
+        s.boot_id = "another boot".into();
+        assert!(!signal_collector(&s));
+        assert!(child.try_wait().unwrap().is_none(), "sleep was signalled");
+        s.boot_id = boot_id();
+        assert!(signal_collector(&s));
+        let st = child.wait().unwrap();
+        assert_eq!(
+            std::os::unix::process::ExitStatusExt::signal(&st),
+            Some(libc::SIGTERM)
+        );
+    }
+
+    #[test]
+    fn domain_names_cannot_escape_the_state_directory() {
+        let root = tempfile::tempdir().unwrap();
+        for bad in ["", "..", "../x", ".hidden", "a/b", "a\nb", "\x1b[2K"] {
+            assert!(
+                GuestState::for_domain(&root.path().join("state"), bad).is_err(),
+                "{bad:?}"
+            );
+        }
     }
 }

@@ -1,4 +1,5 @@
 //! The trusted build's System.map: symbol lookup and the names users type.
+#![deny(clippy::arithmetic_side_effects)]
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -7,6 +8,105 @@ use crate::error::{Error, Result};
 
 /// Base of the x86_64 kernel text mapping (`__START_KERNEL_map`).
 pub const START_KERNEL_MAP: u64 = 0xffff_ffff_8000_0000;
+/// A System.map with every symbol of Debian's largest configuration is
+/// under 10 MiB.
+pub const MAX_SYSTEM_MAP: u64 = 64 << 20;
+/// Longest function name or glob accepted from a user or a domain definition.
+pub const MAX_PATTERN: usize = 128;
+
+/// A function name or glob as the guest's ftrace accepts it, from a strict
+/// character set: letters, digits, `_` and `.` (`foo.isra.0`), and the glob
+/// characters `*?[]`. Anything else (spaces, `-`, `=`, `/`) never reaches a
+/// command line or the guest.
+pub fn check_pattern(p: &str) -> std::result::Result<(), String> {
+    let ok_char =
+        |c: char| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '*' | '?' | '[' | ']');
+    if p.is_empty() || p.len() > MAX_PATTERN {
+        return Err(format!(
+            "a function name must be 1 to {MAX_PATTERN} characters long"
+        ));
+    }
+    match p.chars().find(|&c| !ok_char(c)) {
+        Some(c) => Err(format!(
+            "'{}' is not a function name or glob (character {:?}); names use letters, digits, '_' and '.', globs also '*?[]'",
+            crate::escape::escape(p),
+            c
+        )),
+        None => Ok(()),
+    }
+}
+
+fn is_glob(p: &str) -> bool {
+    p.contains(['*', '?', '['])
+}
+
+/// ftrace-style glob match: `*`, `?` and `[...]` classes with ranges.
+pub fn glob_match(pattern: &str, name: &str) -> bool {
+    let p: Vec<char> = pattern.chars().collect();
+    let n: Vec<char> = name.chars().collect();
+    // Iterative matcher with one backtrack point for the last `*`.
+    let (mut pi, mut ni) = (0usize, 0usize);
+    let mut star: Option<(usize, usize)> = None;
+    while ni < n.len() {
+        let step = match p.get(pi) {
+            Some('*') => {
+                star = Some((pi, ni));
+                pi = pi.saturating_add(1);
+                continue;
+            }
+            Some('?') => Some(1),
+            Some('[') => class_len(&p[pi..]).filter(|_| class_matches(&p[pi..], n[ni])),
+            Some(&c) if c == n[ni] => Some(1),
+            _ => None,
+        };
+        match (step, star) {
+            (Some(len), _) => {
+                pi = pi.saturating_add(len);
+                ni = ni.saturating_add(1);
+            }
+            (None, Some((sp, sn))) => {
+                pi = sp.saturating_add(1);
+                ni = sn.saturating_add(1);
+                star = Some((sp, ni));
+            }
+            (None, None) => return false,
+        }
+    }
+    p[pi.min(p.len())..].iter().all(|&c| c == '*')
+}
+
+/// Length of the `[...]` class at the start of `p`, if it is closed.
+fn class_len(p: &[char]) -> Option<usize> {
+    p.iter()
+        .skip(1)
+        .position(|&c| c == ']')
+        .filter(|&i| i > 0)
+        .map(|i| i.saturating_add(2))
+}
+
+fn class_matches(p: &[char], c: char) -> bool {
+    let Some(len) = class_len(p) else {
+        return false;
+    };
+    let set = &p[1..len.saturating_sub(1)];
+    let mut i = 0usize;
+    while let Some(&a) = set.get(i) {
+        if set.get(i.saturating_add(1)) == Some(&'-') {
+            if let Some(&b) = set.get(i.saturating_add(2)) {
+                if a <= c && c <= b {
+                    return true;
+                }
+                i = i.saturating_add(3);
+                continue;
+            }
+        }
+        if a == c {
+            return true;
+        }
+        i = i.saturating_add(1);
+    }
+    false
+}
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Symbol {
@@ -34,8 +134,7 @@ pub struct SystemMap {
 
 impl SystemMap {
     pub fn load(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| Error::io(format!("cannot read System.map {}", path.display()), e))?;
+        let text = crate::hostfs::read_text_bounded(path, MAX_SYSTEM_MAP, "System.map")?;
         Self::parse(&text).map_err(|m| Error::Input(format!("{}: {m}", path.display())))
     }
 
@@ -44,13 +143,18 @@ impl SystemMap {
         let mut by_name = HashMap::new();
         for (n, line) in text.lines().enumerate() {
             let mut it = line.split_whitespace();
+            let line_no = n.saturating_add(1);
             let (Some(addr), Some(kind), Some(name), None) =
                 (it.next(), it.next(), it.next(), it.next())
             else {
-                return Err(format!("line {} is not 'ADDRESS TYPE NAME'", n + 1));
+                return Err(format!("line {line_no} is not 'ADDRESS TYPE NAME'"));
             };
-            let addr = u64::from_str_radix(addr, 16)
-                .map_err(|_| format!("line {}: bad address {addr:?}", n + 1))?;
+            let addr = u64::from_str_radix(addr, 16).map_err(|_| {
+                format!(
+                    "line {line_no}: bad address {:?}",
+                    crate::escape::escape(addr)
+                )
+            })?;
             let kind = kind.chars().next().unwrap_or('?');
             by_name.entry(name.to_string()).or_insert(addr);
             syms.push(Symbol {
@@ -91,7 +195,7 @@ impl SystemMap {
     pub fn extent(&self, name: &str) -> Option<u64> {
         let a = self.addr(name)?;
         let i = self.starts.partition_point(|&s| s <= a);
-        self.starts.get(i).map(|&next| next - a)
+        self.starts.get(i).and_then(|&next| next.checked_sub(a))
     }
 
     /// True if link-time `addr` lies in the kernel image.
@@ -120,12 +224,27 @@ impl SystemMap {
         }
         let i = self.text.partition_point(|s| s.addr <= addr);
         let s = self.text.get(i.checked_sub(1)?)?;
-        Some((s.name.as_str(), addr - s.addr))
+        Some((s.name.as_str(), addr.checked_sub(s.addr)?))
     }
 
     /// Map what a user types (`sys_read`, `read`, `__x64_sys_read`,
-    /// `vfs_read`) to the function symbol the kernel traces.
+    /// `vfs_read`, or a glob such as `__x64_sys_*`) to the function symbol
+    /// or glob the guest traces.
     pub fn resolve_function(&self, name: &str) -> Result<String> {
+        check_pattern(name).map_err(Error::Input)?;
+        if is_glob(name) {
+            let with_prefix = format!("__x64_{name}");
+            let candidates = [name, with_prefix.as_str()];
+            return candidates
+                .into_iter()
+                .find(|g| self.text.iter().any(|s| glob_match(g, &s.name)))
+                .map(str::to_string)
+                .ok_or_else(|| {
+                    Error::Input(format!(
+                        "'{name}' matches no function in this guest kernel; check it against the guest's System.map"
+                    ))
+                });
+        }
         let is_fn = |n: &str| self.text.iter().any(|s| s.name == n);
         let bare = name.strip_prefix("sys_").unwrap_or(name);
         let candidates = [
@@ -166,13 +285,17 @@ impl SystemMap {
 }
 
 fn edit_distance(a: &str, b: &str) -> usize {
+    // Both strings are at most MAX_PATTERN or a symbol's length: the sums
+    // below stay far from overflow.
     let b: Vec<char> = b.chars().collect();
     let mut prev: Vec<usize> = (0..=b.len()).collect();
     for (i, ca) in a.chars().enumerate() {
-        let mut cur = vec![i + 1];
+        let mut cur = vec![i.saturating_add(1)];
         for (j, &cb) in b.iter().enumerate() {
-            let sub = prev[j] + usize::from(ca != cb);
-            cur.push(sub.min(prev[j + 1] + 1).min(cur[j] + 1));
+            let sub = prev[j].saturating_add(usize::from(ca != cb));
+            let del = prev[j.saturating_add(1)].saturating_add(1);
+            let ins = cur[j].saturating_add(1);
+            cur.push(sub.min(del).min(ins));
         }
         prev = cur;
     }
@@ -180,8 +303,52 @@ fn edit_distance(a: &str, b: &str) -> usize {
 }
 
 #[cfg(test)]
+#[allow(clippy::arithmetic_side_effects)]
 pub(crate) mod tests {
     use super::*;
+
+    #[test]
+    fn patterns_are_names_or_globs_only() {
+        for ok in [
+            "sys_read",
+            "__x64_sys_*",
+            "vfs_rea?",
+            "do_sys_open[at]*",
+            "foo.isra.0",
+        ] {
+            assert!(check_pattern(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "",
+            "sys_read --connect=qemu+ext:///system?command=/tmp/x",
+            "--state-dir=/x",
+            "a b",
+            "-x",
+            "do_[a-z]",
+            "x\n",
+            "!sys_read",
+            &"a".repeat(129),
+        ] {
+            assert!(check_pattern(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn globs_match_like_ftrace() {
+        assert!(glob_match("__x64_sys_*", "__x64_sys_read"));
+        assert!(glob_match("*read", "vfs_read"));
+        assert!(glob_match("vfs_rea?", "vfs_read"));
+        assert!(glob_match("do_[r-t]*", "do_sys_openat2"));
+        assert!(glob_match("do_[xs]ys*", "do_sys_openat2"));
+        assert!(!glob_match("do_[a-d]*", "do_sys_openat2"));
+        assert!(glob_match("*", ""));
+        assert!(!glob_match("a*b", "acd"));
+        assert!(!glob_match("[", "["));
+        let m = SystemMap::parse(MAP).unwrap();
+        assert_eq!(m.resolve_function("sys_read*").unwrap(), "__x64_sys_read*");
+        assert_eq!(m.resolve_function("__x64_sys_*").unwrap(), "__x64_sys_*");
+        assert!(m.resolve_function("zz*").is_err());
+    }
 
     pub(crate) const MAP: &str = "\
 ffffffff81000000 T _text
@@ -194,7 +361,11 @@ ffffffff81200300 T getname
 ffffffff81200400 T vfs_read
 ffffffff82000000 D linux_banner
 ffffffff82001000 d xftrace_control
-ffffffff82400000 b xftrace_rings
+ffffffff82002000 D init_top_pgt
+ffffffff82003000 D level3_kernel_pgt
+ffffffff82004000 D level2_kernel_pgt
+ffffffff82005000 D max_low_pfn
+ffffffff82400000 b xftrace_heads
 ffffffff83000000 B _end
 ";
 

@@ -1,16 +1,19 @@
 //! Which guest to trace, and how to open it: a RAM file given directly, or a
 //! libvirt domain whose RAM files and layout come from QEMU through libvirt.
 
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
 use log::info;
 
 use crate::error::{Error, Result};
+use crate::escape::escape;
 use crate::guest_memory::{GuestRam, Machine, MemoryLayout};
-use crate::kernel::{locate, GuestKernel};
+use crate::kernel::{self, GuestKernel, LocateOptions, Located};
 use crate::libvirt::Libvirt;
 use crate::state::GuestState;
 use crate::symbols::SystemMap;
+use crate::vmlinux::Vmlinux;
 
 #[derive(Clone, Debug)]
 pub enum Source {
@@ -27,9 +30,12 @@ pub enum Source {
 #[derive(Clone, Debug)]
 pub struct Target {
     pub source: Source,
-    /// Overrides the System.map recorded at enrollment.
+    /// Overrides the System.map recorded at enrollment (the operator's own
+    /// choice, trusted as such).
     pub system_map: Option<PathBuf>,
     pub vmlinux: Option<PathBuf>,
+    /// xftrace's state directory (where enrolled kernel builds are kept).
+    pub state_root: PathBuf,
 }
 
 /// A guest opened for tracing.
@@ -37,42 +43,87 @@ pub struct Guest {
     pub ram: GuestRam,
     pub map: SystemMap,
     pub kernel: GuestKernel,
+    /// Every control block that passed; more than one is a decoy.
+    pub others: Vec<GuestKernel>,
+    pub vmlinux: Option<Vmlinux>,
     pub system_map: PathBuf,
 }
 
-fn mem_file_layout(
+/// The RAM layouts a `--mem-file` of this size can have.
+fn mem_file_layouts(
     path: &Path,
     machine: Option<Machine>,
     low: Option<u64>,
-) -> Result<MemoryLayout> {
+) -> Result<Vec<MemoryLayout>> {
     let size = std::fs::metadata(path)
         .map_err(|e| Error::io(format!("cannot open guest RAM file {}", path.display()), e))?
         .len();
-    let machine = match machine {
-        Some(m) => m,
+    let machines = match machine {
+        Some(m) => vec![m],
         // Below 2.75 GiB both machine types keep all RAM low.
-        None if size < 0xb000_0000 => Machine::Pc,
-        None => {
-            return Err(Error::Input(format!(
-                "{} holds {} MiB of RAM, where pc and q35 lay memory out differently; pass --machine pc or --machine q35",
-                path.display(),
-                size >> 20
-            )))
-        }
+        None if size < 0xb000_0000 => vec![Machine::Pc],
+        None => vec![Machine::Pc, Machine::Q35],
     };
-    Ok(MemoryLayout::x86(size, machine, low))
+    Ok(machines
+        .into_iter()
+        .map(|m| MemoryLayout::x86(size, m, low))
+        .collect())
+}
+
+/// Is the guest's own idea of where low RAM ends (`max_low_pfn`) the one
+/// this layout has?
+fn layout_agrees(ram: &GuestRam, map: &SystemMap, k: &GuestKernel) -> bool {
+    let Some(low_end) = ram
+        .layout()
+        .regions()
+        .first()
+        .map(|r| r.gpa.saturating_add(r.len))
+    else {
+        return false;
+    };
+    match kernel::max_low_pfn(ram, map, k).and_then(|p| p.checked_mul(4096)) {
+        // Firmware reserves at most a few MiB at the top of low RAM.
+        Some(end) => end <= low_end && low_end.saturating_sub(end) < (256 << 20),
+        None => false,
+    }
 }
 
 impl Target {
-    fn vmlinux_for(&self, map: &Path) -> Option<PathBuf> {
-        self.vmlinux.clone().or_else(|| {
-            let v = map.with_file_name("vmlinux");
-            v.is_file().then_some(v)
-        })
+    /// The vmlinux to compare with: the operator's, or the one stored beside
+    /// the System.map.
+    fn vmlinux_for(&self, map: &Path, recorded: bool) -> Option<PathBuf> {
+        if let Some(v) = &self.vmlinux {
+            return Some(v.clone());
+        }
+        if recorded {
+            return crate::kernels::recorded_vmlinux(map);
+        }
+        let v = map.with_file_name("vmlinux");
+        v.is_file().then_some(v)
     }
 
+    /// Open the guest: map its RAM, load the build, locate the kernel.
+    /// With several control blocks (a decoy) this fails with
+    /// [`Error::Decoy`]; [`Target::open_all`] returns them all instead.
     pub fn open(&self) -> Result<Guest> {
-        let (ram, system_map) = match &self.source {
+        let g = self.open_all()?;
+        if g.others.is_empty() {
+            Ok(g)
+        } else {
+            let mut all = vec![g.kernel.clone()];
+            all.extend(g.others.iter().cloned());
+            Err(kernel::decoy(&Located {
+                kernels: all,
+                candidates: 0,
+                rejected: 0,
+                first_reason: None,
+            }))
+        }
+    }
+
+    /// Open the guest keeping every control block that passes.
+    pub fn open_all(&self) -> Result<Guest> {
+        let (layouts, paths, follow, system_map, recorded) = match &self.source {
             Source::MemFile {
                 path,
                 machine,
@@ -81,88 +132,141 @@ impl Target {
                 let map = self.system_map.clone().ok_or_else(|| {
                     Error::Input("--system-map PATH is required: the System.map of the kernel the guest runs".into())
                 })?;
-                let layout = mem_file_layout(path, *machine, *max_ram_below_4g)?;
-                (GuestRam::open(path, layout)?, map)
+                let layouts = mem_file_layouts(path, *machine, *max_ram_below_4g)?;
+                (layouts, vec![path.clone()], true, map, false)
             }
             Source::Domain { name, uri } => {
                 let lv = Libvirt::connect(uri)?;
                 let (dom, facts) = lv.running_facts(name)?;
-                let map = match (&self.system_map, facts.system_map) {
-                    (Some(m), _) => m.clone(),
-                    (None, Some(m)) => PathBuf::from(m),
+                let (map, recorded) = match (&self.system_map, facts.system_map) {
+                    (Some(m), _) => (m.clone(), false),
+                    (None, Some(m)) => (
+                        crate::kernels::check_recorded(&self.state_root, Path::new(&m))?,
+                        true,
+                    ),
                     (None, None) => {
                         return Err(Error::Input(format!(
-                            "domain {name} has no System.map on record: pass --system-map, or enroll it with `xftrace enroll {name} --system-map PATH`"
+                            "domain {} has no System.map on record: pass --system-map, or enroll it with `xftrace enroll {} --system-map PATH`",
+                            escape(name),
+                            escape(name)
                         )))
                     }
                 };
                 let backing = lv.ram_backing(&dom, name)?;
-                (GuestRam::open_files(&backing.paths, backing.layout)?, map)
+                (vec![backing.layout], backing.paths, false, map, recorded)
             }
         };
         let map = SystemMap::load(&system_map)?;
-        let kernel = locate(&ram, &map, self.vmlinux_for(&system_map).as_deref())?;
+        let vmlinux = self
+            .vmlinux_for(&system_map, recorded)
+            .map(|p| Vmlinux::load(&p))
+            .transpose()?;
+        let banner = match (&vmlinux, map.addr("linux_banner")) {
+            (Some(v), Some(a)) => Some(v.cstring(a).ok_or_else(|| {
+                Error::Input(format!(
+                    "the vmlinux has no linux_banner at {a:#x}; is it the vmlinux of {}?",
+                    system_map.display()
+                ))
+            })?),
+            _ => None,
+        };
+        let several = layouts.len() > 1;
+        let mut first_err = None;
+        let mut fits = Vec::new();
+        for layout in layouts {
+            let ram = GuestRam::open_files(&paths, layout, follow)?;
+            let found =
+                kernel::locate_all(&ram, &map, banner.as_deref(), LocateOptions::default())?;
+            if found.kernels.is_empty() {
+                first_err.get_or_insert(kernel::not_found(&ram, &found));
+                continue;
+            }
+            if several && !found.kernels.iter().any(|k| layout_agrees(&ram, &map, k)) {
+                continue;
+            }
+            fits.push((ram, found));
+        }
+        if fits.len() > 1 {
+            return Err(Error::Input(format!(
+                "{} holds a kernel that fits both the pc and the q35 memory layout; pass --machine pc or --machine q35",
+                paths[0].display()
+            )));
+        }
+        let Some((ram, found)) = fits.pop() else {
+            return Err(first_err.unwrap_or_else(|| {
+                Error::Input(format!(
+                    "{} fits neither the pc nor the q35 memory layout; pass --machine and, if QEMU ran with it, --max-ram-below-4g",
+                    paths[0].display()
+                ))
+            }));
+        };
+        let mut kernels = found.kernels.into_iter();
+        let kernel = kernels.next().expect("found at least one");
         info!(
             "{}: kernel at {:#x} (slide {:#x}), control block at {}: {}",
             self.describe(),
             kernel.text_pa,
             kernel.slide,
             kernel.ctl,
-            kernel.banner
+            escape(&kernel.banner)
         );
         Ok(Guest {
             ram,
             map,
             kernel,
+            others: kernels.collect(),
+            vmlinux,
             system_map,
         })
     }
 
-    pub fn state(&self, root: &Path) -> Result<GuestState> {
+    pub fn state(&self) -> Result<GuestState> {
         match &self.source {
-            Source::MemFile { path, .. } => GuestState::for_mem_file(root, path),
-            Source::Domain { name, .. } => GuestState::for_domain(root, name),
+            Source::MemFile { path, .. } => GuestState::for_mem_file(&self.state_root, path),
+            Source::Domain { name, .. } => GuestState::for_domain(&self.state_root, name),
         }
     }
 
     pub fn describe(&self) -> String {
         match &self.source {
-            Source::MemFile { path, .. } => path.display().to_string(),
-            Source::Domain { name, .. } => format!("domain {name}"),
+            Source::MemFile { path, .. } => escape(&path.display().to_string()).into_owned(),
+            Source::Domain { name, .. } => format!("domain {}", escape(name)),
         }
     }
 
-    /// Arguments that make another xftrace process open the same target.
-    pub fn args(&self) -> Vec<String> {
-        let mut a: Vec<String> = Vec::new();
+    /// Arguments that make another xftrace process open the same target,
+    /// each an `--option=value` (so no value is ever taken for an option).
+    pub fn args(&self) -> Vec<OsString> {
+        let opt = |name: &str, v: &std::ffi::OsStr| {
+            let mut a = OsString::from(format!("--{name}="));
+            a.push(v);
+            a
+        };
+        let mut a = vec![opt("state-dir", self.state_root.as_os_str())];
         match &self.source {
             Source::MemFile {
                 path,
                 machine,
                 max_ram_below_4g,
             } => {
-                a.extend(["--mem-file".into(), path.display().to_string()]);
+                a.push(opt("mem-file", path.as_os_str()));
                 if let Some(m) = machine {
-                    a.extend(["--machine".into(), format!("{m:?}").to_lowercase()]);
+                    a.push(format!("--machine={}", format!("{m:?}").to_lowercase()).into());
                 }
                 if let Some(l) = max_ram_below_4g {
-                    a.extend(["--max-ram-below-4g".into(), l.to_string()]);
+                    a.push(format!("--max-ram-below-4g={l}").into());
                 }
             }
             Source::Domain { name, uri } => {
-                a.extend([
-                    "--domain".into(),
-                    name.clone(),
-                    "--connect".into(),
-                    uri.clone(),
-                ]);
+                a.push(opt("domain", name.as_ref()));
+                a.push(opt("connect", uri.as_ref()));
             }
         }
         if let Some(m) = &self.system_map {
-            a.extend(["--system-map".into(), m.display().to_string()]);
+            a.push(opt("system-map", m.as_os_str()));
         }
         if let Some(v) = &self.vmlinux {
-            a.extend(["--vmlinux".into(), v.display().to_string()]);
+            a.push(opt("vmlinux", v.as_os_str()));
         }
         a
     }

@@ -1,11 +1,13 @@
-//! Trace Switch: ask the guest's xftrace thread to turn function_graph on
-//! (for given functions) or off, through the control block only.
+//! Trace Switch: ask the guest's xftrace thread to turn tracing on (for
+//! given functions) or off, through the control block only, and read back
+//! what the guest says about its tracer.
+#![deny(clippy::arithmetic_side_effects)]
 
 use std::time::{Duration, Instant};
 
-use crate::abi::{self, Op};
+use crate::abi::{self, GateState, Op};
 use crate::error::{Error, Result};
-use crate::guest_memory::GuestRam;
+use crate::guest_memory::{GuestAddress, GuestRam};
 use crate::kernel::GuestKernel;
 
 /// The guest's view, read from its control block.
@@ -21,14 +23,39 @@ pub struct GuestStatus {
     pub dropped: u64,
     /// Events on CPUs without a ring.
     pub unringed: u64,
+    /// Events dropped because the CPU was already inside the tracer (NMI).
+    pub nested: u64,
+    pub gate: GateState,
+    /// `abi::NARROWED` bits: what keeps the guest's callbacks from functions.
+    pub narrowed: u32,
+    pub session: u64,
+    pub session_start: u64,
+    pub filter_count: u32,
+}
+
+impl GuestStatus {
+    /// Why the guest's capture is thinner than the host asked, one line each.
+    pub fn narrowed_reasons(&self) -> Vec<&'static str> {
+        let mut out: Vec<&'static str> = abi::NARROWED
+            .iter()
+            .filter(|(bit, _)| self.narrowed & bit != 0)
+            .map(|(_, why)| *why)
+            .collect();
+        let known = abi::NARROWED.iter().fold(0, |a, (b, _)| a | b);
+        if self.narrowed & !known != 0 {
+            out.push("the guest reports an unknown reason its capture is narrowed");
+        }
+        out
+    }
 }
 
 pub fn read_status(ram: &GuestRam, k: &GuestKernel) -> Result<GuestStatus> {
     let w = |o| ram.read_u64(k.field(o));
     let ack = w(abi::off::ACK_RESULT_TRACING)?;
+    let gate = w(abi::off::STATE_NARROWED)?;
     let mut dropped = 0u64;
-    for cpu in 0..u64::from(k.header.nr_rings) {
-        dropped = dropped.saturating_add(w(abi::off::DROPPED + 8 * cpu)?);
+    for ring in 0..k.header.nr_rings {
+        dropped = dropped.saturating_add(ram.read_u64(GuestAddress(k.head(ring).0 | 8))?);
     }
     Ok(GuestStatus {
         heartbeat: w(abi::off::HEARTBEAT)?,
@@ -39,13 +66,21 @@ pub fn read_status(ram: &GuestRam, k: &GuestKernel) -> Result<GuestStatus> {
         key_epoch: w(abi::off::CUR_EPOCH)?,
         dropped,
         unringed: w(abi::off::UNRINGED)?,
+        nested: w(abi::off::NESTED)?,
+        gate: GateState::from_raw(gate as u32),
+        narrowed: (gate >> 32) as u32,
+        session: w(abi::off::SESSION)?,
+        session_start: w(abi::off::SESSION_START)?,
+        filter_count: w(abi::off::FILTER_COUNT)? as u32,
     })
 }
 
 /// Wait up to `within` for the guest's heartbeat to advance.
 pub fn guest_alive(ram: &GuestRam, k: &GuestKernel, within: Duration) -> Result<bool> {
     let first = ram.read_u64(k.field(abi::off::HEARTBEAT))?;
-    let end = Instant::now() + within;
+    let end = Instant::now()
+        .checked_add(within)
+        .unwrap_or_else(Instant::now);
     while Instant::now() < end {
         std::thread::sleep(Duration::from_millis(20));
         if ram.read_u64(k.field(abi::off::HEARTBEAT))? != first {
@@ -55,13 +90,38 @@ pub fn guest_alive(ram: &GuestRam, k: &GuestKernel, within: Duration) -> Result<
     Ok(false)
 }
 
-fn errno_text(e: i32) -> String {
-    let errno = nix::errno::Errno::from_raw(-e);
-    format!("{} ({})", errno.desc(), errno)
+/// `ack_result` as text ("No such device (ENODEV)"); any value is safe.
+pub fn errno_text(e: i32) -> String {
+    match e.checked_neg() {
+        Some(n) if n > 0 => {
+            let errno = nix::errno::Errno::from_raw(n);
+            format!("{} ({})", errno.desc(), errno)
+        }
+        _ => format!("result {e}"),
+    }
 }
 
-/// Send `op` with `functions` (kernel symbol names) and `flags`
+/// The sequence numbers of the next command: odd while it is written, even
+/// once complete, above anything in `cmd_seq` and `ack_seq`.
+fn next_seq(cmd_seq: u64, ack_seq: u64) -> Result<(u64, u64)> {
+    let even = (cmd_seq.max(ack_seq) | 1)
+        .checked_add(1)
+        .filter(|&s| s < u64::MAX / 2)
+        .ok_or_else(|| {
+            Error::Guest(format!(
+                "the guest's command sequence numbers are implausible ({cmd_seq:#x}, {ack_seq:#x}): someone other than xftrace wrote them"
+            ))
+        })?;
+    // even ≥ 2.
+    Ok((even.saturating_sub(1), even))
+}
+
+/// Send `op` with `functions` (kernel symbol names or globs) and `flags`
 /// (`abi::FLAG_*`), and wait for the guest to acknowledge it.
+///
+/// The command is one consistent unit: `cmd_seq` is odd while the host
+/// writes it, so the guest never applies half of one command and half of
+/// another.
 pub fn send(
     ram: &GuestRam,
     k: &GuestKernel,
@@ -75,7 +135,7 @@ pub fn send(
         return Err(Error::Input(format!(
             "the function list is {} bytes; the guest accepts at most {}",
             list.len(),
-            abi::FUNCS_SIZE - 1
+            abi::FUNCS_SIZE.saturating_sub(1)
         )));
     }
     if !guest_alive(ram, k, Duration::from_secs(3))? {
@@ -83,22 +143,28 @@ pub fn send(
             "the guest kernel is not running: its xftrace heartbeat did not advance in 3 s (is the VM paused or stopped?)".into(),
         ));
     }
-    let seq = ram
-        .read_u64(k.field(abi::off::CMD_SEQ))?
-        .max(ram.read_u64(k.field(abi::off::ACK_SEQ))?)
-        + 1;
+    let (writing, seq) = next_seq(
+        ram.read_u64(k.field(abi::off::CMD_SEQ))?,
+        ram.read_u64(k.field(abi::off::ACK_SEQ))?,
+    )?;
+    ram.write_u64(k.field(abi::off::CMD_SEQ), writing)?;
     let len = list.len() as u64;
     let mut bytes = list.into_bytes();
-    bytes.resize(bytes.len().div_ceil(8) * 8, 0);
-    for (i, chunk) in bytes.chunks(8).enumerate() {
-        let w = u64::from_le_bytes(chunk.try_into().unwrap());
-        ram.write_u64(k.field(abi::off::FUNCS + 8 * i as u64), w)?;
+    bytes.resize(abi::FUNCS_SIZE, 0);
+    for (i, chunk) in bytes.chunks_exact(8).enumerate() {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(chunk);
+        // i < 128: the offset stays inside the 1024-byte field.
+        let at = abi::off::FUNCS | ((i as u64) << 3);
+        ram.write_u64(k.field(at), u64::from_le_bytes(w))?;
     }
     ram.write_u64(k.field(abi::off::CMD_OP_FUNCS_LEN), op as u64 | (len << 32))?;
     ram.write_u64(k.field(abi::off::CMD_FLAGS), flags)?;
     ram.write_u64(k.field(abi::off::CMD_SEQ), seq)?;
 
-    let end = Instant::now() + timeout;
+    let end = Instant::now()
+        .checked_add(timeout)
+        .unwrap_or_else(Instant::now);
     loop {
         if ram.read_u64(k.field(abi::off::ACK_SEQ))? == seq {
             break;
@@ -115,6 +181,11 @@ pub fn send(
     let result = ram.read_u64(k.field(abi::off::ACK_RESULT_TRACING))? as u32 as i32;
     if result != 0 {
         let what = match op {
+            Op::On if result == -libc::EBUSY => format!(
+                "the guest could not trace {}: {}; a guest user runs function_graph through tracefs (or xftrace is already on): stop that first",
+                functions.join(", "),
+                errno_text(result)
+            ),
             Op::On => format!(
                 "the guest could not trace {}: {}; pick functions the guest kernel can trace (not inlined or notrace)",
                 functions.join(", "),
@@ -125,4 +196,47 @@ pub fn send(
         return Err(Error::Guest(what));
     }
     Ok(())
+}
+
+#[cfg(test)]
+#[allow(clippy::arithmetic_side_effects)]
+mod tests {
+    use super::*;
+    use crate::kernel::{locate, tests::synthetic_guest};
+
+    #[test]
+    fn hostile_sequence_numbers_and_results_do_not_panic() {
+        assert_eq!(next_seq(4, 4).unwrap(), (5, 6));
+        assert_eq!(next_seq(5, 2).unwrap(), (5, 6));
+        assert!(next_seq(u64::MAX, 0).is_err());
+        assert!(next_seq(0, u64::MAX - 1).is_err());
+        assert_eq!(errno_text(i32::MIN), format!("result {}", i32::MIN));
+        assert!(errno_text(-19).contains("ENODEV"));
+        assert_eq!(errno_text(5), "result 5");
+    }
+
+    #[test]
+    fn status_of_a_hostile_control_block_reads_without_panic() {
+        let dir = tempfile::tempdir().unwrap();
+        let (ram, map) = synthetic_guest(dir.path());
+        let k = locate(&ram, &map, None).unwrap();
+        for off in [
+            abi::off::UNRINGED,
+            abi::off::NESTED,
+            abi::off::STATE_NARROWED,
+        ] {
+            ram.write_u64(k.field(off), u64::MAX).unwrap();
+        }
+        for r in 0..k.header.nr_rings {
+            ram.write_u64(GuestAddress(k.head(r).0 + 8), u64::MAX)
+                .unwrap();
+        }
+        ram.write_u64(k.field(abi::off::ACK_RESULT_TRACING), 0x8000_0000)
+            .unwrap();
+        let s = read_status(&ram, &k).unwrap();
+        assert_eq!(s.dropped, u64::MAX);
+        assert_eq!(s.ack_result, i32::MIN);
+        assert_eq!(s.gate, GateState::Invalid);
+        assert!(s.narrowed_reasons().len() > 3);
+    }
 }

@@ -1,65 +1,189 @@
 //! The trusted build's vmlinux: bytes of its sections by link-time address,
-//! to compare with what the running guest holds.
+//! its KASLR relocation sites and its `__mcount_loc` table, to compare with
+//! what the running guest holds.
+//!
+//! A vmlinux with debug info is hundreds of megabytes, so nothing reads it
+//! whole: the section headers are parsed once and each request reads just
+//! the bytes it needs, with a bound.
+#![deny(clippy::arithmetic_side_effects)]
 
-use std::path::Path;
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
 
-#[derive(Clone, Copy, Debug)]
+/// Largest single read a caller may ask for.
+const MAX_READ: u64 = 64 << 20;
+/// Section headers a vmlinux may have (ELF's own limit without extensions).
+const MAX_SECTIONS: usize = 0xff00;
+
+const SHT_SYMTAB: u32 = 2;
+const SHT_RELA: u32 = 4;
+const SHT_NOBITS: u32 = 8;
+const SHN_UNDEF: u16 = 0;
+const SHN_ABS: u16 = 0xfff1;
+
+const R_X86_64_64: u32 = 1;
+const R_X86_64_PC32: u32 = 2;
+const R_X86_64_PLT32: u32 = 4;
+const R_X86_64_32: u32 = 10;
+const R_X86_64_32S: u32 = 11;
+
+#[derive(Clone, Debug)]
 struct Section {
+    name: String,
+    ty: u32,
     addr: u64,
     offset: u64,
     size: u64,
+    link: u32,
+    info: u32,
+}
+
+/// How KASLR changes the bytes at a relocation site (arch/x86/tools/relocs.c
+/// and the decompressor's handle_relocations()).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RelocKind {
+    /// A 32-bit absolute address: plus the slide.
+    Abs32,
+    /// A 64-bit absolute address: plus the slide.
+    Abs64,
+    /// A 32-bit PC-relative reference to a per-CPU symbol: minus the slide.
+    NegPc32,
+}
+
+impl RelocKind {
+    pub fn width(self) -> u64 {
+        match self {
+            RelocKind::Abs64 => 8,
+            RelocKind::Abs32 | RelocKind::NegPc32 => 4,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Reloc {
+    /// Link-time address of the bytes KASLR rewrites.
+    pub addr: u64,
+    pub kind: RelocKind,
 }
 
 pub struct Vmlinux {
-    data: Vec<u8>,
+    file: File,
+    path: PathBuf,
+    len: u64,
     sections: Vec<Section>,
+}
+
+fn u16_at(b: &[u8], o: usize) -> Option<u16> {
+    Some(u16::from_le_bytes(
+        b.get(o..o.checked_add(2)?)?.try_into().ok()?,
+    ))
+}
+fn u32_at(b: &[u8], o: usize) -> Option<u32> {
+    Some(u32::from_le_bytes(
+        b.get(o..o.checked_add(4)?)?.try_into().ok()?,
+    ))
+}
+fn u64_at(b: &[u8], o: usize) -> Option<u64> {
+    Some(u64::from_le_bytes(
+        b.get(o..o.checked_add(8)?)?.try_into().ok()?,
+    ))
 }
 
 impl Vmlinux {
     pub fn load(path: &Path) -> Result<Self> {
-        let data = std::fs::read(path)
-            .map_err(|e| Error::io(format!("cannot read vmlinux {}", path.display()), e))?;
-        Self::parse(data)
-            .ok_or_else(|| Error::Input(format!("{} is not an x86_64 ELF vmlinux", path.display())))
+        let file = crate::hostfs::open_regular(path, "vmlinux")?;
+        let len = file
+            .metadata()
+            .map_err(|e| Error::io(format!("cannot stat vmlinux {}", path.display()), e))?
+            .len();
+        let not_elf = || Error::Input(format!("{} is not an x86_64 ELF vmlinux", path.display()));
+        let mut v = Vmlinux {
+            file,
+            path: path.to_path_buf(),
+            len,
+            sections: Vec::new(),
+        };
+        v.sections = v.parse_sections().ok_or_else(not_elf)?;
+        Ok(v)
     }
 
-    pub fn parse(data: Vec<u8>) -> Option<Self> {
-        let u16_at = |o: usize| Some(u16::from_le_bytes(data.get(o..o + 2)?.try_into().ok()?));
-        let u32_at = |o: usize| Some(u32::from_le_bytes(data.get(o..o + 4)?.try_into().ok()?));
-        let u64_at = |o: usize| Some(u64::from_le_bytes(data.get(o..o + 8)?.try_into().ok()?));
-        if data.get(0..6)? != b"\x7fELF\x02\x01" {
+    fn read_at(&self, offset: u64, len: u64) -> Option<Vec<u8>> {
+        if len > MAX_READ || offset.checked_add(len)? > self.len {
             return None;
         }
-        let shoff = usize::try_from(u64_at(0x28)?).ok()?;
-        let shentsize = usize::from(u16_at(0x3a)?);
-        let shnum = usize::from(u16_at(0x3c)?);
-        let mut sections = Vec::new();
-        for i in 0..shnum {
-            let sh = shoff.checked_add(i.checked_mul(shentsize)?)?;
-            let (ty, addr, offset, size) = (
-                u32_at(sh + 4)?,
-                u64_at(sh + 0x10)?,
-                u64_at(sh + 0x18)?,
-                u64_at(sh + 0x20)?,
-            );
-            // SHT_NOBITS (.bss) has no bytes in the file.
-            if ty == 8 || addr == 0 || offset.checked_add(size)? > data.len() as u64 {
-                continue;
-            }
-            sections.push(Section { addr, offset, size });
+        let mut buf = vec![0u8; usize::try_from(len).ok()?];
+        self.file.read_exact_at(&mut buf, offset).ok()?;
+        Some(buf)
+    }
+
+    fn parse_sections(&self) -> Option<Vec<Section>> {
+        let eh = self.read_at(0, 64)?;
+        if eh.get(0..6)? != b"\x7fELF\x02\x01" || u16_at(&eh, 0x12)? != 62 {
+            return None;
         }
-        Some(Vmlinux { data, sections })
+        let shoff = u64_at(&eh, 0x28)?;
+        let shentsize = u64::from(u16_at(&eh, 0x3a)?);
+        let shnum = usize::from(u16_at(&eh, 0x3c)?);
+        let shstrndx = usize::from(u16_at(&eh, 0x3e)?);
+        if shentsize < 64 || shnum > MAX_SECTIONS {
+            return None;
+        }
+        let table = self.read_at(shoff, shentsize.checked_mul(shnum as u64)?)?;
+        let mut raw = Vec::with_capacity(shnum);
+        for i in 0..shnum {
+            let sh = usize::try_from(shentsize.checked_mul(i as u64)?).ok()?;
+            raw.push((
+                u32_at(&table, sh)?,
+                Section {
+                    name: String::new(),
+                    ty: u32_at(&table, sh.checked_add(4)?)?,
+                    addr: u64_at(&table, sh.checked_add(0x10)?)?,
+                    offset: u64_at(&table, sh.checked_add(0x18)?)?,
+                    size: u64_at(&table, sh.checked_add(0x20)?)?,
+                    link: u32_at(&table, sh.checked_add(0x28)?)?,
+                    info: u32_at(&table, sh.checked_add(0x2c)?)?,
+                },
+            ));
+        }
+        // Section names, if the string table is sane (1 MiB is plenty).
+        let names = raw
+            .get(shstrndx)
+            .and_then(|(_, s)| self.read_at(s.offset, s.size.min(1 << 20)));
+        Some(
+            raw.into_iter()
+                .map(|(name_off, mut s)| {
+                    if let Some(n) = names.as_deref().and_then(|n| {
+                        let rest = n.get(usize::try_from(name_off).ok()?..)?;
+                        let end = rest.iter().position(|&c| c == 0)?;
+                        std::str::from_utf8(&rest[..end]).ok()
+                    }) {
+                        s.name = n.to_string();
+                    }
+                    s
+                })
+                .collect(),
+        )
+    }
+
+    /// The section holding `[addr, addr + len)` with bytes in the file.
+    fn section_of(&self, addr: u64, len: u64) -> Option<&Section> {
+        self.sections.iter().find(|s| {
+            s.ty != SHT_NOBITS
+                && s.addr != 0
+                && addr
+                    .checked_sub(s.addr)
+                    .is_some_and(|o| o < s.size && len <= s.size.saturating_sub(o))
+        })
     }
 
     /// `len` bytes at link-time address `addr`, if one section holds them.
-    pub fn bytes(&self, addr: u64, len: u64) -> Option<&[u8]> {
-        let s = self.sections.iter().find(|s| {
-            addr >= s.addr && addr - s.addr < s.size && len <= s.size - (addr - s.addr)
-        })?;
-        let start = (s.offset + (addr - s.addr)) as usize;
-        self.data.get(start..start + len as usize)
+    pub fn bytes(&self, addr: u64, len: u64) -> Option<Vec<u8>> {
+        let s = self.section_of(addr, len)?;
+        let off = s.offset.checked_add(addr.checked_sub(s.addr)?)?;
+        self.read_at(off, len)
     }
 
     pub fn u64_at(&self, addr: u64) -> Option<u64> {
@@ -68,13 +192,238 @@ impl Vmlinux {
 
     /// The NUL-terminated string at `addr` (at most 512 bytes).
     pub fn cstring(&self, addr: u64) -> Option<String> {
-        let s = self
-            .sections
-            .iter()
-            .find(|s| addr >= s.addr && addr - s.addr < s.size)?;
-        let avail = (s.size - (addr - s.addr)).min(512);
+        let s = self.section_of(addr, 1)?;
+        let avail = s.size.saturating_sub(addr.checked_sub(s.addr)?).min(512);
         let b = self.bytes(addr, avail)?;
         let n = b.iter().position(|&c| c == 0)?;
         String::from_utf8(b[..n].to_vec()).ok()
+    }
+
+    /// Every place in `[start, end)` (link-time) whose bytes KASLR changes,
+    /// from the build's own relocation records (`.rela.*`, which x86
+    /// kernels keep with `--emit-relocs` for exactly this purpose), chosen
+    /// as the kernel's `relocs` tool chooses them.
+    pub fn kaslr_relocations(&self, start: u64, end: u64) -> Result<Vec<Reloc>> {
+        let bad = |what: &str| {
+            Error::Input(format!(
+                "vmlinux {}: {what}; is it the vmlinux of this kernel build?",
+                self.path.display()
+            ))
+        };
+        let target = self
+            .sections
+            .iter()
+            .position(|s| {
+                s.addr <= start && start < s.addr.saturating_add(s.size) && s.ty != SHT_RELA
+            })
+            .ok_or_else(|| bad("no section holds the code to check"))?;
+        let rela = self
+            .sections
+            .iter()
+            .find(|s| s.ty == SHT_RELA && s.info as usize == target)
+            .ok_or_else(|| {
+                bad("no relocation records (.rela.*): it was not linked with --emit-relocs")
+            })?;
+        let symtab = self
+            .sections
+            .get(rela.link as usize)
+            .filter(|s| s.ty == SHT_SYMTAB)
+            .ok_or_else(|| bad("relocations without a symbol table"))?;
+        let percpu = self.sections.iter().position(|s| s.name == ".data..percpu");
+        let mut out = Vec::new();
+        const ENT: u64 = 24;
+        const CHUNK: u64 = ENT * 4096;
+        let mut at = 0u64;
+        while at < rela.size {
+            let n = rela.size.saturating_sub(at).min(CHUNK);
+            let off = rela
+                .offset
+                .checked_add(at)
+                .ok_or_else(|| bad("relocations beyond the file"))?;
+            let buf = self
+                .read_at(off, n)
+                .ok_or_else(|| bad("relocations beyond the file"))?;
+            for e in buf.chunks_exact(ENT as usize) {
+                let (Some(r_offset), Some(r_info)) = (u64_at(e, 0), u64_at(e, 8)) else {
+                    continue;
+                };
+                if r_offset < start || r_offset >= end {
+                    continue;
+                }
+                let ty = r_info as u32;
+                let sym = r_info >> 32;
+                let shndx = self
+                    .symbol_section(symtab, sym)
+                    .ok_or_else(|| bad("a relocation names a symbol past the symbol table"))?;
+                let is_percpu = percpu.is_some_and(|p| usize::from(shndx) == p);
+                let kind = match ty {
+                    _ if shndx == SHN_UNDEF => None,
+                    R_X86_64_PC32 | R_X86_64_PLT32 if is_percpu => Some(RelocKind::NegPc32),
+                    R_X86_64_32 | R_X86_64_32S if !is_percpu && shndx != SHN_ABS => {
+                        Some(RelocKind::Abs32)
+                    }
+                    R_X86_64_64 if !is_percpu && shndx != SHN_ABS => Some(RelocKind::Abs64),
+                    _ => None,
+                };
+                if let Some(kind) = kind {
+                    out.push(Reloc {
+                        addr: r_offset,
+                        kind,
+                    });
+                }
+            }
+            at = at.saturating_add(n);
+        }
+        out.sort_by_key(|r| r.addr);
+        Ok(out)
+    }
+
+    fn symbol_section(&self, symtab: &Section, index: u64) -> Option<u16> {
+        let off = index.checked_mul(24)?;
+        if off.checked_add(24)? > symtab.size {
+            return None;
+        }
+        let b = self.read_at(symtab.offset.checked_add(off)?.checked_add(6)?, 2)?;
+        u16_at(&b, 0)
+    }
+
+    /// Link-time addresses in `[start, end)` from the build's `__mcount_loc`
+    /// table (between `table_start` and `table_end`): the `__fentry__` call
+    /// sites ftrace patches.
+    pub fn mcount_sites(&self, table: (u64, u64), start: u64, end: u64) -> Option<Vec<u64>> {
+        let len = table.1.checked_sub(table.0)?;
+        let b = self.bytes(table.0, len)?;
+        Some(
+            b.chunks_exact(8)
+                .filter_map(|c| u64_at(c, 0))
+                .filter(|&a| a >= start && a < end)
+                .collect(),
+        )
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::arithmetic_side_effects)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// A minimal x86_64 ELF with `.text` at `text_addr`, a `.rela.text`
+    /// holding `relocs` (offset, type, symbol), a symbol table whose symbol
+    /// 1 is in `.text`, symbol 2 absolute and symbol 3 in `.data..percpu`.
+    pub(crate) fn elf(text_addr: u64, text: &[u8], relocs: &[(u64, u32, u64)]) -> Vec<u8> {
+        let shstr = b"\0.text\0.rela.text\0.symtab\0.data..percpu\0.shstrtab\0".to_vec();
+        let mut symtab = vec![0u8; 24 * 4];
+        symtab[24 + 6..24 + 8].copy_from_slice(&1u16.to_le_bytes());
+        symtab[48 + 6..48 + 8].copy_from_slice(&SHN_ABS.to_le_bytes());
+        symtab[72 + 6..72 + 8].copy_from_slice(&4u16.to_le_bytes());
+        let mut rela = Vec::new();
+        for &(off, ty, sym) in relocs {
+            rela.extend_from_slice(&off.to_le_bytes());
+            rela.extend_from_slice(&((sym << 32) | u64::from(ty)).to_le_bytes());
+            rela.extend_from_slice(&0u64.to_le_bytes());
+        }
+        let mut out = vec![0u8; 64];
+        let mut place = |data: &[u8]| {
+            let o = out.len() as u64;
+            out.extend_from_slice(data);
+            o
+        };
+        let text_off = place(text);
+        let rela_off = place(&rela);
+        let sym_off = place(&symtab);
+        let str_off = place(&shstr);
+        let shoff = out.len() as u64;
+        // name offsets in shstr: .text=1 .rela.text=7 .symtab=18 .data..percpu=26 .shstrtab=40
+        let sh = |name: u32, ty: u32, addr: u64, off: u64, size: u64, link: u32, info: u32| {
+            let mut h = vec![0u8; 64];
+            h[0..4].copy_from_slice(&name.to_le_bytes());
+            h[4..8].copy_from_slice(&ty.to_le_bytes());
+            h[0x10..0x18].copy_from_slice(&addr.to_le_bytes());
+            h[0x18..0x20].copy_from_slice(&off.to_le_bytes());
+            h[0x20..0x28].copy_from_slice(&size.to_le_bytes());
+            h[0x28..0x2c].copy_from_slice(&link.to_le_bytes());
+            h[0x2c..0x30].copy_from_slice(&info.to_le_bytes());
+            h
+        };
+        out.extend(sh(0, 0, 0, 0, 0, 0, 0));
+        out.extend(sh(1, 1, text_addr, text_off, text.len() as u64, 0, 0));
+        out.extend(sh(7, SHT_RELA, 0, rela_off, rela.len() as u64, 3, 1));
+        out.extend(sh(18, SHT_SYMTAB, 0, sym_off, symtab.len() as u64, 5, 0));
+        out.extend(sh(26, 1, 0, 0, 0, 0, 0));
+        out.extend(sh(40, 3, 0, str_off, shstr.len() as u64, 0, 0));
+        out[0..6].copy_from_slice(b"\x7fELF\x02\x01");
+        out[0x12..0x14].copy_from_slice(&62u16.to_le_bytes());
+        out[0x28..0x30].copy_from_slice(&shoff.to_le_bytes());
+        out[0x3a..0x3c].copy_from_slice(&64u16.to_le_bytes());
+        out[0x3c..0x3e].copy_from_slice(&6u16.to_le_bytes());
+        out[0x3e..0x40].copy_from_slice(&5u16.to_le_bytes());
+        out
+    }
+
+    #[test]
+    fn reads_sections_and_picks_kaslr_relocations() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("vmlinux");
+        let base = 0xffff_ffff_8100_0000;
+        let text: Vec<u8> = (0..64u8).collect();
+        std::fs::write(
+            &p,
+            elf(
+                base,
+                &text,
+                &[
+                    (base + 4, R_X86_64_32S, 1),
+                    (base + 8, R_X86_64_PC32, 1), // PC-relative: unchanged
+                    (base + 12, R_X86_64_32, 2),  // absolute symbol: unchanged
+                    (base + 16, R_X86_64_PC32, 3), // per-CPU: minus the slide
+                    (base + 24, R_X86_64_64, 1),
+                    (base + 100, R_X86_64_64, 1), // outside the range asked
+                ],
+            ),
+        )
+        .unwrap();
+        let v = Vmlinux::load(&p).unwrap();
+        assert_eq!(v.bytes(base + 2, 3).unwrap(), vec![2, 3, 4]);
+        assert_eq!(v.bytes(base + 62, 4), None);
+        let r = v.kaslr_relocations(base, base + 64).unwrap();
+        assert_eq!(
+            r,
+            vec![
+                Reloc {
+                    addr: base + 4,
+                    kind: RelocKind::Abs32
+                },
+                Reloc {
+                    addr: base + 16,
+                    kind: RelocKind::NegPc32
+                },
+                Reloc {
+                    addr: base + 24,
+                    kind: RelocKind::Abs64
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn garbage_is_refused_not_trusted() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("vmlinux");
+        std::fs::write(&p, b"\x7fELF\x02\x01garbage").unwrap();
+        assert!(Vmlinux::load(&p).is_err());
+        let mut e = elf(
+            0xffff_ffff_8100_0000,
+            &[0; 16],
+            &[(0xffff_ffff_8100_0000, 11, 99)],
+        );
+        std::fs::write(&p, &e).unwrap();
+        let v = Vmlinux::load(&p).unwrap();
+        assert!(v
+            .kaslr_relocations(0xffff_ffff_8100_0000, 0xffff_ffff_8100_0010)
+            .is_err());
+        // A section count beyond the file.
+        e[0x3c..0x3e].copy_from_slice(&0xfff0u16.to_le_bytes());
+        std::fs::write(&p, &e).unwrap();
+        assert!(Vmlinux::load(&p).is_err());
     }
 }

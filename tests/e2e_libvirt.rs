@@ -24,10 +24,7 @@ fn list_row(line: &str, name: &str, want: [&str; 3]) -> bool {
 
 /// State directory and a libvirtd with the hook pointing at it.
 fn setup() -> (tempfile::TempDir, Libvirtd) {
-    let state = tempfile::Builder::new()
-        .prefix("xftrace-lv-")
-        .tempdir()
-        .unwrap();
+    let state = common::state_dir();
     let lv = Libvirtd::start(state.path());
     (state, lv)
 }

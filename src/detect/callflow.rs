@@ -2,6 +2,7 @@
 //! to a depth, compared with a baseline of the clean guest; and any frame
 //! outside the kernel image, like `0xffffffffc0b37000()` in the paper's
 //! Fig. 4b.
+#![deny(clippy::arithmetic_side_effects)]
 
 use std::collections::BTreeMap;
 
@@ -40,67 +41,84 @@ fn is_async(name: &str) -> bool {
     ASYNC.contains(&name) || name.starts_with("sysvec_") || name.starts_with("__sysvec_")
 }
 
-/// Walk each task's entries in time order with a call stack (a CPU's
-/// records interleave tasks when one blocks inside a traced call); call
-/// `visit(root, parent, record)` for every entry.
-fn walk(records: &[Record], mut visit: impl FnMut(u64, Option<u64>, &Record)) {
-    let mut entries: Vec<&Record> = records.iter().filter(|r| r.kind == Kind::Entry).collect();
-    entries.sort_by_key(|r| r.time);
-    let mut stacks: BTreeMap<u32, Vec<(u32, u64)>> = BTreeMap::new();
-    for r in entries {
-        let stack = stacks.entry(r.pid).or_default();
+/// Follows each task's entries in time order with a call stack (a CPU's
+/// records interleave tasks when one blocks inside a traced call). Memory:
+/// one stack of at most FTRACE_RETFUNC_DEPTH frames per task.
+#[derive(Default)]
+struct Walker {
+    stacks: BTreeMap<u32, Vec<(u32, u64)>>,
+}
+
+impl Walker {
+    /// For an entry record: (root function, parent function).
+    fn visit(&mut self, r: &Record) -> Option<(u64, Option<u64>)> {
+        if r.kind != Kind::Entry {
+            return None;
+        }
+        let stack = self.stacks.entry(r.pid).or_default();
         while stack.last().is_some_and(|&(d, _)| d >= r.depth) {
             stack.pop();
         }
         let root = stack.first().map_or(r.func, |&(_, f)| f);
-        visit(root, stack.last().map(|&(_, f)| f), r);
+        let parent = stack.last().map(|&(_, f)| f);
         stack.push((r.depth, r.func));
+        Some((root, parent))
     }
 }
 
-/// Edges up to `depth` levels below each root, leaving out interrupts and
-/// exceptions that arrived during the call (and whatever they called).
-pub fn edges(records: &[Record], name: &dyn Fn(u64) -> String, depth: u32) -> Edges {
+/// What one pass over a trace gives.
+#[derive(Debug, Default)]
+pub struct Flow {
+    pub edges: Edges,
+    pub unknown_code: Vec<Finding>,
+}
+
+/// One pass over records in time order (a [`crate::spool::Merged`]
+/// stream): edges up to `depth` levels below each root, leaving out
+/// interrupts and exceptions that arrived during the call (and whatever
+/// they called), and every frame whose code lies outside the kernel image.
+pub fn analyze(
+    records: impl IntoIterator<Item = Record>,
+    name: &dyn Fn(u64) -> String,
+    in_image: &dyn Fn(u64) -> bool,
+    depth: u32,
+) -> Flow {
     let mut e = Edges::new();
+    let mut walker = Walker::default();
     // Per task: the depth of an asynchronous frame being skipped.
     let mut skipping: BTreeMap<u32, u32> = BTreeMap::new();
-    walk(records, |root, parent, r| {
+    let mut unknown: BTreeMap<(u64, u64), (Option<u64>, u32)> = BTreeMap::new();
+    for r in records {
+        let Some((root, parent)) = walker.visit(&r) else {
+            continue;
+        };
+        if !in_image(r.func) && unknown.len() < 1024 {
+            unknown.entry((root, r.func)).or_insert((parent, r.pid));
+        }
         if let Some(&d) = skipping.get(&r.pid) {
             if r.depth > d {
-                return;
+                continue;
             }
             skipping.remove(&r.pid);
         }
         let callee = name(r.func);
         if is_async(&callee) {
             skipping.insert(r.pid, r.depth);
-            return;
+            continue;
         }
         if let Some(p) = parent {
             if r.depth <= depth {
-                *e.entry(name(root))
+                let n = e
+                    .entry(name(root))
                     .or_default()
                     .entry(format!("{}>{}", name(p), callee))
-                    .or_default() += 1;
+                    .or_default();
+                *n = n.saturating_add(1);
             }
         }
-    });
-    e
-}
-
-/// Frames whose code lies outside the kernel image.
-pub fn unknown_code(
-    records: &[Record],
-    in_image: &dyn Fn(u64) -> bool,
-    name: &dyn Fn(u64) -> String,
-) -> Vec<Finding> {
-    let mut seen = BTreeMap::new();
-    walk(records, |root, parent, r| {
-        if !in_image(r.func) {
-            seen.entry((root, r.func)).or_insert((parent, r.pid));
-        }
-    });
-    seen.into_iter()
+    }
+    let unknown_code = unknown
+        .into_iter()
         .map(|((root, func), (parent, pid))| {
             Finding::new(
                 "call-flow-unknown-code",
@@ -113,7 +131,29 @@ pub fn unknown_code(
                 format!("pid {pid}"),
             )
         })
-        .collect()
+        .collect();
+    Flow {
+        edges: e,
+        unknown_code,
+    }
+}
+
+/// Edges of a trace (see [`analyze`]).
+pub fn edges(records: &[Record], name: &dyn Fn(u64) -> String, depth: u32) -> Edges {
+    let mut sorted = records.to_vec();
+    sorted.sort_by_key(|r| r.time);
+    analyze(sorted, name, &|_| true, depth).edges
+}
+
+/// Frames whose code lies outside the kernel image (see [`analyze`]).
+pub fn unknown_code(
+    records: &[Record],
+    in_image: &dyn Fn(u64) -> bool,
+    name: &dyn Fn(u64) -> String,
+) -> Vec<Finding> {
+    let mut sorted = records.to_vec();
+    sorted.sort_by_key(|r| r.time);
+    analyze(sorted, name, in_image, 0).unknown_code
 }
 
 /// Edges to functions the baseline never saw in that syscall's flow. (A
@@ -148,6 +188,7 @@ pub fn new_edges(baseline: &Baseline, now: &Edges) -> Vec<Finding> {
 }
 
 #[cfg(test)]
+#[allow(clippy::arithmetic_side_effects)]
 mod tests {
     use super::*;
 

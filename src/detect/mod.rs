@@ -39,26 +39,34 @@ impl Finding {
     }
 }
 
+/// One line per finding, whatever guest-derived text it holds.
 impl std::fmt::Display for Finding {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "[{}] {}: {}", self.domain, self.kind, self.detail)?;
+        use crate::escape::escape;
+        write!(
+            f,
+            "[{}] {}: {}",
+            escape(&self.domain),
+            escape(&self.kind),
+            escape(&self.detail)
+        )?;
         if !self.evidence.is_empty() {
-            write!(f, " ({})", self.evidence)?;
+            write!(f, " ({})", escape(&self.evidence))?;
         }
         Ok(())
     }
 }
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use log::{info, warn};
 
 use crate::error::{Error, Result};
+use crate::kernel::GuestKernel;
 use crate::session;
 use crate::state::{now_unix, GuestState};
 use crate::target::Target;
-use crate::vmlinux::Vmlinux;
 
 /// How `check` and `watch` work.
 #[derive(Clone, Debug)]
@@ -71,19 +79,8 @@ fn baseline_path(state: &GuestState) -> PathBuf {
     state.dir().join("baseline.json")
 }
 
-fn load_vmlinux(target: &Target, system_map: &Path) -> Result<Vmlinux> {
-    let path = target
-        .vmlinux
-        .clone()
-        .unwrap_or_else(|| system_map.with_file_name("vmlinux"));
-    if !path.is_file() {
-        return Err(Error::Input(format!(
-            "checks compare the guest with its build's vmlinux: none at {}; pass --vmlinux",
-            path.display()
-        )));
-    }
-    Vmlinux::load(&path)
-}
+/// A baseline is a few hundred kilobytes of call edges.
+const MAX_BASELINE: u64 = 64 << 20;
 
 fn namer(map: &crate::symbols::SystemMap, slide: u64) -> impl Fn(u64) -> String + '_ {
     move |a: u64| match map.containing(a.wrapping_sub(slide)) {
@@ -93,54 +90,71 @@ fn namer(map: &crate::symbols::SystemMap, slide: u64) -> impl Fn(u64) -> String 
 }
 
 /// One check of the guest: integrity of control data and of the tracer,
-/// and, with a baseline, its call flow.
-pub fn check(target: &Target, root: &Path, opts: &CheckOptions) -> Result<Vec<Finding>> {
+/// and, with a baseline, its call flow. With several control blocks (a
+/// decoy), that is a finding, and every other check still runs, against
+/// each of them.
+pub fn check(target: &Target, opts: &CheckOptions) -> Result<Vec<Finding>> {
     let domain = target.describe();
-    let mut findings = match target.open() {
-        Ok(g) => {
-            let vmlinux = load_vmlinux(target, &g.system_map)?;
-            let cx = integrity::Context {
-                ram: &g.ram,
-                map: &g.map,
-                kernel: &g.kernel,
-                vmlinux: &vmlinux,
-                modules: Default::default(),
-            };
-            let mut f = integrity::check_all(&cx);
-            f.extend(tracer::check(&g.ram, &g.kernel, &target.state(root)?));
-            f
-        }
-        Err(Error::Guest(m)) if m.contains("decoy") => {
-            vec![Finding::new(
-                "tracer-integrity",
-                m,
-                &[],
-                "control block duplicated or moved",
-            )]
-        }
-        Err(e) => return Err(e),
-    };
-    let state = target.state(root)?;
-    let baseline: Option<callflow::Baseline> = std::fs::read_to_string(baseline_path(&state))
-        .ok()
-        .and_then(|t| serde_json::from_str(&t).ok());
-    if let Some(b) = baseline.filter(|_| opts.trace_seconds > 0) {
+    let state = target.state()?;
+    let g = target.open_all()?;
+    let vmlinux = g.vmlinux.as_ref().ok_or_else(|| {
+        Error::Input(format!(
+            "checks compare the guest with its build's vmlinux: none beside {}; pass --vmlinux",
+            g.system_map.display()
+        ))
+    })?;
+    let kernels: Vec<&GuestKernel> = std::iter::once(&g.kernel).chain(&g.others).collect();
+    let mut findings = Vec::new();
+    if kernels.len() > 1 {
+        let all = kernels.iter().map(|k| (*k).clone()).collect();
+        let e = crate::kernel::decoy(&crate::kernel::Located {
+            kernels: all,
+            candidates: 0,
+            rejected: 0,
+            first_reason: None,
+        });
+        findings.push(Finding::new(
+            "tracer-integrity",
+            e.to_string(),
+            &kernels.iter().map(|k| k.ctl.0).collect::<Vec<_>>(),
+            "control block duplicated: every check ran against each",
+        ));
+    }
+    for k in &kernels {
+        let cx = integrity::Context {
+            ram: &g.ram,
+            map: &g.map,
+            kernel: k,
+            vmlinux,
+            modules: Default::default(),
+        };
+        findings.extend(integrity::check_all(&cx));
+        findings.extend(tracer::check(&g.ram, k, &state));
+    }
+    let single = kernels.len() == 1;
+    drop(g);
+    let baseline: Option<callflow::Baseline> =
+        crate::hostfs::read_text_bounded(&baseline_path(&state), MAX_BASELINE, "baseline")
+            .ok()
+            .and_then(|t| serde_json::from_str(&t).ok());
+    if let Some(b) = baseline.filter(|_| opts.trace_seconds > 0 && single) {
         if state.collector_running()? {
             info!("a tracing session is running: call-flow check skipped");
         } else {
-            let (records, status, map) = session::capture(
+            let cap = session::capture(
                 target,
-                root,
                 &b.functions,
                 Duration::from_secs(opts.trace_seconds),
             )?;
-            let name = namer(&map, status.slide);
-            let in_image = |a: u64| map.in_image(a.wrapping_sub(status.slide));
-            findings.extend(callflow::unknown_code(&records, &in_image, &name));
-            findings.extend(callflow::new_edges(
-                &b,
-                &callflow::edges(&records, &name, b.depth),
-            ));
+            let flow = {
+                let name = namer(&cap.map, cap.status.slide);
+                let slide = cap.status.slide;
+                let in_image = |a: u64| cap.map.in_image(a.wrapping_sub(slide));
+                callflow::analyze(cap.records()?, &name, &in_image, b.depth)
+            };
+            findings.extend(flow.unknown_code);
+            findings.extend(callflow::new_edges(&b, &flow.edges));
+            cap.finish()?;
         }
     }
     for f in &mut findings {
@@ -152,24 +166,27 @@ pub fn check(target: &Target, root: &Path, opts: &CheckOptions) -> Result<Vec<Fi
 /// `baseline`: trace the clean guest and save its call flow.
 pub fn baseline(
     target: &Target,
-    root: &Path,
     functions: &[String],
     duration: Duration,
     depth: u32,
 ) -> Result<callflow::Baseline> {
-    let (records, status, map) = session::capture(target, root, functions, duration)?;
-    let name = namer(&map, status.slide);
-    let b = callflow::Baseline {
-        functions: status.functions.clone(),
-        depth,
-        edges: callflow::edges(&records, &name, depth),
+    let cap = session::capture(target, functions, duration)?;
+    let flow = {
+        let name = namer(&cap.map, cap.status.slide);
+        callflow::analyze(cap.records()?, &name, &|_| true, depth)
     };
-    let state = target.state(root)?;
+    let b = callflow::Baseline {
+        functions: cap.status.functions.clone(),
+        depth,
+        edges: flow.edges,
+    };
+    let records = cap.status.rings.records;
+    cap.finish()?;
+    let state = target.state()?;
     let text = serde_json::to_string_pretty(&b).expect("serializes");
-    crate::render::write_atomically(&baseline_path(&state), &text)?;
+    crate::hostfs::write_atomically(&baseline_path(&state), text.as_bytes())?;
     info!(
-        "baseline of {} records saved in {}",
-        records.len(),
+        "baseline of {records} records saved in {}",
         baseline_path(&state).display()
     );
     Ok(b)
@@ -191,7 +208,6 @@ pub fn report(findings: &[Finding], json: bool) {
 /// when it first appears, with how long after the last clean check.
 pub fn watch(
     target: &Target,
-    root: &Path,
     opts: &CheckOptions,
     interval: Duration,
     json: bool,
@@ -203,7 +219,7 @@ pub fn watch(
     let mut n = 0;
     loop {
         let t = Instant::now();
-        let findings = check(target, root, opts)?;
+        let findings = check(target, opts)?;
         let new: Vec<Finding> = findings
             .into_iter()
             .filter(|f| known.insert((f.kind.clone(), f.detail.clone())))

@@ -1,9 +1,10 @@
 //! The tracer's own integrity: a rootkit that knows about xftrace will try to
 //! blind it. Each of these is a finding, never a silent failure.
+#![deny(clippy::arithmetic_side_effects)]
 
 use std::time::Duration;
 
-use crate::abi;
+use crate::abi::{self, GateState};
 use crate::guest_memory::GuestRam;
 use crate::kernel::GuestKernel;
 use crate::keys::Klog;
@@ -26,6 +27,33 @@ pub fn check(ram: &GuestRam, k: &GuestKernel, state: &GuestState) -> Vec<Finding
             return out;
         }
     };
+    for why in gs.narrowed_reasons() {
+        out.push(Finding::new(
+            "tracer-integrity",
+            format!("the guest's capture is narrowed: {why}"),
+            &[k.field(abi::off::STATE_NARROWED).0],
+            "traced functions may be missing from call-flow checks",
+        ));
+    }
+    if gs.gate == GateState::Invalid {
+        out.push(Finding::new(
+            "tracer-integrity",
+            "the guest's capture gate holds a value the tracer never writes",
+            &[k.field(abi::off::STATE_NARROWED).0],
+            "control block written by someone other than the xftrace thread",
+        ));
+    }
+    if gs.unringed > 0 {
+        out.push(Finding::new(
+            "tracer-integrity",
+            format!(
+                "{} events happened on CPUs that have no ring: those CPUs are not traced",
+                gs.unringed
+            ),
+            &[k.field(abi::off::UNRINGED).0],
+            format!("{} rings for {} CPUs", k.header.nr_rings, k.header.nr_cpus),
+        ));
+    }
     if !trace_switch::guest_alive(ram, k, Duration::from_secs(2)).unwrap_or(false) {
         out.push(Finding::new(
             "tracer-integrity",
@@ -62,7 +90,7 @@ pub fn check(ram: &GuestRam, k: &GuestKernel, state: &GuestState) -> Vec<Finding
                 "",
             ));
         }
-        if let Ok(klog) = Klog::load(&state.klog()) {
+        if let Ok(klog) = Klog::load_tail(&state.klog()) {
             key_matches(ram, k, &klog, &mut out);
         }
     }
@@ -72,8 +100,15 @@ pub fn check(ram: &GuestRam, k: &GuestKernel, state: &GuestState) -> Vec<Finding
             out.push(Finding::new(
                 "tracer-integrity",
                 format!(
-                    "records failed integrity checks: {} erased or rewritten, {} failed their check (forged or stale key), {} with an epoch the host never issued, {} ring rewinds",
-                    r.erased, r.bad_check, r.unknown_epoch, r.rewound
+                    "records failed integrity checks: {} erased or rewritten, {} failed their check (forged or stale key), {} with an epoch the host never issued, {} under a key the guest should no longer have, {} going back to an older key, {} impossible, {} ring rewinds, {} rings moved",
+                    r.erased,
+                    r.bad_check,
+                    r.unknown_epoch,
+                    r.stale_epoch,
+                    r.epoch_backwards,
+                    r.bad_record,
+                    r.rewound,
+                    r.ring_moved
                 ),
                 &[],
                 format!("session {}, see {}", s.state, state.anomalies().display()),
@@ -89,10 +124,10 @@ fn key_matches(ram: &GuestRam, k: &GuestKernel, klog: &Klog, out: &mut Vec<Findi
         let Ok(epoch) = ram.read_u64(k.field(abi::off::CUR_EPOCH)) else {
             return;
         };
-        let slot = abi::off::KEYS + (epoch % abi::KEY_SLOTS) * 16;
+        let slot = abi::key_slot(epoch);
         let (Ok(e1), Ok(key), Ok(e2)) = (
             ram.read_u64(k.field(slot)),
-            ram.read_u64(k.field(slot + 8)),
+            ram.read_u64(k.field(slot | 8)),
             ram.read_u64(k.field(slot)),
         ) else {
             return;
@@ -107,12 +142,12 @@ fn key_matches(ram: &GuestRam, k: &GuestKernel, klog: &Klog, out: &mut Vec<Findi
             Some(_) => out.push(Finding::new(
                 "tracer-integrity",
                 format!("the key of epoch {epoch} in guest memory is not the one the host wrote"),
-                &[k.field(slot + 8).0],
+                &[k.field(slot | 8).0],
                 "key rewritten in the guest",
             )),
             None => {
                 // Written after we loaded Klog? Then it is a newer epoch.
-                if epoch > klog.max_epoch() + 1 {
+                if epoch > klog.max_epoch().saturating_add(1) {
                     out.push(Finding::new(
                         "tracer-integrity",
                         format!("guest key epoch {epoch} was never issued by the host"),

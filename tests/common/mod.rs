@@ -388,10 +388,7 @@ pub struct Xftrace {
 impl Xftrace {
     pub fn new(mem_file: &Path) -> Self {
         Xftrace {
-            state: tempfile::Builder::new()
-                .prefix("xftrace-state-")
-                .tempdir()
-                .unwrap(),
+            state: state_dir(),
             mem_file: mem_file.to_path_buf(),
             system_map: system_map(),
         }
@@ -459,13 +456,20 @@ pub fn qmp(dir: &Path, command: &str) -> serde_json::Value {
     }
 }
 
+/// A private state directory (xftrace refuses one others can enter).
+pub fn state_dir() -> tempfile::TempDir {
+    let d = tempfile::Builder::new()
+        .prefix("xftrace-state-")
+        .tempdir()
+        .unwrap();
+    std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+    d
+}
+
 /// Run xftrace against `x`'s guest with another System.map.
 pub fn xftrace_with_map(x: &Xftrace, map: &Path, args: &[&str]) -> Output {
     let y = Xftrace {
-        state: tempfile::Builder::new()
-            .prefix("xftrace-state-")
-            .tempdir()
-            .unwrap(),
+        state: state_dir(),
         mem_file: x.mem_file.clone(),
         system_map: map.to_path_buf(),
     };

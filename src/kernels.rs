@@ -1,0 +1,195 @@
+//! The trusted guest-kernel builds xftrace compares guests with, kept in
+//! the private state directory as `kernels/<sha256 of System.map>/` with
+//! `System.map` and (when there is one) `vmlinux`.
+//!
+//! `enroll` copies the operator's files there and records that path in the
+//! domain's definition. Anyone who can edit a domain definition can put any
+//! path in it, so a path read back from a definition is used only if it is
+//! exactly such a file: under `kernels/`, not reached through a link, a
+//! regular file owned by root and writable by nobody else.
+#![deny(clippy::arithmetic_side_effects)]
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+
+use crate::error::{Error, Result};
+use crate::hostfs;
+use crate::symbols::{SystemMap, MAX_SYSTEM_MAP};
+
+/// A vmlinux with full debug info is a few hundred megabytes.
+const MAX_VMLINUX: u64 = 2 << 30;
+
+/// Where a System.map with these bytes is kept.
+fn dir_for(root: &Path, system_map: &[u8]) -> PathBuf {
+    let digest = Sha256::digest(system_map);
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    root.join("kernels").join(hex)
+}
+
+/// Copy a kernel build's System.map (and vmlinux) into the state directory;
+/// returns the path of the stored System.map. With `dry_run`, only says
+/// where it would go.
+pub fn store(
+    root: &Path,
+    system_map: &Path,
+    vmlinux: Option<&Path>,
+    dry_run: bool,
+) -> Result<PathBuf> {
+    let map_bytes = hostfs::read_bounded(system_map, MAX_SYSTEM_MAP, "System.map")?;
+    let text = std::str::from_utf8(&map_bytes)
+        .map_err(|_| Error::Input(format!("System.map {} is not text", system_map.display())))?;
+    let map = SystemMap::parse(text)
+        .map_err(|m| Error::Input(format!("{}: {m}", system_map.display())))?;
+    let dir = dir_for(root, &map_bytes);
+    let stored = dir.join("System.map");
+    if let Some(v) = vmlinux {
+        check_vmlinux_matches(v, &map)?;
+    }
+    if dry_run {
+        return Ok(stored);
+    }
+    crate::state::open_root(root)?;
+    hostfs::private_dir(&root.join("kernels"))?;
+    hostfs::private_dir(&dir)?;
+    if check_recorded(root, &stored).is_err() {
+        hostfs::write_atomically(&stored, &map_bytes)?;
+    }
+    if let Some(v) = vmlinux {
+        let dest = dir.join("vmlinux");
+        if !same_size(v, &dest) {
+            copy_bounded(v, &dest, MAX_VMLINUX)?;
+        }
+    }
+    Ok(stored)
+}
+
+fn same_size(a: &Path, b: &Path) -> bool {
+    match (std::fs::metadata(a), std::fs::symlink_metadata(b)) {
+        (Ok(x), Ok(y)) => y.is_file() && x.len() == y.len(),
+        _ => false,
+    }
+}
+
+/// The vmlinux must be of the same build as the System.map: its `.text`
+/// starts at `_text` and it holds `linux_banner` where the map says.
+fn check_vmlinux_matches(vmlinux: &Path, map: &SystemMap) -> Result<()> {
+    let v = crate::vmlinux::Vmlinux::load(vmlinux)?;
+    let ok = map
+        .addr("linux_banner")
+        .and_then(|a| v.cstring(a))
+        .is_some_and(|b| b.starts_with("Linux version "));
+    if !ok {
+        return Err(Error::Input(format!(
+            "{} is not the vmlinux of this System.map (no linux_banner where the map puts it)",
+            vmlinux.display()
+        )));
+    }
+    Ok(())
+}
+
+fn copy_bounded(from: &Path, to: &Path, max: u64) -> Result<()> {
+    let f = hostfs::open_regular(from, "vmlinux")?;
+    let mut out = hostfs::AtomicFile::create(to)?;
+    let copied = std::io::copy(&mut f.take(max.saturating_add(1)), out.writer()).map_err(|e| {
+        Error::io(
+            format!("cannot copy {} to {}", from.display(), to.display()),
+            e,
+        )
+    })?;
+    if copied > max {
+        return Err(Error::Input(format!(
+            "{} is larger than {max} bytes; it cannot be a vmlinux",
+            from.display()
+        )));
+    }
+    out.commit()
+}
+
+/// Accept a System.map path recorded in a domain definition only if it is
+/// a stored build: `<root>/kernels/<64 hex digits>/System.map`, every part
+/// of it a real directory or file, owned by root, written by nobody else.
+pub fn check_recorded(root: &Path, recorded: &Path) -> Result<PathBuf> {
+    let refuse = |why: &str| {
+        Error::Input(format!(
+            "the System.map path recorded for this domain ({}) {why}; re-enroll it: `xftrace enroll DOMAIN --system-map PATH` copies the build into {}",
+            crate::escape::escape(&recorded.display().to_string()),
+            root.join("kernels").display()
+        ))
+    };
+    let rel = recorded
+        .strip_prefix(root.join("kernels"))
+        .map_err(|_| refuse("is not in xftrace's state directory"))?;
+    let parts: Vec<&str> = rel
+        .components()
+        .map(|c| c.as_os_str().to_str().unwrap_or(""))
+        .collect();
+    let ok_shape = matches!(parts.as_slice(), [hex, "System.map"]
+        if hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()));
+    if !ok_shape {
+        return Err(refuse("is not a stored kernel build's System.map"));
+    }
+    let dir = root.join("kernels").join(parts[0]);
+    for (p, what) in [
+        (root.join("kernels"), "directory"),
+        (dir.clone(), "directory"),
+        (recorded.to_path_buf(), "System.map"),
+    ] {
+        let meta = std::fs::symlink_metadata(&p)
+            .map_err(|e| Error::io(format!("cannot use {what} {}", p.display()), e))?;
+        hostfs::check_trusted(&meta, &p, what)?;
+    }
+    Ok(recorded.to_path_buf())
+}
+
+/// The vmlinux stored beside a checked System.map, if trustworthy.
+pub fn recorded_vmlinux(system_map: &Path) -> Option<PathBuf> {
+    let v = system_map.with_file_name("vmlinux");
+    let meta = std::fs::symlink_metadata(&v).ok()?;
+    hostfs::check_trusted(&meta, &v, "vmlinux").ok()?;
+    meta.is_file().then_some(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::symbols::tests::MAP;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn stores_by_content_and_accepts_only_stored_paths() {
+        let root = tempfile::tempdir().unwrap();
+        let st = root.path().join("state");
+        let src = root.path().join("System.map");
+        std::fs::write(&src, MAP).unwrap();
+        let p = store(&st, &src, None, false).unwrap();
+        assert!(p.starts_with(st.join("kernels")));
+        assert_eq!(std::fs::read_to_string(&p).unwrap(), MAP);
+        assert_eq!(store(&st, &src, None, false).unwrap(), p);
+        assert_eq!(check_recorded(&st, &p).unwrap(), p);
+
+        // Paths a domain definition might carry instead.
+        for bad in [
+            src.clone(),
+            PathBuf::from("/dev/zero"),
+            st.join("kernels/../kernels")
+                .join(p.strip_prefix(st.join("kernels")).unwrap()),
+            st.join("kernels/abc/System.map"),
+            p.with_file_name("vmlinux"),
+        ] {
+            assert!(check_recorded(&st, &bad).is_err(), "{}", bad.display());
+        }
+        // A link planted in place of the stored file.
+        let hexdir = p.parent().unwrap();
+        let other = st.join("kernels").join("f".repeat(64));
+        std::fs::create_dir(&other).unwrap();
+        std::os::unix::fs::symlink(&src, other.join("System.map")).unwrap();
+        assert!(check_recorded(&st, &other.join("System.map")).is_err());
+        // A stored file someone made writable.
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o666)).unwrap();
+        assert!(check_recorded(&st, &p).is_err());
+        std::fs::set_permissions(hexdir, std::fs::Permissions::from_mode(0o777)).unwrap();
+        assert!(check_recorded(&st, &p).is_err());
+    }
+}
