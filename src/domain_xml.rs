@@ -56,6 +56,11 @@ fn index(xml: &str) -> Result<Vec<Node>, String> {
             .read_event()
             .map_err(|e| format!("not well-formed XML at byte {}: {e}", r.error_position()))?;
         let after = r.buffer_position() as usize;
+        // Every span is sliced later: it must fall on characters (a byte
+        // order mark, say, makes quick-xml count differently).
+        if !xml.is_char_boundary(before) || !xml.is_char_boundary(after) || after < before {
+            return Err(format!("not well-formed XML at byte {before}"));
+        }
         match ev {
             Event::Start(e) | Event::Empty(e) => {
                 let empty = xml[before..after].trim_end().ends_with("/>");

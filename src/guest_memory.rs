@@ -220,6 +220,9 @@ impl MappedFile {
             .len(len as usize)
             .map_raw(&file)
             .map_err(|e| Error::io(format!("cannot map {}", path.display()), e))?;
+        // xftrace reads guest RAM at scattered places: read-ahead around
+        // each one would pull in (or zero-fill) megabytes it never looks at.
+        let _ = map.advise(memmap2::Advice::Random);
         Ok(MappedFile {
             map,
             len,

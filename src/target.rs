@@ -271,3 +271,53 @@ impl Target {
         a
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernel::tests::{place_kernel, SLIDE};
+    use crate::symbols::tests::MAP;
+
+    fn mem_target(dir: &Path, ram: &Path) -> Target {
+        let map = dir.join("System.map");
+        std::fs::write(&map, MAP).unwrap();
+        let root = dir.join("state");
+        Target {
+            source: Source::MemFile {
+                path: ram.to_path_buf(),
+                machine: None,
+                max_ram_below_4g: None,
+            },
+            system_map: Some(map),
+            vmlinux: None,
+            state_root: root,
+        }
+    }
+
+    /// A 3 GiB guest: pc keeps it all low, q35 splits it at 2 GiB. Without
+    /// --machine, the guest's own max_low_pfn tells which it is.
+    #[test]
+    fn large_guests_need_no_machine_type() {
+        for (machine, low) in [(Machine::Q35, 2u64 << 30), (Machine::Pc, 3u64 << 30)] {
+            let dir = tempfile::tempdir().unwrap();
+            let p = dir.path().join("ram");
+            let size = 3u64 << 30;
+            std::fs::File::create(&p).unwrap().set_len(size).unwrap();
+            let ram = GuestRam::open(&p, MemoryLayout::x86(size, machine, None)).unwrap();
+            let map = SystemMap::parse(MAP).unwrap();
+            // The kernel at 64 MiB (the same place in both layouts), and
+            // what the guest found low RAM to be.
+            place_kernel(&ram, &map, 64 << 20, SLIDE);
+            let pfn = map.addr("max_low_pfn").unwrap() - map.addr("_text").unwrap() + (64 << 20);
+            ram.write_u64(
+                crate::guest_memory::GuestAddress(pfn),
+                (low - (128 << 10)) >> 12,
+            )
+            .unwrap();
+            drop(ram);
+            let g = mem_target(dir.path(), &p).open().unwrap();
+            let first = g.ram.layout().regions()[0];
+            assert_eq!(first.len, low, "{machine:?}");
+        }
+    }
+}
