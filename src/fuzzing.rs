@@ -50,7 +50,8 @@ ffffffff81800000 B _end
 
 const RAM: u64 = 16 << 20;
 const TEXT_PA: u64 = 4 << 20;
-const SLIDE: u64 = 0x2000_0000;
+/// The KASLR slide of [`synthetic_kernel`].
+pub const SLIDE: u64 = 0x2000_0000;
 const RINGS_PA: u64 = 14 << 20;
 const RING_SLOTS: u64 = 64;
 
@@ -93,55 +94,13 @@ impl Guest {
         self.baseline.push((at, bytes.to_vec()));
     }
 
-    fn put_u64(&mut self, at: u64, v: u64) {
-        self.put(at, &v.to_le_bytes());
-    }
-
     /// The kernel every input starts from.
     fn build(&mut self) {
-        let map = SystemMap::parse(MAP).unwrap();
-        let ctl = pa(&map, "xftrace_control");
-        let rt = |s: &str| map.addr(s).unwrap() + SLIDE;
-        self.put_u64(ctl, abi::MAGIC);
-        self.put_u64(ctl + 8, u64::from(abi::ABI_VERSION) | (4096 << 32));
-        self.put_u64(ctl + 0x10, rt("xftrace_control"));
-        self.put_u64(ctl + 0x18, rt("xftrace_heads"));
-        self.put_u64(ctl + 0x20, rt("_text"));
-        self.put_u64(ctl + 0x28, 2 | (RING_SLOTS << 32));
-        self.put_u64(ctl + 0x30, 64 | (2 << 32));
-        self.put_u64(ctl + 0x38, 1024 | (16 << 32));
-        for r in 0..2u64 {
-            self.put_u64(ctl + 0x800 + 8 * r, RINGS_PA + r * RING_SLOTS * 64);
+        let mut writes = Vec::new();
+        synthetic_kernel(TEXT_PA, &mut |gpa, b| writes.push((gpa, b.to_vec())));
+        for (gpa, b) in writes {
+            self.put(gpa, &b);
         }
-        self.put(
-            pa(&map, "linux_banner"),
-            b"Linux version 6.1.192 (fuzz) #1\n\0",
-        );
-        let text_va = rt("_text");
-        let (pgd, l3, l2) = (
-            pa(&map, "init_top_pgt"),
-            pa(&map, "level3_kernel_pgt"),
-            pa(&map, "level2_kernel_pgt"),
-        );
-        self.put_u64(pgd + 8 * ((text_va >> 39) & 511), l3 | 0x63);
-        self.put_u64(l3 + 8 * ((text_va >> 30) & 511), l2 | 0x63);
-        for i in 0..4u64 {
-            let va = text_va + (i << 21);
-            self.put_u64(l2 + 8 * ((va >> 21) & 511), (TEXT_PA + (i << 21)) | 0xe3);
-        }
-        // Module memory: one 4 KiB page mapped through the same tables.
-        let module_va = 0xffff_ffff_c000_0000u64;
-        let (l2m, ptm, page) = (
-            pa(&map, "level2_kernel_pgt") + 0x10_0000,
-            pa(&map, "level2_kernel_pgt") + 0x10_1000,
-            13 << 20,
-        );
-        self.put_u64(l3 + 8 * ((module_va >> 30) & 511), l2m | 0x63);
-        self.put_u64(l2m + 8 * ((module_va >> 21) & 511), ptm | 0x63);
-        self.put_u64(ptm + 8 * ((module_va >> 12) & 511), page | 0x63);
-        self.put_u64(pa(&map, "max_low_pfn"), RAM >> 12);
-        self.put_u64(pa(&map, "modules"), rt("modules"));
-        self.put_u64(pa(&map, "ftrace_ops_list"), rt("ftrace_list_end"));
     }
 
     /// Zero what the last input changed and rebuild the kernel.
@@ -157,6 +116,53 @@ impl Guest {
         }
         self.baseline = base;
     }
+}
+
+/// Write a consistent kernel of [`MAP`] with `_text` at guest physical
+/// `text_pa` (2 MiB-aligned), slid by [`SLIDE`]: control block, banner,
+/// page tables (4-level, 2 MiB pages, one 4 KiB module page at
+/// 0xffffffffc0000000), two rings right above the image, `max_low_pfn`,
+/// empty module and ftrace_ops lists. `put(gpa, bytes)` does the writing.
+pub fn synthetic_kernel(text_pa: u64, put: &mut dyn FnMut(u64, &[u8])) {
+    let map = SystemMap::parse(MAP).expect("MAP parses");
+    let at = |s: &str| map.addr(s).unwrap() - map.addr("_text").unwrap() + text_pa;
+    let rt = |s: &str| map.addr(s).unwrap() + SLIDE;
+    let mut put64 = |gpa: u64, v: u64| put(gpa, &v.to_le_bytes());
+    let ctl = at("xftrace_control");
+    let rings = text_pa + (10 << 20);
+    put64(ctl, abi::MAGIC);
+    put64(ctl + 8, u64::from(abi::ABI_VERSION) | (4096 << 32));
+    put64(ctl + 0x10, rt("xftrace_control"));
+    put64(ctl + 0x18, rt("xftrace_heads"));
+    put64(ctl + 0x20, rt("_text"));
+    put64(ctl + 0x28, 2 | (RING_SLOTS << 32));
+    put64(ctl + 0x30, 64 | (2 << 32));
+    put64(ctl + 0x38, 1024 | (16 << 32));
+    for r in 0..2u64 {
+        put64(ctl + 0x800 + 8 * r, rings + r * RING_SLOTS * 64);
+    }
+    let text_va = rt("_text");
+    let (pgd, l3, l2) = (
+        at("init_top_pgt"),
+        at("level3_kernel_pgt"),
+        at("level2_kernel_pgt"),
+    );
+    put64(pgd + 8 * ((text_va >> 39) & 511), l3 | 0x63);
+    put64(l3 + 8 * ((text_va >> 30) & 511), l2 | 0x63);
+    for i in 0..4u64 {
+        let va = text_va + (i << 21);
+        put64(l2 + 8 * ((va >> 21) & 511), (text_pa + (i << 21)) | 0xe3);
+    }
+    // Module memory: one 4 KiB page mapped through the same tables.
+    let module_va = 0xffff_ffff_c000_0000u64;
+    let (l2m, ptm, page) = (l2 + 0x10_0000, l2 + 0x10_1000, text_pa + (9 << 20));
+    put64(l3 + 8 * ((module_va >> 30) & 511), l2m | 0x63);
+    put64(l2m + 8 * ((module_va >> 21) & 511), ptm | 0x63);
+    put64(ptm + 8 * ((module_va >> 12) & 511), page | 0x63);
+    put64(at("max_low_pfn"), RAM >> 12);
+    put64(at("modules"), rt("modules"));
+    put64(at("ftrace_ops_list"), rt("ftrace_list_end"));
+    put(at("linux_banner"), b"Linux version 6.1.192 (fuzz) #1\n\0");
 }
 
 fn with_guest<R>(f: impl FnOnce(&mut Guest) -> R) -> R {
@@ -486,6 +492,94 @@ pub const TARGETS: &[(&str, Harness)] = &[
     ("vmlinux", vmlinux),
     ("domain_xml", domain_xml),
 ];
+
+/// Starting inputs for each target: valid shapes the fuzzer mutates from.
+pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
+    let chunk = |area: u8, off: u16, bytes: &[u8]| {
+        let mut c = vec![area];
+        c.extend(off.to_le_bytes());
+        c.extend((bytes.len() as u16).to_le_bytes());
+        c.extend(bytes);
+        c
+    };
+    let key1 = 1u64.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    let rec = Record {
+        cpu: 0,
+        seq: 0,
+        epoch: 1,
+        kind: abi::Kind::Entry,
+        func: 0xffff_ffff_a100_0100,
+        time: 1000,
+        calltime: 0,
+        depth: 0,
+        pid: 1,
+        overrun: 0,
+    };
+    let slot: Vec<u8> = abi::encode(&rec, key1)
+        .iter()
+        .flat_map(|w| w.to_le_bytes())
+        .collect();
+    let mut ring = chunk(6, 0, &slot);
+    ring.extend(chunk(5, 0, &1u64.to_le_bytes()));
+    let xml = "<domain type='kvm'><name>web01</name><memory unit='KiB'>2097152</memory>\
+<devices><memballoon model='virtio'/></devices></domain>";
+    let enrolled = crate::domain_xml::enroll(
+        xml,
+        "/var/lib/xftrace/kernels/x/System.map",
+        &["sys_read".into()],
+    )
+    .unwrap_or_default();
+    let mut records = Vec::new();
+    for (a, b, info) in [
+        (0x100u64, 1000u64, 0u64),
+        (0x200, 1100, 2),
+        (0x200, 1200, 3),
+        (0x100, 1300, 1),
+    ] {
+        records.extend(a.to_le_bytes());
+        records.extend(b.to_le_bytes());
+        records.extend(info.to_le_bytes());
+    }
+    let base = 0xffff_ffff_8100_0000u64;
+    vec![
+        ("locate", Vec::new()),
+        (
+            "locate",
+            chunk(0, 0x28, &(300u32 | (64 << 16)).to_le_bytes()),
+        ),
+        ("locate", chunk(4, 16, b"\n\x1b[2K")),
+        ("locate", chunk(3, 0x100, &u64::MAX.to_le_bytes())),
+        ("rings", ring),
+        ("rings", chunk(0, 0x800, &0x2000u64.to_le_bytes())),
+        ("render", records),
+        (
+            "paging",
+            [0xffff_ffff_a100_0000u64, 0xffff_ffff_c000_0010, u64::MAX]
+                .iter()
+                .flat_map(|v| v.to_le_bytes())
+                .collect(),
+        ),
+        (
+            "kernel_lists",
+            chunk(7, 0, &0xffff_ffff_c000_0008u64.to_le_bytes()),
+        ),
+        (
+            "kernel_lists",
+            chunk(8, 0, &0xffff_ffff_c000_0000u64.to_le_bytes()),
+        ),
+        ("system_map", MAP.as_bytes().to_vec()),
+        (
+            "vmlinux",
+            elf(
+                base,
+                &[0x90u8; 256],
+                &[(base + 4, 11, 1), (base + 16, 2, 3), (base + 24, 1, 2)],
+            ),
+        ),
+        ("domain_xml", xml.as_bytes().to_vec()),
+        ("domain_xml", enrolled.into_bytes()),
+    ]
+}
 
 #[cfg(test)]
 mod tests {
