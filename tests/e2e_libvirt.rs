@@ -238,6 +238,70 @@ fn hook_passes_plain_domains_and_refuses_broken_enrollments() {
         "libvirt did not pass on the hook's message: {msg}"
     );
     assert_ne!(domstate(&broken), "running");
+
+    // Whoever may define domains tries to run a command as root through
+    // always-on monitoring, and points xftrace at a file of their choice.
+    let evil = format!("xft-evil-{}", std::process::id());
+    lv.define(&evil, 128);
+    let o = enroll(st, &evil, &["--monitor", "sys_openat"]);
+    assert!(o.status.success(), "{}", out(&o));
+    let marker = lv.images.join("pwned");
+    let script = lv.images.join("pwn.sh");
+    std::fs::write(&script, format!("#!/bin/sh\ntouch {}\n", marker.display())).unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let xml =
+        String::from_utf8_lossy(&virsh(&["dumpxml", "--inactive", &evil]).stdout).into_owned();
+    let stored = xml
+        .split("system-map path=\"")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .expect("a recorded System.map")
+        .to_string();
+    assert!(
+        stored.starts_with(&st.join("kernels").display().to_string()),
+        "{stored}"
+    );
+    let xml = xml
+        .replace(
+            "functions=\"sys_openat\"",
+            &format!(
+                "functions=\"sys_openat --connect=qemu+ext:///system?command={}\"",
+                script.display()
+            ),
+        )
+        .replace(&stored, "/dev/zero");
+    let f = lv.images.join("evil-edited.xml");
+    std::fs::write(&f, xml).unwrap();
+    assert!(virsh(&["define", f.to_str().unwrap()]).status.success());
+    let o = virsh(&["start", &evil]);
+    assert!(o.status.success(), "{}", out(&o));
+    std::thread::sleep(Duration::from_secs(5));
+    assert!(!marker.exists(), "the domain definition ran a command");
+    let log = std::fs::read_to_string(st.join("domains").join(&evil).join("monitor.log")).unwrap();
+    assert!(
+        log.contains("not monitoring") && log.contains("not a function name"),
+        "{log}"
+    );
+    // The path from the definition is refused where it is used.
+    let o = xftrace(st, &["--domain", &evil, "status"]);
+    assert_eq!(o.status.code(), Some(3), "{}", out(&o));
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(
+        err.contains("/dev/zero") && err.contains("not in xftrace's state directory"),
+        "{err}"
+    );
+    virsh(&["destroy", &evil]);
+
+    // A domain that does not exist: one error line, xftrace's, exit 3.
+    let o = xftrace(st, &["--domain", "no-such-domain", "status"]);
+    assert_eq!(o.status.code(), Some(3), "{}", out(&o));
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert_eq!(
+        err.lines().filter(|l| !l.contains(" INFO ")).count(),
+        1,
+        "{err}"
+    );
+    assert!(err.contains("no domain named 'no-such-domain'"), "{err}");
     drop(lv);
 }
 

@@ -277,3 +277,179 @@ fn guest_that_stops_while_tracing_leaves_a_complete_trace() {
         .lines()
         .all(|l| l.starts_with('#') || l.starts_with(' ') || l.is_empty()));
 }
+
+/// Run `check --trace-seconds 0 --json` and return the findings.
+fn findings(x: &Xftrace) -> Vec<serde_json::Value> {
+    let o = x.run(&["check", "--json", "--trace-seconds", "0"]);
+    assert!(matches!(o.status.code(), Some(0 | 1)), "{:?}", text(&o));
+    String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+/// A guest root user cannot blind xftrace through tracefs: what concerns
+/// the function_graph tracer has no effect on xftrace's own client, and
+/// what narrows every graph client is reported.
+#[test]
+fn guest_root_cannot_blind_the_tracer_through_tracefs() {
+    let _one = common::serial();
+    let mut vm = Vm::boot(256, 1);
+    let x = Xftrace::new(&vm.ram);
+    vm.sh("mount -t tracefs nodev /sys/kernel/tracing");
+    let t = "/sys/kernel/tracing";
+
+    let o = x.run(&["on", "sys_openat"]);
+    assert!(o.status.success(), "{:?}", text(&o));
+    // Everything a root user in the guest can do to the function_graph
+    // tracer: switch it off or on, filter it, exclude, restrict by pid,
+    // set a threshold.
+    let tried = vm.sh(&format!(
+        "echo nop > {t}/current_tracer; echo function_graph > {t}/current_tracer; \
+         echo do_sys_openat2 > {t}/set_graph_notrace; echo __x64_sys_read > {t}/set_graph_function; \
+         echo 1 > {t}/set_ftrace_pid; echo 100000000 > {t}/tracing_thresh; cat {t}/current_tracer"
+    ));
+    eprintln!("guest: {tried}");
+    assert!(tried.contains("busy"), "function_graph took over: {tried}");
+    for _ in 0..3 {
+        vm.sh("cat /tmp/hello.txt > /dev/null");
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let f = findings(&x);
+    assert!(f.is_empty(), "{f:#?}");
+    let out = tempfile::tempdir().unwrap();
+    let trace_path = out.path().join("t.txt");
+    let o = x.run(&["off", "--output", trace_path.to_str().unwrap()]);
+    assert!(o.status.success(), "{:?}", text(&o));
+    let trace = std::fs::read_to_string(&trace_path).unwrap();
+    let lines = body(&trace);
+    let open = lines
+        .iter()
+        .position(|(d, f, _)| *d == 0 && f == "__x64_sys_openat() {")
+        .unwrap_or_else(|| panic!("openat was not traced:\n{trace}"));
+    assert!(
+        lines[open..]
+            .iter()
+            .any(|(d, f, _)| *d == 1 && f.starts_with("do_sys_openat2")),
+        "set_graph_notrace thinned the trace"
+    );
+    assert!(trace.contains(" 0 failed integrity checks"));
+    vm.sh(&format!(
+        "echo > {t}/set_graph_notrace; echo > {t}/set_graph_function; echo > {t}/set_ftrace_pid; echo 0 > {t}/tracing_thresh"
+    ));
+
+    // What narrows every graph client, xftrace's too, is a finding.
+    vm.sh(&format!("echo __x64_sys_read > {t}/set_ftrace_filter"));
+    std::thread::sleep(Duration::from_millis(200));
+    let f = findings(&x);
+    assert!(
+        f.iter().any(|x| x["kind"] == "tracer-integrity"
+            && x["detail"].as_str().unwrap().contains("set_ftrace_filter")),
+        "{f:#?}"
+    );
+    vm.sh(&format!(
+        "echo > {t}/set_ftrace_filter; echo 0 > /proc/sys/kernel/ftrace_enabled"
+    ));
+    std::thread::sleep(Duration::from_millis(200));
+    let f = findings(&x);
+    assert!(
+        f.iter()
+            .any(|x| x["detail"].as_str().unwrap().contains("ftrace is disabled")),
+        "{f:#?}"
+    );
+    let o = x.run(&["status"]);
+    assert!(
+        text(&o).0.contains("warning:    ftrace is disabled"),
+        "{:?}",
+        text(&o)
+    );
+    vm.sh("echo 1 > /proc/sys/kernel/ftrace_enabled");
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(findings(&x).is_empty());
+}
+
+/// Every CPU gets a ring, not only the first 16.
+#[test]
+fn cpus_beyond_sixteen_are_traced() {
+    let _one = common::serial();
+    let mut vm = Vm::boot(512, 18);
+    let x = Xftrace::new(&vm.ram);
+    let o = x.run(&["on", "sys_openat"]);
+    assert!(o.status.success(), "{:?}", text(&o));
+    vm.sh("taskset -c 17 cat /tmp/hello.txt > /dev/null; taskset -c 16 cat /tmp/hello.txt > /dev/null");
+    std::thread::sleep(Duration::from_millis(500));
+    let status = x.run(&["status"]);
+    let out = tempfile::tempdir().unwrap();
+    let trace_path = out.path().join("t.txt");
+    let o = x.run(&["off", "--output", trace_path.to_str().unwrap()]);
+    assert!(o.status.success(), "{:?}", text(&o));
+    let trace = std::fs::read_to_string(&trace_path).unwrap();
+    for cpu in [16, 17] {
+        assert!(
+            trace
+                .lines()
+                .any(|l| l.starts_with(&format!(" {cpu}) ")) && l.contains("|  __x64_sys_openat()")),
+            "nothing from CPU {cpu}:\n{}",
+            trace.lines().take(30).collect::<Vec<_>>().join("\n")
+        );
+    }
+    assert!(
+        text(&status).0.contains(" 0 dropped by the guest"),
+        "{:?}",
+        text(&status)
+    );
+}
+
+/// The command protocol against the real guest: a command being written
+/// (odd sequence number) is never applied, and a function list longer than
+/// the field is refused, not truncated.
+#[test]
+fn the_guest_applies_only_whole_commands() {
+    use xftrace::abi::{self, off};
+    use xftrace::guest_memory::{GuestRam, Machine, MemoryLayout};
+    let _one = common::serial();
+    let vm = Vm::boot(256, 1);
+    let size = std::fs::metadata(&vm.ram).unwrap().len();
+    let ram = GuestRam::open(&vm.ram, MemoryLayout::x86(size, Machine::Pc, None)).unwrap();
+    let map = xftrace::symbols::SystemMap::load(&common::system_map()).unwrap();
+    let k = xftrace::kernel::locate(&ram, &map, None).unwrap();
+    let w = |o: u64, v: u64| ram.write_u64(k.field(o), v).unwrap();
+    let r = |o: u64| ram.read_u64(k.field(o)).unwrap();
+    let wait_ack = |seq: u64| {
+        let end = std::time::Instant::now() + Duration::from_secs(10);
+        while r(off::ACK_SEQ) != seq {
+            assert!(
+                std::time::Instant::now() < end,
+                "no acknowledgement of {seq}"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        r(off::ACK_RESULT_TRACING) as u32 as i32
+    };
+    let base = r(off::CMD_SEQ).max(r(off::ACK_SEQ)) | 1;
+    // Half a command: odd sequence number, op "on", no list yet.
+    w(off::CMD_SEQ, base);
+    w(off::CMD_OP_FUNCS_LEN, abi::Op::On as u64 | (5 << 32));
+    std::thread::sleep(Duration::from_millis(300));
+    assert_ne!(
+        r(off::ACK_SEQ),
+        base,
+        "applied a command still being written"
+    );
+    // Finished with a list longer than the field: refused whole.
+    w(off::CMD_OP_FUNCS_LEN, abi::Op::On as u64 | (2000 << 32));
+    w(off::CMD_SEQ, base + 1);
+    assert_eq!(wait_ack(base + 1), -libc::E2BIG);
+    assert_eq!(r(off::ACK_RESULT_TRACING) >> 32, 0, "tracing turned on");
+    // A name that matches nothing is refused, and nothing changes.
+    for (i, c) in b"no_such_fn\0\0\0\0\0\0".chunks(8).enumerate() {
+        w(
+            off::FUNCS + 8 * i as u64,
+            u64::from_le_bytes(c.try_into().unwrap()),
+        );
+    }
+    w(off::CMD_SEQ, base + 2);
+    w(off::CMD_OP_FUNCS_LEN, abi::Op::On as u64 | (10 << 32));
+    w(off::CMD_SEQ, base + 3);
+    assert_eq!(wait_ack(base + 3), -libc::EINVAL);
+}

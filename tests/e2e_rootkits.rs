@@ -126,6 +126,23 @@ fn detects_every_test_rootkit_and_nothing_on_a_clean_guest() {
             "the guest left the running state"
         );
     }
+    // With a session on, ftrace's own patching (a call to its trampoline at
+    // every traced function, x64_sys_call's included) is no finding.
+    let o = x.run(&["on", "sys_openat", "sys_read"]);
+    assert!(o.status.success());
+    vm.sh(WORKLOAD);
+    let o = x.run(&["check", "--json", "--trace-seconds", "0"]);
+    let f = findings(&o);
+    assert!(
+        f.is_empty() && o.status.code() == Some(0),
+        "clean check while tracing found {f:?}"
+    );
+    let o = x.run(&[
+        "off",
+        "--output",
+        x.state.path().join("clean.txt").to_str().unwrap(),
+    ]);
+    assert!(o.status.success());
     let (o, t, rss) = measured(&x, &["check", "--json", "--trace-seconds", "0"]);
     assert_eq!(o.status.code(), Some(0));
     eprintln!(
