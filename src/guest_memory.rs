@@ -502,6 +502,18 @@ mod tests {
     }
 
     #[test]
+    fn paths_from_qemu_are_not_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("ram");
+        std::fs::write(&p, vec![0u8; 16 << 20]).unwrap();
+        let link = dir.path().join("pc.ram");
+        std::os::unix::fs::symlink(&p, &link).unwrap();
+        let layout = MemoryLayout::x86(16 << 20, Machine::Pc, None);
+        assert!(GuestRam::open_files(std::slice::from_ref(&link), layout.clone(), false).is_err());
+        assert!(GuestRam::open_files(&[link], layout, true).is_ok());
+    }
+
+    #[test]
     fn refuses_files_that_are_not_ram() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("small");

@@ -278,6 +278,28 @@ pub fn private_dir(path: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Create the directory `path` (0700) if it is missing; if it exists it
+/// must be a directory owned by root (or this user) that nobody else can
+/// write. For directories that hold nothing secret, only things that must
+/// not be replaced (trusted kernel builds).
+pub fn trusted_dir(path: &Path) -> Result<()> {
+    match std::fs::DirBuilder::new().mode(0o700).create(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            let meta = std::fs::symlink_metadata(path)
+                .map_err(|e| Error::io(format!("cannot stat {}", path.display()), e))?;
+            if !meta.is_dir() {
+                return Err(Error::Input(format!(
+                    "{} is not a directory",
+                    path.display()
+                )));
+            }
+            check_trusted(&meta, path, "directory")
+        }
+        Err(e) => Err(Error::io(format!("cannot create {}", path.display()), e)),
+    }
+}
+
 /// A path as bytes, for hashing.
 pub fn path_bytes(p: &Path) -> Vec<u8> {
     p.as_os_str().to_owned().into_vec()

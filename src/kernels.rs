@@ -51,8 +51,8 @@ pub fn store(
         return Ok(stored);
     }
     crate::state::open_root(root)?;
-    hostfs::private_dir(&root.join("kernels"))?;
-    hostfs::private_dir(&dir)?;
+    hostfs::trusted_dir(&root.join("kernels"))?;
+    hostfs::trusted_dir(&dir)?;
     if check_recorded(root, &stored).is_err() {
         hostfs::write_atomically(&stored, &map_bytes)?;
     }

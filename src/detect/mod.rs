@@ -243,3 +243,70 @@ pub fn watch(
         std::thread::sleep(interval.saturating_sub(t.elapsed()));
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::arithmetic_side_effects)]
+mod tests {
+    use super::*;
+    use crate::kernel::tests::{place_kernel, synthetic_guest, SLIDE, TEXT_PA};
+    use crate::symbols::tests::MAP;
+    use crate::target::Source;
+
+    #[test]
+    fn a_finding_is_one_line_whatever_the_guest_wrote() {
+        let mut f = Finding::new(
+            "ftrace-hook",
+            "runs 0x1 (outside the kernel image, in module evil\n[dom] idt: all clear\x1b[2K)",
+            &[1],
+            "",
+        );
+        f.domain = "web\r01".into();
+        let s = f.to_string();
+        assert_eq!(s.lines().count(), 1, "{s}");
+        assert!(!s.contains('\x1b') && !s.contains('\r'), "{s}");
+    }
+
+    /// A decoy (a second control block with page tables of its own, which
+    /// takes kernel privileges to build) is reported, and every check still
+    /// runs, against each block.
+    #[test]
+    fn a_decoy_is_reported_and_every_check_still_runs() {
+        let dir = tempfile::tempdir().unwrap();
+        let (ram, map) = synthetic_guest(dir.path());
+        place_kernel(&ram, &map, TEXT_PA + (32 << 20), SLIDE);
+        drop(ram);
+        std::fs::write(dir.path().join("System.map"), MAP).unwrap();
+        // A vmlinux holding the build's banner where System.map puts it.
+        let banner = map.addr("linux_banner").unwrap();
+        let mut data = b"Linux version 6.1.192 (test) #1 SMP\n\0".to_vec();
+        data.resize(64, 0);
+        std::fs::write(
+            dir.path().join("vmlinux"),
+            crate::fuzzing::elf(banner, &data, &[]),
+        )
+        .unwrap();
+        let target = Target {
+            source: Source::MemFile {
+                path: dir.path().join("ram"),
+                machine: None,
+                max_ram_below_4g: None,
+            },
+            system_map: Some(dir.path().join("System.map")),
+            vmlinux: None,
+            state_root: dir.path().join("state"),
+        };
+        let f = check(&target, &CheckOptions { trace_seconds: 0 }).unwrap();
+        assert!(
+            f.iter()
+                .any(|x| x.kind == "tracer-integrity" && x.detail.contains("decoy")),
+            "{f:#?}"
+        );
+        // The synthetic guest's thread never beats: each block's tracer
+        // check says so, once per block.
+        let stalled = f
+            .iter()
+            .filter(|x| x.detail.contains("heartbeat did not advance"))
+            .count();
+        assert_eq!(stalled, 2, "{f:#?}");
+    }
+}
