@@ -632,6 +632,13 @@ pub(crate) mod tests {
         assert!(recs.is_empty());
         assert_eq!(rd.stats.lost, u64::MAX - 256);
         assert_eq!(rd.stats.erased, 256);
+        // Rewound to 0, then all the way up again: the counters saturate.
+        for head in [0, u64::MAX] {
+            ram.write_u64(k.head(0), head).unwrap();
+            poll_all(&mut rd, &ram, &k, &klog);
+        }
+        assert_eq!(rd.stats.lost, u64::MAX);
+        assert_eq!(rd.stats.rewound, 1);
         // A ring moved to a bogus address is reported once, not followed.
         ram.write_u64(k.field(abi::ring_pa(1)), 0x2000).unwrap();
         let (_, anoms) = poll_all(&mut rd, &ram, &k, &klog);
