@@ -307,58 +307,7 @@ impl Vmlinux {
 pub(crate) mod tests {
     use super::*;
 
-    /// A minimal x86_64 ELF with `.text` at `text_addr`, a `.rela.text`
-    /// holding `relocs` (offset, type, symbol), a symbol table whose symbol
-    /// 1 is in `.text`, symbol 2 absolute and symbol 3 in `.data..percpu`.
-    pub(crate) fn elf(text_addr: u64, text: &[u8], relocs: &[(u64, u32, u64)]) -> Vec<u8> {
-        let shstr = b"\0.text\0.rela.text\0.symtab\0.data..percpu\0.shstrtab\0".to_vec();
-        let mut symtab = vec![0u8; 24 * 4];
-        symtab[24 + 6..24 + 8].copy_from_slice(&1u16.to_le_bytes());
-        symtab[48 + 6..48 + 8].copy_from_slice(&SHN_ABS.to_le_bytes());
-        symtab[72 + 6..72 + 8].copy_from_slice(&4u16.to_le_bytes());
-        let mut rela = Vec::new();
-        for &(off, ty, sym) in relocs {
-            rela.extend_from_slice(&off.to_le_bytes());
-            rela.extend_from_slice(&((sym << 32) | u64::from(ty)).to_le_bytes());
-            rela.extend_from_slice(&0u64.to_le_bytes());
-        }
-        let mut out = vec![0u8; 64];
-        let mut place = |data: &[u8]| {
-            let o = out.len() as u64;
-            out.extend_from_slice(data);
-            o
-        };
-        let text_off = place(text);
-        let rela_off = place(&rela);
-        let sym_off = place(&symtab);
-        let str_off = place(&shstr);
-        let shoff = out.len() as u64;
-        // name offsets in shstr: .text=1 .rela.text=7 .symtab=18 .data..percpu=26 .shstrtab=40
-        let sh = |name: u32, ty: u32, addr: u64, off: u64, size: u64, link: u32, info: u32| {
-            let mut h = vec![0u8; 64];
-            h[0..4].copy_from_slice(&name.to_le_bytes());
-            h[4..8].copy_from_slice(&ty.to_le_bytes());
-            h[0x10..0x18].copy_from_slice(&addr.to_le_bytes());
-            h[0x18..0x20].copy_from_slice(&off.to_le_bytes());
-            h[0x20..0x28].copy_from_slice(&size.to_le_bytes());
-            h[0x28..0x2c].copy_from_slice(&link.to_le_bytes());
-            h[0x2c..0x30].copy_from_slice(&info.to_le_bytes());
-            h
-        };
-        out.extend(sh(0, 0, 0, 0, 0, 0, 0));
-        out.extend(sh(1, 1, text_addr, text_off, text.len() as u64, 0, 0));
-        out.extend(sh(7, SHT_RELA, 0, rela_off, rela.len() as u64, 3, 1));
-        out.extend(sh(18, SHT_SYMTAB, 0, sym_off, symtab.len() as u64, 5, 0));
-        out.extend(sh(26, 1, 0, 0, 0, 0, 0));
-        out.extend(sh(40, 3, 0, str_off, shstr.len() as u64, 0, 0));
-        out[0..6].copy_from_slice(b"\x7fELF\x02\x01");
-        out[0x12..0x14].copy_from_slice(&62u16.to_le_bytes());
-        out[0x28..0x30].copy_from_slice(&shoff.to_le_bytes());
-        out[0x3a..0x3c].copy_from_slice(&64u16.to_le_bytes());
-        out[0x3c..0x3e].copy_from_slice(&6u16.to_le_bytes());
-        out[0x3e..0x40].copy_from_slice(&5u16.to_le_bytes());
-        out
-    }
+    pub(crate) use crate::fuzzing::elf;
 
     #[test]
     fn reads_sections_and_picks_kaslr_relocations() {
