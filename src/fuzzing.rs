@@ -383,7 +383,11 @@ pub fn system_map(data: &[u8]) {
         let _ = m.containing(0xffff_ffff_8100_0000);
         let _ = m.extent("_text");
     }
-    let (pat, name) = text.split_at(text.len() / 2);
+    let mid = (0..=text.len() / 2)
+        .rev()
+        .find(|&i| text.is_char_boundary(i))
+        .unwrap_or(0);
+    let (pat, name) = text.split_at(mid);
     let _ = crate::symbols::check_pattern(pat);
     let _ = crate::symbols::glob_match(pat, name);
 }
