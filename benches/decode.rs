@@ -10,8 +10,8 @@
 use std::time::Instant;
 
 use xftrace::abi::{self, Kind, Record};
-use xftrace::render;
-use xftrace::symbols::SystemMap;
+use xftrace::kernel::symbols::SystemMap;
+use xftrace::trace::render;
 
 fn synthetic_map() -> String {
     let mut s = String::from("ffffffff81000000 T _text\n");

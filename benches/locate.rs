@@ -10,9 +10,9 @@ use std::os::unix::fs::FileExt;
 use std::time::Instant;
 
 use xftrace::abi;
-use xftrace::guest_memory::{GuestAddress, GuestRam, Machine, MemoryLayout};
-use xftrace::kernel::locate;
-use xftrace::symbols::SystemMap;
+use xftrace::guest::memory::{GuestAddress, GuestRam, Machine, MemoryLayout};
+use xftrace::kernel::locate::locate;
+use xftrace::kernel::symbols::SystemMap;
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());

@@ -15,11 +15,11 @@ use std::path::PathBuf;
 use std::sync::{Mutex, OnceLock};
 
 use crate::abi::{self, Record};
-use crate::collect::RingReader;
-use crate::guest_memory::{GuestAddress, GuestRam, Machine, MemoryLayout};
-use crate::kernel::{self, LocateOptions};
-use crate::keys::Klog;
-use crate::symbols::SystemMap;
+use crate::guest::memory::{GuestAddress, GuestRam, Machine, MemoryLayout};
+use crate::kernel::locate::{self, LocateOptions};
+use crate::kernel::symbols::SystemMap;
+use crate::trace::keys::Klog;
+use crate::trace::rings::RingReader;
 
 /// A small kernel build: an 8 MiB image at `_text`.
 pub const MAP: &str = "\
@@ -223,20 +223,20 @@ pub fn locate(data: &[u8]) {
             let opts = LocateOptions {
                 confirm_with_page_tables: confirm,
             };
-            if let Ok(found) = kernel::locate_all(
+            if let Ok(found) = locate::locate_all(
                 &g.ram,
                 &g.map,
                 Some("Linux version 6.1.192 (fuzz) #1"),
                 opts,
             ) {
                 for k in &found.kernels {
-                    let _ = crate::trace_switch::read_status(&g.ram, k);
-                    let _ = kernel::max_low_pfn(&g.ram, &g.map, k);
+                    let _ = crate::trace::switch::read_status(&g.ram, k);
+                    let _ = locate::max_low_pfn(&g.ram, &g.map, k);
                     let _ = k.page_tables(&g.ram).translate(k.header.ctl_va);
                 }
                 // The slow path (a scan of all RAM) for one input in eight.
                 if found.kernels.is_empty() && data.first().is_some_and(|b| b & 7 == 0) {
-                    let _ = kernel::not_found(&g.ram, &found).to_string();
+                    let _ = locate::not_found(&g.ram, &found).to_string();
                 }
             }
         }
@@ -248,7 +248,7 @@ pub fn locate(data: &[u8]) {
 /// guest left them, polled twice around a rotation.
 pub fn rings(data: &[u8]) {
     with_guest(|g| {
-        let Ok(k) = kernel::locate(&g.ram, &g.map, None) else {
+        let Ok(k) = locate::locate(&g.ram, &g.map, None) else {
             return;
         };
         let Ok(mut rd) = RingReader::start(&g.ram, &k) else {
@@ -303,7 +303,7 @@ pub fn render(data: &[u8]) {
         });
     }
     let name = |a: u64| format!("{a:#x}");
-    let text = crate::render::render_to_string(&recs, 4, &name, &["fuzz".into()]);
+    let text = crate::trace::render::render_to_string(&recs, 4, &name, &["fuzz".into()]);
     // Output grows with the records, never with a field's value.
     assert!(
         text.len() <= 512 + recs.len() * 400,
@@ -326,7 +326,7 @@ pub fn paging(data: &[u8]) {
         let dirty = apply(g, data);
         let root = GuestAddress(pa(&g.map, "init_top_pgt"));
         for five in [false, true] {
-            let pt = crate::paging::PageTables::new(&g.ram, root, five);
+            let pt = crate::guest::paging::PageTables::new(&g.ram, root, five);
             for c in data.chunks_exact(8).take(16) {
                 let va = u64::from_le_bytes(c.try_into().unwrap());
                 let _ = pt.walk(va);
@@ -348,11 +348,11 @@ pub fn kernel_lists(data: &[u8]) {
         std::fs::write(&p, elf(0xffff_ffff_8100_0000, &[0u8; 0x1000], &[])).unwrap();
         (d, p)
     });
-    let Ok(v) = crate::vmlinux::Vmlinux::load(vpath) else {
+    let Ok(v) = crate::kernel::vmlinux::Vmlinux::load(vpath) else {
         return;
     };
     with_guest(|g| {
-        let Ok(k) = kernel::locate(&g.ram, &g.map, None) else {
+        let Ok(k) = locate::locate(&g.ram, &g.map, None) else {
             return;
         };
         let dirty = apply(g, data);
@@ -388,8 +388,8 @@ pub fn system_map(data: &[u8]) {
         .find(|&i| text.is_char_boundary(i))
         .unwrap_or(0);
     let (pat, name) = text.split_at(mid);
-    let _ = crate::symbols::check_pattern(pat);
-    let _ = crate::symbols::glob_match(pat, name);
+    let _ = crate::kernel::symbols::check_pattern(pat);
+    let _ = crate::kernel::symbols::glob_match(pat, name);
 }
 
 /// Parsing a vmlinux: sections, strings, relocations, mcount tables.
@@ -402,7 +402,7 @@ pub fn vmlinux(data: &[u8]) {
     if std::fs::write(&p, data).is_err() {
         return;
     }
-    if let Ok(v) = crate::vmlinux::Vmlinux::load(&p) {
+    if let Ok(v) = crate::kernel::vmlinux::Vmlinux::load(&p) {
         let base = 0xffff_ffff_8100_0000u64;
         let _ = v.bytes(base, 64);
         let _ = v.cstring(base);
@@ -415,16 +415,20 @@ pub fn vmlinux(data: &[u8]) {
 /// A domain definition: what the hook decides and what enrollment does.
 pub fn domain_xml(data: &[u8]) {
     let xml = String::from_utf8_lossy(data);
-    let _ = crate::domain_xml::prepare_decision(&xml);
-    if let Ok(f) = crate::domain_xml::facts(&xml) {
-        let _ = crate::hook::monitor_args(std::path::Path::new("/var/lib/xftrace"), "fuzz", &f);
-        if let Ok(new) = crate::domain_xml::enroll(
+    let _ = crate::libvirt::domain_xml::prepare_decision(&xml);
+    if let Ok(f) = crate::libvirt::domain_xml::facts(&xml) {
+        let _ = crate::libvirt::hook::monitor_args(
+            std::path::Path::new("/var/lib/xftrace"),
+            "fuzz",
+            &f,
+        );
+        if let Ok(new) = crate::libvirt::domain_xml::enroll(
             &xml,
             "/var/lib/xftrace/kernels/x/System.map",
             &["sys_read".into()],
         ) {
-            let _ = crate::domain_xml::facts(&new);
-            let _ = crate::domain_xml::unenroll(&new);
+            let _ = crate::libvirt::domain_xml::facts(&new);
+            let _ = crate::libvirt::domain_xml::unenroll(&new);
         }
     }
 }
@@ -528,7 +532,7 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
     ring.extend(chunk(5, 0, &1u64.to_le_bytes()));
     let xml = "<domain type='kvm'><name>web01</name><memory unit='KiB'>2097152</memory>\
 <devices><memballoon model='virtio'/></devices></domain>";
-    let enrolled = crate::domain_xml::enroll(
+    let enrolled = crate::libvirt::domain_xml::enroll(
         xml,
         "/var/lib/xftrace/kernels/x/System.map",
         &["sys_read".into()],
@@ -594,7 +598,7 @@ mod tests {
     fn the_harness_guest_is_a_valid_kernel() {
         with_guest(|g| {
             let k =
-                kernel::locate(&g.ram, &g.map, Some("Linux version 6.1.192 (fuzz) #1")).unwrap();
+                locate::locate(&g.ram, &g.map, Some("Linux version 6.1.192 (fuzz) #1")).unwrap();
             assert_eq!(k.text_pa, TEXT_PA);
             assert_eq!(k.slide, SLIDE);
         });
@@ -604,6 +608,6 @@ mod tests {
             f(&[0xffu8; 600]);
         }
         // Still valid after inputs were applied and undone.
-        with_guest(|g| assert!(kernel::locate(&g.ram, &g.map, None).is_ok()));
+        with_guest(|g| assert!(locate::locate(&g.ram, &g.map, None).is_ok()));
     }
 }

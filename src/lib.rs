@@ -30,25 +30,12 @@
 //! | [`vmlinux`] | the trusted build's bytes by link-time address |
 
 pub mod abi;
-pub mod collect;
 pub mod detect;
-pub mod domain_xml;
 pub mod error;
 pub mod escape;
 pub mod fuzzing;
-pub mod guest_memory;
-pub mod hook;
-pub mod hostfs;
+pub mod guest;
+pub mod host;
 pub mod kernel;
-pub mod kernels;
-pub mod keys;
 pub mod libvirt;
-pub mod paging;
-pub mod render;
-pub mod session;
-pub mod spool;
-pub mod state;
-pub mod symbols;
-pub mod target;
-pub mod trace_switch;
-pub mod vmlinux;
+pub mod trace;

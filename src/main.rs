@@ -8,12 +8,12 @@ use clap::{Args, Parser, Subcommand};
 
 use xftrace::error::Error;
 use xftrace::escape::escape;
-use xftrace::guest_memory::Machine;
-use xftrace::libvirt::{Libvirt, DEFAULT_URI};
-use xftrace::session::{self, CollectOptions};
-use xftrace::state::{self, GuestState};
-use xftrace::target::{Source, Target};
-use xftrace::{detect, hook, kernels, spool};
+use xftrace::guest::memory::Machine;
+use xftrace::host::statedir::{self, GuestState};
+use xftrace::kernel::target::{Source, Target};
+use xftrace::libvirt::connection::{Libvirt, DEFAULT_URI};
+use xftrace::trace::session::{self, CollectOptions};
+use xftrace::{detect, kernel::builds, libvirt::hook, trace::spool};
 
 /// Trace a KVM guest's kernel from the host, through the file that backs its
 /// RAM, without pausing it.
@@ -24,7 +24,7 @@ struct Cli {
     guest: GuestArgs,
 
     /// Where xftrace keeps per-guest state (0700).
-    #[arg(long, global = true, env = "XFTRACE_STATE_DIR", default_value = state::DEFAULT_ROOT)]
+    #[arg(long, global = true, env = "XFTRACE_STATE_DIR", default_value = statedir::DEFAULT_ROOT)]
     state_dir: PathBuf,
 
     #[command(subcommand)]
@@ -262,7 +262,7 @@ fn run(cli: Cli) -> Result<(), Error> {
             let lv = Libvirt::connect(&cli.guest.connect)?;
             // The domain must exist before anything is copied.
             lv.domain(name)?;
-            let stored = kernels::store(root, map, vmlinux.as_deref(), *dry_run)?;
+            let stored = builds::store(root, map, vmlinux.as_deref(), *dry_run)?;
             let (old, new) = lv.enroll(name, &stored, monitor, *dry_run)?;
             let name = escape(name);
             if *dry_run {
@@ -350,7 +350,7 @@ fn run(cli: Cli) -> Result<(), Error> {
             functions,
         } => {
             // The descriptor was left open for us by `on`.
-            let lock = unsafe { state::inherited_lock(*lock_fd) };
+            let lock = unsafe { statedir::inherited_lock(*lock_fd) };
             session::collect(
                 &target(&cli.guest, root)?,
                 lock,

@@ -406,13 +406,13 @@ fn cpus_beyond_sixteen_are_traced() {
 #[test]
 fn the_guest_applies_only_whole_commands() {
     use xftrace::abi::{self, off};
-    use xftrace::guest_memory::{GuestRam, Machine, MemoryLayout};
+    use xftrace::guest::memory::{GuestRam, Machine, MemoryLayout};
     let _one = common::serial();
     let vm = Vm::boot(256, 1);
     let size = std::fs::metadata(&vm.ram).unwrap().len();
     let ram = GuestRam::open(&vm.ram, MemoryLayout::x86(size, Machine::Pc, None)).unwrap();
-    let map = xftrace::symbols::SystemMap::load(&common::system_map()).unwrap();
-    let k = xftrace::kernel::locate(&ram, &map, None).unwrap();
+    let map = xftrace::kernel::symbols::SystemMap::load(&common::system_map()).unwrap();
+    let k = xftrace::kernel::locate::locate(&ram, &map, None).unwrap();
     let w = |o: u64, v: u64| ram.write_u64(k.field(o), v).unwrap();
     let r = |o: u64| ram.read_u64(k.field(o)).unwrap();
     let wait_ack = |seq: u64| {

@@ -73,7 +73,7 @@ pub struct Flow {
     pub unknown_code: Vec<Finding>,
 }
 
-/// One pass over records in time order (a [`crate::spool::Merged`]
+/// One pass over records in time order (a [`crate::trace::spool::Merged`]
 /// stream): edges up to `depth` levels below each root, leaving out
 /// interrupts and exceptions that arrived during the call (and whatever
 /// they called), and every frame whose code lies outside the kernel image.

@@ -14,11 +14,11 @@
 #![deny(clippy::arithmetic_side_effects)]
 
 use crate::escape::escape_bytes;
-use crate::guest_memory::GuestRam;
-use crate::kernel::GuestKernel;
-use crate::paging::PageTables;
-use crate::symbols::SystemMap;
-use crate::vmlinux::{Reloc, RelocKind, Vmlinux};
+use crate::guest::memory::GuestRam;
+use crate::guest::paging::PageTables;
+use crate::kernel::locate::GuestKernel;
+use crate::kernel::symbols::SystemMap;
+use crate::kernel::vmlinux::{Reloc, RelocKind, Vmlinux};
 
 use super::Finding;
 
@@ -649,9 +649,9 @@ fn ftrace_ops(cx: &Context, out: &mut Vec<Finding>) {
 #[allow(clippy::arithmetic_side_effects)]
 mod tests {
     use super::*;
-    use crate::guest_memory::GuestAddress;
-    use crate::kernel::tests::{pa_of, SLIDE, TEXT_PA};
-    use crate::kernel::{locate, tests::synthetic_guest};
+    use crate::guest::memory::GuestAddress;
+    use crate::kernel::locate::tests::{pa_of, SLIDE, TEXT_PA};
+    use crate::kernel::locate::{locate, tests::synthetic_guest};
 
     /// x64_sys_call of the synthetic build: `call __fentry__` at its start
     /// (an ftrace site), a jump table reference (a KASLR relocation), then
@@ -680,7 +680,7 @@ mod tests {
         let (ram, _) = synthetic_guest(dir.path());
         let map_text = format!(
             "{}ffffffff81200500 T x64_sys_call\nffffffff81200540 T after_it\nffffffff81200700 T __fentry__\nffffffff81200710 T ftrace_caller\nffffffff81200780 T ftrace_regs_caller\nffffffff82006000 D __start_mcount_loc\nffffffff82006008 D __stop_mcount_loc\n",
-            crate::symbols::tests::MAP
+            crate::kernel::symbols::tests::MAP
         );
         let map = SystemMap::parse(&map_text).unwrap();
         let k = locate(&ram, &map, None).unwrap();
@@ -695,7 +695,7 @@ mod tests {
         // relocation at +8.
         let mut text = vec![0u8; 0x200];
         text[..64].copy_from_slice(&built_code());
-        let elf = crate::vmlinux::tests::elf(FN, &text, &[(FN + 8, 11, 1)]);
+        let elf = crate::kernel::vmlinux::tests::elf(FN, &text, &[(FN + 8, 11, 1)]);
         let p = dir.path().join("vmlinux");
         std::fs::write(&p, elf).unwrap();
         let v = Vmlinux::load(&p).unwrap();

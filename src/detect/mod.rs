@@ -30,7 +30,7 @@ impl Finding {
     ) -> Self {
         Finding {
             domain: String::new(),
-            time: crate::state::now_unix(),
+            time: crate::host::statedir::now_unix(),
             kind: kind.to_string(),
             detail: detail.into(),
             addresses: addresses.iter().map(|a| format!("{a:#x}")).collect(),
@@ -63,10 +63,10 @@ use std::time::{Duration, Instant};
 use log::{info, warn};
 
 use crate::error::{Error, Result};
-use crate::kernel::GuestKernel;
-use crate::session;
-use crate::state::{now_unix, GuestState};
-use crate::target::Target;
+use crate::host::statedir::{now_unix, GuestState};
+use crate::kernel::locate::GuestKernel;
+use crate::kernel::target::Target;
+use crate::trace::session;
 
 /// How `check` and `watch` work.
 #[derive(Clone, Debug)]
@@ -82,7 +82,7 @@ fn baseline_path(state: &GuestState) -> PathBuf {
 /// A baseline is a few hundred kilobytes of call edges.
 const MAX_BASELINE: u64 = 64 << 20;
 
-fn namer(map: &crate::symbols::SystemMap, slide: u64) -> impl Fn(u64) -> String + '_ {
+fn namer(map: &crate::kernel::symbols::SystemMap, slide: u64) -> impl Fn(u64) -> String + '_ {
     move |a: u64| match map.containing(a.wrapping_sub(slide)) {
         Some((s, _)) => s.to_string(),
         None => format!("{a:#x}"),
@@ -107,7 +107,7 @@ pub fn check(target: &Target, opts: &CheckOptions) -> Result<Vec<Finding>> {
     let mut findings = Vec::new();
     if kernels.len() > 1 {
         let all = kernels.iter().map(|k| (*k).clone()).collect();
-        let e = crate::kernel::decoy(&crate::kernel::Located {
+        let e = crate::kernel::locate::decoy(&crate::kernel::locate::Located {
             kernels: all,
             candidates: 0,
             rejected: 0,
@@ -134,7 +134,7 @@ pub fn check(target: &Target, opts: &CheckOptions) -> Result<Vec<Finding>> {
     let single = kernels.len() == 1;
     drop(g);
     let baseline: Option<callflow::Baseline> =
-        crate::hostfs::read_text_bounded(&baseline_path(&state), MAX_BASELINE, "baseline")
+        crate::host::files::read_text_bounded(&baseline_path(&state), MAX_BASELINE, "baseline")
             .ok()
             .and_then(|t| serde_json::from_str(&t).ok());
     if let Some(b) = baseline.filter(|_| opts.trace_seconds > 0 && single) {
@@ -184,7 +184,7 @@ pub fn baseline(
     cap.finish()?;
     let state = target.state()?;
     let text = serde_json::to_string_pretty(&b).expect("serializes");
-    crate::hostfs::write_atomically(&baseline_path(&state), text.as_bytes())?;
+    crate::host::files::write_atomically(&baseline_path(&state), text.as_bytes())?;
     info!(
         "baseline of {records} records saved in {}",
         baseline_path(&state).display()
@@ -248,9 +248,9 @@ pub fn watch(
 #[allow(clippy::arithmetic_side_effects)]
 mod tests {
     use super::*;
-    use crate::kernel::tests::{place_kernel, synthetic_guest, SLIDE, TEXT_PA};
-    use crate::symbols::tests::MAP;
-    use crate::target::Source;
+    use crate::kernel::locate::tests::{place_kernel, synthetic_guest, SLIDE, TEXT_PA};
+    use crate::kernel::symbols::tests::MAP;
+    use crate::kernel::target::Source;
 
     #[test]
     fn a_finding_is_one_line_whatever_the_guest_wrote() {

@@ -5,17 +5,17 @@
 use std::time::Duration;
 
 use crate::abi::{self, GateState};
-use crate::guest_memory::GuestRam;
-use crate::kernel::GuestKernel;
-use crate::keys::Klog;
-use crate::state::GuestState;
-use crate::trace_switch;
+use crate::guest::memory::GuestRam;
+use crate::host::statedir::GuestState;
+use crate::kernel::locate::GuestKernel;
+use crate::trace::keys::Klog;
+use crate::trace::switch;
 
 use super::Finding;
 
 pub fn check(ram: &GuestRam, k: &GuestKernel, state: &GuestState) -> Vec<Finding> {
     let mut out = Vec::new();
-    let gs = match trace_switch::read_status(ram, k) {
+    let gs = match switch::read_status(ram, k) {
         Ok(s) => s,
         Err(e) => {
             out.push(Finding::new(
@@ -54,7 +54,7 @@ pub fn check(ram: &GuestRam, k: &GuestKernel, state: &GuestState) -> Vec<Finding
             format!("{} rings for {} CPUs", k.header.nr_rings, k.header.nr_cpus),
         ));
     }
-    if !trace_switch::guest_alive(ram, k, Duration::from_secs(2)).unwrap_or(false) {
+    if !switch::guest_alive(ram, k, Duration::from_secs(2)).unwrap_or(false) {
         out.push(Finding::new(
             "tracer-integrity",
             "the xftrace kernel thread's heartbeat did not advance in 2 s (thread stopped, or the VM paused)",
@@ -64,7 +64,7 @@ pub fn check(ram: &GuestRam, k: &GuestKernel, state: &GuestState) -> Vec<Finding
     } else if gs.cmd_seq != gs.ack_seq {
         // The thread runs but may simply not have polled yet: look again.
         std::thread::sleep(Duration::from_millis(300));
-        if let Ok(again) = trace_switch::read_status(ram, k) {
+        if let Ok(again) = switch::read_status(ram, k) {
             if again.cmd_seq != again.ack_seq && again.cmd_seq == gs.cmd_seq {
                 out.push(Finding::new(
                     "tracer-integrity",

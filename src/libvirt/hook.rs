@@ -8,9 +8,9 @@
 //!
 //! The domain XML is written by whoever may define domains, which is not
 //! necessarily whoever may run commands as root. Nothing from it reaches a
-//! command line but function names that pass [`crate::symbols::check_pattern`],
+//! command line but function names that pass [`crate::kernel::symbols::check_pattern`],
 //! after a `--`; paths in it are checked where they are used
-//! ([`crate::kernels::check_recorded`]).
+//! ([`crate::kernel::builds::check_recorded`]).
 
 use std::ffi::OsString;
 use std::io::{Read, Write};
@@ -18,11 +18,11 @@ use std::path::Path;
 
 use log::warn;
 
-use crate::domain_xml::{self, DomainFacts, HookDecision};
 use crate::error::{Error, Result};
 use crate::escape::escape;
-use crate::hostfs;
-use crate::state::{now_unix, GuestState};
+use crate::host::files;
+use crate::host::statedir::{now_unix, GuestState};
+use crate::libvirt::domain_xml::{self, DomainFacts, HookDecision};
 
 /// libvirt's domain XML is rarely above a few tens of kilobytes.
 const MAX_XML: u64 = 16 << 20;
@@ -43,7 +43,7 @@ fn record(root: &Path, name: &str, state: &str) -> Result<GuestState> {
         since: now_unix(),
     })
     .expect("serializes");
-    hostfs::write_atomically(&st.dir().join("libvirt.json"), text.as_bytes())?;
+    files::write_atomically(&st.dir().join("libvirt.json"), text.as_bytes())?;
     Ok(st)
 }
 
@@ -61,7 +61,7 @@ pub fn monitor_args(
         ));
     }
     for f in &facts.monitor {
-        crate::symbols::check_pattern(f)?;
+        crate::kernel::symbols::check_pattern(f)?;
     }
     let mut state_dir = OsString::from("--state-dir=");
     state_dir.push(root.as_os_str());
@@ -82,7 +82,7 @@ pub fn monitor_args(
 /// the guest kernel to boot, and holds none of the hook's pipes, so libvirt
 /// never waits for it.
 fn start_monitoring(root: &Path, st: &GuestState, name: &str, facts: &DomainFacts) -> Result<()> {
-    let mut log = hostfs::replace_private(&st.dir().join("monitor.log"))?;
+    let mut log = files::replace_private(&st.dir().join("monitor.log"))?;
     let args = match monitor_args(root, name, facts) {
         Ok(a) => a,
         Err(why) => {
@@ -95,7 +95,7 @@ fn start_monitoring(root: &Path, st: &GuestState, name: &str, facts: &DomainFact
             return Ok(());
         }
     };
-    crate::session::spawn_detached(
+    crate::trace::session::spawn_detached(
         &args,
         log,
         |cmd| {
@@ -109,8 +109,7 @@ fn start_monitoring(root: &Path, st: &GuestState, name: &str, facts: &DomainFact
 /// Read what the hook last recorded for domain `name`.
 pub fn recorded(root: &Path, name: &str) -> Option<LibvirtState> {
     let st = GuestState::existing_domain(root, name)?;
-    let text =
-        hostfs::read_text_bounded(&st.dir().join("libvirt.json"), 4096, "hook state").ok()?;
+    let text = files::read_text_bounded(&st.dir().join("libvirt.json"), 4096, "hook state").ok()?;
     serde_json::from_str(&text).ok()
 }
 
@@ -170,7 +169,7 @@ pub fn qemu(root: &Path, args: &[String], stdin: &mut dyn Read) -> Result<()> {
                     Ok(st) => {
                         if st.collector_running().unwrap_or(false) {
                             if let Some(s) = st.read_status() {
-                                crate::state::signal_collector(&s);
+                                crate::host::statedir::signal_collector(&s);
                             }
                         }
                     }

@@ -1,13 +1,13 @@
 //! x86_64 guest page tables, walked in guest RAM from the host.
 //!
-//! Kernel-image addresses translate linearly (see [`crate::kernel`]), but
+//! Kernel-image addresses translate linearly (see [`crate::kernel::locate`]), but
 //! modules, vmalloc and the direct map do not: those need the guest's own
 //! page tables, from `init_top_pgt` (4-level, or 5-level when the guest
 //! enabled LA57), with 1 GiB and 2 MiB pages. Every entry is guest data:
 //! a walk that leads outside RAM simply fails.
 #![deny(clippy::arithmetic_side_effects)]
 
-use crate::guest_memory::{GuestAddress, GuestRam};
+use crate::guest::memory::{GuestAddress, GuestRam};
 
 const PRESENT: u64 = 1;
 const HUGE: u64 = 1 << 7;
@@ -101,7 +101,7 @@ impl<'a> PageTables<'a> {
 #[allow(clippy::arithmetic_side_effects)]
 mod tests {
     use super::*;
-    use crate::guest_memory::{Machine, MemoryLayout};
+    use crate::guest::memory::{Machine, MemoryLayout};
 
     fn ram() -> (tempfile::TempDir, GuestRam) {
         let dir = tempfile::tempdir().unwrap();

@@ -21,17 +21,17 @@ use std::time::{Duration, Instant};
 use log::{error, info, warn};
 
 use crate::abi::Op;
-use crate::collect::RingReader;
 use crate::error::{Error, Result};
 use crate::escape::escape;
-use crate::hostfs;
-use crate::keys::KeyController;
-use crate::render;
-use crate::spool::{self, SpoolWriter};
-use crate::state::{self, now_unix, GuestState, Status};
-use crate::symbols::SystemMap;
-use crate::target::Target;
-use crate::trace_switch;
+use crate::host::files;
+use crate::host::statedir::{self, now_unix, GuestState, Status};
+use crate::kernel::symbols::SystemMap;
+use crate::kernel::target::Target;
+use crate::trace::keys::KeyController;
+use crate::trace::render;
+use crate::trace::rings::RingReader;
+use crate::trace::spool::{self, SpoolWriter};
+use crate::trace::switch;
 
 /// How the collector works.
 #[derive(Clone, Copy, Debug)]
@@ -125,7 +125,7 @@ fn start(
     };
     state.reset_session()?;
 
-    let log = hostfs::create_new_private(&state.collector_log())?;
+    let log = files::create_new_private(&state.collector_log())?;
     let fd = lock.as_raw_fd();
     let mut args: Vec<OsString> = target.args();
     args.extend([
@@ -172,7 +172,7 @@ fn start(
     }
 
     let flags = if opts.irqs { crate::abi::FLAG_IRQS } else { 0 };
-    if let Err(e) = trace_switch::send(
+    if let Err(e) = switch::send(
         &guest.ram,
         &guest.kernel,
         Op::On,
@@ -181,7 +181,7 @@ fn start(
         GUEST_ACK,
     ) {
         if let Some(s) = state.read_status() {
-            state::signal_collector(&s);
+            statedir::signal_collector(&s);
         }
         let _ = state.wait_unlocked(COLLECTOR_STOP);
         let _ = child.wait();
@@ -228,7 +228,7 @@ pub fn spawn_detached(
 }
 
 fn last_line(path: &Path) -> String {
-    hostfs::read_tail(path, LOG_TAIL)
+    files::read_tail(path, LOG_TAIL)
         .and_then(|t| {
             t.lines()
                 .rev()
@@ -255,7 +255,7 @@ fn stop(target: &Target) -> Result<Stopped> {
     let mut guest_error = None;
     match target.open() {
         Ok(g) => {
-            let gs = trace_switch::read_status(&g.ram, &g.kernel)?;
+            let gs = switch::read_status(&g.ram, &g.kernel)?;
             if !running && !gs.tracing && !have_spool {
                 return Err(Error::State(format!(
                     "tracing is not on for {}; start it with `xftrace on FUNCTION...`",
@@ -265,7 +265,7 @@ fn stop(target: &Target) -> Result<Stopped> {
             if !running && !have_spool {
                 warn!("no collector was running: turning the guest's tracer off, nothing to write");
             }
-            if let Err(e) = trace_switch::send(&g.ram, &g.kernel, Op::Off, &[], 0, GUEST_ACK) {
+            if let Err(e) = switch::send(&g.ram, &g.kernel, Op::Off, &[], 0, GUEST_ACK) {
                 guest_error = Some(e);
             }
         }
@@ -274,7 +274,7 @@ fn stop(target: &Target) -> Result<Stopped> {
     }
     if running {
         if let Some(s) = &status {
-            if !state::signal_collector(s) {
+            if !statedir::signal_collector(s) {
                 warn!(
                     "the collector (pid {}) could not be signalled as itself; waiting for it to notice",
                     s.pid
@@ -432,8 +432,8 @@ pub fn write_trace(
             .iter()
             .map(|w| format!("guest narrowed the capture: {w}")),
     );
-    if let Ok(k) = hostfs::open_regular(&state.klog(), "Klog") {
-        let mut out = hostfs::AtomicFile::create(&klog_path)?;
+    if let Ok(k) = files::open_regular(&state.klog(), "Klog") {
+        let mut out = files::AtomicFile::create(&klog_path)?;
         std::io::copy(&mut { k }, out.writer())
             .map_err(|e| Error::io(format!("cannot write {}", klog_path.display()), e))?;
         out.commit()?;
@@ -442,7 +442,7 @@ pub fn write_trace(
         .into_iter()
         .map(|s| (s.cpu(), s))
         .collect();
-    let mut out = hostfs::AtomicFile::create(output)?;
+    let mut out = files::AtomicFile::create(output)?;
     let n = render::render(out.writer(), rings, status.nr_cpus.max(1), &name, &notes)?;
     out.commit()?;
     Ok(n)
@@ -455,8 +455,8 @@ pub fn status(target: &Target) -> Result<()> {
     println!("guest:      {}", target.describe());
     let guest = target.open();
     if let Ok(g) = &guest {
-        let gs = trace_switch::read_status(&g.ram, &g.kernel)?;
-        let alive = trace_switch::guest_alive(&g.ram, &g.kernel, Duration::from_secs(1))?;
+        let gs = switch::read_status(&g.ram, &g.kernel)?;
+        let alive = switch::guest_alive(&g.ram, &g.kernel, Duration::from_secs(1))?;
         println!("kernel:     {}", escape(&g.kernel.banner));
         println!(
             "guest:      {}, tracer {}, key epoch {}, command {}/{} (result {})",
@@ -531,7 +531,7 @@ pub fn collect(
     opts: CollectOptions,
 ) -> Result<()> {
     let state = target.state()?;
-    let (pid, pid_start, boot_id) = state::own_identity();
+    let (pid, pid_start, boot_id) = statedir::own_identity();
     let mut status = Status {
         state: "starting".into(),
         pid,
@@ -583,7 +583,7 @@ fn collect_loop(
     reader.note_rotation(&g.ram, &g.kernel, first)?;
     status.key_rotations = 1;
     let mut spool = SpoolWriter::create(state.dir(), g.kernel.header.nr_rings, opts.spool_limit)?;
-    let mut anomalies = hostfs::replace_private(&state.anomalies())?;
+    let mut anomalies = files::replace_private(&state.anomalies())?;
     status.state = "collecting".into();
     status.key_epoch = keys.epoch();
     state.write_status(status)?;
@@ -648,7 +648,7 @@ fn collect_loop(
             warn!("{}", status.message);
         }
         if stopping || gone || last_report.elapsed() >= Duration::from_millis(500) {
-            let gs = trace_switch::read_status(&g.ram, &g.kernel)?;
+            let gs = switch::read_status(&g.ram, &g.kernel)?;
             if gs.heartbeat != heartbeat.0 {
                 heartbeat = (gs.heartbeat, Instant::now());
                 status.heartbeat_stalled = false;
@@ -715,7 +715,7 @@ mod tests {
 
     #[test]
     fn off_writes_through_no_planted_link() {
-        use crate::collect::tests::rec;
+        use crate::trace::rings::tests::rec;
         let dir = tempfile::tempdir().unwrap();
         let st = GuestState::for_domain(&dir.path().join("state"), "d").unwrap();
         let mut sp = SpoolWriter::create(st.dir(), 1, spool::DEFAULT_LIMIT).unwrap();
@@ -736,7 +736,7 @@ mod tests {
         ] {
             std::os::unix::fs::symlink(&victim, out.join(n)).unwrap();
         }
-        let map = SystemMap::parse(crate::symbols::tests::MAP).unwrap();
+        let map = SystemMap::parse(crate::kernel::symbols::tests::MAP).unwrap();
         let status = Status {
             nr_cpus: 1,
             ..Default::default()

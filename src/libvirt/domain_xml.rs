@@ -271,7 +271,7 @@ pub fn refuse_reason(f: &DomainFacts) -> Option<String> {
 /// way). `monitor` lists functions to trace from every start.
 pub fn enroll(xml: &str, system_map: &str, monitor: &[String]) -> Result<String, String> {
     for m in monitor {
-        crate::symbols::check_pattern(m)?;
+        crate::kernel::symbols::check_pattern(m)?;
     }
     let f = facts(xml)?;
     if let Some(why) = refuse_reason(&f) {

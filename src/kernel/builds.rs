@@ -15,8 +15,8 @@ use std::path::{Path, PathBuf};
 use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
-use crate::hostfs;
-use crate::symbols::{SystemMap, MAX_SYSTEM_MAP};
+use crate::host::files;
+use crate::kernel::symbols::{SystemMap, MAX_SYSTEM_MAP};
 
 /// A vmlinux with full debug info is a few hundred megabytes.
 const MAX_VMLINUX: u64 = 2 << 30;
@@ -37,7 +37,7 @@ pub fn store(
     vmlinux: Option<&Path>,
     dry_run: bool,
 ) -> Result<PathBuf> {
-    let map_bytes = hostfs::read_bounded(system_map, MAX_SYSTEM_MAP, "System.map")?;
+    let map_bytes = files::read_bounded(system_map, MAX_SYSTEM_MAP, "System.map")?;
     let text = std::str::from_utf8(&map_bytes)
         .map_err(|_| Error::Input(format!("System.map {} is not text", system_map.display())))?;
     let map = SystemMap::parse(text)
@@ -50,11 +50,11 @@ pub fn store(
     if dry_run {
         return Ok(stored);
     }
-    crate::state::open_root(root)?;
-    hostfs::trusted_dir(&root.join("kernels"))?;
-    hostfs::trusted_dir(&dir)?;
+    crate::host::statedir::open_root(root)?;
+    files::trusted_dir(&root.join("kernels"))?;
+    files::trusted_dir(&dir)?;
     if check_recorded(root, &stored).is_err() {
-        hostfs::write_atomically(&stored, &map_bytes)?;
+        files::write_atomically(&stored, &map_bytes)?;
     }
     if let Some(v) = vmlinux {
         let dest = dir.join("vmlinux");
@@ -75,7 +75,7 @@ fn same_size(a: &Path, b: &Path) -> bool {
 /// The vmlinux must be of the same build as the System.map: its `.text`
 /// starts at `_text` and it holds `linux_banner` where the map says.
 fn check_vmlinux_matches(vmlinux: &Path, map: &SystemMap) -> Result<()> {
-    let v = crate::vmlinux::Vmlinux::load(vmlinux)?;
+    let v = crate::kernel::vmlinux::Vmlinux::load(vmlinux)?;
     let ok = map
         .addr("linux_banner")
         .and_then(|a| v.cstring(a))
@@ -90,8 +90,8 @@ fn check_vmlinux_matches(vmlinux: &Path, map: &SystemMap) -> Result<()> {
 }
 
 fn copy_bounded(from: &Path, to: &Path, max: u64) -> Result<()> {
-    let f = hostfs::open_regular(from, "vmlinux")?;
-    let mut out = hostfs::AtomicFile::create(to)?;
+    let f = files::open_regular(from, "vmlinux")?;
+    let mut out = files::AtomicFile::create(to)?;
     let copied = std::io::copy(&mut f.take(max.saturating_add(1)), out.writer()).map_err(|e| {
         Error::io(
             format!("cannot copy {} to {}", from.display(), to.display()),
@@ -138,7 +138,7 @@ pub fn check_recorded(root: &Path, recorded: &Path) -> Result<PathBuf> {
     ] {
         let meta = std::fs::symlink_metadata(&p)
             .map_err(|e| Error::io(format!("cannot use {what} {}", p.display()), e))?;
-        hostfs::check_trusted(&meta, &p, what)?;
+        files::check_trusted(&meta, &p, what)?;
     }
     Ok(recorded.to_path_buf())
 }
@@ -147,14 +147,14 @@ pub fn check_recorded(root: &Path, recorded: &Path) -> Result<PathBuf> {
 pub fn recorded_vmlinux(system_map: &Path) -> Option<PathBuf> {
     let v = system_map.with_file_name("vmlinux");
     let meta = std::fs::symlink_metadata(&v).ok()?;
-    hostfs::check_trusted(&meta, &v, "vmlinux").ok()?;
+    files::check_trusted(&meta, &v, "vmlinux").ok()?;
     meta.is_file().then_some(v)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::symbols::tests::MAP;
+    use crate::kernel::symbols::tests::MAP;
     use std::os::unix::fs::PermissionsExt;
 
     #[test]

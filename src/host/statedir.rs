@@ -19,9 +19,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
-use crate::collect::RingStats;
 use crate::error::{Error, Result};
-use crate::hostfs;
+use crate::host::files;
+use crate::trace::rings::RingStats;
 
 /// Default root of xftrace's state (`--state-dir`, `XFTRACE_STATE_DIR`).
 pub const DEFAULT_ROOT: &str = "/var/lib/xftrace";
@@ -90,7 +90,7 @@ pub fn open_root(root: &Path) -> Result<()> {
                 .map_err(|e| Error::io(format!("cannot create {}", parent.display()), e))?;
         }
     }
-    hostfs::private_dir(root)
+    files::private_dir(root)
 }
 
 impl GuestState {
@@ -113,7 +113,7 @@ impl GuestState {
             })
             .take(40)
             .collect();
-        let id = format!("file-{base}-{:016x}", fnv1a(&hostfs::path_bytes(&canon)));
+        let id = format!("file-{base}-{:016x}", fnv1a(&files::path_bytes(&canon)));
         Self::open(root, "guests", &id)
     }
 
@@ -136,9 +136,9 @@ impl GuestState {
     fn open(root: &Path, kind: &str, id: &str) -> Result<Self> {
         open_root(root)?;
         let parent = root.join(kind);
-        hostfs::private_dir(&parent)?;
+        files::private_dir(&parent)?;
         let dir = parent.join(id);
-        hostfs::private_dir(&dir)?;
+        files::private_dir(&dir)?;
         Ok(GuestState { dir })
     }
 
@@ -172,32 +172,32 @@ impl GuestState {
 
     /// Remove the previous session's files.
     pub fn reset_session(&self) -> Result<()> {
-        crate::spool::remove(&self.dir)?;
+        crate::trace::spool::remove(&self.dir)?;
         for p in [
             self.klog(),
             self.anomalies(),
             self.status_path(),
             self.collector_log(),
         ] {
-            hostfs::remove_if_present(&p)?;
+            files::remove_if_present(&p)?;
         }
         Ok(())
     }
 
     /// Drop the spool and Klog once a trace (with its Klog) has been written.
     pub fn finish_session(&self) -> Result<()> {
-        crate::spool::remove(&self.dir)?;
-        hostfs::remove_if_present(&self.klog())
+        crate::trace::spool::remove(&self.dir)?;
+        files::remove_if_present(&self.klog())
     }
 
     pub fn read_status(&self) -> Option<Status> {
-        let text = hostfs::read_text_bounded(&self.status_path(), MAX_STATUS, "status").ok()?;
+        let text = files::read_text_bounded(&self.status_path(), MAX_STATUS, "status").ok()?;
         serde_json::from_str(&text).ok()
     }
 
     pub fn write_status(&self, s: &Status) -> Result<()> {
         let text = serde_json::to_string_pretty(s).expect("status serializes");
-        hostfs::write_atomically(&self.status_path(), text.as_bytes())
+        files::write_atomically(&self.status_path(), text.as_bytes())
     }
 
     fn lock_file(&self) -> Result<File> {
@@ -299,7 +299,7 @@ pub unsafe fn inherited_lock(fd: i32) -> File {
 
 /// This host's boot id (changes at every boot).
 pub fn boot_id() -> String {
-    hostfs::read_text_bounded(Path::new("/proc/sys/kernel/random/boot_id"), 64, "boot id")
+    files::read_text_bounded(Path::new("/proc/sys/kernel/random/boot_id"), 64, "boot id")
         .map(|s| s.trim().to_string())
         .unwrap_or_default()
 }
@@ -308,7 +308,7 @@ pub fn boot_id() -> String {
 /// field 22; the command name before it may hold anything, even ')').
 pub fn process_start_time(pid: i32) -> Option<u64> {
     let stat =
-        hostfs::read_text_bounded(Path::new(&format!("/proc/{pid}/stat")), 4096, "stat").ok()?;
+        files::read_text_bounded(Path::new(&format!("/proc/{pid}/stat")), 4096, "stat").ok()?;
     let after = &stat[stat.rfind(')')?.checked_add(1)?..];
     // Fields from 3 (state) on; starttime is field 22.
     after.split_whitespace().nth(19)?.parse().ok()

@@ -18,7 +18,7 @@ use log::warn;
 
 use crate::abi::{self, Kind, Record};
 use crate::error::{Error, Result};
-use crate::hostfs;
+use crate::host::files;
 
 /// Size of one record in a spool file.
 pub const RECORD_BYTES: u64 = 64;
@@ -40,7 +40,7 @@ pub fn files(dir: &Path) -> Vec<(u32, PathBuf)> {
 /// Remove a session's spool.
 pub fn remove(dir: &Path) -> Result<()> {
     for (_, p) in files(dir) {
-        hostfs::remove_if_present(&p)?;
+        files::remove_if_present(&p)?;
     }
     Ok(())
 }
@@ -61,7 +61,7 @@ impl SpoolWriter {
         remove(dir)?;
         let out = (0..rings.min(abi::MAX_RINGS))
             .map(|cpu| {
-                let f = hostfs::create_new_private(&dir.join(file_name(cpu)))?;
+                let f = files::create_new_private(&dir.join(file_name(cpu)))?;
                 Ok(Some(BufWriter::with_capacity(1 << 16, f)))
             })
             .collect::<Result<Vec<_>>>()?;
@@ -91,7 +91,7 @@ impl SpoolWriter {
         let w = match &mut self.out[i] {
             Some(w) => w,
             slot => {
-                let f = hostfs::replace_private(&self.dir.join(file_name(r.cpu)))?;
+                let f = files::replace_private(&self.dir.join(file_name(r.cpu)))?;
                 slot.insert(BufWriter::with_capacity(1 << 16, f))
             }
         };
@@ -173,7 +173,7 @@ pub struct RingStream {
 
 impl RingStream {
     pub fn open(cpu: u32, path: &Path) -> Result<Self> {
-        let f = hostfs::open_regular(path, "record spool")?;
+        let f = files::open_regular(path, "record spool")?;
         Ok(RingStream {
             cpu,
             path: path.to_path_buf(),
@@ -270,7 +270,7 @@ impl<I: Iterator<Item = Record>> Iterator for Merged<I> {
 #[allow(clippy::arithmetic_side_effects)]
 mod tests {
     use super::*;
-    use crate::collect::tests::rec;
+    use crate::trace::rings::tests::rec;
 
     #[test]
     fn round_trips_per_ring_and_merges_by_time() {

@@ -94,7 +94,7 @@ fn u64_at(b: &[u8], o: usize) -> Option<u64> {
 
 impl Vmlinux {
     pub fn load(path: &Path) -> Result<Self> {
-        let file = crate::hostfs::open_regular(path, "vmlinux")?;
+        let file = crate::host::files::open_regular(path, "vmlinux")?;
         let len = file
             .metadata()
             .map_err(|e| Error::io(format!("cannot stat vmlinux {}", path.display()), e))?

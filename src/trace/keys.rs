@@ -19,11 +19,11 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::abi;
 use crate::error::{Error, Result};
-use crate::guest_memory::GuestRam;
-use crate::kernel::GuestKernel;
+use crate::guest::memory::GuestRam;
+use crate::kernel::locate::GuestKernel;
 
 /// Epochs the collector keeps in memory: records older than the previous
-/// epoch are stale once read anyway (see [`crate::collect`]).
+/// epoch are stale once read anyway (see [`crate::trace::rings`]).
 const KEEP_IN_MEMORY: usize = 64;
 /// Enough of a Klog's end to hold its newest lines.
 const TAIL: u64 = 64 << 10;
@@ -73,7 +73,7 @@ impl Klog {
     /// enough to continue its epochs or check the guest's current key,
     /// however long the file has grown.
     pub fn load_tail(path: &Path) -> Result<Self> {
-        let text = crate::hostfs::read_tail(path, TAIL)
+        let text = crate::host::files::read_tail(path, TAIL)
             .ok_or_else(|| Error::Input(format!("cannot read Klog {}", path.display())))?;
         // The first line may be cut; parse_lines skips what does not parse.
         let mut k = Self::parse_lines(&text);
@@ -193,7 +193,7 @@ pub fn install(ram: &GuestRam, kernel: &GuestKernel, epoch: u64, key: u64) -> Re
 #[allow(clippy::arithmetic_side_effects)]
 mod tests {
     use super::*;
-    use crate::kernel::{locate, tests::synthetic_guest};
+    use crate::kernel::locate::{locate, tests::synthetic_guest};
 
     #[test]
     fn rotation_logs_then_publishes() {

@@ -8,12 +8,12 @@ use log::info;
 
 use crate::error::{Error, Result};
 use crate::escape::escape;
-use crate::guest_memory::{GuestRam, Machine, MemoryLayout};
-use crate::kernel::{self, GuestKernel, LocateOptions, Located};
-use crate::libvirt::Libvirt;
-use crate::state::GuestState;
-use crate::symbols::SystemMap;
-use crate::vmlinux::Vmlinux;
+use crate::guest::memory::{GuestRam, Machine, MemoryLayout};
+use crate::host::statedir::GuestState;
+use crate::kernel::locate::{self, GuestKernel, LocateOptions, Located};
+use crate::kernel::symbols::SystemMap;
+use crate::kernel::vmlinux::Vmlinux;
+use crate::libvirt::connection::Libvirt;
 
 #[derive(Clone, Debug)]
 pub enum Source {
@@ -81,7 +81,7 @@ fn layout_agrees(ram: &GuestRam, map: &SystemMap, k: &GuestKernel) -> bool {
     else {
         return false;
     };
-    match kernel::max_low_pfn(ram, map, k).and_then(|p| p.checked_mul(4096)) {
+    match locate::max_low_pfn(ram, map, k).and_then(|p| p.checked_mul(4096)) {
         // Firmware reserves at most a few MiB at the top of low RAM.
         Some(end) => end <= low_end && low_end.saturating_sub(end) < (256 << 20),
         None => false,
@@ -96,7 +96,7 @@ impl Target {
             return Some(v.clone());
         }
         if recorded {
-            return crate::kernels::recorded_vmlinux(map);
+            return crate::kernel::builds::recorded_vmlinux(map);
         }
         let v = map.with_file_name("vmlinux");
         v.is_file().then_some(v)
@@ -112,7 +112,7 @@ impl Target {
         } else {
             let mut all = vec![g.kernel.clone()];
             all.extend(g.others.iter().cloned());
-            Err(kernel::decoy(&Located {
+            Err(locate::decoy(&Located {
                 kernels: all,
                 candidates: 0,
                 rejected: 0,
@@ -141,7 +141,7 @@ impl Target {
                 let (map, recorded) = match (&self.system_map, facts.system_map) {
                     (Some(m), _) => (m.clone(), false),
                     (None, Some(m)) => (
-                        crate::kernels::check_recorded(&self.state_root, Path::new(&m))?,
+                        crate::kernel::builds::check_recorded(&self.state_root, Path::new(&m))?,
                         true,
                     ),
                     (None, None) => {
@@ -176,9 +176,9 @@ impl Target {
         for layout in layouts {
             let ram = GuestRam::open_files(&paths, layout, follow)?;
             let found =
-                kernel::locate_all(&ram, &map, banner.as_deref(), LocateOptions::default())?;
+                locate::locate_all(&ram, &map, banner.as_deref(), LocateOptions::default())?;
             if found.kernels.is_empty() {
-                first_err.get_or_insert(kernel::not_found(&ram, &found));
+                first_err.get_or_insert(locate::not_found(&ram, &found));
                 continue;
             }
             if several && !found.kernels.iter().any(|k| layout_agrees(&ram, &map, k)) {
@@ -275,8 +275,8 @@ impl Target {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernel::tests::{place_kernel, SLIDE};
-    use crate::symbols::tests::MAP;
+    use crate::kernel::locate::tests::{place_kernel, SLIDE};
+    use crate::kernel::symbols::tests::MAP;
 
     fn mem_target(dir: &Path, ram: &Path) -> Target {
         let map = dir.join("System.map");
@@ -310,7 +310,7 @@ mod tests {
             place_kernel(&ram, &map, 64 << 20, SLIDE);
             let pfn = map.addr("max_low_pfn").unwrap() - map.addr("_text").unwrap() + (64 << 20);
             ram.write_u64(
-                crate::guest_memory::GuestAddress(pfn),
+                crate::guest::memory::GuestAddress(pfn),
                 (low - (128 << 10)) >> 12,
             )
             .unwrap();

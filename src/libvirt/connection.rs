@@ -15,10 +15,10 @@ use virt::connect::Connect;
 use virt::domain::Domain;
 use virt::sys;
 
-use crate::domain_xml::{self, DomainFacts};
 use crate::error::{Error, Result};
 use crate::escape::escape;
-use crate::guest_memory::{MemoryLayout, RamRegion};
+use crate::guest::memory::{MemoryLayout, RamRegion};
+use crate::libvirt::domain_xml::{self, DomainFacts};
 
 pub const DEFAULT_URI: &str = "qemu:///system";
 
@@ -85,7 +85,7 @@ impl Libvirt {
     }
 
     /// Enroll `name` with the stored System.map at `system_map` (from
-    /// [`crate::kernels::store`]); returns (old XML, new XML). With
+    /// [`crate::kernel::builds::store`]); returns (old XML, new XML). With
     /// `dry_run`, nothing is defined.
     pub fn enroll(
         &self,
@@ -291,7 +291,7 @@ pub fn parse_mtree(text: &str, backends: &[String]) -> Vec<RamRegion> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::guest_memory::GuestAddress;
+    use crate::guest::memory::GuestAddress;
 
     /// QEMU 7.2 `info mtree -f` of a 512 MiB pc guest.
     const MTREE: &str = "FlatView #0

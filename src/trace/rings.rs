@@ -20,9 +20,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::abi::{self, DecodeError, RawSlot, Record};
 use crate::error::Result;
-use crate::guest_memory::{GuestAddress, GuestRam};
-use crate::kernel::GuestKernel;
-use crate::keys::Klog;
+use crate::guest::memory::{GuestAddress, GuestRam};
+use crate::kernel::locate::GuestKernel;
+use crate::trace::keys::Klog;
 
 /// Counters a collection keeps; saved in the session's status.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -398,8 +398,8 @@ fn read_one(
 pub(crate) mod tests {
     use super::*;
     use crate::abi::Kind;
-    use crate::kernel::{locate, tests::synthetic_guest};
-    use crate::keys::KeyController;
+    use crate::kernel::locate::{locate, tests::synthetic_guest};
+    use crate::trace::keys::KeyController;
 
     /// Where ring `cpu`'s slot `idx` is.
     pub(crate) fn slot_at(ram: &GuestRam, k: &GuestKernel, cpu: u32, idx: u64) -> GuestAddress {

@@ -19,9 +19,9 @@ use log::debug;
 use crate::abi::{self, ControlHeader};
 use crate::error::{Error, Result};
 use crate::escape::escape;
-use crate::guest_memory::{GuestAddress, GuestRam};
-use crate::paging::PageTables;
-use crate::symbols::{SystemMap, START_KERNEL_MAP};
+use crate::guest::memory::{GuestAddress, GuestRam};
+use crate::guest::paging::PageTables;
+use crate::kernel::symbols::{SystemMap, START_KERNEL_MAP};
 
 const ALIGN_2M: u64 = 2 << 20;
 /// x86_64 KASLR keeps the kernel image inside the 1 GiB text mapping.
@@ -390,8 +390,8 @@ pub fn max_low_pfn(ram: &GuestRam, map: &SystemMap, k: &GuestKernel) -> Option<u
 #[allow(clippy::arithmetic_side_effects)]
 pub(crate) mod tests {
     use super::*;
-    use crate::guest_memory::{Machine, MemoryLayout};
-    use crate::symbols::tests::MAP;
+    use crate::guest::memory::{Machine, MemoryLayout};
+    use crate::kernel::symbols::tests::MAP;
     use std::path::Path;
 
     pub(crate) const SLIDE: u64 = 0x1e00_0000;

@@ -134,7 +134,7 @@ pub struct SystemMap {
 
 impl SystemMap {
     pub fn load(path: &Path) -> Result<Self> {
-        let text = crate::hostfs::read_text_bounded(path, MAX_SYSTEM_MAP, "System.map")?;
+        let text = crate::host::files::read_text_bounded(path, MAX_SYSTEM_MAP, "System.map")?;
         Self::parse(&text).map_err(|m| Error::Input(format!("{}: {m}", path.display())))
     }
 

@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 
 use crate::abi::{self, GateState, Op};
 use crate::error::{Error, Result};
-use crate::guest_memory::{GuestAddress, GuestRam};
-use crate::kernel::GuestKernel;
+use crate::guest::memory::{GuestAddress, GuestRam};
+use crate::kernel::locate::GuestKernel;
 
 /// The guest's view, read from its control block.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -202,7 +202,7 @@ pub fn send(
 #[allow(clippy::arithmetic_side_effects)]
 mod tests {
     use super::*;
-    use crate::kernel::{locate, tests::synthetic_guest};
+    use crate::kernel::locate::{locate, tests::synthetic_guest};
 
     #[test]
     fn hostile_sequence_numbers_and_results_do_not_panic() {

@@ -1,0 +1,8 @@
+//! The guest kernel: the trusted build (`symbols`, `vmlinux`, `builds`),
+//! finding it in guest RAM (`locate`), and opening a guest (`target`).
+
+pub mod builds;
+pub mod locate;
+pub mod symbols;
+pub mod target;
+pub mod vmlinux;
