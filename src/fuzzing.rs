@@ -356,14 +356,28 @@ pub fn kernel_lists(data: &[u8]) {
             return;
         };
         let dirty = apply(g, data);
-        let cx = crate::detect::integrity::Context {
-            ram: &g.ram,
-            map: &g.map,
-            kernel: &k,
+        static DIR: OnceLock<(tempfile::TempDir, crate::host::statedir::GuestDir)> =
+            OnceLock::new();
+        let (_, dir) = DIR.get_or_init(|| {
+            let t = tempfile::tempdir().expect("temp dir");
+            let d = crate::host::statedir::GuestDir::for_domain(&t.path().join("state"), "fuzz")
+                .expect("state dir");
+            (t, d)
+        });
+        let cx = crate::detect::checks::Context {
+            view: crate::kernel::guest::KernelView::new(&g.ram, &g.map, &k),
             vmlinux: &v,
-            modules: Default::default(),
+            dir,
         };
-        for f in crate::detect::integrity::check_all(&cx) {
+        // Every check of guest memory (not the tracer's: it waits for a
+        // heartbeat).
+        let mut out = Vec::new();
+        for c in crate::detect::checks::CHECKS {
+            if c.kind() != crate::detect::FindingKind::TracerIntegrity {
+                c.run(&cx, &mut out);
+            }
+        }
+        for f in out {
             let _ = f.to_string();
         }
         for c in data.chunks_exact(8).take(8) {
@@ -388,7 +402,7 @@ pub fn system_map(data: &[u8]) {
         .find(|&i| text.is_char_boundary(i))
         .unwrap_or(0);
     let (pat, name) = text.split_at(mid);
-    let _ = crate::kernel::symbols::check_pattern(pat);
+    let _ = crate::abi::funcs::check_pattern(pat);
     let _ = crate::kernel::symbols::glob_match(pat, name);
 }
 

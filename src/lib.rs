@@ -2,34 +2,28 @@
 //! without pausing the guest.
 //!
 //! The guest kernel (patched by `guest-kernel/`) writes each function_graph
-//! event, XORed with a key the host rotates, into rings inside its own image.
-//! The host maps the file that backs the guest's RAM and does the rest:
+//! event, XORed with a key the host rotates, into rings the host can find.
+//! The host maps the file that backs the guest's RAM and does the rest.
 //!
-//! | module | job |
-//! |---|---|
-//! | [`guest_memory`] | guest physical addresses → RAM file; volatile/atomic access |
-//! | [`escape`] | guest- and definition-derived text made safe for terminals and files |
-//! | [`hostfs`] | private, atomic, bounded host files; no link is ever followed |
-//! | [`kernels`] | trusted guest-kernel builds kept in the state directory |
-//! | [`spool`] | decoded records on disk, per ring, bounded, streamed back |
-//! | [`symbols`] | the trusted System.map: lookups, names users type |
-//! | [`kernel`] | find and validate the control block despite KASLR |
-//! | [`abi`] | the guest↔host contract of `docs/abi.md` |
-//! | [`keys`] | Key Controller and Klog |
-//! | [`trace_switch`] | on/off commands through the control block |
-//! | [`collect`] | read the rings under their commit protocol |
-//! | [`render`] | `trace_graph.txt` in ftrace's function_graph layout |
-//! | [`state`] | private per-guest state, collector lock, status |
-//! | [`target`] | which guest: a RAM file, or a libvirt domain |
-//! | [`libvirt`] | domains, enrollment, RAM files and layout via QEMU's monitor |
-//! | [`domain_xml`] | byte-preserving domain XML edits, the hook's decision |
-//! | [`hook`] | the libvirt qemu hook (never calls libvirt) |
-//! | [`session`] | `on` / `off` / `status` and the background collector |
-//! | [`detect`] | findings: control-data and tracer integrity, call flow |
-//! | [`paging`] | guest page-table walks (4/5-level) for module memory |
-//! | [`vmlinux`] | the trusted build's bytes by link-time address |
+//! Each folder is one layer, listed bottom first; a layer uses only itself
+//! and the layers above it in this table (`tests/layers.rs` keeps it so):
+//!
+//! | layer | modules | job |
+//! |---|---|---|
+//! | foundation | [`error`], [`escape`] | errors with exit codes; guest text made safe to print |
+//! | [`abi`] | `header`, `record`, `layout`, `funcs`, `le` | the guest↔host contract of `docs/abi.md`; the only place that computes offsets |
+//! | [`host`] | `files`, `statedir`, `process` | private, atomic, bounded host files; the per-guest state directory and its lock; background processes |
+//! | [`guest`] | `memory`, `paging` | guest physical memory through the RAM files; the guest's page tables |
+//! | [`libvirt`] | `connection`, `domain_xml`, `hook` | domains, their RAM files and layout via QEMU's monitor; enrollment edits; the `virsh start` hook |
+//! | [`kernel`] | `symbols`, `vmlinux`, `builds`, `locate`, `guest`, `target` | the trusted build; finding the kernel in RAM; an opened guest; which guest to open |
+//! | [`trace`] | `keys`, `switch`, `rings`, `spool`, `render`, `status`, `session`, `collector` | Klog and keys, on/off, reading the rings, the spool, `trace_graph.txt`, sessions and the collector |
+//! | [`detect`] | `checks`, `callflow`, `run` | findings: one file per check of guest memory, call flow against a baseline, `check`/`watch`/`baseline` |
+//! | [`cli`] | `domains` | the command line and its one exit-code mapping |
+//!
+//! [`fuzzing`] holds the fuzz harnesses (test support, used by nothing else).
 
 pub mod abi;
+pub mod cli;
 pub mod detect;
 pub mod error;
 pub mod escape;

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::abi::{Kind, Record};
 
-use super::Finding;
+use super::{Finding, FindingKind};
 
 /// Per traced root function, `caller>callee` edges with counts.
 pub type Edges = BTreeMap<String, BTreeMap<String, u64>>;
@@ -121,7 +121,7 @@ pub fn analyze(
         .into_iter()
         .map(|((root, func), (parent, pid))| {
             Finding::new(
-                "call-flow-unknown-code",
+                FindingKind::CallFlowUnknownCode,
                 format!(
                     "{} runs code outside the kernel image at {func:#x}{}",
                     name(root),
@@ -173,7 +173,7 @@ pub fn new_edges(baseline: &Baseline, now: &Edges) -> Vec<Finding> {
             let callee = edge.split_once('>').map_or(edge.as_str(), |(_, c)| c);
             if !callees.contains(callee) {
                 out.push(Finding::new(
-                    "call-flow-new-edge",
+                    FindingKind::CallFlowNewEdge,
                     format!(
                         "{root}: {} never seen in the baseline",
                         edge.replace('>', " -> ")

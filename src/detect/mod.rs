@@ -1,20 +1,71 @@
 //! Rootkit detection: findings from guest memory (control-data integrity,
 //! the tracer's own integrity) and from traces (call flow).
+//!
+//! | module | what |
+//! |---|---|
+//! | [`checks`] | one file per check over guest memory, behind the [`checks::Check`] trait |
+//! | [`callflow`] | what traced syscalls call, against a baseline |
+//! | [`run`] | `check`, `watch` and `baseline`: open the guest once, run everything |
 
 pub mod callflow;
-pub mod integrity;
-pub mod tracer;
+pub mod checks;
+pub mod run;
 
-use serde::Serialize;
+pub use run::{baseline, check, watch, CheckOptions};
+
+use log::warn;
+use serde::{Deserialize, Serialize};
+
+/// What a finding is about; its JSON form is the kebab-case name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FindingKind {
+    /// A `sys_call_table` entry differs from the build.
+    SyscallTable,
+    /// `x64_sys_call`'s code differs from the build where the kernel does
+    /// not change it itself.
+    SyscallDispatch,
+    /// An IDT gate enters something other than kernel entry code.
+    Idt,
+    /// A well-known operation table differs from the build.
+    OperationTable,
+    /// An ftrace callback outside the kernel image.
+    FtraceHook,
+    /// xftrace itself was attacked, narrowed or duplicated.
+    TracerIntegrity,
+    /// A traced call ran code outside the kernel image.
+    CallFlowUnknownCode,
+    /// A traced call made a call the baseline never saw.
+    CallFlowNewEdge,
+}
+
+impl FindingKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FindingKind::SyscallTable => "syscall-table",
+            FindingKind::SyscallDispatch => "syscall-dispatch",
+            FindingKind::Idt => "idt",
+            FindingKind::OperationTable => "operation-table",
+            FindingKind::FtraceHook => "ftrace-hook",
+            FindingKind::TracerIntegrity => "tracer-integrity",
+            FindingKind::CallFlowUnknownCode => "call-flow-unknown-code",
+            FindingKind::CallFlowNewEdge => "call-flow-new-edge",
+        }
+    }
+}
+
+impl std::fmt::Display for FindingKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
 
 /// One thing an operator should look at.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Finding {
     pub domain: String,
     pub time: f64,
-    /// syscall-table, syscall-dispatch, idt, operation-table, ftrace-hook,
-    /// tracer-integrity, call-flow-unknown-code, call-flow-new-edge
-    pub kind: String,
+    pub kind: FindingKind,
     pub detail: String,
     /// Addresses involved, as hex strings.
     pub addresses: Vec<String>,
@@ -23,7 +74,7 @@ pub struct Finding {
 
 impl Finding {
     pub fn new(
-        kind: &str,
+        kind: FindingKind,
         detail: impl Into<String>,
         addresses: &[u64],
         evidence: impl Into<String>,
@@ -31,7 +82,7 @@ impl Finding {
         Finding {
             domain: String::new(),
             time: crate::host::statedir::now_unix(),
-            kind: kind.to_string(),
+            kind,
             detail: detail.into(),
             addresses: addresses.iter().map(|a| format!("{a:#x}")).collect(),
             evidence: evidence.into(),
@@ -47,7 +98,7 @@ impl std::fmt::Display for Finding {
             f,
             "[{}] {}: {}",
             escape(&self.domain),
-            escape(&self.kind),
+            self.kind,
             escape(&self.detail)
         )?;
         if !self.evidence.is_empty() {
@@ -55,141 +106,6 @@ impl std::fmt::Display for Finding {
         }
         Ok(())
     }
-}
-
-use std::path::PathBuf;
-use std::time::{Duration, Instant};
-
-use log::{info, warn};
-
-use crate::error::{Error, Result};
-use crate::host::statedir::{now_unix, GuestState};
-use crate::kernel::locate::GuestKernel;
-use crate::kernel::target::Target;
-use crate::trace::session;
-
-/// How `check` and `watch` work.
-#[derive(Clone, Debug)]
-pub struct CheckOptions {
-    /// Seconds of tracing for the call-flow check (needs a baseline; 0 skips it).
-    pub trace_seconds: u64,
-}
-
-fn baseline_path(state: &GuestState) -> PathBuf {
-    state.dir().join("baseline.json")
-}
-
-/// A baseline is a few hundred kilobytes of call edges.
-const MAX_BASELINE: u64 = 64 << 20;
-
-fn namer(map: &crate::kernel::symbols::SystemMap, slide: u64) -> impl Fn(u64) -> String + '_ {
-    move |a: u64| match map.containing(a.wrapping_sub(slide)) {
-        Some((s, _)) => s.to_string(),
-        None => format!("{a:#x}"),
-    }
-}
-
-/// One check of the guest: integrity of control data and of the tracer,
-/// and, with a baseline, its call flow. With several control blocks (a
-/// decoy), that is a finding, and every other check still runs, against
-/// each of them.
-pub fn check(target: &Target, opts: &CheckOptions) -> Result<Vec<Finding>> {
-    let domain = target.describe();
-    let state = target.state()?;
-    let g = target.open_all()?;
-    let vmlinux = g.vmlinux.as_ref().ok_or_else(|| {
-        Error::Input(format!(
-            "checks compare the guest with its build's vmlinux: none beside {}; pass --vmlinux",
-            g.system_map.display()
-        ))
-    })?;
-    let kernels: Vec<&GuestKernel> = std::iter::once(&g.kernel).chain(&g.others).collect();
-    let mut findings = Vec::new();
-    if kernels.len() > 1 {
-        let all = kernels.iter().map(|k| (*k).clone()).collect();
-        let e = crate::kernel::locate::decoy(&crate::kernel::locate::Located {
-            kernels: all,
-            candidates: 0,
-            rejected: 0,
-            first_reason: None,
-        });
-        findings.push(Finding::new(
-            "tracer-integrity",
-            e.to_string(),
-            &kernels.iter().map(|k| k.ctl.0).collect::<Vec<_>>(),
-            "control block duplicated: every check ran against each",
-        ));
-    }
-    for k in &kernels {
-        let cx = integrity::Context {
-            ram: &g.ram,
-            map: &g.map,
-            kernel: k,
-            vmlinux,
-            modules: Default::default(),
-        };
-        findings.extend(integrity::check_all(&cx));
-        findings.extend(tracer::check(&g.ram, k, &state));
-    }
-    let single = kernels.len() == 1;
-    drop(g);
-    let baseline: Option<callflow::Baseline> =
-        crate::host::files::read_text_bounded(&baseline_path(&state), MAX_BASELINE, "baseline")
-            .ok()
-            .and_then(|t| serde_json::from_str(&t).ok());
-    if let Some(b) = baseline.filter(|_| opts.trace_seconds > 0 && single) {
-        if state.collector_running()? {
-            info!("a tracing session is running: call-flow check skipped");
-        } else {
-            let cap = session::capture(
-                target,
-                &b.functions,
-                Duration::from_secs(opts.trace_seconds),
-            )?;
-            let flow = {
-                let name = namer(&cap.map, cap.status.slide);
-                let slide = cap.status.slide;
-                let in_image = |a: u64| cap.map.in_image(a.wrapping_sub(slide));
-                callflow::analyze(cap.records()?, &name, &in_image, b.depth)
-            };
-            findings.extend(flow.unknown_code);
-            findings.extend(callflow::new_edges(&b, &flow.edges));
-            cap.finish()?;
-        }
-    }
-    for f in &mut findings {
-        f.domain = domain.clone();
-    }
-    Ok(findings)
-}
-
-/// `baseline`: trace the clean guest and save its call flow.
-pub fn baseline(
-    target: &Target,
-    functions: &[String],
-    duration: Duration,
-    depth: u32,
-) -> Result<callflow::Baseline> {
-    let cap = session::capture(target, functions, duration)?;
-    let flow = {
-        let name = namer(&cap.map, cap.status.slide);
-        callflow::analyze(cap.records()?, &name, &|_| true, depth)
-    };
-    let b = callflow::Baseline {
-        functions: cap.status.functions.clone(),
-        depth,
-        edges: flow.edges,
-    };
-    let records = cap.status.rings.records;
-    cap.finish()?;
-    let state = target.state()?;
-    let text = serde_json::to_string_pretty(&b).expect("serializes");
-    crate::host::files::write_atomically(&baseline_path(&state), text.as_bytes())?;
-    info!(
-        "baseline of {records} records saved in {}",
-        baseline_path(&state).display()
-    );
-    Ok(b)
 }
 
 /// Print findings, one per line, and log them.
@@ -204,58 +120,19 @@ pub fn report(findings: &[Finding], json: bool) {
     }
 }
 
-/// `watch`: check every `interval` until interrupted; report each finding
-/// when it first appears, with how long after the last clean check.
-pub fn watch(
-    target: &Target,
-    opts: &CheckOptions,
-    interval: Duration,
-    json: bool,
-    rounds: Option<u64>,
-) -> Result<bool> {
-    let mut known = std::collections::BTreeSet::new();
-    let mut last_clean = now_unix();
-    let mut any = false;
-    let mut n = 0;
-    loop {
-        let t = Instant::now();
-        let findings = check(target, opts)?;
-        let new: Vec<Finding> = findings
-            .into_iter()
-            .filter(|f| known.insert((f.kind.clone(), f.detail.clone())))
-            .collect();
-        if new.is_empty() && known.is_empty() {
-            last_clean = now_unix();
-        }
-        for f in &new {
-            info!(
-                "detection latency: {} first seen {:.2} s after the last clean check",
-                f.kind,
-                f.time - last_clean
-            );
-        }
-        any |= !new.is_empty();
-        report(&new, json);
-        n += 1;
-        if rounds.is_some_and(|r| n >= r) {
-            return Ok(any);
-        }
-        std::thread::sleep(interval.saturating_sub(t.elapsed()));
-    }
-}
-
 #[cfg(test)]
 #[allow(clippy::arithmetic_side_effects)]
 mod tests {
+    use super::run::{check, CheckOptions};
     use super::*;
     use crate::kernel::locate::tests::{place_kernel, synthetic_guest, SLIDE, TEXT_PA};
     use crate::kernel::symbols::tests::MAP;
-    use crate::kernel::target::Source;
+    use crate::kernel::target::{MemFile, Source, Target};
 
     #[test]
     fn a_finding_is_one_line_whatever_the_guest_wrote() {
         let mut f = Finding::new(
-            "ftrace-hook",
+            FindingKind::FtraceHook,
             "runs 0x1 (outside the kernel image, in module evil\n[dom] idt: all clear\x1b[2K)",
             &[1],
             "",
@@ -286,11 +163,11 @@ mod tests {
         )
         .unwrap();
         let target = Target {
-            source: Source::MemFile {
+            source: Source::MemFile(MemFile {
                 path: dir.path().join("ram"),
                 machine: None,
                 max_ram_below_4g: None,
-            },
+            }),
             system_map: Some(dir.path().join("System.map")),
             vmlinux: None,
             state_root: dir.path().join("state"),
@@ -298,7 +175,7 @@ mod tests {
         let f = check(&target, &CheckOptions { trace_seconds: 0 }).unwrap();
         assert!(
             f.iter()
-                .any(|x| x.kind == "tracer-integrity" && x.detail.contains("decoy")),
+                .any(|x| x.kind == FindingKind::TracerIntegrity && x.detail.contains("decoy")),
             "{f:#?}"
         );
         // The synthetic guest's thread never beats: each block's tracer

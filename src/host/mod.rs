@@ -3,4 +3,5 @@
 //! (`statedir`), and background processes (`process`).
 
 pub mod files;
+pub mod process;
 pub mod statedir;

@@ -7,9 +7,7 @@
 //! One collector per guest holds the lock exclusively for as long as it
 //! runs. Anyone who only wants to know whether a collector runs probes with
 //! a shared lock, which never makes a concurrent `on` believe a collector
-//! is there. A collector is signalled only once it is proven to be the
-//! process that wrote the status (its pid, start time and boot), through a
-//! pidfd, so a recycled pid is never hit.
+//! is there.
 
 use std::fs::{File, OpenOptions};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -17,16 +15,13 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use serde::{Deserialize, Serialize};
-
 use crate::error::{Error, Result};
 use crate::host::files;
-use crate::trace::rings::RingStats;
 
 /// Default root of xftrace's state (`--state-dir`, `XFTRACE_STATE_DIR`).
 pub const DEFAULT_ROOT: &str = "/var/lib/xftrace";
-/// A status.json is a few hundred bytes.
-const MAX_STATUS: u64 = 1 << 20;
+/// A status or hook record is a few hundred bytes.
+const MAX_JSON: u64 = 1 << 20;
 
 pub fn now_unix() -> f64 {
     SystemTime::now()
@@ -35,43 +30,8 @@ pub fn now_unix() -> f64 {
         .unwrap_or(0.0)
 }
 
-/// What the collector reports about the current session.
-#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
-#[serde(default)]
-pub struct Status {
-    /// starting, collecting, stopped, guest-gone, failed, written
-    pub state: String,
-    pub pid: u32,
-    /// The collector's start time (clock ticks since boot, /proc/PID/stat)
-    /// and the host's boot id: with `pid`, which process this is.
-    pub pid_start: u64,
-    pub boot_id: String,
-    pub target: String,
-    pub functions: Vec<String>,
-    pub started: f64,
-    pub updated: f64,
-    pub key_epoch: u64,
-    pub key_rotations: u64,
-    pub slide: u64,
-    pub nr_cpus: u32,
-    pub banner: String,
-    /// The System.map the collector used (for rendering after the guest is gone).
-    pub system_map: String,
-    #[serde(flatten)]
-    pub rings: RingStats,
-    /// Events the guest could not record: no valid key, a CPU without a
-    /// ring, or a CPU already inside the tracer (NMI).
-    pub guest_dropped: u64,
-    pub heartbeat_stalled: bool,
-    /// Why the guest's capture was thinner than asked, as it reported.
-    pub narrowed: Vec<String>,
-    /// The spool's limit in bytes.
-    pub spool_limit: u64,
-    pub message: String,
-}
-
 /// The state directory of one guest.
-pub struct GuestState {
+pub struct GuestDir {
     dir: PathBuf,
 }
 
@@ -93,7 +53,7 @@ pub fn open_root(root: &Path) -> Result<()> {
     files::private_dir(root)
 }
 
-impl GuestState {
+impl GuestDir {
     /// State of the guest whose RAM file is `ram` (direct mode).
     pub fn for_mem_file(root: &Path, ram: &Path) -> Result<Self> {
         let canon = ram
@@ -139,7 +99,7 @@ impl GuestState {
         files::private_dir(&parent)?;
         let dir = parent.join(id);
         files::private_dir(&dir)?;
-        Ok(GuestState { dir })
+        Ok(GuestDir { dir })
     }
 
     /// The state of a domain if xftrace has any, without creating it.
@@ -147,11 +107,11 @@ impl GuestState {
         let dir = root.join("domains").join(name);
         std::fs::symlink_metadata(&dir)
             .is_ok_and(|m| m.is_dir())
-            .then(|| GuestState::for_domain(root, name).ok())
+            .then(|| GuestDir::for_domain(root, name).ok())
             .flatten()
     }
 
-    pub fn dir(&self) -> &Path {
+    pub fn path(&self) -> &Path {
         &self.dir
     }
     pub fn klog(&self) -> PathBuf {
@@ -163,41 +123,30 @@ impl GuestState {
     pub fn collector_log(&self) -> PathBuf {
         self.dir.join("collector.log")
     }
-    fn status_path(&self) -> PathBuf {
-        self.dir.join("status.json")
-    }
     fn lock_path(&self) -> PathBuf {
         self.dir.join("collector.lock")
     }
 
-    /// Remove the previous session's files.
-    pub fn reset_session(&self) -> Result<()> {
-        crate::trace::spool::remove(&self.dir)?;
-        for p in [
-            self.klog(),
-            self.anomalies(),
-            self.status_path(),
-            self.collector_log(),
-        ] {
-            files::remove_if_present(&p)?;
-        }
-        Ok(())
+    /// The collector's status file.
+    pub fn status_path(&self) -> PathBuf {
+        self.dir.join("status.json")
     }
 
-    /// Drop the spool and Klog once a trace (with its Klog) has been written.
-    pub fn finish_session(&self) -> Result<()> {
-        crate::trace::spool::remove(&self.dir)?;
-        files::remove_if_present(&self.klog())
-    }
-
-    pub fn read_status(&self) -> Option<Status> {
-        let text = files::read_text_bounded(&self.status_path(), MAX_STATUS, "status").ok()?;
+    /// Read a small JSON file of this directory (None if missing or bad).
+    pub fn read_json<T: serde::de::DeserializeOwned>(&self, path: &Path) -> Option<T> {
+        let text = files::read_text_bounded(path, MAX_JSON, "state file").ok()?;
         serde_json::from_str(&text).ok()
     }
 
-    pub fn write_status(&self, s: &Status) -> Result<()> {
-        let text = serde_json::to_string_pretty(s).expect("status serializes");
-        files::write_atomically(&self.status_path(), text.as_bytes())
+    /// Replace a JSON file of this directory atomically.
+    pub fn write_json<T: serde::Serialize>(&self, path: &Path, v: &T) -> Result<()> {
+        let text = serde_json::to_string_pretty(v).expect("state serializes");
+        files::write_atomically(path, text.as_bytes())
+    }
+
+    /// Remove files of this directory (those that exist).
+    pub fn remove(&self, paths: &[PathBuf]) -> Result<()> {
+        paths.iter().try_for_each(|p| files::remove_if_present(p))
     }
 
     fn lock_file(&self) -> Result<File> {
@@ -297,70 +246,6 @@ pub unsafe fn inherited_lock(fd: i32) -> File {
     File::from(OwnedFd::from_raw_fd(fd))
 }
 
-/// This host's boot id (changes at every boot).
-pub fn boot_id() -> String {
-    files::read_text_bounded(Path::new("/proc/sys/kernel/random/boot_id"), 64, "boot id")
-        .map(|s| s.trim().to_string())
-        .unwrap_or_default()
-}
-
-/// Start time of process `pid` in clock ticks since boot (/proc/PID/stat
-/// field 22; the command name before it may hold anything, even ')').
-pub fn process_start_time(pid: i32) -> Option<u64> {
-    let stat =
-        files::read_text_bounded(Path::new(&format!("/proc/{pid}/stat")), 4096, "stat").ok()?;
-    let after = &stat[stat.rfind(')')?.checked_add(1)?..];
-    // Fields from 3 (state) on; starttime is field 22.
-    after.split_whitespace().nth(19)?.parse().ok()
-}
-
-/// Who this process is, for the status it writes.
-pub fn own_identity() -> (u32, u64, String) {
-    let pid = std::process::id();
-    let start = i32::try_from(pid)
-        .ok()
-        .and_then(process_start_time)
-        .unwrap_or(0);
-    (pid, start, boot_id())
-}
-
-/// Send SIGTERM to the collector `status` describes, if and only if that
-/// process still runs and is provably the one that wrote the status.
-/// Returns whether it was signalled.
-pub fn signal_collector(status: &Status) -> bool {
-    let Some(pid) = i32::try_from(status.pid).ok().filter(|&p| p > 1) else {
-        return false;
-    };
-    if status.pid_start == 0 || status.boot_id.is_empty() || status.boot_id != boot_id() {
-        return false;
-    }
-    // SAFETY: plain syscalls; the returned descriptor is owned below.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-    let Ok(fd) = i32::try_from(fd) else {
-        return false;
-    };
-    if fd < 0 {
-        return false;
-    }
-    // SAFETY: pidfd_open returned a new descriptor.
-    let pidfd = unsafe { OwnedFd::from_raw_fd(fd) };
-    // With the pidfd held, the pid names this process until it is reaped:
-    // check it is the one we mean, then signal through the pidfd.
-    if process_start_time(pid) != Some(status.pid_start) {
-        return false;
-    }
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_pidfd_send_signal,
-            pidfd.as_raw_fd(),
-            libc::SIGTERM,
-            std::ptr::null::<libc::siginfo_t>(),
-            0,
-        )
-    };
-    r == 0
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -375,11 +260,11 @@ mod tests {
         let root = tempfile::tempdir().unwrap();
         let ram = root.path().join("guest ram");
         std::fs::write(&ram, b"x").unwrap();
-        let st = GuestState::for_mem_file(&root.path().join("state"), &ram).unwrap();
-        assert_eq!(mode(st.dir()), 0o700);
+        let st = GuestDir::for_mem_file(&root.path().join("state"), &ram).unwrap();
+        assert_eq!(mode(st.path()), 0o700);
         assert_eq!(mode(&root.path().join("state")), 0o700);
         assert!(st
-            .dir()
+            .path()
             .file_name()
             .unwrap()
             .to_string_lossy()
@@ -390,23 +275,19 @@ mod tests {
         assert!(st.try_lock().unwrap().is_none());
         drop(held);
         assert!(!st.collector_running().unwrap());
-        let s = Status {
-            state: "collecting".into(),
-            functions: vec!["__x64_sys_read".into()],
-            ..Default::default()
-        };
-        st.write_status(&s).unwrap();
-        assert_eq!(st.read_status().unwrap(), s);
-        assert_eq!(mode(&st.dir().join("status.json")), 0o600);
+        let s = vec!["__x64_sys_read".to_string()];
+        st.write_json(&st.status_path(), &s).unwrap();
+        assert_eq!(st.read_json::<Vec<String>>(&st.status_path()).unwrap(), s);
+        assert_eq!(mode(&st.status_path()), 0o600);
     }
 
     #[test]
     fn a_probe_never_looks_like_a_collector() {
         let root = tempfile::tempdir().unwrap();
-        let st = GuestState::for_domain(&root.path().join("state"), "web01").unwrap();
+        let st = GuestDir::for_domain(&root.path().join("state"), "web01").unwrap();
         // A `status` probing at the same moment as `on` takes the lock.
         let probe = st.lock_file().unwrap();
-        assert!(GuestState::flock(&probe, libc::LOCK_SH).unwrap());
+        assert!(GuestDir::flock(&probe, libc::LOCK_SH).unwrap());
         assert!(!st.collector_running().unwrap());
         let releaser = std::thread::spawn(move || {
             std::thread::sleep(Duration::from_millis(100));
@@ -417,44 +298,11 @@ mod tests {
     }
 
     #[test]
-    fn only_the_collector_itself_is_signalled() {
-        let mut child = std::process::Command::new("sleep")
-            .arg("30")
-            .spawn()
-            .unwrap();
-        let pid = child.id();
-        let start = process_start_time(pid as i32).unwrap();
-        let mut s = Status {
-            pid,
-            pid_start: start + 1, // a recycled pid: another process
-            boot_id: boot_id(),
-            ..Default::default()
-        };
-        assert!(!signal_collector(&s));
-        s.pid = u32::MAX; // i32 -1: kill(-1) would hit every process
-        s.pid_start = start;
-        assert!(!signal_collector(&s));
-        s.pid = 1;
-        assert!(!signal_collector(&s));
-        s.pid = pid;
-        s.boot_id = "another boot".into();
-        assert!(!signal_collector(&s));
-        assert!(child.try_wait().unwrap().is_none(), "sleep was signalled");
-        s.boot_id = boot_id();
-        assert!(signal_collector(&s));
-        let st = child.wait().unwrap();
-        assert_eq!(
-            std::os::unix::process::ExitStatusExt::signal(&st),
-            Some(libc::SIGTERM)
-        );
-    }
-
-    #[test]
     fn domain_names_cannot_escape_the_state_directory() {
         let root = tempfile::tempdir().unwrap();
         for bad in ["", "..", "../x", ".hidden", "a/b", "a\nb", "\x1b[2K"] {
             assert!(
-                GuestState::for_domain(&root.path().join("state"), bad).is_err(),
+                GuestDir::for_domain(&root.path().join("state"), bad).is_err(),
                 "{bad:?}"
             );
         }

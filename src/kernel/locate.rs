@@ -142,6 +142,37 @@ fn validate(
     expected_banner: Option<&str>,
     opts: LocateOptions,
 ) -> std::result::Result<GuestKernel, String> {
+    let mut kernel = identity(ram, map, text_pa, lay)?;
+    kernel.banner = banner(ram, map, &kernel, expected_banner)?;
+    let runtime = |n: &str| sym(map, n).map(|a| a.wrapping_add(kernel.slide));
+    kernel.pgd = kernel
+        .kva_to_gpa(runtime("init_top_pgt")?)
+        .ok_or("init_top_pgt outside the image")?;
+    kernel.five_level = match map.addr("__pgtable_l5_enabled") {
+        Some(a) => {
+            let pa = kernel
+                .kva_to_gpa(a.wrapping_add(kernel.slide))
+                .ok_or("__pgtable_l5_enabled outside the image")?;
+            let mut b = [0u8; 4];
+            ram.read_into(pa, &mut b).map_err(|e| e.to_string())?;
+            u32::from_le_bytes(b) != 0
+        }
+        None => false,
+    };
+    if opts.confirm_with_page_tables {
+        confirm_by_page_tables(ram, map, &kernel)?;
+    }
+    Ok(kernel)
+}
+
+/// The control block's identity against System.map: one slide for every
+/// address it reports, an image and ring heads inside guest RAM.
+fn identity(
+    ram: &GuestRam,
+    map: &SystemMap,
+    text_pa: u64,
+    lay: &Layout,
+) -> std::result::Result<GuestKernel, String> {
     let ctl = GuestAddress(text_pa.checked_add(lay.off_ctl).ok_or("address overflow")?);
     let mut head = [0u8; 64];
     ram.read_into(ctl, &mut head).map_err(|e| e.to_string())?;
@@ -182,12 +213,22 @@ fn validate(
         .kva_to_gpa(kernel.header.heads_va)
         .filter(|&h| ram.layout().locate(h, kernel.header.heads_len()).is_some())
         .ok_or("ring heads lie outside guest RAM")?;
+    Ok(kernel)
+}
 
-    let runtime = |n: &str| sym(map, n).map(|a| a.wrapping_add(slide));
-    let banner_pa = kernel
-        .kva_to_gpa(runtime("linux_banner")?)
+/// `linux_banner` where System.map puts it: no control characters but its
+/// newline, and the build's (or at least a Linux banner).
+fn banner(
+    ram: &GuestRam,
+    map: &SystemMap,
+    kernel: &GuestKernel,
+    expected: Option<&str>,
+) -> std::result::Result<String, String> {
+    let at = sym(map, "linux_banner")?.wrapping_add(kernel.slide);
+    let pa = kernel
+        .kva_to_gpa(at)
         .ok_or("linux_banner outside the image")?;
-    let raw = read_cstr(ram, banner_pa)?;
+    let raw = read_cstr(ram, pa)?;
     let text = raw.strip_suffix(b"\n").unwrap_or(&raw);
     if text.iter().any(|&c| c < 0x20 || c == 0x7f) {
         return Err(format!(
@@ -196,39 +237,17 @@ fn validate(
         ));
     }
     let banner = String::from_utf8_lossy(text).into_owned();
-    match expected_banner {
-        Some(want) if want.trim_end() != banner => {
-            return Err(format!(
-                "linux_banner is \"{}\", the build's is \"{}\"",
-                escape(&banner),
-                escape(want.trim_end())
-            ))
-        }
+    match expected {
+        Some(want) if want.trim_end() != banner => Err(format!(
+            "linux_banner is \"{}\", the build's is \"{}\"",
+            escape(&banner),
+            escape(want.trim_end())
+        )),
         None if !banner.starts_with("Linux version ") => {
-            return Err("no linux_banner where System.map puts it".into())
+            Err("no linux_banner where System.map puts it".into())
         }
-        _ => {}
+        _ => Ok(banner),
     }
-    kernel.banner = banner;
-
-    kernel.pgd = kernel
-        .kva_to_gpa(runtime("init_top_pgt")?)
-        .ok_or("init_top_pgt outside the image")?;
-    kernel.five_level = match map.addr("__pgtable_l5_enabled") {
-        Some(a) => {
-            let pa = kernel
-                .kva_to_gpa(a.wrapping_add(slide))
-                .ok_or("__pgtable_l5_enabled outside the image")?;
-            let mut b = [0u8; 4];
-            ram.read_into(pa, &mut b).map_err(|e| e.to_string())?;
-            u32::from_le_bytes(b) != 0
-        }
-        None => false,
-    };
-    if opts.confirm_with_page_tables {
-        confirm_by_page_tables(ram, map, &kernel)?;
-    }
-    Ok(kernel)
 }
 
 /// The candidate's own `init_top_pgt` must map `ctl_va` to the candidate's
@@ -336,6 +355,35 @@ pub fn locate(
         0 => Err(not_found(ram, &found)),
         _ => Err(decoy(&found)),
     }
+}
+
+/// Validate only the kernel whose `_text` another process found at
+/// `text_pa` (with page-table confirmation).
+pub fn locate_at(
+    ram: &GuestRam,
+    map: &SystemMap,
+    text_pa: u64,
+    expected_banner: Option<&str>,
+) -> Result<GuestKernel> {
+    let lay = layout(map).map_err(|m| Error::Input(format!("System.map: {m}")))?;
+    if text_pa % ALIGN_2M != 0 {
+        return Err(Error::Guest(format!(
+            "{text_pa:#x} is not a 2 MiB-aligned kernel base"
+        )));
+    }
+    validate(
+        ram,
+        map,
+        text_pa,
+        &lay,
+        expected_banner,
+        LocateOptions::default(),
+    )
+    .map_err(|why| {
+        Error::Guest(format!(
+            "the guest kernel is no longer at {text_pa:#x} ({why}); was the guest rebooted?"
+        ))
+    })
 }
 
 /// The error for several control blocks that all pass.

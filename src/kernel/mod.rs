@@ -2,6 +2,7 @@
 //! finding it in guest RAM (`locate`), and opening a guest (`target`).
 
 pub mod builds;
+pub mod guest;
 pub mod locate;
 pub mod symbols;
 pub mod target;

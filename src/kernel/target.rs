@@ -9,22 +9,40 @@ use log::info;
 use crate::error::{Error, Result};
 use crate::escape::escape;
 use crate::guest::memory::{GuestRam, Machine, MemoryLayout};
-use crate::host::statedir::GuestState;
+use crate::host::statedir::GuestDir;
+use crate::kernel::guest::Guest;
 use crate::kernel::locate::{self, GuestKernel, LocateOptions, Located};
 use crate::kernel::symbols::SystemMap;
 use crate::kernel::vmlinux::Vmlinux;
 use crate::libvirt::connection::Libvirt;
 
+/// A RAM file given directly (`--mem-file`), with what QEMU's memory
+/// layout depends on.
+#[derive(Clone, Debug)]
+pub struct MemFile {
+    pub path: PathBuf,
+    pub machine: Option<Machine>,
+    pub max_ram_below_4g: Option<u64>,
+}
+
 #[derive(Clone, Debug)]
 pub enum Source {
     /// `--mem-file`: plain QEMU, or any file-backed guest.
-    MemFile {
-        path: PathBuf,
-        machine: Option<Machine>,
-        max_ram_below_4g: Option<u64>,
-    },
+    MemFile(MemFile),
     /// `--domain`: a running libvirt domain.
     Domain { name: String, uri: String },
+}
+
+/// Where a guest's RAM is and which build it runs.
+struct Backing {
+    /// Candidate layouts (several when the machine type is unknown).
+    layouts: Vec<MemoryLayout>,
+    paths: Vec<PathBuf>,
+    /// Paths from QEMU's monitor are not followed through links.
+    follow_links: bool,
+    system_map: PathBuf,
+    /// The System.map came from a domain's definition (a stored build).
+    recorded: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -36,17 +54,6 @@ pub struct Target {
     pub vmlinux: Option<PathBuf>,
     /// xftrace's state directory (where enrolled kernel builds are kept).
     pub state_root: PathBuf,
-}
-
-/// A guest opened for tracing.
-pub struct Guest {
-    pub ram: GuestRam,
-    pub map: SystemMap,
-    pub kernel: GuestKernel,
-    /// Every control block that passed; more than one is a decoy.
-    pub others: Vec<GuestKernel>,
-    pub vmlinux: Option<Vmlinux>,
-    pub system_map: PathBuf,
 }
 
 /// The RAM layouts a `--mem-file` of this size can have.
@@ -121,19 +128,20 @@ impl Target {
         }
     }
 
-    /// Open the guest keeping every control block that passes.
-    pub fn open_all(&self) -> Result<Guest> {
-        let (layouts, paths, follow, system_map, recorded) = match &self.source {
-            Source::MemFile {
-                path,
-                machine,
-                max_ram_below_4g,
-            } => {
+    /// Where the guest's RAM is and which build it runs.
+    fn backing(&self) -> Result<Backing> {
+        match &self.source {
+            Source::MemFile(m) => {
                 let map = self.system_map.clone().ok_or_else(|| {
                     Error::Input("--system-map PATH is required: the System.map of the kernel the guest runs".into())
                 })?;
-                let layouts = mem_file_layouts(path, *machine, *max_ram_below_4g)?;
-                (layouts, vec![path.clone()], true, map, false)
+                Ok(Backing {
+                    layouts: mem_file_layouts(&m.path, m.machine, m.max_ram_below_4g)?,
+                    paths: vec![m.path.clone()],
+                    follow_links: true,
+                    system_map: map,
+                    recorded: false,
+                })
             }
             Source::Domain { name, uri } => {
                 let lv = Libvirt::connect(uri)?;
@@ -153,28 +161,45 @@ impl Target {
                     }
                 };
                 let backing = lv.ram_backing(&dom, name)?;
-                (vec![backing.layout], backing.paths, false, map, recorded)
+                Ok(Backing {
+                    layouts: vec![backing.layout],
+                    paths: backing.paths,
+                    follow_links: false,
+                    system_map: map,
+                    recorded,
+                })
             }
-        };
-        let map = SystemMap::load(&system_map)?;
+        }
+    }
+
+    /// The trusted build: System.map, vmlinux, and the banner it expects.
+    fn build(&self, b: &Backing) -> Result<(SystemMap, Option<Vmlinux>, Option<String>)> {
+        let map = SystemMap::load(&b.system_map)?;
         let vmlinux = self
-            .vmlinux_for(&system_map, recorded)
+            .vmlinux_for(&b.system_map, b.recorded)
             .map(|p| Vmlinux::load(&p))
             .transpose()?;
         let banner = match (&vmlinux, map.addr("linux_banner")) {
             (Some(v), Some(a)) => Some(v.cstring(a).ok_or_else(|| {
                 Error::Input(format!(
                     "the vmlinux has no linux_banner at {a:#x}; is it the vmlinux of {}?",
-                    system_map.display()
+                    b.system_map.display()
                 ))
             })?),
             _ => None,
         };
-        let several = layouts.len() > 1;
+        Ok((map, vmlinux, banner))
+    }
+
+    /// Open the guest keeping every control block that passes.
+    pub fn open_all(&self) -> Result<Guest> {
+        let b = self.backing()?;
+        let (map, vmlinux, banner) = self.build(&b)?;
+        let several = b.layouts.len() > 1;
         let mut first_err = None;
         let mut fits = Vec::new();
-        for layout in layouts {
-            let ram = GuestRam::open_files(&paths, layout, follow)?;
+        for layout in b.layouts {
+            let ram = GuestRam::open_files(&b.paths, layout, b.follow_links)?;
             let found =
                 locate::locate_all(&ram, &map, banner.as_deref(), LocateOptions::default())?;
             if found.kernels.is_empty() {
@@ -189,47 +214,78 @@ impl Target {
         if fits.len() > 1 {
             return Err(Error::Input(format!(
                 "{} holds a kernel that fits both the pc and the q35 memory layout; pass --machine pc or --machine q35",
-                paths[0].display()
+                b.paths[0].display()
             )));
         }
         let Some((ram, found)) = fits.pop() else {
             return Err(first_err.unwrap_or_else(|| {
                 Error::Input(format!(
                     "{} fits neither the pc nor the q35 memory layout; pass --machine and, if QEMU ran with it, --max-ram-below-4g",
-                    paths[0].display()
+                    b.paths[0].display()
                 ))
             }));
         };
         let mut kernels = found.kernels.into_iter();
         let kernel = kernels.next().expect("found at least one");
-        info!(
-            "{}: kernel at {:#x} (slide {:#x}), control block at {}: {}",
-            self.describe(),
-            kernel.text_pa,
-            kernel.slide,
-            kernel.ctl,
-            escape(&kernel.banner)
-        );
-        Ok(Guest {
+        self.opened(Guest {
             ram,
             map,
             kernel,
             others: kernels.collect(),
             vmlinux,
-            system_map,
+            system_map: b.system_map,
         })
     }
 
-    pub fn state(&self) -> Result<GuestState> {
+    /// Open the guest whose kernel another xftrace process already found
+    /// with `_text` at guest physical `text_pa`: only that candidate is
+    /// validated again (fully, page tables included).
+    pub fn open_at(&self, text_pa: u64) -> Result<Guest> {
+        let b = self.backing()?;
+        let (map, vmlinux, banner) = self.build(&b)?;
+        let mut last_err = None;
+        for layout in b.layouts {
+            let ram = GuestRam::open_files(&b.paths, layout, b.follow_links)?;
+            match locate::locate_at(&ram, &map, text_pa, banner.as_deref()) {
+                Ok(kernel) => {
+                    return self.opened(Guest {
+                        ram,
+                        map,
+                        kernel,
+                        others: Vec::new(),
+                        vmlinux,
+                        system_map: b.system_map,
+                    })
+                }
+                Err(e) => last_err = Some(e),
+            }
+        }
+        Err(last_err.unwrap_or_else(|| Error::Guest("no guest RAM".into())))
+    }
+
+    fn opened(&self, g: Guest) -> Result<Guest> {
+        info!(
+            "{}: kernel at {:#x} (slide {:#x}), control block at {}: {}",
+            self.describe(),
+            g.kernel.text_pa,
+            g.kernel.slide,
+            g.kernel.ctl,
+            escape(&g.kernel.banner)
+        );
+        Ok(g)
+    }
+
+    /// The guest's state directory.
+    pub fn dir(&self) -> Result<GuestDir> {
         match &self.source {
-            Source::MemFile { path, .. } => GuestState::for_mem_file(&self.state_root, path),
-            Source::Domain { name, .. } => GuestState::for_domain(&self.state_root, name),
+            Source::MemFile(m) => GuestDir::for_mem_file(&self.state_root, &m.path),
+            Source::Domain { name, .. } => GuestDir::for_domain(&self.state_root, name),
         }
     }
 
     pub fn describe(&self) -> String {
         match &self.source {
-            Source::MemFile { path, .. } => escape(&path.display().to_string()).into_owned(),
+            Source::MemFile(m) => escape(&m.path.display().to_string()).into_owned(),
             Source::Domain { name, .. } => format!("domain {}", escape(name)),
         }
     }
@@ -244,16 +300,12 @@ impl Target {
         };
         let mut a = vec![opt("state-dir", self.state_root.as_os_str())];
         match &self.source {
-            Source::MemFile {
-                path,
-                machine,
-                max_ram_below_4g,
-            } => {
-                a.push(opt("mem-file", path.as_os_str()));
-                if let Some(m) = machine {
-                    a.push(format!("--machine={}", format!("{m:?}").to_lowercase()).into());
+            Source::MemFile(m) => {
+                a.push(opt("mem-file", m.path.as_os_str()));
+                if let Some(machine) = m.machine {
+                    a.push(format!("--machine={}", format!("{machine:?}").to_lowercase()).into());
                 }
-                if let Some(l) = max_ram_below_4g {
+                if let Some(l) = m.max_ram_below_4g {
                     a.push(format!("--max-ram-below-4g={l}").into());
                 }
             }
@@ -283,11 +335,11 @@ mod tests {
         std::fs::write(&map, MAP).unwrap();
         let root = dir.join("state");
         Target {
-            source: Source::MemFile {
+            source: Source::MemFile(MemFile {
                 path: ram.to_path_buf(),
                 machine: None,
                 max_ram_below_4g: None,
-            },
+            }),
             system_map: Some(map),
             vmlinux: None,
             state_root: root,

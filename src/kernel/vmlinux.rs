@@ -11,6 +11,7 @@ use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
+use crate::abi::le::{u16_at, u32_at, u64_at};
 use crate::error::{Error, Result};
 
 /// Largest single read a caller may ask for.
@@ -74,22 +75,6 @@ pub struct Vmlinux {
     path: PathBuf,
     len: u64,
     sections: Vec<Section>,
-}
-
-fn u16_at(b: &[u8], o: usize) -> Option<u16> {
-    Some(u16::from_le_bytes(
-        b.get(o..o.checked_add(2)?)?.try_into().ok()?,
-    ))
-}
-fn u32_at(b: &[u8], o: usize) -> Option<u32> {
-    Some(u32::from_le_bytes(
-        b.get(o..o.checked_add(4)?)?.try_into().ok()?,
-    ))
-}
-fn u64_at(b: &[u8], o: usize) -> Option<u64> {
-    Some(u64::from_le_bytes(
-        b.get(o..o.checked_add(8)?)?.try_into().ok()?,
-    ))
 }
 
 impl Vmlinux {
@@ -256,16 +241,7 @@ impl Vmlinux {
                     .symbol_section(symtab, sym)
                     .ok_or_else(|| bad("a relocation names a symbol past the symbol table"))?;
                 let is_percpu = percpu.is_some_and(|p| usize::from(shndx) == p);
-                let kind = match ty {
-                    _ if shndx == SHN_UNDEF => None,
-                    R_X86_64_PC32 | R_X86_64_PLT32 if is_percpu => Some(RelocKind::NegPc32),
-                    R_X86_64_32 | R_X86_64_32S if !is_percpu && shndx != SHN_ABS => {
-                        Some(RelocKind::Abs32)
-                    }
-                    R_X86_64_64 if !is_percpu && shndx != SHN_ABS => Some(RelocKind::Abs64),
-                    _ => None,
-                };
-                if let Some(kind) = kind {
+                if let Some(kind) = reloc_kind(ty, shndx, is_percpu) {
                     out.push(Reloc {
                         addr: r_offset,
                         kind,
@@ -299,6 +275,20 @@ impl Vmlinux {
                 .filter(|&a| a >= start && a < end)
                 .collect(),
         )
+    }
+}
+
+/// How KASLR changes a relocation of type `ty` against a symbol in section
+/// `shndx`, as the kernel's relocs tool decides: absolute references move
+/// with the slide, PC-relative ones to per-CPU symbols against it, the rest
+/// not at all.
+fn reloc_kind(ty: u32, shndx: u16, is_percpu: bool) -> Option<RelocKind> {
+    match ty {
+        _ if shndx == SHN_UNDEF => None,
+        R_X86_64_PC32 | R_X86_64_PLT32 if is_percpu => Some(RelocKind::NegPc32),
+        R_X86_64_32 | R_X86_64_32S if !is_percpu && shndx != SHN_ABS => Some(RelocKind::Abs32),
+        R_X86_64_64 if !is_percpu && shndx != SHN_ABS => Some(RelocKind::Abs64),
+        _ => None,
     }
 }
 

@@ -271,128 +271,163 @@ pub fn refuse_reason(f: &DomainFacts) -> Option<String> {
 /// way). `monitor` lists functions to trace from every start.
 pub fn enroll(xml: &str, system_map: &str, monitor: &[String]) -> Result<String, String> {
     for m in monitor {
-        crate::kernel::symbols::check_pattern(m)?;
+        crate::abi::funcs::check_pattern(m)?;
     }
     let f = facts(xml)?;
     if let Some(why) = refuse_reason(&f) {
         return Err(why);
     }
-    let nodes = index(xml)?;
-    let mut edits = Vec::new();
-
-    // Memory backing.
-    let mb = nodes.iter().find(|n| n.is(&["domain", "memoryBacking"]));
-    let ours = ["source", "access", "allocation", "discard"];
-    let (ind, inner_ind) = match mb {
-        Some(m) => {
-            let i = indent_at(xml, m.start);
-            (i.clone(), format!("{i}  "))
-        }
-        None => ("  ".to_string(), "    ".to_string()),
-    };
-    let mut backing = String::from("<memoryBacking>\n");
-    for c in mb.into_iter().flat_map(|m| children(&nodes, m)) {
-        if !ours.contains(&c.name()) {
-            backing.push_str(&format!("{inner_ind}{}\n", &xml[c.start..c.end]));
-        }
-    }
-    backing.push_str(&format!(
-        "{inner_ind}<source type='file'/>\n{inner_ind}<access mode='shared'/>\n{inner_ind}<allocation mode='immediate'/>\n{ind}</memoryBacking>"
-    ));
     let already = f.enrolled && f.backing_ok() && !f.balloon;
-    let old_backing = mb.map(|m| xml[m.start..m.end].to_string());
-    match mb {
-        Some(m) if !f.backing_ok() => edits.push((m.start, m.end, backing)),
-        Some(_) => {}
-        None => edits.push(insert_top_level(
-            xml,
-            &nodes,
-            &[
-                "memory",
-                "currentMemory",
-                "maxMemory",
-                "vcpu",
-                "name",
-                "uuid",
-            ],
-            &backing,
-        )),
-    }
-
-    // Balloon.
-    let balloon = nodes
-        .iter()
-        .find(|n| n.is(&["domain", "devices", "memballoon"]));
-    let old_balloon = balloon.map(|b| xml[b.start..b.end].to_string());
-    let none = "<memballoon model='none'/>".to_string();
-    match (balloon, f.balloon) {
-        (Some(b), true) => edits.push((b.start, b.end, none)),
-        (Some(_), false) => {}
-        (None, _) => match nodes.iter().find(|n| n.is(&["domain", "devices"])) {
-            Some(d) => {
-                let (_, close) = d.inner.unwrap_or((d.end, d.end));
-                let ind = indent_at(xml, d.start);
-                edits.push((close, close, format!("  {none}\n{ind}")));
-            }
-            None => {
-                let root = &nodes[0];
-                let close = root.inner.map_or(root.end, |(_, e)| e);
-                edits.push((
-                    close,
-                    close,
-                    format!("  <devices>\n    {none}\n  </devices>\n"),
-                ));
-            }
-        },
-    }
-
-    // Metadata: keep what an earlier enrollment saved as "previous".
-    let en = enrollment(&nodes);
-    let prev = |local: &str, fallback: Option<String>| -> String {
-        match en.and_then(|e| child(&nodes, e, local)) {
-            Some(n) => xml[n.start..n.end].to_string(),
-            None => match fallback {
-                Some(v) => format!("<{PREFIX}:{local}>{}</{PREFIX}:{local}>", escape(&v)),
-                None => format!("<{PREFIX}:{local} absent='yes'/>"),
-            },
-        }
-    };
-    let element = format!(
-        "<{PREFIX}:enrollment xmlns:{PREFIX}=\"{NAMESPACE}\"><{PREFIX}:system-map path=\"{}\"/>{}{}{}</{PREFIX}:enrollment>",
-        escape(system_map),
-        if monitor.is_empty() {
-            String::new()
-        } else {
-            format!("<{PREFIX}:monitor functions=\"{}\"/>", escape(&monitor.join(" ")))
-        },
-        prev("previous-memory-backing", old_backing),
-        prev("previous-memballoon", old_balloon),
-    );
     if already && f.system_map.as_deref() == Some(system_map) && f.monitor == monitor {
         return Ok(xml.to_string());
     }
-    match (en, nodes.iter().find(|n| n.is(&["domain", "metadata"]))) {
-        (Some(e), _) => edits.push((e.start, e.end, element)),
-        (None, Some(m)) => {
-            let (_, close) = m.inner.unwrap_or((m.end, m.end));
-            let ind = indent_at(xml, m.start);
-            match m.inner {
-                Some(_) => edits.push((close, close, format!("  {element}\n{ind}"))),
-                None => edits.push((
-                    m.start,
-                    m.end,
-                    format!("<metadata>\n{ind}  {element}\n{ind}</metadata>"),
-                )),
+    let nodes = index(xml)?;
+    let doc = Doc { xml, nodes: &nodes };
+    let mut edits = Vec::new();
+    let old_backing = doc.memory_backing(&f, &mut edits);
+    let old_balloon = doc.balloon(&f, &mut edits);
+    doc.enrollment_metadata(system_map, monitor, old_backing, old_balloon, &mut edits);
+    Ok(splice(xml, edits))
+}
+
+/// A splice: replace `[start, end)` with the text.
+type Edit = (usize, usize, String);
+
+/// A domain XML with its element index, for building edits.
+struct Doc<'a> {
+    xml: &'a str,
+    nodes: &'a [Node],
+}
+
+impl Doc<'_> {
+    fn find(&self, path: &[&str]) -> Option<&Node> {
+        self.nodes.iter().find(|n| n.is(path))
+    }
+
+    fn text(&self, n: &Node) -> String {
+        self.xml[n.start..n.end].to_string()
+    }
+
+    /// `<memoryBacking>` with a shared, preallocated file (other children
+    /// kept); returns the element as it was.
+    fn memory_backing(&self, f: &DomainFacts, edits: &mut Vec<Edit>) -> Option<String> {
+        let mb = self.find(&["domain", "memoryBacking"]);
+        let ours = ["source", "access", "allocation", "discard"];
+        let (ind, inner_ind) = match mb {
+            Some(m) => {
+                let i = indent_at(self.xml, m.start);
+                (i.clone(), format!("{i}  "))
+            }
+            None => ("  ".to_string(), "    ".to_string()),
+        };
+        let mut backing = String::from("<memoryBacking>\n");
+        for c in mb.into_iter().flat_map(|m| children(self.nodes, m)) {
+            if !ours.contains(&c.name()) {
+                backing.push_str(&format!("{inner_ind}{}\n", self.text(c)));
             }
         }
-        (None, None) => edits.push(insert_top_level(
-            xml,
-            &nodes,
-            &["name", "uuid", "genid", "title", "description"],
-            &format!("<metadata>\n    {element}\n  </metadata>"),
-        )),
+        backing.push_str(&format!(
+            "{inner_ind}<source type='file'/>\n{inner_ind}<access mode='shared'/>\n{inner_ind}<allocation mode='immediate'/>\n{ind}</memoryBacking>"
+        ));
+        match mb {
+            Some(m) if !f.backing_ok() => edits.push((m.start, m.end, backing)),
+            Some(_) => {}
+            None => edits.push(insert_top_level(
+                self.xml,
+                self.nodes,
+                &[
+                    "memory",
+                    "currentMemory",
+                    "maxMemory",
+                    "vcpu",
+                    "name",
+                    "uuid",
+                ],
+                &backing,
+            )),
+        }
+        mb.map(|m| self.text(m))
     }
-    Ok(splice(xml, edits))
+
+    /// `<memballoon model='none'/>`; returns the element as it was.
+    fn balloon(&self, f: &DomainFacts, edits: &mut Vec<Edit>) -> Option<String> {
+        let balloon = self.find(&["domain", "devices", "memballoon"]);
+        let none = "<memballoon model='none'/>";
+        match (balloon, f.balloon) {
+            (Some(b), true) => edits.push((b.start, b.end, none.to_string())),
+            (Some(_), false) => {}
+            (None, _) => match self.find(&["domain", "devices"]) {
+                Some(d) => {
+                    let (_, close) = d.inner.unwrap_or((d.end, d.end));
+                    let ind = indent_at(self.xml, d.start);
+                    edits.push((close, close, format!("  {none}\n{ind}")));
+                }
+                None => {
+                    let root = &self.nodes[0];
+                    let close = root.inner.map_or(root.end, |(_, e)| e);
+                    edits.push((
+                        close,
+                        close,
+                        format!("  <devices>\n    {none}\n  </devices>\n"),
+                    ));
+                }
+            },
+        }
+        balloon.map(|b| self.text(b))
+    }
+
+    /// The `xftrace:enrollment` metadata: the System.map, monitoring, and
+    /// what an earlier enrollment saved as "previous" (kept as it was).
+    fn enrollment_metadata(
+        &self,
+        system_map: &str,
+        monitor: &[String],
+        old_backing: Option<String>,
+        old_balloon: Option<String>,
+        edits: &mut Vec<Edit>,
+    ) {
+        let en = enrollment(self.nodes);
+        let prev = |local: &str, fallback: Option<String>| -> String {
+            match en.and_then(|e| child(self.nodes, e, local)) {
+                Some(n) => self.text(n),
+                None => match fallback {
+                    Some(v) => format!("<{PREFIX}:{local}>{}</{PREFIX}:{local}>", escape(&v)),
+                    None => format!("<{PREFIX}:{local} absent='yes'/>"),
+                },
+            }
+        };
+        let element = format!(
+            "<{PREFIX}:enrollment xmlns:{PREFIX}=\"{NAMESPACE}\"><{PREFIX}:system-map path=\"{}\"/>{}{}{}</{PREFIX}:enrollment>",
+            escape(system_map),
+            if monitor.is_empty() {
+                String::new()
+            } else {
+                format!("<{PREFIX}:monitor functions=\"{}\"/>", escape(&monitor.join(" ")))
+            },
+            prev("previous-memory-backing", old_backing),
+            prev("previous-memballoon", old_balloon),
+        );
+        match (en, self.find(&["domain", "metadata"])) {
+            (Some(e), _) => edits.push((e.start, e.end, element)),
+            (None, Some(m)) => {
+                let ind = indent_at(self.xml, m.start);
+                match m.inner {
+                    Some((_, close)) => edits.push((close, close, format!("  {element}\n{ind}"))),
+                    None => edits.push((
+                        m.start,
+                        m.end,
+                        format!("<metadata>\n{ind}  {element}\n{ind}</metadata>"),
+                    )),
+                }
+            }
+            (None, None) => edits.push(insert_top_level(
+                self.xml,
+                self.nodes,
+                &["name", "uuid", "genid", "title", "description"],
+                &format!("<metadata>\n    {element}\n  </metadata>"),
+            )),
+        }
+    }
 }
 
 /// Undo `enroll`: restore the saved memory backing and balloon and drop the

@@ -8,7 +8,7 @@
 //!
 //! The domain XML is written by whoever may define domains, which is not
 //! necessarily whoever may run commands as root. Nothing from it reaches a
-//! command line but function names that pass [`crate::kernel::symbols::check_pattern`],
+//! command line but function names that pass [`crate::abi::funcs::check_pattern`],
 //! after a `--`; paths in it are checked where they are used
 //! ([`crate::kernel::builds::check_recorded`]).
 
@@ -21,7 +21,8 @@ use log::warn;
 use crate::error::{Error, Result};
 use crate::escape::escape;
 use crate::host::files;
-use crate::host::statedir::{now_unix, GuestState};
+use crate::host::process::{self, ProcessId};
+use crate::host::statedir::{now_unix, GuestDir};
 use crate::libvirt::domain_xml::{self, DomainFacts, HookDecision};
 
 /// libvirt's domain XML is rarely above a few tens of kilobytes.
@@ -36,14 +37,14 @@ pub struct LibvirtState {
     pub since: f64,
 }
 
-fn record(root: &Path, name: &str, state: &str) -> Result<GuestState> {
-    let st = GuestState::for_domain(root, name)?;
+fn record(root: &Path, name: &str, state: &str) -> Result<GuestDir> {
+    let st = GuestDir::for_domain(root, name)?;
     let text = serde_json::to_string(&LibvirtState {
         state: state.into(),
         since: now_unix(),
     })
     .expect("serializes");
-    files::write_atomically(&st.dir().join("libvirt.json"), text.as_bytes())?;
+    files::write_atomically(&st.path().join("libvirt.json"), text.as_bytes())?;
     Ok(st)
 }
 
@@ -61,7 +62,7 @@ pub fn monitor_args(
         ));
     }
     for f in &facts.monitor {
-        crate::kernel::symbols::check_pattern(f)?;
+        crate::abi::funcs::check_pattern(f)?;
     }
     let mut state_dir = OsString::from("--state-dir=");
     state_dir.push(root.as_os_str());
@@ -81,8 +82,8 @@ pub fn monitor_args(
 /// after this hook has exited (libvirt finishes the start first), waits for
 /// the guest kernel to boot, and holds none of the hook's pipes, so libvirt
 /// never waits for it.
-fn start_monitoring(root: &Path, st: &GuestState, name: &str, facts: &DomainFacts) -> Result<()> {
-    let mut log = files::replace_private(&st.dir().join("monitor.log"))?;
+fn start_monitoring(root: &Path, st: &GuestDir, name: &str, facts: &DomainFacts) -> Result<()> {
+    let mut log = files::replace_private(&st.path().join("monitor.log"))?;
     let args = match monitor_args(root, name, facts) {
         Ok(a) => a,
         Err(why) => {
@@ -95,21 +96,15 @@ fn start_monitoring(root: &Path, st: &GuestState, name: &str, facts: &DomainFact
             return Ok(());
         }
     };
-    crate::trace::session::spawn_detached(
-        &args,
-        log,
-        |cmd| {
-            cmd.env("RUST_LOG", "info");
-        },
-        None,
-    )?;
+    process::spawn_detached(&args, log, None)?;
     Ok(())
 }
 
 /// Read what the hook last recorded for domain `name`.
 pub fn recorded(root: &Path, name: &str) -> Option<LibvirtState> {
-    let st = GuestState::existing_domain(root, name)?;
-    let text = files::read_text_bounded(&st.dir().join("libvirt.json"), 4096, "hook state").ok()?;
+    let st = GuestDir::existing_domain(root, name)?;
+    let text =
+        files::read_text_bounded(&st.path().join("libvirt.json"), 4096, "hook state").ok()?;
     serde_json::from_str(&text).ok()
 }
 
@@ -162,14 +157,14 @@ pub fn qemu(root: &Path, args: &[String], stdin: &mut dyn Read) -> Result<()> {
         }
         ("stopped", "end") | ("release", "end") => {
             // Only domains xftrace has state for; nothing to do for others.
-            if GuestState::existing_domain(root, name).is_some() {
+            if GuestDir::existing_domain(root, name).is_some() {
                 match record(root, name, "stopped") {
                     // The collector notices the RAM file going away by itself;
                     // a SIGTERM makes it write out what it has at once.
                     Ok(st) => {
                         if st.collector_running().unwrap_or(false) {
-                            if let Some(s) = st.read_status() {
-                                crate::host::statedir::signal_collector(&s);
+                            if let Some(p) = st.read_json::<ProcessId>(&st.status_path()) {
+                                p.terminate();
                             }
                         }
                     }

@@ -1,10 +1,13 @@
 //! Tracing: keys (`keys`), on/off (`switch`), reading the rings (`rings`),
-//! the record spool (`spool`), function_graph text (`render`), and the
-//! sessions that tie them together (`session`).
+//! the record spool (`spool`), function_graph text (`render`), the sessions
+//! that tie them together (`session`), the background collector
+//! (`collector`) and what it reports (`status`).
 
+pub mod collector;
 pub mod keys;
 pub mod render;
 pub mod rings;
 pub mod session;
 pub mod spool;
+pub mod status;
 pub mod switch;

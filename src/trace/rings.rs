@@ -252,35 +252,19 @@ impl RingReader {
         let (slots, ring_len) = (self.slots, self.ring_len);
         for (cpu, c) in (0u32..).zip(self.rings.iter_mut()) {
             let published = ring_base(ram, kernel, cpu, ring_len)?;
-            let base = match (c.base, published) {
-                (None, Some(b)) => {
-                    c.base = Some(b);
-                    b
-                }
-                (Some(b), Some(p)) if b != p && !c.moved_reported => {
-                    c.moved_reported = true;
-                    self.stats.ring_moved = self.stats.ring_moved.saturating_add(1);
-                    anomaly(Anomaly::RingMoved {
-                        cpu,
-                        from: b.0,
-                        to: p.0,
-                    });
-                    b
-                }
-                (Some(b), _) => b,
-                (None, None) => continue,
+            let Some(base) = c.follow(cpu, published, &mut self.stats, &mut anomaly) else {
+                continue;
             };
             let head = ram.read_u64(kernel.head(cpu))?;
             if head < c.next {
-                self.stats.rewound = self.stats.rewound.saturating_add(1);
-                anomaly(Anomaly::Rewound {
+                let a = Anomaly::Rewound {
                     cpu,
                     head,
                     expected: c.next,
-                });
-                c.next = head;
-                c.installs.clear();
-                c.last_epoch = 0;
+                };
+                self.stats.count(&a);
+                anomaly(a);
+                c.rewind(head);
                 continue;
             }
             // head ≥ next here.
@@ -301,23 +285,68 @@ impl RingReader {
                     }
                     Err(Outcome::Lost) => self.stats.lost = self.stats.lost.saturating_add(1),
                     Err(Outcome::Bad(a)) => {
-                        let counter = match a {
-                            Anomaly::Erased { .. } => &mut self.stats.erased,
-                            Anomaly::BadCheck { .. } => &mut self.stats.bad_check,
-                            Anomaly::UnknownEpoch { .. } => &mut self.stats.unknown_epoch,
-                            Anomaly::StaleEpoch { .. } => &mut self.stats.stale_epoch,
-                            Anomaly::EpochBackwards { .. } => &mut self.stats.epoch_backwards,
-                            Anomaly::BadRecord { .. } => &mut self.stats.bad_record,
-                            Anomaly::Rewound { .. } => &mut self.stats.rewound,
-                            Anomaly::RingMoved { .. } => &mut self.stats.ring_moved,
-                        };
-                        *counter = counter.saturating_add(1);
+                        self.stats.count(&a);
                         anomaly(a);
                     }
                 }
             }
         }
         Ok(n)
+    }
+}
+
+impl Cursor {
+    /// The ring's memory: taken when the guest first publishes it; a later
+    /// move is reported once and not followed.
+    fn follow(
+        &mut self,
+        cpu: u32,
+        published: Option<GuestAddress>,
+        stats: &mut RingStats,
+        anomaly: &mut impl FnMut(Anomaly),
+    ) -> Option<GuestAddress> {
+        match (self.base, published) {
+            (None, Some(b)) => {
+                self.base = Some(b);
+                Some(b)
+            }
+            (Some(b), Some(p)) if b != p && !self.moved_reported => {
+                self.moved_reported = true;
+                let a = Anomaly::RingMoved {
+                    cpu,
+                    from: b.0,
+                    to: p.0,
+                };
+                stats.count(&a);
+                anomaly(a);
+                Some(b)
+            }
+            (b, _) => b,
+        }
+    }
+
+    /// The guest's head went back: start over from there.
+    fn rewind(&mut self, head: u64) {
+        self.next = head;
+        self.installs.clear();
+        self.last_epoch = 0;
+    }
+}
+
+impl RingStats {
+    /// Count an anomaly under its kind.
+    fn count(&mut self, a: &Anomaly) {
+        let counter = match a {
+            Anomaly::Erased { .. } => &mut self.erased,
+            Anomaly::BadCheck { .. } => &mut self.bad_check,
+            Anomaly::UnknownEpoch { .. } => &mut self.unknown_epoch,
+            Anomaly::StaleEpoch { .. } => &mut self.stale_epoch,
+            Anomaly::EpochBackwards { .. } => &mut self.epoch_backwards,
+            Anomaly::BadRecord { .. } => &mut self.bad_record,
+            Anomaly::Rewound { .. } => &mut self.rewound,
+            Anomaly::RingMoved { .. } => &mut self.ring_moved,
+        };
+        *counter = counter.saturating_add(1);
     }
 }
 

@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 
 use log::warn;
 
-use crate::abi::{self, Kind, Record};
+use crate::abi::{self, le, Kind, Record};
 use crate::error::{Error, Result};
 use crate::host::files;
 
@@ -130,37 +130,27 @@ fn encode(r: &Record) -> [u8; 64] {
 }
 
 fn decode(b: &[u8; 64]) -> Option<Record> {
-    let u32_at = |o: usize| {
-        Some(u32::from_le_bytes(
-            b.get(o..o.checked_add(4)?)?.try_into().ok()?,
-        ))
-    };
-    let u64_at = |i: usize| {
-        let o = i.checked_mul(8)?.checked_add(16)?;
-        Some(u64::from_le_bytes(
-            b.get(o..o.checked_add(8)?)?.try_into().ok()?,
-        ))
-    };
+    let word = |i: usize| le::u64_at(b, i.checked_mul(8)?.checked_add(16)?);
     let kind = match b[12] {
         1 => Kind::Entry,
         2 => Kind::Return,
         _ => return None,
     };
-    let depth = u32_at(4)?;
+    let depth = le::u32_at(b, 4)?;
     if depth > abi::FTRACE_RETFUNC_DEPTH {
         return None;
     }
     Some(Record {
-        cpu: u32_at(0)?,
+        cpu: le::u32_at(b, 0)?,
         depth,
-        pid: u32_at(8)?,
+        pid: le::u32_at(b, 8)?,
         kind,
-        seq: u64_at(0)?,
-        epoch: u64_at(1)?,
-        func: u64_at(2)?,
-        time: u64_at(3)?,
-        calltime: u64_at(4)?,
-        overrun: u64_at(5)?,
+        seq: word(0)?,
+        epoch: word(1)?,
+        func: word(2)?,
+        time: word(3)?,
+        calltime: word(4)?,
+        overrun: word(5)?,
     })
 }
 

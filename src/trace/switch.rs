@@ -12,7 +12,7 @@ use crate::kernel::locate::GuestKernel;
 
 /// The guest's view, read from its control block.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct GuestStatus {
+pub struct TracerStatus {
     pub heartbeat: u64,
     pub tracing: bool,
     pub cmd_seq: u64,
@@ -33,7 +33,7 @@ pub struct GuestStatus {
     pub filter_count: u32,
 }
 
-impl GuestStatus {
+impl TracerStatus {
     /// Why the guest's capture is thinner than the host asked, one line each.
     pub fn narrowed_reasons(&self) -> Vec<&'static str> {
         let mut out: Vec<&'static str> = abi::NARROWED
@@ -49,7 +49,7 @@ impl GuestStatus {
     }
 }
 
-pub fn read_status(ram: &GuestRam, k: &GuestKernel) -> Result<GuestStatus> {
+pub fn read_status(ram: &GuestRam, k: &GuestKernel) -> Result<TracerStatus> {
     let w = |o| ram.read_u64(k.field(o));
     let ack = w(abi::off::ACK_RESULT_TRACING)?;
     let gate = w(abi::off::STATE_NARROWED)?;
@@ -57,7 +57,7 @@ pub fn read_status(ram: &GuestRam, k: &GuestKernel) -> Result<GuestStatus> {
     for ring in 0..k.header.nr_rings {
         dropped = dropped.saturating_add(ram.read_u64(GuestAddress(k.head(ring).0 | 8))?);
     }
-    Ok(GuestStatus {
+    Ok(TracerStatus {
         heartbeat: w(abi::off::HEARTBEAT)?,
         tracing: (ack >> 32) != 0,
         cmd_seq: w(abi::off::CMD_SEQ)?,
@@ -130,14 +130,7 @@ pub fn send(
     flags: u64,
     timeout: Duration,
 ) -> Result<()> {
-    let list = functions.join(" ");
-    if list.len() >= abi::FUNCS_SIZE {
-        return Err(Error::Input(format!(
-            "the function list is {} bytes; the guest accepts at most {}",
-            list.len(),
-            abi::FUNCS_SIZE.saturating_sub(1)
-        )));
-    }
+    let (funcs, len) = abi::funcs::encode(functions).map_err(Error::Input)?;
     if !guest_alive(ram, k, Duration::from_secs(3))? {
         return Err(Error::Guest(
             "the guest kernel is not running: its xftrace heartbeat did not advance in 3 s (is the VM paused or stopped?)".into(),
@@ -148,15 +141,8 @@ pub fn send(
         ram.read_u64(k.field(abi::off::ACK_SEQ))?,
     )?;
     ram.write_u64(k.field(abi::off::CMD_SEQ), writing)?;
-    let len = list.len() as u64;
-    let mut bytes = list.into_bytes();
-    bytes.resize(abi::FUNCS_SIZE, 0);
-    for (i, chunk) in bytes.chunks_exact(8).enumerate() {
-        let mut w = [0u8; 8];
-        w.copy_from_slice(chunk);
-        // i < 128: the offset stays inside the 1024-byte field.
-        let at = abi::off::FUNCS | ((i as u64) << 3);
-        ram.write_u64(k.field(at), u64::from_le_bytes(w))?;
+    for (i, w) in abi::le::words(&funcs).enumerate() {
+        ram.write_u64(k.field(abi::layout::funcs_word(i)), w)?;
     }
     ram.write_u64(k.field(abi::off::CMD_OP_FUNCS_LEN), op as u64 | (len << 32))?;
     ram.write_u64(k.field(abi::off::CMD_FLAGS), flags)?;

@@ -5,60 +5,86 @@
 use std::time::Duration;
 
 use crate::abi::{self, GateState};
+use crate::detect::{Finding, FindingKind};
 use crate::guest::memory::GuestRam;
-use crate::host::statedir::GuestState;
+use crate::host::statedir::GuestDir;
 use crate::kernel::locate::GuestKernel;
 use crate::trace::keys::Klog;
-use crate::trace::switch;
+use crate::trace::status::{CollectorState, CollectorStatus};
+use crate::trace::switch::{self, TracerStatus};
 
-use super::Finding;
+use super::{Check, Context};
 
-pub fn check(ram: &GuestRam, k: &GuestKernel, state: &GuestState) -> Vec<Finding> {
+pub struct TracerIntegrity;
+
+impl Check for TracerIntegrity {
+    fn kind(&self) -> FindingKind {
+        FindingKind::TracerIntegrity
+    }
+
+    fn run(&self, cx: &Context, out: &mut Vec<Finding>) {
+        out.extend(check(cx.view.ram, cx.view.kernel, cx.dir));
+    }
+}
+
+fn check(ram: &GuestRam, k: &GuestKernel, dir: &GuestDir) -> Vec<Finding> {
     let mut out = Vec::new();
     let gs = match switch::read_status(ram, k) {
         Ok(s) => s,
         Err(e) => {
-            out.push(Finding::new(
-                "tracer-integrity",
+            out.push(finding(
                 format!("cannot read the control block: {e}"),
-                &[k.ctl.0],
+                k.ctl.0,
                 "",
             ));
             return out;
         }
     };
+    reported_by_the_guest(k, &gs, &mut out);
+    liveness(ram, k, &gs, &mut out);
+    session(ram, k, &gs, dir, &mut out);
+    out
+}
+
+fn finding(detail: impl Into<String>, at: u64, evidence: impl Into<String>) -> Finding {
+    Finding::new(FindingKind::TracerIntegrity, detail, &[at], evidence)
+}
+
+/// What the guest itself says thins or corrupts its capture.
+fn reported_by_the_guest(k: &GuestKernel, gs: &TracerStatus, out: &mut Vec<Finding>) {
+    let gate = k.field(abi::off::STATE_NARROWED).0;
     for why in gs.narrowed_reasons() {
-        out.push(Finding::new(
-            "tracer-integrity",
+        out.push(finding(
             format!("the guest's capture is narrowed: {why}"),
-            &[k.field(abi::off::STATE_NARROWED).0],
+            gate,
             "traced functions may be missing from call-flow checks",
         ));
     }
     if gs.gate == GateState::Invalid {
-        out.push(Finding::new(
-            "tracer-integrity",
+        out.push(finding(
             "the guest's capture gate holds a value the tracer never writes",
-            &[k.field(abi::off::STATE_NARROWED).0],
+            gate,
             "control block written by someone other than the xftrace thread",
         ));
     }
     if gs.unringed > 0 {
-        out.push(Finding::new(
-            "tracer-integrity",
+        out.push(finding(
             format!(
                 "{} events happened on CPUs that have no ring: those CPUs are not traced",
                 gs.unringed
             ),
-            &[k.field(abi::off::UNRINGED).0],
+            k.field(abi::off::UNRINGED).0,
             format!("{} rings for {} CPUs", k.header.nr_rings, k.header.nr_cpus),
         ));
     }
+}
+
+/// The guest thread must beat and answer commands.
+fn liveness(ram: &GuestRam, k: &GuestKernel, gs: &TracerStatus, out: &mut Vec<Finding>) {
     if !switch::guest_alive(ram, k, Duration::from_secs(2)).unwrap_or(false) {
-        out.push(Finding::new(
-            "tracer-integrity",
+        out.push(finding(
             "the xftrace kernel thread's heartbeat did not advance in 2 s (thread stopped, or the VM paused)",
-            &[k.field(abi::off::HEARTBEAT).0],
+            k.field(abi::off::HEARTBEAT).0,
             format!("heartbeat {}", gs.heartbeat),
         ));
     } else if gs.cmd_seq != gs.ack_seq {
@@ -66,56 +92,61 @@ pub fn check(ram: &GuestRam, k: &GuestKernel, state: &GuestState) -> Vec<Finding
         std::thread::sleep(Duration::from_millis(300));
         if let Ok(again) = switch::read_status(ram, k) {
             if again.cmd_seq != again.ack_seq && again.cmd_seq == gs.cmd_seq {
-                out.push(Finding::new(
-                    "tracer-integrity",
+                out.push(finding(
                     format!(
                         "command {} was not acknowledged (last acknowledged {})",
                         again.cmd_seq, again.ack_seq
                     ),
-                    &[k.field(abi::off::CMD_SEQ).0],
+                    k.field(abi::off::CMD_SEQ).0,
                     "",
                 ));
             }
         }
     }
+}
 
-    let running = state.collector_running().unwrap_or(false);
-    let status = state.read_status();
+/// A session the host runs: the guest must trace with the host's key, and
+/// what the collector read must have passed its checks.
+fn session(
+    ram: &GuestRam,
+    k: &GuestKernel,
+    gs: &TracerStatus,
+    dir: &GuestDir,
+    out: &mut Vec<Finding>,
+) {
+    let running = dir.collector_running().unwrap_or(false);
+    let status = CollectorStatus::read(dir);
     if let (true, Some(s)) = (running, &status) {
-        if s.state == "collecting" && !gs.tracing {
-            out.push(Finding::new(
-                "tracer-integrity",
+        if s.state == CollectorState::Collecting && !gs.tracing {
+            out.push(finding(
                 "the host is collecting but the guest's tracer is off: switched off behind the host's back",
-                &[k.field(abi::off::ACK_RESULT_TRACING).0],
+                k.field(abi::off::ACK_RESULT_TRACING).0,
                 "",
             ));
         }
-        if let Ok(klog) = Klog::load_tail(&state.klog()) {
-            key_matches(ram, k, &klog, &mut out);
+        if let Ok(klog) = Klog::load_tail(&dir.klog()) {
+            key_matches(ram, k, &klog, out);
         }
     }
-    if let Some(s) = status {
+    if let Some(s) = status.filter(|s| s.rings.integrity_failures() > 0) {
         let r = &s.rings;
-        if r.integrity_failures() > 0 {
-            out.push(Finding::new(
-                "tracer-integrity",
-                format!(
-                    "records failed integrity checks: {} erased or rewritten, {} failed their check (forged or stale key), {} with an epoch the host never issued, {} under a key the guest should no longer have, {} going back to an older key, {} impossible, {} ring rewinds, {} rings moved",
-                    r.erased,
-                    r.bad_check,
-                    r.unknown_epoch,
-                    r.stale_epoch,
-                    r.epoch_backwards,
-                    r.bad_record,
-                    r.rewound,
-                    r.ring_moved
-                ),
-                &[],
-                format!("session {}, see {}", s.state, state.anomalies().display()),
-            ));
-        }
+        out.push(Finding::new(
+            FindingKind::TracerIntegrity,
+            format!(
+                "records failed integrity checks: {} erased or rewritten, {} failed their check (forged or stale key), {} with an epoch the host never issued, {} under a key the guest should no longer have, {} going back to an older key, {} impossible, {} ring rewinds, {} rings moved",
+                r.erased,
+                r.bad_check,
+                r.unknown_epoch,
+                r.stale_epoch,
+                r.epoch_backwards,
+                r.bad_record,
+                r.rewound,
+                r.ring_moved
+            ),
+            &[],
+            format!("session {}, see {}", s.state, dir.anomalies().display()),
+        ));
     }
-    out
 }
 
 /// The key in guest RAM must be the one the host wrote for that epoch.
@@ -140,7 +171,7 @@ fn key_matches(ram: &GuestRam, k: &GuestKernel, klog: &Klog, out: &mut Vec<Findi
         match klog.key(epoch) {
             Some(want) if want == key => {}
             Some(_) => out.push(Finding::new(
-                "tracer-integrity",
+                FindingKind::TracerIntegrity,
                 format!("the key of epoch {epoch} in guest memory is not the one the host wrote"),
                 &[k.field(slot | 8).0],
                 "key rewritten in the guest",
@@ -149,7 +180,7 @@ fn key_matches(ram: &GuestRam, k: &GuestKernel, klog: &Klog, out: &mut Vec<Findi
                 // Written after we loaded Klog? Then it is a newer epoch.
                 if epoch > klog.max_epoch().saturating_add(1) {
                     out.push(Finding::new(
-                        "tracer-integrity",
+                        FindingKind::TracerIntegrity,
                         format!("guest key epoch {epoch} was never issued by the host"),
                         &[k.field(abi::off::CUR_EPOCH).0],
                         "",

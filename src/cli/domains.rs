@@ -1,0 +1,117 @@
+//! Commands about libvirt domains: enroll, unenroll, list.
+
+use std::path::Path;
+
+use crate::error::Error;
+use crate::escape::escape;
+use crate::host::statedir::GuestDir;
+use crate::kernel::builds;
+use crate::libvirt::connection::Libvirt;
+
+use super::GuestArgs;
+
+/// The changed lines between two versions of a document.
+fn print_change(old: &str, new: &str) {
+    let (a, b): (Vec<&str>, Vec<&str>) = (old.lines().collect(), new.lines().collect());
+    let head = a.iter().zip(&b).take_while(|(x, y)| x == y).count();
+    let tail = a[head..]
+        .iter()
+        .rev()
+        .zip(b[head..].iter().rev())
+        .take_while(|(x, y)| x == y)
+        .count();
+    if head == a.len() && head == b.len() {
+        println!("(no change)");
+        return;
+    }
+    println!("@@ line {} @@", head + 1);
+    for l in &a[head..a.len() - tail] {
+        println!("-{l}");
+    }
+    for l in &b[head..b.len() - tail] {
+        println!("+{l}");
+    }
+}
+
+/// `xftrace enroll NAME`: store the build, edit the definition.
+pub fn enroll(
+    g: &GuestArgs,
+    root: &Path,
+    name: &str,
+    monitor: &[String],
+    dry_run: bool,
+) -> Result<(), Error> {
+    let map = g.system_map.as_ref().ok_or_else(|| {
+        Error::Input(format!(
+            "enrolling records the guest kernel's System.map: `xftrace enroll {} --system-map PATH`",
+            escape(name)
+        ))
+    })?;
+    let vmlinux = g.vmlinux.clone().or_else(|| {
+        let v = map.with_file_name("vmlinux");
+        v.is_file().then_some(v)
+    });
+    let lv = Libvirt::connect(&g.connect)?;
+    // The domain must exist before anything is copied.
+    lv.domain(name)?;
+    let stored = builds::store(root, map, vmlinux.as_deref(), dry_run)?;
+    let (old, new) = lv.enroll(name, &stored, monitor, dry_run)?;
+    let name = escape(name);
+    if dry_run {
+        print_change(&old, &new);
+    } else if old == new {
+        println!("{name} is already enrolled");
+    } else {
+        println!(
+            "enrolled {name}: its RAM will be a shared, preallocated file from its next start"
+        );
+    }
+    Ok(())
+}
+
+/// `xftrace unenroll NAME`: put the definition back.
+pub fn unenroll(g: &GuestArgs, root: &Path, name: &str, dry_run: bool) -> Result<(), Error> {
+    let lv = Libvirt::connect(&g.connect)?;
+    if let Some(st) = GuestDir::existing_domain(root, name) {
+        if !dry_run && st.collector_running()? {
+            let name = escape(name);
+            return Err(Error::State(format!(
+                "{name} is being traced; run `xftrace --domain {name} off` first"
+            )));
+        }
+    }
+    let (old, new) = lv.unenroll(name, dry_run)?;
+    if dry_run {
+        print_change(&old, &new);
+    } else {
+        println!(
+            "unenrolled {}: its previous memory backing applies from its next start",
+            escape(name)
+        );
+    }
+    Ok(())
+}
+
+/// `xftrace list`: domains, running or not, enrolled or not, tracing or not.
+pub fn list(g: &GuestArgs, root: &Path) -> Result<(), Error> {
+    let lv = Libvirt::connect(&g.connect)?;
+    println!(
+        "{:<24} {:<8} {:<9} {:<8} SYSTEM.MAP",
+        "DOMAIN", "STATE", "ENROLLED", "TRACING"
+    );
+    for d in lv.list()? {
+        let tracing = match GuestDir::existing_domain(root, &d.name) {
+            Some(st) => st.collector_running()?,
+            None => false,
+        };
+        println!(
+            "{:<24} {:<8} {:<9} {:<8} {}",
+            escape(&d.name),
+            if d.running { "running" } else { "off" },
+            if d.enrolled { "yes" } else { "no" },
+            if tracing { "yes" } else { "no" },
+            escape(d.system_map.as_deref().unwrap_or("-"))
+        );
+    }
+    Ok(())
+}

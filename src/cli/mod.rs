@@ -1,0 +1,390 @@
+//! The `xftrace` command line: what it accepts (`Cli`), what each command
+//! does ([`run`]), and the one mapping from outcome to exit code
+//! ([`exit_code`]).
+
+mod domains;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::detect;
+use crate::error::Error;
+use crate::guest::memory::Machine;
+use crate::host::statedir;
+use crate::kernel::target::{MemFile, Source, Target};
+use crate::libvirt::connection::DEFAULT_URI;
+use crate::libvirt::hook;
+use crate::trace::session::{self, CollectOptions};
+use crate::trace::{collector, spool};
+
+/// Trace a KVM guest's kernel from the host, through the file that backs its
+/// RAM, without pausing it.
+#[derive(Parser, Debug)]
+#[command(name = "xftrace", version, about, long_about = None)]
+pub struct Cli {
+    #[command(flatten)]
+    pub guest: GuestArgs,
+
+    /// Where xftrace keeps per-guest state (0700).
+    #[arg(long, global = true, env = "XFTRACE_STATE_DIR", default_value = statedir::DEFAULT_ROOT)]
+    pub state_dir: PathBuf,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Args, Debug)]
+pub struct GuestArgs {
+    /// The libvirt domain to trace.
+    #[arg(
+        long,
+        short = 'd',
+        global = true,
+        value_name = "NAME",
+        conflicts_with = "mem_file"
+    )]
+    pub domain: Option<String>,
+
+    /// libvirt connection URI.
+    #[arg(long, short = 'c', global = true, value_name = "URI", default_value = DEFAULT_URI)]
+    pub connect: String,
+
+    /// File backing the guest's RAM (QEMU memory-backend-file, share=on), for guests outside libvirt.
+    #[arg(long, global = true, value_name = "PATH")]
+    pub mem_file: Option<PathBuf>,
+
+    /// System.map of the kernel the guest runs (from guest-kernel/build.sh)
+    /// [default for domains: the one recorded at enrollment].
+    #[arg(long, global = true, value_name = "PATH")]
+    pub system_map: Option<PathBuf>,
+
+    /// vmlinux of that kernel, to match its banner exactly
+    /// [default: vmlinux beside System.map, if present].
+    #[arg(long, global = true, value_name = "PATH")]
+    pub vmlinux: Option<PathBuf>,
+
+    /// QEMU machine type (--mem-file only); needed for guests with 2.75 GiB of RAM or more.
+    #[arg(long, global = true, value_enum)]
+    pub machine: Option<Machine>,
+
+    /// QEMU's max-ram-below-4g, if the guest was started with it (--mem-file only; bytes).
+    #[arg(long, global = true, value_name = "BYTES")]
+    pub max_ram_below_4g: Option<u64>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Start tracing FUNCTIONS (e.g. sys_openat sys_read) and collecting in the background.
+    On {
+        /// Functions as users name them: sys_read, read, __x64_sys_read, vfs_read.
+        #[arg(required = true, value_name = "FUNCTION")]
+        functions: Vec<String>,
+        /// Interval between key rotations, in milliseconds.
+        #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(10..=60_000))]
+        key_interval_ms: u64,
+        /// Also trace interrupt handlers that run inside traced calls.
+        #[arg(long)]
+        irqs: bool,
+        /// Keep trying this many seconds while the guest is not up yet (the
+        /// hook's always-on monitoring uses it).
+        #[arg(long, default_value_t = 0, hide = true)]
+        wait: u64,
+        /// Most bytes of records to keep for the trace (64 per record);
+        /// records past it are counted as lost and the trace says so.
+        #[arg(long, env = "XFTRACE_SPOOL_LIMIT", default_value_t = spool::DEFAULT_LIMIT, value_name = "BYTES")]
+        spool_limit: u64,
+    },
+    /// Stop tracing, drain the rings and write the trace.
+    Off {
+        /// Where to write the function_graph trace.
+        #[arg(short, long, default_value = "trace_graph.txt")]
+        output: PathBuf,
+    },
+    /// Show the guest's tracer and the collector.
+    Status,
+    /// Prepare a libvirt domain for tracing (takes effect at its next start).
+    Enroll {
+        /// The domain.
+        name: String,
+        /// Print the change to the domain's definition without making it.
+        #[arg(long)]
+        dry_run: bool,
+        /// Always-on monitoring: trace these functions from every start of
+        /// the domain (comma-separated; started by the libvirt hook).
+        #[arg(long, value_delimiter = ',', value_name = "FUNCTIONS")]
+        monitor: Vec<String>,
+    },
+    /// Undo `enroll`: restore the domain's previous memory backing.
+    Unenroll {
+        name: String,
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// List libvirt domains: running or not, enrolled or not, tracing or not.
+    List,
+    /// Entry point of the libvirt hook (reads the domain XML on stdin).
+    Hook {
+        /// The hook's driver; only `qemu` is handled.
+        driver: String,
+        /// libvirt's arguments: DOMAIN OPERATION SUB-OPERATION EXTRA.
+        args: Vec<String>,
+    },
+    /// Trace the clean guest and save its call flow as the baseline for `check`.
+    Baseline {
+        /// Seconds to trace.
+        #[arg(long, default_value_t = 10)]
+        duration: u64,
+        /// Levels below each syscall to record (deeper levels vary more
+        /// between runs of a clean guest).
+        #[arg(long, default_value_t = 2)]
+        depth: u32,
+        /// Functions to trace [default: sys_openat sys_read sys_getdents64].
+        functions: Vec<String>,
+    },
+    /// Check the guest once: exit 0 clean, 1 findings, 2 error.
+    Check {
+        /// One JSON object per finding.
+        #[arg(long)]
+        json: bool,
+        /// Seconds of tracing for the call-flow check against the baseline (0: skip).
+        #[arg(long, default_value_t = 3)]
+        trace_seconds: u64,
+    },
+    /// Check continuously, reporting each finding when it appears.
+    Watch {
+        #[arg(long)]
+        json: bool,
+        /// Seconds between checks.
+        #[arg(long, default_value_t = 1.0)]
+        interval: f64,
+        /// Seconds of tracing per call-flow check (0: integrity checks only).
+        #[arg(long, default_value_t = 0)]
+        trace_seconds: u64,
+        /// Stop after this many checks.
+        #[arg(long)]
+        rounds: Option<u64>,
+    },
+    /// Run the collector (started by `on`; not for direct use).
+    #[command(hide = true)]
+    Collect {
+        #[arg(long)]
+        lock_fd: i32,
+        #[arg(long, default_value_t = 1000)]
+        key_interval_ms: u64,
+        #[arg(long, default_value_t = spool::DEFAULT_LIMIT)]
+        spool_limit: u64,
+        /// Where `on` found the guest kernel's `_text` (guest physical).
+        #[arg(long, value_parser = parse_hex)]
+        text_pa: Option<u64>,
+        functions: Vec<String>,
+    },
+}
+
+fn parse_hex(s: &str) -> Result<u64, String> {
+    u64::from_str_radix(s.trim_start_matches("0x"), 16).map_err(|e| e.to_string())
+}
+
+impl Command {
+    /// `check` and `watch` exit 0 clean, 1 findings, 2 error.
+    fn is_detection(&self) -> bool {
+        matches!(self, Command::Check { .. } | Command::Watch { .. })
+    }
+}
+
+/// How a command that did not fail ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Done,
+    /// A check found nothing.
+    Clean,
+    /// A check found something.
+    Findings,
+}
+
+/// The exit code of `command`'s result: 0 success; for `check` and
+/// `watch` 0 clean, 1 findings, 2 any error; for the rest the error's own
+/// code (see [`crate::error::exit`]).
+pub fn exit_code(detection: bool, result: &Result<Outcome, Error>) -> u8 {
+    match result {
+        Ok(Outcome::Done | Outcome::Clean) => 0,
+        Ok(Outcome::Findings) => 1,
+        Err(_) if detection => 2,
+        Err(e) => u8::try_from(e.exit_code()).unwrap_or(1),
+    }
+}
+
+/// Parse the command line, run the command, return the exit code (errors
+/// are printed as one line).
+pub fn main() -> u8 {
+    let cli = Cli::parse();
+    let detection = cli.command.is_detection();
+    let result = run(cli);
+    if let Err(e) = &result {
+        eprintln!("xftrace: error: {e}");
+    }
+    exit_code(detection, &result)
+}
+
+fn target(g: &GuestArgs, root: &Path) -> Result<Target, Error> {
+    let source = match (&g.domain, &g.mem_file) {
+        (Some(name), _) => Source::Domain {
+            name: name.clone(),
+            uri: g.connect.clone(),
+        },
+        (None, Some(path)) => Source::MemFile(MemFile {
+            path: path.clone(),
+            machine: g.machine,
+            max_ram_below_4g: g.max_ram_below_4g,
+        }),
+        (None, None) => {
+            return Err(Error::Input(
+                "say which guest: --domain NAME (libvirt) or --mem-file PATH (the file backing its RAM)".into(),
+            ))
+        }
+    };
+    Ok(Target {
+        source,
+        system_map: g.system_map.clone(),
+        vmlinux: g.vmlinux.clone(),
+        state_root: root.to_path_buf(),
+    })
+}
+
+/// Run the command `cli` names.
+pub fn run(cli: Cli) -> Result<Outcome, Error> {
+    let root = &cli.state_dir;
+    let done = |r: Result<(), Error>| r.map(|()| Outcome::Done);
+    match &cli.command {
+        Command::On {
+            functions,
+            key_interval_ms,
+            irqs,
+            wait,
+            spool_limit,
+        } => done(session::on_waiting(
+            Duration::from_secs(*wait),
+            &target(&cli.guest, root)?,
+            functions,
+            CollectOptions {
+                key_interval: Duration::from_millis(*key_interval_ms),
+                irqs: *irqs,
+                spool_limit: *spool_limit,
+                ..Default::default()
+            },
+        )),
+        Command::Off { output } => {
+            session::off(&target(&cli.guest, root)?, output).map(|_| Outcome::Done)
+        }
+        Command::Status => done(session::status(&target(&cli.guest, root)?)),
+        Command::Enroll {
+            name,
+            dry_run,
+            monitor,
+        } => done(domains::enroll(&cli.guest, root, name, monitor, *dry_run)),
+        Command::Unenroll { name, dry_run } => {
+            done(domains::unenroll(&cli.guest, root, name, *dry_run))
+        }
+        Command::List => done(domains::list(&cli.guest, root)),
+        Command::Baseline {
+            duration,
+            depth,
+            functions,
+        } => baseline(&target(&cli.guest, root)?, functions, *duration, *depth),
+        Command::Check {
+            json,
+            trace_seconds,
+        } => check(&target(&cli.guest, root)?, *json, *trace_seconds),
+        Command::Watch {
+            json,
+            interval,
+            trace_seconds,
+            rounds,
+        } => {
+            let any = detect::watch(
+                &target(&cli.guest, root)?,
+                &detect::CheckOptions {
+                    trace_seconds: *trace_seconds,
+                },
+                Duration::from_secs_f64(interval.max(0.1)),
+                *json,
+                *rounds,
+            )?;
+            Ok(if any {
+                Outcome::Findings
+            } else {
+                Outcome::Clean
+            })
+        }
+        Command::Hook { driver, args } => match driver.as_str() {
+            "qemu" => done(hook::qemu(root, args, &mut std::io::stdin())),
+            _ => Ok(Outcome::Done),
+        },
+        Command::Collect {
+            lock_fd,
+            key_interval_ms,
+            spool_limit,
+            text_pa,
+            functions,
+        } => {
+            // The descriptor was left open for us by `on`.
+            let lock = unsafe { statedir::inherited_lock(*lock_fd) };
+            done(collector::run(
+                &target(&cli.guest, root)?,
+                lock,
+                functions,
+                CollectOptions {
+                    key_interval: Duration::from_millis(*key_interval_ms),
+                    spool_limit: *spool_limit,
+                    ..Default::default()
+                },
+                *text_pa,
+            ))
+        }
+    }
+}
+
+/// `xftrace baseline [FUNCTIONS]`
+fn baseline(t: &Target, functions: &[String], seconds: u64, depth: u32) -> Result<Outcome, Error> {
+    let defaults = ["sys_openat", "sys_read", "sys_getdents64"].map(String::from);
+    let f = if functions.is_empty() {
+        &defaults[..]
+    } else {
+        functions
+    };
+    let b = detect::baseline(t, f, Duration::from_secs(seconds), depth)?;
+    let n: usize = b.edges.values().map(|e| e.len()).sum();
+    println!("baseline: {n} call edges of {}", b.functions.join(" "));
+    Ok(Outcome::Done)
+}
+
+/// `xftrace check`
+fn check(t: &Target, json: bool, trace_seconds: u64) -> Result<Outcome, Error> {
+    let f = detect::check(t, &detect::CheckOptions { trace_seconds })?;
+    detect::report(&f, json);
+    if f.is_empty() && !json {
+        println!("{}: clean", t.describe());
+    }
+    Ok(if f.is_empty() {
+        Outcome::Clean
+    } else {
+        Outcome::Findings
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_exit_code_policy() {
+        let e = || Err(Error::Input("x".into()));
+        assert_eq!(exit_code(false, &Ok(Outcome::Done)), 0);
+        assert_eq!(exit_code(false, &e()), 3);
+        assert_eq!(exit_code(false, &Err(Error::State("x".into()))), 5);
+        assert_eq!(exit_code(true, &Ok(Outcome::Clean)), 0);
+        assert_eq!(exit_code(true, &Ok(Outcome::Findings)), 1);
+        assert_eq!(exit_code(true, &e()), 2);
+    }
+}

@@ -1,0 +1,138 @@
+//! Checks of the guest's memory against the trusted build, one file per
+//! check behind one small trait. Adding a check: write a file here with a
+//! type that implements [`Check`], and add it to [`CHECKS`] (see
+//! `docs/checks.md`).
+#![deny(clippy::arithmetic_side_effects)]
+
+pub mod ftrace_hooks;
+pub mod idt;
+pub mod operation_tables;
+pub mod syscall_dispatch;
+pub mod syscall_table;
+pub mod tracer;
+
+use crate::abi::le;
+use crate::host::statedir::GuestDir;
+use crate::kernel::guest::KernelView;
+use crate::kernel::symbols::SystemMap;
+use crate::kernel::vmlinux::Vmlinux;
+
+use super::{Finding, FindingKind};
+
+/// What every check gets: one kernel of the opened guest, the trusted
+/// build, and the guest's state directory.
+pub struct Context<'a> {
+    pub view: KernelView<'a>,
+    pub vmlinux: &'a Vmlinux,
+    pub dir: &'a GuestDir,
+}
+
+impl Context<'_> {
+    pub fn map(&self) -> &SystemMap {
+        self.view.sym.map
+    }
+
+    pub fn slide(&self) -> u64 {
+        self.view.sym.slide
+    }
+
+    /// Runtime address of a symbol.
+    pub fn sym(&self, name: &str) -> Option<u64> {
+        self.view.sym.addr(name)
+    }
+
+    /// True if runtime `addr` lies in the kernel image.
+    pub fn in_image(&self, addr: u64) -> bool {
+        self.view.sym.in_image(addr)
+    }
+
+    /// Read guest kernel virtual memory.
+    pub fn read(&self, va: u64, buf: &mut [u8]) -> Option<()> {
+        self.view.read(va, buf)
+    }
+
+    pub fn read_words(&self, va: u64, n: usize) -> Option<Vec<u64>> {
+        self.view.read_words(va, n)
+    }
+
+    /// `symbol+0xoff`, or the address with the module that probably owns it.
+    pub fn name(&self, addr: u64) -> String {
+        self.view.name(addr)
+    }
+}
+
+/// A check of the guest's memory.
+pub trait Check: Sync {
+    /// What it reports.
+    fn kind(&self) -> FindingKind;
+    /// Look, and add what is wrong to `out`. Never fails: what cannot be
+    /// read is itself a finding.
+    fn run(&self, cx: &Context, out: &mut Vec<Finding>);
+}
+
+/// Every check, in the order they run.
+pub const CHECKS: &[&dyn Check] = &[
+    &syscall_table::SyscallTables,
+    &syscall_dispatch::SyscallDispatch,
+    &idt::Idt,
+    &operation_tables::OperationTables,
+    &ftrace_hooks::FtraceHooks,
+    &tracer::TracerIntegrity,
+];
+
+/// Run every check.
+pub fn run_all(cx: &Context) -> Vec<Finding> {
+    let mut out = Vec::new();
+    for c in CHECKS {
+        c.run(cx, &mut out);
+    }
+    out
+}
+
+/// Compare a table of pointers with the build, word by word.
+fn compare_table(
+    cx: &Context,
+    name: &str,
+    kind: FindingKind,
+    entry_name: &dyn Fn(usize) -> String,
+    out: &mut Vec<Finding>,
+) {
+    let (Some(link), Some(extent)) = (cx.map().addr(name), cx.map().extent(name)) else {
+        return;
+    };
+    let n = (extent / 8).min(1024);
+    let runtime = link.wrapping_add(cx.slide());
+    let (Some(built), Some(live)) = (
+        cx.vmlinux.bytes(link, n.saturating_mul(8)),
+        cx.read_words(runtime, n as usize),
+    ) else {
+        out.push(Finding::new(
+            kind,
+            format!("cannot read {name} from the guest or the build"),
+            &[runtime],
+            "",
+        ));
+        return;
+    };
+    for (i, (b, &l)) in le::words(&built).zip(&live).enumerate() {
+        let want = if cx.map().in_image(b) {
+            b.wrapping_add(cx.slide())
+        } else {
+            b
+        };
+        if l != want {
+            let at = runtime.wrapping_add((i as u64).wrapping_mul(8));
+            out.push(Finding::new(
+                kind,
+                format!(
+                    "{} points to {} instead of {}",
+                    entry_name(i),
+                    cx.name(l),
+                    cx.name(want)
+                ),
+                &[at, l, want],
+                format!("{name} differs from the trusted build"),
+            ));
+        }
+    }
+}

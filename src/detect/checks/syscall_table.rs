@@ -1,0 +1,35 @@
+//! `sys_call_table` and its ia32/x32 siblings against the build. On
+//! 6.1.85+ `x64_sys_call()` dispatches, so an overwritten entry no longer
+//! redirects syscalls, but it is still a rootkit's mark.
+#![deny(clippy::arithmetic_side_effects)]
+
+use super::{compare_table, Check, Context};
+use crate::detect::{Finding, FindingKind};
+
+pub struct SyscallTables;
+
+impl Check for SyscallTables {
+    fn kind(&self) -> FindingKind {
+        FindingKind::SyscallTable
+    }
+
+    fn run(&self, cx: &Context, out: &mut Vec<Finding>) {
+        syscall_tables(cx, out)
+    }
+}
+
+fn syscall_tables(cx: &Context, out: &mut Vec<Finding>) {
+    for table in [
+        "sys_call_table",
+        "ia32_sys_call_table",
+        "x32_sys_call_table",
+    ] {
+        compare_table(
+            cx,
+            table,
+            FindingKind::SyscallTable,
+            &|i| format!("{table}[{i}]"),
+            out,
+        );
+    }
+}

@@ -1,0 +1,186 @@
+//! `check`, `watch` and `baseline`: open the guest once per round, run
+//! every check against it, and trace through the same opened guest.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use log::info;
+
+use crate::error::{Error, Result};
+use crate::host::statedir::{now_unix, GuestDir};
+use crate::kernel::target::Target;
+use crate::trace::session;
+
+use super::checks::{self, Context};
+use super::{callflow, report, Finding, FindingKind};
+
+/// How `check` and `watch` work.
+#[derive(Clone, Debug)]
+pub struct CheckOptions {
+    /// Seconds of tracing for the call-flow check (needs a baseline; 0 skips it).
+    pub trace_seconds: u64,
+}
+
+fn baseline_path(dir: &GuestDir) -> PathBuf {
+    dir.path().join("baseline.json")
+}
+
+/// A baseline is a few hundred kilobytes of call edges.
+const MAX_BASELINE: u64 = 64 << 20;
+/// Distinct findings `watch` remembers, at most.
+const MAX_KNOWN: usize = 100_000;
+
+/// One check of the guest: integrity of control data and of the tracer,
+/// and, with a baseline, its call flow. The guest is opened once; with
+/// several control blocks (a decoy), that is a finding, and every other
+/// check still runs, against each of them.
+pub fn check(target: &Target, opts: &CheckOptions) -> Result<Vec<Finding>> {
+    let dir = target.dir()?;
+    let g = target.open_all()?;
+    let vmlinux = g.vmlinux.as_ref().ok_or_else(|| {
+        Error::Input(format!(
+            "checks compare the guest with its build's vmlinux: none beside {}; pass --vmlinux",
+            g.system_map.display()
+        ))
+    })?;
+    let mut findings = Vec::new();
+    if !g.others.is_empty() {
+        let all: Vec<_> = g.kernels().cloned().collect();
+        let ctls: Vec<u64> = all.iter().map(|k| k.ctl.0).collect();
+        let e = crate::kernel::locate::decoy(&crate::kernel::locate::Located {
+            kernels: all,
+            candidates: 0,
+            rejected: 0,
+            first_reason: None,
+        });
+        findings.push(Finding::new(
+            FindingKind::TracerIntegrity,
+            e.to_string(),
+            &ctls,
+            "control block duplicated: every check ran against each",
+        ));
+    }
+    for k in g.kernels() {
+        let cx = Context {
+            view: g.view(k),
+            vmlinux,
+            dir: &dir,
+        };
+        findings.extend(checks::run_all(&cx));
+    }
+    if g.others.is_empty() && opts.trace_seconds > 0 {
+        findings.extend(call_flow(target, &g, &dir, opts)?);
+    }
+    for f in &mut findings {
+        f.domain = target.describe();
+    }
+    Ok(findings)
+}
+
+/// Trace the baseline's functions through the opened guest and compare.
+fn call_flow(
+    target: &Target,
+    g: &crate::kernel::guest::Guest,
+    dir: &GuestDir,
+    opts: &CheckOptions,
+) -> Result<Vec<Finding>> {
+    let Some(b) =
+        crate::host::files::read_text_bounded(&baseline_path(dir), MAX_BASELINE, "baseline")
+            .ok()
+            .and_then(|t| serde_json::from_str::<callflow::Baseline>(&t).ok())
+    else {
+        return Ok(Vec::new());
+    };
+    if dir.collector_running()? {
+        info!("a tracing session is running: call-flow check skipped");
+        return Ok(Vec::new());
+    }
+    let cap = session::capture(
+        target,
+        g,
+        &b.functions,
+        Duration::from_secs(opts.trace_seconds),
+    )?;
+    let flow = {
+        let sym = cap.symbolizer();
+        let name = |a: u64| sym.function(a);
+        callflow::analyze(cap.records()?, &name, &|a| sym.in_image(a), b.depth)
+    };
+    cap.finish()?;
+    let mut out = flow.unknown_code;
+    out.extend(callflow::new_edges(&b, &flow.edges));
+    Ok(out)
+}
+
+/// `baseline`: trace the clean guest and save its call flow.
+pub fn baseline(
+    target: &Target,
+    functions: &[String],
+    duration: Duration,
+    depth: u32,
+) -> Result<callflow::Baseline> {
+    let g = target.open()?;
+    let cap = session::capture(target, &g, functions, duration)?;
+    let flow = {
+        let sym = cap.symbolizer();
+        callflow::analyze(cap.records()?, &|a| sym.function(a), &|_| true, depth)
+    };
+    let b = callflow::Baseline {
+        functions: cap.status.functions.clone(),
+        depth,
+        edges: flow.edges,
+    };
+    let records = cap.status.rings.records;
+    cap.finish()?;
+    let dir = target.dir()?;
+    let text = serde_json::to_string_pretty(&b).expect("serializes");
+    crate::host::files::write_atomically(&baseline_path(&dir), text.as_bytes())?;
+    info!(
+        "baseline of {records} records saved in {}",
+        baseline_path(&dir).display()
+    );
+    Ok(b)
+}
+
+/// `watch`: check every `interval` until interrupted; report each finding
+/// when it first appears, with how long after the last clean check.
+pub fn watch(
+    target: &Target,
+    opts: &CheckOptions,
+    interval: Duration,
+    json: bool,
+    rounds: Option<u64>,
+) -> Result<bool> {
+    let mut known = std::collections::BTreeSet::new();
+    let mut last_clean = now_unix();
+    let mut any = false;
+    let mut n = 0;
+    loop {
+        let t = Instant::now();
+        let findings = check(target, opts)?;
+        let new: Vec<Finding> = findings
+            .into_iter()
+            .filter(|f| known.insert((f.kind, f.detail.clone())))
+            .collect();
+        if new.is_empty() && known.is_empty() {
+            last_clean = now_unix();
+        }
+        for f in &new {
+            info!(
+                "detection latency: {} first seen {:.2} s after the last clean check",
+                f.kind,
+                f.time - last_clean
+            );
+        }
+        if known.len() > MAX_KNOWN {
+            known.clear();
+        }
+        any |= !new.is_empty();
+        report(&new, json);
+        n += 1;
+        if rounds.is_some_and(|r| n >= r) {
+            return Ok(any);
+        }
+        std::thread::sleep(interval.saturating_sub(t.elapsed()));
+    }
+}

@@ -1,0 +1,263 @@
+//! The collector (`xftrace collect`, started by `on`): rotates the key,
+//! reads the rings into the spool and keeps the session's status, until
+//! SIGTERM, the guest's RAM file disappears, or an error.
+
+use std::fs::File;
+use std::io::Write;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use log::{error, info, warn};
+
+use crate::error::{Error, Result};
+use crate::escape::escape;
+use crate::host::files;
+use crate::host::process::ProcessId;
+use crate::host::statedir::{now_unix, GuestDir};
+use crate::kernel::guest::Guest;
+use crate::kernel::target::Target;
+use crate::trace::keys::KeyController;
+use crate::trace::rings::{Anomaly, RingReader};
+use crate::trace::session::CollectOptions;
+use crate::trace::spool::SpoolWriter;
+use crate::trace::status::{CollectorState, CollectorStatus};
+use crate::trace::switch;
+
+/// A heartbeat unchanged this long while the VM should run is reported.
+const HEARTBEAT_STALL: Duration = Duration::from_secs(5);
+/// How often the status file is brought up to date.
+const REPORT_EVERY: Duration = Duration::from_millis(500);
+/// Integrity failures logged one by one before only anomalies.log has them.
+const LOGGED_ANOMALIES: u64 = 20;
+
+static STOP: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(_: libc::c_int) {
+    STOP.store(true, Ordering::SeqCst);
+}
+
+/// `xftrace collect`: `lock` is the guest's lock, inherited from `on`;
+/// `text_pa`, where `on` found the kernel.
+pub fn run(
+    target: &Target,
+    lock: File,
+    functions: &[String],
+    opts: CollectOptions,
+    text_pa: Option<u64>,
+) -> Result<()> {
+    let dir = target.dir()?;
+    let mut status = CollectorStatus {
+        process: ProcessId::own(),
+        target: target.describe(),
+        functions: functions.to_vec(),
+        started: now_unix(),
+        updated: now_unix(),
+        spool_limit: opts.spool_limit,
+        ..Default::default()
+    };
+    let result =
+        Collector::start(target, &dir, &mut status, opts, text_pa).and_then(|c| c.run(&mut status));
+    if let Err(e) = &result {
+        error!("collector failed: {e}");
+        status.state = CollectorState::Failed;
+        status.message = e.to_string();
+    }
+    status.updated = now_unix();
+    status.write(&dir)?;
+    drop(lock);
+    result
+}
+
+struct Collector<'a> {
+    g: Guest,
+    dir: &'a GuestDir,
+    opts: CollectOptions,
+    keys: KeyController,
+    reader: RingReader,
+    spool: SpoolWriter,
+    anomalies: File,
+    logged: u64,
+    last_rotation: Instant,
+    last_report: Instant,
+    /// The last heartbeat value and when it changed.
+    heartbeat: (u64, Instant),
+}
+
+impl<'a> Collector<'a> {
+    fn start(
+        target: &Target,
+        dir: &'a GuestDir,
+        status: &mut CollectorStatus,
+        opts: CollectOptions,
+        text_pa: Option<u64>,
+    ) -> Result<Self> {
+        for sig in [
+            nix::sys::signal::Signal::SIGTERM,
+            nix::sys::signal::Signal::SIGINT,
+        ] {
+            let handler = nix::sys::signal::SigHandler::Handler(on_signal);
+            // Only sets an atomic flag.
+            unsafe { nix::sys::signal::signal(sig, handler) }
+                .map_err(|e| Error::io("cannot install signal handler", e.into()))?;
+        }
+        let g = match text_pa {
+            Some(pa) => target.open_at(pa)?,
+            None => target.open()?,
+        };
+        status.slide = g.kernel.slide;
+        status.nr_cpus = g.kernel.header.nr_cpus;
+        status.banner = escape(&g.kernel.banner).into_owned();
+        status.system_map = g.system_map.display().to_string();
+
+        let mut keys = KeyController::new(&g.ram, &g.kernel, &dir.klog())?;
+        let mut reader = RingReader::start(&g.ram, &g.kernel)?;
+        let first = keys.rotate(&g.ram, &g.kernel)?;
+        reader.note_rotation(&g.ram, &g.kernel, first)?;
+        status.key_rotations = 1;
+        let spool = SpoolWriter::create(dir.path(), g.kernel.header.nr_rings, opts.spool_limit)?;
+        let anomalies = files::replace_private(&dir.anomalies())?;
+        status.state = CollectorState::Collecting;
+        status.key_epoch = keys.epoch();
+        status.write(dir)?;
+        info!(
+            "collecting from {} with key epoch {}",
+            target.describe(),
+            keys.epoch()
+        );
+        let heartbeat = (
+            g.ram.read_u64(g.kernel.field(crate::abi::off::HEARTBEAT))?,
+            Instant::now(),
+        );
+        Ok(Collector {
+            g,
+            dir,
+            opts,
+            keys,
+            reader,
+            spool,
+            anomalies,
+            logged: 0,
+            last_rotation: Instant::now(),
+            last_report: Instant::now(),
+            heartbeat,
+        })
+    }
+
+    fn run(mut self, status: &mut CollectorStatus) -> Result<()> {
+        loop {
+            let stopping = STOP.load(Ordering::SeqCst);
+            let gone = self.g.ram.unlinked();
+            self.drain()?;
+            if gone {
+                status.state = CollectorState::GuestGone;
+                status.message =
+                    "the guest's RAM file was removed (the VM stopped); trace kept up to that point"
+                        .into();
+                warn!("{}", status.message);
+            }
+            if stopping || gone || self.last_report.elapsed() >= REPORT_EVERY {
+                self.report(status)?;
+            }
+            if stopping || gone {
+                break;
+            }
+            if self.last_rotation.elapsed() >= self.opts.key_interval {
+                let e = self.keys.rotate(&self.g.ram, &self.g.kernel)?;
+                self.reader.note_rotation(&self.g.ram, &self.g.kernel, e)?;
+                status.key_rotations = status.key_rotations.saturating_add(1);
+                self.last_rotation = Instant::now();
+            }
+            std::thread::sleep(self.opts.poll_interval);
+        }
+        if status.state == CollectorState::Collecting {
+            status.state = CollectorState::Stopped;
+        }
+        let stats = &self.reader.stats;
+        info!(
+            "collector done: {} records, {} lost, {} integrity failures",
+            stats.records,
+            stats.missing(),
+            stats.integrity_failures()
+        );
+        Ok(())
+    }
+
+    /// Read what the rings hold into the spool; anomalies to their log.
+    fn drain(&mut self) -> Result<()> {
+        let mut write_err = None;
+        let mut over_limit = 0u64;
+        let (spool, anomalies, logged, dir) = (
+            &mut self.spool,
+            &mut self.anomalies,
+            &mut self.logged,
+            self.dir,
+        );
+        self.reader.poll(
+            &self.g.ram,
+            &self.g.kernel,
+            self.keys.klog(),
+            |r| match spool.push(&r) {
+                Ok(true) => {}
+                Ok(false) => over_limit = over_limit.saturating_add(1),
+                Err(e) => {
+                    write_err.get_or_insert(e);
+                }
+            },
+            |a| note_anomaly(anomalies, logged, dir, &a),
+        )?;
+        if let Some(e) = write_err {
+            return Err(e);
+        }
+        if over_limit > 0 && self.reader.stats.over_limit == 0 {
+            warn!(
+                "the record spool reached its limit of {} bytes: further records are counted as lost",
+                self.opts.spool_limit
+            );
+        }
+        self.reader.stats.over_limit = self.reader.stats.over_limit.saturating_add(over_limit);
+        Ok(())
+    }
+
+    /// Bring the status file up to date with the rings and the guest.
+    fn report(&mut self, status: &mut CollectorStatus) -> Result<()> {
+        let gs = switch::read_status(&self.g.ram, &self.g.kernel)?;
+        if gs.heartbeat != self.heartbeat.0 {
+            self.heartbeat = (gs.heartbeat, Instant::now());
+            status.heartbeat_stalled = false;
+        } else if self.heartbeat.1.elapsed() >= HEARTBEAT_STALL && !status.heartbeat_stalled {
+            status.heartbeat_stalled = true;
+            warn!(
+                "the guest's xftrace heartbeat has not advanced for {} s",
+                HEARTBEAT_STALL.as_secs()
+            );
+        }
+        for why in gs.narrowed_reasons() {
+            if !status.narrowed.iter().any(|w| w == why) {
+                warn!("the guest narrowed the capture: {why}");
+                status.narrowed.push(why.to_string());
+            }
+        }
+        status.rings = self.reader.stats.clone();
+        status.guest_dropped = gs
+            .dropped
+            .saturating_add(gs.unringed)
+            .saturating_add(gs.nested);
+        status.key_epoch = self.keys.epoch();
+        status.updated = now_unix();
+        self.spool.flush()?;
+        status.write(self.dir)?;
+        self.last_report = Instant::now();
+        Ok(())
+    }
+}
+
+/// Every anomaly goes to anomalies.log; the log gets the first few.
+fn note_anomaly(anomalies: &mut File, logged: &mut u64, dir: &GuestDir, a: &Anomaly) {
+    *logged = logged.saturating_add(1);
+    if *logged <= LOGGED_ANOMALIES {
+        warn!("integrity: {a}");
+    } else if *logged == LOGGED_ANOMALIES.saturating_add(1) {
+        warn!("more integrity failures: see {}", dir.anomalies().display());
+    }
+    let _ = writeln!(anomalies, "{:.3} {a}", now_unix());
+}

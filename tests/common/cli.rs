@@ -1,0 +1,100 @@
+//! Running the xftrace binary, with private state, and echoing what it did.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use super::kernel::system_map;
+
+/// Run the xftrace binary against a guest.
+pub struct Xftrace {
+    pub state: tempfile::TempDir,
+    pub mem_file: PathBuf,
+    pub system_map: PathBuf,
+}
+
+impl Xftrace {
+    pub fn new(mem_file: &Path) -> Self {
+        Xftrace {
+            state: state_dir(),
+            mem_file: mem_file.to_path_buf(),
+            system_map: system_map(),
+        }
+    }
+
+    /// The xftrace command for this guest, not yet run.
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_xftrace"));
+        c.arg("--mem-file")
+            .arg(&self.mem_file)
+            .arg("--system-map")
+            .arg(&self.system_map)
+            .arg("--state-dir")
+            .arg(self.state.path())
+            .args(args);
+        c
+    }
+
+    pub fn run(&self, args: &[&str]) -> Output {
+        let mut all = vec![
+            "--mem-file",
+            self.mem_file.to_str().unwrap(),
+            "--system-map",
+            self.system_map.to_str().unwrap(),
+        ];
+        all.extend_from_slice(args);
+        xftrace(self.state.path(), &all)
+    }
+}
+
+/// A private state directory (xftrace refuses one others can enter).
+pub fn state_dir() -> tempfile::TempDir {
+    let d = tempfile::Builder::new()
+        .prefix("xftrace-state-")
+        .tempdir()
+        .unwrap();
+    std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+    d
+}
+
+/// Run xftrace against `x`'s guest with another System.map.
+pub fn xftrace_with_map(x: &Xftrace, map: &Path, args: &[&str]) -> Output {
+    let y = Xftrace {
+        state: state_dir(),
+        mem_file: x.mem_file.clone(),
+        system_map: map.to_path_buf(),
+    };
+    y.run(args)
+}
+
+/// Run the xftrace binary with state in `state`.
+pub fn xftrace(state: &Path, args: &[&str]) -> Output {
+    let out = Command::new(env!("CARGO_BIN_EXE_xftrace"))
+        .arg("--state-dir")
+        .arg(state)
+        .args(args)
+        .env("RUST_LOG", "info")
+        .output()
+        .expect("run xftrace");
+    logged("xftrace", args, out)
+}
+
+/// Echo a command and what it did to the test log; hand its output on.
+pub fn logged(tool: &str, args: &[&str], out: Output) -> Output {
+    eprintln!(
+        "$ {tool} {}\n  exit {:?}\n  stdout: {}\n  stderr: {}",
+        args.join(" "),
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).trim(),
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    out
+}
+
+/// What the libvirt hook recorded for domain `name` in `state`.
+pub fn hook_state(state: &Path, name: &str) -> Option<String> {
+    let text =
+        std::fs::read_to_string(state.join("domains").join(name).join("libvirt.json")).ok()?;
+    let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+    v["state"].as_str().map(str::to_string)
+}

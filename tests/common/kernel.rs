@@ -1,0 +1,91 @@
+//! The guest kernel (built and cached by guest-kernel/build.sh), the
+//! busybox initramfs, and the test rootkits built against the kernel.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+
+use super::repo;
+
+/// The guest kernel build (guest-kernel/build.sh; cached, so cheap when
+/// nothing changed). XFTRACE_KERNEL_DIR overrides.
+pub fn kernel_dir() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        if let Some(d) = std::env::var_os("XFTRACE_KERNEL_DIR") {
+            return PathBuf::from(d);
+        }
+        let out = Command::new("bash")
+            .arg(repo().join("guest-kernel/build.sh"))
+            .stderr(Stdio::inherit())
+            .output()
+            .expect("run guest-kernel/build.sh");
+        assert!(out.status.success(), "guest-kernel/build.sh failed");
+        let text = String::from_utf8(out.stdout).unwrap();
+        PathBuf::from(
+            text.lines()
+                .last()
+                .expect("build.sh printed its output dir"),
+        )
+    })
+}
+
+pub fn system_map() -> PathBuf {
+    kernel_dir().join("System.map")
+}
+
+pub fn initramfs() -> &'static Path {
+    static P: OnceLock<PathBuf> = OnceLock::new();
+    P.get_or_init(|| {
+        let out = repo().join("target").join("xftrace-test-initramfs.cpio.gz");
+        let st = Command::new("bash")
+            .arg(repo().join("tests/guest/make-initramfs.sh"))
+            .arg(&out)
+            .status()
+            .expect("run make-initramfs.sh");
+        assert!(st.success(), "make-initramfs.sh failed");
+        out
+    })
+}
+
+/// The test rootkits (tests/rootkits), built against the guest kernel's
+/// prepared tree, and an initramfs that carries them in /lib/xftrace-test/.
+pub fn rootkit_initramfs() -> &'static Path {
+    static P: OnceLock<PathBuf> = OnceLock::new();
+    P.get_or_init(|| {
+        let build = repo().join("target").join("xftrace-rootkits");
+        let _ = std::fs::remove_dir_all(&build);
+        std::fs::create_dir_all(&build).unwrap();
+        for e in std::fs::read_dir(repo().join("tests/rootkits")).unwrap() {
+            let e = e.unwrap();
+            std::fs::copy(e.path(), build.join(e.file_name())).unwrap();
+        }
+        let st = Command::new("make")
+            .arg("-C")
+            .arg(kernel_dir().join("build"))
+            .arg(format!("M={}", build.display()))
+            .arg("modules")
+            .stdout(Stdio::null())
+            .status()
+            .expect("run make");
+        assert!(st.success(), "building the test rootkits failed");
+        let mut kos: Vec<PathBuf> = std::fs::read_dir(&build)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|x| x == "ko"))
+            .collect();
+        kos.sort();
+        assert_eq!(kos.len(), 6, "{kos:?}");
+        let out = repo()
+            .join("target")
+            .join("xftrace-test-initramfs-rootkits.cpio.gz");
+        let st = Command::new("bash")
+            .arg(repo().join("tests/guest/make-initramfs.sh"))
+            .arg(&out)
+            .args(&kos)
+            .status()
+            .unwrap();
+        assert!(st.success());
+        out
+    })
+}
