@@ -30,17 +30,25 @@ const MAX_XML: u64 = 16 << 20;
 /// Functions always-on monitoring may name.
 const MAX_MONITOR: usize = 64;
 
+/// Where a domain is in its life, as the hook last saw it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DomainLife {
+    Running,
+    Stopped,
+}
+
 /// What the hook records about a domain's life, beside xftrace's state.
 #[derive(Debug, serde::Serialize, serde::Deserialize, PartialEq)]
 pub struct LibvirtState {
-    pub state: String,
+    pub state: DomainLife,
     pub since: f64,
 }
 
-fn record(root: &Path, name: &str, state: &str) -> Result<GuestDir> {
+fn record(root: &Path, name: &str, state: DomainLife) -> Result<GuestDir> {
     let st = GuestDir::for_domain(root, name)?;
     let text = serde_json::to_string(&LibvirtState {
-        state: state.into(),
+        state,
         since: now_unix(),
     })
     .expect("serializes");
@@ -137,7 +145,7 @@ pub fn qemu(root: &Path, args: &[String], stdin: &mut dyn Read) -> Result<()> {
                 return Ok(());
             };
             if f.enrolled {
-                match record(root, name, "running") {
+                match record(root, name, DomainLife::Running) {
                     Ok(st) if !f.monitor.is_empty() => {
                         if let Err(e) = start_monitoring(root, &st, name, &f) {
                             warn!(
@@ -158,7 +166,7 @@ pub fn qemu(root: &Path, args: &[String], stdin: &mut dyn Read) -> Result<()> {
         ("stopped", "end") | ("release", "end") => {
             // Only domains xftrace has state for; nothing to do for others.
             if GuestDir::existing_domain(root, name).is_some() {
-                match record(root, name, "stopped") {
+                match record(root, name, DomainLife::Stopped) {
                     // The collector notices the RAM file going away by itself;
                     // a SIGTERM makes it write out what it has at once.
                     Ok(st) => {
@@ -222,9 +230,15 @@ mod tests {
         let root = tmp.path().join("state");
         let root = &root;
         run(root.as_path(), &["t1", "started", "begin", "-"], ENROLLED).unwrap();
-        assert_eq!(recorded(root.as_path(), "t1").unwrap().state, "running");
+        assert_eq!(
+            recorded(root.as_path(), "t1").unwrap().state,
+            DomainLife::Running
+        );
         run(root.as_path(), &["t1", "stopped", "end", "-"], "").unwrap();
-        assert_eq!(recorded(root.as_path(), "t1").unwrap().state, "stopped");
+        assert_eq!(
+            recorded(root.as_path(), "t1").unwrap().state,
+            DomainLife::Stopped
+        );
         // Unknown operations and domains are no-ops.
         run(root.as_path(), &["zz", "migrate", "begin", "-"], "").unwrap();
         run(root.as_path(), &["zz", "stopped", "end", "-"], "").unwrap();
