@@ -51,10 +51,17 @@ pub fn ring_pa(ring: u32) -> u64 {
     off::RING_PA | (u64::from(ring % MAX_RINGS) << 3)
 }
 
-/// Offset of ring `ring`'s head line in `xftrace_heads[]`: `head` at +0,
-/// `dropped` (events without a valid key) at +8.
+/// Offset of ring `ring`'s head line in `xftrace_heads[]`.
 pub fn head_line(ring: u32) -> u64 {
     u64::from(ring % MAX_RINGS) << 6
+}
+
+/// Byte offsets inside a ring's head line.
+pub mod head {
+    /// Records ever written to the ring.
+    pub const HEAD: u64 = 0;
+    /// Events not recorded for want of a valid key.
+    pub const DROPPED: u64 = 8;
 }
 
 /// Offset of word `i` of the `funcs` field (i < 128).

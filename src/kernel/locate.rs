@@ -62,11 +62,20 @@ impl GuestKernel {
         GuestAddress(self.ctl.0 | (off % abi::CTL_SIZE))
     }
 
-    /// Guest physical address of ring `ring`'s head line.
+    /// Guest physical address of ring `ring`'s head (records written).
     pub fn head(&self, ring: u32) -> GuestAddress {
-        // heads is page-aligned and the lines fit in 16 KiB of RAM checked
-        // at validation.
-        GuestAddress(self.heads.0.saturating_add(abi::head_line(ring)))
+        self.head_field(ring, abi::layout::head::HEAD)
+    }
+
+    /// Guest physical address of ring `ring`'s dropped-events counter.
+    pub fn dropped(&self, ring: u32) -> GuestAddress {
+        self.head_field(ring, abi::layout::head::DROPPED)
+    }
+
+    fn head_field(&self, ring: u32, field: u64) -> GuestAddress {
+        // heads is page-aligned and the lines fit in the RAM checked at
+        // validation.
+        GuestAddress(self.heads.0.saturating_add(abi::head_line(ring)) | field)
     }
 
     /// The guest kernel's own page tables.

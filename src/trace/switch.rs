@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use crate::abi::{self, GateState, Op};
 use crate::error::{Error, Result};
-use crate::guest::memory::{GuestAddress, GuestRam};
+use crate::guest::memory::GuestRam;
 use crate::kernel::locate::GuestKernel;
 
 /// The guest's view, read from its control block.
@@ -55,7 +55,7 @@ pub fn read_status(ram: &GuestRam, k: &GuestKernel) -> Result<TracerStatus> {
     let gate = w(abi::off::STATE_NARROWED)?;
     let mut dropped = 0u64;
     for ring in 0..k.header.nr_rings {
-        dropped = dropped.saturating_add(ram.read_u64(GuestAddress(k.head(ring).0 | 8))?);
+        dropped = dropped.saturating_add(ram.read_u64(k.dropped(ring))?);
     }
     Ok(TracerStatus {
         heartbeat: w(abi::off::HEARTBEAT)?,
@@ -214,8 +214,7 @@ mod tests {
             ram.write_u64(k.field(off), u64::MAX).unwrap();
         }
         for r in 0..k.header.nr_rings {
-            ram.write_u64(GuestAddress(k.head(r).0 + 8), u64::MAX)
-                .unwrap();
+            ram.write_u64(k.dropped(r), u64::MAX).unwrap();
         }
         ram.write_u64(k.field(abi::off::ACK_RESULT_TRACING), 0x8000_0000)
             .unwrap();
