@@ -352,6 +352,25 @@ impl GuestRam {
         Ok(())
     }
 
+    /// Read the u64 at `gpa` with pread rather than through the mapping: for
+    /// probing many scattered places (the locator's candidates) without
+    /// mapping a page, or a whole large folio, of each into this process.
+    /// Not atomic: for words the guest does not change (the magic).
+    pub fn probe_u64(&self, gpa: GuestAddress) -> Result<u64> {
+        use std::os::unix::fs::FileExt;
+        let at = self
+            .layout
+            .locate(gpa, 8)
+            .filter(|at| self.files.get(at.file).is_some())
+            .ok_or(Error::OutOfRange { gpa: gpa.0, len: 8 })?;
+        let f = &self.files[at.file];
+        let mut word = [0u8; 8];
+        f.file
+            .read_exact_at(&mut word, at.offset)
+            .map_err(|e| Error::io(format!("cannot read {}", f.path.display()), e))?;
+        Ok(u64::from_le_bytes(word))
+    }
+
     /// Read the u64 at each page boundary of every backing file: the cheap
     /// first pass of a scan for a page-aligned structure. Calls
     /// `f(gpa, word)` for pages that are guest RAM. Uses pread rather than

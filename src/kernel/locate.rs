@@ -335,7 +335,7 @@ pub fn locate_all(
     };
     for text_pa in text_candidates(ram, &lay) {
         let ctl = GuestAddress(text_pa.saturating_add(lay.off_ctl));
-        if ram.read_u64(ctl).ok() != Some(abi::MAGIC) {
+        if ram.probe_u64(ctl).ok() != Some(abi::MAGIC) {
             continue;
         }
         found.candidates = found.candidates.saturating_add(1);
