@@ -69,6 +69,7 @@ fn main() {
                 depth: (seq % 7) as u32,
                 pid: 100,
                 overrun: 0,
+                comm: *b"bench\0\0\0\0\0\0\0\0\0\0\0",
             };
             abi::encode(&r, KEY)
         })

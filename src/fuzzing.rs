@@ -300,6 +300,7 @@ pub fn render(data: &[u8]) {
             depth: ((info >> 1) & 0xff_ffff) as u32,
             pid: (info >> 32) as u32 & 7,
             overrun: info >> 40,
+            comm: *b"fuzz\0\0\0\0\0\0\0\0\0\0\0\0",
         });
     }
     let name = |a: u64| format!("{a:#x}");
@@ -317,7 +318,7 @@ pub fn render(data: &[u8]) {
         depth: 3,
         edges: flow.edges.clone(),
     };
-    let _ = crate::detect::callflow::new_edges(&b, &flow.edges);
+    let _ = crate::detect::callflow::new_edges(&b, &flow.edges, &|a, b| a.len() < b.len());
 }
 
 /// Page-table walks from hostile tables.
@@ -537,6 +538,7 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
         depth: 0,
         pid: 1,
         overrun: 0,
+        comm: *b"init\0\0\0\0\0\0\0\0\0\0\0\0",
     };
     let slot: Vec<u8> = abi::encode(&rec, key1)
         .iter()

@@ -16,14 +16,15 @@ pub mod record;
 pub use header::ControlHeader;
 pub use layout::{head_line, key_slot, off, ring_pa, slot};
 pub use record::{
-    check_value, commit_seq, committed, decode, encode, DecodeError, Kind, RawSlot, Record,
+    check_value, comm_from_words, commit_seq, committed, decode, encode, payload, DecodeError,
+    Kind, RawSlot, Record,
 };
 
 /// `"XFTRACE1"` read as a little-endian u64.
 pub const MAGIC: u64 = u64::from_le_bytes(*b"XFTRACE1");
 /// `"XFTRCHK1"`: seed of the record check value.
 pub const CHECK_SEED: u64 = u64::from_le_bytes(*b"XFTRCHK1");
-pub const ABI_VERSION: u32 = 2;
+pub const ABI_VERSION: u32 = 3;
 pub const CTL_SIZE: u64 = 4096;
 pub const SLOT_SIZE: u64 = 64;
 pub const KEY_SLOTS: u64 = 16;

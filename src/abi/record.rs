@@ -28,6 +28,46 @@ pub struct Record {
     pub pid: u32,
     /// Return only: functions lost to the depth limit (ftrace's overrun).
     pub overrun: u64,
+    /// Entry only: the task's name (`comm`, NUL-padded, guest-chosen).
+    pub comm: [u8; 16],
+}
+
+impl Record {
+    /// The task's name as bytes, up to its first NUL (guest-chosen: escape
+    /// it before printing).
+    pub fn comm(&self) -> &[u8] {
+        let n = self.comm.iter().position(|&b| b == 0).unwrap_or(16);
+        &self.comm[..n]
+    }
+
+    /// The two words an entry carries its task's name in.
+    fn comm_words(&self) -> [u64; 2] {
+        let (lo, hi) = self.comm.split_at(8);
+        [
+            u64::from_le_bytes(lo.try_into().expect("8 bytes")),
+            u64::from_le_bytes(hi.try_into().expect("8 bytes")),
+        ]
+    }
+}
+
+/// A task name from the two words of an entry record.
+pub fn comm_from_words(lo: u64, hi: u64) -> [u8; 16] {
+    let mut c = [0u8; 16];
+    c[..8].copy_from_slice(&lo.to_le_bytes());
+    c[8..].copy_from_slice(&hi.to_le_bytes());
+    c
+}
+
+/// The payload words a record travels in: an entry's `calltime` and `aux`
+/// carry its task's name, a return's its entry time and overrun.
+pub fn payload(r: &Record) -> [u64; 5] {
+    match r.kind {
+        Kind::Entry => {
+            let [lo, hi] = r.comm_words();
+            [r.func, r.time, lo, info_word(r), hi]
+        }
+        Kind::Return => [r.func, r.time, r.calltime, info_word(r), r.overrun],
+    }
 }
 
 /// A slot as copied out of the ring: eight little-endian words.
@@ -70,7 +110,7 @@ fn info_word(r: &Record) -> u64 {
 /// Encode `r` as the guest would (for tests, benchmarks and the test
 /// vector). Panics on a sequence number no ring reaches.
 pub fn encode(r: &Record, key: u64) -> RawSlot {
-    let plain = [r.func, r.time, r.calltime, info_word(r), r.overrun];
+    let plain = payload(r);
     [
         committed(r.seq).expect("a reachable sequence number"),
         r.epoch,
@@ -118,6 +158,10 @@ pub fn decode(cpu: u32, seq: u64, slot: &RawSlot, key: u64) -> Result<Record, De
     if depth > FTRACE_RETFUNC_DEPTH {
         return Err(DecodeError::BadFields);
     }
+    let (calltime, overrun, comm) = match kind {
+        Kind::Entry => (0, 0, comm_from_words(plain[2], plain[4])),
+        Kind::Return => (plain[2], plain[4], [0; 16]),
+    };
     Ok(Record {
         cpu,
         seq,
@@ -125,10 +169,11 @@ pub fn decode(cpu: u32, seq: u64, slot: &RawSlot, key: u64) -> Result<Record, De
         kind,
         func: plain[0],
         time: plain[1],
-        calltime: plain[2],
+        calltime,
         depth,
         pid: (info >> 32) as u32,
-        overrun: plain[4],
+        overrun,
+        comm,
     })
 }
 
@@ -154,6 +199,7 @@ pub(crate) mod tests {
             depth: 2,
             pid: 123,
             overrun: 0,
+            comm: [0; 16],
         }
     }
 
@@ -182,6 +228,20 @@ pub(crate) mod tests {
             "encoding drifted from docs/abi.md: {slot:#018x?}"
         );
         assert_eq!(decode(1, 41, &VECTOR_SLOT, VECTOR_KEY), Ok(vector_record()));
+    }
+
+    #[test]
+    fn an_entry_carries_its_tasks_name() {
+        let mut r = vector_record();
+        r.kind = Kind::Entry;
+        r.calltime = 0;
+        r.comm = *b"nginx: worker\0\0\0";
+        let d = decode(1, 41, &encode(&r, VECTOR_KEY), VECTOR_KEY).unwrap();
+        assert_eq!(d, r);
+        assert_eq!(d.comm(), b"nginx: worker");
+        // In the slot, the name is keyed like the rest of the payload.
+        let slot = encode(&r, VECTOR_KEY);
+        assert_eq!(slot[4] ^ VECTOR_KEY, u64::from_le_bytes(*b"nginx: w"));
     }
 
     #[test]

@@ -8,6 +8,7 @@ use log::info;
 
 use crate::error::{Error, Result};
 use crate::host::statedir::{now_unix, GuestDir};
+use crate::kernel::callgraph::CallGraph;
 use crate::kernel::target::Target;
 use crate::trace::session;
 
@@ -102,14 +103,52 @@ fn call_flow(
         Duration::from_secs(opts.trace_seconds),
     )?;
     let flow = {
-        let sym = cap.symbolizer();
-        let name = |a: u64| sym.function(a);
-        callflow::analyze(cap.records()?, &name, &|a| sym.in_image(a), b.depth)
+        let view = g.view(&g.kernel);
+        callflow::analyze(
+            cap.records()?,
+            &|a| flow_name(&view, a),
+            &|a| view.is_build_code(a),
+            b.depth,
+        )
     };
     cap.finish()?;
     let mut out = flow.unknown_code;
-    out.extend(callflow::new_edges(&b, &flow.edges));
+    let news = callflow::new_edges(&b, &flow.edges, &|_, _| false);
+    if !news.is_empty() {
+        // Only edges the baseline lacks are judged against the build.
+        let graph = match g.vmlinux.as_ref() {
+            Some(v) => Some(CallGraph::new(v, &g.map)?),
+            None => None,
+        };
+        out.extend(callflow::new_edges(&b, &flow.edges, &|caller, callee| {
+            // Code of the build's modules is reached through what they
+            // registered, and what they call is theirs to call.
+            caller.starts_with('[')
+                || callee.starts_with('[')
+                || graph.as_ref().is_some_and(|cg| cg.allows(caller, callee))
+        }));
+    }
     Ok(out)
+}
+
+/// A function's name in call flow: its symbol in the image; `[module]+off`
+/// in the code of a module of the build (the same at every boot); else
+/// its address.
+fn flow_name(view: &crate::kernel::guest::KernelView, a: u64) -> String {
+    if view.sym.in_image(a) {
+        return view.sym.function(a);
+    }
+    if view.is_build_code(a) {
+        if let Some(m) = view
+            .modules()
+            .iter()
+            .find(|m| m.text.is_some_and(|(s, e)| s <= a && a < e))
+        {
+            let off = m.text.map_or(0, |(s, _)| a.saturating_sub(s));
+            return format!("[{}]+{off:#x}", m.name);
+        }
+    }
+    format!("{a:#x}")
 }
 
 /// `baseline`: trace the clean guest and save its call flow.
@@ -122,8 +161,8 @@ pub fn baseline(
     let g = target.open()?;
     let cap = session::capture(target, &g, functions, duration)?;
     let flow = {
-        let sym = cap.symbolizer();
-        callflow::analyze(cap.records()?, &|a| sym.function(a), &|_| true, depth)
+        let view = g.view(&g.kernel);
+        callflow::analyze(cap.records()?, &|a| flow_name(&view, a), &|_| true, depth)
     };
     let b = callflow::Baseline {
         functions: cap.status.functions.clone(),

@@ -9,6 +9,7 @@
 //! regular file owned by root and writable by nobody else.
 #![deny(clippy::arithmetic_side_effects)]
 
+use std::collections::BTreeSet;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
@@ -62,7 +63,50 @@ pub fn store(
             copy_bounded(v, &dest, MAX_VMLINUX)?;
         }
     }
+    // The names of the modules the build ships, if its output lists them.
+    let list = system_map.with_file_name("modules");
+    if list.is_file() {
+        let names = read_module_list(&list)?;
+        let text: String = names.iter().map(|n| format!("{n}\n")).collect();
+        files::write_atomically(&dir.join("modules"), text.as_bytes())?;
+    }
     Ok(stored)
+}
+
+/// Module list files are small: a cloud kernel ships about 1 100.
+const MAX_MODULE_LIST: u64 = 1 << 20;
+
+/// A build's `modules` file: one module name per line (as in
+/// `modules.order`, `-` and `_` alike), normalized to `_`.
+fn read_module_list(path: &Path) -> Result<BTreeSet<String>> {
+    let text = files::read_text_bounded(path, MAX_MODULE_LIST, "module list")?;
+    let mut out = BTreeSet::new();
+    for (i, l) in text.lines().enumerate() {
+        let ok = !l.is_empty()
+            && l.len() < 56
+            && l.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+        if !ok {
+            return Err(Error::Input(format!(
+                "{} line {}: not a module name",
+                path.display(),
+                i.saturating_add(1)
+            )));
+        }
+        out.insert(l.replace('-', "_"));
+    }
+    Ok(out)
+}
+
+/// The modules of the build whose System.map is `system_map`, from the
+/// `modules` file beside it (a stored one must be trusted like the map).
+pub fn build_modules(system_map: &Path, recorded: bool) -> Option<BTreeSet<String>> {
+    let list = system_map.with_file_name("modules");
+    if recorded {
+        let meta = std::fs::symlink_metadata(&list).ok()?;
+        files::check_trusted(&meta, &list, "module list").ok()?;
+    }
+    read_module_list(&list).ok()
 }
 
 fn same_size(a: &Path, b: &Path) -> bool {

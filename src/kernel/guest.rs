@@ -4,12 +4,14 @@
 #![deny(clippy::arithmetic_side_effects)]
 
 use std::cell::OnceCell;
+use std::collections::BTreeSet;
 use std::path::PathBuf;
 
 use crate::abi::le;
 use crate::escape::escape_bytes;
 use crate::guest::memory::GuestRam;
 use crate::guest::paging::PageTables;
+use crate::kernel::btf::ModuleLayout;
 use crate::kernel::locate::GuestKernel;
 use crate::kernel::symbols::{Symbolizer, SystemMap};
 use crate::kernel::vmlinux::Vmlinux;
@@ -26,6 +28,11 @@ pub struct Guest {
     pub others: Vec<GuestKernel>,
     pub vmlinux: Option<Vmlinux>,
     pub system_map: PathBuf,
+    /// Where `struct module` keeps its list, name and code, from the
+    /// build's BTF (None: the build has none).
+    pub module_layout: Option<ModuleLayout>,
+    /// The modules the build ships, by name (None: not known).
+    pub build_modules: Option<BTreeSet<String>>,
 }
 
 impl Guest {
@@ -36,8 +43,22 @@ impl Guest {
 
     /// Reading the memory of one of its kernels.
     pub fn view<'a>(&'a self, kernel: &'a GuestKernel) -> KernelView<'a> {
-        KernelView::new(&self.ram, &self.map, kernel)
+        let mut v = KernelView::new(&self.ram, &self.map, kernel);
+        v.module_layout = self.module_layout;
+        v.build_modules = self.build_modules.as_ref();
+        v
     }
+}
+
+/// A loaded module as the guest's module list has it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Module {
+    /// Address of its `struct module`.
+    pub addr: u64,
+    /// Its name, escaped (it comes from guest memory).
+    pub name: String,
+    /// `[start, end)` of its core code, where the layout is known.
+    pub text: Option<(u64, u64)>,
 }
 
 /// The virtual memory of a guest kernel, read from the host: the image
@@ -46,9 +67,12 @@ pub struct KernelView<'a> {
     pub ram: &'a GuestRam,
     pub kernel: &'a GuestKernel,
     pub sym: Symbolizer<'a>,
-    /// Loaded modules (address of `struct module`, escaped name), read on
-    /// first use.
-    modules: OnceCell<Vec<(u64, String)>>,
+    /// See [`Guest::module_layout`].
+    pub module_layout: Option<ModuleLayout>,
+    /// See [`Guest::build_modules`].
+    pub build_modules: Option<&'a BTreeSet<String>>,
+    /// Loaded modules, read on first use.
+    modules: OnceCell<Vec<Module>>,
 }
 
 impl<'a> KernelView<'a> {
@@ -57,6 +81,8 @@ impl<'a> KernelView<'a> {
             ram,
             kernel,
             sym: Symbolizer::new(map, kernel.slide),
+            module_layout: None,
+            build_modules: None,
             modules: OnceCell::new(),
         }
     }
@@ -87,27 +113,48 @@ impl<'a> KernelView<'a> {
         self.read_words(va, 1).map(|w| w[0])
     }
 
-    /// The guest's module list: `modules` heads a list of `struct module`,
-    /// which on 6.1 starts `{ enum module_state state; struct list_head
-    /// list; char name[56]; ... }` whatever the config. Names are escaped:
-    /// they come from guest memory.
-    pub fn modules(&self) -> &[(u64, String)] {
+    /// The guest's module list: `modules` heads a list of `struct module`.
+    /// Offsets come from the build's BTF; without it, 6.1's start of the
+    /// struct (`{ enum module_state state; struct list_head list; char
+    /// name[56]; ... }` whatever the config) and no code ranges.
+    pub fn modules(&self) -> &[Module] {
         self.modules.get_or_init(|| {
+            let l = self.module_layout.unwrap_or(ModuleLayout {
+                list: 8,
+                name: 24,
+                text_base: 0,
+                text_size: 0,
+            });
             let mut out = Vec::new();
             let Some(head) = self.sym.addr("modules") else {
                 return out;
             };
             let mut p = self.read_word(head).unwrap_or(head);
             while p != head && p != 0 && out.len() < MAX_MODULES {
-                let mut name = [0u8; 56];
-                let (Some(name_at), Some(module)) = (p.checked_add(16), p.checked_sub(8)) else {
+                let Some(module) = p.checked_sub(l.list) else {
                     break;
                 };
-                if self.read(name_at, &mut name).is_none() {
+                let mut name = [0u8; 56];
+                if module
+                    .checked_add(l.name)
+                    .and_then(|a| self.read(a, &mut name))
+                    .is_none()
+                {
                     break;
                 }
                 let n = name.iter().position(|&c| c == 0).unwrap_or(name.len());
-                out.push((module, escape_bytes(&name[..n])));
+                let text = self.module_layout.and_then(|l| {
+                    let base = self.read_word(module.checked_add(l.text_base)?)?;
+                    let mut size = [0u8; 4];
+                    self.read(module.checked_add(l.text_size)?, &mut size)?;
+                    let size = u64::from(u32::from_le_bytes(size));
+                    Some((base, base.checked_add(size)?))
+                });
+                out.push(Module {
+                    addr: module,
+                    name: escape_bytes(&name[..n]),
+                    text,
+                });
                 p = match self.read_word(p) {
                     Some(next) => next,
                     None => break,
@@ -117,14 +164,35 @@ impl<'a> KernelView<'a> {
         })
     }
 
-    /// The module whose `struct module` (in its own data, after its code)
-    /// is the nearest one above `addr`: an attribution by layout, not proof.
+    /// The module whose code holds `addr`: exactly, where the layout is
+    /// known; else the one whose `struct module` (in its own data, after
+    /// its code) is the nearest above `addr`, an attribution by layout,
+    /// not proof.
     pub fn module_of(&self, addr: u64) -> Option<&str> {
-        self.modules()
-            .iter()
-            .filter(|(m, _)| m.checked_sub(addr).is_some_and(|d| d < 8 << 20))
-            .min_by_key(|(m, _)| *m)
-            .map(|(_, n)| n.as_str())
+        let mods = self.modules();
+        if self.module_layout.is_some() {
+            return mods
+                .iter()
+                .find(|m| m.text.is_some_and(|(s, e)| s <= addr && addr < e))
+                .map(|m| m.name.as_str());
+        }
+        mods.iter()
+            .filter(|m| m.addr.checked_sub(addr).is_some_and(|d| d < 8 << 20))
+            .min_by_key(|m| m.addr)
+            .map(|m| m.name.as_str())
+    }
+
+    /// Is `addr` code of the kernel's build: in its image, or in the code
+    /// of a loaded module the build ships? (A module is matched by name and
+    /// code range; that its code is the build's is not checked here.)
+    pub fn is_build_code(&self, addr: u64) -> bool {
+        if self.sym.in_image(addr) {
+            return true;
+        }
+        let Some(build) = self.build_modules else {
+            return false;
+        };
+        self.module_layout.is_some() && self.module_of(addr).is_some_and(|m| build.contains(m))
     }
 
     /// `symbol+0xoff` for a runtime address, or the bare address (with the

@@ -173,6 +173,17 @@ impl SystemMap {
         self.starts.get(i).and_then(|&next| next.checked_sub(a))
     }
 
+    /// Bytes from link-time `addr` to the next symbol.
+    pub fn extent_at(&self, addr: u64) -> Option<u64> {
+        let i = self.starts.partition_point(|&s| s <= addr);
+        self.starts.get(i).and_then(|&next| next.checked_sub(addr))
+    }
+
+    /// Where text symbols start (link time).
+    pub fn function_starts(&self) -> impl Iterator<Item = u64> + '_ {
+        self.text.iter().map(|s| s.addr)
+    }
+
     /// True if link-time `addr` lies in the kernel image.
     pub fn in_image(&self, addr: u64) -> bool {
         addr >= self.image.0 && addr < self.image.1

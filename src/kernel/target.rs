@@ -10,6 +10,7 @@ use crate::error::{Error, Result};
 use crate::escape::escape;
 use crate::guest::memory::{GuestRam, Machine, MemoryLayout};
 use crate::host::statedir::GuestDir;
+use crate::kernel::btf::ModuleLayout;
 use crate::kernel::guest::Guest;
 use crate::kernel::locate::{self, GuestKernel, LocateOptions, Located};
 use crate::kernel::symbols::SystemMap;
@@ -172,8 +173,9 @@ impl Target {
         }
     }
 
-    /// The trusted build: System.map, vmlinux, and the banner it expects.
-    fn build(&self, b: &Backing) -> Result<(SystemMap, Option<Vmlinux>, Option<String>)> {
+    /// The trusted build: System.map, vmlinux, the banner it expects, and
+    /// what it says of modules.
+    fn build(&self, b: &Backing) -> Result<Build> {
         let map = SystemMap::load(&b.system_map)?;
         let vmlinux = self
             .vmlinux_for(&b.system_map, b.recorded)
@@ -188,13 +190,29 @@ impl Target {
             })?),
             _ => None,
         };
-        Ok((map, vmlinux, banner))
+        let module_layout = vmlinux
+            .as_ref()
+            .and_then(|v| v.btf())
+            .and_then(|btf| ModuleLayout::from_btf(&btf));
+        Ok(Build {
+            build_modules: crate::kernel::builds::build_modules(&b.system_map, b.recorded),
+            map,
+            vmlinux,
+            banner,
+            module_layout,
+        })
     }
 
     /// Open the guest keeping every control block that passes.
     pub fn open_all(&self) -> Result<Guest> {
         let b = self.backing()?;
-        let (map, vmlinux, banner) = self.build(&b)?;
+        let Build {
+            map,
+            vmlinux,
+            banner,
+            module_layout,
+            build_modules,
+        } = self.build(&b)?;
         let several = b.layouts.len() > 1;
         let mut first_err = None;
         let mut fits = Vec::new();
@@ -234,6 +252,8 @@ impl Target {
             others: kernels.collect(),
             vmlinux,
             system_map: b.system_map,
+            module_layout,
+            build_modules,
         })
     }
 
@@ -242,7 +262,13 @@ impl Target {
     /// validated again (fully, page tables included).
     pub fn open_at(&self, text_pa: u64) -> Result<Guest> {
         let b = self.backing()?;
-        let (map, vmlinux, banner) = self.build(&b)?;
+        let Build {
+            map,
+            vmlinux,
+            banner,
+            module_layout,
+            build_modules,
+        } = self.build(&b)?;
         let mut last_err = None;
         for layout in b.layouts {
             let ram = GuestRam::open_files(&b.paths, layout, b.follow_links)?;
@@ -255,6 +281,8 @@ impl Target {
                         others: Vec::new(),
                         vmlinux,
                         system_map: b.system_map,
+                        module_layout,
+                        build_modules,
                     })
                 }
                 Err(e) => last_err = Some(e),
@@ -322,6 +350,15 @@ impl Target {
         }
         a
     }
+}
+
+/// What a trusted build provides (see `Target::build`).
+struct Build {
+    map: SystemMap,
+    vmlinux: Option<Vmlinux>,
+    banner: Option<String>,
+    module_layout: Option<ModuleLayout>,
+    build_modules: Option<std::collections::BTreeSet<String>>,
 }
 
 #[cfg(test)]

@@ -164,6 +164,20 @@ impl Vmlinux {
         })
     }
 
+    /// The bytes of the section called `name` (at most 64 MiB).
+    pub fn section(&self, name: &str) -> Option<Vec<u8>> {
+        let s = self
+            .sections
+            .iter()
+            .find(|s| s.name == name && s.ty != SHT_NOBITS)?;
+        self.read_at(s.offset, s.size)
+    }
+
+    /// The build's BTF, if it has one that parses.
+    pub fn btf(&self) -> Option<crate::kernel::btf::Btf> {
+        crate::kernel::btf::Btf::parse(&self.section(".BTF")?).ok()
+    }
+
     /// `len` bytes at link-time address `addr`, if one section holds them.
     pub fn bytes(&self, addr: u64, len: u64) -> Option<Vec<u8>> {
         let s = self.section_of(addr, len)?;
@@ -261,6 +275,100 @@ impl Vmlinux {
         }
         let b = self.read_at(symtab.offset.checked_add(off)?.checked_add(6)?, 2)?;
         u16_at(&b, 0)
+    }
+
+    /// Addresses the build's code and data refer to, not as the target of
+    /// a call: every 8-byte word of its allocated data sections (pointers
+    /// in tables, initialised at link time) and every address its code
+    /// loads (`mov $sym`, `lea sym(%rip)`: R_X86_64_32S and R_X86_64_PC32
+    /// relocations of `.text`). Callers keep those that start functions:
+    /// the only functions an indirect call can legitimately reach.
+    pub fn referenced_addresses(&self) -> Result<Vec<u64>> {
+        let bad = |what: &str| {
+            Error::Input(format!(
+                "vmlinux {}: {what}; is it the vmlinux of this kernel build?",
+                self.path.display()
+            ))
+        };
+        let mut out = Vec::new();
+        for sec in self.sections.iter().filter(|s| {
+            s.ty != SHT_NOBITS
+                && s.ty != SHT_RELA
+                && s.addr != 0
+                && matches!(s.name.as_str(), ".data" | ".rodata" | ".data..percpu")
+        }) {
+            let mut at = 0u64;
+            while at < sec.size {
+                let n = sec.size.saturating_sub(at).min(MAX_READ);
+                let b = self
+                    .read_at(sec.offset.saturating_add(at), n)
+                    .ok_or_else(|| bad("a data section beyond the file"))?;
+                out.extend(b.chunks_exact(8).filter_map(|c| u64_at(c, 0)));
+                at = at.saturating_add(n);
+            }
+        }
+        let text = self
+            .sections
+            .iter()
+            .position(|s| s.name == ".text" && s.ty != SHT_RELA)
+            .ok_or_else(|| bad("no .text section"))?;
+        // Boot code takes addresses too (it registers callbacks).
+        let init = self
+            .sections
+            .iter()
+            .position(|s| s.name == ".init.text" && s.ty != SHT_RELA);
+        for rela in self.sections.iter().filter(|s| {
+            s.ty == SHT_RELA && (s.info as usize == text || Some(s.info as usize) == init)
+        }) {
+            self.code_references(rela, &mut out)?;
+        }
+        Ok(out)
+    }
+
+    /// The addresses the code a `.rela` section applies to loads.
+    fn code_references(&self, rela: &Section, out: &mut Vec<u64>) -> Result<()> {
+        let bad = |what: &str| {
+            Error::Input(format!(
+                "vmlinux {}: {what}; is it the vmlinux of this kernel build?",
+                self.path.display()
+            ))
+        };
+        let symtab = self
+            .sections
+            .get(rela.link as usize)
+            .filter(|s| s.ty == SHT_SYMTAB)
+            .ok_or_else(|| bad("relocations without a symbol table"))?;
+        let syms = self
+            .read_at(symtab.offset, symtab.size)
+            .ok_or_else(|| bad("a symbol table beyond the file or too large"))?;
+        const ENT: u64 = 24;
+        const CHUNK: u64 = ENT * 4096;
+        let mut at = 0u64;
+        while at < rela.size {
+            let n = rela.size.saturating_sub(at).min(CHUNK);
+            let buf = self
+                .read_at(rela.offset.saturating_add(at), n)
+                .ok_or_else(|| bad("relocations beyond the file"))?;
+            for e in buf.chunks_exact(ENT as usize) {
+                let (Some(info), Some(addend)) = (u64_at(e, 8), u64_at(e, 16)) else {
+                    continue;
+                };
+                let extra = match info as u32 {
+                    R_X86_64_32S => 0u64,
+                    // The displacement ends the instruction (lea, mov).
+                    R_X86_64_PC32 => 4,
+                    _ => continue,
+                };
+                let value = usize::try_from((info >> 32).saturating_mul(ENT))
+                    .ok()
+                    .and_then(|o| u64_at(&syms, o.checked_add(8)?));
+                if let Some(v) = value {
+                    out.push(v.wrapping_add(addend).wrapping_add(extra));
+                }
+            }
+            at = at.saturating_add(n);
+        }
+        Ok(())
     }
 
     /// Link-time addresses in `[start, end)` from the build's `__mcount_loc`

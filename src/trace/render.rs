@@ -4,17 +4,60 @@
 //! spool so that memory does not grow with the trace.
 #![deny(clippy::arithmetic_side_effects)]
 
+use std::cell::RefCell;
 use std::cmp::Reverse;
-use std::collections::BinaryHeap;
+use std::collections::{BTreeMap, BinaryHeap};
 use std::fmt::Write as _;
 use std::io::Write;
 use std::iter::Peekable;
 
 use crate::abi::{self, Kind, Record};
 use crate::error::{Error, Result};
-use crate::escape::escape;
+use crate::escape::{escape, escape_bytes};
 
 const INDENT: usize = 2;
+/// Tasks whose names the renderer remembers (ftrace keeps 128 by default).
+const MAX_COMMS: usize = 1 << 16;
+
+/// Task names by pid, from the entries rendered so far, shared by the CPUs
+/// (a task migrates).
+#[derive(Default)]
+struct Comms(RefCell<BTreeMap<u32, [u8; 16]>>);
+
+impl Comms {
+    fn note(&self, r: &Record) {
+        if r.kind != Kind::Entry {
+            return;
+        }
+        let mut m = self.0.borrow_mut();
+        if m.len() < MAX_COMMS || m.contains_key(&r.pid) {
+            m.insert(r.pid, r.comm);
+        }
+    }
+
+    /// ftrace's print_graph_proc(): `comm-pid` (the name cut to 7
+    /// characters, `<...>` when unknown) centred in 14 columns.
+    fn proc(&self, pid: u32) -> String {
+        let comm = match self.0.borrow().get(&pid) {
+            Some(c) => {
+                let n = c
+                    .iter()
+                    .take(7)
+                    .position(|&b| b == 0)
+                    .unwrap_or(7.min(c.len()));
+                escape_bytes(&c[..n])
+            }
+            None => "<...>".to_string(),
+        };
+        let text = format!("{comm}-{pid}");
+        let spaces = 14usize.saturating_sub(text.chars().count());
+        format!(
+            "{}{text}{}",
+            " ".repeat(spaces / 2),
+            " ".repeat(spaces.saturating_sub(spaces / 2))
+        )
+    }
+}
 
 /// ftrace's overhead mark for a duration in ns.
 fn mark(ns: u64) -> char {
@@ -73,28 +116,56 @@ struct CpuLines<'a, I: Iterator<Item = Record>> {
     prefix: String,
     entered: [Option<u64>; abi::FTRACE_RETFUNC_DEPTH as usize + 1],
     last_pid: Option<u32>,
+    last_seq: Option<u64>,
+    cpu: u32,
     name: &'a dyn Fn(u64) -> String,
+    comms: &'a Comms,
 }
 
 impl<'a, I: Iterator<Item = Record>> CpuLines<'a, I> {
-    fn new(cpu: u32, width: usize, recs: I, name: &'a dyn Fn(u64) -> String) -> Self {
+    fn new(
+        cpu: u32,
+        width: usize,
+        recs: I,
+        name: &'a dyn Fn(u64) -> String,
+        comms: &'a Comms,
+    ) -> Self {
         CpuLines {
             recs: recs.peekable(),
             prefix: format!(" {cpu:>width$}) "),
             entered: [None; abi::FTRACE_RETFUNC_DEPTH as usize + 1],
             last_pid: None,
+            last_seq: None,
+            cpu,
             name,
+            comms,
         }
     }
 
     fn next_line(&mut self) -> Option<(u64, String)> {
         let r = self.recs.next()?;
+        self.comms.note(&r);
         let mut text = String::new();
+        // ftrace's mark where a ring overran (or records were refused):
+        // what was open before it may never close.
+        if let Some(lost) = self
+            .last_seq
+            .and_then(|p| r.seq.checked_sub(p))
+            .and_then(|d| d.checked_sub(1))
+            .filter(|&n| n > 0)
+        {
+            let _ = writeln!(text, "CPU:{} [LOST {lost} EVENTS]", self.cpu);
+            self.entered = [None; abi::FTRACE_RETFUNC_DEPTH as usize + 1];
+        }
+        self.last_seq = Some(r.seq);
+        // ftrace's context-switch lines (verif_pid()).
         if let Some(prev) = self.last_pid.filter(|&p| p != r.pid) {
             let _ = write!(
                 text,
-                " ------------------------------------------\n{}  pid-{prev:<6} =>  pid-{:<6}\n ------------------------------------------\n\n",
-                self.prefix, r.pid
+                " ------------------------------------------\n{}{} => {}\n ------------------------------------------\n\n",
+                self.prefix,
+                self.comms.proc(prev),
+                self.comms.proc(r.pid)
             );
         }
         self.last_pid = Some(r.pid);
@@ -110,8 +181,10 @@ impl<'a, I: Iterator<Item = Record>> CpuLines<'a, I> {
                         && n.func == r.func
                         && n.depth == r.depth
                         && n.pid == r.pid
+                        && Some(n.seq) == r.seq.checked_add(1)
                 });
                 if let Some(ret) = leaf {
+                    self.last_seq = Some(ret.seq);
                     duration(&mut text, ret.time.saturating_sub(ret.calltime));
                     let _ = write!(text, "{indent}{}();", name(r.func));
                 } else {
@@ -149,9 +222,10 @@ pub fn render<I: Iterator<Item = Record>>(
 ) -> Result<u64> {
     let io = |e| Error::io("cannot write the trace", e);
     let width = nr_cpus.max(1).saturating_sub(1).to_string().len();
+    let comms = Comms::default();
     let mut cpus: Vec<CpuLines<'_, I>> = rings
         .into_iter()
-        .map(|(cpu, recs)| CpuLines::new(cpu, width, recs, name))
+        .map(|(cpu, recs)| CpuLines::new(cpu, width, recs, name, &comms))
         .collect();
     let mut pending: Vec<Option<String>> = Vec::with_capacity(cpus.len());
     let mut heap: BinaryHeap<Reverse<(u64, usize)>> = BinaryHeap::new();
@@ -204,6 +278,26 @@ pub fn render_to_string(
 mod tests {
     use super::*;
 
+    /// [`render_to_string`] of records as rings hold them: each CPU's
+    /// numbered in order.
+    fn rendered(
+        records: &[Record],
+        nr_cpus: u32,
+        name: &dyn Fn(u64) -> String,
+        notes: &[String],
+    ) -> String {
+        let mut next = std::collections::BTreeMap::<u32, u64>::new();
+        let recs: Vec<Record> = records
+            .iter()
+            .map(|r| {
+                let n = next.entry(r.cpu).or_default();
+                *n += 1;
+                Record { seq: *n, ..*r }
+            })
+            .collect();
+        render_to_string(&recs, nr_cpus, name, notes)
+    }
+
     fn ev(cpu: u32, kind: Kind, func: u64, depth: u32, time: u64, calltime: u64) -> Record {
         Record {
             cpu,
@@ -216,6 +310,7 @@ mod tests {
             depth,
             pid: 7,
             overrun: 0,
+            comm: [0; 16],
         }
     }
 
@@ -256,7 +351,7 @@ mod tests {
             ev(0, Return, 2, 1, 5_340, 110),
             ev(0, Return, 1, 0, 12_581, 100),
         ];
-        let text = render_to_string(&recs, 2, &name, &[]);
+        let text = rendered(&recs, 2, &name, &[]);
         let body: Vec<&str> = text.lines().skip(4).collect();
         assert_eq!(
             body,
@@ -279,7 +374,7 @@ mod tests {
             ev(1, Entry, 0xffff_ffff_c0b3_7000, 1, 600, 0),
             ev(1, Return, 0xffff_ffff_c0b3_7000, 1, 700, 600),
         ];
-        let text = render_to_string(&recs, 2, &name, &["2 records".into()]);
+        let text = rendered(&recs, 2, &name, &["2 records".into()]);
         assert!(text.contains("# xftrace: 2 records\n"));
         assert!(
             text.contains(" 1)   0.100 us    |    } /* do_sys_openat2 */\n"),
@@ -297,7 +392,7 @@ mod tests {
             ev(1, Entry, 2, 0, 200, 0),
             ev(1, Return, 2, 0, 250, 200),
         ];
-        let text = render_to_string(&recs, 2, &name, &[]);
+        let text = rendered(&recs, 2, &name, &[]);
         let body: Vec<&str> = text.lines().skip(4).collect();
         assert!(
             body[0].starts_with(" 0)") && body[1].starts_with(" 1)"),
@@ -306,8 +401,51 @@ mod tests {
     }
 
     #[test]
+    fn task_switches_name_the_tasks_like_ftrace() {
+        let mut a = ev(0, Kind::Entry, 0xffff_ffff_8100_1000, 0, 1000, 0);
+        a.comm[..5].copy_from_slice(b"nginx");
+        let mut b = ev(0, Kind::Entry, 0xffff_ffff_8100_1000, 0, 3000, 0);
+        b.pid = 8;
+        // A hostile name: a control character, and longer than ftrace shows.
+        b.comm[..12].copy_from_slice(b"ev\nil-name!!");
+        let mut rb = ev(0, Kind::Return, 0xffff_ffff_8100_1000, 0, 4000, 3000);
+        rb.pid = 8;
+        let recs = [
+            a,
+            ev(0, Kind::Return, 0xffff_ffff_8100_1000, 0, 2000, 1000),
+            b,
+            rb,
+        ];
+        let out = rendered(&recs, 1, &name, &[]);
+        assert!(
+            out.contains(
+                " ------------------------------------------\n 0)    nginx-7     =>  ev\\x0ail-n-8 \n ------------------------------------------\n"
+            ),
+            "{out}"
+        );
+        assert_eq!(out.matches('\n').count(), out.lines().count());
+        assert!(!out.contains("ev\nil"));
+    }
+
+    #[test]
+    fn lost_records_are_marked_like_ftrace() {
+        let mut a = ev(0, Kind::Entry, 0xffff_ffff_8100_1000, 0, 1000, 0);
+        a.seq = 10;
+        let mut b = ev(0, Kind::Return, 0xffff_ffff_8100_1000, 0, 2000, 1000);
+        b.seq = 15;
+        let out = render_to_string(&[a, b], 1, &name, &[]);
+        assert!(
+            out.contains("|  0xffffffff81001000() {\nCPU:0 [LOST 4 EVENTS]\n"),
+            "{out}"
+        );
+        // Not folded into a leaf across the gap, and its close is not
+        // matched to an entry from before it.
+        assert!(out.contains("} /* 0xffffffff81001000 */"), "{out}");
+    }
+
+    #[test]
     fn notes_cannot_inject_lines() {
-        let text = render_to_string(&[], 1, &name, &["banner\n 0)  fake();\x1b[2K".into()]);
+        let text = rendered(&[], 1, &name, &["banner\n 0)  fake();\x1b[2K".into()]);
         assert!(
             text.contains("# xftrace: banner\\x0a 0)  fake();\\x1b[2K\n"),
             "{text}"
@@ -320,7 +458,7 @@ mod tests {
         use Kind::*;
         let mut r = ev(0, Entry, 1, 0, 100, 0);
         r.depth = 0xff_ffff;
-        let text = render_to_string(&[r], 1, &name, &[]);
+        let text = rendered(&[r], 1, &name, &[]);
         assert!(text.len() < 1000, "{} bytes", text.len());
     }
 }

@@ -239,6 +239,11 @@ impl RingReader {
         Ok(())
     }
 
+    /// Records per ring.
+    pub fn slots(&self) -> u64 {
+        self.slots
+    }
+
     /// Read every record committed since the last poll.
     pub fn poll(
         &mut self,
@@ -470,6 +475,7 @@ pub(crate) mod tests {
             depth: 0,
             pid: 42,
             overrun: 0,
+            comm: [0; 16],
         }
     }
 

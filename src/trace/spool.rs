@@ -120,9 +120,11 @@ fn encode(r: &Record) -> [u8; 64] {
         Kind::Entry => 1,
         Kind::Return => 2,
     };
+    // As in the ring: an entry's last two words hold its task's name.
+    let p = abi::payload(r);
     for (chunk, v) in b[16..64]
         .chunks_exact_mut(8)
-        .zip([r.seq, r.epoch, r.func, r.time, r.calltime, r.overrun])
+        .zip([r.seq, r.epoch, r.func, r.time, p[2], p[4]])
     {
         chunk.copy_from_slice(&v.to_le_bytes());
     }
@@ -140,6 +142,10 @@ fn decode(b: &[u8; 64]) -> Option<Record> {
     if depth > abi::FTRACE_RETFUNC_DEPTH {
         return None;
     }
+    let (calltime, overrun, comm) = match kind {
+        Kind::Entry => (0, 0, abi::comm_from_words(word(4)?, word(5)?)),
+        Kind::Return => (word(4)?, word(5)?, [0; 16]),
+    };
     Some(Record {
         cpu: le::u32_at(b, 0)?,
         depth,
@@ -149,8 +155,9 @@ fn decode(b: &[u8; 64]) -> Option<Record> {
         epoch: word(1)?,
         func: word(2)?,
         time: word(3)?,
-        calltime: word(4)?,
-        overrun: word(5)?,
+        calltime,
+        overrun,
+        comm,
     })
 }
 

@@ -4,6 +4,7 @@
 //! `docs/checks.md`).
 #![deny(clippy::arithmetic_side_effects)]
 
+pub mod code;
 pub mod ftrace_hooks;
 pub mod idt;
 pub mod operation_tables;

@@ -1,0 +1,833 @@
+//! Kernel code against the trusted build, byte for byte, except where the
+//! build's own tables say the kernel rewrites it (see
+//! [`crate::kernel::patching`]): KASLR relocations move by the slide, and
+//! each patch site may hold only what the kernel's patching code would
+//! write there. Anything else is a difference, reported with what the
+//! changed instruction now calls.
+#![deny(clippy::arithmetic_side_effects)]
+
+use super::Context;
+use crate::abi::le;
+use crate::detect::{Finding, FindingKind};
+use crate::kernel::patching::{self, nop_fill, Alternative, Patch, Site, NOPS};
+use crate::kernel::vmlinux::{Reloc, RelocKind};
+
+/// Longest run of code compared at once.
+const MAX_CODE: u64 = 64 << 10;
+/// Most variants tried at one site (alternatives times nested sites).
+const MAX_VARIANTS: usize = 4096;
+
+const INT3: u8 = 0xcc;
+const RET: u8 = 0xc3;
+const JMP32: u8 = 0xe9;
+const CALL: u8 = 0xe8;
+
+/// The thunks a return site may jump to, by the mitigation in force
+/// (arch/x86/kernel/cpu/bugs.c sets `x86_return_thunk` to one of them).
+const RETURN_THUNKS: &[&str] = &[
+    "__x86_return_thunk",
+    "retbleed_return_thunk",
+    "srso_return_thunk",
+    "srso_alias_return_thunk",
+    "its_return_thunk",
+    "entry_untrain_ret",
+    "zen_untrain_ret",
+    "call_depth_return_thunk",
+];
+
+/// `e8`/`e9` rel32 target of the instruction at `at` in `code` (loaded at `base`).
+pub(super) fn rel32_target(code: &[u8], at: usize, base: u64) -> Option<u64> {
+    let op = *code.get(at)?;
+    if op != CALL && op != JMP32 {
+        return None;
+    }
+    let rel = le::i32_at(code, at.checked_add(1)?)?;
+    Some(
+        base.wrapping_add(at as u64)
+            .wrapping_add(5)
+            .wrapping_add(rel as i64 as u64),
+    )
+}
+
+/// `op rel32` at `at` to `target`.
+fn rel32(op: u8, at: u64, target: u64) -> [u8; 5] {
+    let rel = target.wrapping_sub(at.wrapping_add(5)) as u32;
+    let r = rel.to_le_bytes();
+    [op, r[0], r[1], r[2], r[3]]
+}
+
+/// `code` with KASLR's relocations applied, as the decompressor does.
+fn relocated(code: &[u8], link: u64, relocs: &[Reloc], slide: u64) -> Vec<u8> {
+    let mut out = code.to_vec();
+    for r in relocs {
+        let Some(off) = r
+            .addr
+            .checked_sub(link)
+            .and_then(|o| usize::try_from(o).ok())
+        else {
+            continue;
+        };
+        let w = r.kind.width() as usize;
+        let Some(b) = out.get_mut(off..off.saturating_add(w)) else {
+            continue;
+        };
+        if b.len() != w {
+            continue;
+        }
+        match r.kind {
+            RelocKind::Abs64 => {
+                let v = u64::from_le_bytes(b.try_into().expect("8 bytes")).wrapping_add(slide);
+                b.copy_from_slice(&v.to_le_bytes());
+            }
+            RelocKind::Abs32 | RelocKind::NegPc32 => {
+                let v = u32::from_le_bytes(b.try_into().expect("4 bytes"));
+                let v = if r.kind == RelocKind::Abs32 {
+                    v.wrapping_add(slide as u32)
+                } else {
+                    v.wrapping_sub(slide as u32)
+                };
+                b.copy_from_slice(&v.to_le_bytes());
+            }
+        }
+    }
+    out
+}
+
+/// Does `live` equal `want` up to `optimize_nops()`, which rewrites runs
+/// of one-byte NOPs into the kernel's longer NOPs (possibly after some
+/// one-byte NOPs it did not treat as a run start)?
+pub fn same_up_to_nops(want: &[u8], live: &[u8]) -> bool {
+    if want.len() != live.len() {
+        return false;
+    }
+    let mut i = 0;
+    while i < want.len() {
+        if want[i] == 0x90 {
+            let j = want[i..]
+                .iter()
+                .position(|&b| b != 0x90)
+                .map_or(want.len(), |n| i.saturating_add(n));
+            let ok = (i..=j).any(|k| {
+                live[i..k].iter().all(|&b| b == 0x90) && live[k..j] == nop_fill(j.saturating_sub(k))
+            });
+            if !ok {
+                return false;
+            }
+            i = j;
+            continue;
+        }
+        if want[i] != live[i] {
+            return false;
+        }
+        i = i.saturating_add(1);
+    }
+    true
+}
+
+/// One region of kernel code to compare.
+pub struct Region<'a> {
+    /// What findings call it (`x64_sys_call`).
+    pub label: &'a str,
+    /// Link-time start and length.
+    pub link: u64,
+    pub len: u64,
+}
+
+/// Compare a region of the guest's kernel code with the build; differences
+/// become findings of `kind`.
+pub fn compare(cx: &Context, kind: FindingKind, r: &Region, out: &mut Vec<Finding>) {
+    let end = r.link.saturating_add(r.len.min(MAX_CODE));
+    let sites = patching::sites(cx.vmlinux, cx.map(), r.link, end);
+    compare_with_sites(cx, kind, r, &sites, out)
+}
+
+/// [`compare`], with the patch sites given.
+pub(super) fn compare_with_sites(
+    cx: &Context,
+    kind: FindingKind,
+    r: &Region,
+    sites: &[Site],
+    out: &mut Vec<Finding>,
+) {
+    let len = r.len.min(MAX_CODE);
+    let runtime = r.link.wrapping_add(cx.slide());
+    let mut live = vec![0u8; len as usize];
+    let (Some(built), Some(())) = (cx.vmlinux.bytes(r.link, len), cx.read(runtime, &mut live))
+    else {
+        out.push(Finding::new(
+            kind,
+            format!("cannot read {}", r.label),
+            &[runtime],
+            "",
+        ));
+        return;
+    };
+    let end = r.link.saturating_add(len);
+    let relocs = match cx.vmlinux.kaslr_relocations(r.link, end) {
+        Ok(x) => x,
+        Err(e) => {
+            out.push(Finding::new(
+                kind,
+                format!("cannot check {}: {e}", r.label),
+                &[runtime],
+                "",
+            ));
+            return;
+        }
+    };
+    let code = Code {
+        cx,
+        kind,
+        label: r.label,
+        link: r.link,
+        expected: relocated(&built, r.link, &relocs, cx.slide()),
+        live,
+    };
+    code.walk(sites, out);
+}
+
+struct Code<'a, 'c> {
+    cx: &'a Context<'c>,
+    kind: FindingKind,
+    label: &'a str,
+    link: u64,
+    /// The build's bytes, relocated.
+    expected: Vec<u8>,
+    live: Vec<u8>,
+}
+
+impl Code<'_, '_> {
+    fn off(&self, link: u64) -> usize {
+        link.saturating_sub(self.link) as usize
+    }
+
+    fn runtime(&self, off: usize) -> u64 {
+        self.link
+            .wrapping_add(self.cx.slide())
+            .wrapping_add(off as u64)
+    }
+
+    fn walk(&self, sites: &[Site], out: &mut Vec<Finding>) {
+        let n = self.expected.len().min(self.live.len());
+        let mut pos = 0usize;
+        let mut k = 0usize;
+        while k < sites.len() {
+            let site = &sites[k];
+            let start = self.off(site.addr);
+            let end = self.off(site.end()).min(n);
+            // Sites inside this one (a return thunk in an alternative's
+            // original code) are its to judge.
+            let nested_end = sites[k..]
+                .iter()
+                .position(|s| s.addr >= site.end())
+                .map_or(sites.len(), |p| k.saturating_add(p));
+            let nested = &sites[k.saturating_add(1)..nested_end];
+            k = nested_end;
+            if start < pos || start >= end {
+                continue;
+            }
+            self.exact(pos, start, out);
+            if let Err(why) = self.site_ok(site, nested, start, end) {
+                out.push(Finding::new(
+                    self.kind,
+                    format!(
+                        "{}+{start:#x} ({}) {why}",
+                        self.label,
+                        describe(&site.patch)
+                    ),
+                    &[self.runtime(start)],
+                    format!(
+                        "live {:02x?}, built {:02x?}",
+                        &self.live[start..end],
+                        &self.expected[start..end]
+                    ),
+                ));
+            }
+            pos = end;
+        }
+        self.exact(pos, n, out);
+    }
+
+    /// Bytes in `[from, to)` must be the build's.
+    fn exact(&self, from: usize, to: usize, out: &mut Vec<Finding>) {
+        let mut i = from;
+        while i < to {
+            if self.expected[i] == self.live[i] {
+                i = i.saturating_add(1);
+                continue;
+            }
+            let start = self.changed_instruction(i, out);
+            i = start.saturating_add(5).max(i.saturating_add(1));
+        }
+    }
+
+    /// Report a changed byte at `i`; returns where the instruction covering
+    /// it starts (a rel32 call/jmp starting up to four bytes back, in
+    /// either version, is reported with its targets).
+    fn changed_instruction(&self, i: usize, out: &mut Vec<Finding>) -> usize {
+        let base = self.runtime(0);
+        let (e, l) = (&self.expected, &self.live);
+        let start = (i.saturating_sub(4)..=i)
+            .find(|&s| rel32_target(e, s, base).is_some() || rel32_target(l, s, base).is_some())
+            .unwrap_or(i);
+        let was = rel32_target(e, start, base);
+        let now = rel32_target(l, start, base);
+        let detail = match now {
+            Some(t) => format!(
+                "{}+{start:#x} now {} {} (the build {})",
+                self.label,
+                if l[start] == CALL {
+                    "calls"
+                } else {
+                    "jumps to"
+                },
+                self.cx.name(t),
+                was.map_or("has no call or jump here".into(), |w| format!(
+                    "calls {}",
+                    self.cx.name(w)
+                ))
+            ),
+            None => format!("{}+{start:#x} code differs from the build", self.label),
+        };
+        out.push(Finding::new(
+            self.kind,
+            detail,
+            &[self.runtime(start), now.unwrap_or(0)],
+            format!("live {}, built {}", five(l, start), five(e, start)),
+        ));
+        start
+    }
+
+    fn site_ok(
+        &self,
+        site: &Site,
+        nested: &[Site],
+        start: usize,
+        end: usize,
+    ) -> Result<(), String> {
+        let live = &self.live[start..end];
+        let at = self.runtime(start);
+        match &site.patch {
+            Patch::Fentry => fentry_site_ok(self.cx, live, at),
+            Patch::StaticCall => self.static_call_ok(live, at),
+            Patch::Retpoline { reg } if self.its_thunk_ok(live, at, *reg) => Ok(()),
+            Patch::Alternative(alts) => {
+                let bases = self.nested_variants(nested, start, end);
+                let mut tried = 0usize;
+                for base in &bases {
+                    for v in self.alternatives(site, alts, base) {
+                        tried = tried.saturating_add(1);
+                        if same_up_to_nops(&v, live) {
+                            return Ok(());
+                        }
+                    }
+                }
+                Err(format!(
+                    "matches neither its original code nor any combination of its {} alternative(s) ({tried} tried)",
+                    alts.len()
+                ))
+            }
+            _ => {
+                if self
+                    .variants(site, &self.expected[start..end], at)
+                    .iter()
+                    .any(|v| same_up_to_nops(v, live))
+                {
+                    Ok(())
+                } else {
+                    Err(self.why_not(site, live, at))
+                }
+            }
+        }
+    }
+
+    /// What the kernel may have written at a site whose bytes were
+    /// `orig` (the relocated build, or an earlier patch), at runtime `at`.
+    fn variants(&self, site: &Site, orig: &[u8], at: u64) -> Vec<Vec<u8>> {
+        let len = orig.len();
+        let mut v = vec![orig.to_vec()];
+        let cx = self.cx;
+        match &site.patch {
+            Patch::ReturnThunk => {
+                let mut ret = vec![INT3; len];
+                if let Some(b) = ret.first_mut() {
+                    *b = RET;
+                }
+                v.push(ret);
+                if len >= 5 {
+                    for t in RETURN_THUNKS.iter().filter_map(|n| cx.sym(n)) {
+                        let mut j = rel32(JMP32, at, t).to_vec();
+                        j.resize(len, INT3);
+                        v.push(j);
+                    }
+                }
+            }
+            Patch::Retpoline { reg } => {
+                for lfence in [false, true] {
+                    v.extend(retpoline(orig, *reg, lfence));
+                }
+            }
+            Patch::JumpLabel { target } => {
+                v.push(NOPS.get(len).map_or(Vec::new(), |n| n.to_vec()));
+                let t = target.wrapping_add(cx.slide());
+                if len == 5 {
+                    v.push(rel32(JMP32, at, t).to_vec());
+                } else if len == 2 {
+                    let rel = t.wrapping_sub(at.wrapping_add(2)) as i64;
+                    if let Ok(r) = i8::try_from(rel) {
+                        v.push(vec![0xeb, r as u8]);
+                    }
+                }
+            }
+            Patch::Paravirt { index } => {
+                v.push(nop_fill(len));
+                let op = cx
+                    .sym("pv_ops")
+                    .map(|p| p.wrapping_add(u64::from(*index).wrapping_mul(8)))
+                    .and_then(|p| cx.view.read_word(p));
+                for t in op.into_iter().chain(cx.sym("paravirt_BUG")) {
+                    if cx.in_image(t) && len >= 5 {
+                        let mut c = rel32(CALL, at, t).to_vec();
+                        c.extend(nop_fill(len.saturating_sub(5)));
+                        v.push(c);
+                    }
+                }
+            }
+            Patch::SmpLock => {
+                v.push(vec![0xf0]);
+                v.push(vec![0x3e]);
+            }
+            Patch::EndbrSeal => v.push(vec![0x66, 0x0f, 0x1f, 0x00]),
+            Patch::Fentry | Patch::StaticCall | Patch::Alternative(_) => {}
+        }
+        v
+    }
+
+    /// The original code of an alternative site, with what boot-time
+    /// patching before the alternatives may have written at the sites
+    /// inside it.
+    fn nested_variants(&self, nested: &[Site], start: usize, end: usize) -> Vec<Vec<u8>> {
+        let mut bases = vec![self.expected[start..end].to_vec()];
+        for s in nested {
+            let (Some(from), Some(to)) = (
+                self.off(s.addr).checked_sub(start),
+                self.off(s.end()).checked_sub(start),
+            ) else {
+                continue;
+            };
+            if to > end.saturating_sub(start) || from >= to {
+                continue;
+            }
+            let at = self.runtime(self.off(s.addr));
+            let mut next = Vec::new();
+            for b in &bases {
+                for v in self.variants(s, &b[from..to], at) {
+                    if next.len() >= MAX_VARIANTS {
+                        break;
+                    }
+                    let mut c = b.clone();
+                    c[from..to].copy_from_slice(&v);
+                    next.push(c);
+                }
+            }
+            bases = next;
+        }
+        bases
+    }
+
+    /// `base` with every subset of `alts` applied in table order, as
+    /// apply_alternatives() would for some set of CPU features.
+    fn alternatives(&self, site: &Site, alts: &[Alternative], base: &[u8]) -> Vec<Vec<u8>> {
+        let n = alts.len().min(8);
+        let mut out = Vec::new();
+        for mask in 0u32..(1u32 << n) {
+            let mut c = base.to_vec();
+            let mut ok = true;
+            for (k, a) in alts.iter().enumerate().take(n) {
+                if mask & (1 << k) != 0 {
+                    ok &= self.apply_alternative(&mut c, site.addr, a).is_some();
+                }
+            }
+            if ok {
+                out.push(c);
+            }
+        }
+        out
+    }
+
+    /// apply_alternatives() for one entry: the replacement (relocated), a
+    /// rel32 call or jump in it re-aimed from its new place, one-byte NOPs
+    /// after it.
+    fn apply_alternative(&self, buf: &mut [u8], instr: u64, a: &Alternative) -> Option<()> {
+        let cx = self.cx;
+        let rlen = a.replacement_len;
+        if rlen > buf.len() {
+            return None;
+        }
+        let end = a.replacement.checked_add(rlen as u64)?;
+        let relocs = cx.vmlinux.kaslr_relocations(a.replacement, end).ok()?;
+        let raw = if rlen == 0 {
+            Vec::new()
+        } else {
+            cx.vmlinux.bytes(a.replacement, rlen as u64)?
+        };
+        let mut ib = relocated(&raw, a.replacement, &relocs, cx.slide());
+        if rlen == 5 && ib[0] == CALL {
+            let d = le::i32_at(&ib, 1)?.wrapping_add(a.replacement.wrapping_sub(instr) as i32);
+            ib[1..5].copy_from_slice(&d.to_le_bytes());
+        }
+        if rlen == 5 && (raw[0] == 0xeb || raw[0] == JMP32) {
+            // recompute_jump(): the jump's target, from the site.
+            let o = le::i32_at(&ib, 1)?;
+            let tgt = a.replacement.wrapping_add(5).wrapping_add(o as i64 as u64);
+            let n = tgt.wrapping_sub(instr) as i64;
+            let short = if n >= 0 {
+                n.wrapping_sub(2) <= 127
+            } else {
+                (n.wrapping_sub(2) & 0xff) == n.wrapping_sub(2)
+            };
+            ib = if short {
+                let mut j = vec![0xeb, n.wrapping_sub(2) as u8];
+                j.extend(nop_fill(3));
+                j
+            } else {
+                let mut j = vec![JMP32];
+                j.extend((n.wrapping_sub(5) as i32).to_le_bytes());
+                j
+            };
+        }
+        ib.resize(buf.len(), 0x90);
+        buf.copy_from_slice(&ib);
+        Some(())
+    }
+
+    /// A static call site: a NOP, a `ret`, or a call or jump into the
+    /// kernel image (a static call aimed at module code is reported).
+    fn static_call_ok(&self, live: &[u8], at: u64) -> Result<(), String> {
+        if live == NOPS[5] || live == [RET, INT3, INT3, INT3, INT3] {
+            return Ok(());
+        }
+        match rel32_target(live, 0, at) {
+            Some(t) if self.cx.in_image(t) => Ok(()),
+            Some(t) => Err(format!(
+                "now reaches {}, outside the kernel image",
+                self.cx.name(t)
+            )),
+            None => Err("is neither a call, a jump, a NOP nor a return".into()),
+        }
+    }
+
+    /// The Indirect Target Selection mitigation: the branch goes through a
+    /// thunk `jmp *%reg; int3`, in the image or on a page of its own.
+    fn its_thunk_ok(&self, live: &[u8], at: u64, reg: u8) -> bool {
+        let i = match live.first() {
+            Some(0x2e) if live.len() == 6 => 1,
+            Some(0x0f) if live.len() == 6 => 2,
+            _ => 0,
+        };
+        let Some(t) = (match live.get(i) {
+            Some(&CALL | &JMP32) => rel32_target(live, i, at),
+            _ if i == 2 => {
+                le::i32_at(live, 2).map(|d| at.wrapping_add(6).wrapping_add(d as i64 as u64))
+            }
+            _ => None,
+        }) else {
+            return false;
+        };
+        let name = self.cx.name(t);
+        if self.cx.in_image(t) {
+            return name.starts_with("__x86_indirect_its_thunk_");
+        }
+        let mut thunk = Vec::new();
+        if reg >= 8 {
+            thunk.push(0x41);
+        }
+        thunk.extend([0xff, 0xe0 | (reg & 7), INT3]);
+        let mut got = vec![0u8; thunk.len()];
+        self.cx.read(t, &mut got).is_some() && got == thunk
+    }
+
+    fn why_not(&self, site: &Site, live: &[u8], at: u64) -> String {
+        match rel32_target(live, 0, at) {
+            Some(t) => format!(
+                "now {} {}, which the kernel never writes there",
+                if live[0] == CALL { "calls" } else { "jumps to" },
+                self.cx.name(t)
+            ),
+            None => format!(
+                "holds code the kernel never writes at a {}",
+                describe(&site.patch)
+            ),
+        }
+    }
+}
+
+/// patch_retpoline(): `[jncc.d8 1f] [lfence] call/jmp *%reg [int3] nops 1:`,
+/// if it fits the original instruction.
+fn retpoline(orig: &[u8], reg: u8, lfence: bool) -> Option<Vec<u8>> {
+    let len = orig.len();
+    let mut b = Vec::with_capacity(len);
+    let mut op = match orig.first()? {
+        0x2e => *orig.get(1)?,
+        &o => o,
+    };
+    if op == 0x0f {
+        let cc = (orig.get(1)? & 0xf) ^ 1;
+        b.extend([0x70 | cc, u8::try_from(len.checked_sub(2)?).ok()?]);
+        op = JMP32;
+    }
+    if lfence {
+        b.extend([0x0f, 0xae, 0xe8]);
+    }
+    if reg >= 8 {
+        b.push(0x41);
+    }
+    b.push(0xff);
+    b.push(if op == CALL { 0xd0 } else { 0xe0 } | (reg & 7));
+    if op == JMP32 && b.len() < len {
+        b.push(INT3);
+    }
+    if b.len() > len {
+        return None;
+    }
+    b.resize(len, 0x90);
+    Some(b)
+}
+
+fn describe(p: &Patch) -> &'static str {
+    match p {
+        Patch::Fentry => "ftrace's call site",
+        Patch::ReturnThunk => "return thunk site",
+        Patch::Retpoline { .. } => "retpoline site",
+        Patch::Alternative(_) => "alternative site",
+        Patch::JumpLabel { .. } => "static branch",
+        Patch::StaticCall => "static call site",
+        Patch::Paravirt { .. } => "paravirt call site",
+        Patch::SmpLock => "lock prefix",
+        Patch::EndbrSeal => "sealed endbr64",
+    }
+}
+
+/// What may stand at an ftrace call site: the 5-byte NOP, the build's own
+/// `call __fentry__`, or a call to ftrace's callers or to a trampoline
+/// ftrace made for one of the kernel's own ftrace_ops.
+pub(super) fn fentry_site_ok(cx: &Context, live: &[u8], site: u64) -> Result<(), String> {
+    if live == NOPS[5] {
+        return Ok(());
+    }
+    let target = match live.first() {
+        Some(&CALL) => rel32_target(live, 0, site),
+        _ => None,
+    }
+    .ok_or("neither the 5-byte NOP nor a call")?;
+    let ours = ["ftrace_caller", "ftrace_regs_caller", "__fentry__"];
+    if ours.iter().any(|s| cx.sym(s) == Some(target)) {
+        return Ok(());
+    }
+    if cx.in_image(target) {
+        return Err(format!(
+            "calls {} instead of an ftrace caller",
+            cx.name(target)
+        ));
+    }
+    ftrace_trampoline(cx, target).map_err(|why| format!("calls {}: {why}", cx.name(target)))
+}
+
+/// Is the code at `t` (outside the image) a trampoline ftrace built
+/// (arch/x86/kernel/ftrace.c, create_trampoline()): a copy of
+/// `ftrace_caller` or `ftrace_regs_caller` up to its `_end` label, where
+/// only the ftrace_ops load, the callback call and (for regs) a 2-byte NOP
+/// for the direct-call jump differ, followed by a return and a pointer to
+/// an ftrace_ops of the kernel image itself?
+fn ftrace_trampoline(cx: &Context, t: u64) -> Result<(), String> {
+    let templates = [
+        (
+            "ftrace_caller",
+            "ftrace_caller_end",
+            "ftrace_caller_op_ptr",
+            "ftrace_call",
+            None,
+        ),
+        (
+            "ftrace_regs_caller",
+            "ftrace_regs_caller_end",
+            "ftrace_regs_caller_op_ptr",
+            "ftrace_regs_call",
+            Some("ftrace_regs_caller_jmp"),
+        ),
+    ];
+    let mut why = String::from("not an ftrace trampoline (this build has no ftrace callers)");
+    for (start, end, op, call, jmp) in templates {
+        match trampoline_like(cx, t, start, end, op, call, jmp) {
+            Ok(()) => return Ok(()),
+            Err(e) => why = e,
+        }
+    }
+    Err(why)
+}
+
+/// Where the labels of one of ftrace's callers are, relative to its start.
+struct Caller {
+    start: u64,
+    size: usize,
+    op_off: usize,
+    call_off: usize,
+    jmp_off: Option<usize>,
+}
+
+fn caller(
+    cx: &Context,
+    start: &str,
+    end: &str,
+    op: &str,
+    call: &str,
+    jmp: Option<&str>,
+) -> Result<Caller, String> {
+    let at = |s: &str| {
+        cx.map()
+            .addr(s)
+            .ok_or_else(|| format!("no {s} in System.map"))
+    };
+    let s = at(start)?;
+    let rel = |a: u64| {
+        a.checked_sub(s)
+            .and_then(|o| usize::try_from(o).ok())
+            .ok_or_else(|| format!("{start} labels out of order"))
+    };
+    let c = Caller {
+        start: s,
+        size: rel(at(end)?)?,
+        op_off: rel(at(op)?)?,
+        call_off: rel(at(call)?)?,
+        jmp_off: jmp.map(|j| at(j).and_then(rel)).transpose()?,
+    };
+    if c.size > 4096 || c.op_off.saturating_add(7) > c.size || c.call_off.saturating_add(5) > c.size
+    {
+        return Err(format!("{start} is not shaped like an ftrace caller"));
+    }
+    Ok(c)
+}
+
+fn trampoline_like(
+    cx: &Context,
+    t: u64,
+    start: &str,
+    end: &str,
+    op: &str,
+    call: &str,
+    jmp: Option<&str>,
+) -> Result<(), String> {
+    let c = caller(cx, start, end, op, call, jmp)?;
+    let tmpl = cx
+        .vmlinux
+        .bytes(c.start, c.size as u64)
+        .ok_or_else(|| format!("cannot read {start} from the build"))?;
+    // The copy, its return (up to 5 bytes) and the ops pointer after it.
+    let mut code = vec![0u8; c.size.saturating_add(5 + 8)];
+    cx.read(t, &mut code).ok_or("unreadable")?;
+    let skip = |i: usize| {
+        (c.op_off.saturating_add(3)..c.op_off.saturating_add(7)).contains(&i)
+            || (c.call_off.saturating_add(1)..c.call_off.saturating_add(5)).contains(&i)
+            || c.jmp_off.is_some_and(|j| {
+                (j..j.saturating_add(2)).contains(&i)
+                    && code.get(j..j.saturating_add(2)) == Some(&[0x66, 0x90][..])
+            })
+    };
+    if let Some(i) = (0..c.size).find(|&i| code[i] != tmpl[i] && !skip(i)) {
+        return Err(format!(
+            "not an ftrace trampoline: byte {i:#x} differs from {start}"
+        ));
+    }
+    let callee = rel32_target(&code, c.call_off, t).ok_or("no callback call")?;
+    if !cx.in_image(callee) {
+        return Err(format!(
+            "its callback {} is outside the kernel image",
+            cx.name(callee)
+        ));
+    }
+    serves_kernel_ops(cx, t, &c, &code)
+}
+
+/// `movq disp32(%rip), %rdx` must load an ftrace_ops pointer stored right
+/// after the trampoline's return, and that ops must be the kernel's own.
+fn serves_kernel_ops(cx: &Context, t: u64, c: &Caller, code: &[u8]) -> Result<(), String> {
+    let disp = le::i32_at(code, c.op_off.saturating_add(3)).ok_or("no ftrace_ops load")?;
+    let ptr = t
+        .wrapping_add(c.op_off as u64)
+        .wrapping_add(7)
+        .wrapping_add(disp as i64 as u64);
+    let after = ptr.wrapping_sub(t).wrapping_sub(c.size as u64);
+    if !(1..=5).contains(&after) {
+        return Err("its ftrace_ops pointer is not where ftrace puts it".into());
+    }
+    let ops = cx
+        .view
+        .read_word(ptr)
+        .ok_or("its ftrace_ops pointer is unreadable")?;
+    if !cx.in_image(ops) {
+        return Err(format!(
+            "it serves ftrace_ops at {ops:#x}, outside the kernel image (ftrace only builds trampolines for the kernel's own)"
+        ));
+    }
+    Ok(())
+}
+
+/// The five bytes at `i`, for evidence.
+fn five(c: &[u8], i: usize) -> String {
+    format!(
+        "{:02x?}",
+        &c[i.min(c.len())..i.saturating_add(5).min(c.len())]
+    )
+}
+
+#[cfg(test)]
+#[allow(clippy::arithmetic_side_effects)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nop_runs_may_be_optimized() {
+        let want = [0x48, 0x90, 0x90, 0x90, 0x90, 0x90, 0xc3];
+        assert!(same_up_to_nops(&want, &want));
+        let mut opt = vec![0x48];
+        opt.extend(nop_fill(5));
+        opt.push(0xc3);
+        assert!(same_up_to_nops(&want, &opt));
+        // A leading one-byte NOP the kernel treated as an instruction of
+        // its own, then the rest optimized.
+        let mut later = vec![0x48, 0x90];
+        later.extend(nop_fill(4));
+        later.push(0xc3);
+        assert!(same_up_to_nops(&want, &later));
+        // A jump written over the NOPs is no NOP.
+        let jmp = [0x48, 0xe9, 0x00, 0x10, 0x00, 0x00, 0xc3];
+        assert!(!same_up_to_nops(&want, &jmp));
+        assert!(!same_up_to_nops(&want, &want[..6]));
+    }
+
+    #[test]
+    fn retpolines_as_the_kernel_rewrites_them() {
+        // call __x86_indirect_thunk_rax -> call *%rax + nops
+        let call = [0xe8, 1, 2, 3, 4];
+        assert_eq!(
+            retpoline(&call, 0, false).unwrap(),
+            [0xff, 0xd0, 0x90, 0x90, 0x90]
+        );
+        assert_eq!(
+            retpoline(&call, 0, true).unwrap(),
+            [0x0f, 0xae, 0xe8, 0xff, 0xd0]
+        );
+        // r11 with lfence does not fit 5 bytes: left alone.
+        assert!(retpoline(&call, 11, true).is_none());
+        // jmp __x86_indirect_thunk_r11 -> jmp *%r11; int3; nop
+        assert_eq!(
+            retpoline(&[0xe9, 1, 2, 3, 4], 11, false).unwrap(),
+            [0x41, 0xff, 0xe3, 0xcc, 0x90]
+        );
+        // jne (0f 85) thunk -> je +4; jmp *%rcx; int3; nop
+        assert_eq!(
+            retpoline(&[0x0f, 0x85, 1, 2, 3, 4], 1, false).unwrap(),
+            [0x74, 0x04, 0xff, 0xe1, 0xcc, 0x90]
+        );
+    }
+}

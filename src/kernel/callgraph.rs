@@ -1,0 +1,124 @@
+//! What the build's code lets call what. A traced call from one function
+//! of the image to another is legitimate if the caller's code calls or
+//! jumps to the callee directly, possibly through functions ftrace cannot
+//! see (no `__fentry__` call, so no record of their own), or if the callee
+//! is a function whose address the build takes (stored in its data or
+//! loaded by its code): the only kind an indirect call reaches. Anything
+//! else is a control flow the build does not contain.
+#![deny(clippy::arithmetic_side_effects)]
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::sync::Mutex;
+
+use crate::error::Result;
+use crate::kernel::symbols::SystemMap;
+use crate::kernel::vmlinux::Vmlinux;
+
+/// Longest function body scanned for calls.
+const MAX_BODY: u64 = 64 << 10;
+/// Functions without an ftrace call site followed between two traced ones.
+const MAX_HIDDEN: usize = 3;
+
+pub struct CallGraph<'a> {
+    map: &'a SystemMap,
+    vmlinux: &'a Vmlinux,
+    /// Function starts (link time) whose address the build takes.
+    address_taken: HashSet<u64>,
+    /// Function starts ftrace can trace (an `__mcount_loc` site at the
+    /// start, or after an `endbr64`).
+    traceable: HashSet<u64>,
+    /// Direct call and jump targets per function, as scanned.
+    targets: Mutex<BTreeMap<u64, BTreeSet<u64>>>,
+}
+
+impl<'a> CallGraph<'a> {
+    pub fn new(vmlinux: &'a Vmlinux, map: &'a SystemMap) -> Result<Self> {
+        let starts: HashSet<u64> = map.function_starts().collect();
+        let address_taken = vmlinux
+            .referenced_addresses()?
+            .into_iter()
+            .filter(|a| starts.contains(a))
+            .collect();
+        let table = map
+            .addr("__start_mcount_loc")
+            .zip(map.addr("__stop_mcount_loc"));
+        let (lo, hi) = map.image();
+        let traceable = table
+            .and_then(|t| vmlinux.mcount_sites(t, lo, hi))
+            .unwrap_or_default()
+            .into_iter()
+            .flat_map(|site| [site, site.wrapping_sub(4)])
+            .filter(|a| starts.contains(a))
+            .collect();
+        Ok(CallGraph {
+            map,
+            vmlinux,
+            address_taken,
+            traceable,
+            targets: Mutex::new(BTreeMap::new()),
+        })
+    }
+
+    /// rel32 call and jump targets in the body of the function at `f`.
+    fn direct_targets(&self, f: u64) -> BTreeSet<u64> {
+        if let Some(t) = self.targets.lock().ok().and_then(|m| m.get(&f).cloned()) {
+            return t;
+        }
+        let len = self.map.extent_at(f).unwrap_or(0).min(MAX_BODY);
+        let mut out = BTreeSet::new();
+        if let Some(code) = self.vmlinux.bytes(f, len) {
+            for i in 0..code.len() {
+                // call/jmp rel32, and jcc rel32 (0f 80..8f).
+                let disp_at = match (code[i], code.get(i.saturating_add(1))) {
+                    (0xe8 | 0xe9, _) => i.saturating_add(1),
+                    (0x0f, Some(0x80..=0x8f)) => i.saturating_add(2),
+                    _ => continue,
+                };
+                let Some(d) = crate::abi::le::i32_at(&code, disp_at) else {
+                    continue;
+                };
+                let t = f
+                    .wrapping_add(disp_at as u64)
+                    .wrapping_add(4)
+                    .wrapping_add(d as i64 as u64);
+                if t != f && self.map.function_at(t).is_some() {
+                    out.insert(t);
+                }
+            }
+        }
+        if let Ok(mut m) = self.targets.lock() {
+            m.insert(f, out.clone());
+        }
+        out
+    }
+
+    /// May the function named `caller` lead to a traced call of `callee`
+    /// without any other traced function between them? Callers outside
+    /// the image (module code) are not judged here.
+    pub fn allows(&self, caller: &str, callee: &str) -> bool {
+        let (Some(from), Some(to)) = (self.map.addr(caller), self.map.addr(callee)) else {
+            return self.map.addr(caller).is_none();
+        };
+        if self.address_taken.contains(&to) {
+            return true;
+        }
+        // Breadth-first through functions ftrace does not see.
+        let mut seen = BTreeSet::from([from]);
+        let mut level = vec![from];
+        for _ in 0..=MAX_HIDDEN {
+            let mut next = Vec::new();
+            for f in level {
+                for t in self.direct_targets(f) {
+                    if t == to {
+                        return true;
+                    }
+                    if !self.traceable.contains(&t) && seen.insert(t) {
+                        next.push(t);
+                    }
+                }
+            }
+            level = next;
+        }
+        false
+    }
+}
