@@ -6,7 +6,7 @@ use crate::error::Error;
 use crate::escape::escape;
 use crate::host::statedir::GuestDir;
 use crate::kernel::builds;
-use crate::libvirt::connection::Libvirt;
+use crate::libvirt::connection::{Libvirt, LiveEnrollment};
 
 use super::GuestArgs;
 
@@ -55,12 +55,27 @@ pub fn enroll(
     // The domain must exist before anything is copied.
     lv.domain(name)?;
     let stored = builds::store(root, map, vmlinux.as_deref(), dry_run)?;
-    let (old, new) = lv.enroll(name, &stored, monitor, dry_run)?;
+    if crate::kernel::symbols::SystemMap::load(&stored)
+        .or_else(|_| crate::kernel::symbols::SystemMap::load(map))
+        .is_ok_and(|m| m.addr("xftrace_control").is_none())
+    {
+        eprintln!(
+            "note: {} is not of an xftrace kernel: the domain's RAM can be traced once it runs one (guest-kernel/build.sh), enrolled with that kernel's System.map",
+            map.display()
+        );
+    }
+    let (old, new, live) = lv.enroll(name, &stored, monitor, dry_run)?;
     let name = escape(name);
     if dry_run {
         print_change(&old, &new);
+    } else if live == LiveEnrollment::Updated {
+        println!("enrolled {name}: the running domain uses this kernel build now");
     } else if old == new {
         println!("{name} is already enrolled");
+    } else if live == LiveEnrollment::NeedsRestart {
+        println!(
+            "enrolled {name}: it runs without a shared RAM file; xftrace can trace it after a cold restart (`virsh shutdown {name}`, then `virsh start {name}`)"
+        );
     } else {
         println!(
             "enrolled {name}: its RAM will be a shared, preallocated file from its next start"

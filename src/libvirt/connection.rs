@@ -45,6 +45,17 @@ pub struct DomainRow {
     pub system_map: Option<String>,
 }
 
+/// What enrolling did to a running domain.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LiveEnrollment {
+    /// Not running, or already running with this enrollment.
+    Unchanged,
+    /// Running with its RAM in a shared file: it uses the new enrollment now.
+    Updated,
+    /// Running without a shared RAM file: only its next start can change that.
+    NeedsRestart,
+}
+
 impl Libvirt {
     pub fn connect(uri: &str) -> Result<Self> {
         // libvirt's default error handler prints every error a second time,
@@ -85,15 +96,21 @@ impl Libvirt {
     }
 
     /// Enroll `name` with the stored System.map at `system_map` (from
-    /// [`crate::kernel::builds::store`]); returns (old XML, new XML). With
+    /// [`crate::kernel::builds::store`]); returns (old XML, new XML, what
+    /// became of the running domain). With
     /// `dry_run`, nothing is defined.
+    ///
+    /// A running domain that already has its RAM in a shared file (it was
+    /// enrolled when it started) gets the new enrollment in its live
+    /// definition too: a guest rebooted into a new kernel is then traced
+    /// with that kernel's System.map without a cold restart.
     pub fn enroll(
         &self,
         name: &str,
         system_map: &Path,
         monitor: &[String],
         dry_run: bool,
-    ) -> Result<(String, String)> {
+    ) -> Result<(String, String, LiveEnrollment)> {
         let dom = self.domain(name)?;
         if !dom.is_persistent().unwrap_or(false) {
             return Err(Error::Input(format!(
@@ -106,12 +123,46 @@ impl Libvirt {
             .ok_or_else(|| Error::Input(format!("{} is not a UTF-8 path", system_map.display())))?;
         let old = self.persistent_xml(&dom)?;
         let new = domain_xml::enroll(&old, map, monitor).map_err(Error::Input)?;
-        if !dry_run && new != old {
+        if dry_run {
+            return Ok((old, new, LiveEnrollment::Unchanged));
+        }
+        if new != old {
             self.conn
                 .define_domain_xml(&new)
                 .map_err(lv(format!("cannot define domain {}", escape(name))))?;
         }
-        Ok((old, new))
+        let live = self.enroll_live(&dom, name, &new)?;
+        Ok((old, new, live))
+    }
+
+    /// Give a running, file-backed domain the enrollment of `new` (its
+    /// persistent XML).
+    fn enroll_live(&self, dom: &Domain, name: &str, new: &str) -> Result<LiveEnrollment> {
+        if !dom.is_active().unwrap_or(false) {
+            return Ok(LiveEnrollment::Unchanged);
+        }
+        let live = domain_xml::facts(&self.live_xml(dom)?).map_err(Error::Libvirt)?;
+        let want = domain_xml::facts(new).map_err(Error::Libvirt)?;
+        if !live.backing_ok() {
+            return Ok(LiveEnrollment::NeedsRestart);
+        }
+        if live.enrolled && live.system_map == want.system_map && live.monitor == want.monitor {
+            return Ok(LiveEnrollment::Unchanged);
+        }
+        let element = domain_xml::enrollment_element(new)
+            .ok_or_else(|| Error::Libvirt("the new definition lacks its enrollment".into()))?;
+        dom.set_metadata(
+            sys::VIR_DOMAIN_METADATA_ELEMENT as i32,
+            Some(&element),
+            Some(domain_xml::PREFIX),
+            Some(domain_xml::NAMESPACE),
+            sys::VIR_DOMAIN_AFFECT_LIVE,
+        )
+        .map_err(lv(format!(
+            "cannot update the enrollment of running domain {}",
+            escape(name)
+        )))?;
+        Ok(LiveEnrollment::Updated)
     }
 
     pub fn unenroll(&self, name: &str, dry_run: bool) -> Result<(String, String)> {

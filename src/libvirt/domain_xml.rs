@@ -16,7 +16,7 @@ use quick_xml::Reader;
 
 /// Namespace of xftrace's domain metadata.
 pub const NAMESPACE: &str = "http://xftrace.invalid/ns/enrollment/1";
-const PREFIX: &str = "xftrace";
+pub const PREFIX: &str = "xftrace";
 
 #[derive(Clone, Debug)]
 struct Node {
@@ -142,6 +142,12 @@ fn enrollment(nodes: &[Node]) -> Option<&Node> {
                 .iter()
                 .any(|(k, v)| k.starts_with("xmlns") && v == NAMESPACE)
     })
+}
+
+/// The text of `xml`'s `xftrace:enrollment` element, if it has one.
+pub fn enrollment_element(xml: &str) -> Option<String> {
+    let nodes = index(xml).ok()?;
+    enrollment(&nodes).map(|n| xml[n.start..n.end].to_string())
 }
 
 fn child<'a>(nodes: &'a [Node], parent: &Node, local: &str) -> Option<&'a Node> {
