@@ -75,6 +75,9 @@ struct Walker {
     seqs: BTreeMap<u32, u64>,
     /// Per task: the CPU of its last record.
     cpu_of: BTreeMap<u32, u32>,
+    /// Per task: the frame whose return is under way while an interrupt
+    /// runs (see [`Walker::visit`]).
+    returning: BTreeMap<u32, (u32, u64)>,
 }
 
 /// Where an entry sits in its task's call.
@@ -84,6 +87,9 @@ enum Place {
     Known { root: u64, parent: Option<u64> },
     /// In a call whose start was lost.
     Unknown,
+    /// In an interrupt that came while a function of `root`'s call was
+    /// returning.
+    Interrupt { root: u64 },
 }
 
 impl Walker {
@@ -101,22 +107,53 @@ impl Walker {
                 .collect();
             for p in on_cpu {
                 self.stacks.remove(&p);
+                self.returning.remove(&p);
                 self.lost.insert(p);
             }
             // The task of this very record may have run in the gap too.
             self.stacks.remove(&r.pid);
+            self.returning.remove(&r.pid);
             self.lost.insert(r.pid);
         }
         self.cpu_of.insert(r.pid, r.cpu);
     }
 
     /// For any record: keep the stacks; for an entry, where it sits.
+    ///
+    /// fgraph lowers a task's depth before the return hook records the
+    /// return: an interrupt that comes in between records its calls at the
+    /// depth of the returning function, as if they were its siblings. An
+    /// entry at the depth of a frame that has not returned is such an
+    /// interrupt, and so is all the task records until that return.
     fn visit(&mut self, r: &Record) -> Option<Place> {
         self.note_sequence(r);
+        let stack = self.stacks.entry(r.pid).or_default();
         if r.kind != Kind::Entry {
+            if let Some(&(d, f)) = self.returning.get(&r.pid) {
+                if r.depth > d || (r.depth == d && r.func != f) {
+                    return None; // the interrupt's own return
+                }
+                self.returning.remove(&r.pid);
+            }
+            // Frames deeper than the return lost theirs (dropped by the
+            // guest); then the returning frame itself.
+            while stack.last().is_some_and(|&(d, _)| d > r.depth) {
+                stack.pop();
+            }
+            if stack.last() == Some(&(r.depth, r.func)) {
+                stack.pop();
+            }
             return None;
         }
-        let stack = self.stacks.entry(r.pid).or_default();
+        if let (Some(&(_, root)), Some(&top)) = (stack.first(), stack.last()) {
+            if !self.lost.contains(&r.pid)
+                && (self.returning.contains_key(&r.pid) || r.depth == top.0)
+            {
+                self.returning.entry(r.pid).or_insert(top);
+                return Some(Place::Interrupt { root });
+            }
+        }
+        // Shallower than the open frames: their returns were dropped.
         while stack.last().is_some_and(|&(d, _)| d >= r.depth) {
             stack.pop();
         }
@@ -170,6 +207,14 @@ pub fn analyze(
         let (root, parent) = match place {
             Place::Known { root, parent } => (Some(root), parent),
             Place::Unknown => (None, None),
+            Place::Interrupt { root } => {
+                if !in_image(r.func) && unknown.len() < 1024 {
+                    unknown
+                        .entry((Some(root), r.func))
+                        .or_insert((None, r.pid, r.comm));
+                }
+                continue;
+            }
         };
         if !in_image(r.func) && unknown.len() < 1024 {
             unknown
@@ -366,6 +411,52 @@ mod tests {
         let mut r = clean();
         r.splice(2..2, [ev(Entry, 7, 2), ev(Return, 7, 2)]);
         assert_eq!(edges(&ring(r), &name, 4), edges(&clean(), &name, 4));
+    }
+
+    /// fgraph lowers the depth before a return is recorded: an interrupt
+    /// in between looks like siblings of the returning function (seen on
+    /// a busy guest: `irq_enter_rcu`, `handle_softirqs`, `idle_cpu` at
+    /// depth 0 before `__x64_sys_read` returned).
+    #[test]
+    fn an_interrupt_while_a_function_returns_is_not_call_flow() {
+        use Kind::*;
+        let mut r = clean();
+        // Before iterate_dir's return (index 4) and before the root's (5).
+        r.splice(
+            5..5,
+            [
+                ev(Entry, 4, 0),
+                ev(Return, 4, 0),
+                ev(Entry, 5, 0),
+                ev(Entry, 6, 1),
+                ev(Return, 6, 1),
+                ev(Return, 5, 0),
+            ],
+        );
+        r.splice(4..4, [ev(Entry, 3, 1), ev(Return, 3, 1)]);
+        assert_eq!(edges(&ring(r.clone()), &name, 4), edges(&clean(), &name, 4));
+        // Code outside the image there is still found.
+        r.splice(
+            5..5,
+            [
+                ev(Entry, 0xffff_ffff_c0b3_7000, 1),
+                ev(Return, 0xffff_ffff_c0b3_7000, 1),
+            ],
+        );
+        let u = unknown_code(&ring(r.clone()), &|a| a < 0x100, &name);
+        assert_eq!(u.len(), 1, "{u:?}");
+        assert!(
+            u[0].detail
+                .starts_with("__x64_sys_getdents64 runs code outside"),
+            "{}",
+            u[0].detail
+        );
+        // And the next call is followed as usual.
+        let mut two = r.clone();
+        two.extend(clean());
+        let e = edges(&ring(two), &name, 4);
+        assert_eq!(e["__x64_sys_getdents64"].len(), 2, "{e:?}");
+        assert!(e["__x64_sys_getdents64"].values().all(|&n| n == 2), "{e:?}");
     }
 
     #[test]

@@ -14,6 +14,24 @@ use crate::error::Result;
 use crate::kernel::symbols::SystemMap;
 use crate::kernel::vmlinux::Vmlinux;
 
+/// Names of the code through which interrupts and exceptions enter and
+/// leave, by prefix (arch/x86/entry, kernel/entry, kernel/softirq.c).
+/// Parts of it run in task context (an exception; an interrupt's exit
+/// after it has left hardirq context), where the guest records what they
+/// call as if the interrupted function had called it.
+const ASYNC_ENTRY_PREFIXES: &[&str] = &[
+    "exc_",
+    "asm_exc_",
+    "irqentry_",
+    "irq_exit",
+    "irq_enter",
+    "sysvec_",
+    "asm_sysvec_",
+    "common_interrupt",
+    "asm_common_interrupt",
+    "spurious_interrupt",
+];
+
 /// Longest function body scanned for calls.
 const MAX_BODY: u64 = 64 << 10;
 /// Functions without an ftrace call site followed between two traced ones.
@@ -29,6 +47,8 @@ pub struct CallGraph<'a> {
     traceable: HashSet<u64>,
     /// Direct call and jump targets per function, as scanned.
     targets: Mutex<BTreeMap<u64, BTreeSet<u64>>>,
+    /// Interrupt and exception entry and exit functions (link time).
+    async_entries: Vec<u64>,
 }
 
 impl<'a> CallGraph<'a> {
@@ -50,12 +70,18 @@ impl<'a> CallGraph<'a> {
             .flat_map(|site| [site, site.wrapping_sub(4)])
             .filter(|a| starts.contains(a))
             .collect();
+        let async_entries = map
+            .functions()
+            .filter(|(n, _)| ASYNC_ENTRY_PREFIXES.iter().any(|p| n.starts_with(p)))
+            .map(|(_, a)| a)
+            .collect();
         Ok(CallGraph {
             map,
             vmlinux,
             address_taken,
             traceable,
             targets: Mutex::new(BTreeMap::new()),
+            async_entries,
         })
     }
 
@@ -94,7 +120,9 @@ impl<'a> CallGraph<'a> {
 
     /// May the function named `caller` lead to a traced call of `callee`
     /// without any other traced function between them? Callers outside
-    /// the image (module code) are not judged here.
+    /// the image (module code) are not judged here. Nor is a callee of the
+    /// interrupt and exception entry code, which lands under whatever
+    /// function an interrupt or exception hit.
     pub fn allows(&self, caller: &str, callee: &str) -> bool {
         let (Some(from), Some(to)) = (self.map.addr(caller), self.map.addr(callee)) else {
             return self.map.addr(caller).is_none();
@@ -102,6 +130,12 @@ impl<'a> CallGraph<'a> {
         if self.address_taken.contains(&to) {
             return true;
         }
+        self.reaches(from, to) || self.async_entries.iter().any(|&e| self.reaches(e, to))
+    }
+
+    /// Does the code at `from` call or jump to `to`, directly or through
+    /// functions ftrace cannot see?
+    fn reaches(&self, from: u64, to: u64) -> bool {
         // Breadth-first through functions ftrace does not see.
         let mut seen = BTreeSet::from([from]);
         let mut level = vec![from];

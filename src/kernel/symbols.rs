@@ -179,6 +179,11 @@ impl SystemMap {
         self.starts.get(i).and_then(|&next| next.checked_sub(addr))
     }
 
+    /// Text symbols: name and link-time address.
+    pub fn functions(&self) -> impl Iterator<Item = (&str, u64)> + '_ {
+        self.text.iter().map(|s| (s.name.as_str(), s.addr))
+    }
+
     /// Where text symbols start (link time).
     pub fn function_starts(&self) -> impl Iterator<Item = u64> + '_ {
         self.text.iter().map(|s| s.addr)
