@@ -453,3 +453,223 @@ fn the_guest_applies_only_whole_commands() {
     w(off::CMD_SEQ, base + 3);
     assert_eq!(wait_ack(base + 3), -libc::EINVAL);
 }
+
+/// Call trees of a trace, per task: the depth-0 functions, returns without
+/// their entry, and entries left open at the end. Tasks are told apart by
+/// ftrace's context-switch lines (`comm-pid => comm-pid`), so a task that
+/// blocks inside a call, or moves to another CPU, is followed.
+#[derive(Debug, Default)]
+struct Trees {
+    roots: std::collections::BTreeSet<String>,
+    orphan_returns: Vec<String>,
+    open_at_end: Vec<String>,
+}
+
+fn trees(trace: &str) -> Trees {
+    use std::collections::BTreeMap;
+    let mut t = Trees::default();
+    // Per CPU, the task on it: a pid, or (before its first switch line) the
+    // CPU's first, still unnamed, task.
+    let mut on_cpu: BTreeMap<String, String> = BTreeMap::new();
+    let mut stacks: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let pid_of = |s: &str| s.trim().rsplit('-').next().unwrap_or("").to_string();
+    // Tasks whose records were lost: followed again from their next
+    // top-level call.
+    let mut resync: std::collections::BTreeSet<String> = Default::default();
+    for l in trace.lines().filter(|l| !l.starts_with('#')) {
+        if l.starts_with("CPU:") && l.contains(" [LOST ") {
+            // Which tasks ran in the gap is unknown: all start over.
+            for (task, s) in stacks.iter_mut() {
+                s.clear();
+                resync.insert(task.clone());
+            }
+            resync.extend(on_cpu.values().cloned());
+            continue;
+        }
+        let Some((cpu, rest)) = l.split_once(')') else {
+            continue;
+        };
+        let cpu = cpu.trim().to_string();
+        if let Some((prev, next)) = rest.split_once(" => ") {
+            let (prev, next) = (pid_of(prev), pid_of(next));
+            let cur = on_cpu.entry(cpu.clone()).or_insert(format!("cpu{cpu}"));
+            if cur.starts_with("cpu") {
+                // Name the CPU's first task now that it is known.
+                let s = stacks.remove(cur.as_str()).unwrap_or_default();
+                stacks.entry(prev).or_default().extend(s);
+            }
+            *cur = next;
+            continue;
+        }
+        let Some((_, f)) = rest.split_once(" |  ") else {
+            continue;
+        };
+        let depth = (f.len() - f.trim_start().len()) / 2;
+        let f = f.trim();
+        let task = on_cpu
+            .entry(cpu.clone())
+            .or_insert(format!("cpu{cpu}"))
+            .clone();
+        let stack = stacks.entry(task.clone()).or_default();
+        // An entry at depth 0 while the task's call is open is an
+        // interrupt that came while that call was returning (fgraph lowers
+        // the depth before the return is recorded), not a new tree.
+        if depth == 0 && !f.starts_with('}') && stack.is_empty() {
+            t.roots
+                .insert(f.trim_end_matches(['{', ';', ' ']).to_string());
+            resync.remove(&task);
+        }
+        // ftrace writes "} /* func */" whenever the line above is not the
+        // entry (another task ran on the CPU in between): still a return.
+        if f.starts_with('}') {
+            if stack.pop().is_none() && !resync.contains(&task) {
+                t.orphan_returns.push(l.to_string());
+            }
+        } else if f.ends_with('{') {
+            stack.push(f.to_string());
+        }
+    }
+    for (task, s) in stacks {
+        for f in s {
+            t.open_at_end.push(format!("{task}: {f}"));
+        }
+    }
+    t
+}
+
+/// Sessions hold whole call trees of the filtered functions only: none
+/// starts or ends halfway through a call although the guest is busy in
+/// them at `on` and `off`; interrupts that hit a filtered function (not
+/// traced without --irqs) leave no unfiltered tree behind; a guest user's
+/// own tracefs session is neither taken over nor disturbed, and `off`
+/// works while they read trace_pipe.
+#[test]
+fn sessions_hold_whole_call_trees_of_the_filtered_functions_only() {
+    let _one = common::serial();
+    let mut vm = Vm::boot(512, 2);
+    let x = Xftrace::new(&vm.ram);
+    let t = "/sys/kernel/tracing";
+    vm.sh("mount -t tracefs nodev /sys/kernel/tracing");
+
+    // A guest user's function_graph session: xftrace's `on` must not take
+    // it over (one graph tracer at a time on 6.1) nor touch its filter.
+    vm.sh(&format!(
+        "echo vfs_read > {t}/set_graph_function; echo function_graph > {t}/current_tracer"
+    ));
+    let o = x.run(&["on", "sys_openat"]);
+    assert_eq!(o.status.code(), Some(4), "{:?}", text(&o));
+    assert!(
+        text(&o).1.contains("runs function_graph through tracefs"),
+        "{:?}",
+        text(&o)
+    );
+    assert_eq!(
+        vm.output(&format!("cat {t}/current_tracer")).trim(),
+        "function_graph"
+    );
+    assert_eq!(
+        vm.output(&format!("cat {t}/set_graph_function")).trim(),
+        "vfs_read"
+    );
+    assert!(vm.output(&format!("cat {t}/trace")).contains("vfs_read"));
+    // The user moves to tracing scheduler events and keeps reading the
+    // pipe. (A function filter of theirs would narrow xftrace too: ftrace
+    // shares set_ftrace_filter among graph clients; xftrace reports it.)
+    vm.sh(&format!(
+        "echo nop > {t}/current_tracer; echo > {t}/set_graph_function; \
+         echo 1 > {t}/events/sched/sched_switch/enable; (cat {t}/trace_pipe > /tmp/pipe.out &)"
+    ));
+
+    // Busy in openat and read on both CPUs when the session opens and
+    // closes, with timer interrupts all along.
+    vm.sh("for i in 1 2; do (while :; do cat /tmp/hello.txt > /dev/null; done &); done");
+    let out = tempfile::tempdir().unwrap();
+    for round in 0..3 {
+        let o = x.run(&["on", "sys_openat", "sys_read"]);
+        assert!(o.status.success(), "{:?}", text(&o));
+        std::thread::sleep(Duration::from_millis(1500));
+        let path = out.path().join(format!("busy{round}.txt"));
+        let o = x.run(&["off", "--output", path.to_str().unwrap()]);
+        assert!(
+            o.status.success(),
+            "off with trace_pipe open: {:?}",
+            text(&o)
+        );
+        let trace = std::fs::read_to_string(&path).unwrap();
+        let tr = trees(&trace);
+        // Kept for a look when an assertion below fails.
+        let kept = std::env::temp_dir().join(format!("xftrace-e2e-busy{round}.txt"));
+        std::fs::copy(&path, &kept).unwrap();
+        let want: std::collections::BTreeSet<String> = ["__x64_sys_openat()", "__x64_sys_read()"]
+            .into_iter()
+            .map(String::from)
+            .collect();
+        assert!(
+            !tr.roots.is_empty(),
+            "nothing traced in round {round}:\n{}",
+            trace.lines().take(40).collect::<Vec<_>>().join("\n")
+        );
+        assert!(
+            tr.roots.is_subset(&want),
+            "unfiltered trees: {:?}",
+            tr.roots
+        );
+        assert!(
+            tr.orphan_returns.is_empty(),
+            "partial trees at the start: {:?}",
+            tr.orphan_returns
+        );
+        assert!(
+            tr.open_at_end.is_empty(),
+            "partial trees at the end: {:?}",
+            tr.open_at_end
+        );
+        assert!(trace.contains(" 0 failed integrity checks"));
+    }
+    // The user's session is as they left it, and still producing.
+    assert_eq!(vm.output(&format!("cat {t}/current_tracer")).trim(), "nop");
+    assert_eq!(
+        vm.output(&format!("cat {t}/events/sched/sched_switch/enable"))
+            .trim(),
+        "1"
+    );
+    let before = vm
+        .output("wc -c < /tmp/pipe.out")
+        .trim()
+        .parse::<u64>()
+        .unwrap();
+    vm.sh("cat /tmp/hello.txt > /dev/null; sleep 1");
+    let after = vm
+        .output("wc -c < /tmp/pipe.out")
+        .trim()
+        .parse::<u64>()
+        .unwrap();
+    assert!(
+        after > before,
+        "the user's trace_pipe stopped: {before} -> {after}"
+    );
+    vm.sh(&format!("echo 0 > {t}/events/sched/sched_switch/enable"));
+
+    // A function that interrupts hit as well as tasks: without --irqs, only
+    // task-context trees of it, and nothing else, are recorded.
+    vm.sh("(while :; do sleep 0.01; done &)");
+    let o = x.run(&["on", "try_to_wake_up"]);
+    assert!(o.status.success(), "{:?}", text(&o));
+    std::thread::sleep(Duration::from_secs(2));
+    let path = out.path().join("wakeups.txt");
+    let o = x.run(&["off", "--output", path.to_str().unwrap()]);
+    assert!(o.status.success(), "{:?}", text(&o));
+    let trace = std::fs::read_to_string(&path).unwrap();
+    let tr = trees(&trace);
+    assert!(!tr.roots.is_empty(), "no wakeup traced");
+    assert!(
+        tr.roots.iter().all(|r| r == "try_to_wake_up()"),
+        "unfiltered trees after interrupts: {:?}",
+        tr.roots
+    );
+    assert!(
+        tr.orphan_returns.is_empty() && tr.open_at_end.is_empty(),
+        "{tr:?}"
+    );
+    assert_eq!(vm.qmp_status(), "running");
+}

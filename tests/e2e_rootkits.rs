@@ -10,74 +10,8 @@ use std::process::Stdio;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use common::detection::{findings, has, measured, CASES};
 use common::{Boot, Vm, Xftrace};
-
-fn findings(o: &std::process::Output) -> Vec<serde_json::Value> {
-    String::from_utf8_lossy(&o.stdout)
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect()
-}
-
-fn has(f: &[serde_json::Value], kind: &str, parts: &[&str]) -> bool {
-    f.iter().any(|x| {
-        x["kind"] == kind
-            && parts
-                .iter()
-                .all(|p| x["detail"].as_str().unwrap_or("").contains(p))
-    })
-}
-
-/// Peak resident memory (KiB) and wall time of one xftrace run.
-fn measured(x: &Xftrace, args: &[&str]) -> (std::process::Output, Duration, i64) {
-    let t = Instant::now();
-    let child = x
-        .command(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let pid = child.id() as i32;
-    // Reap it ourselves to read its rusage.
-    let mut status = 0;
-    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-    let out = {
-        let mut child = child;
-        let mut stdout = String::new();
-        let mut stderr = String::new();
-        use std::io::Read;
-        child
-            .stdout
-            .take()
-            .unwrap()
-            .read_to_string(&mut stdout)
-            .unwrap();
-        child
-            .stderr
-            .take()
-            .unwrap()
-            .read_to_string(&mut stderr)
-            .unwrap();
-        // wait4 on a pid we spawned and have not waited for.
-        unsafe { libc::wait4(pid, &mut status, 0, &mut ru) };
-        std::mem::forget(child);
-        std::process::Output {
-            status: std::os::unix::process::ExitStatusExt::from_raw(status),
-            stdout: stdout.into_bytes(),
-            stderr: stderr.into_bytes(),
-        }
-    };
-    (out, t.elapsed(), ru.ru_maxrss)
-}
-
-/// A rootkit module, the finding kind it must cause, words of its detail,
-/// and words of the call-flow finding where the hook is in a traced path.
-type Case = (
-    &'static str,
-    &'static str,
-    &'static [&'static str],
-    Option<&'static [&'static str]>,
-);
 
 #[test]
 fn detects_every_test_rootkit_and_nothing_on_a_clean_guest() {
@@ -113,7 +47,7 @@ fn detects_every_test_rootkit_and_nothing_on_a_clean_guest() {
     let mut worst = (Duration::ZERO, 0);
     for i in 0..20 {
         vm.sh(WORKLOAD);
-        let (o, t, rss) = measured(&x, &["check", "--json", "--trace-seconds", "1"]);
+        let (o, t, rss) = measured(x.command(&["check", "--json", "--trace-seconds", "1"]));
         let f = findings(&o);
         assert!(
             f.is_empty() && o.status.code() == Some(0),
@@ -143,7 +77,7 @@ fn detects_every_test_rootkit_and_nothing_on_a_clean_guest() {
         x.state.path().join("clean.txt").to_str().unwrap(),
     ]);
     assert!(o.status.success());
-    let (o, t, rss) = measured(&x, &["check", "--json", "--trace-seconds", "0"]);
+    let (o, t, rss) = measured(x.command(&["check", "--json", "--trace-seconds", "0"]));
     assert_eq!(o.status.code(), Some(0));
     eprintln!(
         "cost: integrity check {:.0} ms, {} KiB peak RSS; with 1 s call flow at most {:.2} s, {} KiB",
@@ -187,37 +121,8 @@ fn detects_every_test_rootkit_and_nothing_on_a_clean_guest() {
         seen.saturating_duration_since(loaded).as_secs_f64()
     );
 
-    // Each rootkit, cumulatively: (module, kind, detail parts, call-flow parts).
-    let cases: &[Case] = &[
-        (
-            "rk_syscall_table",
-            "syscall-table",
-            &[
-                "sys_call_table[217] points to",
-                "instead of __x64_sys_getdents64",
-            ],
-            None,
-        ),
-        (
-            "rk_ftrace_hook",
-            "ftrace-hook",
-            &["an ftrace hook", "outside the kernel image"],
-            Some(&["__x64_sys_getdents64 runs code outside the kernel image"]),
-        ),
-        (
-            "rk_dispatch_patch",
-            "syscall-dispatch",
-            &["x64_sys_call+", "(the build calls __x64_sys_getdents64)"],
-            None,
-        ),
-        (
-            "rk_fops",
-            "operation-table",
-            &["simple_dir_operations slot", "instead of dcache_readdir"],
-            Some(&["called from iterate_dir"]),
-        ),
-    ];
-    for (module, kind, parts, flow) in cases {
+    // Each rootkit, cumulatively.
+    for (module, kind, parts, flow) in CASES {
         let out = vm.sh(&format!("insmod /lib/xftrace-test/{module}.ko"));
         assert!(!out.contains("rror"), "{module}: {out}");
         let o = x.run(&["check", "--json", "--trace-seconds", "3"]);

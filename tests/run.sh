@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The xftrace test suite, from a fresh Debian bookworm machine (run as root):
-# installs the Debian packages it needs, builds the guest kernel (cached under
-# ~/.cache/xftrace), then runs the unit tests and the end-to-end tests that
-# boot the patched guest under qemu-system-x86_64.
+# installs the Debian packages it needs, builds the guest kernel (small
+# profile) and the Debian VM image (both cached under ~/.cache/xftrace), then
+# runs the unit tests and the end-to-end tests that boot patched guests
+# under qemu-system-x86_64 and a real libvirtd.
 #
 #   tests/run.sh [extra cargo test arguments]
 set -euo pipefail
@@ -25,6 +26,10 @@ start=$(date +%s)
 XFTRACE_KERNEL_DIR=$(guest-kernel/build.sh | tail -n 1)
 export XFTRACE_KERNEL_DIR
 say "guest kernel: $XFTRACE_KERNEL_DIR ($(($(date +%s) - start)) s)"
+t=$(date +%s)
+XFTRACE_DEBIAN_IMAGE=$(tests/guest/make-debian-image.sh | tail -n 1)
+export XFTRACE_DEBIAN_IMAGE
+say "Debian image: $XFTRACE_DEBIAN_IMAGE ($(($(date +%s) - t)) s)"
 
 cargo build --locked --all-targets
 cargo test --locked -- "$@"

@@ -90,4 +90,18 @@ impl Console {
         self.wait_for(&m, Duration::from_secs(120), &mut || Ok(()))
             .unwrap_or_else(|e| panic!("guest command {cmd:?}: {e}"))
     }
+
+    /// What `cmd` printed, without the echoed command line: the text
+    /// after a begin marker the guest prints (the echo of the command line
+    /// has the marker split by quotes, and may be wrapped).
+    pub fn output(&mut self, cmd: &str) -> String {
+        let n = self.marker + 1;
+        let all = self.sh(&format!("echo XFT-BEGIN-\"{n}\"; {cmd}"));
+        let begin = format!("XFT-BEGIN-{n}");
+        let after = all
+            .rfind(&begin)
+            .and_then(|i| all[i..].find('\n').map(|j| i + j + 1))
+            .unwrap_or_else(|| panic!("no {begin} in the output of {cmd:?}: {all:?}"));
+        all[after..].replace('\r', "")
+    }
 }

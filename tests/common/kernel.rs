@@ -1,5 +1,6 @@
 //! The guest kernel (built and cached by guest-kernel/build.sh), the
-//! busybox initramfs, and the test rootkits built against the kernel.
+//! busybox initramfs, and the test rootkits built against the kernel's
+//! headers package.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -48,10 +49,46 @@ pub fn initramfs() -> &'static Path {
     })
 }
 
-/// The test rootkits (tests/rootkits), built against the guest kernel's
-/// prepared tree, and an initramfs that carries them in /lib/xftrace-test/.
-pub fn rootkit_initramfs() -> &'static Path {
+/// The guest kernel's headers package (as a guest would install it),
+/// unpacked once under target/: the tree external modules build against.
+pub fn headers_dir() -> &'static Path {
     static P: OnceLock<PathBuf> = OnceLock::new();
+    P.get_or_init(|| {
+        let release = std::fs::read_to_string(kernel_dir().join("kernelversion"))
+            .expect("kernelversion in the kernel build")
+            .trim()
+            .to_string();
+        let deb = std::fs::read_dir(kernel_dir().join("debs"))
+            .expect("debs/ in the kernel build")
+            .map(|e| e.unwrap().path())
+            .find(|p| {
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with(&format!("linux-headers-{release}_")))
+            })
+            .expect("a linux-headers package in the kernel build");
+        let root = repo().join("target").join("xftrace-headers").join(&release);
+        let tree = root.join(format!("usr/src/linux-headers-{release}"));
+        let _ = std::fs::remove_dir_all(&root);
+        std::fs::create_dir_all(&root).unwrap();
+        let st = Command::new("dpkg-deb")
+            .arg("-x")
+            .arg(&deb)
+            .arg(&root)
+            .status()
+            .expect("run dpkg-deb");
+        assert!(
+            st.success() && tree.join("Makefile").is_file(),
+            "unpack {deb:?}"
+        );
+        tree
+    })
+}
+
+/// The test rootkits (tests/rootkits), built against the guest kernel's
+/// headers package, sorted by name.
+pub fn rootkit_modules() -> &'static [PathBuf] {
+    static P: OnceLock<Vec<PathBuf>> = OnceLock::new();
     P.get_or_init(|| {
         let build = repo().join("target").join("xftrace-rootkits");
         let _ = std::fs::remove_dir_all(&build);
@@ -62,7 +99,7 @@ pub fn rootkit_initramfs() -> &'static Path {
         }
         let st = Command::new("make")
             .arg("-C")
-            .arg(kernel_dir().join("build"))
+            .arg(headers_dir())
             .arg(format!("M={}", build.display()))
             .arg("modules")
             .stdout(Stdio::null())
@@ -76,13 +113,21 @@ pub fn rootkit_initramfs() -> &'static Path {
             .collect();
         kos.sort();
         assert_eq!(kos.len(), 6, "{kos:?}");
+        kos
+    })
+}
+
+/// An initramfs that carries the test rootkits in /lib/xftrace-test/.
+pub fn rootkit_initramfs() -> &'static Path {
+    static P: OnceLock<PathBuf> = OnceLock::new();
+    P.get_or_init(|| {
         let out = repo()
             .join("target")
             .join("xftrace-test-initramfs-rootkits.cpio.gz");
         let st = Command::new("bash")
             .arg(repo().join("tests/guest/make-initramfs.sh"))
             .arg(&out)
-            .args(&kos)
+            .args(rootkit_modules())
             .status()
             .unwrap();
         assert!(st.success());

@@ -20,7 +20,7 @@ pub struct Libvirtd {
     /// libvirtd, so the pid is read again when stopping.
     started: Vec<(&'static str, &'static str)>,
     hook_backup: Option<Vec<u8>>,
-    domains: Vec<String>,
+    pub domains: Vec<String>,
     pub images: PathBuf,
 }
 

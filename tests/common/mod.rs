@@ -5,6 +5,8 @@
 
 pub mod cli;
 pub mod console;
+pub mod debian;
+pub mod detection;
 pub mod kernel;
 pub mod libvirtd;
 pub mod qmp;
@@ -14,7 +16,9 @@ use std::path::PathBuf;
 
 pub use cli::{hook_state, logged, state_dir, xftrace, xftrace_with_map, Xftrace};
 pub use console::Console;
-pub use kernel::{initramfs, kernel_dir, rootkit_initramfs, system_map};
+pub use kernel::{
+    headers_dir, initramfs, kernel_dir, rootkit_initramfs, rootkit_modules, system_map,
+};
 pub use qmp::{qmp, qmp_status_at};
 pub use vm::{accel, serial, Boot, Vm};
 

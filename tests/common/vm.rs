@@ -109,7 +109,7 @@ impl Vm {
             .arg(how.initramfs.as_deref().unwrap_or(initramfs()))
             .args([
                 "-append",
-                &format!("console=ttyS0 panic=-1 quiet {}", how.cmdline),
+                &format!("console=ttyS0 panic=-1 quiet xftrace_ticks {}", how.cmdline),
             ])
             .args(["-display", "none", "-no-reboot", "-nodefaults"])
             .args([
@@ -172,6 +172,11 @@ impl Vm {
     /// Run a shell command in the guest and return what it printed.
     pub fn sh(&mut self, cmd: &str) -> String {
         self.console.sh(cmd)
+    }
+
+    /// What a shell command printed, without the console's echo.
+    pub fn output(&mut self, cmd: &str) -> String {
+        self.console.output(cmd)
     }
 
     /// QMP query-status, e.g. "running".

@@ -1,0 +1,107 @@
+//! What the detection tests share: findings from `--json` output, the
+//! rootkits of tests/rootkits with the finding each must cause, and the
+//! cost of one run (wall time, peak memory).
+
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub fn findings(o: &Output) -> Vec<serde_json::Value> {
+    String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+/// Is there a finding of `kind` whose detail contains every part?
+pub fn has(f: &[serde_json::Value], kind: &str, parts: &[&str]) -> bool {
+    f.iter().any(|x| {
+        x["kind"] == kind
+            && parts
+                .iter()
+                .all(|p| x["detail"].as_str().unwrap_or("").contains(p))
+    })
+}
+
+/// Run `cmd` to completion: its output, wall time and peak resident memory
+/// (KiB).
+pub fn measured(mut cmd: Command) -> (Output, Duration, i64) {
+    let t = Instant::now();
+    let child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id() as i32;
+    let mut status = 0;
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    let out = {
+        let mut child = child;
+        let mut stdout = String::new();
+        let mut stderr = String::new();
+        use std::io::Read;
+        child
+            .stdout
+            .take()
+            .unwrap()
+            .read_to_string(&mut stdout)
+            .unwrap();
+        child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut stderr)
+            .unwrap();
+        // wait4 on a pid we spawned and have not waited for, to read its rusage.
+        unsafe { libc::wait4(pid, &mut status, 0, &mut ru) };
+        std::mem::forget(child);
+        Output {
+            status: std::os::unix::process::ExitStatusExt::from_raw(status),
+            stdout: stdout.into_bytes(),
+            stderr: stderr.into_bytes(),
+        }
+    };
+    (out, t.elapsed(), ru.ru_maxrss)
+}
+
+/// A rootkit module, the finding kind it must cause, words of its detail,
+/// and words of the call-flow finding where the hook is in a traced path.
+pub type Case = (
+    &'static str,
+    &'static str,
+    &'static [&'static str],
+    Option<&'static [&'static str]>,
+);
+
+/// The rootkits loaded one after another (each stays loaded), by technique:
+/// a syscall table entry, an ftrace hook, an inline patch of the
+/// dispatcher, and a file operations table. (rk_idt and rk_blind, which go
+/// for the IDT and for xftrace itself, are tested on their own.)
+pub const CASES: &[Case] = &[
+    (
+        "rk_syscall_table",
+        "syscall-table",
+        &[
+            "sys_call_table[217] points to",
+            "instead of __x64_sys_getdents64",
+        ],
+        None,
+    ),
+    (
+        "rk_ftrace_hook",
+        "ftrace-hook",
+        &["an ftrace hook", "outside the kernel image"],
+        Some(&["__x64_sys_getdents64 runs code outside the kernel image"]),
+    ),
+    (
+        "rk_dispatch_patch",
+        "syscall-dispatch",
+        &["x64_sys_call+", "(the build calls __x64_sys_getdents64)"],
+        None,
+    ),
+    (
+        "rk_fops",
+        "operation-table",
+        &["simple_dir_operations slot", "instead of dcache_readdir"],
+        Some(&["called from iterate_dir"]),
+    ),
+];

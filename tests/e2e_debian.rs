@@ -1,0 +1,370 @@
+//! xftrace on a real Debian VM, end to end, through a real libvirtd: a
+//! bookworm image with systemd, sshd and nginx boots Debian's stock cloud
+//! kernel from its own disk; the domain is enrolled; the Ansible guest role
+//! installs the xftrace kernel package over SSH, makes it GRUB's default,
+//! reboots into it and hands its System.map to the host's enrollment; then
+//! nginx's and systemd's calls are traced under HTTP load, 20 checks of the
+//! clean guest find nothing, and every test rootkit is found. libvirt's
+//! lifecycle events show the guest was never paused.
+//!
+//! The kernel is the one tests/run.sh builds (XFTRACE_KERNEL_DIR): the small
+//! profile in CI, the cloud profile in the release run
+//! (`tests/release.sh`).
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use common::debian::{image_dir, Lifecycle};
+use common::detection::{findings, has, measured, CASES};
+use common::libvirtd::{virsh, Libvirtd, URI};
+use common::xftrace;
+
+fn out(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn ansible_playbook(args: &[&str], dir: &Path) -> Output {
+    let bin = match std::env::var_os("XFTRACE_ANSIBLE_BIN") {
+        Some(d) => Path::new(&d).join("ansible-playbook"),
+        None => "ansible-playbook".into(),
+    };
+    let o = Command::new(&bin)
+        .args(args)
+        .current_dir(dir)
+        .env("ANSIBLE_NOCOLOR", "1")
+        .env("ANSIBLE_FORCE_COLOR", "0")
+        .env("ANSIBLE_HOST_KEY_CHECKING", "False")
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {bin:?} (tests/run.sh installs it): {e}"));
+    eprintln!(
+        "$ ansible-playbook {}\n  exit {:?}\n{}{}",
+        args.join(" "),
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    o
+}
+
+/// `changed=N` of the recap line for `host`.
+fn changed(o: &Output, host: &str) -> u32 {
+    let text = String::from_utf8_lossy(&o.stdout);
+    text.lines()
+        .find(|l| l.starts_with(host) && l.contains("changed="))
+        .and_then(|l| {
+            l.split_whitespace()
+                .find_map(|w| w.strip_prefix("changed="))
+        })
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no recap for {host} in {text}"))
+}
+
+fn read_trimmed(p: &Path) -> String {
+    std::fs::read_to_string(p)
+        .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+        .trim()
+        .to_string()
+}
+
+#[test]
+fn debian_vm_gets_the_kernel_by_ansible_and_is_traced_and_checked() {
+    let _one = common::serial();
+    let img = image_dir();
+    let kdir = common::kernel_dir();
+    let release = read_trimmed(&kdir.join("kernelversion"));
+    let stock = read_trimmed(&img.join("stock-kernel"));
+    let state = common::state_dir();
+    let st = state.path();
+    let mut lv = Libvirtd::start(st);
+    let name = format!("xft-deb-{}", std::process::id());
+    let vm = lv.define_debian(&name, 1024);
+    let events = Lifecycle::watch(&name, &lv.images);
+
+    // Enrolled for the kernel it is to run, while it still has Debian's.
+    let map = kdir.join("System.map");
+    let o = xftrace(
+        st,
+        &[
+            "-c",
+            URI,
+            "enroll",
+            &name,
+            "--system-map",
+            map.to_str().unwrap(),
+        ],
+    );
+    assert!(o.status.success(), "{}", out(&o));
+
+    // A real boot: SeaBIOS, the image's GRUB, Debian's kernel, systemd.
+    let t = Instant::now();
+    let o = virsh(&["start", &name]);
+    assert!(o.status.success(), "{}", out(&o));
+    vm.wait_multi_user(Duration::from_secs(900));
+    let boot = t.elapsed();
+    assert_eq!(vm.sh("uname -r").trim(), stock);
+    assert_eq!(vm.http_get("/"), Some(200), "nginx does not answer");
+    // xftrace reads its RAM and finds no xftrace kernel in it yet.
+    let o = xftrace(st, &["--domain", &name, "status"]);
+    assert_eq!(o.status.code(), Some(4), "{}", out(&o));
+    assert!(out(&o).contains("no xftrace control block"), "{}", out(&o));
+    eprintln!(
+        "debian: virsh start to multi-user.target with the stock kernel ({stock}): {:.1} s",
+        boot.as_secs_f64()
+    );
+
+    // The fleet rollout, for real: the guest role over the forwarded SSH
+    // port, with this machine as the guest's hypervisor.
+    let tmp = tempfile::Builder::new()
+        .prefix("xftrace-debian-")
+        .tempdir()
+        .unwrap();
+    let inventory = format!(
+        r#"all:
+  hosts:
+    localhost:
+      ansible_connection: local
+      ansible_python_interpreter: "{{{{ ansible_playbook_python }}}}"
+      xftrace_binary_dest: {bin}
+      xftrace_state_dir: {st}
+      xftrace_libvirt_uri: "{URI}"
+  children:
+    xftrace_guests:
+      hosts:
+        debian-guest:
+          ansible_host: 127.0.0.1
+          ansible_port: {port}
+          ansible_user: root
+          ansible_ssh_private_key_file: {key}
+          ansible_ssh_common_args: "-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null"
+          ansible_python_interpreter: /usr/bin/python3
+          xftrace_guest_hypervisor: localhost
+          xftrace_guest_domain: {name}
+      vars:
+        xftrace_guest_kernel_dir: {kdir}
+"#,
+        bin = env!("CARGO_BIN_EXE_xftrace"),
+        st = st.display(),
+        port = vm.ssh_port,
+        key = vm.key.display(),
+        kdir = kdir.display(),
+    );
+    let inv = tmp.path().join("inventory.yml");
+    std::fs::write(&inv, inventory).unwrap();
+    let site = common::repo().join("ansible/site.yml");
+    let args = [
+        "-i",
+        inv.to_str().unwrap(),
+        site.to_str().unwrap(),
+        "--limit",
+        "xftrace_guests",
+    ];
+    let t = Instant::now();
+    let first = ansible_playbook(&args, tmp.path());
+    let first_time = t.elapsed();
+    assert!(first.status.success(), "the guest role failed");
+    assert!(changed(&first, "debian-guest") > 0);
+    assert_eq!(
+        vm.sh("uname -r").trim(),
+        release,
+        "the guest did not boot the new kernel"
+    );
+    let systemd = vm.sh("systemd-analyze || true");
+    let o = xftrace(st, &["--domain", &name, "status"]);
+    assert!(
+        o.status.success(),
+        "xftrace does not find the kernel: {}",
+        out(&o)
+    );
+    assert!(out(&o).contains(&release), "{}", out(&o));
+    let t = Instant::now();
+    let second = ansible_playbook(&args, tmp.path());
+    let second_time = t.elapsed();
+    assert!(second.status.success());
+    assert_eq!(
+        changed(&second, "debian-guest"),
+        0,
+        "the second run changed something"
+    );
+    eprintln!(
+        "debian: guest role first run {:.0} s (install, reboot), second run {:.0} s; after the reboot: {}",
+        first_time.as_secs_f64(),
+        second_time.as_secs_f64(),
+        systemd.trim()
+    );
+
+    // nginx's and systemd's own call flows, under HTTP load.
+    let load = vm.http_load();
+    std::thread::sleep(Duration::from_secs(2));
+    let o = xftrace(st, &["--domain", &name, "on", "sys_openat", "sys_read"]);
+    assert!(o.status.success(), "{}", out(&o));
+    std::thread::sleep(Duration::from_secs(3));
+    // systemd at work: PID 1 reloads its units, journald logs.
+    vm.sh("systemctl daemon-reload && logger xftrace-test && systemctl status nginx > /dev/null");
+    std::thread::sleep(Duration::from_secs(3));
+    let dir = tempfile::tempdir().unwrap();
+    let trace = dir.path().join("trace_graph.txt");
+    let o = xftrace(
+        st,
+        &[
+            "--domain",
+            &name,
+            "off",
+            "--output",
+            trace.to_str().unwrap(),
+        ],
+    );
+    assert!(o.status.success(), "{}", out(&o));
+    let text = std::fs::read_to_string(&trace).unwrap();
+    let excerpt = |t: &str| t.chars().take(3000).collect::<String>();
+    assert!(
+        text.contains(" 0 failed integrity checks"),
+        "{}",
+        excerpt(&text)
+    );
+    assert!(
+        text.contains("|  __x64_sys_openat() {"),
+        "{}",
+        excerpt(&text)
+    );
+    assert!(
+        text.contains("|    do_sys_openat2() {"),
+        "{}",
+        excerpt(&text)
+    );
+    assert!(text.contains("ext4_file_open"), "no ext4 in the trace");
+    assert!(text.contains("|  __x64_sys_read() {"), "no read traced");
+    for task in ["nginx-", "systemd-1 "] {
+        assert!(
+            text.lines().any(|l| l.contains(" => ") && l.contains(task)),
+            "no task switch to or from {task} in the trace"
+        );
+    }
+    assert!(load.answered() > 0, "no HTTP request was answered");
+    let lines = text.lines().filter(|l| !l.starts_with('#')).count();
+    eprintln!(
+        "debian: traced sys_openat and sys_read for 6 s: {lines} lines, {} HTTP requests answered",
+        load.answered()
+    );
+
+    // A baseline of the clean guest under the same load, then 20 checks
+    // with call flow: no finding.
+    let o = xftrace(st, &["--domain", &name, "baseline", "--duration", "10"]);
+    assert!(o.status.success(), "{}", out(&o));
+    let x = |args: &[&str]| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_xftrace"));
+        c.arg("--state-dir")
+            .arg(st)
+            .args(["--domain", &name])
+            .args(args);
+        c
+    };
+    let mut worst = (Duration::ZERO, 0);
+    for i in 0..20 {
+        let (o, t, rss) = measured(x(&["check", "--json", "--trace-seconds", "1"]));
+        let f = findings(&o);
+        assert!(
+            f.is_empty() && o.status.code() == Some(0),
+            "clean check {i} found {f:#?}\n{}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        worst = (worst.0.max(t), worst.1.max(rss));
+    }
+    let (o, t, rss) = measured(x(&["check", "--json", "--trace-seconds", "0"]));
+    assert_eq!(o.status.code(), Some(0), "{}", out(&o));
+    eprintln!(
+        "debian: integrity check {:.0} ms, {rss} KiB peak RSS; with 1 s of call flow at most {:.2} s, {} KiB",
+        t.as_secs_f64() * 1e3,
+        worst.0.as_secs_f64(),
+        worst.1
+    );
+    drop(load);
+
+    // Every test rootkit, built against the headers package of the kernel
+    // the guest runs, loaded by insmod, found. A unit of the guest keeps
+    // listing directories and reading files meanwhile.
+    vm.copy_in(common::rootkit_modules(), "/root/rk");
+    vm.sh("systemd-run --unit xftrace-workload sh -c \
+         'while :; do ls / > /dev/null; cat /etc/hostname > /dev/null; sleep 0.3; done'");
+    for (module, kind, parts, flow) in CASES {
+        vm.sh(&format!("insmod /root/rk/{module}.ko"));
+        let o = x(&["check", "--json", "--trace-seconds", "3"])
+            .output()
+            .unwrap();
+        assert_eq!(
+            o.status.code(),
+            Some(1),
+            "{module} not reported: {}",
+            out(&o)
+        );
+        let f = findings(&o);
+        assert!(
+            has(&f, kind, parts) && has(&f, kind, &[&format!("in module {module}")]),
+            "{module}: no {kind} finding with {parts:?} naming the module in {f:#?}"
+        );
+        if let Some(flow) = flow {
+            assert!(
+                has(&f, "call-flow-unknown-code", flow),
+                "{module}: call-flow analysis missed it: {f:#?}"
+            );
+        }
+    }
+    vm.sh("insmod /root/rk/rk_idt.ko");
+    let o = x(&["check", "--json", "--trace-seconds", "0"])
+        .output()
+        .unwrap();
+    let f = findings(&o);
+    assert!(
+        has(&f, "idt", &["IDT vector 0 enters", "in module rk_idt"]),
+        "{f:#?}"
+    );
+    // The one that goes for xftrace itself, while a session runs.
+    let o = xftrace(st, &["--domain", &name, "on", "sys_openat", "sys_read"]);
+    assert!(o.status.success(), "{}", out(&o));
+    std::thread::sleep(Duration::from_secs(1));
+    vm.sh("insmod /root/rk/rk_blind.ko");
+    std::thread::sleep(Duration::from_secs(2));
+    let o = x(&["check", "--json", "--trace-seconds", "0"])
+        .output()
+        .unwrap();
+    let f = findings(&o);
+    assert!(
+        has(&f, "tracer-integrity", &["heartbeat did not advance"])
+            && has(&f, "tracer-integrity", &["failed their check"]),
+        "{f:#?}"
+    );
+    let blind = dir.path().join("blind.txt");
+    let _ = xftrace(
+        st,
+        &[
+            "--domain",
+            &name,
+            "off",
+            "--output",
+            blind.to_str().unwrap(),
+        ],
+    );
+
+    // Never paused: libvirt saw it start, reboot (the role), and nothing else.
+    let ev = events.events();
+    assert!(
+        ev.iter().any(|e| e.contains("Started")),
+        "no lifecycle events recorded: {ev:?}"
+    );
+    assert!(
+        !ev.iter()
+            .any(|e| e.contains("Suspended") || e.contains("Stopped")),
+        "the guest was paused or stopped: {ev:?}"
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&virsh(&["domstate", &name]).stdout).trim(),
+        "running"
+    );
+    eprintln!("debian: lifecycle events: {ev:?}");
+}

@@ -1,0 +1,60 @@
+//! What xftrace reads from the real guest kernel build (no guest needed):
+//! its call graph (`kernel::callgraph`): the calls the kernel makes are
+//! allowed, a jump the build does not contain is not; and its BTF
+//! (`kernel::btf`): the layout of `struct module`.
+
+mod common;
+
+use xftrace::kernel::btf::ModuleLayout;
+use xftrace::kernel::callgraph::CallGraph;
+use xftrace::kernel::symbols::SystemMap;
+use xftrace::kernel::vmlinux::Vmlinux;
+
+#[test]
+fn allows_the_kernels_own_calls_and_nothing_else() {
+    let k = common::kernel_dir();
+    let map = SystemMap::load(&k.join("System.map")).unwrap();
+    let v = Vmlinux::load(&k.join("vmlinux")).unwrap();
+    let t = std::time::Instant::now();
+    let g = CallGraph::new(&v, &map).unwrap();
+    eprintln!(
+        "call graph of the build: {:.0} ms",
+        t.elapsed().as_secs_f64() * 1e3
+    );
+    // Direct calls, on an error path too.
+    assert!(g.allows("__x64_sys_openat", "do_sys_openat2"));
+    assert!(g.allows("do_sys_openat2", "put_unused_fd"));
+    assert!(g.allows("ksys_read", "vfs_read"));
+    // Indirect calls through operation tables.
+    assert!(g.allows("vfs_read", "ext4_file_read_iter"));
+    assert!(g.allows("iterate_dir", "dcache_readdir"));
+    // What an interrupt's exit or an exception runs in task context lands
+    // under whatever it hit (seen on a clean Debian guest).
+    assert!(g.allows("do_sys_openat2", "idle_cpu"));
+    assert!(g.allows("do_sys_openat2", "__kthread_should_park"));
+    assert!(g.allows("_copy_to_user", "do_user_addr_fault"));
+    // What the build does not contain.
+    assert!(!g.allows("do_sys_openat2", "vfs_read"));
+    assert!(!g.allows("ksys_read", "do_sys_openat2"));
+    assert!(!g.allows("iterate_dir", "0xffffffffc0b37000"));
+    // Code outside the image is judged elsewhere (unknown code).
+    assert!(g.allows("0xffffffffc0b37000", "iterate_dir"));
+}
+
+#[test]
+fn btf_gives_the_layout_of_struct_module() {
+    let k = common::kernel_dir();
+    let v = Vmlinux::load(&k.join("vmlinux")).unwrap();
+    let btf = v.btf().expect("the build has BTF (CONFIG_DEBUG_INFO_BTF)");
+    let l = ModuleLayout::from_btf(&btf).expect("struct module with core_layout");
+    eprintln!("struct module: {l:?}");
+    // 6.1: `enum module_state state; struct list_head list; char name[56];`
+    assert_eq!((l.list, l.name), (8, 24));
+    assert_eq!(
+        l.text_size,
+        l.text_base + 12,
+        "core_layout: base, size, text_size"
+    );
+    assert!(l.text_base > l.name + 56);
+    assert_eq!(btf.offset_of("list_head", &["next"]), Some(0));
+}
