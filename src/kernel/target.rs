@@ -206,25 +206,19 @@ impl Target {
     /// Open the guest keeping every control block that passes.
     pub fn open_all(&self) -> Result<Guest> {
         let b = self.backing()?;
-        let Build {
-            map,
-            vmlinux,
-            banner,
-            module_layout,
-            build_modules,
-        } = self.build(&b)?;
+        let build = self.build(&b)?;
+        let (map, banner) = (&build.map, build.banner.as_deref());
         let several = b.layouts.len() > 1;
         let mut first_err = None;
         let mut fits = Vec::new();
         for layout in b.layouts {
             let ram = GuestRam::open_files(&b.paths, layout, b.follow_links)?;
-            let found =
-                locate::locate_all(&ram, &map, banner.as_deref(), LocateOptions::default())?;
+            let found = locate::locate_all(&ram, map, banner, LocateOptions::default())?;
             if found.kernels.is_empty() {
                 first_err.get_or_insert(locate::not_found(&ram, &found));
                 continue;
             }
-            if several && !found.kernels.iter().any(|k| layout_agrees(&ram, &map, k)) {
+            if several && !found.kernels.iter().any(|k| layout_agrees(&ram, map, k)) {
                 continue;
             }
             fits.push((ram, found));
@@ -245,16 +239,7 @@ impl Target {
         };
         let mut kernels = found.kernels.into_iter();
         let kernel = kernels.next().expect("found at least one");
-        self.opened(Guest {
-            ram,
-            map,
-            kernel,
-            others: kernels.collect(),
-            vmlinux,
-            system_map: b.system_map,
-            module_layout,
-            build_modules,
-        })
+        self.opened(build, b.system_map, ram, kernel, kernels.collect())
     }
 
     /// Open the guest whose kernel another xftrace process already found
@@ -262,36 +247,37 @@ impl Target {
     /// validated again (fully, page tables included).
     pub fn open_at(&self, text_pa: u64) -> Result<Guest> {
         let b = self.backing()?;
-        let Build {
-            map,
-            vmlinux,
-            banner,
-            module_layout,
-            build_modules,
-        } = self.build(&b)?;
+        let build = self.build(&b)?;
         let mut last_err = None;
         for layout in b.layouts {
             let ram = GuestRam::open_files(&b.paths, layout, b.follow_links)?;
-            match locate::locate_at(&ram, &map, text_pa, banner.as_deref()) {
-                Ok(kernel) => {
-                    return self.opened(Guest {
-                        ram,
-                        map,
-                        kernel,
-                        others: Vec::new(),
-                        vmlinux,
-                        system_map: b.system_map,
-                        module_layout,
-                        build_modules,
-                    })
-                }
+            match locate::locate_at(&ram, &build.map, text_pa, build.banner.as_deref()) {
+                Ok(kernel) => return self.opened(build, b.system_map, ram, kernel, Vec::new()),
                 Err(e) => last_err = Some(e),
             }
         }
         Err(last_err.unwrap_or_else(|| Error::Guest("no guest RAM".into())))
     }
 
-    fn opened(&self, g: Guest) -> Result<Guest> {
+    /// The guest opened with `kernel` (and `others`, decoys) found in `ram`.
+    fn opened(
+        &self,
+        build: Build,
+        system_map: PathBuf,
+        ram: GuestRam,
+        kernel: GuestKernel,
+        others: Vec<GuestKernel>,
+    ) -> Result<Guest> {
+        let g = Guest {
+            ram,
+            map: build.map,
+            kernel,
+            others,
+            vmlinux: build.vmlinux,
+            system_map,
+            module_layout: build.module_layout,
+            build_modules: build.build_modules,
+        };
         info!(
             "{}: kernel at {:#x} (slide {:#x}), control block at {}: {}",
             self.describe(),
