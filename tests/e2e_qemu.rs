@@ -468,15 +468,26 @@ struct Trees {
 fn trees(trace: &str) -> Trees {
     use std::collections::BTreeMap;
     let mut t = Trees::default();
-    // Per CPU, the task on it: a pid, or (before its first switch line) the
-    // CPU's first, still unnamed, task.
-    let mut on_cpu: BTreeMap<String, String> = BTreeMap::new();
-    let mut stacks: BTreeMap<String, Vec<String>> = BTreeMap::new();
     let pid_of = |s: &str| s.trim().rsplit('-').next().unwrap_or("").to_string();
+    let lines = || trace.lines().filter(|l| !l.starts_with('#'));
+    // ftrace names no task before a CPU's first switch line: that line's
+    // "prev" is the CPU's first task. Known up front, a task that moved to
+    // another CPU before its first CPU switched again is still one stack.
+    let mut on_cpu: BTreeMap<String, String> = BTreeMap::new();
+    for l in lines() {
+        if let Some((cpu, rest)) = l.split_once(')') {
+            if let Some((prev, _)) = rest.split_once(" => ") {
+                on_cpu
+                    .entry(cpu.trim().to_string())
+                    .or_insert_with(|| pid_of(prev));
+            }
+        }
+    }
+    let mut stacks: BTreeMap<String, Vec<String>> = BTreeMap::new();
     // Tasks whose records were lost: followed again from their next
     // top-level call.
     let mut resync: std::collections::BTreeSet<String> = Default::default();
-    for l in trace.lines().filter(|l| !l.starts_with('#')) {
+    for l in lines() {
         if l.starts_with("CPU:") && l.contains(" [LOST ") {
             // Which tasks ran in the gap is unknown: all start over.
             for (task, s) in stacks.iter_mut() {
@@ -490,15 +501,8 @@ fn trees(trace: &str) -> Trees {
             continue;
         };
         let cpu = cpu.trim().to_string();
-        if let Some((prev, next)) = rest.split_once(" => ") {
-            let (prev, next) = (pid_of(prev), pid_of(next));
-            let cur = on_cpu.entry(cpu.clone()).or_insert(format!("cpu{cpu}"));
-            if cur.starts_with("cpu") {
-                // Name the CPU's first task now that it is known.
-                let s = stacks.remove(cur.as_str()).unwrap_or_default();
-                stacks.entry(prev).or_default().extend(s);
-            }
-            *cur = next;
+        if let Some((_, next)) = rest.split_once(" => ") {
+            on_cpu.insert(cpu, pid_of(next));
             continue;
         }
         let Some((_, f)) = rest.split_once(" |  ") else {
