@@ -10,7 +10,7 @@ use std::process::Stdio;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use common::detection::{findings, has, measured, CASES};
+use common::detection::{body_hook_targets, findings, has, measured, BODY_HOOKS, CASES};
 use common::{Boot, Vm, Xftrace};
 
 #[test]
@@ -150,6 +150,42 @@ fn detects_every_test_rootkit_and_nothing_on_a_clean_guest() {
             vm.qmp_status(),
             "running",
             "the guest left the running state"
+        );
+    }
+
+    // Hooks in the body of an ordinary function, at targets drawn per run:
+    // each must be seen to fire (the /proc file goes empty), then be found
+    // at its target, and leave no trace once unloaded.
+    for ((module, kind, part), (target, file)) in BODY_HOOKS.iter().zip(body_hook_targets()) {
+        // The last line: kernel messages may share the console.
+        let size = |vm: &mut Vm| {
+            let o = vm.sh(&format!("cat {file} | wc -c"));
+            o.lines().last().unwrap_or("").trim().to_string()
+        };
+        assert_ne!(size(&mut vm), "0", "{file} is empty before {module}");
+        let out = vm.sh(&format!(
+            "insmod /lib/xftrace-test/{module}.ko target={target}"
+        ));
+        assert!(!out.contains("rror"), "{module}: {out}");
+        assert_eq!(size(&mut vm), "0", "{module} on {target} did not fire");
+        let o = x.run(&["check", "--json", "--trace-seconds", "0"]);
+        assert_eq!(o.status.code(), Some(1), "{module} not reported");
+        let f = findings(&o);
+        assert!(
+            has(&f, kind, &[&format!("{target}+"), part]),
+            "{module} on {target}: no {kind} finding in {f:#?}"
+        );
+        if *kind == "kernel-text" {
+            assert!(has(&f, kind, &[&format!("in module {module}")]), "{f:#?}");
+        }
+        vm.sh(&format!("rmmod {module}"));
+        assert_ne!(size(&mut vm), "0", "{module} did not unload");
+        let o = x.run(&["check", "--json", "--trace-seconds", "0"]);
+        let f = findings(&o);
+        assert!(
+            !f.iter()
+                .any(|x| x["detail"].as_str().unwrap_or("").contains(target)),
+            "{module} unloaded, still reported: {f:#?}"
         );
     }
 

@@ -25,6 +25,14 @@ pub enum FindingKind {
     /// `x64_sys_call`'s code differs from the build where the kernel does
     /// not change it itself.
     SyscallDispatch,
+    /// Kernel code differs from the build where the kernel never patches
+    /// itself, or a patch site holds what the kernel never writes there.
+    KernelText,
+    /// Kernel read-only data (outside `__ro_after_init`) differs from the
+    /// build.
+    KernelRodata,
+    /// An int3 breakpoint in kernel code: a kprobe (or a debugger).
+    Kprobe,
     /// An IDT gate enters something other than kernel entry code.
     Idt,
     /// A well-known operation table differs from the build.
@@ -44,6 +52,9 @@ impl FindingKind {
         match self {
             FindingKind::SyscallTable => "syscall-table",
             FindingKind::SyscallDispatch => "syscall-dispatch",
+            FindingKind::KernelText => "kernel-text",
+            FindingKind::KernelRodata => "kernel-rodata",
+            FindingKind::Kprobe => "kprobe",
             FindingKind::Idt => "idt",
             FindingKind::OperationTable => "operation-table",
             FindingKind::FtraceHook => "ftrace-hook",

@@ -74,6 +74,10 @@ pub enum Patch {
     SmpLock,
     /// An `endbr64` that IBT seals (`.ibt_endbr_seal`).
     EndbrSeal,
+    /// The call in ftrace's own callers (`ftrace_call`, `ftrace_regs_call`)
+    /// that `ftrace_update_ftrace_func()` aims at the list function or the
+    /// one kernel ftrace_ops callback.
+    FtraceDispatch,
 }
 
 /// A patch site: link-time address, length, kind.
@@ -306,6 +310,32 @@ pub fn sites(v: &Vmlinux, map: &SystemMap, start: u64, end: u64) -> Vec<Site> {
         );
     }
     out.sort_by_key(|s| (s.addr, std::cmp::Reverse(s.len)));
+    out
+}
+
+/// Sites the kernel patches that no table lists: static call trampolines
+/// (`__SCT__*`, aimed by `static_call_update()`) and the calls in ftrace's
+/// callers, in link-time `[start, end)`.
+pub fn symbol_sites(map: &SystemMap, start: u64, end: u64) -> Vec<Site> {
+    let inside = |a: u64| a >= start && a.saturating_add(5) <= end;
+    let mut out: Vec<Site> = map
+        .functions()
+        .filter(|(n, a)| n.starts_with("__SCT__") && inside(*a))
+        .map(|(_, addr)| Site {
+            addr,
+            len: 5,
+            patch: Patch::StaticCall,
+        })
+        .collect();
+    for name in ["ftrace_call", "ftrace_regs_call"] {
+        if let Some(addr) = map.addr(name).filter(|&a| inside(a)) {
+            out.push(Site {
+                addr,
+                len: 5,
+                patch: Patch::FtraceDispatch,
+            });
+        }
+    }
     out
 }
 

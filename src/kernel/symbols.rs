@@ -100,6 +100,9 @@ impl Symbol {
 pub struct SystemMap {
     /// Text symbols sorted by address, for symbolization.
     text: Vec<Symbol>,
+    /// Data symbols in the image sorted by address: which object a changed
+    /// byte of read-only data belongs to.
+    objects: Vec<(u64, String)>,
     by_name: HashMap<String, u64>,
     /// Every distinct symbol address, sorted: where the next object starts.
     starts: Vec<u64>,
@@ -151,10 +154,17 @@ impl SystemMap {
         let mut starts: Vec<u64> = syms.iter().map(|s| s.addr).collect();
         starts.sort_unstable();
         starts.dedup();
+        let mut objects: Vec<(u64, String)> = syms
+            .iter()
+            .filter(|s| !s.is_text() && s.addr >= image.0 && s.addr < image.1)
+            .map(|s| (s.addr, s.name.clone()))
+            .collect();
+        objects.sort();
         syms.retain(|s| s.is_text());
         syms.sort_by_key(|s| s.addr);
         Ok(SystemMap {
             text: syms,
+            objects,
             by_name,
             starts,
             image,
@@ -216,6 +226,14 @@ impl SystemMap {
         let i = self.text.partition_point(|s| s.addr <= addr);
         let s = self.text.get(i.checked_sub(1)?)?;
         Some((s.name.as_str(), addr.checked_sub(s.addr)?))
+    }
+
+    /// The data symbol containing link-time `addr` (the last one starting
+    /// at or before it), with the offset into it.
+    pub fn object_containing(&self, addr: u64) -> Option<(&str, u64)> {
+        let i = self.objects.partition_point(|(a, _)| *a <= addr);
+        let (a, n) = self.objects.get(i.checked_sub(1)?)?;
+        Some((n.as_str(), addr.checked_sub(*a)?))
     }
 
     /// Map what a user types (`sys_read`, `read`, `__x64_sys_read`,

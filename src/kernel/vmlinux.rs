@@ -24,6 +24,8 @@ const SHT_RELA: u32 = 4;
 const SHT_NOBITS: u32 = 8;
 const SHN_UNDEF: u16 = 0;
 const SHN_ABS: u16 = 0xfff1;
+/// Not an ELF value: an absolute symbol the relocs tool relocates.
+const SHN_ABS_RELOCATED: u16 = 0xfff0;
 
 const R_X86_64_64: u32 = 1;
 const R_X86_64_PC32: u32 = 2;
@@ -75,6 +77,8 @@ pub struct Vmlinux {
     path: PathBuf,
     len: u64,
     sections: Vec<Section>,
+    /// The symbol table, read once: every relocation names a symbol.
+    symtab: std::sync::OnceLock<Option<Vec<u8>>>,
 }
 
 impl Vmlinux {
@@ -90,6 +94,7 @@ impl Vmlinux {
             path: path.to_path_buf(),
             len,
             sections: Vec::new(),
+            symtab: std::sync::OnceLock::new(),
         };
         v.sections = v.parse_sections().ok_or_else(not_elf)?;
         Ok(v)
@@ -173,6 +178,15 @@ impl Vmlinux {
         self.read_at(s.offset, s.size)
     }
 
+    /// Link-time `[start, end)` of the section called `name`.
+    pub fn section_range(&self, name: &str) -> Option<(u64, u64)> {
+        let s = self
+            .sections
+            .iter()
+            .find(|s| s.name == name && s.addr != 0)?;
+        Some((s.addr, s.addr.checked_add(s.size)?))
+    }
+
     /// The build's BTF, if it has one that parses.
     pub fn btf(&self) -> Option<crate::kernel::btf::Btf> {
         crate::kernel::btf::Btf::parse(&self.section(".BTF")?).ok()
@@ -229,6 +243,25 @@ impl Vmlinux {
             .filter(|s| s.ty == SHT_SYMTAB)
             .ok_or_else(|| bad("relocations without a symbol table"))?;
         let percpu = self.sections.iter().position(|s| s.name == ".data..percpu");
+        let syms = self
+            .symtab
+            .get_or_init(|| self.read_at(symtab.offset, symtab.size))
+            .as_deref()
+            .ok_or_else(|| bad("symbol table beyond the file"))?;
+        let strtab = self.sections.get(symtab.link as usize);
+        let name_of = |st_name: u32| -> String {
+            strtab
+                .and_then(|t| {
+                    let off = u64::from(st_name);
+                    let n = t.size.checked_sub(off)?.min(128);
+                    self.read_at(t.offset.checked_add(off)?, n)
+                })
+                .and_then(|b| {
+                    let end = b.iter().position(|&c| c == 0)?;
+                    String::from_utf8(b[..end].to_vec()).ok()
+                })
+                .unwrap_or_default()
+        };
         let mut out = Vec::new();
         const ENT: u64 = 24;
         const CHUNK: u64 = ENT * 4096;
@@ -250,11 +283,22 @@ impl Vmlinux {
                     continue;
                 }
                 let ty = r_info as u32;
-                let sym = r_info >> 32;
-                let shndx = self
-                    .symbol_section(symtab, sym)
+                let sym = usize::try_from(r_info >> 32)
+                    .ok()
+                    .and_then(|i| i.checked_mul(24))
+                    .and_then(|o| syms.get(o..o.checked_add(24)?))
                     .ok_or_else(|| bad("a relocation names a symbol past the symbol table"))?;
-                let is_percpu = percpu.is_some_and(|p| usize::from(shndx) == p);
+                let (Some(st_name), Some(mut shndx)) = (u32_at(sym, 0), u16_at(sym, 6)) else {
+                    continue;
+                };
+                // The relocs tool's exceptions, by name: linker-script
+                // symbols inside the per-CPU section that are addresses,
+                // and absolute ones that move with the kernel.
+                let in_percpu = percpu.is_some_and(|p| usize::from(shndx) == p);
+                let is_percpu = in_percpu && !moves_with_kernel(&name_of(st_name));
+                if shndx == SHN_ABS && moves_with_kernel(&name_of(st_name)) {
+                    shndx = SHN_ABS_RELOCATED;
+                }
                 if let Some(kind) = reloc_kind(ty, shndx, is_percpu) {
                     out.push(Reloc {
                         addr: r_offset,
@@ -266,15 +310,6 @@ impl Vmlinux {
         }
         out.sort_by_key(|r| r.addr);
         Ok(out)
-    }
-
-    fn symbol_section(&self, symtab: &Section, index: u64) -> Option<u16> {
-        let off = index.checked_mul(24)?;
-        if off.checked_add(24)? > symtab.size {
-            return None;
-        }
-        let b = self.read_at(symtab.offset.checked_add(off)?.checked_add(6)?, 2)?;
-        u16_at(&b, 0)
     }
 
     /// Addresses the build's code and data refer to, not as the target of
@@ -390,6 +425,64 @@ impl Vmlinux {
 /// `shndx`, as the kernel's relocs tool decides: absolute references move
 /// with the slide, PC-relative ones to per-CPU symbols against it, the rest
 /// not at all.
+/// Symbols the relocs tool (arch/x86/tools/relocs.c) relocates although
+/// they are absolute or lie in the per-CPU section: its `S_REL` list and
+/// `is_percpu_sym()` exceptions.
+fn moves_with_kernel(name: &str) -> bool {
+    const EXACT: &[&str] = &[
+        "__init_begin",
+        "__init_end",
+        "__per_cpu_load",
+        "__x86_cpu_dev_start",
+        "__x86_cpu_dev_end",
+        "__alt_instructions",
+        "__alt_instructions_end",
+        "__iommu_table",
+        "__iommu_table_end",
+        "__apicdrivers",
+        "__apicdrivers_end",
+        "__smp_locks",
+        "__smp_locks_end",
+        "__start_builtin_fw",
+        "__end_builtin_fw",
+        "__tracedata_start",
+        "__tracedata_end",
+        "__start_notes",
+        "__stop_notes",
+        "__end_rodata",
+        "__end_rodata_aligned",
+        "__end_rodata_hpage_align",
+        "__initramfs_start",
+        "jiffies",
+        "jiffies_64",
+        "__vvar_page",
+        "_end",
+    ];
+    /// `__start_X` and `__stop_X` for these X.
+    const BOUNDS: &[&str] = &[
+        "__ksymtab",
+        "__ksymtab_gpl",
+        "__kcrctab",
+        "__kcrctab_gpl",
+        "__param",
+        "__modver",
+        "__bug_table",
+    ];
+    if EXACT.contains(&name) || name.starts_with("init_per_cpu_") {
+        return true;
+    }
+    if ["__start_pci_", "__end_pci_"]
+        .iter()
+        .any(|p| name.len() > p.len() && name.starts_with(p))
+    {
+        return true;
+    }
+    ["__start_", "__stop_"]
+        .iter()
+        .filter_map(|p| name.strip_prefix(p))
+        .any(|rest| BOUNDS.contains(&rest))
+}
+
 fn reloc_kind(ty: u32, shndx: u16, is_percpu: bool) -> Option<RelocKind> {
     match ty {
         _ if shndx == SHN_UNDEF => None,
@@ -450,6 +543,30 @@ pub(crate) mod tests {
                 },
             ]
         );
+    }
+
+    #[test]
+    fn the_relocs_tools_exceptions_by_name() {
+        for n in [
+            "__init_begin",
+            "__per_cpu_load",
+            "init_per_cpu__gdt_page",
+            "__start___ksymtab_gpl",
+            "__stop___param",
+            "__start_pci_fixups_early",
+            "_end",
+        ] {
+            assert!(moves_with_kernel(n), "{n}");
+        }
+        for n in [
+            "",
+            "__start___ksymtab_strings",
+            "__start_pci_",
+            "fixed_percpu_data",
+            "__end",
+        ] {
+            assert!(!moves_with_kernel(n), "{n}");
+        }
     }
 
     #[test]

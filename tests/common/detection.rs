@@ -105,3 +105,32 @@ pub const CASES: &[Case] = &[
         Some(&["called from iterate_dir"]),
     ),
 ];
+
+/// Hooks in the body of an ordinary function: the module, the finding kind
+/// and part of its detail. Each module takes its `target` at insmod.
+pub const BODY_HOOKS: &[(&str, &str, &str)] = &[
+    ("rk_inline", "kernel-text", "now jumps to"),
+    ("rk_kprobe", "kprobe", "int3 breakpoint"),
+];
+
+/// The /proc show functions those modules may hook, with their file.
+const SHOW_TARGETS: &[(&str, &str)] = &[
+    ("version_proc_show", "/proc/version"),
+    ("loadavg_proc_show", "/proc/loadavg"),
+    ("uptime_proc_show", "/proc/uptime"),
+    ("cmdline_proc_show", "/proc/cmdline"),
+];
+
+/// A different target for each of [`BODY_HOOKS`], drawn at random per run
+/// so that no check can be written for one fixed target.
+pub fn body_hook_targets() -> Vec<(&'static str, &'static str)> {
+    let mut pool = SHOW_TARGETS.to_vec();
+    let mut out = Vec::new();
+    for _ in BODY_HOOKS {
+        let mut b = [0u8; 1];
+        getrandom::getrandom(&mut b).unwrap();
+        out.push(pool.remove(usize::from(b[0]) % pool.len()));
+    }
+    eprintln!("body hook targets this run: {out:?}");
+    out
+}

@@ -16,6 +16,8 @@ use crate::kernel::vmlinux::{Reloc, RelocKind};
 const MAX_CODE: u64 = 64 << 10;
 /// Most variants tried at one site (alternatives times nested sites).
 const MAX_VARIANTS: usize = 4096;
+/// How long a site that looked wrong is given to finish being patched.
+const SETTLE: std::time::Duration = std::time::Duration::from_millis(20);
 
 const INT3: u8 = 0xcc;
 const RET: u8 = 0xc3;
@@ -57,7 +59,7 @@ fn rel32(op: u8, at: u64, target: u64) -> [u8; 5] {
 }
 
 /// `code` with KASLR's relocations applied, as the decompressor does.
-fn relocated(code: &[u8], link: u64, relocs: &[Reloc], slide: u64) -> Vec<u8> {
+pub(super) fn relocated(code: &[u8], link: u64, relocs: &[Reloc], slide: u64) -> Vec<u8> {
     let mut out = code.to_vec();
     for r in relocs {
         let Some(off) = r
@@ -150,37 +152,158 @@ pub(super) fn compare_with_sites(
     out: &mut Vec<Finding>,
 ) {
     let len = r.len.min(MAX_CODE);
-    let runtime = r.link.wrapping_add(cx.slide());
-    let mut live = vec![0u8; len as usize];
-    let (Some(built), Some(())) = (cx.vmlinux.bytes(r.link, len), cx.read(runtime, &mut live))
-    else {
-        out.push(Finding::new(
-            kind,
-            format!("cannot read {}", r.label),
-            &[runtime],
-            "",
-        ));
-        return;
-    };
     let end = r.link.saturating_add(len);
-    let relocs = match cx.vmlinux.kaslr_relocations(r.link, end) {
-        Ok(x) => x,
+    match cx.vmlinux.kaslr_relocations(r.link, end) {
+        Ok(relocs) => compare_piece(cx, kind, r.label, r.link, len, sites, &relocs, out),
+        Err(e) => out.push(Finding::new(
+            kind,
+            format!("cannot check {}: {e}", r.label),
+            &[r.link.wrapping_add(cx.slide())],
+            "",
+        )),
+    }
+}
+
+/// Largest piece of code compared at once by [`compare_image_code`].
+const PIECE: u64 = 256 << 10;
+const MAX_PIECE: u64 = 4 << 20;
+
+/// Compare all of link-time `[start, end)` (the build's text: trusted
+/// bounds) with the guest, in pieces cut where functions start, at the
+/// sites of the build's tables and `extra` ones. `skip` ranges are other
+/// checks' to compare. Findings name `function+offset`.
+pub fn compare_image_code(
+    cx: &Context,
+    kind: FindingKind,
+    (start, end): (u64, u64),
+    extra: Vec<Site>,
+    skip: &[(u64, u64)],
+    out: &mut Vec<Finding>,
+) {
+    let mut sites = patching::sites(cx.vmlinux, cx.map(), start, end);
+    sites.extend(extra);
+    sites.sort_by_key(|s| (s.addr, std::cmp::Reverse(s.len)));
+    let mut relocs = match cx.vmlinux.kaslr_relocations(start, end) {
+        Ok(r) => r,
         Err(e) => {
             out.push(Finding::new(
                 kind,
-                format!("cannot check {}: {e}", r.label),
-                &[runtime],
+                format!("cannot check the kernel's code: {e}"),
+                &[start.wrapping_add(cx.slide())],
                 "",
             ));
             return;
         }
     };
-    let code = Code {
+    relocs.sort_by_key(|r| r.addr);
+    let starts: Vec<u64> = cx
+        .map()
+        .function_starts()
+        .filter(|&a| a > start && a < end)
+        .collect();
+    for (a, b) in pieces((start, end), skip, &starts, &sites) {
+        let s = sites.partition_point(|x| x.addr < a)..sites.partition_point(|x| x.addr < b);
+        let r = relocs.partition_point(|x| x.addr < a)..relocs.partition_point(|x| x.addr < b);
+        compare_piece(
+            cx,
+            kind,
+            "",
+            a,
+            b.saturating_sub(a),
+            &sites[s],
+            &relocs[r],
+            out,
+        );
+    }
+}
+
+/// `[start, end)` less `skip`, cut into pieces of about [`PIECE`] bytes at
+/// function starts that no patch site spans.
+fn pieces(
+    (start, end): (u64, u64),
+    skip: &[(u64, u64)],
+    starts: &[u64],
+    sites: &[Site],
+) -> Vec<(u64, u64)> {
+    let mut skip = skip.to_vec();
+    skip.sort_unstable();
+    let mut spans = Vec::new();
+    let mut at = start;
+    for &(s, e) in &skip {
+        if s > at {
+            spans.push((at, s.min(end)));
+        }
+        at = at.max(e);
+    }
+    if at < end {
+        spans.push((at, end));
+    }
+    let spanned = |cut: u64| {
+        let i = sites.partition_point(|x| x.addr < cut);
+        sites[..i].iter().rev().take(8).any(|x| x.end() > cut)
+    };
+    let mut out = Vec::new();
+    for (a, b) in spans {
+        let mut p = a;
+        while p < b {
+            let want = p.saturating_add(PIECE);
+            let mut i = starts.partition_point(|&x| x < want);
+            while starts.get(i).is_some_and(|&c| spanned(c)) {
+                i = i.saturating_add(1);
+            }
+            let cut = starts
+                .get(i)
+                .copied()
+                .unwrap_or(b)
+                .min(b)
+                .min(p.saturating_add(MAX_PIECE))
+                .max(p.saturating_add(1));
+            out.push((p, cut));
+            p = cut;
+        }
+    }
+    out
+}
+
+/// Compare `len` bytes of code at link-time `link` with the build.
+#[allow(clippy::too_many_arguments)]
+fn compare_piece(
+    cx: &Context,
+    kind: FindingKind,
+    label: &str,
+    link: u64,
+    len: u64,
+    sites: &[Site],
+    relocs: &[Reloc],
+    out: &mut Vec<Finding>,
+) {
+    let runtime = link.wrapping_add(cx.slide());
+    let what = || {
+        if label.is_empty() {
+            cx.name(runtime)
+        } else {
+            label.to_string()
+        }
+    };
+    let Ok(n) = usize::try_from(len) else {
+        return;
+    };
+    let mut live = vec![0u8; n];
+    let (Some(built), Some(())) = (cx.vmlinux.bytes(link, len), cx.read(runtime, &mut live)) else {
+        out.push(Finding::new(
+            kind,
+            format!("cannot read {}", what()),
+            &[runtime],
+            "",
+        ));
+        return;
+    };
+    let mut code = Code {
         cx,
         kind,
-        label: r.label,
-        link: r.link,
-        expected: relocated(&built, r.link, &relocs, cx.slide()),
+        label,
+        link,
+        expected: relocated(&built, link, relocs, cx.slide()),
         live,
     };
     code.walk(sites, out);
@@ -197,6 +320,16 @@ struct Code<'a, 'c> {
 }
 
 impl Code<'_, '_> {
+    /// Where offset `off` is, for findings: `label+off`, or, for a region
+    /// without a label, the symbol and offset there.
+    fn place(&self, off: usize) -> String {
+        if self.label.is_empty() {
+            self.cx.name(self.runtime(off))
+        } else {
+            format!("{}+{off:#x}", self.label)
+        }
+    }
+
     fn off(&self, link: u64) -> usize {
         link.saturating_sub(self.link) as usize
     }
@@ -207,10 +340,12 @@ impl Code<'_, '_> {
             .wrapping_add(off as u64)
     }
 
-    fn walk(&self, sites: &[Site], out: &mut Vec<Finding>) {
+    fn walk(&mut self, sites: &[Site], out: &mut Vec<Finding>) {
         let n = self.expected.len().min(self.live.len());
         let mut pos = 0usize;
         let mut k = 0usize;
+        // Sites that hold something unexpected: (site, nested sites, range).
+        let mut failed = Vec::new();
         while k < sites.len() {
             let site = &sites[k];
             let start = self.off(site.addr);
@@ -221,31 +356,54 @@ impl Code<'_, '_> {
                 .iter()
                 .position(|s| s.addr >= site.end())
                 .map_or(sites.len(), |p| k.saturating_add(p));
-            let nested = &sites[k.saturating_add(1)..nested_end];
+            let nested = k.saturating_add(1)..nested_end;
+            let this = k;
             k = nested_end;
             if start < pos || start >= end {
                 continue;
             }
             self.exact(pos, start, out);
-            if let Err(why) = self.site_ok(site, nested, start, end) {
-                out.push(Finding::new(
-                    self.kind,
-                    format!(
-                        "{}+{start:#x} ({}) {why}",
-                        self.label,
-                        describe(&site.patch)
-                    ),
-                    &[self.runtime(start)],
-                    format!(
-                        "live {:02x?}, built {:02x?}",
-                        &self.live[start..end],
-                        &self.expected[start..end]
-                    ),
-                ));
+            if self
+                .site_ok(site, &sites[nested.clone()], start, end)
+                .is_err()
+            {
+                failed.push((this, nested, start, end));
             }
             pos = end;
         }
         self.exact(pos, n, out);
+        if failed.is_empty() {
+            return;
+        }
+        // The kernel patches a site in steps (text_poke_bp: an int3 first,
+        // then the tail, then the first byte), and our copy may have raced
+        // with a step. Only what a site still holds a moment later counts.
+        std::thread::sleep(SETTLE);
+        for (i, nested, start, end) in failed {
+            let site = &sites[i];
+            let mut now = vec![0u8; end.saturating_sub(start)];
+            if self.cx.read(self.runtime(start), &mut now).is_some() {
+                self.live[start..end].copy_from_slice(&now);
+            }
+            let Err(why) = self.site_ok(site, &sites[nested], start, end) else {
+                continue;
+            };
+            let kind = if self.live[start] == INT3 {
+                FindingKind::Kprobe
+            } else {
+                self.kind
+            };
+            out.push(Finding::new(
+                kind,
+                format!("{} ({}) {why}", self.place(start), describe(&site.patch)),
+                &[self.runtime(start)],
+                format!(
+                    "live {:02x?}, built {:02x?}",
+                    &self.live[start..end],
+                    &self.expected[start..end]
+                ),
+            ));
+        }
     }
 
     /// Bytes in `[from, to)` must be the build's.
@@ -272,10 +430,24 @@ impl Code<'_, '_> {
             .unwrap_or(i);
         let was = rel32_target(e, start, base);
         let now = rel32_target(l, start, base);
+        if l.get(i) == Some(&INT3) && e.get(i) != Some(&INT3) {
+            // A breakpoint: how kprobes (and debuggers) hook an instruction.
+            out.push(Finding::new(
+                FindingKind::Kprobe,
+                format!(
+                    "{}: int3 breakpoint where the build has {:#04x} (a kprobe or a debugger's breakpoint)",
+                    self.place(i),
+                    e.get(i).copied().unwrap_or(0)
+                ),
+                &[self.runtime(i)],
+                format!("live {}, built {}", five(l, i), five(e, i)),
+            ));
+            return i;
+        }
         let detail = match now {
             Some(t) => format!(
-                "{}+{start:#x} now {} {} (the build {})",
-                self.label,
+                "{} now {} {} (the build {})",
+                self.place(start),
                 if l[start] == CALL {
                     "calls"
                 } else {
@@ -287,7 +459,7 @@ impl Code<'_, '_> {
                     self.cx.name(w)
                 ))
             ),
-            None => format!("{}+{start:#x} code differs from the build", self.label),
+            None => format!("{} code differs from the build", self.place(start)),
         };
         out.push(Finding::new(
             self.kind,
@@ -306,9 +478,13 @@ impl Code<'_, '_> {
         end: usize,
     ) -> Result<(), String> {
         let live = &self.live[start..end];
+        if live == &self.expected[start..end] {
+            return Ok(());
+        }
         let at = self.runtime(start);
         match &site.patch {
             Patch::Fentry => fentry_site_ok(self.cx, live, at),
+            Patch::FtraceDispatch => self.ftrace_dispatch_ok(live, at),
             Patch::StaticCall => self.static_call_ok(live, at),
             Patch::Retpoline { reg } if self.its_thunk_ok(live, at, *reg) => Ok(()),
             Patch::Alternative(alts) => {
@@ -398,7 +574,7 @@ impl Code<'_, '_> {
                 v.push(vec![0x3e]);
             }
             Patch::EndbrSeal => v.push(vec![0x66, 0x0f, 0x1f, 0x00]),
-            Patch::Fentry | Patch::StaticCall | Patch::Alternative(_) => {}
+            Patch::Fentry | Patch::StaticCall | Patch::Alternative(_) | Patch::FtraceDispatch => {}
         }
         v
     }
@@ -504,7 +680,12 @@ impl Code<'_, '_> {
     /// A static call site: a NOP, a `ret`, or a call or jump into the
     /// kernel image (a static call aimed at module code is reported).
     fn static_call_ok(&self, live: &[u8], at: u64) -> Result<(), String> {
-        if live == NOPS[5] || live == [RET, INT3, INT3, INT3, INT3] {
+        // `xor %eax, %eax` (with prefixes) stands for a call to
+        // __static_call_return0 (arch/x86/kernel/static_call.c, xor5rax).
+        if live == NOPS[5]
+            || live == [RET, INT3, INT3, INT3, INT3]
+            || live == [0x2e, 0x2e, 0x2e, 0x31, 0xc0]
+        {
             return Ok(());
         }
         match rel32_target(live, 0, at) {
@@ -514,6 +695,26 @@ impl Code<'_, '_> {
                 self.cx.name(t)
             )),
             None => Err("is neither a call, a jump, a NOP nor a return".into()),
+        }
+    }
+
+    /// ftrace's dispatch call: a call to the start of a kernel function
+    /// (`ftrace_ops_list_func`, `ftrace_stub`, or the callback of the one
+    /// kernel ftrace_ops). Module callbacks go through the list function.
+    fn ftrace_dispatch_ok(&self, live: &[u8], at: u64) -> Result<(), String> {
+        let t = match live.first() {
+            Some(&CALL) => rel32_target(live, 0, at),
+            _ => None,
+        }
+        .ok_or("is not a call")?;
+        let link = t.wrapping_sub(self.cx.slide());
+        if self.cx.in_image(t) && self.cx.map().function_at(link).is_some() {
+            Ok(())
+        } else {
+            Err(format!(
+                "calls {}, not the start of a kernel function",
+                self.cx.name(t)
+            ))
         }
     }
 
@@ -605,6 +806,7 @@ fn describe(p: &Patch) -> &'static str {
         Patch::Paravirt { .. } => "paravirt call site",
         Patch::SmpLock => "lock prefix",
         Patch::EndbrSeal => "sealed endbr64",
+        Patch::FtraceDispatch => "ftrace's dispatch call",
     }
 }
 
@@ -784,6 +986,29 @@ fn five(c: &[u8], i: usize) -> String {
 #[allow(clippy::arithmetic_side_effects)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_text_is_cut_at_function_starts_no_site_spans_around_skipped_ranges() {
+        let k = 1u64 << 10;
+        let starts: Vec<u64> = (1..2048).map(|i| i * 512).collect();
+        // A site spanning the start at 256 KiB: the cut moves to the next.
+        let sites = [Site {
+            addr: 256 * k - 2,
+            len: 5,
+            patch: Patch::SmpLock,
+        }];
+        let p = pieces((0, 1024 * k), &[(600 * k, 700 * k)], &starts, &sites);
+        assert_eq!(p.first(), Some(&(0, 256 * k + 512)));
+        // Contiguous, never inside the skipped range, covering the rest.
+        let covered: u64 = p.iter().map(|(a, b)| b - a).sum();
+        assert_eq!(covered, 1024 * k - 100 * k);
+        assert!(p.iter().all(|&(a, b)| b <= 600 * k || a >= 700 * k));
+        assert!(p.windows(2).all(|w| w[0].1 <= w[1].0));
+        // No function starts at all: bounded pieces still.
+        let p = pieces((0, 10 << 20), &[], &[], &[]);
+        assert!(p.iter().all(|(a, b)| b - a <= MAX_PIECE));
+        assert_eq!(p.last().unwrap().1, 10 << 20);
+    }
 
     #[test]
     fn nop_runs_may_be_optimized() {

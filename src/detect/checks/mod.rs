@@ -7,6 +7,8 @@
 pub mod code;
 pub mod ftrace_hooks;
 pub mod idt;
+pub mod kernel_rodata;
+pub mod kernel_text;
 pub mod operation_tables;
 pub mod syscall_dispatch;
 pub mod syscall_table;
@@ -75,6 +77,8 @@ pub trait Check: Sync {
 pub const CHECKS: &[&dyn Check] = &[
     &syscall_table::SyscallTables,
     &syscall_dispatch::SyscallDispatch,
+    &kernel_text::KernelText,
+    &kernel_rodata::KernelRodata,
     &idt::Idt,
     &operation_tables::OperationTables,
     &ftrace_hooks::FtraceHooks,
@@ -85,7 +89,9 @@ pub const CHECKS: &[&dyn Check] = &[
 pub fn run_all(cx: &Context) -> Vec<Finding> {
     let mut out = Vec::new();
     for c in CHECKS {
+        let t = std::time::Instant::now();
         c.run(cx, &mut out);
+        log::debug!("check {} took {:?}", c.kind(), t.elapsed());
     }
     out
 }

@@ -25,7 +25,7 @@ impl Check for SyscallDispatch {
 }
 
 /// The code of the system call path this build has.
-fn regions(cx: &Context) -> Vec<Region<'static>> {
+pub(super) fn regions(cx: &Context) -> Vec<Region<'static>> {
     let map = cx.map();
     let mut out = Vec::new();
     // The entry code is one assembly block cut into several symbols.

@@ -1,0 +1,51 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * 8. A kprobe whose handler redirects execution: an int3 in the body of an
+ * ordinary kernel function, and a pre-handler that moves the instruction
+ * pointer to module code. (A post-handler keeps kprobes from optimizing the
+ * breakpoint into a jump, as a handler that changes ip requires.)
+ */
+#include <linux/module.h>
+#include <linux/kprobes.h>
+#include "rk_common.h"
+#include "rk_common_show.h"
+
+static int rk_pre(struct kprobe *p, struct pt_regs *regs)
+{
+	regs->ip = (unsigned long)rk_show;
+	return 1;
+}
+
+static void rk_post(struct kprobe *p, struct pt_regs *regs, unsigned long flags)
+{
+}
+
+static struct kprobe kp = {
+	.pre_handler = rk_pre,
+	.post_handler = rk_post,
+};
+
+static int __init rk_init(void)
+{
+	u8 *fn = (u8 *)rk_lookup(target);
+	int ret;
+
+	if (!fn)
+		return -ENOENT;
+	kp.symbol_name = target;
+	kp.offset = rk_body_offset(fn);
+	ret = register_kprobe(&kp);
+	if (ret)
+		return ret;
+	pr_info("rk_kprobe: %s+%#x redirected\n", target, kp.offset);
+	return 0;
+}
+
+static void __exit rk_exit(void)
+{
+	unregister_kprobe(&kp);
+}
+
+module_init(rk_init);
+module_exit(rk_exit);
+MODULE_LICENSE("GPL");
