@@ -60,6 +60,29 @@ fn detects_every_test_rootkit_and_nothing_on_a_clean_guest() {
             "the guest left the running state"
         );
     }
+    // A guest that refuses the call-flow trace (here a guest user holds
+    // function_graph) gets a finding, with every other check still run,
+    // never only an error exit.
+    let t = "/sys/kernel/tracing";
+    vm.sh(&format!(
+        "mount -t tracefs nodev {t}; echo vfs_read > {t}/set_ftrace_filter; \
+         echo function_graph > {t}/current_tracer"
+    ));
+    let o = x.run(&["check", "--json", "--trace-seconds", "1"]);
+    let f = findings(&o);
+    assert_eq!(o.status.code(), Some(1), "{f:#?}");
+    assert!(
+        has(
+            &f,
+            "tracer-integrity",
+            &["could not trace the baseline's functions"]
+        ),
+        "{f:#?}"
+    );
+    vm.sh(&format!(
+        "echo nop > {t}/current_tracer; echo > {t}/set_ftrace_filter"
+    ));
+
     // With a session on, ftrace's own patching (a call to its trampoline at
     // every traced function, x64_sys_call's included) is no finding.
     let o = x.run(&["on", "sys_openat", "sys_read"]);

@@ -361,8 +361,19 @@ fn baseline(t: &Target, functions: &[String], seconds: u64, depth: u32) -> Resul
 
 /// `xftrace check`
 fn check(t: &Target, json: bool, trace_seconds: u64) -> Result<Outcome, Error> {
-    let f = detect::check(t, &detect::CheckOptions { trace_seconds })?;
+    let detect::Checked {
+        findings: f,
+        failed,
+    } = detect::check(t, &detect::CheckOptions { trace_seconds })?;
     detect::report(&f, json);
+    // What was found stands; a part that could not run is an error only
+    // when nothing else was found (exit 1 outranks exit 2).
+    if let Some(e) = failed {
+        if f.is_empty() {
+            return Err(e);
+        }
+        eprintln!("xftrace: error: part of the check could not run: {e}");
+    }
     if f.is_empty() && !json {
         println!("{}: clean", t.describe());
     }

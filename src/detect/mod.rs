@@ -11,7 +11,7 @@ pub mod callflow;
 pub mod checks;
 pub mod run;
 
-pub use run::{baseline, check, watch, CheckOptions};
+pub use run::{baseline, check, watch, CheckOptions, Checked};
 
 use log::warn;
 use serde::{Deserialize, Serialize};
@@ -183,7 +183,9 @@ mod tests {
             vmlinux: None,
             state_root: dir.path().join("state"),
         };
-        let f = check(&target, &CheckOptions { trace_seconds: 0 }).unwrap();
+        let f = check(&target, &CheckOptions { trace_seconds: 0 })
+            .unwrap()
+            .findings;
         assert!(
             f.iter()
                 .any(|x| x.kind == FindingKind::TracerIntegrity && x.detail.contains("decoy")),

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use log::info;
+use log::{info, warn};
 
 use crate::error::{Error, Result};
 use crate::host::statedir::{now_unix, GuestDir};
@@ -31,11 +31,21 @@ const MAX_BASELINE: u64 = 64 << 20;
 /// Distinct findings `watch` remembers, at most.
 const MAX_KNOWN: usize = 100_000;
 
+/// What one check found, and the part of it that could not run (its
+/// findings are still reported).
+#[derive(Debug)]
+pub struct Checked {
+    pub findings: Vec<Finding>,
+    pub failed: Option<Error>,
+}
+
 /// One check of the guest: integrity of control data and of the tracer,
 /// and, with a baseline, its call flow. The guest is opened once; with
 /// several control blocks (a decoy), that is a finding, and every other
-/// check still runs, against each of them.
-pub fn check(target: &Target, opts: &CheckOptions) -> Result<Vec<Finding>> {
+/// check still runs, against each of them. Each part reports on its own:
+/// a call-flow trace the guest refuses is a finding, and one that fails on
+/// the host leaves the other findings standing.
+pub fn check(target: &Target, opts: &CheckOptions) -> Result<Checked> {
     let dir = target.dir()?;
     let g = target.open_all()?;
     let vmlinux = g.vmlinux.as_ref().ok_or_else(|| {
@@ -69,13 +79,26 @@ pub fn check(target: &Target, opts: &CheckOptions) -> Result<Vec<Finding>> {
         };
         findings.extend(checks::run_all(&cx));
     }
+    let mut failed = None;
     if g.others.is_empty() && opts.trace_seconds > 0 {
-        findings.extend(call_flow(target, &g, &dir, opts)?);
+        match call_flow(target, &g, &dir, opts) {
+            Ok(f) => findings.extend(f),
+            // The baseline's functions were traced when it was taken: a
+            // guest that now refuses them, or does not answer, is blinding
+            // the tracer (or a guest user holds function_graph).
+            Err(e @ (Error::Guest(_) | Error::Timeout(_))) => findings.push(Finding::new(
+                FindingKind::TracerIntegrity,
+                format!("the call-flow check could not trace the baseline's functions: {e}"),
+                &[g.kernel.ctl.0],
+                "they were traced when the baseline was taken",
+            )),
+            Err(e) => failed = Some(e),
+        }
     }
     for f in &mut findings {
         f.domain = target.describe();
     }
-    Ok(findings)
+    Ok(Checked { findings, failed })
 }
 
 /// Trace the baseline's functions through the opened guest and compare.
@@ -196,7 +219,10 @@ pub fn watch(
     let mut n = 0;
     loop {
         let t = Instant::now();
-        let findings = check(target, opts)?;
+        let Checked { findings, failed } = check(target, opts)?;
+        if let Some(e) = failed {
+            warn!("{}: part of the check failed: {e}", target.describe());
+        }
         let new: Vec<Finding> = findings
             .into_iter()
             .filter(|f| known.insert((f.kind, f.detail.clone())))
