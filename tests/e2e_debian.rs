@@ -317,13 +317,15 @@ fn debian_vm_gets_the_kernel_by_ansible_and_is_traced_and_checked() {
     }
     // Hooks in the body of an ordinary function, at targets drawn per run:
     // seen to fire, found at their target, gone once unloaded.
-    for ((module, kind, part), (target, file)) in BODY_HOOKS.iter().zip(body_hook_targets()) {
+    for ((module, args, kind, part), (target, file)) in BODY_HOOKS.iter().zip(body_hook_targets()) {
         let size = || {
             let o = vm.sh(&format!("cat {file} | wc -c"));
             o.lines().last().unwrap_or("").trim().to_string()
         };
         assert_ne!(size(), "0", "{file} is empty before {module}");
-        vm.sh(&format!("insmod /root/rk/{module}.ko target={target}"));
+        vm.sh(&format!(
+            "insmod /root/rk/{module}.ko target={target} {args}"
+        ));
         assert_eq!(size(), "0", "{module} on {target} did not fire");
         let o = x(&["check", "--json", "--trace-seconds", "0"])
             .output()
@@ -336,12 +338,41 @@ fn debian_vm_gets_the_kernel_by_ansible_and_is_traced_and_checked() {
         );
         let f = findings(&o);
         assert!(
-            has(&f, kind, &[&format!("{target}+"), part]),
+            has(&f, kind, &[target, part])
+                && has(&f, kind, &[target, &format!("in module {module}")]),
             "{module} on {target}: no {kind} finding in {f:#?}"
         );
         vm.sh(&format!("rmmod {module}"));
         assert_ne!(size(), "0", "{module} did not unload");
     }
+    // Data sealed after boot (/dev/ptmx's open swapped), found against this
+    // boot's snapshot; then a module that hides itself from the list.
+    let ptmx = || vm.sh("(: < /dev/ptmx) 2>&1; echo rc=$?");
+    assert!(ptmx().contains("rc=0"), "/dev/ptmx cannot be opened");
+    vm.sh("insmod /root/rk/rk_ro_after_init.ko");
+    assert!(
+        ptmx().contains("Permission denied"),
+        "rk_ro_after_init did not fire"
+    );
+    vm.sh("insmod /root/rk/rk_hide.ko");
+    assert!(
+        !vm.sh("cat /proc/modules").contains("rk_hide"),
+        "rk_hide did not hide"
+    );
+    let o = x(&["check", "--json", "--trace-seconds", "0"])
+        .output()
+        .unwrap();
+    let f = findings(&o);
+    assert!(
+        has(
+            &f,
+            "ro-after-init",
+            &["ptmx_fops+", "in module rk_ro_after_init"]
+        ) && has(&f, "hidden-module", &["module rk_hide ", "hid itself"]),
+        "{f:#?}"
+    );
+    vm.sh("rmmod rk_ro_after_init");
+    assert!(ptmx().contains("rc=0"), "rk_ro_after_init did not unload");
     vm.sh("insmod /root/rk/rk_idt.ko");
     let o = x(&["check", "--json", "--trace-seconds", "0"])
         .output()

@@ -179,7 +179,7 @@ fn detects_every_test_rootkit_and_nothing_on_a_clean_guest() {
     // Hooks in the body of an ordinary function, at targets drawn per run:
     // each must be seen to fire (the /proc file goes empty), then be found
     // at its target, and leave no trace once unloaded.
-    for ((module, kind, part), (target, file)) in BODY_HOOKS.iter().zip(body_hook_targets()) {
+    for ((module, args, kind, part), (target, file)) in BODY_HOOKS.iter().zip(body_hook_targets()) {
         // The last line: kernel messages may share the console.
         let size = |vm: &mut Vm| {
             let o = vm.sh(&format!("cat {file} | wc -c"));
@@ -187,7 +187,7 @@ fn detects_every_test_rootkit_and_nothing_on_a_clean_guest() {
         };
         assert_ne!(size(&mut vm), "0", "{file} is empty before {module}");
         let out = vm.sh(&format!(
-            "insmod /lib/xftrace-test/{module}.ko target={target}"
+            "insmod /lib/xftrace-test/{module}.ko target={target} {args}"
         ));
         assert!(!out.contains("rror"), "{module}: {out}");
         assert_eq!(size(&mut vm), "0", "{module} on {target} did not fire");
@@ -195,12 +195,10 @@ fn detects_every_test_rootkit_and_nothing_on_a_clean_guest() {
         assert_eq!(o.status.code(), Some(1), "{module} not reported");
         let f = findings(&o);
         assert!(
-            has(&f, kind, &[&format!("{target}+"), part]),
+            has(&f, kind, &[target, part])
+                && has(&f, kind, &[target, &format!("in module {module}")]),
             "{module} on {target}: no {kind} finding in {f:#?}"
         );
-        if *kind == "kernel-text" {
-            assert!(has(&f, kind, &[&format!("in module {module}")]), "{f:#?}");
-        }
         vm.sh(&format!("rmmod {module}"));
         assert_ne!(size(&mut vm), "0", "{module} did not unload");
         let o = x.run(&["check", "--json", "--trace-seconds", "0"]);
@@ -211,6 +209,53 @@ fn detects_every_test_rootkit_and_nothing_on_a_clean_guest() {
             "{module} unloaded, still reported: {f:#?}"
         );
     }
+
+    // Data sealed after boot: /dev/ptmx's open operation swapped. Seen to
+    // fire, then found against this boot's snapshot (taken by the clean
+    // checks above) and as a pointer into module space.
+    vm.sh("mkdir -p /dev/pts; mount -t devpts devpts /dev/pts");
+    let ptmx = |vm: &mut Vm| vm.sh("(: < /dev/ptmx) 2>&1; echo rc=$?");
+    assert!(ptmx(&mut vm).contains("rc=0"), "/dev/ptmx cannot be opened");
+    vm.sh("insmod /lib/xftrace-test/rk_ro_after_init.ko");
+    assert!(
+        ptmx(&mut vm).contains("Permission denied"),
+        "rk_ro_after_init did not fire"
+    );
+    let o = x.run(&["check", "--json", "--trace-seconds", "0"]);
+    assert_eq!(o.status.code(), Some(1));
+    let f = findings(&o);
+    assert!(
+        has(
+            &f,
+            "ro-after-init",
+            &["ptmx_fops+", "in module rk_ro_after_init"]
+        ),
+        "{f:#?}"
+    );
+    vm.sh("rmmod rk_ro_after_init");
+    assert!(
+        ptmx(&mut vm).contains("rc=0"),
+        "rk_ro_after_init did not unload"
+    );
+    let o = x.run(&["check", "--json", "--trace-seconds", "0"]);
+    let f = findings(&o);
+    assert!(!has(&f, "ro-after-init", &[]), "{f:#?}");
+
+    // A module that unlinks itself from the module list and sysfs: gone
+    // from /proc/modules, still loaded, found through mod_tree.
+    let out = vm.sh("insmod /lib/xftrace-test/rk_hide.ko; echo rc=$?");
+    assert!(out.contains("rc=0"), "{out}");
+    assert!(
+        !vm.sh("cat /proc/modules").contains("rk_hide"),
+        "rk_hide did not hide"
+    );
+    let o = x.run(&["check", "--json", "--trace-seconds", "0"]);
+    assert_eq!(o.status.code(), Some(1));
+    let f = findings(&o);
+    assert!(
+        has(&f, "hidden-module", &["module rk_hide ", "hid itself"]),
+        "{f:#?}"
+    );
 
     // A rootkit that goes for xftrace itself, while a session runs.
     let o = x.run(&["on", "sys_openat", "sys_read"]);

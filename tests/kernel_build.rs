@@ -46,7 +46,7 @@ fn btf_gives_the_layout_of_struct_module() {
     let k = common::kernel_dir();
     let v = Vmlinux::load(&k.join("vmlinux")).unwrap();
     let btf = v.btf().expect("the build has BTF (CONFIG_DEBUG_INFO_BTF)");
-    let l = ModuleLayout::from_btf(&btf).expect("struct module with core_layout");
+    let l = ModuleLayout::from_btf(btf).expect("struct module with core_layout");
     eprintln!("struct module: {l:?}");
     // 6.1: `enum module_state state; struct list_head list; char name[56];`
     assert_eq!((l.list, l.name), (8, 24));

@@ -33,6 +33,11 @@ pub enum FindingKind {
     KernelRodata,
     /// An int3 breakpoint in kernel code: a kprobe (or a debugger).
     Kprobe,
+    /// `__ro_after_init` data changed since this boot's snapshot, or points
+    /// into module space.
+    RoAfterInit,
+    /// A module in the kernel's module address tree but not in its list.
+    HiddenModule,
     /// An IDT gate enters something other than kernel entry code.
     Idt,
     /// A well-known operation table differs from the build.
@@ -55,6 +60,8 @@ impl FindingKind {
             FindingKind::KernelText => "kernel-text",
             FindingKind::KernelRodata => "kernel-rodata",
             FindingKind::Kprobe => "kprobe",
+            FindingKind::RoAfterInit => "ro-after-init",
+            FindingKind::HiddenModule => "hidden-module",
             FindingKind::Idt => "idt",
             FindingKind::OperationTable => "operation-table",
             FindingKind::FtraceHook => "ftrace-hook",
@@ -71,16 +78,45 @@ impl std::fmt::Display for FindingKind {
     }
 }
 
+/// How urgently a finding wants a look.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    /// Weak evidence alone: a call the baseline never saw that the build's
+    /// code could make.
+    Medium,
+    /// Control data or code changed, hooks outside the kernel, or the
+    /// tracer attacked.
+    High,
+}
+
+impl FindingKind {
+    pub fn severity(self) -> Severity {
+        match self {
+            FindingKind::CallFlowNewEdge => Severity::Medium,
+            _ => Severity::High,
+        }
+    }
+}
+
+/// What `owner` says when no loaded module holds the code involved.
+pub const NO_MODULE: &str = "no module";
+
 /// One thing an operator should look at.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Finding {
     pub domain: String,
     pub time: f64,
     pub kind: FindingKind,
+    pub severity: Severity,
+    /// The module whose code the finding involves (escaped), or "no module".
+    pub owner: String,
     pub detail: String,
     /// Addresses involved, as hex strings.
     pub addresses: Vec<String>,
     pub evidence: String,
+    #[serde(skip)]
+    raw: Vec<u64>,
 }
 
 impl Finding {
@@ -94,10 +130,30 @@ impl Finding {
             domain: String::new(),
             time: crate::host::statedir::now_unix(),
             kind,
+            severity: kind.severity(),
+            owner: NO_MODULE.into(),
             detail: detail.into(),
             addresses: addresses.iter().map(|a| format!("{a:#x}")).collect(),
             evidence: evidence.into(),
+            raw: addresses.to_vec(),
         }
+    }
+
+    /// Name the owner: the first module whose code holds one of the
+    /// addresses (`module_of`), unless a check named it already.
+    pub fn attribute<'m>(&mut self, module_of: &dyn Fn(u64) -> Option<&'m str>) {
+        if self.owner != NO_MODULE {
+            return;
+        }
+        if let Some(m) = self.raw.iter().find_map(|&a| module_of(a)) {
+            self.owner = m.to_string();
+        }
+    }
+
+    /// The owner, set by the check that knows it (a hidden module).
+    pub fn owned_by(mut self, owner: impl Into<String>) -> Self {
+        self.owner = owner.into();
+        self
     }
 }
 
@@ -107,11 +163,18 @@ impl std::fmt::Display for Finding {
         use crate::escape::escape;
         write!(
             f,
-            "[{}] {}: {}",
+            "[{}] {} {}: {}",
             escape(&self.domain),
             self.kind,
+            match self.severity {
+                Severity::High => "(high)",
+                Severity::Medium => "(medium)",
+            },
             escape(&self.detail)
         )?;
+        if self.owner != NO_MODULE {
+            write!(f, " [owner: {}]", escape(&self.owner))?;
+        }
         if !self.evidence.is_empty() {
             write!(f, " ({})", escape(&self.evidence))?;
         }
@@ -152,6 +215,28 @@ mod tests {
         let s = f.to_string();
         assert_eq!(s.lines().count(), 1, "{s}");
         assert!(!s.contains('\x1b') && !s.contains('\r'), "{s}");
+    }
+
+    #[test]
+    fn findings_carry_a_severity_and_the_owning_module() {
+        let mut f = Finding::new(FindingKind::KernelText, "x", &[0x1000, 0xc000_0010], "");
+        f.attribute(&|a| (a == 0xc000_0010).then_some("rk_inline"));
+        let j = serde_json::to_value(&f).unwrap();
+        assert_eq!(j["severity"], "high");
+        assert_eq!(j["owner"], "rk_inline");
+        assert!(j.get("raw").is_none());
+        let mut g = Finding::new(FindingKind::CallFlowNewEdge, "y", &[1], "");
+        g.attribute(&|_| None);
+        let j = serde_json::to_value(&g).unwrap();
+        assert_eq!(
+            (j["severity"].as_str(), j["owner"].as_str()),
+            (Some("medium"), Some(NO_MODULE))
+        );
+        // A check that knows the owner keeps it.
+        let mut h = Finding::new(FindingKind::HiddenModule, "z", &[1], "").owned_by("rk_hide");
+        h.attribute(&|_| Some("other"));
+        assert_eq!(h.owner, "rk_hide");
+        assert!(h.to_string().contains("[owner: rk_hide]"));
     }
 
     /// A decoy (a second control block with page tables of its own, which

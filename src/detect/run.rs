@@ -95,8 +95,10 @@ pub fn check(target: &Target, opts: &CheckOptions) -> Result<Checked> {
             Err(e) => failed = Some(e),
         }
     }
+    let view = g.view(&g.kernel);
     for f in &mut findings {
         f.domain = target.describe();
+        f.attribute(&|a| view.module_of(a));
     }
     Ok(Checked { findings, failed })
 }

@@ -118,7 +118,12 @@ impl<'a> KernelView<'a> {
     /// struct (`{ enum module_state state; struct list_head list; char
     /// name[56]; ... }` whatever the config) and no code ranges.
     pub fn modules(&self) -> &[Module] {
-        self.modules.get_or_init(|| {
+        self.modules.get_or_init(|| self.read_modules())
+    }
+
+    /// The module list as it is now (not cached).
+    pub fn read_modules(&self) -> Vec<Module> {
+        {
             let l = self.module_layout.unwrap_or(ModuleLayout {
                 list: 8,
                 name: 24,
@@ -161,7 +166,7 @@ impl<'a> KernelView<'a> {
                 };
             }
             out
-        })
+        }
     }
 
     /// The module whose code holds `addr`: exactly, where the layout is

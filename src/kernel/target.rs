@@ -193,7 +193,7 @@ impl Target {
         let module_layout = vmlinux
             .as_ref()
             .and_then(|v| v.btf())
-            .and_then(|btf| ModuleLayout::from_btf(&btf));
+            .and_then(ModuleLayout::from_btf);
         Ok(Build {
             build_modules: crate::kernel::builds::build_modules(&b.system_map, b.recorded),
             map,

@@ -79,6 +79,7 @@ pub struct Vmlinux {
     sections: Vec<Section>,
     /// The symbol table, read once: every relocation names a symbol.
     symtab: std::sync::OnceLock<Option<Vec<u8>>>,
+    btf: std::sync::OnceLock<Option<crate::kernel::btf::Btf>>,
 }
 
 impl Vmlinux {
@@ -95,6 +96,7 @@ impl Vmlinux {
             len,
             sections: Vec::new(),
             symtab: std::sync::OnceLock::new(),
+            btf: std::sync::OnceLock::new(),
         };
         v.sections = v.parse_sections().ok_or_else(not_elf)?;
         Ok(v)
@@ -187,9 +189,11 @@ impl Vmlinux {
         Some((s.addr, s.addr.checked_add(s.size)?))
     }
 
-    /// The build's BTF, if it has one that parses.
-    pub fn btf(&self) -> Option<crate::kernel::btf::Btf> {
-        crate::kernel::btf::Btf::parse(&self.section(".BTF")?).ok()
+    /// The build's BTF, if it has one that parses (parsed once).
+    pub fn btf(&self) -> Option<&crate::kernel::btf::Btf> {
+        self.btf
+            .get_or_init(|| crate::kernel::btf::Btf::parse(&self.section(".BTF")?).ok())
+            .as_ref()
     }
 
     /// `len` bytes at link-time address `addr`, if one section holds them.

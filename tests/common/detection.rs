@@ -106,11 +106,18 @@ pub const CASES: &[Case] = &[
     ),
 ];
 
-/// Hooks in the body of an ordinary function: the module, the finding kind
-/// and part of its detail. Each module takes its `target` at insmod.
-pub const BODY_HOOKS: &[(&str, &str, &str)] = &[
-    ("rk_inline", "kernel-text", "now jumps to"),
-    ("rk_kprobe", "kprobe", "int3 breakpoint"),
+/// Hooks on an ordinary function: the module, its arguments besides
+/// `target=`, the finding kind and part of its detail (every one must also
+/// be found naming the module).
+pub const BODY_HOOKS: &[(&str, &str, &str, &str)] = &[
+    ("rk_inline", "", "kernel-text", "now jumps to"),
+    ("rk_kprobe", "", "kprobe", "int3 breakpoint"),
+    (
+        "rk_kprobe",
+        "at_entry=1",
+        "kprobe",
+        "has its pre-handler at",
+    ),
 ];
 
 /// The /proc show functions those modules may hook, with their file.

@@ -3,12 +3,17 @@
  * 8. A kprobe whose handler redirects execution: an int3 in the body of an
  * ordinary kernel function, and a pre-handler that moves the instruction
  * pointer to module code. (A post-handler keeps kprobes from optimizing the
- * breakpoint into a jump, as a handler that changes ip requires.)
+ * breakpoint into a jump, as a handler that changes ip requires.) With
+ * at_entry=1 the kprobe sits on the function's ftrace site instead, where
+ * the kernel arms it through ftrace, with no breakpoint in the code.
  */
 #include <linux/module.h>
 #include <linux/kprobes.h>
 #include "rk_common.h"
 #include "rk_common_show.h"
+
+static bool at_entry;
+module_param(at_entry, bool, 0);
 
 static int rk_pre(struct kprobe *p, struct pt_regs *regs)
 {
@@ -33,7 +38,7 @@ static int __init rk_init(void)
 	if (!fn)
 		return -ENOENT;
 	kp.symbol_name = target;
-	kp.offset = rk_body_offset(fn);
+	kp.offset = at_entry ? 0 : rk_body_offset(fn);
 	ret = register_kprobe(&kp);
 	if (ret)
 		return ret;

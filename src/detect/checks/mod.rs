@@ -6,10 +6,13 @@
 
 pub mod code;
 pub mod ftrace_hooks;
+pub mod hidden_modules;
 pub mod idt;
 pub mod kernel_rodata;
 pub mod kernel_text;
+pub mod kprobes;
 pub mod operation_tables;
+pub mod ro_after_init;
 pub mod syscall_dispatch;
 pub mod syscall_table;
 pub mod tracer;
@@ -79,6 +82,9 @@ pub const CHECKS: &[&dyn Check] = &[
     &syscall_dispatch::SyscallDispatch,
     &kernel_text::KernelText,
     &kernel_rodata::KernelRodata,
+    &ro_after_init::RoAfterInit,
+    &kprobes::Kprobes,
+    &hidden_modules::HiddenModules,
     &idt::Idt,
     &operation_tables::OperationTables,
     &ftrace_hooks::FtraceHooks,

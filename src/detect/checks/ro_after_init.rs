@@ -1,0 +1,247 @@
+//! `__ro_after_init` data: written during boot (sorted jump tables, static
+//! call sites, variables set once, LSM hook lists), read-only from then on.
+//! It cannot be compared with the build, so it is compared with a snapshot
+//! taken once the guest has booted (`system_state` is `SYSTEM_RUNNING`),
+//! kept per boot in the guest's state directory. Independently of any
+//! snapshot, no word there that was a pointer or zero in the build may point
+//! into module space: modules load after the data became read-only.
+#![deny(clippy::arithmetic_side_effects)]
+
+use log::info;
+
+use super::{Check, Context};
+use crate::abi::le;
+use crate::detect::{Finding, FindingKind};
+use crate::kernel::vmlinux::RelocKind;
+
+pub struct RoAfterInit;
+
+/// `SYSTEM_RUNNING` in `enum system_states` (include/linux/kernel.h).
+const SYSTEM_RUNNING: u32 = 3;
+/// The data is tens to hundreds of KiB; a build with more is not trusted
+/// to be compared in one read.
+const MAX_LEN: u64 = 16 << 20;
+/// Where x86_64 maps modules (and BPF JIT images): `MODULES_VADDR` (with
+/// or without KASLR's larger image) to `MODULES_END`.
+const MODULE_SPACE: (u64, u64) = (0xffff_ffff_a000_0000, 0xffff_ffff_ff00_0000);
+/// Findings reported one by one; beyond, one summary.
+const MAX_FINDINGS: usize = 32;
+const MAGIC: &[u8; 8] = b"XFTROAI1";
+/// Magic, slide, `_text`'s physical address, jiffies at the snapshot.
+const HEADER: usize = 32;
+
+impl Check for RoAfterInit {
+    fn kind(&self) -> FindingKind {
+        FindingKind::RoAfterInit
+    }
+
+    fn run(&self, cx: &Context, out: &mut Vec<Finding>) {
+        let kind = FindingKind::RoAfterInit;
+        let map = cx.map();
+        let (Some(start), Some(end)) = (
+            map.addr("__start_ro_after_init"),
+            map.addr("__end_ro_after_init"),
+        ) else {
+            return; // a kernel without the section
+        };
+        let len = end.saturating_sub(start);
+        if len == 0 || len > MAX_LEN {
+            return;
+        }
+        let runtime = start.wrapping_add(cx.slide());
+        let Ok(n) = usize::try_from(len) else {
+            return;
+        };
+        let mut live = vec![0u8; n];
+        let (Some(built), Some(())) = (cx.vmlinux.bytes(start, len), cx.read(runtime, &mut live))
+        else {
+            out.push(Finding::new(
+                kind,
+                "cannot read __ro_after_init data from the guest or the build",
+                &[runtime],
+                "",
+            ));
+            return;
+        };
+        let mut found = Vec::new();
+        let seen = module_pointers(cx, start, &built, &live, &mut found);
+        against_snapshot(cx, start, &live, &seen, &mut found);
+        let total = found.len();
+        out.extend(found.into_iter().take(MAX_FINDINGS));
+        if total > MAX_FINDINGS {
+            out.push(Finding::new(
+                kind,
+                format!(
+                    "{} more changes in __ro_after_init data",
+                    total.saturating_sub(MAX_FINDINGS)
+                ),
+                &[],
+                "",
+            ));
+        }
+    }
+}
+
+/// `object+0xoff` for a link-time address of data.
+fn place(cx: &Context, link: u64) -> String {
+    match cx.map().object_containing(link) {
+        Some((o, 0)) => o.to_string(),
+        Some((o, off)) => format!("{o}+{off:#x}"),
+        None => format!("{:#x}", link.wrapping_add(cx.slide())),
+    }
+}
+
+/// Words the build had as pointers (KASLR moves them) or as zero (set at
+/// boot), now aimed into module space. Relative tables (`__jump_table`,
+/// `.static_call_sites`) and byte data hold neither.
+/// Returns the link-time addresses reported.
+fn module_pointers(
+    cx: &Context,
+    start: u64,
+    built: &[u8],
+    live: &[u8],
+    out: &mut Vec<Finding>,
+) -> std::collections::BTreeSet<u64> {
+    let mut seen = std::collections::BTreeSet::new();
+    let end = start.saturating_add(built.len() as u64);
+    let pointers: std::collections::BTreeSet<u64> = cx
+        .vmlinux
+        .kaslr_relocations(start, end)
+        .map(|r| {
+            r.into_iter()
+                .filter(|x| x.kind == RelocKind::Abs64)
+                .map(|x| x.addr)
+                .collect()
+        })
+        .unwrap_or_default();
+    for (i, (b, l)) in le::words(built).zip(le::words(live)).enumerate() {
+        let at = start.saturating_add((i as u64).saturating_mul(8));
+        let in_modules = l >= MODULE_SPACE.0 && l < MODULE_SPACE.1 && !cx.in_image(l);
+        if in_modules && (b == 0 || pointers.contains(&at)) {
+            seen.insert(at);
+            out.push(Finding::new(
+                FindingKind::RoAfterInit,
+                format!(
+                    "{} points to {}: modules load after __ro_after_init data is sealed",
+                    place(cx, at),
+                    cx.name(l)
+                ),
+                &[at.wrapping_add(cx.slide()), l],
+                format!("live {l:#x}, built {b:#x}"),
+            ));
+        }
+    }
+    seen
+}
+
+/// Compare with this boot's snapshot (words in `seen` are reported
+/// already), or take it.
+fn against_snapshot(
+    cx: &Context,
+    start: u64,
+    live: &[u8],
+    seen: &std::collections::BTreeSet<u64>,
+    out: &mut Vec<Finding>,
+) {
+    let k = cx.view.kernel;
+    let word = |name: &str| cx.sym(name).and_then(|a| cx.view.read_word(a));
+    let running = word("system_state").is_some_and(|w| w as u32 == SYSTEM_RUNNING);
+    let jiffies = word("jiffies_64").unwrap_or(0);
+    let path = cx.dir.path().join("ro-after-init.snapshot");
+    let saved =
+        crate::host::files::read_bounded(&path, MAX_LEN.saturating_add(HEADER as u64), "snapshot")
+            .ok();
+    let same_boot = saved.as_deref().and_then(|s| {
+        let (h, body) = (s.get(..HEADER)?, s.get(HEADER..)?);
+        let slide = le::u64_at(h, 8)?;
+        let text_pa = le::u64_at(h, 16)?;
+        let then = le::u64_at(h, 24)?;
+        (h.get(..8)? == MAGIC
+            && slide == k.slide
+            && text_pa == k.text_pa
+            && then <= jiffies
+            && body.len() == live.len())
+        .then_some(body)
+    });
+    match same_boot {
+        Some(snap) => diff(cx, start, snap, live, seen, out),
+        None if running => {
+            let mut s = Vec::with_capacity(HEADER.saturating_add(live.len()));
+            s.extend_from_slice(MAGIC);
+            s.extend_from_slice(&k.slide.to_le_bytes());
+            s.extend_from_slice(&k.text_pa.to_le_bytes());
+            s.extend_from_slice(&jiffies.to_le_bytes());
+            s.extend_from_slice(live);
+            match crate::host::files::write_atomically(&path, &s) {
+                Ok(()) => info!(
+                    "took this boot's snapshot of __ro_after_init data ({} bytes) in {}",
+                    live.len(),
+                    path.display()
+                ),
+                Err(e) => out.push(Finding::new(
+                    FindingKind::RoAfterInit,
+                    format!("cannot keep a snapshot of __ro_after_init data: {e}"),
+                    &[],
+                    "",
+                )),
+            }
+        }
+        None => info!("the guest is still booting: no snapshot of __ro_after_init data yet"),
+    }
+}
+
+/// Report each run of bytes that differs from the snapshot.
+fn diff(
+    cx: &Context,
+    start: u64,
+    snap: &[u8],
+    live: &[u8],
+    seen: &std::collections::BTreeSet<u64>,
+    out: &mut Vec<Finding>,
+) {
+    let n = snap.len().min(live.len());
+    let mut i = 0usize;
+    while i < n {
+        if snap[i] == live[i] {
+            i = i.saturating_add(1);
+            continue;
+        }
+        let w = i & !7;
+        let mut j = w.saturating_add(8).min(n);
+        while j < n && snap[j] != live[j] {
+            j = j.saturating_add(1);
+        }
+        let at = start.saturating_add(w as u64);
+        let now = le::u64_at(live, w).unwrap_or(0);
+        let was = le::u64_at(snap, w).unwrap_or(0);
+        let last = j.min(w.saturating_add(32));
+        i = j;
+        if seen.contains(&at) {
+            continue;
+        }
+        out.push(Finding::new(
+            FindingKind::RoAfterInit,
+            format!(
+                "{} changed since this boot's snapshot: {} where it held {}",
+                place(cx, at),
+                describe(cx, now),
+                describe(cx, was)
+            ),
+            &[at.wrapping_add(cx.slide())],
+            format!(
+                "live {:02x?}, snapshot {:02x?}",
+                &live[w..last],
+                &snap[w..last]
+            ),
+        ));
+    }
+}
+
+/// A word as a pointer into code, or as a value.
+fn describe(cx: &Context, v: u64) -> String {
+    if v >> 47 == 0x1ffff {
+        format!("a pointer to {}", cx.name(v))
+    } else {
+        format!("{v:#x}")
+    }
+}
