@@ -18,7 +18,7 @@ use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use common::debian::{image_dir, Lifecycle};
-use common::detection::{body_hook_targets, findings, has, measured, BODY_HOOKS, CASES};
+use common::detection::{body_hooks, findings, has, measured, CASES};
 use common::libvirtd::{virsh, Libvirtd, URI};
 use common::xftrace;
 
@@ -315,36 +315,16 @@ fn debian_vm_gets_the_kernel_by_ansible_and_is_traced_and_checked() {
             );
         }
     }
-    // Hooks in the body of an ordinary function, at targets drawn per run:
-    // seen to fire, found at their target, gone once unloaded.
-    for ((module, args, kind, part), (target, file)) in BODY_HOOKS.iter().zip(body_hook_targets()) {
-        let size = || {
-            let o = vm.sh(&format!("cat {file} | wc -c"));
-            o.lines().last().unwrap_or("").trim().to_string()
-        };
-        assert_ne!(size(), "0", "{file} is empty before {module}");
-        vm.sh(&format!(
-            "insmod /root/rk/{module}.ko target={target} {args}"
-        ));
-        assert_eq!(size(), "0", "{module} on {target} did not fire");
-        let o = x(&["check", "--json", "--trace-seconds", "0"])
-            .output()
-            .unwrap();
-        assert_eq!(
-            o.status.code(),
-            Some(1),
-            "{module} not reported: {}",
-            out(&o)
-        );
-        let f = findings(&o);
-        assert!(
-            has(&f, kind, &[target, part])
-                && has(&f, kind, &[target, &format!("in module {module}")]),
-            "{module} on {target}: no {kind} finding in {f:#?}"
-        );
-        vm.sh(&format!("rmmod {module}"));
-        assert_ne!(size(), "0", "{module} did not unload");
-    }
+    // Hooks on ordinary functions, at targets drawn per run.
+    body_hooks(
+        &mut |c| vm.sh(c),
+        &|| {
+            x(&["check", "--json", "--trace-seconds", "0"])
+                .output()
+                .unwrap()
+        },
+        "/root/rk",
+    );
     // Data sealed after boot (/dev/ptmx's open swapped), found against this
     // boot's snapshot; then a module that hides itself from the list.
     let ptmx = || vm.sh("(: < /dev/ptmx) 2>&1; echo rc=$?");

@@ -10,7 +10,7 @@ use std::process::Stdio;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use common::detection::{body_hook_targets, findings, has, measured, BODY_HOOKS, CASES};
+use common::detection::{body_hooks, findings, has, measured, CASES};
 use common::{Boot, Vm, Xftrace};
 
 #[test]
@@ -176,39 +176,12 @@ fn detects_every_test_rootkit_and_nothing_on_a_clean_guest() {
         );
     }
 
-    // Hooks in the body of an ordinary function, at targets drawn per run:
-    // each must be seen to fire (the /proc file goes empty), then be found
-    // at its target, and leave no trace once unloaded.
-    for ((module, args, kind, part), (target, file)) in BODY_HOOKS.iter().zip(body_hook_targets()) {
-        // The last line: kernel messages may share the console.
-        let size = |vm: &mut Vm| {
-            let o = vm.sh(&format!("cat {file} | wc -c"));
-            o.lines().last().unwrap_or("").trim().to_string()
-        };
-        assert_ne!(size(&mut vm), "0", "{file} is empty before {module}");
-        let out = vm.sh(&format!(
-            "insmod /lib/xftrace-test/{module}.ko target={target} {args}"
-        ));
-        assert!(!out.contains("rror"), "{module}: {out}");
-        assert_eq!(size(&mut vm), "0", "{module} on {target} did not fire");
-        let o = x.run(&["check", "--json", "--trace-seconds", "0"]);
-        assert_eq!(o.status.code(), Some(1), "{module} not reported");
-        let f = findings(&o);
-        assert!(
-            has(&f, kind, &[target, part])
-                && has(&f, kind, &[target, &format!("in module {module}")]),
-            "{module} on {target}: no {kind} finding in {f:#?}"
-        );
-        vm.sh(&format!("rmmod {module}"));
-        assert_ne!(size(&mut vm), "0", "{module} did not unload");
-        let o = x.run(&["check", "--json", "--trace-seconds", "0"]);
-        let f = findings(&o);
-        assert!(
-            !f.iter()
-                .any(|x| x["detail"].as_str().unwrap_or("").contains(target)),
-            "{module} unloaded, still reported: {f:#?}"
-        );
-    }
+    // Hooks on ordinary functions, at targets drawn per run.
+    body_hooks(
+        &mut |c| vm.sh(c),
+        &|| x.run(&["check", "--json", "--trace-seconds", "0"]),
+        "/lib/xftrace-test",
+    );
 
     // Data sealed after boot: /dev/ptmx's open operation swapped. Seen to
     // fire, then found against this boot's snapshot (taken by the clean

@@ -141,3 +141,38 @@ pub fn body_hook_targets() -> Vec<(&'static str, &'static str)> {
     eprintln!("body hook targets this run: {out:?}");
     out
 }
+
+/// Load each of [`BODY_HOOKS`] at a target drawn for this run, and show
+/// that it fires (the /proc file reads empty), is found at its target
+/// naming its module, and leaves no finding once unloaded. `sh` runs a
+/// guest shell command, `check` one integrity-only `check --json`; the
+/// modules are in the guest's `dir`.
+pub fn body_hooks(sh: &mut dyn FnMut(&str) -> String, check: &dyn Fn() -> Output, dir: &str) {
+    for ((module, args, kind, part), (target, file)) in BODY_HOOKS.iter().zip(body_hook_targets()) {
+        // The last line: kernel messages may share a console.
+        let size = |sh: &mut dyn FnMut(&str) -> String| {
+            let o = sh(&format!("cat {file} | wc -c"));
+            o.lines().last().unwrap_or("").trim().to_string()
+        };
+        assert_ne!(size(sh), "0", "{file} is empty before {module}");
+        let out = sh(&format!("insmod {dir}/{module}.ko target={target} {args}"));
+        assert!(!out.contains("rror"), "{module}: {out}");
+        assert_eq!(size(sh), "0", "{module} on {target} did not fire");
+        let o = check();
+        let f = findings(&o);
+        assert_eq!(o.status.code(), Some(1), "{module} not reported: {f:#?}");
+        assert!(
+            has(&f, kind, &[target, part])
+                && has(&f, kind, &[target, &format!("in module {module}")]),
+            "{module} on {target}: no {kind} finding in {f:#?}"
+        );
+        sh(&format!("rmmod {module}"));
+        assert_ne!(size(sh), "0", "{module} did not unload");
+        let f = findings(&check());
+        assert!(
+            !f.iter()
+                .any(|x| x["detail"].as_str().unwrap_or("").contains(target)),
+            "{module} unloaded, still reported: {f:#?}"
+        );
+    }
+}

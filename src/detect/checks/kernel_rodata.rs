@@ -7,15 +7,13 @@
 #![deny(clippy::arithmetic_side_effects)]
 
 use super::code::relocated;
-use super::{operation_tables::OPERATION_TABLES, Check, Context};
+use super::{capped, data_place, operation_tables::OPERATION_TABLES, Check, Context};
 use crate::detect::{Finding, FindingKind};
 
 pub struct KernelRodata;
 
 /// Bytes compared at once.
 const PIECE: u64 = 256 << 10;
-/// Findings reported one by one; beyond, one summary.
-const MAX_FINDINGS: usize = 32;
 /// Changed bytes this close together are one change.
 const GAP: usize = 8;
 
@@ -61,19 +59,7 @@ impl Check for KernelRodata {
                 p = q;
             }
         }
-        let n = changes.len();
-        out.extend(changes.into_iter().take(MAX_FINDINGS));
-        if n > MAX_FINDINGS {
-            out.push(Finding::new(
-                kind,
-                format!(
-                    "{} more changes in the kernel's read-only data",
-                    n.saturating_sub(MAX_FINDINGS)
-                ),
-                &[],
-                "",
-            ));
-        }
+        capped(kind, changes, "the kernel's read-only data", out);
     }
 }
 
@@ -153,11 +139,7 @@ fn compare(
             k = k.saturating_add(1);
         }
         let at = link.saturating_add(i as u64);
-        let place = match cx.map().object_containing(at) {
-            Some((o, 0)) => o.to_string(),
-            Some((o, off)) => format!("{o}+{off:#x}"),
-            None => format!("{:#x}", at.wrapping_add(cx.slide())),
-        };
+        let place = data_place(cx, at);
         // A word-aligned pointer that changed: say where it points now.
         let w = i & !7;
         let now = live

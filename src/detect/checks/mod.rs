@@ -102,6 +102,35 @@ pub fn run_all(cx: &Context) -> Vec<Finding> {
     out
 }
 
+/// Changes of one check reported one by one, at most; beyond, one summary.
+const MAX_CHANGES: usize = 32;
+
+/// Add `found` to `out`, at most [`MAX_CHANGES`] of them and then one
+/// finding that counts the rest (a guest that rewrites everything must not
+/// flood the report).
+fn capped(kind: FindingKind, found: Vec<Finding>, what: &str, out: &mut Vec<Finding>) {
+    let n = found.len();
+    out.extend(found.into_iter().take(MAX_CHANGES));
+    if n > MAX_CHANGES {
+        out.push(Finding::new(
+            kind,
+            format!("{} more changes in {what}", n.saturating_sub(MAX_CHANGES)),
+            &[],
+            "",
+        ));
+    }
+}
+
+/// `object` or `object+0xoff` for link-time `link` in kernel data, else the
+/// runtime address.
+fn data_place(cx: &Context, link: u64) -> String {
+    match cx.map().object_containing(link) {
+        Some((o, 0)) => o.to_string(),
+        Some((o, off)) => format!("{o}+{off:#x}"),
+        None => format!("{:#x}", link.wrapping_add(cx.slide())),
+    }
+}
+
 /// Compare a table of pointers with the build, word by word.
 fn compare_table(
     cx: &Context,

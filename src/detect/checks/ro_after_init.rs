@@ -9,7 +9,7 @@
 
 use log::info;
 
-use super::{Check, Context};
+use super::{capped, data_place, Check, Context};
 use crate::abi::le;
 use crate::detect::{Finding, FindingKind};
 use crate::kernel::vmlinux::RelocKind;
@@ -24,8 +24,6 @@ const MAX_LEN: u64 = 16 << 20;
 /// Where x86_64 maps modules (and BPF JIT images): `MODULES_VADDR` (with
 /// or without KASLR's larger image) to `MODULES_END`.
 const MODULE_SPACE: (u64, u64) = (0xffff_ffff_a000_0000, 0xffff_ffff_ff00_0000);
-/// Findings reported one by one; beyond, one summary.
-const MAX_FINDINGS: usize = 32;
 const MAGIC: &[u8; 8] = b"XFTROAI1";
 /// Magic, slide, `_text`'s physical address, jiffies at the snapshot.
 const HEADER: usize = 32;
@@ -66,28 +64,7 @@ impl Check for RoAfterInit {
         let mut found = Vec::new();
         let seen = module_pointers(cx, start, &built, &live, &mut found);
         against_snapshot(cx, start, &live, &seen, &mut found);
-        let total = found.len();
-        out.extend(found.into_iter().take(MAX_FINDINGS));
-        if total > MAX_FINDINGS {
-            out.push(Finding::new(
-                kind,
-                format!(
-                    "{} more changes in __ro_after_init data",
-                    total.saturating_sub(MAX_FINDINGS)
-                ),
-                &[],
-                "",
-            ));
-        }
-    }
-}
-
-/// `object+0xoff` for a link-time address of data.
-fn place(cx: &Context, link: u64) -> String {
-    match cx.map().object_containing(link) {
-        Some((o, 0)) => o.to_string(),
-        Some((o, off)) => format!("{o}+{off:#x}"),
-        None => format!("{:#x}", link.wrapping_add(cx.slide())),
+        capped(kind, found, "__ro_after_init data", out);
     }
 }
 
@@ -123,7 +100,7 @@ fn module_pointers(
                 FindingKind::RoAfterInit,
                 format!(
                     "{} points to {}: modules load after __ro_after_init data is sealed",
-                    place(cx, at),
+                    data_place(cx, at),
                     cx.name(l)
                 ),
                 &[at.wrapping_add(cx.slide()), l],
@@ -223,7 +200,7 @@ fn diff(
             FindingKind::RoAfterInit,
             format!(
                 "{} changed since this boot's snapshot: {} where it held {}",
-                place(cx, at),
+                data_place(cx, at),
                 describe(cx, now),
                 describe(cx, was)
             ),
