@@ -288,10 +288,11 @@ fn debian_vm_gets_the_kernel_by_ansible_and_is_traced_and_checked() {
 
     // Every test rootkit, built against the headers package of the kernel
     // the guest runs, loaded by insmod, found. A unit of the guest keeps
-    // listing directories and reading files meanwhile.
+    // listing directories (/run is tmpfs, whose directories rk_fops hooks)
+    // and reading files meanwhile.
     vm.copy_in(common::rootkit_modules(), "/root/rk");
     vm.sh("systemd-run --unit xftrace-workload sh -c \
-         'while :; do ls / > /dev/null; cat /etc/hostname > /dev/null; sleep 0.3; done'");
+         'while :; do ls / /run > /dev/null; cat /etc/hostname > /dev/null; sleep 0.3; done'");
     for (module, kind, parts, flow) in CASES {
         vm.sh(&format!("insmod /root/rk/{module}.ko"));
         let o = x(&["check", "--json", "--trace-seconds", "3"])
