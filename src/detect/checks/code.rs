@@ -225,19 +225,7 @@ fn pieces(
     starts: &[u64],
     sites: &[Site],
 ) -> Vec<(u64, u64)> {
-    let mut skip = skip.to_vec();
-    skip.sort_unstable();
-    let mut spans = Vec::new();
-    let mut at = start;
-    for &(s, e) in &skip {
-        if s > at {
-            spans.push((at, s.min(end)));
-        }
-        at = at.max(e);
-    }
-    if at < end {
-        spans.push((at, end));
-    }
+    let spans = super::subtract((start, end), skip);
     let spanned = |cut: u64| {
         let i = sites.partition_point(|x| x.addr < cut);
         sites[..i].iter().rev().take(8).any(|x| x.end() > cut)

@@ -7,7 +7,7 @@
 #![deny(clippy::arithmetic_side_effects)]
 
 use super::code::relocated;
-use super::{capped, data_place, operation_tables::OPERATION_TABLES, Check, Context};
+use super::{capped, data_place, operation_tables::OPERATION_TABLES, subtract, Check, Context};
 use crate::detect::{Finding, FindingKind};
 
 pub struct KernelRodata;
@@ -83,20 +83,7 @@ fn spans(cx: &Context, (start, end): (u64, u64)) -> Vec<(u64, u64)> {
             skip.push((a, a.saturating_add(n)));
         }
     }
-    skip.sort_unstable();
-    let mut out = Vec::new();
-    let mut at = start;
-    for (s, e) in skip {
-        if s > at {
-            out.push((at, s.min(end)));
-        }
-        at = at.max(e);
-    }
-    if at < end {
-        out.push((at, end));
-    }
-    out.retain(|(a, b)| a < b);
-    out
+    subtract((start, end), &skip)
 }
 
 fn compare(

@@ -102,6 +102,25 @@ pub fn run_all(cx: &Context) -> Vec<Finding> {
     out
 }
 
+/// `[start, end)` less the `skip` ranges, in order.
+fn subtract((start, end): (u64, u64), skip: &[(u64, u64)]) -> Vec<(u64, u64)> {
+    let mut skip = skip.to_vec();
+    skip.sort_unstable();
+    let mut out = Vec::new();
+    let mut at = start;
+    for (s, e) in skip {
+        if s > at {
+            out.push((at, s.min(end)));
+        }
+        at = at.max(e);
+    }
+    if at < end {
+        out.push((at, end));
+    }
+    out.retain(|(a, b)| a < b);
+    out
+}
+
 /// Changes of one check reported one by one, at most; beyond, one summary.
 const MAX_CHANGES: usize = 32;
 
