@@ -10,7 +10,9 @@
 use crate::guest::memory::{GuestAddress, GuestRam};
 
 const PRESENT: u64 = 1;
+const USER: u64 = 1 << 2;
 const HUGE: u64 = 1 << 7;
+const NO_EXECUTE: u64 = 1 << 63;
 const ADDR_MASK: u64 = 0x000f_ffff_ffff_f000;
 
 pub struct PageTables<'a> {
@@ -90,11 +92,114 @@ impl<'a> PageTables<'a> {
         Some(())
     }
 
+    /// Every mapping of the kernel half that the kernel may execute
+    /// (present, executable at every level, not user-accessible: SMEP keeps
+    /// the kernel from running user pages), as sorted, merged `[start, end)`
+    /// ranges of virtual addresses. Reads at most `max_tables` tables: a
+    /// guest may build tables that never end.
+    pub fn executable_ranges(&self, max_tables: usize) -> Result<Vec<(u64, u64)>, TooManyTables> {
+        let mut walk = ExecWalk {
+            tables: self,
+            budget: max_tables,
+            out: Vec::new(),
+        };
+        let top_shift = 12u32.wrapping_add(9u32.wrapping_mul(self.levels.wrapping_sub(1)));
+        // The upper half: the top table's entries 256..512.
+        walk.table(self.root, self.levels, 256, 0, top_shift, true)?;
+        Ok(walk.out)
+    }
+
     pub fn read_u64(&self, va: u64) -> Option<u64> {
         let mut b = [0u8; 8];
         self.read(va, &mut b)?;
         Some(u64::from_le_bytes(b))
     }
+}
+
+/// The guest's page tables hold more tables than a walk may read.
+#[derive(Debug, PartialEq, Eq)]
+pub struct TooManyTables;
+
+struct ExecWalk<'p, 'a> {
+    tables: &'p PageTables<'a>,
+    budget: usize,
+    out: Vec<(u64, u64)>,
+}
+
+impl ExecWalk<'_, '_> {
+    /// Entries `first..512` of the table at `pa`, a table of `level` whose
+    /// entries map `1 << shift` bytes each from `base` (not yet
+    /// sign-extended). Tables that cannot be read map nothing.
+    fn table(
+        &mut self,
+        pa: u64,
+        level: u32,
+        first: u64,
+        base: u64,
+        shift: u32,
+        user: bool,
+    ) -> Result<(), TooManyTables> {
+        self.budget = self.budget.checked_sub(1).ok_or(TooManyTables)?;
+        let mut raw = [0u8; 4096];
+        if self
+            .tables
+            .ram
+            .read_into(GuestAddress(pa), &mut raw)
+            .is_err()
+        {
+            return Ok(());
+        }
+        for index in first..512 {
+            let at = (index as usize).wrapping_mul(8);
+            let mut e = [0u8; 8];
+            e.copy_from_slice(&raw[at..at.wrapping_add(8)]);
+            let entry = u64::from_le_bytes(e);
+            // A subtree marked no-execute is so at any depth.
+            if entry & PRESENT == 0 || entry & NO_EXECUTE != 0 {
+                continue;
+            }
+            // A page is user-accessible only if every level says so (the
+            // kernel's own tables mark upper levels user, and leaves not).
+            // The kernel half has one such page, vsyscall's, which SMEP
+            // keeps the kernel from running.
+            let user = user && entry & USER != 0;
+            let va = base | (index << shift);
+            if level == 1 || ((level == 2 || level == 3) && entry & HUGE != 0) {
+                if user {
+                    continue;
+                }
+                let top_bit = 12u32
+                    .wrapping_add(9u32.wrapping_mul(self.tables.levels))
+                    .wrapping_sub(1);
+                let start = sign_extend(va, top_bit);
+                let end = start.wrapping_add(1u64 << shift);
+                match self.out.last_mut() {
+                    Some(last) if last.1 == start => last.1 = end,
+                    _ => self.out.push((start, end)),
+                }
+                continue;
+            }
+            if level > 1 {
+                self.table(
+                    entry & ADDR_MASK,
+                    level.wrapping_sub(1),
+                    0,
+                    va,
+                    shift.wrapping_sub(9),
+                    user,
+                )?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `va` with bit `top` copied into every bit above it (a canonical address).
+fn sign_extend(va: u64, top: u32) -> u64 {
+    if top >= 63 || va >> top & 1 == 0 {
+        return va;
+    }
+    va | !((1u64 << top.wrapping_add(1)).wrapping_sub(1))
 }
 
 #[cfg(test)]
@@ -164,6 +269,50 @@ mod tests {
             PageTables::new(&ram, GuestAddress(pml5), false).translate(VA),
             t.translate(VA)
         );
+    }
+
+    #[test]
+    fn lists_supervisor_executable_ranges_of_the_kernel_half() {
+        let (_d, ram) = ram();
+        let (pml4, pdpt, pd, pt) = (0x10_0000, 0x10_1000, 0x10_2000, 0x10_3000);
+        let x = 3u64; // present, writable, executable, supervisor
+                      // Linux marks upper levels user (_PAGE_TABLE): the leaf decides.
+        set(&ram, pml4, idx(VA, 4), pdpt | x | USER);
+        set(&ram, pdpt, idx(VA, 3), pd | x | USER);
+        set(&ram, pd, idx(VA, 2), pt | x | USER);
+        let i = idx(VA, 1);
+        set(&ram, pt, i, 0x20_0000 | x);
+        set(&ram, pt, i + 1, 0x20_1000 | x); // merges with the first
+        set(&ram, pt, i + 2, 0x20_2000 | x | NO_EXECUTE);
+        set(&ram, pt, i + 3, 0x20_3000 | x | USER);
+        set(&ram, pt, i + 4, 0x20_4000 | x);
+        // The next 2 MiB: one executable huge page.
+        set(&ram, pd, idx(VA, 2) + 1, 0x40_0000 | x | HUGE);
+        // A no-execute directory hides everything under it.
+        let dm = 0xffff_8880_0000_0000u64;
+        set(&ram, pml4, idx(dm, 4), 0x10_4000 | x | NO_EXECUTE);
+        set(&ram, 0x10_4000, 0, HUGE | x);
+        // The lower half is user space: not walked.
+        set(&ram, pml4, 0, 0x10_4000 | x);
+        let t = PageTables::new(&ram, GuestAddress(pml4), false);
+        let page = VA & !0xfff;
+        let huge = (VA & !0x1f_ffff) + 0x20_0000;
+        assert_eq!(
+            t.executable_ranges(100),
+            Ok(vec![
+                (page, page + 0x2000),
+                (page + 0x4000, page + 0x5000),
+                (huge, huge + 0x20_0000)
+            ])
+        );
+        assert_eq!(t.executable_ranges(3), Err(TooManyTables));
+        // Tables fanned out without end stop at the budget.
+        for i in 8..512 {
+            set(&ram, pd, i, pt | x);
+        }
+        assert_eq!(t.executable_ranges(100), Err(TooManyTables));
+        assert_eq!(sign_extend(1 << 47, 47), 0xffff_8000_0000_0000);
+        assert_eq!(sign_extend(1 << 56, 56), 0xff00_0000_0000_0000);
     }
 
     #[test]

@@ -87,7 +87,8 @@ impl<'a> KernelView<'a> {
         }
     }
 
-    fn page_tables(&self) -> PageTables<'_> {
+    /// The kernel's own page tables (`init_top_pgt`).
+    pub fn page_tables(&self) -> PageTables<'_> {
         self.kernel.page_tables(self.ram)
     }
 

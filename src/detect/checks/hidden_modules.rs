@@ -76,14 +76,7 @@ impl Check for HiddenModules {
         }
         std::thread::sleep(SETTLE);
         for m in hidden(out) {
-            let mut name = [0u8; 56];
-            let name: String = match cx.read(m.wrapping_add(l.name), &mut name) {
-                Some(()) => {
-                    let n = name.iter().position(|&c| c == 0).unwrap_or(name.len());
-                    escape_bytes(&name[..n])
-                }
-                None => "?".into(),
-            };
+            let name = module_name(cx, &l, m);
             out.push(Finding::new(
                 FindingKind::HiddenModule,
                 format!(
@@ -94,6 +87,41 @@ impl Check for HiddenModules {
             )
             .owned_by(name));
         }
+    }
+}
+
+/// `[start, end)` of the core code of each module in `mod_tree` but not in
+/// the module list, with its name: what hidden code belongs to.
+pub fn unlisted_module_code(cx: &Context) -> Vec<(u64, u64, String)> {
+    let (Some(root), Some(l), Some(ml)) =
+        (cx.sym("mod_tree"), Layout::from(cx), cx.view.module_layout)
+    else {
+        return Vec::new();
+    };
+    let listed: BTreeSet<u64> = cx.view.read_modules().iter().map(|m| m.addr).collect();
+    let mut out = Vec::new();
+    for m in tree_modules(cx, &l, root, &mut Vec::new()).difference(&listed) {
+        let base = cx.view.read_word(m.wrapping_add(ml.text_base));
+        let mut size = [0u8; 4];
+        let size = cx
+            .read(m.wrapping_add(ml.text_size), &mut size)
+            .map(|()| u64::from(u32::from_le_bytes(size)));
+        if let (Some(b), Some(n)) = (base, size) {
+            out.push((b, b.saturating_add(n), module_name(cx, &l, *m)));
+        }
+    }
+    out
+}
+
+/// The escaped name of the `struct module` at `m`.
+fn module_name(cx: &Context, l: &Layout, m: u64) -> String {
+    let mut name = [0u8; 56];
+    match cx.read(m.wrapping_add(l.name), &mut name) {
+        Some(()) => {
+            let n = name.iter().position(|&c| c == 0).unwrap_or(name.len());
+            escape_bytes(&name[..n])
+        }
+        None => "?".into(),
     }
 }
 

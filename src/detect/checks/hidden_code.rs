@@ -1,0 +1,447 @@
+//! Hidden code: every page the guest kernel may execute, from its own page
+//! tables, must belong to code the kernel keeps track of. Code that is not
+//! kernel text, not the text of a module in the module list, and not one
+//! of the few things the kernel writes and runs itself (BPF JIT images,
+//! ftrace trampolines, kprobe instruction slots, module init code awaiting
+//! free, the real-mode trampoline) is hidden: a module that unlinked itself, or shellcode copied into
+//! vmalloc space or the direct map. Nothing is allowed wholesale ("the
+//! module area"): each executable page needs an owner. Layouts come from
+//! the build's BTF.
+#![deny(clippy::arithmetic_side_effects)]
+
+use std::time::Duration;
+
+use super::{capped, subtract, Check, Context};
+use crate::detect::{Finding, FindingKind};
+
+pub struct HiddenCode;
+
+/// Page tables read at most: a 1 TiB guest maps its direct map in 1 GiB
+/// pages and its vmalloc space in a few thousand tables.
+const MAX_TABLES: usize = 1 << 16;
+/// Entries followed in each of the kernel's lists, at most.
+const MAX_ENTRIES: usize = 16_384;
+/// Executable memory is freed in steps (a module's init code goes to a
+/// worker, an ftrace trampoline leaves kallsyms first): what has no owner
+/// must still have none a moment later.
+const SETTLE: Duration = Duration::from_millis(100);
+/// Bytes of an ownerless range read to show it (and to see it is inert).
+const SAMPLE: usize = 64 << 10;
+/// Ownerless executable memory read in full to see it is all int3, at
+/// most (a BPF pack is 2 MiB per NUMA node).
+const MAX_INERT: u64 = 64 << 20;
+/// int3, what the kernel fills unused executable memory with (BPF packs).
+const INT3: u8 = 0xcc;
+
+/// Executable memory with a known owner.
+struct Owned {
+    start: u64,
+    end: u64,
+}
+
+impl Check for HiddenCode {
+    fn kind(&self) -> FindingKind {
+        FindingKind::HiddenCode
+    }
+
+    fn run(&self, cx: &Context, out: &mut Vec<Finding>) {
+        let Some(first) = ownerless(cx, out) else {
+            return;
+        };
+        if first.is_empty() {
+            return;
+        }
+        std::thread::sleep(SETTLE);
+        let Some(second) = ownerless(cx, out) else {
+            return;
+        };
+        // Only what had no owner both times.
+        let still: Vec<(u64, u64)> = second
+            .into_iter()
+            .flat_map(|(s, e)| {
+                first
+                    .iter()
+                    .filter(move |&&(fs, fe)| fs < e && s < fe)
+                    .map(move |&(fs, fe)| (s.max(fs), e.min(fe)))
+            })
+            .collect();
+        let hidden_modules = super::hidden_modules::unlisted_module_code(cx);
+        let mut found = Vec::new();
+        for (s, e) in still {
+            if let Some(f) = report(cx, s, e, &hidden_modules) {
+                found.push(f);
+            }
+        }
+        capped(FindingKind::HiddenCode, found, "executable memory", out);
+    }
+}
+
+/// The executable ranges no owner accounts for, page-aligned; None (with a
+/// finding) if the page tables cannot be walked.
+fn ownerless(cx: &Context, out: &mut Vec<Finding>) -> Option<Vec<(u64, u64)>> {
+    let exec = match cx.view.page_tables().executable_ranges(MAX_TABLES) {
+        Ok(r) => r,
+        Err(_) => {
+            out.push(Finding::new(
+                FindingKind::HiddenCode,
+                format!(
+                    "the kernel's page tables hold more than {MAX_TABLES} tables: executable memory not checked"
+                ),
+                &[],
+                "",
+            ));
+            return None;
+        }
+    };
+    let owned: Vec<(u64, u64)> = owners(cx)
+        .into_iter()
+        .map(|o| (o.start & !0xfff, o.end.saturating_add(0xfff) & !0xfff))
+        .collect();
+    log::debug!("hidden code: executable {:x?}; owned {:x?}", exec, owned);
+    Some(exec.into_iter().flat_map(|r| subtract(r, &owned)).collect())
+}
+
+/// Does `[s, e)` hold nothing but int3 (read in pieces, up to
+/// [`MAX_INERT`])?
+fn inert(cx: &Context, s: u64, e: u64) -> bool {
+    if e.saturating_sub(s) > MAX_INERT {
+        return false;
+    }
+    let mut buf = vec![0u8; SAMPLE];
+    let mut at = s;
+    while at < e {
+        let n = usize::try_from(e.saturating_sub(at)).map_or(SAMPLE, |n| n.min(SAMPLE));
+        let chunk = &mut buf[..n];
+        if cx.read(at, chunk).is_none() || chunk.iter().any(|&b| b != INT3) {
+            return false;
+        }
+        at = at.saturating_add(n as u64);
+    }
+    true
+}
+
+/// A finding for ownerless `[s, e)`, unless it holds nothing but int3.
+fn report(cx: &Context, s: u64, e: u64, hidden: &[(u64, u64, String)]) -> Option<Finding> {
+    let len = e.saturating_sub(s);
+    if inert(cx, s, e) {
+        return None; // free BPF pack space and the like
+    }
+    let n = usize::try_from(len).unwrap_or(SAMPLE).min(SAMPLE);
+    let mut bytes = vec![0u8; n];
+    let readable = cx.read(s, &mut bytes).is_some();
+    let head: Vec<String> = bytes.iter().take(16).map(|b| format!("{b:02x}")).collect();
+    let module = hidden
+        .iter()
+        .find(|(ms, me, _)| *ms < e && s < *me)
+        .map(|(_, _, n)| n.clone());
+    let what = match &module {
+        Some(m) => format!(", the code of module {m}, which is not in the module list"),
+        None => String::new(),
+    };
+    let f = Finding::new(
+        FindingKind::HiddenCode,
+        format!(
+            "executable kernel memory {s:#x}..{e:#x} ({} KiB) belongs to no code the kernel knows{what}",
+            len / 1024
+        ),
+        &[s, e],
+        if readable {
+            format!(
+                "not kernel text, a listed module, a BPF program, an ftrace trampoline or kprobe slots; it starts {}",
+                head.join(" ")
+            )
+        } else {
+            "not kernel text, a listed module, a BPF program, an ftrace trampoline or kprobe slots".into()
+        },
+    );
+    Some(match module {
+        Some(m) => f.owned_by(m),
+        None => f,
+    })
+}
+
+/// Everything executable the kernel accounts for.
+fn owners(cx: &Context) -> Vec<Owned> {
+    let mut o = Vec::new();
+    if let (Some(s), Some(e)) = (cx.sym("_text"), cx.sym("_etext")) {
+        o.push(Owned { start: s, end: e });
+    }
+    modules(cx, &mut o);
+    bpf(cx, &mut o);
+    bpf_packs(cx, &mut o);
+    ftrace_trampolines(cx, &mut o);
+    kprobe_slots(cx, &mut o);
+    init_awaiting_free(cx, &mut o);
+    real_mode_trampoline(cx, &mut o);
+    o
+}
+
+/// Offsets from the build's BTF, where it has them.
+fn off(cx: &Context, s: &str, path: &[&str]) -> Option<u64> {
+    cx.vmlinux.btf()?.offset_of(s, path)
+}
+
+/// A list_head's entries: the addresses of the `list_head`s in them.
+fn list(cx: &Context, head: u64) -> Vec<u64> {
+    let mut out = Vec::new();
+    let mut p = cx.view.read_word(head).unwrap_or(head);
+    while p != head && p != 0 && out.len() < MAX_ENTRIES {
+        out.push(p);
+        p = match cx.view.read_word(p) {
+            Some(n) => n,
+            None => break,
+        };
+    }
+    out
+}
+
+/// `[base, base + size)` with a 32-bit size at `size_at`.
+fn range_u32(cx: &Context, base_at: u64, size_at: u64) -> Option<Owned> {
+    let base = cx.view.read_word(base_at)?;
+    let mut b = [0u8; 4];
+    cx.read(size_at, &mut b)?;
+    let end = base.checked_add(u64::from(u32::from_le_bytes(b)))?;
+    (base != 0).then_some(Owned { start: base, end })
+}
+
+/// Listed modules: core text, init text (while loading) and the pages of
+/// indirect-branch thunks (the ITS mitigation) the kernel made for them.
+fn modules(cx: &Context, o: &mut Vec<Owned>) {
+    let init = (
+        off(cx, "module", &["init_layout", "base"]),
+        off(cx, "module", &["init_layout", "text_size"]),
+    );
+    let its = (
+        off(cx, "module", &["its_num_pages"]),
+        off(cx, "module", &["its_page_array"]),
+    );
+    for m in cx.view.read_modules() {
+        if let Some((s, e)) = m.text {
+            o.push(Owned { start: s, end: e });
+        }
+        if let (Some(b), Some(t)) = init {
+            o.extend(range_u32(
+                cx,
+                m.addr.wrapping_add(b),
+                m.addr.wrapping_add(t),
+            ));
+        }
+        if let (Some(n), Some(a)) = its {
+            let mut b = [0u8; 4];
+            let n = cx
+                .read(m.addr.wrapping_add(n), &mut b)
+                .map_or(0, |()| u32::from_le_bytes(b));
+            let pages = cx
+                .view
+                .read_word(m.addr.wrapping_add(a))
+                .filter(|&p| p != 0)
+                .and_then(|p| cx.read_words(p, (n as usize).min(MAX_ENTRIES)));
+            for p in pages.unwrap_or_default() {
+                o.push(Owned {
+                    start: p,
+                    end: p.saturating_add(4096),
+                });
+            }
+        }
+    }
+}
+
+/// JIT images of BPF programs, trampolines and dispatchers: `bpf_kallsyms`
+/// lists them all (struct bpf_ksym).
+fn bpf(cx: &Context, o: &mut Vec<Owned>) {
+    let (Some(head), Some(lnode), Some(start), Some(end)) = (
+        cx.sym("bpf_kallsyms"),
+        off(cx, "bpf_ksym", &["lnode"]),
+        off(cx, "bpf_ksym", &["start"]),
+        off(cx, "bpf_ksym", &["end"]),
+    ) else {
+        return;
+    };
+    for node in list(cx, head) {
+        let k = node.wrapping_sub(lnode);
+        if let (Some(s), Some(e)) = (
+            cx.view.read_word(k.wrapping_add(start)),
+            cx.view.read_word(k.wrapping_add(end)),
+        ) {
+            if s < e {
+                o.push(Owned { start: s, end: e });
+            }
+        }
+    }
+}
+
+/// Packs of JIT images (`pack_list`, struct bpf_prog_pack): every pack is
+/// 2 MiB per possible NUMA node of executable memory, filled with int3,
+/// and its bitmap marks the 64-byte chunks in use. Only those are owned:
+/// classic BPF (seccomp filters, socket filters) is JITed there too but
+/// has no `bpf_kallsyms` entry, and a pack's free space must stay int3.
+fn bpf_packs(cx: &Context, o: &mut Vec<Owned>) {
+    const CHUNK: u64 = 64;
+    let (Some(head), Some(ptr), Some(bitmap)) = (
+        cx.sym("pack_list"),
+        off(cx, "bpf_prog_pack", &["ptr"]),
+        off(cx, "bpf_prog_pack", &["bitmap"]),
+    ) else {
+        return;
+    };
+    let nodes = cx
+        .sym("nr_node_ids")
+        .and_then(|a| {
+            let mut b = [0u8; 4];
+            cx.read(a, &mut b).map(|()| u32::from_le_bytes(b))
+        })
+        .unwrap_or(1)
+        .clamp(1, 64);
+    let size = (2u64 << 20).saturating_mul(u64::from(nodes));
+    let words = usize::try_from(size / CHUNK / 64).unwrap_or(0);
+    let l = off(cx, "bpf_prog_pack", &["list"]).unwrap_or(0);
+    for node in list(cx, head) {
+        let pack = node.wrapping_sub(l);
+        let (Some(base), Some(bits)) = (
+            cx.view.read_word(pack.wrapping_add(ptr)),
+            cx.read_words(pack.wrapping_add(bitmap), words),
+        ) else {
+            continue;
+        };
+        let mut run: Option<u64> = None;
+        for i in 0..=(words as u64).saturating_mul(64) {
+            let used = bits
+                .get((i / 64) as usize)
+                .is_some_and(|w| w >> (i % 64) & 1 == 1);
+            match (used, run) {
+                (true, None) => run = Some(i),
+                (false, Some(first)) => {
+                    o.push(Owned {
+                        start: base.wrapping_add(first.wrapping_mul(CHUNK)),
+                        end: base.wrapping_add(i.wrapping_mul(CHUNK)),
+                    });
+                    run = None;
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+/// The real-mode trampoline (AP startup, resume), which the kernel copies
+/// below 1 MiB at boot and makes executable in the direct map:
+/// `real_mode_header` points to it, and its `text_start`..`ro_end` are
+/// physical addresses.
+fn real_mode_trampoline(cx: &Context, o: &mut Vec<Owned>) {
+    let (Some(hdr), Some(pob), Some(ts), Some(re)) = (
+        cx.sym("real_mode_header"),
+        cx.sym("page_offset_base"),
+        off(cx, "real_mode_header", &["text_start"]),
+        off(cx, "real_mode_header", &["ro_end"]),
+    ) else {
+        return;
+    };
+    let (Some(h), Some(base)) = (cx.view.read_word(hdr), cx.view.read_word(pob)) else {
+        return;
+    };
+    let u32_at = |a: u64| {
+        let mut b = [0u8; 4];
+        cx.read(a, &mut b)
+            .map(|()| u64::from(u32::from_le_bytes(b)))
+    };
+    if let (Some(s), Some(e)) = (u32_at(h.wrapping_add(ts)), u32_at(h.wrapping_add(re))) {
+        if s < e && e < 1 << 20 {
+            o.push(Owned {
+                start: base.wrapping_add(s),
+                end: base.wrapping_add(e),
+            });
+        }
+    }
+}
+
+/// Trampolines ftrace made for its ops: `ftrace_ops_trampoline_list`
+/// (through `ftrace_ops.list`), and any on `ftrace_ops_list`.
+fn ftrace_trampolines(cx: &Context, o: &mut Vec<Owned>) {
+    let (Some(tramp), Some(size)) = (
+        off(cx, "ftrace_ops", &["trampoline"]),
+        off(cx, "ftrace_ops", &["trampoline_size"]),
+    ) else {
+        return;
+    };
+    let mut ops = Vec::new();
+    if let (Some(head), Some(l)) = (
+        cx.sym("ftrace_ops_trampoline_list"),
+        off(cx, "ftrace_ops", &["list"]),
+    ) {
+        ops.extend(list(cx, head).into_iter().map(|n| n.wrapping_sub(l)));
+    }
+    if let (Some(head), Some(end), Some(next)) = (
+        cx.sym("ftrace_ops_list"),
+        cx.sym("ftrace_list_end"),
+        off(cx, "ftrace_ops", &["next"]),
+    ) {
+        let mut p = cx.view.read_word(head).unwrap_or(end);
+        while p != end && p != 0 && ops.len() < MAX_ENTRIES {
+            ops.push(p);
+            p = cx.view.read_word(p.wrapping_add(next)).unwrap_or(end);
+        }
+    }
+    for p in ops {
+        let (Some(t), Some(n)) = (
+            cx.view.read_word(p.wrapping_add(tramp)),
+            cx.view.read_word(p.wrapping_add(size)),
+        ) else {
+            continue;
+        };
+        if t != 0 && n != 0 && n < 1 << 20 {
+            o.push(Owned {
+                start: t,
+                end: t.saturating_add(n),
+            });
+        }
+    }
+}
+
+/// Pages of kprobe instruction slots (copied instructions, optprobe
+/// detours): the `pages` lists of `kprobe_insn_slots` and
+/// `kprobe_optinsn_slots`.
+fn kprobe_slots(cx: &Context, o: &mut Vec<Owned>) {
+    let (Some(pages), Some(insns)) = (
+        off(cx, "kprobe_insn_cache", &["pages"]),
+        off(cx, "kprobe_insn_page", &["insns"]),
+    ) else {
+        return;
+    };
+    let l = off(cx, "kprobe_insn_page", &["list"]).unwrap_or(0);
+    for cache in ["kprobe_insn_slots", "kprobe_optinsn_slots"] {
+        let Some(c) = cx.sym(cache) else { continue };
+        for node in list(cx, c.wrapping_add(pages)) {
+            if let Some(p) = cx.view.read_word(node.wrapping_sub(l).wrapping_add(insns)) {
+                o.push(Owned {
+                    start: p,
+                    end: p.saturating_add(4096),
+                });
+            }
+        }
+    }
+}
+
+/// Init code of modules that finished loading, queued on `init_free_list`
+/// (struct mod_initfree) until a worker frees it, a moment later. Its size
+/// is not kept there: the 64 KiB from its base are taken as its own.
+fn init_awaiting_free(cx: &Context, o: &mut Vec<Owned>) {
+    let (Some(head), Some(at)) = (
+        cx.sym("init_free_list"),
+        off(cx, "mod_initfree", &["module_init"]),
+    ) else {
+        return;
+    };
+    // An llist: a pointer to the first node, each node's first word next.
+    let mut p = cx.view.read_word(head).unwrap_or(0);
+    let mut n = 0;
+    while p != 0 && n < MAX_ENTRIES {
+        n = n.saturating_add(1);
+        if let Some(base) = cx.view.read_word(p.wrapping_add(at)).filter(|&b| b != 0) {
+            o.push(Owned {
+                start: base,
+                end: base.saturating_add(64 << 10),
+            });
+        }
+        p = cx.view.read_word(p).unwrap_or(0);
+    }
+}
