@@ -38,6 +38,11 @@ pub enum FindingKind {
     RoAfterInit,
     /// A module in the kernel's module address tree but not in its list.
     HiddenModule,
+    /// Executable kernel memory that no known code owns.
+    HiddenCode,
+    /// A notifier, tracepoint, netfilter or LSM handler in no known code,
+    /// or in a module outside the build that the hook inventory lacks.
+    HookRegistry,
     /// An IDT gate enters something other than kernel entry code.
     Idt,
     /// A well-known operation table differs from the build.
@@ -62,6 +67,8 @@ impl FindingKind {
             FindingKind::Kprobe => "kprobe",
             FindingKind::RoAfterInit => "ro-after-init",
             FindingKind::HiddenModule => "hidden-module",
+            FindingKind::HiddenCode => "hidden-code",
+            FindingKind::HookRegistry => "hook-registry",
             FindingKind::Idt => "idt",
             FindingKind::OperationTable => "operation-table",
             FindingKind::FtraceHook => "ftrace-hook",

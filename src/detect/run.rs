@@ -197,6 +197,17 @@ pub fn baseline(
     let records = cap.status.rings.records;
     cap.finish()?;
     let dir = target.dir()?;
+    // The clean guest's hooks by modules outside the build, which later
+    // checks compare with.
+    if let Some(vmlinux) = g.vmlinux.as_ref() {
+        let cx = Context {
+            view: g.view(&g.kernel),
+            vmlinux,
+            dir: &dir,
+        };
+        let n = checks::hook_registries::save_inventory(&cx)?;
+        info!("hook inventory: {n} hooks by modules outside the build");
+    }
     let text = serde_json::to_string_pretty(&b).expect("serializes");
     crate::host::files::write_atomically(&baseline_path(&dir), text.as_bytes())?;
     info!(

@@ -174,6 +174,30 @@ impl Btf {
         Some(total)
     }
 
+    /// The named members of struct or union `name` with their byte offsets.
+    pub fn members(&self, name: &str) -> Vec<(String, u64)> {
+        let Some(t) = self
+            .by_name
+            .get(name)
+            .and_then(|&id| self.types.get(id as usize))
+        else {
+            return Vec::new();
+        };
+        t.members
+            .iter()
+            .filter_map(|&(n, _, off)| {
+                let bits = u64::from(if t.kind_flag { off & 0xff_ffff } else { off });
+                Some((self.string(n)?.to_string(), bits / 8))
+            })
+            .collect()
+    }
+
+    /// Size in bytes of struct or union `name`.
+    pub fn size_of(&self, name: &str) -> Option<u64> {
+        let t = self.types.get(*self.by_name.get(name)? as usize)?;
+        Some(u64::from(t.size_or_type))
+    }
+
     /// (bit offset, type) of member `want` of `t`, searching anonymous
     /// members too.
     fn member(&self, t: &Type, want: &str, depth: u32) -> Option<(u64, u32)> {

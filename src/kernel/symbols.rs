@@ -189,6 +189,18 @@ impl SystemMap {
         self.starts.get(i).and_then(|&next| next.checked_sub(addr))
     }
 
+    /// Data objects of the image whose name starts with `prefix`: name and
+    /// link-time address.
+    pub fn objects_with_prefix<'s>(
+        &'s self,
+        prefix: &'s str,
+    ) -> impl Iterator<Item = (&'s str, u64)> + 's {
+        self.objects
+            .iter()
+            .filter(move |(_, n)| n.starts_with(prefix))
+            .map(|(a, n)| (n.as_str(), *a))
+    }
+
     /// Text symbols: name and link-time address.
     pub fn functions(&self) -> impl Iterator<Item = (&str, u64)> + '_ {
         self.text.iter().map(|s| (s.name.as_str(), s.addr))

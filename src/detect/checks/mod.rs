@@ -6,7 +6,9 @@
 
 pub mod code;
 pub mod ftrace_hooks;
+pub mod hidden_code;
 pub mod hidden_modules;
+pub mod hook_registries;
 pub mod idt;
 pub mod kernel_rodata;
 pub mod kernel_text;
@@ -84,7 +86,9 @@ pub const CHECKS: &[&dyn Check] = &[
     &kernel_rodata::KernelRodata,
     &ro_after_init::RoAfterInit,
     &kprobes::Kprobes,
+    &hook_registries::HookRegistries,
     &hidden_modules::HiddenModules,
+    &hidden_code::HiddenCode,
     &idt::Idt,
     &operation_tables::OperationTables,
     &ftrace_hooks::FtraceHooks,
