@@ -18,7 +18,7 @@ use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use common::debian::{image_dir, Lifecycle};
-use common::detection::{body_hooks, findings, has, measured, CASES};
+use common::detection::{body_hooks, findings, has, measured, registry_hooks, CASES};
 use common::libvirtd::{virsh, Libvirtd, URI};
 use common::xftrace;
 
@@ -326,6 +326,15 @@ fn debian_vm_gets_the_kernel_by_ansible_and_is_traced_and_checked() {
         },
         "/root/rk",
     );
+    registry_hooks(
+        &mut |c| vm.sh(c),
+        &|| {
+            x(&["check", "--json", "--trace-seconds", "0"])
+                .output()
+                .unwrap()
+        },
+        "/root/rk",
+    );
     // Data sealed after boot (/dev/ptmx's open swapped), found against this
     // boot's snapshot; then a module that hides itself from the list.
     let ptmx = || vm.sh("(: < /dev/ptmx) 2>&1; echo rc=$?");
@@ -349,7 +358,8 @@ fn debian_vm_gets_the_kernel_by_ansible_and_is_traced_and_checked() {
             &f,
             "ro-after-init",
             &["ptmx_fops+", "in module rk_ro_after_init"]
-        ) && has(&f, "hidden-module", &["module rk_hide ", "hid itself"]),
+        ) && has(&f, "hidden-module", &["module rk_hide ", "hid itself"])
+            && has(&f, "hidden-code", &["the code of module rk_hide,"]),
         "{f:#?}"
     );
     vm.sh("rmmod rk_ro_after_init");

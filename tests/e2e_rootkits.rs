@@ -10,7 +10,7 @@ use std::process::Stdio;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use common::detection::{body_hooks, findings, has, measured, CASES};
+use common::detection::{body_hooks, findings, has, measured, registry_hooks, CASES};
 use common::{Boot, Vm, Xftrace};
 
 #[test]
@@ -182,6 +182,11 @@ fn detects_every_test_rootkit_and_nothing_on_a_clean_guest() {
         &|| x.run(&["check", "--json", "--trace-seconds", "0"]),
         "/lib/xftrace-test",
     );
+    registry_hooks(
+        &mut |c| vm.sh(c),
+        &|| x.run(&["check", "--json", "--trace-seconds", "0"]),
+        "/lib/xftrace-test",
+    );
 
     // Data sealed after boot: /dev/ptmx's open operation swapped. Seen to
     // fire, then found against this boot's snapshot (taken by the clean
@@ -227,6 +232,11 @@ fn detects_every_test_rootkit_and_nothing_on_a_clean_guest() {
     let f = findings(&o);
     assert!(
         has(&f, "hidden-module", &["module rk_hide ", "hid itself"]),
+        "{f:#?}"
+    );
+    // ... and, independently, its code as code no listed module owns.
+    assert!(
+        has(&f, "hidden-code", &["the code of module rk_hide,"]),
         "{f:#?}"
     );
 

@@ -176,3 +176,131 @@ pub fn body_hooks(sh: &mut dyn FnMut(&str) -> String, check: &dyn Fn() -> Output
         );
     }
 }
+
+/// One of `pool`, drawn at random.
+fn pick<T: Copy + std::fmt::Debug>(what: &str, pool: &[T]) -> T {
+    let mut b = [0u8; 1];
+    getrandom::getrandom(&mut b).unwrap();
+    let p = pool[usize::from(b[0]) % pool.len()];
+    eprintln!("{what} this run: {p:?}");
+    p
+}
+
+/// A guest module parameter's value (the last line: kernel messages may
+/// share a console).
+fn param(sh: &mut dyn FnMut(&str) -> String, module: &str, name: &str) -> String {
+    let o = sh(&format!("cat /sys/module/{module}/parameters/{name}"));
+    o.lines().last().unwrap_or("").trim().to_string()
+}
+
+/// Traffic over loopback, with the busybox guest's tools or Debian's.
+const LOOPBACK_TRAFFIC: &str = "ip link set lo up 2>/dev/null; \
+     ping -c 2 127.0.0.1 > /dev/null 2>&1 || curl -s -o /dev/null http://127.0.0.1/; true";
+
+/// The classes of hook beyond ftrace, kprobes and code patches, each at a
+/// target drawn for this run: code in no module (shellcode in vmalloc space
+/// or the direct map), a notifier, a tracepoint probe and a netfilter hook.
+/// Each is seen to fire, found with the right kind (naming its module where
+/// it has one), and gone once unloaded. A module that hooks nothing causes
+/// no finding. `sh`, `check` and `dir` as for [`body_hooks`].
+pub fn registry_hooks(sh: &mut dyn FnMut(&str) -> String, check: &dyn Fn() -> Output, dir: &str) {
+    // Earlier test rootkits may still be loaded: "clean" is nothing beyond
+    // what they cause.
+    let key = |x: &serde_json::Value| format!("{} {}", x["kind"], x["detail"]);
+    let before: std::collections::BTreeSet<String> = findings(&check()).iter().map(key).collect();
+    let clean = |what: &str| {
+        let f = findings(&check());
+        let new: Vec<_> = f.iter().filter(|x| !before.contains(&key(x))).collect();
+        assert!(new.is_empty(), "{what}: {new:#?}");
+    };
+    // Benign.
+    sh(&format!("insmod {dir}/rk_benign.ko"));
+    assert_eq!(
+        param(sh, "rk_benign", "loaded"),
+        "1",
+        "rk_benign did not load"
+    );
+    clean("a module that hooks nothing was reported");
+    sh("rmmod rk_benign");
+
+    // Shellcode: a show function jumps to code the module made executable.
+    let (target, file) = pick("rk_shellcode target", SHOW_TARGETS);
+    let place = pick("rk_shellcode memory", &["vmalloc", "direct"]);
+    let size = |sh: &mut dyn FnMut(&str) -> String| {
+        let o = sh(&format!("cat {file} | wc -c"));
+        o.lines().last().unwrap_or("").trim().to_string()
+    };
+    let out = sh(&format!(
+        "insmod {dir}/rk_shellcode.ko target={target} where={place}"
+    ));
+    assert!(!out.contains("rror"), "rk_shellcode: {out}");
+    assert_eq!(size(sh), "0", "rk_shellcode on {target} did not fire");
+    let o = check();
+    let f = findings(&o);
+    assert_eq!(o.status.code(), Some(1), "{f:#?}");
+    assert!(
+        has(&f, "hidden-code", &["belongs to no code the kernel knows"]),
+        "shellcode in {place} memory not found: {f:#?}"
+    );
+    assert!(has(&f, "kernel-text", &[target]), "{f:#?}");
+    sh("rmmod rk_shellcode");
+    assert_ne!(size(sh), "0", "rk_shellcode did not unload");
+    clean("rk_shellcode unloaded, still reported");
+
+    // Registries: module, load it, make it fire, what the finding says.
+    let chain = pick("rk_notifier chain", &["module", "netdevice"]);
+    let tp = pick(
+        "rk_tracepoint tracepoint",
+        &[
+            "sched_process_fork",
+            "sched_process_exec",
+            "sched_process_exit",
+        ],
+    );
+    let hook = pick("rk_netfilter hook", &[0u8, 1, 3, 4]);
+    let benign = format!("insmod {dir}/rk_benign.ko; rmmod rk_benign");
+    let cases: [(&str, String, String, String); 3] = [
+        (
+            "rk_notifier",
+            format!("chain={chain}"),
+            benign,
+            if chain == "module" {
+                "notifier module_notify_list".into()
+            } else {
+                "notifier netdev_chain".into()
+            },
+        ),
+        (
+            "rk_tracepoint",
+            format!("tp={tp}"),
+            "sh -c 'ls / > /dev/null'".into(),
+            format!("tracepoint {tp} "),
+        ),
+        (
+            "rk_netfilter",
+            format!("hook={hook}"),
+            LOOPBACK_TRAFFIC.into(),
+            format!("netfilter ipv4 hook {hook} ("),
+        ),
+    ];
+    for (module, args, trigger, point) in &cases {
+        let out = sh(&format!("insmod {dir}/{module}.ko {args}"));
+        assert!(!out.contains("rror"), "{module}: {out}");
+        sh(trigger);
+        let n: u64 = param(sh, module, "fired").parse().unwrap_or(0);
+        assert!(n > 0, "{module} {args} did not fire");
+        let o = check();
+        let f = findings(&o);
+        assert_eq!(o.status.code(), Some(1), "{module} not reported: {f:#?}");
+        assert!(
+            has(
+                &f,
+                "hook-registry",
+                &[point, &format!("in module {module}")]
+            ) && f.iter().any(|x| x["owner"] == *module),
+            "{module} {args}: no hook-registry finding at {point:?}: {f:#?}"
+        );
+        sh(&format!("rmmod {module}"));
+        clean(&format!("{module} unloaded, still reported"));
+    }
+}

@@ -112,7 +112,7 @@ pub fn rootkit_modules() -> &'static [PathBuf] {
             .filter(|p| p.extension().is_some_and(|x| x == "ko"))
             .collect();
         kos.sort();
-        assert_eq!(kos.len(), 10, "{kos:?}");
+        assert_eq!(kos.len(), 15, "{kos:?}");
         kos
     })
 }

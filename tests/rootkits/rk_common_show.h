@@ -9,7 +9,7 @@
 static char *target = "version_proc_show";
 module_param(target, charp, 0);
 
-static int rk_show(struct seq_file *m, void *v)
+static int __maybe_unused rk_show(struct seq_file *m, void *v)
 {
 	return 0;
 }

