@@ -118,6 +118,7 @@ pub const BODY_HOOKS: &[(&str, &str, &str, &str)] = &[
         "kprobe",
         "has its pre-handler at",
     ),
+    ("rk_kprobe", "on_return=1", "kprobe", "a kretprobe on"),
 ];
 
 /// The /proc show functions those modules may hook, with their file.
@@ -302,5 +303,43 @@ pub fn registry_hooks(sh: &mut dyn FnMut(&str) -> String, check: &dyn Fn() -> Ou
         );
         sh(&format!("rmmod {module}"));
         clean(&format!("{module} unloaded, still reported"));
+    }
+}
+
+/// A module that hides, drawn per run: from the module list and sysfs
+/// (`how=list`; then its code is also code no listed module owns), or from
+/// sysfs only (`how=sysfs`). Seen to hide, then found. It cannot be unloaded.
+pub fn hidden_module(sh: &mut dyn FnMut(&str) -> String, check: &dyn Fn() -> Output, dir: &str) {
+    let how = pick("rk_hide hides from", &["list", "sysfs"]);
+    let out = sh(&format!("insmod {dir}/rk_hide.ko how={how}; echo rc=$?"));
+    assert!(out.contains("rc=0"), "{out}");
+    let listed = sh("cat /proc/modules").contains("rk_hide");
+    let in_sysfs = sh("ls /sys/module").contains("rk_hide");
+    assert!(
+        !in_sysfs && listed == (how == "sysfs"),
+        "rk_hide did not hide"
+    );
+    let o = check();
+    assert_eq!(o.status.code(), Some(1));
+    let f = findings(&o);
+    assert!(
+        has(&f, "hidden-module", &["module rk_hide ", "hid itself"]),
+        "{f:#?}"
+    );
+    if how == "list" {
+        // ... and, independently, its code as code no listed module owns.
+        assert!(
+            has(&f, "hidden-code", &["the code of module rk_hide,"]),
+            "{f:#?}"
+        );
+    } else {
+        assert!(
+            has(
+                &f,
+                "hidden-module",
+                &["in the module list but not in sysfs"]
+            ),
+            "{f:#?}"
+        );
     }
 }

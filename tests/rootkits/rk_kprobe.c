@@ -5,7 +5,9 @@
  * pointer to module code. (A post-handler keeps kprobes from optimizing the
  * breakpoint into a jump, as a handler that changes ip requires.) With
  * at_entry=1 the kprobe sits on the function's ftrace site instead, where
- * the kernel arms it through ftrace, with no breakpoint in the code.
+ * the kernel arms it through ftrace, with no breakpoint in the code. With
+ * on_return=1 it is a kretprobe, whose return handler makes the function
+ * fail (-EIO): the file reads nothing.
  */
 #include <linux/module.h>
 #include <linux/kprobes.h>
@@ -14,6 +16,8 @@
 
 static bool at_entry;
 module_param(at_entry, bool, 0);
+static bool on_return;
+module_param(on_return, bool, 0);
 
 static int rk_pre(struct kprobe *p, struct pt_regs *regs)
 {
@@ -30,6 +34,16 @@ static struct kprobe kp = {
 	.post_handler = rk_post,
 };
 
+static int rk_ret(struct kretprobe_instance *ri, struct pt_regs *regs)
+{
+	regs_set_return_value(regs, -EIO);
+	return 0;
+}
+
+static struct kretprobe krp = {
+	.handler = rk_ret,
+};
+
 static int __init rk_init(void)
 {
 	u8 *fn = (u8 *)rk_lookup(target);
@@ -37,6 +51,10 @@ static int __init rk_init(void)
 
 	if (!fn)
 		return -ENOENT;
+	if (on_return) {
+		krp.kp.symbol_name = target;
+		return register_kretprobe(&krp);
+	}
 	kp.symbol_name = target;
 	kp.offset = at_entry ? 0 : rk_body_offset(fn);
 	ret = register_kprobe(&kp);
@@ -48,7 +66,10 @@ static int __init rk_init(void)
 
 static void __exit rk_exit(void)
 {
-	unregister_kprobe(&kp);
+	if (on_return)
+		unregister_kretprobe(&krp);
+	else
+		unregister_kprobe(&kp);
 }
 
 module_init(rk_init);

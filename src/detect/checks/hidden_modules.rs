@@ -2,9 +2,11 @@
 //! the `modules` list (so `lsmod` and `/proc/modules` miss it, as does every
 //! check that attributes code to modules), but the kernel still finds the
 //! module's code through `mod_tree`, the latched tree of module addresses
-//! it keeps for exceptions, kallsyms and stack traces. A module in the tree
-//! and not in the list, still so a moment later (unloading takes it out of
-//! the list first), has hidden itself. Layouts come from the build's BTF.
+//! it keeps for exceptions, kallsyms and stack traces, and its kobject may
+//! still be in `module_kset` (`/sys/module`); or it deletes its kobject and
+//! stays in the list. A module in one of the three and missing from
+//! another, still so a moment later (loading and unloading pass through
+//! such states), has hidden itself. Layouts come from the build's BTF.
 #![deny(clippy::arithmetic_side_effects)]
 
 use std::collections::BTreeSet;
@@ -64,30 +66,82 @@ impl Check for HiddenModules {
             ));
             return;
         };
-        let hidden = |out: &mut Vec<Finding>| -> BTreeSet<u64> {
+        let odd = |out: &mut Vec<Finding>| -> Vec<(u64, &'static str)> {
             let listed: BTreeSet<u64> = cx.view.read_modules().iter().map(|m| m.addr).collect();
-            tree_modules(cx, &l, root, out)
+            let tree = tree_modules(cx, &l, root, out);
+            let sysfs = sysfs_modules(cx);
+            let mut odd: Vec<(u64, &'static str)> = tree
                 .difference(&listed)
-                .copied()
-                .collect()
+                .map(|&m| {
+                    (
+                        m,
+                        "is in the kernel's module address tree but not in the module list",
+                    )
+                })
+                .collect();
+            if let Some(sysfs) = sysfs {
+                odd.extend(
+                    sysfs
+                        .difference(&listed)
+                        .filter(|m| !tree.contains(m))
+                        .map(|&m| (m, "is in sysfs (/sys/module) but not in the module list")),
+                );
+                odd.extend(
+                    listed
+                        .difference(&sysfs)
+                        .map(|&m| (m, "is in the module list but not in sysfs (/sys/module)")),
+                );
+            }
+            odd
         };
-        if hidden(&mut Vec::new()).is_empty() {
+        if odd(&mut Vec::new()).is_empty() {
             return;
         }
+        // Loading and unloading pass through these states for a moment.
         std::thread::sleep(SETTLE);
-        for m in hidden(out) {
+        for (m, what) in odd(out) {
             let name = module_name(cx, &l, m);
-            out.push(Finding::new(
-                FindingKind::HiddenModule,
-                format!(
-                    "module {name} (struct module at {m:#x}) is in the kernel's module address tree but not in the module list: it hid itself"
-                ),
-                &[m],
-                "mod_tree holds it; the modules list does not",
-            )
-            .owned_by(name));
+            out.push(
+                Finding::new(
+                    FindingKind::HiddenModule,
+                    format!("module {name} (struct module at {m:#x}) {what}: it hid itself"),
+                    &[m],
+                    "the kernel's module list, address tree and sysfs disagree",
+                )
+                .owned_by(name),
+            );
         }
     }
+}
+
+/// The `struct module`s behind `/sys/module`: the kobjects of
+/// `module_kset` that are a `struct module_kobject` with a module (built-in
+/// modules' parameters have none). None if the kset cannot be read.
+fn sysfs_modules(cx: &Context) -> Option<BTreeSet<u64>> {
+    let btf = cx.vmlinux.btf()?;
+    let kset = cx.view.read_word(cx.sym("module_kset")?)?;
+    let list = btf.offset_of("kset", &["list"])?;
+    let entry = btf.offset_of("kobject", &["entry"])?;
+    let kobj = btf.offset_of("module_kobject", &["kobj"])?;
+    let module = btf.offset_of("module_kobject", &["mod"])?;
+    let head = kset.wrapping_add(list);
+    let mut out = BTreeSet::new();
+    let mut p = cx.view.read_word(head)?;
+    let mut n = 0usize;
+    while p != head && p != 0 && n < MAX_NODES {
+        n = n.saturating_add(1);
+        let mk = p.wrapping_sub(entry).wrapping_sub(kobj);
+        if let Some(m) = cx
+            .view
+            .read_word(mk.wrapping_add(module))
+            .filter(|&m| m != 0)
+        {
+            out.insert(m);
+        }
+        p = cx.view.read_word(p)?;
+    }
+    log::debug!("modules in sysfs: {out:x?}");
+    Some(out)
 }
 
 /// `[start, end)` of the core code of each module in `mod_tree` but not in

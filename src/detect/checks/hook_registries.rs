@@ -69,52 +69,74 @@ impl Check for HookRegistries {
     }
 
     fn run(&self, cx: &Context, out: &mut Vec<Finding>) {
-        let Some(hooks) = hooks(cx, out) else {
+        let Some(first) = judge(cx, out) else {
             return;
         };
-        let known: Option<BTreeSet<String>> = cx.dir.read_json(&inventory_path(cx));
-        let mut found = Vec::new();
-        for h in hooks {
-            let where_ = format!("{} {}", h.registry, h.point);
-            match owner(cx, h.handler) {
-                Owner::Kernel | Owner::BuildModule => {}
-                Owner::Module(m) => {
-                    if known
-                        .as_ref()
-                        .is_some_and(|k| k.contains(&line(&h, &m)))
-                    {
-                        continue;
-                    }
-                    found.push(
-                        Finding::new(
-                            FindingKind::HookRegistry,
-                            format!(
-                                "{where_} runs {}, a module the build does not ship",
-                                cx.name(h.handler)
-                            ),
-                            &[h.handler],
-                            if known.is_some() {
-                                "not in the baseline's hook inventory"
-                            } else {
-                                "no hook inventory: take a baseline of the clean guest"
-                            },
-                        )
-                        .owned_by(m),
-                    );
-                }
-                Owner::Nobody => found.push(Finding::new(
-                    FindingKind::HookRegistry,
-                    format!(
-                        "{where_} runs {}, which is neither kernel text nor the code of a listed module",
-                        cx.name(h.handler)
-                    ),
-                    &[h.handler],
-                    "a handler in no known code",
-                )),
-            }
+        if first.is_empty() {
+            return;
         }
+        // Registries change under RCU: a handler array being replaced, a
+        // notifier being unlinked. What is wrong must still be so a moment
+        // later.
+        std::thread::sleep(SETTLE);
+        let seen: BTreeSet<String> = first.into_iter().map(|f| f.detail).collect();
+        let found: Vec<Finding> = judge(cx, &mut Vec::new())
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|f| seen.contains(&f.detail))
+            .collect();
         capped(FindingKind::HookRegistry, found, "hook registries", out);
     }
+}
+
+/// How long a registry may be in the middle of a change.
+const SETTLE: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// The handlers that are wrong now; None if the registries cannot be read.
+fn judge(cx: &Context, out: &mut Vec<Finding>) -> Option<Vec<Finding>> {
+    let hooks = hooks(cx, out)?;
+    let known: Option<BTreeSet<String>> = cx.dir.read_json(&inventory_path(cx));
+    let mut found = Vec::new();
+    for h in hooks {
+        let where_ = format!("{} {}", h.registry, h.point);
+        match owner(cx, h.handler) {
+            Owner::Kernel | Owner::BuildModule => {}
+            Owner::Module(m) => {
+                if known
+                    .as_ref()
+                    .is_some_and(|k| k.contains(&line(&h, &m)))
+                {
+                    continue;
+                }
+                found.push(
+                    Finding::new(
+                        FindingKind::HookRegistry,
+                        format!(
+                            "{where_} runs {}, a module the build does not ship",
+                            cx.name(h.handler)
+                        ),
+                        &[h.handler],
+                        if known.is_some() {
+                            "not in the baseline's hook inventory"
+                        } else {
+                            "no hook inventory: take a baseline of the clean guest"
+                        },
+                    )
+                    .owned_by(m),
+                );
+            }
+            Owner::Nobody => found.push(Finding::new(
+                FindingKind::HookRegistry,
+                format!(
+                    "{where_} runs {}, which is neither kernel text nor the code of a listed module",
+                    cx.name(h.handler)
+                ),
+                &[h.handler],
+                "a handler in no known code",
+            )),
+        }
+    }
+    Some(found)
 }
 
 /// Whose code a handler is.
