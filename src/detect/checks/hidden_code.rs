@@ -28,8 +28,11 @@ const SETTLE: Duration = Duration::from_millis(100);
 /// Bytes of an ownerless range read to show it (and to see it is inert).
 const SAMPLE: usize = 64 << 10;
 /// Ownerless executable memory read in full to see it is all int3, at
-/// most (a BPF pack is 2 MiB per NUMA node).
-const MAX_INERT: u64 = 64 << 20;
+/// most, in one check (a BPF pack is 2 MiB per NUMA node).
+const MAX_INERT: u64 = 256 << 20;
+/// The largest executable extent an owner read from the guest may claim
+/// (a module's text, a JIT image, a BPF pack of 2 MiB per node).
+const MAX_OWNED: u64 = 128 << 20;
 /// int3, what the kernel fills unused executable memory with (BPF packs).
 const INT3: u8 = 0xcc;
 
@@ -67,8 +70,9 @@ impl Check for HiddenCode {
             .collect();
         let hidden_modules = super::hidden_modules::unlisted_module_code(cx);
         let mut found = Vec::new();
+        let mut scan = MAX_INERT;
         for (s, e) in still {
-            if let Some(f) = report(cx, s, e, &hidden_modules) {
+            if let Some(f) = report(cx, s, e, &hidden_modules, &mut scan) {
                 found.push(f);
             }
         }
@@ -93,20 +97,29 @@ fn ownerless(cx: &Context, out: &mut Vec<Finding>) -> Option<Vec<(u64, u64)>> {
             return None;
         }
     };
+    let text = (cx.sym("_text"), cx.sym("_etext"));
     let owned: Vec<(u64, u64)> = owners(cx)
         .into_iter()
+        // Extents come from guest memory: one that claims more than any
+        // module or JIT image could hold (to cover someone else's code)
+        // owns nothing. The kernel's text comes from the build.
+        .filter(|o| {
+            (Some(o.start), Some(o.end)) == text || o.end.saturating_sub(o.start) <= MAX_OWNED
+        })
         .map(|o| (o.start & !0xfff, o.end.saturating_add(0xfff) & !0xfff))
         .collect();
     log::debug!("hidden code: executable {:x?}; owned {:x?}", exec, owned);
     Some(exec.into_iter().flat_map(|r| subtract(r, &owned)).collect())
 }
 
-/// Does `[s, e)` hold nothing but int3 (read in pieces, up to
-/// [`MAX_INERT`])?
-fn inert(cx: &Context, s: u64, e: u64) -> bool {
-    if e.saturating_sub(s) > MAX_INERT {
+/// Does `[s, e)` hold nothing but int3? Read in pieces, out of a budget
+/// of bytes for the whole check (`scan`, from [`MAX_INERT`]): past it,
+/// ownerless memory counts as code.
+fn inert(cx: &Context, s: u64, e: u64, scan: &mut u64) -> bool {
+    let Some(left) = scan.checked_sub(e.saturating_sub(s)) else {
         return false;
-    }
+    };
+    *scan = left;
     let mut buf = vec![0u8; SAMPLE];
     let mut at = s;
     while at < e {
@@ -121,9 +134,15 @@ fn inert(cx: &Context, s: u64, e: u64) -> bool {
 }
 
 /// A finding for ownerless `[s, e)`, unless it holds nothing but int3.
-fn report(cx: &Context, s: u64, e: u64, hidden: &[(u64, u64, String)]) -> Option<Finding> {
+fn report(
+    cx: &Context,
+    s: u64,
+    e: u64,
+    hidden: &[(u64, u64, String)],
+    scan: &mut u64,
+) -> Option<Finding> {
     let len = e.saturating_sub(s);
-    if inert(cx, s, e) {
+    if inert(cx, s, e, scan) {
         return None; // free BPF pack space and the like
     }
     let n = usize::try_from(len).unwrap_or(SAMPLE).min(SAMPLE);
