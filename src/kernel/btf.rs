@@ -187,7 +187,8 @@ impl Btf {
             .iter()
             .filter_map(|&(n, _, off)| {
                 let bits = u64::from(if t.kind_flag { off & 0xff_ffff } else { off });
-                Some((self.string(n)?.to_string(), bits / 8))
+                let name = self.string(n).filter(|n| !n.is_empty())?;
+                Some((name.to_string(), bits / 8))
             })
             .collect()
     }
@@ -338,6 +339,25 @@ pub(crate) mod tests {
         );
         assert_eq!(btf.offset_of("module", &["nothing"]), None);
         assert_eq!(btf.offset_of("task_struct", &["pid"]), None);
+    }
+
+    #[test]
+    fn sizes_and_named_members() {
+        let btf = Btf::parse(&sample()).unwrap();
+        assert_eq!(btf.size_of("module_layout"), Some(16));
+        assert_eq!(btf.size_of("module"), Some(96));
+        assert_eq!(btf.size_of("nothing"), None);
+        assert_eq!(
+            btf.members("module_layout"),
+            vec![
+                ("base".to_string(), 0),
+                ("size".to_string(), 8),
+                ("text_size".to_string(), 12)
+            ]
+        );
+        // The anonymous union is no named member.
+        assert_eq!(btf.members("module").len(), 3);
+        assert!(btf.members("nothing").is_empty());
     }
 
     #[test]
