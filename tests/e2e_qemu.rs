@@ -70,6 +70,23 @@ fn traces_openat_and_read_on_a_running_guest() {
     let ticks_before = vm.ticks();
     let status = x.run(&["status"]);
     assert!(text(&status).0.contains("tracer on"), "{:?}", text(&status));
+    // Into a pipe whose reader is gone: ended by SIGPIPE, quietly.
+    let piped = std::process::Command::new("bash")
+        .arg("-c")
+        .arg(r#"set -o pipefail; "$@" status | true; echo "exit ${PIPESTATUS[0]}""#)
+        .arg("bash")
+        .arg(x.command(&[]).get_program())
+        .args(x.command(&[]).get_args())
+        .output()
+        .unwrap();
+    let (out, err) = (
+        String::from_utf8_lossy(&piped.stdout),
+        String::from_utf8_lossy(&piped.stderr),
+    );
+    assert!(
+        out.contains("exit 141") && !err.contains("panicked") && !err.contains("Broken pipe"),
+        "status into a closed pipe: {out} {err}"
+    );
     for _ in 0..3 {
         let out = vm.sh("cat /tmp/hello.txt");
         assert!(out.contains("hello from the guest"), "{out}");

@@ -191,6 +191,16 @@ impl Command {
     fn is_detection(&self) -> bool {
         matches!(self, Command::Check { .. } | Command::Watch { .. })
     }
+
+    /// Commands whose output is a report, and which leave nothing half
+    /// done if they end while printing it (a check's trace is over by the
+    /// time its findings print).
+    fn only_reports(&self) -> bool {
+        matches!(
+            self,
+            Command::Status | Command::List | Command::Check { .. } | Command::Watch { .. }
+        )
+    }
 }
 
 /// How a command that did not fail ended.
@@ -220,6 +230,20 @@ pub fn exit_code(detection: bool, result: &Result<Outcome, Error>) -> u8 {
 pub fn main() -> u8 {
     let cli = Cli::parse();
     let detection = cli.command.is_detection();
+    if cli.command.only_reports() {
+        // Printing into a closed pipe (`xftrace status | head`) ends the
+        // process quietly, as it does other command-line tools, instead of
+        // a panic. Commands that drive the guest or run the collector keep
+        // EPIPE as an error they handle.
+        // SAFETY: setting a signal's disposition to the default, before
+        // any thread starts.
+        unsafe {
+            let _ = nix::sys::signal::signal(
+                nix::sys::signal::Signal::SIGPIPE,
+                nix::sys::signal::SigHandler::SigDfl,
+            );
+        }
+    }
     let result = run(cli);
     if let Err(e) = &result {
         eprintln!("xftrace: error: {e}");
