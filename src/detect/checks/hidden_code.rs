@@ -21,6 +21,8 @@ pub struct HiddenCode;
 const MAX_TABLES: usize = 1 << 16;
 /// Entries followed in each of the kernel's lists, at most.
 const MAX_ENTRIES: usize = 16_384;
+/// BPF packs read, at most (each is 2 MiB per NUMA node of JIT images).
+const MAX_PACKS: usize = 64;
 /// Executable memory is freed in steps (a module's init code goes to a
 /// worker, an ftrace trampoline leaves kallsyms first): what has no owner
 /// must still have none a moment later.
@@ -314,7 +316,7 @@ fn bpf_packs(cx: &Context, o: &mut Vec<Owned>) {
     let size = (2u64 << 20).saturating_mul(u64::from(nodes));
     let words = usize::try_from(size / CHUNK / 64).unwrap_or(0);
     let l = off(cx, "bpf_prog_pack", &["list"]).unwrap_or(0);
-    for node in list(cx, head) {
+    for node in list(cx, head).into_iter().take(MAX_PACKS) {
         let pack = node.wrapping_sub(l);
         let (Some(base), Some(bits)) = (
             cx.view.read_word(pack.wrapping_add(ptr)),
@@ -322,24 +324,46 @@ fn bpf_packs(cx: &Context, o: &mut Vec<Owned>) {
         ) else {
             continue;
         };
-        let mut run: Option<u64> = None;
-        for i in 0..=(words as u64).saturating_mul(64) {
-            let used = bits
-                .get((i / 64) as usize)
-                .is_some_and(|w| w >> (i % 64) & 1 == 1);
-            match (used, run) {
-                (true, None) => run = Some(i),
+        for (first, end) in bit_runs(&bits) {
+            o.push(Owned {
+                start: base.wrapping_add(first.wrapping_mul(CHUNK)),
+                end: base.wrapping_add(end.wrapping_mul(CHUNK)),
+            });
+        }
+    }
+}
+
+/// The runs of set bits of a bitmap of words (bit 0 of word 0 first), as
+/// `[first, end)` bit numbers; whole words of zeros or ones at once.
+fn bit_runs(words: &[u64]) -> Vec<(u64, u64)> {
+    let mut out = Vec::new();
+    let mut run: Option<u64> = None;
+    for (i, &w) in words.iter().enumerate() {
+        let base = (i as u64).wrapping_mul(64);
+        match (w, run) {
+            (0, None) | (u64::MAX, Some(_)) => continue,
+            (0, Some(first)) => {
+                out.push((first, base));
+                run = None;
+                continue;
+            }
+            _ => {}
+        }
+        for b in 0..64u64 {
+            match (w >> b & 1 == 1, run) {
+                (true, None) => run = Some(base.wrapping_add(b)),
                 (false, Some(first)) => {
-                    o.push(Owned {
-                        start: base.wrapping_add(first.wrapping_mul(CHUNK)),
-                        end: base.wrapping_add(i.wrapping_mul(CHUNK)),
-                    });
+                    out.push((first, base.wrapping_add(b)));
                     run = None;
                 }
                 _ => {}
             }
         }
     }
+    if let Some(first) = run {
+        out.push((first, (words.len() as u64).wrapping_mul(64)));
+    }
+    out
 }
 
 /// The real-mode trampoline (AP startup, resume), which the kernel copies
@@ -462,5 +486,23 @@ fn init_awaiting_free(cx: &Context, o: &mut Vec<Owned>) {
             });
         }
         p = cx.view.read_word(p).unwrap_or(0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::bit_runs;
+
+    #[test]
+    fn runs_of_used_chunks_in_a_pack_bitmap() {
+        assert_eq!(bit_runs(&[0, 0]), vec![]);
+        assert_eq!(bit_runs(&[0b0110, 0]), vec![(1, 3)]);
+        // A run across words, and one to the end.
+        assert_eq!(
+            bit_runs(&[1 << 63, u64::MAX, 1, 0, 1 << 63]),
+            vec![(63, 129), (319, 320)]
+        );
+        assert_eq!(bit_runs(&[u64::MAX; 3]), vec![(0, 192)]);
+        assert_eq!(bit_runs(&[0b101]), vec![(0, 1), (2, 3)]);
     }
 }
