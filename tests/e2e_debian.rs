@@ -287,6 +287,7 @@ fn debian_vm_gets_the_kernel_by_ansible_and_is_traced_and_checked() {
         worst.1
     );
     drop(load);
+    soak(&vm, &x);
 
     // Every test rootkit, built against the headers package of the kernel
     // the guest runs, loaded by insmod, found. A unit of the guest keeps
@@ -421,4 +422,129 @@ fn debian_vm_gets_the_kernel_by_ansible_and_is_traced_and_checked() {
         "running"
     );
     eprintln!("debian: lifecycle events: {ev:?}");
+}
+
+/// Workloads of the Debian guest's soak, by name (HTTP comes from the host).
+const SOAK_WORKLOADS: &[(&str, &str)] = &[
+    ("http", "true"),
+    (
+        "file",
+        "find /usr/share/doc -name '*.gz' | head -200 | xargs cat > /dev/null; ls -R /etc > /dev/null 2>&1",
+    ),
+    (
+        "process",
+        "for i in $(seq 40); do /bin/true; done; ps aux > /dev/null; systemctl list-units > /dev/null",
+    ),
+    (
+        "network",
+        "for i in $(seq 20); do curl -s -o /dev/null http://127.0.0.1/; curl -s -o /dev/null http://127.0.0.1/x; done",
+    ),
+];
+
+/// The Debian half of the clean-guest soak (`tests/soak.sh --debian N`):
+/// `XFTRACE_SOAK_DEBIAN_CHECKS` more clean checks (none by default) under
+/// HTTP load and the workloads above, half with the default 3 s call-flow
+/// window, half while the workload still runs, rebooting the guest (a new
+/// KASLR layout, a new baseline) every `XFTRACE_SOAK_PER_BOOT` (250).
+/// Counted into `XFTRACE_SOAK_DEBIAN_STATE`; any finding fails the test.
+fn soak(vm: &common::debian::Debian, x: &dyn Fn(&[&str]) -> Command) {
+    let n: u64 = std::env::var("XFTRACE_SOAK_DEBIAN_CHECKS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    if n == 0 {
+        return;
+    }
+    let per_boot: u64 = std::env::var("XFTRACE_SOAK_PER_BOOT")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(250)
+        .max(1);
+    let mut st = common::soak::SoakState::load("XFTRACE_SOAK_DEBIAN_STATE");
+    let boot_id = || {
+        vm.sh("cat /proc/sys/kernel/random/boot_id")
+            .trim()
+            .to_string()
+    };
+    let mut done = 0;
+    while done < n {
+        let boot = st.n("boots");
+        if done > 0 {
+            // A new boot: new KASLR slide, new snapshot, new baseline.
+            let before = boot_id();
+            let _ = vm.ssh("systemctl reboot");
+            let end = Instant::now() + Duration::from_secs(600);
+            loop {
+                std::thread::sleep(Duration::from_secs(5));
+                let o = vm.ssh(
+                    "systemctl is-active multi-user.target && cat /proc/sys/kernel/random/boot_id",
+                );
+                let text = String::from_utf8_lossy(&o.stdout).to_string();
+                if o.status.success() && !text.contains(&before) {
+                    break;
+                }
+                assert!(
+                    Instant::now() < end,
+                    "the guest did not come back from reboot"
+                );
+            }
+            let end = Instant::now() + Duration::from_secs(120);
+            while !x(&["status"]).output().unwrap().status.success() {
+                assert!(
+                    Instant::now() < end,
+                    "xftrace does not find the rebooted kernel"
+                );
+                std::thread::sleep(Duration::from_secs(2));
+            }
+        }
+        let (bname, bload) = SOAK_WORKLOADS[boot as usize % SOAK_WORKLOADS.len()];
+        let load = vm.http_load();
+        let mut b = x(&["baseline", "--duration", "10"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let until = Instant::now() + Duration::from_secs(8);
+        while Instant::now() < until {
+            vm.sh(bload);
+        }
+        assert!(b.wait().unwrap().success(), "soak: baseline failed");
+        drop(load);
+        eprintln!("debian soak: boot {boot}, baseline under the {bname} workload");
+        for i in 0..per_boot.min(n - done) {
+            let (wname, wload) = SOAK_WORKLOADS[(i as usize + 1) % SOAK_WORKLOADS.len()];
+            let with_flow = i % 2 == 0;
+            let busy = i % 4 < 2;
+            let load = (wname == "http").then(|| vm.http_load());
+            if busy {
+                vm.sh(&format!(
+                    "nohup sh -c '{}' > /dev/null 2>&1 &",
+                    wload.replace('\'', "'\\''")
+                ));
+            } else {
+                vm.sh(wload);
+            }
+            let secs = if with_flow { "3" } else { "0" };
+            let o = x(&["check", "--json", "--trace-seconds", secs])
+                .output()
+                .unwrap();
+            drop(load);
+            st.record(
+                &o,
+                wname,
+                with_flow,
+                serde_json::json!({"boot": boot, "check": i, "busy": busy}),
+            );
+            done += 1;
+        }
+        st.bump("boots");
+        st.save();
+    }
+    eprintln!("debian soak: {}", st.summary());
+    assert_eq!(
+        st.bad(),
+        0,
+        "clean checks with findings: {:#}",
+        st.v["findings"]
+    );
 }

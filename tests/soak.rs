@@ -12,13 +12,12 @@
 
 mod common;
 
-use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use common::detection::findings;
+use common::soak::SoakState;
 use common::{Boot, Vm, Xftrace};
-use serde_json::{json, Value};
+use serde_json::json;
 
 /// Workloads in the guest, by name: files, processes, network.
 const WORKLOADS: &[(&str, &str)] = &[
@@ -41,41 +40,6 @@ const WORKLOADS: &[(&str, &str)] = &[
 /// Checks per boot, at most (a short run spreads its checks over 2 boots).
 const PER_BOOT: u64 = 250;
 
-struct State {
-    path: Option<PathBuf>,
-    v: Value,
-}
-
-impl State {
-    fn load() -> State {
-        let path = std::env::var_os("XFTRACE_SOAK_STATE").map(PathBuf::from);
-        let v = path
-            .as_ref()
-            .and_then(|p| std::fs::read_to_string(p).ok())
-            .and_then(|t| serde_json::from_str(&t).ok())
-            .unwrap_or_else(|| {
-                json!({"checks": 0, "with_call_flow": 0, "boots": 0, "findings": [], "by_workload": {}})
-            });
-        State { path, v }
-    }
-
-    fn n(&self, k: &str) -> u64 {
-        self.v[k].as_u64().unwrap_or(0)
-    }
-
-    fn bump(&mut self, k: &str) {
-        self.v[k] = json!(self.n(k) + 1);
-    }
-
-    fn save(&self) {
-        if let Some(p) = &self.path {
-            let tmp = p.with_extension("tmp");
-            std::fs::write(&tmp, serde_json::to_string_pretty(&self.v).unwrap()).unwrap();
-            std::fs::rename(&tmp, p).unwrap();
-        }
-    }
-}
-
 #[test]
 fn clean_checks_find_nothing_over_boots_and_workloads() {
     let _one = common::serial();
@@ -88,7 +52,7 @@ fn clean_checks_find_nothing_over_boots_and_workloads() {
         .and_then(|v| v.parse().ok())
         .unwrap_or((want / 2).clamp(1, PER_BOOT))
         .max(1);
-    let mut st = State::load();
+    let mut st = SoakState::load("XFTRACE_SOAK_STATE");
     let started = Instant::now();
     while st.n("checks") < want {
         let boot = st.n("boots");
@@ -121,36 +85,26 @@ fn clean_checks_find_nothing_over_boots_and_workloads() {
             }
             let secs = if with_flow { "3" } else { "0" };
             let o = x.run(&["check", "--json", "--trace-seconds", secs]);
-            let f = findings(&o);
-            st.bump("checks");
-            if with_flow {
-                st.bump("with_call_flow");
-            }
-            let per = st.v["by_workload"][wname].as_u64().unwrap_or(0);
-            st.v["by_workload"][wname] = json!(per + 1);
-            if !f.is_empty() || o.status.code() != Some(0) {
-                let entry = json!({
-                    "boot": boot, "check": i, "workload": wname, "busy": busy,
-                    "call_flow": with_flow, "exit": o.status.code(), "findings": f,
-                    "stderr": String::from_utf8_lossy(&o.stderr),
-                });
-                st.v["findings"].as_array_mut().unwrap().push(entry);
-            }
-            st.save();
+            st.record(
+                &o,
+                wname,
+                with_flow,
+                json!({"boot": boot, "check": i, "busy": busy}),
+            );
         }
         st.bump("boots");
         st.save();
         vm.kill();
     }
-    let bad = st.v["findings"].as_array().map_or(0, |a| a.len());
     eprintln!(
-        "soak: {} clean checks ({} with call flow) over {} boots, by workload {}; {} with findings; this run {:.0} s",
-        st.n("checks"),
-        st.n("with_call_flow"),
-        st.n("boots"),
-        st.v["by_workload"],
-        bad,
+        "soak: {}; this run {:.0} s",
+        st.summary(),
         started.elapsed().as_secs_f64()
     );
-    assert_eq!(bad, 0, "clean checks with findings: {:#}", st.v["findings"]);
+    assert_eq!(
+        st.bad(),
+        0,
+        "clean checks with findings: {:#}",
+        st.v["findings"]
+    );
 }

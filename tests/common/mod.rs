@@ -10,6 +10,7 @@ pub mod detection;
 pub mod kernel;
 pub mod libvirtd;
 pub mod qmp;
+pub mod soak;
 pub mod vm;
 
 use std::path::PathBuf;
