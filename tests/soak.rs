@@ -38,7 +38,7 @@ const WORKLOADS: &[(&str, &str)] = &[
 ];
 
 /// Checks per boot, at most (a short run spreads its checks over 2 boots).
-const PER_BOOT: u64 = 250;
+const PER_BOOT: u64 = 200;
 
 #[test]
 fn clean_checks_find_nothing_over_boots_and_workloads() {

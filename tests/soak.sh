@@ -9,7 +9,7 @@
 #                                        every 250; small kernel profile, or
 #                                        the cloud one
 #
-# Both take boots of 250 checks (XFTRACE_SOAK_PER_BOOT), under file, process
+# They take boots of 200 (raw QEMU) or 250 (Debian) checks (XFTRACE_SOAK_PER_BOOT), under file, process
 # and network workloads (and HTTP on Debian), half of them with the default
 # 3 s call-flow window. Progress and every finding are kept in a state file
 # (default ~/.cache/xftrace/soak-state.json, soak-debian-state.json): run it
