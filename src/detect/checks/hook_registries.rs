@@ -21,6 +21,9 @@ pub struct HookRegistries;
 const MAX_ENTRIES: usize = 4096;
 /// Network namespaces followed at most.
 const MAX_NAMESPACES: usize = 1024;
+/// Hooks read in all, at most (a clean cloud guest has a few hundred): a
+/// guest that fills every registry cannot make the check read without end.
+const MAX_HOOKS: usize = 65_536;
 
 /// Notifier chains rootkits use, with the type of their head (whose
 /// `head` member points to the first `struct notifier_block`).
@@ -215,6 +218,14 @@ pub fn hooks(cx: &Context, out: &mut Vec<Finding>) -> Option<Vec<Hook>> {
     tracepoints(cx, &mut h);
     netfilter(cx, &mut h);
     lsm(cx, &mut h);
+    if h.len() >= MAX_HOOKS {
+        out.push(Finding::new(
+            FindingKind::HookRegistry,
+            format!("the hook registries hold more than {MAX_HOOKS} handlers: the rest not read"),
+            &[],
+            "",
+        ));
+    }
     Some(h)
 }
 
@@ -222,7 +233,7 @@ pub fn hooks(cx: &Context, out: &mut Vec<Finding>) -> Option<Vec<Hook>> {
 fn notifiers(cx: &Context, first: u64, (call, next): (u64, u64), point: &str, h: &mut Vec<Hook>) {
     let mut nb = cx.view.read_word(first).unwrap_or(0);
     let mut n = 0;
-    while nb != 0 && n < MAX_ENTRIES {
+    while nb != 0 && n < MAX_ENTRIES && h.len() < MAX_HOOKS {
         n = n.saturating_add(1);
         let Some(f) = cx.view.read_word(nb.wrapping_add(call)) else {
             break;
@@ -284,6 +295,9 @@ fn tracepoints(cx: &Context, h: &mut Vec<Hook>) {
         };
         let point = name.trim_start_matches("__tracepoint_");
         for i in 0..MAX_ENTRIES as u64 {
+            if h.len() >= MAX_HOOKS {
+                return;
+            }
             let at = array.wrapping_add(i.wrapping_mul(size)).wrapping_add(func);
             match cx.view.read_word(at) {
                 Some(f) if f != 0 => h.push(Hook {
@@ -326,6 +340,9 @@ fn netfilter(cx: &Context, h: &mut Vec<Hook>) {
                 }
                 let num = u16::from_le_bytes(num).min(MAX_ENTRIES as u16);
                 for i in 0..u64::from(num) {
+                    if h.len() >= MAX_HOOKS {
+                        return;
+                    }
                     let at = e
                         .wrapping_add(hooks)
                         .wrapping_add(i.wrapping_mul(entry))
@@ -389,7 +406,7 @@ fn lsm(cx: &Context, h: &mut Vec<Hook>) {
             .unwrap_or_else(|| format!("hook {i}"));
         let mut p = first;
         let mut k = 0;
-        while p != 0 && k < MAX_ENTRIES {
+        while p != 0 && k < MAX_ENTRIES && h.len() < MAX_HOOKS {
             k = k.saturating_add(1);
             let entry = p.wrapping_sub(node);
             if let Some(f) = cx.view.read_word(entry.wrapping_add(hook)) {
