@@ -489,10 +489,15 @@ fn soak(vm: &common::debian::Debian, x: &dyn Fn(&[&str]) -> Command) {
                 );
             }
             let end = Instant::now() + Duration::from_secs(120);
-            while !x(&["status"]).output().unwrap().status.success() {
+            loop {
+                let o = x(&["status"]).output().unwrap();
+                if o.status.success() {
+                    break;
+                }
                 assert!(
                     Instant::now() < end,
-                    "xftrace does not find the rebooted kernel"
+                    "xftrace does not find the rebooted kernel: {}",
+                    out(&o)
                 );
                 std::thread::sleep(Duration::from_secs(2));
             }
