@@ -319,25 +319,15 @@ fn debian_vm_gets_the_kernel_by_ansible_and_is_traced_and_checked() {
             );
         }
     }
+    // One integrity-only check, as the rootkit helpers run it.
+    let check = || {
+        x(&["check", "--json", "--trace-seconds", "0"])
+            .output()
+            .unwrap()
+    };
     // Hooks on ordinary functions, at targets drawn per run.
-    body_hooks(
-        &mut |c| vm.sh(c),
-        &|| {
-            x(&["check", "--json", "--trace-seconds", "0"])
-                .output()
-                .unwrap()
-        },
-        "/root/rk",
-    );
-    registry_hooks(
-        &mut |c| vm.sh(c),
-        &|| {
-            x(&["check", "--json", "--trace-seconds", "0"])
-                .output()
-                .unwrap()
-        },
-        "/root/rk",
-    );
+    body_hooks(&mut |c| vm.sh(c), &check, "/root/rk");
+    registry_hooks(&mut |c| vm.sh(c), &check, "/root/rk");
     // Data sealed after boot (/dev/ptmx's open swapped), found against this
     // boot's snapshot; then a module that hides itself.
     let ptmx = || vm.sh("(: < /dev/ptmx) 2>&1; echo rc=$?");
@@ -361,15 +351,7 @@ fn debian_vm_gets_the_kernel_by_ansible_and_is_traced_and_checked() {
     );
     vm.sh("rmmod rk_ro_after_init");
     assert!(ptmx().contains("rc=0"), "rk_ro_after_init did not unload");
-    hidden_module(
-        &mut |c| vm.sh(c),
-        &|| {
-            x(&["check", "--json", "--trace-seconds", "0"])
-                .output()
-                .unwrap()
-        },
-        "/root/rk",
-    );
+    hidden_module(&mut |c| vm.sh(c), &check, "/root/rk");
     vm.sh("insmod /root/rk/rk_idt.ko");
     let o = x(&["check", "--json", "--trace-seconds", "0"])
         .output()

@@ -178,17 +178,11 @@ fn detects_every_test_rootkit_and_nothing_on_a_clean_guest() {
         );
     }
 
+    // One integrity-only check, as the rootkit helpers run it.
+    let check = || x.run(&["check", "--json", "--trace-seconds", "0"]);
     // Hooks on ordinary functions, at targets drawn per run.
-    body_hooks(
-        &mut |c| vm.sh(c),
-        &|| x.run(&["check", "--json", "--trace-seconds", "0"]),
-        "/lib/xftrace-test",
-    );
-    registry_hooks(
-        &mut |c| vm.sh(c),
-        &|| x.run(&["check", "--json", "--trace-seconds", "0"]),
-        "/lib/xftrace-test",
-    );
+    body_hooks(&mut |c| vm.sh(c), &check, "/lib/xftrace-test");
+    registry_hooks(&mut |c| vm.sh(c), &check, "/lib/xftrace-test");
 
     // Data sealed after boot: /dev/ptmx's open operation swapped. Seen to
     // fire, then found against this boot's snapshot (taken by the clean
@@ -222,11 +216,7 @@ fn detects_every_test_rootkit_and_nothing_on_a_clean_guest() {
     assert!(!has(&f, "ro-after-init", &[]), "{f:#?}");
 
     // A module that hides from the module list or sysfs.
-    hidden_module(
-        &mut |c| vm.sh(c),
-        &|| x.run(&["check", "--json", "--trace-seconds", "0"]),
-        "/lib/xftrace-test",
-    );
+    hidden_module(&mut |c| vm.sh(c), &check, "/lib/xftrace-test");
 
     // A rootkit that goes for xftrace itself, while a session runs.
     let o = x.run(&["on", "sys_openat", "sys_read"]);

@@ -114,6 +114,38 @@ impl<'a> KernelView<'a> {
         self.read_words(va, 1).map(|w| w[0])
     }
 
+    /// The 32-bit value at `va`.
+    pub fn read_u32(&self, va: u64) -> Option<u32> {
+        let mut b = [0u8; 4];
+        self.read(va, &mut b)?;
+        Some(u32::from_le_bytes(b))
+    }
+
+    /// The nodes of the `struct list_head` list at `head` (the addresses of
+    /// the `list_head`s in its entries), at most `max`; ends early where
+    /// the list cannot be read.
+    pub fn list_nodes(&self, head: u64, max: usize) -> Vec<u64> {
+        let mut out = Vec::new();
+        let mut p = self.read_word(head).unwrap_or(head);
+        while p != head && p != 0 && out.len() < max {
+            out.push(p);
+            p = match self.read_word(p) {
+                Some(n) => n,
+                None => break,
+            };
+        }
+        out
+    }
+
+    /// `[start, end)` of the core code of the `struct module` at `module`,
+    /// where the layout is known.
+    pub fn module_text(&self, module: u64) -> Option<(u64, u64)> {
+        let l = self.module_layout?;
+        let base = self.read_word(module.checked_add(l.text_base)?)?;
+        let size = self.read_u32(module.checked_add(l.text_size)?)?;
+        Some((base, base.checked_add(u64::from(size))?))
+    }
+
     /// The guest's module list: `modules` heads a list of `struct module`.
     /// Offsets come from the build's BTF; without it, 6.1's start of the
     /// struct (`{ enum module_state state; struct list_head list; char
@@ -149,13 +181,7 @@ impl<'a> KernelView<'a> {
                     break;
                 }
                 let n = name.iter().position(|&c| c == 0).unwrap_or(name.len());
-                let text = self.module_layout.and_then(|l| {
-                    let base = self.read_word(module.checked_add(l.text_base)?)?;
-                    let mut size = [0u8; 4];
-                    self.read(module.checked_add(l.text_size)?, &mut size)?;
-                    let size = u64::from(u32::from_le_bytes(size));
-                    Some((base, base.checked_add(size)?))
-                });
+                let text = self.module_text(module);
                 out.push(Module {
                     addr: module,
                     name: escape_bytes(&name[..n]),

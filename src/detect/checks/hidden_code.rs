@@ -202,26 +202,10 @@ fn off(cx: &Context, s: &str, path: &[&str]) -> Option<u64> {
     cx.vmlinux.btf()?.offset_of(s, path)
 }
 
-/// A list_head's entries: the addresses of the `list_head`s in them.
-fn list(cx: &Context, head: u64) -> Vec<u64> {
-    let mut out = Vec::new();
-    let mut p = cx.view.read_word(head).unwrap_or(head);
-    while p != head && p != 0 && out.len() < MAX_ENTRIES {
-        out.push(p);
-        p = match cx.view.read_word(p) {
-            Some(n) => n,
-            None => break,
-        };
-    }
-    out
-}
-
 /// `[base, base + size)` with a 32-bit size at `size_at`.
 fn range_u32(cx: &Context, base_at: u64, size_at: u64) -> Option<Owned> {
     let base = cx.view.read_word(base_at)?;
-    let mut b = [0u8; 4];
-    cx.read(size_at, &mut b)?;
-    let end = base.checked_add(u64::from(u32::from_le_bytes(b)))?;
+    let end = base.checked_add(u64::from(cx.view.read_u32(size_at)?))?;
     (base != 0).then_some(Owned { start: base, end })
 }
 
@@ -248,10 +232,7 @@ fn modules(cx: &Context, o: &mut Vec<Owned>) {
             ));
         }
         if let (Some(n), Some(a)) = its {
-            let mut b = [0u8; 4];
-            let n = cx
-                .read(m.addr.wrapping_add(n), &mut b)
-                .map_or(0, |()| u32::from_le_bytes(b));
+            let n = cx.view.read_u32(m.addr.wrapping_add(n)).unwrap_or(0);
             let pages = cx
                 .view
                 .read_word(m.addr.wrapping_add(a))
@@ -278,7 +259,7 @@ fn bpf(cx: &Context, o: &mut Vec<Owned>) {
     ) else {
         return;
     };
-    for node in list(cx, head) {
+    for node in cx.view.list_nodes(head, MAX_ENTRIES) {
         let k = node.wrapping_sub(lnode);
         if let (Some(s), Some(e)) = (
             cx.view.read_word(k.wrapping_add(start)),
@@ -307,16 +288,18 @@ fn bpf_packs(cx: &Context, o: &mut Vec<Owned>) {
     };
     let nodes = cx
         .sym("nr_node_ids")
-        .and_then(|a| {
-            let mut b = [0u8; 4];
-            cx.read(a, &mut b).map(|()| u32::from_le_bytes(b))
-        })
+        .and_then(|a| cx.view.read_u32(a))
         .unwrap_or(1)
         .clamp(1, 64);
     let size = (2u64 << 20).saturating_mul(u64::from(nodes));
     let words = usize::try_from(size / CHUNK / 64).unwrap_or(0);
     let l = off(cx, "bpf_prog_pack", &["list"]).unwrap_or(0);
-    for node in list(cx, head).into_iter().take(MAX_PACKS) {
+    for node in cx
+        .view
+        .list_nodes(head, MAX_ENTRIES)
+        .into_iter()
+        .take(MAX_PACKS)
+    {
         let pack = node.wrapping_sub(l);
         let (Some(base), Some(bits)) = (
             cx.view.read_word(pack.wrapping_add(ptr)),
@@ -382,11 +365,7 @@ fn real_mode_trampoline(cx: &Context, o: &mut Vec<Owned>) {
     let (Some(h), Some(base)) = (cx.view.read_word(hdr), cx.view.read_word(pob)) else {
         return;
     };
-    let u32_at = |a: u64| {
-        let mut b = [0u8; 4];
-        cx.read(a, &mut b)
-            .map(|()| u64::from(u32::from_le_bytes(b)))
-    };
+    let u32_at = |a: u64| cx.view.read_u32(a).map(u64::from);
     if let (Some(s), Some(e)) = (u32_at(h.wrapping_add(ts)), u32_at(h.wrapping_add(re))) {
         if s < e && e < 1 << 20 {
             o.push(Owned {
@@ -411,7 +390,12 @@ fn ftrace_trampolines(cx: &Context, o: &mut Vec<Owned>) {
         cx.sym("ftrace_ops_trampoline_list"),
         off(cx, "ftrace_ops", &["list"]),
     ) {
-        ops.extend(list(cx, head).into_iter().map(|n| n.wrapping_sub(l)));
+        ops.extend(
+            cx.view
+                .list_nodes(head, MAX_ENTRIES)
+                .into_iter()
+                .map(|n| n.wrapping_sub(l)),
+        );
     }
     if let (Some(head), Some(end), Some(next)) = (
         cx.sym("ftrace_ops_list"),
@@ -453,7 +437,7 @@ fn kprobe_slots(cx: &Context, o: &mut Vec<Owned>) {
     let l = off(cx, "kprobe_insn_page", &["list"]).unwrap_or(0);
     for cache in ["kprobe_insn_slots", "kprobe_optinsn_slots"] {
         let Some(c) = cx.sym(cache) else { continue };
-        for node in list(cx, c.wrapping_add(pages)) {
+        for node in cx.view.list_nodes(c.wrapping_add(pages), MAX_ENTRIES) {
             if let Some(p) = cx.view.read_word(node.wrapping_sub(l).wrapping_add(insns)) {
                 o.push(Owned {
                     start: p,

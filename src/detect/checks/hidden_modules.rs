@@ -140,31 +140,23 @@ fn sysfs_modules(cx: &Context) -> Option<BTreeSet<u64>> {
         }
         p = cx.view.read_word(p)?;
     }
-    log::debug!("modules in sysfs: {out:x?}");
     Some(out)
 }
 
 /// `[start, end)` of the core code of each module in `mod_tree` but not in
 /// the module list, with its name: what hidden code belongs to.
 pub fn unlisted_module_code(cx: &Context) -> Vec<(u64, u64, String)> {
-    let (Some(root), Some(l), Some(ml)) =
-        (cx.sym("mod_tree"), Layout::from(cx), cx.view.module_layout)
-    else {
+    let (Some(root), Some(l)) = (cx.sym("mod_tree"), Layout::from(cx)) else {
         return Vec::new();
     };
     let listed: BTreeSet<u64> = cx.view.read_modules().iter().map(|m| m.addr).collect();
-    let mut out = Vec::new();
-    for m in tree_modules(cx, &l, root, &mut Vec::new()).difference(&listed) {
-        let base = cx.view.read_word(m.wrapping_add(ml.text_base));
-        let mut size = [0u8; 4];
-        let size = cx
-            .read(m.wrapping_add(ml.text_size), &mut size)
-            .map(|()| u64::from(u32::from_le_bytes(size)));
-        if let (Some(b), Some(n)) = (base, size) {
-            out.push((b, b.saturating_add(n), module_name(cx, &l, *m)));
-        }
-    }
-    out
+    tree_modules(cx, &l, root, &mut Vec::new())
+        .difference(&listed)
+        .filter_map(|&m| {
+            let (s, e) = cx.view.module_text(m)?;
+            Some((s, e, module_name(cx, &l, m)))
+        })
+        .collect()
 }
 
 /// The escaped name of the `struct module` at `m`.

@@ -257,19 +257,19 @@ fn namespaces(cx: &Context) -> Vec<(u64, String)> {
     ) else {
         return Vec::new();
     };
-    let mut out = Vec::new();
-    let mut p = cx.view.read_word(head).unwrap_or(head);
-    while p != head && p != 0 && out.len() < MAX_NAMESPACES {
-        let net = p.wrapping_sub(l);
-        let name = if net == init {
-            "init".to_string()
-        } else {
-            format!("{net:#x}")
-        };
-        out.push((net, name));
-        p = cx.view.read_word(p).unwrap_or(head);
-    }
-    out
+    cx.view
+        .list_nodes(head, MAX_NAMESPACES)
+        .into_iter()
+        .map(|p| {
+            let net = p.wrapping_sub(l);
+            let name = if net == init {
+                "init".to_string()
+            } else {
+                format!("{net:#x}")
+            };
+            (net, name)
+        })
+        .collect()
 }
 
 /// The probes of every tracepoint of the image (`__tracepoint_*`): each
