@@ -140,7 +140,8 @@ pub enum Command {
         /// between runs of a clean guest).
         #[arg(long, default_value_t = 2)]
         depth: u32,
-        /// Functions to trace [default: sys_openat sys_read sys_getdents64].
+        /// Functions to trace, globs allowed [default: every syscall,
+        /// `__x64_sys_*`].
         functions: Vec<String>,
     },
     /// Check the guest once: exit 0 clean, 1 findings, 2 error.
@@ -369,9 +370,14 @@ pub fn run(cli: Cli) -> Result<Outcome, Error> {
     }
 }
 
+/// What `baseline` traces when given no functions.
+pub const DEFAULT_CALL_FLOW: &str = "__x64_sys_*";
+
 /// `xftrace baseline [FUNCTIONS]`
 fn baseline(t: &Target, functions: &[String], seconds: u64, depth: u32) -> Result<Outcome, Error> {
-    let defaults = ["sys_openat", "sys_read", "sys_getdents64"].map(String::from);
+    // Every syscall: a hook on any of them shows in its call flow. The
+    // guest pays for the trace only while it runs (README, "Performance").
+    let defaults = [DEFAULT_CALL_FLOW.to_string()];
     let f = if functions.is_empty() {
         &defaults[..]
     } else {
