@@ -295,6 +295,64 @@ fn guest_that_stops_while_tracing_leaves_a_complete_trace() {
         .all(|l| l.starts_with('#') || l.starts_with(' ') || l.is_empty()));
 }
 
+/// A guest that reboots while QEMU keeps running keeps its RAM: the old
+/// kernel's control block stays behind beside the new one's. xftrace sets
+/// the earlier boot's aside (it no longer moves), says so in `status`,
+/// checks and traces the new kernel, and finds nothing on the clean guest.
+#[test]
+fn a_warm_reboot_leaves_a_stale_control_block_that_is_set_aside() {
+    let _one = common::serial();
+    let mut vm = Vm::boot_with(
+        512,
+        1,
+        &common::Boot {
+            warm_reboot: true,
+            ..Default::default()
+        },
+    );
+    let x = Xftrace::new(&vm.ram);
+    let o = x.run(&["status"]);
+    assert!(o.status.success(), "{:?}", text(&o));
+    // KASLR puts each boot's kernel elsewhere, but the new kernel may
+    // reuse the old one's pages: reboot until a stale block stays.
+    let mut stale = None;
+    for round in 0..4 {
+        vm.reboot();
+        let o = x.run(&["status"]);
+        let (stdout, stderr) = text(&o);
+        assert!(
+            o.status.success(),
+            "status after reboot {round}: {stdout} {stderr}"
+        );
+        if let Some(l) = stdout.lines().find(|l| l.starts_with("stale:")) {
+            stale = Some(l.to_string());
+            break;
+        }
+        eprintln!("reboot {round}: no stale control block left");
+    }
+    let stale = stale.expect("no reboot of four left its control block behind");
+    assert!(stale.contains("of an earlier boot"), "{stale}");
+    // Remembered: the next command finds the same block with the same values.
+    let o = x.run(&["status"]);
+    assert!(
+        text(&o).0.contains(&stale),
+        "the stale block is no longer named: {:?}",
+        text(&o)
+    );
+    assert_eq!(findings(&x), Vec::<serde_json::Value>::new());
+    // The new kernel is the one driven.
+    let o = x.run(&["on", "sys_openat"]);
+    assert!(o.status.success(), "{:?}", text(&o));
+    for _ in 0..3 {
+        vm.sh("cat /tmp/hello.txt > /dev/null");
+    }
+    let out = x.state.path().join("trace_graph.txt");
+    let o = x.run(&["off", "--output", out.to_str().unwrap()]);
+    assert!(o.status.success(), "{:?}", text(&o));
+    let trace = std::fs::read_to_string(&out).unwrap();
+    assert!(trace.contains("__x64_sys_openat() {"), "{trace}");
+}
+
 /// Run `check --trace-seconds 0 --json` and return the findings.
 fn findings(x: &Xftrace) -> Vec<serde_json::Value> {
     let o = x.run(&["check", "--json", "--trace-seconds", "0"]);

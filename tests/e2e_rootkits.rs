@@ -25,6 +25,7 @@ fn detects_every_test_rootkit_and_nothing_on_a_clean_guest() {
         &Boot {
             initramfs: Some(initramfs),
             cmdline: "xftrace_demo".into(),
+            ..Default::default()
         },
     );
     let x = Xftrace::new(&vm.ram);

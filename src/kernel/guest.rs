@@ -26,6 +26,8 @@ pub struct Guest {
     pub kernel: GuestKernel,
     /// Every other control block that passed; any is a decoy.
     pub others: Vec<GuestKernel>,
+    /// Control blocks of an earlier boot, set aside ([`crate::kernel::stale`]).
+    pub stale: Vec<GuestKernel>,
     pub vmlinux: Option<Vmlinux>,
     pub system_map: PathBuf,
     /// Where `struct module` keeps its list, name and code, from the

@@ -7,6 +7,7 @@ pub mod callgraph;
 pub mod guest;
 pub mod locate;
 pub mod patching;
+pub mod stale;
 pub mod symbols;
 pub mod target;
 pub mod vmlinux;

@@ -416,6 +416,7 @@ ffffffff82002000 D init_top_pgt
 ffffffff82003000 D level3_kernel_pgt
 ffffffff82004000 D level2_kernel_pgt
 ffffffff82005000 D max_low_pfn
+ffffffff82005040 D jiffies_64
 ffffffff82400000 b xftrace_heads
 ffffffff83000000 B _end
 ";

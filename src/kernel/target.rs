@@ -4,15 +4,16 @@
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
-use log::info;
+use log::{info, warn};
 
 use crate::error::{Error, Result};
 use crate::escape::escape;
 use crate::guest::memory::{GuestRam, Machine, MemoryLayout};
-use crate::host::statedir::GuestDir;
+use crate::host::statedir::{now_unix, GuestDir};
 use crate::kernel::btf::ModuleLayout;
 use crate::kernel::guest::Guest;
 use crate::kernel::locate::{self, GuestKernel, LocateOptions, Located};
+use crate::kernel::stale;
 use crate::kernel::symbols::SystemMap;
 use crate::kernel::vmlinux::Vmlinux;
 use crate::libvirt::connection::Libvirt;
@@ -237,9 +238,41 @@ impl Target {
                 ))
             }));
         };
-        let mut kernels = found.kernels.into_iter();
+        let sorted = self.set_aside_stale(&ram, map, found.kernels);
+        let mut kernels = sorted.live.into_iter();
         let kernel = kernels.next().expect("found at least one");
-        self.opened(build, b.system_map, ram, kernel, kernels.collect())
+        let mut g = self.opened(build, b.system_map, ram, kernel, kernels.collect())?;
+        g.stale = sorted.stale;
+        Ok(g)
+    }
+
+    /// Several control blocks: set aside those of an earlier boot,
+    /// remembering them in the guest's state directory.
+    fn set_aside_stale(
+        &self,
+        ram: &GuestRam,
+        map: &SystemMap,
+        kernels: Vec<GuestKernel>,
+    ) -> stale::Sorted {
+        if kernels.len() < 2 {
+            return stale::sort(ram, map, kernels, &[], 0.0);
+        }
+        let dir = self.dir().ok();
+        let path = dir.as_ref().map(|d| d.path().join("stale-blocks.json"));
+        let known: Vec<stale::Frozen> = dir
+            .as_ref()
+            .zip(path.as_ref())
+            .and_then(|(d, p)| d.read_json(p))
+            .unwrap_or_default();
+        let sorted = stale::sort(ram, map, kernels, &known, now_unix());
+        if let (Some(d), Some(p)) = (&dir, &path) {
+            if !sorted.frozen.is_empty() && sorted.frozen != known {
+                if let Err(e) = d.write_json(p, &sorted.frozen) {
+                    warn!("cannot remember the stale control blocks: {e}");
+                }
+            }
+        }
+        sorted
     }
 
     /// Open the guest whose kernel another xftrace process already found
@@ -273,6 +306,7 @@ impl Target {
             map: build.map,
             kernel,
             others,
+            stale: Vec::new(),
             vmlinux: build.vmlinux,
             system_map,
             module_layout: build.module_layout,

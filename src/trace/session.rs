@@ -493,6 +493,12 @@ fn print_tracer(g: &Guest) -> Result<()> {
     for why in gs.narrowed_reasons() {
         println!("warning:    {why}");
     }
+    for k in &g.stale {
+        println!(
+            "stale:      control block at {} of an earlier boot (its heartbeat and jiffies stand still): ignored",
+            k.ctl
+        );
+    }
     Ok(())
 }
 

@@ -80,6 +80,11 @@ impl Console {
         }
     }
 
+    /// Type `text` without waiting for anything.
+    pub fn send(&mut self, text: &str) {
+        self.stream.write_all(text.as_bytes()).unwrap();
+    }
+
     /// Run a shell command in the guest and return what it printed.
     pub fn sh(&mut self, cmd: &str) -> String {
         self.marker += 1;

@@ -50,6 +50,9 @@ pub struct Boot {
     pub initramfs: Option<PathBuf>,
     /// Appended to the kernel command line (e.g. `xftrace_demo`).
     pub cmdline: String,
+    /// A reboot in the guest resets the machine (RAM kept) instead of
+    /// ending QEMU.
+    pub warm_reboot: bool,
 }
 
 pub struct Vm {
@@ -111,7 +114,8 @@ impl Vm {
                 "-append",
                 &format!("console=ttyS0 panic=-1 quiet xftrace_ticks {}", how.cmdline),
             ])
-            .args(["-display", "none", "-no-reboot", "-nodefaults"])
+            .args(["-display", "none", "-nodefaults"])
+            .args((!how.warm_reboot).then_some("-no-reboot"))
             .args([
                 "-chardev",
                 &format!(
@@ -167,6 +171,17 @@ impl Vm {
                 Ok(Some(st)) => Err(format!("qemu exited ({st}) waiting for {needle:?}")),
                 _ => Ok(()),
             })
+    }
+
+    /// Reboot the guest from inside (QEMU resets the machine and keeps
+    /// its RAM: boot with [`Boot::warm_reboot`]) and wait for the new
+    /// kernel's shell.
+    pub fn reboot(&mut self) {
+        self.console.send("reboot -f\n");
+        let timeout = Duration::from_secs(if accel() == "kvm" { 60 } else { 180 });
+        self.wait_for("XFTRACE-GUEST-READY", timeout)
+            .expect("the guest comes back from its reboot");
+        std::thread::sleep(Duration::from_millis(500));
     }
 
     /// Run a shell command in the guest and return what it printed.
