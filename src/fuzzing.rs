@@ -383,7 +383,10 @@ pub fn kernel_lists(data: &[u8]) {
             let _ = f.to_string();
         }
         for c in data.chunks_exact(8).take(8) {
-            let _ = cx.name(u64::from_le_bytes(c.try_into().unwrap()));
+            let a = u64::from_le_bytes(c.try_into().unwrap());
+            let _ = cx.name(a);
+            // The walk of the BPF id trees, from a head anywhere.
+            let _ = cx.view.xarray_entries(a, 40, 4096);
         }
         g.reset(&dirty);
     })

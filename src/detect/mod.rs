@@ -43,6 +43,9 @@ pub enum FindingKind {
     /// A notifier, tracepoint, netfilter or LSM handler in no known code,
     /// or in a module outside the build that the hook inventory lacks.
     HookRegistry,
+    /// A BPF program the baseline's hook inventory lacks (without one: a
+    /// program that hooks the kernel's own control flow).
+    BpfProgram,
     /// An IDT gate enters something other than kernel entry code.
     Idt,
     /// A well-known operation table differs from the build.
@@ -69,6 +72,7 @@ impl FindingKind {
             FindingKind::HiddenModule => "hidden-module",
             FindingKind::HiddenCode => "hidden-code",
             FindingKind::HookRegistry => "hook-registry",
+            FindingKind::BpfProgram => "bpf-program",
             FindingKind::Idt => "idt",
             FindingKind::OperationTable => "operation-table",
             FindingKind::FtraceHook => "ftrace-hook",

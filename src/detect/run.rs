@@ -206,7 +206,7 @@ pub fn baseline(
             dir: &dir,
         };
         let n = checks::hook_registries::save_inventory(&cx)?;
-        info!("hook inventory: {n} hooks by modules outside the build");
+        info!("hook inventory: {n} hooks by modules outside the build and BPF programs");
     }
     let text = serde_json::to_string_pretty(&b).expect("serializes");
     crate::host::files::write_atomically(&baseline_path(&dir), text.as_bytes())?;

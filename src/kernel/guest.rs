@@ -139,6 +139,44 @@ impl<'a> KernelView<'a> {
         out
     }
 
+    /// The pointers stored in the XArray whose `xa_head` is the word at
+    /// `head` (an IDR's `idr_rt`), at most `max`; `slots` is the offset of
+    /// `struct xa_node`'s 64 slots (BTF). Value and internal entries are
+    /// skipped. A node is read at most once and the tree is at most 11
+    /// levels deep (64-bit indices, 6 bits a level), so a hostile tree
+    /// ends.
+    pub fn xarray_entries(&self, head: u64, slots: u64, max: usize) -> Vec<u64> {
+        const CHUNK: usize = 64;
+        const MAX_LEVELS: usize = 11;
+        let is_node = |e: u64| e & 3 == 2 && e > 4096;
+        let mut out = Vec::new();
+        let mut seen = std::collections::BTreeSet::new();
+        let mut level = vec![self.read_word(head).unwrap_or(0)];
+        for _ in 0..=MAX_LEVELS {
+            let mut next = Vec::new();
+            for e in level {
+                if is_node(e) {
+                    let node = e & !3;
+                    if seen.len() < max && seen.insert(node) {
+                        if let Some(w) = node
+                            .checked_add(slots)
+                            .and_then(|a| self.read_words(a, CHUNK))
+                        {
+                            next.extend(w.into_iter().filter(|&x| x != 0));
+                        }
+                    }
+                } else if e != 0 && e & 3 == 0 && out.len() < max {
+                    out.push(e);
+                }
+            }
+            if next.is_empty() {
+                break;
+            }
+            level = next;
+        }
+        out
+    }
+
     /// `[start, end)` of the core code of the `struct module` at `module`,
     /// where the layout is known.
     pub fn module_text(&self, module: u64) -> Option<(u64, u64)> {
@@ -239,5 +277,42 @@ impl<'a> KernelView<'a> {
                 None => format!("{addr:#x} (outside the kernel image)"),
             },
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::arithmetic_side_effects)]
+mod tests {
+    use super::*;
+    use crate::guest::memory::GuestAddress;
+    use crate::kernel::locate::locate;
+    use crate::kernel::locate::tests::{synthetic_guest, SLIDE, TEXT_PA};
+
+    #[test]
+    fn an_xarray_is_walked_once_whatever_its_nodes_say() {
+        let dir = tempfile::tempdir().unwrap();
+        let (ram, map) = synthetic_guest(dir.path());
+        let k = locate(&ram, &map, None).unwrap();
+        let v = KernelView::new(&ram, &map, &k);
+        // Link-time 0xffffffff82900000 on: inside the image, read linearly.
+        let va = |off: u64| 0xffff_ffff_8290_0000 + SLIDE + off;
+        let pa = |off: u64| GuestAddress(TEXT_PA + 0x190_0000 + off);
+        let slots = 40;
+        let (head, n1, n2) = (0, 0x1000, 0x2000);
+        ram.write_u64(pa(head), va(n1) | 2).unwrap();
+        let slot = |node: u64, i: u64, e: u64| ram.write_u64(pa(node + slots + 8 * i), e).unwrap();
+        slot(n1, 0, 0xffff_8880_0000_1000); // a pointer
+        slot(n1, 1, va(n2) | 2); // a node
+        slot(n1, 2, (7 << 1) | 1); // a value entry
+        slot(n1, 3, va(n1) | 2); // a cycle back to itself
+        slot(n1, 4, 0x102); // a retry entry (internal, not a node)
+        slot(n2, 63, 0xffff_8880_0000_2000);
+        let mut e = v.xarray_entries(va(head), slots, 100);
+        e.sort();
+        assert_eq!(e, vec![0xffff_8880_0000_1000, 0xffff_8880_0000_2000]);
+        assert_eq!(v.xarray_entries(va(head), slots, 1).len(), 1);
+        // A head that points nowhere readable gives nothing.
+        ram.write_u64(pa(head), 0xdead_0000_0000_0002).unwrap();
+        assert!(v.xarray_entries(va(head), slots, 100).is_empty());
     }
 }

@@ -304,6 +304,61 @@ pub fn registry_hooks(sh: &mut dyn FnMut(&str) -> String, check: &dyn Fn() -> Ou
         sh(&format!("rmmod {module}"));
         clean(&format!("{module} unloaded, still reported"));
     }
+
+    // BPF: a program attached from user space, with no module at all, under
+    // a name that looks harmless.
+    let (mode, target) = pick(
+        "bpf_hook attach point",
+        &[
+            ("raw_tp", "sys_enter"),
+            ("raw_tp", "sched_process_exec"),
+            ("raw_tp", "sched_switch"),
+            ("kprobe", "do_sys_openat2"),
+            ("kprobe", "vfs_open"),
+            ("kprobe", "iterate_dir"),
+        ],
+    );
+    let name = pick("bpf_hook program name", &["sd_devices", "kworker_stats"]);
+    sh(&format!(
+        "rm -f /tmp/bpf_hook.count; {{ setsid {dir}/bpf_hook {mode} {target} {name} < /dev/null > /tmp/bpf_hook.out 2>&1 & }}"
+    ));
+    let mut n = 0u64;
+    for _ in 0..50 {
+        sh("sh -c 'ls / > /dev/null; cat /proc/version > /dev/null'; sleep 0.2");
+        let o = sh("cat /tmp/bpf_hook.count 2>/dev/null");
+        n = o
+            .lines()
+            .rev()
+            .find_map(|l| l.trim().parse().ok())
+            .unwrap_or(0);
+        if n > 0 {
+            break;
+        }
+    }
+    assert!(
+        n > 0,
+        "bpf_hook {mode} {target} did not fire: {}",
+        sh("cat /tmp/bpf_hook.out")
+    );
+    let o = check();
+    let f = findings(&o);
+    assert_eq!(o.status.code(), Some(1), "bpf_hook not reported: {f:#?}");
+    let kind = if mode == "raw_tp" {
+        "raw_tracepoint"
+    } else {
+        "kprobe"
+    };
+    let mut parts = vec![format!("a {kind} BPF program '{name}'")];
+    if mode == "raw_tp" {
+        parts.push(format!("attached to tracepoint {target}"));
+    }
+    let parts: Vec<&str> = parts.iter().map(String::as_str).collect();
+    assert!(
+        has(&f, "bpf-program", &parts),
+        "bpf_hook {mode} {target}: no bpf-program finding: {f:#?}"
+    );
+    sh("kill $(pidof bpf_hook); sleep 1");
+    clean("bpf_hook killed, still reported");
 }
 
 /// A module that hides, drawn per run: from the module list and sysfs

@@ -85,8 +85,8 @@ pub fn headers_dir() -> &'static Path {
     })
 }
 
-/// The test rootkits (tests/rootkits), built against the guest kernel's
-/// headers package, sorted by name.
+/// The test rootkits (tests/rootkits): the modules, built against the guest
+/// kernel's headers package and sorted by name, then the BPF loader.
 pub fn rootkit_modules() -> &'static [PathBuf] {
     static P: OnceLock<Vec<PathBuf>> = OnceLock::new();
     P.get_or_init(|| {
@@ -113,6 +113,17 @@ pub fn rootkit_modules() -> &'static [PathBuf] {
             .collect();
         kos.sort();
         assert_eq!(kos.len(), 15, "{kos:?}");
+        // The BPF loader is a static user-space program (kbuild left its
+        // source alone).
+        let loader = build.join("bpf_hook");
+        let st = Command::new("gcc")
+            .args(["-static", "-O2", "-Wall", "-o"])
+            .arg(&loader)
+            .arg(build.join("bpf_hook.c"))
+            .status()
+            .expect("run gcc");
+        assert!(st.success(), "building bpf_hook failed");
+        kos.push(loader);
         kos
     })
 }

@@ -62,7 +62,7 @@ pub struct Hook {
     pub handler: u64,
 }
 
-fn inventory_path(cx: &Context) -> PathBuf {
+pub(super) fn inventory_path(cx: &Context) -> PathBuf {
     cx.dir.path().join("hooks.json")
 }
 
@@ -172,8 +172,8 @@ fn line(h: &Hook, module: &str) -> String {
     format!("{} {} {module}", h.registry, h.point)
 }
 
-/// Save the guest's hooks by modules outside the build, as the inventory
-/// later checks compare with.
+/// Save the guest's hooks by modules outside the build and its BPF
+/// programs, as the inventory later checks compare with.
 pub fn save_inventory(cx: &Context) -> Result<usize> {
     let mut lines = BTreeSet::new();
     for h in hooks(cx, &mut Vec::new()).unwrap_or_default() {
@@ -181,6 +181,8 @@ pub fn save_inventory(cx: &Context) -> Result<usize> {
             lines.insert(line(&h, &m));
         }
     }
+    // BPF programs are judged against the same inventory.
+    lines.extend(super::bpf_programs::inventory_lines(cx));
     cx.dir.write_json(&inventory_path(cx), &lines)?;
     Ok(lines.len())
 }

@@ -4,6 +4,7 @@
 //! `docs/checks.md`).
 #![deny(clippy::arithmetic_side_effects)]
 
+pub mod bpf_programs;
 pub mod code;
 pub mod ftrace_hooks;
 pub mod hidden_code;
@@ -87,6 +88,7 @@ pub const CHECKS: &[&dyn Check] = &[
     &ro_after_init::RoAfterInit,
     &kprobes::Kprobes,
     &hook_registries::HookRegistries,
+    &bpf_programs::BpfPrograms,
     &hidden_modules::HiddenModules,
     &hidden_code::HiddenCode,
     &idt::Idt,
