@@ -340,3 +340,169 @@ fn always_on_monitoring_starts_from_the_hook() {
         .contains("__x64_sys_openat() {"));
     drop(lv);
 }
+
+/// Wait until `status` says the guest traces and a collector reads it;
+/// returns how long that took.
+fn wait_collecting(st: &std::path::Path, name: &str) -> Duration {
+    let t = Instant::now();
+    let end = t + Duration::from_secs(180);
+    loop {
+        let s = out(&xftrace(st, &["--domain", name, "status"]));
+        if s.contains("tracer on") && s.contains("collector:  running") {
+            return t.elapsed();
+        }
+        assert!(Instant::now() < end, "tracing never resumed: {s}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+/// The records of the session a stop interrupted, written aside by `on`.
+fn recovered(st: &std::path::Path, name: &str) -> Vec<String> {
+    let dir = st.join("domains").join(name);
+    let mut v: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("recovered-")
+                && p.extension().is_some_and(|x| x == "txt")
+        })
+        .map(|p| std::fs::read_to_string(p).unwrap())
+        .collect();
+    v.sort();
+    v
+}
+
+/// `virsh save` while tracing, then `virsh restore`: the collector ends with
+/// the guest and keeps what it read; the hook resumes the session after the
+/// restore (the guest comes back still tracing, and is adopted); nothing
+/// collected before the save is lost and the trace states its gap.
+#[test]
+fn tracing_continues_across_save_and_restore() {
+    let _one = common::serial();
+    let (state, mut lv) = setup();
+    let st = state.path();
+    let name = format!("xft-sav-{}", std::process::id());
+    let console = lv.define(&name, 256);
+    assert!(enroll(st, &name, &[]).status.success());
+    assert!(virsh(&["start", &name]).status.success());
+    let mut con = Console::tcp(&console, Duration::from_secs(30)).unwrap();
+    con.wait_for("XFTRACE-GUEST-READY", Duration::from_secs(180), &mut || {
+        Ok(())
+    })
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let o = xftrace(st, &["--domain", &name, "on", "sys_openat"]);
+    assert!(o.status.success(), "{}", out(&o));
+    for _ in 0..3 {
+        con.sh("cat /tmp/hello.txt > /dev/null");
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    drop(con);
+
+    let dir = tempfile::tempdir().unwrap();
+    let image = dir.path().join("saved");
+    let o = virsh(&["save", &name, image.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", out(&o));
+    let s = out(&xftrace(st, &["--domain", &name, "status"]));
+    assert!(s.contains("collector:  not running"), "{s}");
+
+    let o = virsh(&["restore", image.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", out(&o));
+    let untraced = wait_collecting(st, &name);
+    eprintln!(
+        "save/restore: the restored guest traced without a collector for at most {:.1} s",
+        untraced.as_secs_f64()
+    );
+    let mut con = Console::tcp(&console, Duration::from_secs(30)).unwrap();
+    for _ in 0..3 {
+        assert!(con
+            .sh("cat /tmp/hello.txt")
+            .contains("hello from the guest"));
+    }
+    let trace = dir.path().join("trace_graph.txt");
+    let o = off(st, &name, &trace);
+    assert!(o.status.success(), "{}", out(&o));
+    let text = std::fs::read_to_string(&trace).unwrap();
+    assert!(text.contains("__x64_sys_openat() {"), "{text}");
+    for gap in [
+        "# xftrace: gap: the previous session (collector pid",
+        "# xftrace: gap: the guest's tracer was already on with no collector reading it (adopted)",
+    ] {
+        assert!(
+            text.contains(gap),
+            "{gap}: {}",
+            &text[..text.len().min(2000)]
+        );
+    }
+    let before = recovered(st, &name);
+    assert_eq!(before.len(), 1);
+    assert!(before[0].contains("__x64_sys_openat() {"), "{}", before[0]);
+    let s = out(&xftrace(st, &["--domain", &name, "status"]));
+    assert!(s.contains("tracer off") && !s.contains("warning:"), "{s}");
+    drop(lv);
+}
+
+/// Always-on monitoring across a managed save: `virsh managedsave`, then
+/// `virsh start` restores the guest, and the hook's monitoring adopts its
+/// tracer by itself. Meanwhile `status` and `check` say the truth.
+#[test]
+fn monitoring_resumes_after_managed_save() {
+    let _one = common::serial();
+    let (state, mut lv) = setup();
+    let st = state.path();
+    let name = format!("xft-msv-{}", std::process::id());
+    let console = lv.define(&name, 256);
+    assert!(enroll(st, &name, &["--monitor", "sys_openat"])
+        .status
+        .success());
+    assert!(virsh(&["start", &name]).status.success());
+    let mut con = Console::tcp(&console, Duration::from_secs(30)).unwrap();
+    con.wait_for("XFTRACE-GUEST-READY", Duration::from_secs(180), &mut || {
+        Ok(())
+    })
+    .unwrap();
+    wait_collecting(st, &name);
+    con.sh("cat /tmp/hello.txt > /dev/null");
+    std::thread::sleep(Duration::from_secs(2));
+    drop(con);
+
+    let o = virsh(&["managedsave", &name]);
+    assert!(o.status.success(), "{}", out(&o));
+    let o = xftrace(st, &["-c", URI, "list"]);
+    assert!(
+        out(&o)
+            .lines()
+            .any(|l| list_row(l, &name, ["off", "yes", "no"])),
+        "{}",
+        out(&o)
+    );
+    assert!(virsh(&["start", &name]).status.success());
+    let untraced = wait_collecting(st, &name);
+    eprintln!(
+        "managed save: monitoring adopted the restored guest after {:.1} s",
+        untraced.as_secs_f64()
+    );
+    let mut con = Console::tcp(&console, Duration::from_secs(30)).unwrap();
+    con.sh("cat /tmp/hello.txt > /dev/null");
+    let o = xftrace(
+        st,
+        &["--domain", &name, "check", "--json", "--trace-seconds", "0"],
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", out(&o));
+    let dir = tempfile::tempdir().unwrap();
+    let trace = dir.path().join("trace_graph.txt");
+    let o = off(st, &name, &trace);
+    assert!(o.status.success(), "{}", out(&o));
+    let text = std::fs::read_to_string(&trace).unwrap();
+    assert!(text.contains("__x64_sys_openat() {"), "{text}");
+    assert!(
+        text.contains("(adopted)"),
+        "{}",
+        &text[..text.len().min(2000)]
+    );
+    assert_eq!(recovered(st, &name).len(), 1);
+    drop(lv);
+}

@@ -353,6 +353,116 @@ fn a_warm_reboot_leaves_a_stale_control_block_that_is_set_aside() {
     assert!(trace.contains("__x64_sys_openat() {"), "{trace}");
 }
 
+/// The guest's state directory under `x`'s state root.
+fn guest_state(x: &Xftrace) -> std::path::PathBuf {
+    let guests = x.state.path().join("guests");
+    let mut dirs: Vec<_> = std::fs::read_dir(&guests)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(dirs.len(), 1, "{dirs:?}");
+    dirs.remove(0)
+}
+
+/// A collector killed in the middle of a trace (OOM, `kill -9`): `status`
+/// says it died and that the guest still traces, `check` reports the
+/// tracer left on, `on` writes what it had collected aside and adopts the
+/// guest, and the new trace's header states both gaps.
+#[test]
+fn a_killed_collector_is_noticed_and_nothing_it_collected_is_lost() {
+    let _one = common::serial();
+    let mut vm = Vm::boot(256, 1);
+    let x = Xftrace::new(&vm.ram);
+    let o = x.run(&["on", "sys_openat"]);
+    assert!(o.status.success(), "{:?}", text(&o));
+    for _ in 0..3 {
+        vm.sh("cat /tmp/hello.txt > /dev/null");
+    }
+    // Let it spool them (it reads every 10 ms and reports every second).
+    std::thread::sleep(Duration::from_millis(2500));
+    let dir = guest_state(&x);
+    let status: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("status.json")).unwrap()).unwrap();
+    let pid = status["pid"].as_i64().unwrap() as i32;
+    assert!(status["records"].as_u64().unwrap() > 0, "{status}");
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    while std::path::Path::new(&format!("/proc/{pid}")).exists()
+        && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .unwrap_or_default()
+            .contains(") Z ")
+    {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    let o = x.run(&["status"]);
+    let (stdout, _) = text(&o);
+    assert!(stdout.contains(&format!("died (pid {pid})")), "{stdout}");
+    assert!(
+        stdout.contains("the guest's tracer is on and no collector of this host reads it"),
+        "{stdout}"
+    );
+    let f = findings(&x);
+    assert!(
+        f.iter().any(|x| x["kind"] == "tracer-integrity"
+            && x["detail"].as_str().unwrap().contains("its collector died")),
+        "{f:#?}"
+    );
+
+    // `on` adopts the guest, after writing the dead session's records aside.
+    let o = x.run(&["on", "sys_openat"]);
+    let (_, stderr) = text(&o);
+    assert!(o.status.success(), "{stderr}");
+    let recovered: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("recovered-")
+                && p.extension().is_some_and(|e| e == "txt")
+        })
+        .collect();
+    assert_eq!(recovered.len(), 1, "{recovered:?} {stderr}");
+    assert!(
+        stderr.contains(&recovered[0].display().to_string()),
+        "{stderr}"
+    );
+    let old = std::fs::read_to_string(&recovered[0]).unwrap();
+    assert!(old.contains("__x64_sys_openat() {"), "{old}");
+    assert_eq!(
+        std::fs::metadata(&recovered[0])
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o077,
+        0
+    );
+    for _ in 0..3 {
+        vm.sh("cat /tmp/hello.txt > /dev/null");
+    }
+    let out = x.state.path().join("trace_graph.txt");
+    let o = x.run(&["off", "--output", out.to_str().unwrap()]);
+    assert!(o.status.success(), "{:?}", text(&o));
+    let trace = std::fs::read_to_string(&out).unwrap();
+    assert!(trace.contains("__x64_sys_openat() {"), "{trace}");
+    assert!(
+        trace.contains(
+            "gap: the guest's tracer was already on with no collector reading it (adopted)"
+        ),
+        "{}",
+        &trace[..trace.len().min(2000)]
+    );
+    assert!(
+        trace.contains("gap: the previous session (collector pid"),
+        "{}",
+        &trace[..trace.len().min(2000)]
+    );
+    // Nothing left over.
+    assert_eq!(findings(&x), Vec::<serde_json::Value>::new());
+    assert!(!text(&x.run(&["status"])).0.contains("warning:"));
+}
+
 /// Run `check --trace-seconds 0 --json` and return the findings.
 fn findings(x: &Xftrace) -> Vec<serde_json::Value> {
     let o = x.run(&["check", "--json", "--trace-seconds", "0"]);

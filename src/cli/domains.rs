@@ -7,6 +7,7 @@ use crate::escape::escape;
 use crate::host::statedir::GuestDir;
 use crate::kernel::builds;
 use crate::libvirt::connection::{Libvirt, LiveEnrollment};
+use crate::trace::status::{CollectorState, CollectorStatus};
 
 use super::GuestArgs;
 
@@ -115,16 +116,27 @@ pub fn list(g: &GuestArgs, root: &Path) -> Result<(), Error> {
         "DOMAIN", "STATE", "ENROLLED", "TRACING"
     );
     for d in lv.list()? {
+        // A collector that died leaves its status saying it collects.
         let tracing = match GuestDir::existing_domain(root, &d.name) {
-            Some(st) => st.collector_running()?,
-            None => false,
+            Some(st) if st.collector_running()? => "yes",
+            Some(st)
+                if CollectorStatus::read(&st).is_some_and(|s| {
+                    matches!(
+                        s.state,
+                        CollectorState::Starting | CollectorState::Collecting
+                    )
+                }) =>
+            {
+                "died"
+            }
+            _ => "no",
         };
         println!(
             "{:<24} {:<8} {:<9} {:<8} {}",
             escape(&d.name),
             if d.running { "running" } else { "off" },
             if d.enrolled { "yes" } else { "no" },
-            if tracing { "yes" } else { "no" },
+            tracing,
             escape(d.system_map.as_deref().unwrap_or("-"))
         );
     }

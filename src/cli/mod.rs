@@ -179,6 +179,9 @@ pub enum Command {
         /// Where `on` found the guest kernel's `_text` (guest physical).
         #[arg(long, value_parser = parse_hex)]
         text_pa: Option<u64>,
+        /// For the trace's header: what the session lacks (repeatable).
+        #[arg(long)]
+        gap: Vec<String>,
         functions: Vec<String>,
     },
 }
@@ -351,6 +354,7 @@ pub fn run(cli: Cli) -> Result<Outcome, Error> {
             key_interval_ms,
             spool_limit,
             text_pa,
+            gap,
             functions,
         } => {
             // The descriptor was left open for us by `on`.
@@ -365,6 +369,7 @@ pub fn run(cli: Cli) -> Result<Outcome, Error> {
                     ..Default::default()
                 },
                 *text_pa,
+                gap,
             ))
         }
     }

@@ -24,6 +24,8 @@ use crate::host::files;
 use crate::host::process::{self, ProcessId};
 use crate::host::statedir::{now_unix, GuestDir};
 use crate::libvirt::domain_xml::{self, DomainFacts, HookDecision};
+use crate::trace::spool;
+use crate::trace::status::{CollectorState, CollectorStatus};
 
 /// libvirt's domain XML is rarely above a few tens of kilobytes.
 const MAX_XML: u64 = 16 << 20;
@@ -63,13 +65,23 @@ pub fn monitor_args(
     name: &str,
     facts: &DomainFacts,
 ) -> std::result::Result<Vec<OsString>, String> {
-    if facts.monitor.len() > MAX_MONITOR {
+    on_args(root, name, &facts.monitor)
+}
+
+/// `xftrace --domain NAME on --wait=300 -- FUNCTIONS`, each function
+/// checked (they come from a domain definition or a state file).
+fn on_args(
+    root: &Path,
+    name: &str,
+    functions: &[String],
+) -> std::result::Result<Vec<OsString>, String> {
+    if functions.len() > MAX_MONITOR {
         return Err(format!(
             "it names {} functions; at most {MAX_MONITOR}",
-            facts.monitor.len()
+            functions.len()
         ));
     }
-    for f in &facts.monitor {
+    for f in functions {
         crate::abi::funcs::check_pattern(f)?;
     }
     let mut state_dir = OsString::from("--state-dir=");
@@ -81,8 +93,60 @@ pub fn monitor_args(
         "--wait=300".into(),
         "--".into(),
     ];
-    args.extend(facts.monitor.iter().map(OsString::from));
+    args.extend(functions.iter().map(OsString::from));
     Ok(args)
+}
+
+/// The functions of a session the domain's stop interrupted (a `virsh
+/// save`, managed save or a stop while tracing): its collector ended with
+/// the guest, and no `off` has written it since.
+fn interrupted_session(st: &GuestDir) -> Option<Vec<String>> {
+    let s = CollectorStatus::read(st)?;
+    let unfinished = matches!(
+        s.state,
+        CollectorState::Starting
+            | CollectorState::Collecting
+            | CollectorState::Stopped
+            | CollectorState::GuestGone
+    );
+    (unfinished && !st.collector_running().unwrap_or(true) && spool::exists(st.path()))
+        .then_some(s.functions)
+}
+
+fn restore_mark(st: &GuestDir) -> std::path::PathBuf {
+    st.path().join("restoring")
+}
+
+/// Did this start restore a saved guest? (The mark is used up.)
+fn take_restore_mark(st: &GuestDir) -> bool {
+    let p = restore_mark(st);
+    let there = std::fs::symlink_metadata(&p).is_ok_and(|m| m.is_file());
+    let _ = files::remove_if_present(&p);
+    there
+}
+
+/// Continue an interrupted session once a restore has brought the guest
+/// back with its tracer on (a fresh boot after a stop is left to the
+/// operator: `status` names the unwritten session): `on` writes the earlier
+/// session's records aside and adopts the guest, so it never traces
+/// unread for longer than its kernel takes to be found.
+fn resume_session(root: &Path, st: &GuestDir, name: &str, functions: &[String]) -> Result<()> {
+    let mut log = files::replace_private(&st.path().join("monitor.log"))?;
+    match on_args(root, name, functions) {
+        Ok(args) => {
+            let _ = writeln!(
+                log,
+                "xftrace hook: resuming the session the stop of {} interrupted",
+                escape(name)
+            );
+            process::spawn_detached(&args, log, None)?;
+        }
+        Err(why) => warn!(
+            "xftrace hook: not resuming the session of {}: {why}",
+            escape(name)
+        ),
+    }
+    Ok(())
 }
 
 /// Always-on monitoring: start `xftrace --domain NAME on -- FUNCTIONS` in
@@ -154,11 +218,35 @@ pub fn qemu(root: &Path, args: &[String], stdin: &mut dyn Read) -> Result<()> {
                             );
                         }
                     }
-                    Ok(_) => {}
+                    Ok(st) => {
+                        let restored = take_restore_mark(&st);
+                        if let Some(functions) = interrupted_session(&st).filter(|_| restored) {
+                            if let Err(e) = resume_session(root, &st, name, &functions) {
+                                warn!(
+                                    "xftrace hook: cannot resume the session of {}: {e}",
+                                    escape(name)
+                                );
+                            }
+                        }
+                    }
                     Err(e) => warn!(
                         "xftrace hook: cannot record that {} started: {e}",
                         escape(name)
                     ),
+                }
+            }
+            Ok(())
+        }
+        // A restore (`virsh restore`, or `virsh start` of a managed-saved
+        // domain) brings back a guest that may still be tracing. The XML
+        // passes unchanged (no output).
+        ("restore", "begin") => {
+            if let Some(st) = GuestDir::existing_domain(root, name) {
+                if let Err(e) = files::write_atomically(&restore_mark(&st), b"") {
+                    warn!(
+                        "xftrace hook: cannot note the restore of {}: {e}",
+                        escape(name)
+                    );
                 }
             }
             Ok(())
@@ -206,6 +294,47 @@ mod tests {
                 "<xftrace:monitor functions=\"{functions}\"/><xftrace:previous-memory-backing"
             ),
         )
+    }
+
+    #[test]
+    fn a_session_a_stop_interrupted_is_resumed_with_its_functions() {
+        use crate::trace::rings::tests::rec;
+        use crate::trace::spool::SpoolWriter;
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("state");
+        let st = GuestDir::for_domain(&root, "t1").unwrap();
+        // Nothing known: nothing to resume.
+        assert_eq!(interrupted_session(&st), None);
+        let mut s = CollectorStatus {
+            state: CollectorState::GuestGone,
+            functions: vec!["__x64_sys_openat".into()],
+            ..Default::default()
+        };
+        s.write(&st).unwrap();
+        // No records left: `off` wrote them, or there were none.
+        assert_eq!(interrupted_session(&st), None);
+        let mut sp = SpoolWriter::create(st.path(), 1, spool::DEFAULT_LIMIT).unwrap();
+        sp.push(&rec(0, 0, 1)).unwrap();
+        sp.flush().unwrap();
+        assert_eq!(
+            interrupted_session(&st),
+            Some(vec!["__x64_sys_openat".to_string()])
+        );
+        s.state = CollectorState::Written;
+        s.write(&st).unwrap();
+        assert_eq!(interrupted_session(&st), None);
+        // Functions from the state file are checked like the definition's.
+        s.state = CollectorState::Collecting;
+        s.functions = vec!["--output=/etc/passwd".into()];
+        s.write(&st).unwrap();
+        let f = interrupted_session(&st).unwrap();
+        assert!(on_args(&root, "t1", &f).is_err());
+        // Only a restore resumes; the mark it leaves is used once.
+        run(&root, &["t1", "restore", "begin", "-"], ENROLLED).unwrap();
+        assert!(take_restore_mark(&st));
+        assert!(!take_restore_mark(&st));
+        run(&root, &["zz", "restore", "begin", "-"], "").unwrap();
+        assert!(GuestDir::existing_domain(&root, "zz").is_none());
     }
 
     #[test]

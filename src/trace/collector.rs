@@ -44,9 +44,11 @@ pub fn run(
     functions: &[String],
     opts: CollectOptions,
     text_pa: Option<u64>,
+    gaps: &[String],
 ) -> Result<()> {
     let dir = target.dir()?;
     let mut status = CollectorStatus {
+        gaps: gaps.to_vec(),
         process: ProcessId::own(),
         target: target.describe(),
         functions: functions.to_vec(),

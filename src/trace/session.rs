@@ -149,8 +149,19 @@ pub fn start(
             target.describe()
         )));
     };
+    let mut gaps = Vec::new();
+    if spool::exists(dir.path()) {
+        gaps.push(recover(target, &dir)?);
+    }
+    if switch::read_status(&g.ram, &g.kernel)?.tracing {
+        // Adopted: the guest was tracing with no collector of ours
+        // reading it. What it wrote before our first key is not ours.
+        let gap = "the guest's tracer was already on with no collector reading it (adopted): events before this session's first key are not in this trace".to_string();
+        warn!("{}: {gap}", target.describe());
+        gaps.push(gap);
+    }
     reset(&dir)?;
-    let mut child = spawn_collector(target, g, &dir, &lock, &symbols, opts)?;
+    let mut child = spawn_collector(target, g, &dir, &lock, &symbols, opts, &gaps)?;
     drop(lock);
     wait_collecting(&dir, &mut child)?;
     let flags = if opts.irqs { crate::abi::FLAG_IRQS } else { 0 };
@@ -165,6 +176,33 @@ pub fn start(
     Ok((symbols, child.id()))
 }
 
+/// The previous session's records, never written (its collector died, or
+/// the guest went away and no `off` followed): write them aside in the
+/// guest's state directory before a new session replaces them. Returns
+/// the note for the new trace's header.
+fn recover(target: &Target, dir: &GuestDir) -> Result<String> {
+    let status = CollectorStatus::read(dir).unwrap_or_default();
+    let out = dir
+        .path()
+        .join(format!("recovered-{}.txt", now_unix() as u64));
+    let map = session_map(target, &status)?;
+    write_trace(dir, &status, &Symbolizer::new(&map, status.slide), &out).map_err(|e| {
+        Error::State(format!(
+            "the previous session's records (collector pid {}, {}) could not be written aside ({e}); run `xftrace off` to write them first",
+            status.process.pid, status.state
+        ))
+    })?;
+    let note = format!(
+        "the previous session (collector pid {}, {}) ended without `off`: its {} records are in {}",
+        status.process.pid,
+        status.state,
+        status.rings.records,
+        out.display()
+    );
+    warn!("{}: {note}", target.describe());
+    Ok(note)
+}
+
 /// `xftrace collect` for this guest, holding the lock `on` took.
 fn spawn_collector(
     target: &Target,
@@ -173,6 +211,7 @@ fn spawn_collector(
     lock: &File,
     symbols: &[String],
     opts: CollectOptions,
+    gaps: &[String],
 ) -> Result<Child> {
     let log = files::create_new_private(&dir.collector_log())?;
     let fd = lock.as_raw_fd();
@@ -183,8 +222,9 @@ fn spawn_collector(
         format!("--key-interval-ms={}", opts.key_interval.as_millis()).into(),
         format!("--spool-limit={}", opts.spool_limit).into(),
         format!("--text-pa={:#x}", g.kernel.text_pa).into(),
-        "--".into(),
     ]);
+    args.extend(gaps.iter().map(|gap| format!("--gap={gap}").into()));
+    args.push("--".into());
     args.extend(symbols.iter().map(OsString::from));
     process::spawn_detached(&args, log, Some(fd))
 }
@@ -433,6 +473,7 @@ pub fn write_trace(
             .iter()
             .map(|w| format!("guest narrowed the capture: {w}")),
     );
+    notes.extend(status.gaps.iter().map(|g| format!("gap: {g}")));
     if let Ok(mut k) = files::open_regular(&dir.klog(), "Klog") {
         let mut out = files::AtomicFile::create(&klog_path)?;
         std::io::copy(&mut k, out.writer())
@@ -455,11 +496,22 @@ pub fn status(target: &Target) -> Result<()> {
     let dir = target.dir()?;
     println!("guest:      {}", target.describe());
     let guest = target.open();
-    if let Ok(g) = &guest {
-        print_tracer(g)?;
-    }
     let running = dir.collector_running()?;
-    match CollectorStatus::read(&dir) {
+    let status = CollectorStatus::read(&dir);
+    if let Ok(g) = &guest {
+        let tracing = print_tracer(g)?;
+        if tracing && !running {
+            println!(
+                "warning:    the guest's tracer is on and no collector of this host reads it: `xftrace on` adopts it, `xftrace off` stops it{}",
+                if spool::exists(dir.path()) {
+                    " and writes what was collected"
+                } else {
+                    ""
+                }
+            );
+        }
+    }
+    match status {
         Some(s) => print_collector(&s, running),
         None => println!(
             "collector:  {}",
@@ -473,7 +525,8 @@ pub fn status(target: &Target) -> Result<()> {
     guest.map(|_| ())
 }
 
-fn print_tracer(g: &Guest) -> Result<()> {
+/// Print the guest's side; returns whether its tracer is on.
+fn print_tracer(g: &Guest) -> Result<bool> {
     let gs = switch::read_status(&g.ram, &g.kernel)?;
     let alive = switch::guest_alive(&g.ram, &g.kernel, Duration::from_secs(1))?;
     println!("kernel:     {}", escape(&g.kernel.banner));
@@ -499,13 +552,30 @@ fn print_tracer(g: &Guest) -> Result<()> {
             k.ctl
         );
     }
-    Ok(())
+    Ok(gs.tracing)
 }
 
 fn print_collector(s: &CollectorStatus, running: bool) {
+    let died = !running
+        && matches!(
+            s.state,
+            CollectorState::Starting | CollectorState::Collecting
+        );
+    if died {
+        println!(
+            "collector:  died (pid {}) while {}: what it collected is kept; `xftrace off` writes it (`xftrace on` writes it aside first)",
+            s.process.pid, s.state
+        );
+    }
     println!(
         "collector:  {} (pid {}), {}{}",
-        if running { "running" } else { "not running" },
+        if running {
+            "running"
+        } else if died {
+            "last status"
+        } else {
+            "not running"
+        },
         s.process.pid,
         s.state,
         if s.message.is_empty() {

@@ -66,6 +66,9 @@ pub struct CollectorStatus {
     pub narrowed: Vec<String>,
     /// The spool's limit in bytes.
     pub spool_limit: u64,
+    /// What this trace lacks that the guest did (an earlier session left
+    /// unwritten, a tracer adopted), for the trace's header.
+    pub gaps: Vec<String>,
     pub message: String,
 }
 

@@ -174,7 +174,7 @@ impl Drop for Libvirtd {
                 .args(["-c", URI, "destroy", d])
                 .output();
             let _ = Command::new("virsh")
-                .args(["-c", URI, "undefine", d])
+                .args(["-c", URI, "undefine", "--managed-save", d])
                 .output();
         }
         for (pidfile, daemon) in self.started.iter().rev() {

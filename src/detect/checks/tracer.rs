@@ -128,6 +128,21 @@ fn session(
             key_matches(ram, k, &klog, out);
         }
     }
+    if !running && gs.tracing {
+        // A collector that died, a host reboot, a restore or a migration
+        // that brought the tracer along: the guest pays for a trace no one
+        // reads, under a key no one rotates.
+        out.push(finding(
+            match status.as_ref().map(|s| s.state) {
+                Some(CollectorState::Collecting | CollectorState::Starting) => {
+                    "the guest's tracer is on and its collector died: `xftrace on` adopts it, `xftrace off` writes what was collected"
+                }
+                _ => "the guest's tracer is on and no collector of this host reads it: `xftrace on` adopts it, `xftrace off` stops it",
+            },
+            k.field(abi::off::ACK_RESULT_TRACING).0,
+            format!("key epoch {}", gs.key_epoch),
+        ));
+    }
     if let Some(s) = status.filter(|s| s.rings.integrity_failures() > 0) {
         let r = &s.rings;
         out.push(Finding::new(
