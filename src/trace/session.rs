@@ -153,18 +153,34 @@ pub fn start(
     if spool::exists(dir.path()) {
         gaps.push(recover(target, &dir)?);
     }
+    let flags = if opts.irqs { crate::abi::FLAG_IRQS } else { 0 };
+    let mut switch_on = true;
     if switch::read_status(&g.ram, &g.kernel)?.tracing {
         // Adopted: the guest was tracing with no collector of ours
-        // reading it. What it wrote before our first key is not ours.
-        let gap = "the guest's tracer was already on with no collector reading it (adopted): events before this session's first key are not in this trace".to_string();
+        // reading it (a collector died, a restore). Tracing what we want
+        // already, it goes on under our keys; else, as it takes one
+        // session at a time, it is switched off and on again.
+        let same = switch::applied_on(&g.ram, &g.kernel)?
+            .is_some_and(|(f, fl)| f == symbols && fl == flags);
+        let gap = format!(
+            "the guest's tracer was already on with no collector reading it (adopted{}): events before this session's first key are not in this trace",
+            if same { "" } else { ", switched off and on again" }
+        );
         warn!("{}: {gap}", target.describe());
+        if same {
+            switch_on = false;
+        } else {
+            switch::send(&g.ram, &g.kernel, Op::Off, &[], 0, GUEST_ACK)?;
+        }
         gaps.push(gap);
     }
     reset(&dir)?;
     let mut child = spawn_collector(target, g, &dir, &lock, &symbols, opts, &gaps)?;
     drop(lock);
     wait_collecting(&dir, &mut child)?;
-    let flags = if opts.irqs { crate::abi::FLAG_IRQS } else { 0 };
+    if !switch_on {
+        return Ok((symbols, child.id()));
+    }
     if let Err(e) = switch::send(&g.ram, &g.kernel, Op::On, &symbols, flags, GUEST_ACK) {
         if let Some(s) = CollectorStatus::read(&dir) {
             s.process.terminate();

@@ -117,6 +117,36 @@ fn next_seq(cmd_seq: u64, ack_seq: u64) -> Result<(u64, u64)> {
 }
 
 /// Send `op` with `functions` (kernel symbol names or globs) and `flags`
+/// The functions and flags of the last command, if it was an `on` that the
+/// guest applied (what a guest still tracing traces). Read back from the
+/// control block the host wrote: a guest can rewrite it, and gains only
+/// that xftrace switches it off and on again.
+pub fn applied_on(ram: &GuestRam, k: &GuestKernel) -> Result<Option<(Vec<String>, u64)>> {
+    let seq = ram.read_u64(k.field(abi::off::CMD_SEQ))?;
+    if seq != ram.read_u64(k.field(abi::off::ACK_SEQ))? || seq % 2 == 1 {
+        return Ok(None);
+    }
+    let op_len = ram.read_u64(k.field(abi::off::CMD_OP_FUNCS_LEN))?;
+    let len = usize::try_from(op_len >> 32).unwrap_or(usize::MAX);
+    if op_len as u32 != Op::On as u32 || len == 0 || len >= abi::FUNCS_SIZE {
+        return Ok(None);
+    }
+    let mut b = vec![0u8; abi::FUNCS_SIZE];
+    ram.read_into(k.field(abi::off::FUNCS), &mut b)?;
+    let Ok(list) = std::str::from_utf8(&b[..len]) else {
+        return Ok(None);
+    };
+    let functions: Vec<String> = list.split(' ').map(str::to_string).collect();
+    if functions
+        .iter()
+        .any(|f| abi::funcs::check_pattern(f).is_err())
+    {
+        return Ok(None);
+    }
+    let flags = ram.read_u64(k.field(abi::off::CMD_FLAGS))?;
+    Ok(Some((functions, flags)))
+}
+
 /// (`abi::FLAG_*`), and wait for the guest to acknowledge it.
 ///
 /// The command is one consistent unit: `cmd_seq` is odd while the host
@@ -223,5 +253,40 @@ mod tests {
         assert_eq!(s.ack_result, i32::MIN);
         assert_eq!(s.gate, GateState::Invalid);
         assert!(s.narrowed_reasons().len() > 3);
+    }
+
+    #[test]
+    fn the_applied_on_command_is_read_back_and_a_hostile_one_is_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let (ram, map) = synthetic_guest(dir.path());
+        let k = locate(&ram, &map, None).unwrap();
+        let command = |seq: u64, ack: u64, op: u64, list: &[u8], len: u64| {
+            let mut b = [0u8; abi::FUNCS_SIZE];
+            b[..list.len()].copy_from_slice(list);
+            for (i, w) in abi::le::words(&b).enumerate() {
+                ram.write_u64(k.field(abi::layout::funcs_word(i)), w)
+                    .unwrap();
+            }
+            ram.write_u64(k.field(abi::off::CMD_OP_FUNCS_LEN), op | (len << 32))
+                .unwrap();
+            ram.write_u64(k.field(abi::off::CMD_FLAGS), 1).unwrap();
+            ram.write_u64(k.field(abi::off::CMD_SEQ), seq).unwrap();
+            ram.write_u64(k.field(abi::off::ACK_SEQ), ack).unwrap();
+            applied_on(&ram, &k).unwrap()
+        };
+        let list = b"__x64_sys_openat vfs_rea?";
+        assert_eq!(
+            command(4, 4, 1, list, list.len() as u64),
+            Some((vec!["__x64_sys_openat".into(), "vfs_rea?".into()], 1))
+        );
+        // Not yet applied, being written, an off, no list, a length past
+        // the field, characters no pattern has.
+        assert_eq!(command(6, 4, 1, list, list.len() as u64), None);
+        assert_eq!(command(5, 5, 1, list, list.len() as u64), None);
+        assert_eq!(command(4, 4, 2, list, list.len() as u64), None);
+        assert_eq!(command(4, 4, 1, list, 0), None);
+        assert_eq!(command(4, 4, 1, list, u64::from(u32::MAX)), None);
+        assert_eq!(command(4, 4, 1, b"a -b", 4), None);
+        assert_eq!(command(4, 4, 1, b"a\xffb", 4), None);
     }
 }
