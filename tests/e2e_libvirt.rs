@@ -506,3 +506,86 @@ fn monitoring_resumes_after_managed_save() {
     assert_eq!(recovered(st, &name).len(), 1);
     drop(lv);
 }
+
+/// libvirtd crashes and is started again while a domain is traced: the
+/// collector goes on and loses nothing. Then the collector itself is
+/// killed: `list` and `status` say it died and that the guest still traces,
+/// `check` reports the tracer left on, and `off` writes every record the
+/// collector had read.
+#[test]
+fn a_libvirtd_restart_and_a_killed_collector_lose_nothing() {
+    let _one = common::serial();
+    let (state, mut lv) = setup();
+    let st = state.path();
+    let name = format!("xft-kil-{}", std::process::id());
+    let console = lv.define(&name, 256);
+    assert!(enroll(st, &name, &[]).status.success());
+    assert!(virsh(&["start", &name]).status.success());
+    let mut con = Console::tcp(&console, Duration::from_secs(30)).unwrap();
+    con.wait_for("XFTRACE-GUEST-READY", Duration::from_secs(180), &mut || {
+        Ok(())
+    })
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let o = xftrace(st, &["--domain", &name, "on", "sys_openat"]);
+    assert!(o.status.success(), "{}", out(&o));
+    con.sh("cat /tmp/hello.txt > /dev/null");
+
+    lv.crash_and_restart_libvirtd();
+    let s = out(&xftrace(st, &["--domain", &name, "status"]));
+    assert!(
+        s.contains("tracer on") && s.contains("collector:  running"),
+        "{s}"
+    );
+    for _ in 0..3 {
+        con.sh("cat /tmp/hello.txt > /dev/null");
+    }
+    // Let the collector spool it all and report (every second).
+    std::thread::sleep(Duration::from_secs(3));
+    let dir = st.join("domains").join(&name);
+    let status: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("status.json")).unwrap()).unwrap();
+    let read = status["records"].as_u64().unwrap();
+    assert!(read > 0, "{status}");
+    let pid = status["pid"].as_i64().unwrap();
+    assert!(std::process::Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()
+        .unwrap()
+        .success());
+    std::thread::sleep(Duration::from_millis(500));
+
+    let o = xftrace(st, &["-c", URI, "list"]);
+    assert!(
+        out(&o)
+            .lines()
+            .any(|l| list_row(l, &name, ["running", "yes", "died"])),
+        "{}",
+        out(&o)
+    );
+    let s = out(&xftrace(st, &["--domain", &name, "status"]));
+    assert!(
+        s.contains(&format!("died (pid {pid})"))
+            && s.contains("the guest's tracer is on and no collector of this host reads it"),
+        "{s}"
+    );
+    let o = xftrace(
+        st,
+        &["--domain", &name, "check", "--json", "--trace-seconds", "0"],
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", out(&o));
+    assert!(out(&o).contains("its collector died"), "{}", out(&o));
+
+    let tmp = tempfile::tempdir().unwrap();
+    let trace = tmp.path().join("trace_graph.txt");
+    let o = off(st, &name, &trace);
+    assert!(o.status.success(), "{}", out(&o));
+    // Every cat before the kill, one before libvirtd's crash and three
+    // after it, is in the trace.
+    let text = std::fs::read_to_string(&trace).unwrap();
+    let opens = text.matches("__x64_sys_openat() {").count();
+    assert!(opens >= 4, "{opens} openat calls in {text}");
+    let s = out(&xftrace(st, &["--domain", &name, "status"]));
+    assert!(s.contains("tracer off") && !s.contains("warning:"), "{s}");
+    drop(lv);
+}

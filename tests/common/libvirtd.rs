@@ -120,6 +120,42 @@ impl Libvirtd {
         d
     }
 
+    /// Kill libvirtd as a crash would (SIGKILL) and start it again; the
+    /// domains keep running.
+    pub fn crash_and_restart_libvirtd(&self) {
+        let pid = pid_alive("/run/libvirtd.pid").expect("libvirtd runs");
+        let st = Command::new("kill")
+            .args(["-9", &pid.to_string()])
+            .status()
+            .unwrap();
+        assert!(st.success());
+        let end = Instant::now() + Duration::from_secs(15);
+        while Path::new(&format!("/proc/{pid}")).exists() {
+            assert!(Instant::now() < end, "libvirtd did not die");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = std::fs::remove_file("/run/libvirtd.pid");
+        let st = Command::new("sh")
+            .arg("-c")
+            .arg(libvirtd_command())
+            .status()
+            .expect("start libvirtd");
+        assert!(st.success(), "libvirtd -d failed");
+        let end = Instant::now() + Duration::from_secs(30);
+        while !Command::new("virsh")
+            .args(["-c", URI, "version"])
+            .output()
+            .is_ok_and(|o| o.status.success())
+        {
+            assert!(
+                Instant::now() < end,
+                "libvirtd did not answer after its restart"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        eprintln!("harness: libvirtd killed and started again");
+    }
+
     /// Define a TCG/KVM domain booting the test guest, its console on a TCP
     /// port of 127.0.0.1. Returns the console address.
     pub fn define(&mut self, name: &str, mem_mb: u64) -> String {
