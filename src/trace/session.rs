@@ -155,6 +155,14 @@ pub fn start(
     }
     let flags = if opts.irqs { crate::abi::FLAG_IRQS } else { 0 };
     let mut switch_on = true;
+    // A guest being restored is paused while its RAM is still arriving:
+    // nothing is adopted or started before its kernel runs (`on --wait`
+    // retries).
+    if !switch::guest_alive(&g.ram, &g.kernel, Duration::from_secs(3))? {
+        return Err(Error::Guest(
+            "the guest kernel is not running: its xftrace heartbeat did not advance in 3 s (is the VM paused, stopped or being restored?)".into(),
+        ));
+    }
     if switch::read_status(&g.ram, &g.kernel)?.tracing {
         // Adopted: the guest was tracing with no collector of ours
         // reading it (a collector died, a restore). Tracing what we want
