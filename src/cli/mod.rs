@@ -346,7 +346,12 @@ pub fn run(cli: Cli) -> Result<Outcome, Error> {
             })
         }
         Command::Hook { driver, args } => match driver.as_str() {
-            "qemu" => done(hook::qemu(root, args, &mut std::io::stdin())),
+            "qemu" => done(hook::qemu(
+                root,
+                args,
+                &mut std::io::stdin(),
+                &session::interrupted_session,
+            )),
             _ => Ok(Outcome::Done),
         },
         Command::Collect {

@@ -24,8 +24,6 @@ use crate::host::files;
 use crate::host::process::{self, ProcessId};
 use crate::host::statedir::{now_unix, GuestDir};
 use crate::libvirt::domain_xml::{self, DomainFacts, HookDecision};
-use crate::trace::spool;
-use crate::trace::status::{CollectorState, CollectorStatus};
 
 /// libvirt's domain XML is rarely above a few tens of kilobytes.
 const MAX_XML: u64 = 16 << 20;
@@ -95,22 +93,6 @@ fn on_args(
     ];
     args.extend(functions.iter().map(OsString::from));
     Ok(args)
-}
-
-/// The functions of a session the domain's stop interrupted (a `virsh
-/// save`, managed save or a stop while tracing): its collector ended with
-/// the guest, and no `off` has written it since.
-fn interrupted_session(st: &GuestDir) -> Option<Vec<String>> {
-    let s = CollectorStatus::read(st)?;
-    let unfinished = matches!(
-        s.state,
-        CollectorState::Starting
-            | CollectorState::Collecting
-            | CollectorState::Stopped
-            | CollectorState::GuestGone
-    );
-    (unfinished && !st.collector_running().unwrap_or(true) && spool::exists(st.path()))
-        .then_some(s.functions)
 }
 
 fn restore_mark(st: &GuestDir) -> std::path::PathBuf {
@@ -191,7 +173,15 @@ fn read_xml(stdin: &mut dyn Read) -> Result<String> {
 
 /// Run the hook. `args` are libvirt's: domain, operation, sub-operation,
 /// extra. An `Err` refuses the operation (libvirt shows the message).
-pub fn qemu(root: &Path, args: &[String], stdin: &mut dyn Read) -> Result<()> {
+///
+/// `interrupted` names the functions of a session a stop interrupted (see
+/// `trace::session::interrupted_session`), resumed after a restore.
+pub fn qemu(
+    root: &Path,
+    args: &[String],
+    stdin: &mut dyn Read,
+    interrupted: &dyn Fn(&GuestDir) -> Option<Vec<String>>,
+) -> Result<()> {
     let (Some(name), Some(op)) = (args.first(), args.get(1)) else {
         return Err(Error::Input(
             "usage: xftrace hook qemu DOMAIN OPERATION SUB-OPERATION [EXTRA]".into(),
@@ -220,7 +210,7 @@ pub fn qemu(root: &Path, args: &[String], stdin: &mut dyn Read) -> Result<()> {
                     }
                     Ok(st) => {
                         let restored = take_restore_mark(&st);
-                        if let Some(functions) = interrupted_session(&st).filter(|_| restored) {
+                        if let Some(functions) = interrupted(&st).filter(|_| restored) {
                             if let Err(e) = resume_session(root, &st, name, &functions) {
                                 warn!(
                                     "xftrace hook: cannot resume the session of {}: {e}",
@@ -284,7 +274,7 @@ mod tests {
 
     fn run(root: &Path, args: &[&str], xml: &str) -> Result<()> {
         let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-        qemu(root, &args, &mut xml.as_bytes())
+        qemu(root, &args, &mut xml.as_bytes(), &|_| None)
     }
 
     fn with_monitor(functions: &str) -> String {
@@ -297,44 +287,17 @@ mod tests {
     }
 
     #[test]
-    fn a_session_a_stop_interrupted_is_resumed_with_its_functions() {
-        use crate::trace::rings::tests::rec;
-        use crate::trace::spool::SpoolWriter;
+    fn only_a_restore_resumes_and_its_mark_is_used_once() {
         let tmp = tempfile::tempdir().unwrap();
         let root = tmp.path().join("state");
         let st = GuestDir::for_domain(&root, "t1").unwrap();
-        // Nothing known: nothing to resume.
-        assert_eq!(interrupted_session(&st), None);
-        let mut s = CollectorStatus {
-            state: CollectorState::GuestGone,
-            functions: vec!["__x64_sys_openat".into()],
-            ..Default::default()
-        };
-        s.write(&st).unwrap();
-        // No records left: `off` wrote them, or there were none.
-        assert_eq!(interrupted_session(&st), None);
-        let mut sp = SpoolWriter::create(st.path(), 1, spool::DEFAULT_LIMIT).unwrap();
-        sp.push(&rec(0, 0, 1)).unwrap();
-        sp.flush().unwrap();
-        assert_eq!(
-            interrupted_session(&st),
-            Some(vec!["__x64_sys_openat".to_string()])
-        );
-        s.state = CollectorState::Written;
-        s.write(&st).unwrap();
-        assert_eq!(interrupted_session(&st), None);
-        // Functions from the state file are checked like the definition's.
-        s.state = CollectorState::Collecting;
-        s.functions = vec!["--output=/etc/passwd".into()];
-        s.write(&st).unwrap();
-        let f = interrupted_session(&st).unwrap();
-        assert!(on_args(&root, "t1", &f).is_err());
-        // Only a restore resumes; the mark it leaves is used once.
         run(&root, &["t1", "restore", "begin", "-"], ENROLLED).unwrap();
         assert!(take_restore_mark(&st));
         assert!(!take_restore_mark(&st));
         run(&root, &["zz", "restore", "begin", "-"], "").unwrap();
         assert!(GuestDir::existing_domain(&root, "zz").is_none());
+        // Functions from a state file are checked like a definition's.
+        assert!(on_args(&root, "t1", &["--output=/etc/passwd".into()]).is_err());
     }
 
     #[test]

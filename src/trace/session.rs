@@ -83,6 +83,22 @@ pub fn finish(dir: &GuestDir) -> Result<()> {
     dir.remove(&[dir.klog()])
 }
 
+/// The functions of a session the domain's stop interrupted (a `virsh
+/// save`, managed save or a stop while tracing): its collector ended with
+/// the guest, and no `off` has written it since.
+pub fn interrupted_session(st: &GuestDir) -> Option<Vec<String>> {
+    let s = CollectorStatus::read(st)?;
+    let unfinished = matches!(
+        s.state,
+        CollectorState::Starting
+            | CollectorState::Collecting
+            | CollectorState::Stopped
+            | CollectorState::GuestGone
+    );
+    (unfinished && !st.collector_running().unwrap_or(true) && spool::exists(st.path()))
+        .then_some(s.functions)
+}
+
 /// `xftrace on FUNCS...`
 pub fn on(target: &Target, functions: &[String], opts: CollectOptions) -> Result<()> {
     let g = target.open()?;
@@ -628,6 +644,32 @@ fn print_collector(s: &CollectorStatus, running: bool) {
 mod tests {
     use super::*;
     use crate::trace::spool::SpoolWriter;
+
+    #[test]
+    fn a_session_a_stop_interrupted_is_named_with_its_functions() {
+        use crate::trace::rings::tests::rec;
+        let tmp = tempfile::tempdir().unwrap();
+        let st = GuestDir::for_domain(&tmp.path().join("state"), "t1").unwrap();
+        assert_eq!(interrupted_session(&st), None);
+        let mut s = CollectorStatus {
+            state: CollectorState::GuestGone,
+            functions: vec!["__x64_sys_openat".into()],
+            ..Default::default()
+        };
+        s.write(&st).unwrap();
+        // No records left: `off` wrote them, or there were none.
+        assert_eq!(interrupted_session(&st), None);
+        let mut sp = SpoolWriter::create(st.path(), 1, spool::DEFAULT_LIMIT).unwrap();
+        sp.push(&rec(0, 0, 1)).unwrap();
+        sp.flush().unwrap();
+        assert_eq!(
+            interrupted_session(&st),
+            Some(vec!["__x64_sys_openat".to_string()])
+        );
+        s.state = CollectorState::Written;
+        s.write(&st).unwrap();
+        assert_eq!(interrupted_session(&st), None);
+    }
 
     #[test]
     fn a_trace_is_never_its_own_klog() {
