@@ -356,6 +356,28 @@ fn traced_after_restore(text: &str, what: &str) {
     }
 }
 
+/// Define domain `name`, enroll it (with `extra` arguments), start it
+/// through libvirt and wait for the guest's shell. Returns the console's
+/// address and the console.
+fn start_enrolled(
+    lv: &mut Libvirtd,
+    st: &std::path::Path,
+    name: &str,
+    extra: &[&str],
+) -> (String, Console) {
+    let console = lv.define(name, 256);
+    let o = enroll(st, name, extra);
+    assert!(o.status.success(), "{}", out(&o));
+    assert!(virsh(&["start", name]).status.success());
+    let mut con = Console::tcp(&console, Duration::from_secs(30)).unwrap();
+    con.wait_for("XFTRACE-GUEST-READY", Duration::from_secs(180), &mut || {
+        Ok(())
+    })
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    (console, con)
+}
+
 /// Wait until `status` says the guest traces and a collector reads it;
 /// returns how long that took.
 fn wait_collecting(st: &std::path::Path, name: &str) -> Duration {
@@ -373,21 +395,10 @@ fn wait_collecting(st: &std::path::Path, name: &str) -> Duration {
 
 /// The records of the session a stop interrupted, written aside by `on`.
 fn recovered(st: &std::path::Path, name: &str) -> Vec<String> {
-    let dir = st.join("domains").join(name);
-    let mut v: Vec<String> = std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
-        .map(|e| e.unwrap().path())
-        .filter(|p| {
-            p.file_name()
-                .unwrap()
-                .to_string_lossy()
-                .starts_with("recovered-")
-                && p.extension().is_some_and(|x| x == "txt")
-        })
+    common::recovered_traces(&st.join("domains").join(name))
+        .iter()
         .map(|p| std::fs::read_to_string(p).unwrap())
-        .collect();
-    v.sort();
-    v
+        .collect()
 }
 
 /// `virsh save` while tracing, then `virsh restore`: the collector ends with
@@ -400,15 +411,7 @@ fn tracing_continues_across_save_and_restore() {
     let (state, mut lv) = setup();
     let st = state.path();
     let name = format!("xft-sav-{}", std::process::id());
-    let console = lv.define(&name, 256);
-    assert!(enroll(st, &name, &[]).status.success());
-    assert!(virsh(&["start", &name]).status.success());
-    let mut con = Console::tcp(&console, Duration::from_secs(30)).unwrap();
-    con.wait_for("XFTRACE-GUEST-READY", Duration::from_secs(180), &mut || {
-        Ok(())
-    })
-    .unwrap();
-    std::thread::sleep(Duration::from_millis(500));
+    let (console, mut con) = start_enrolled(&mut lv, st, &name, &[]);
     let o = xftrace(st, &["--domain", &name, "on", "sys_openat"]);
     assert!(o.status.success(), "{}", out(&o));
     for _ in 0..3 {
@@ -469,16 +472,7 @@ fn monitoring_resumes_after_managed_save() {
     let (state, mut lv) = setup();
     let st = state.path();
     let name = format!("xft-msv-{}", std::process::id());
-    let console = lv.define(&name, 256);
-    assert!(enroll(st, &name, &["--monitor", "sys_openat"])
-        .status
-        .success());
-    assert!(virsh(&["start", &name]).status.success());
-    let mut con = Console::tcp(&console, Duration::from_secs(30)).unwrap();
-    con.wait_for("XFTRACE-GUEST-READY", Duration::from_secs(180), &mut || {
-        Ok(())
-    })
-    .unwrap();
+    let (console, mut con) = start_enrolled(&mut lv, st, &name, &["--monitor", "sys_openat"]);
     wait_collecting(st, &name);
     con.sh("cat /tmp/hello.txt > /dev/null");
     std::thread::sleep(Duration::from_secs(2));
@@ -536,15 +530,7 @@ fn a_libvirtd_restart_and_a_killed_collector_lose_nothing() {
     let (state, mut lv) = setup();
     let st = state.path();
     let name = format!("xft-kil-{}", std::process::id());
-    let console = lv.define(&name, 256);
-    assert!(enroll(st, &name, &[]).status.success());
-    assert!(virsh(&["start", &name]).status.success());
-    let mut con = Console::tcp(&console, Duration::from_secs(30)).unwrap();
-    con.wait_for("XFTRACE-GUEST-READY", Duration::from_secs(180), &mut || {
-        Ok(())
-    })
-    .unwrap();
-    std::thread::sleep(Duration::from_millis(500));
+    let (_, mut con) = start_enrolled(&mut lv, st, &name, &[]);
     let o = xftrace(st, &["--domain", &name, "on", "sys_openat"]);
     assert!(o.status.success(), "{}", out(&o));
     con.sh("cat /tmp/hello.txt > /dev/null");

@@ -412,17 +412,7 @@ fn a_killed_collector_is_noticed_and_nothing_it_collected_is_lost() {
     let o = x.run(&["on", "sys_openat"]);
     let (_, stderr) = text(&o);
     assert!(o.status.success(), "{stderr}");
-    let recovered: Vec<_> = std::fs::read_dir(&dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| {
-            p.file_name()
-                .unwrap()
-                .to_string_lossy()
-                .starts_with("recovered-")
-                && p.extension().is_some_and(|e| e == "txt")
-        })
-        .collect();
+    let recovered = common::recovered_traces(&dir);
     assert_eq!(recovered.len(), 1, "{recovered:?} {stderr}");
     assert!(
         stderr.contains(&recovered[0].display().to_string()),

@@ -98,3 +98,21 @@ pub fn hook_state(state: &Path, name: &str) -> Option<String> {
     let v: serde_json::Value = serde_json::from_str(&text).ok()?;
     v["state"].as_str().map(str::to_string)
 }
+
+/// The traces `on` wrote aside in a guest's state directory `dir` (the
+/// records of a session that ended without `off`), sorted.
+pub fn recovered_traces(dir: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("recovered-")
+                && p.extension().is_some_and(|x| x == "txt")
+        })
+        .collect();
+    v.sort();
+    v
+}

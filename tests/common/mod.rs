@@ -15,7 +15,9 @@ pub mod vm;
 
 use std::path::PathBuf;
 
-pub use cli::{hook_state, logged, state_dir, xftrace, xftrace_with_map, Xftrace};
+pub use cli::{
+    hook_state, logged, recovered_traces, state_dir, xftrace, xftrace_with_map, Xftrace,
+};
 pub use console::Console;
 pub use kernel::{
     headers_dir, initramfs, kernel_dir, rootkit_initramfs, rootkit_modules, system_map,
