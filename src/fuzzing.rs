@@ -440,6 +440,7 @@ pub fn domain_xml(data: &[u8]) {
             std::path::Path::new("/var/lib/xftrace"),
             "fuzz",
             &f,
+            None,
         );
         if let Ok(new) = crate::libvirt::domain_xml::enroll(
             &xml,

@@ -5,7 +5,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::libvirtd::{virsh, Libvirtd, URI};
+use common::libvirtd::{virsh, Libvirtd, OtherHost, URI};
 use common::{xftrace, Console};
 
 fn out(o: &std::process::Output) -> String {
@@ -183,8 +183,8 @@ fn enroll_start_trace_by_name_and_survive_destroy() {
     assert_eq!(common::hook_state(st, &name).as_deref(), Some("stopped"));
     let trace2 = dir.path().join("after-destroy.txt");
     let o = off(st, &name, &trace2);
-    assert_eq!(o.status.code(), Some(4), "{}", out(&o));
-    assert!(out(&o).contains("not running"), "{}", out(&o));
+    assert!(o.status.success(), "{}", out(&o));
+    assert!(out(&o).contains("does not run here"), "{}", out(&o));
     let text = std::fs::read_to_string(&trace2).unwrap();
     assert!(text.starts_with("# tracer: function_graph\n"));
     assert!(text.contains("__x64_sys_openat() {"), "{text}");
@@ -324,7 +324,10 @@ fn always_on_monitoring_starts_from_the_hook() {
     let end = Instant::now() + Duration::from_secs(120);
     loop {
         let s = out(&xftrace(st, &["--domain", &name, "status"]));
-        if s.contains("tracer on") && s.contains("collector:  running") {
+        if s.contains("tracer on")
+            && s.contains("collector:  running")
+            && s.contains(", collecting")
+        {
             break;
         }
         assert!(Instant::now() < end, "monitoring never started: {s}");
@@ -341,19 +344,15 @@ fn always_on_monitoring_starts_from_the_hook() {
     drop(lv);
 }
 
-/// Calls traced after a restore. Under KVM they must be there. Under TCG
-/// (QEMU 7.2) a restored guest's records were missing in most runs, likely as its
-/// tracer drops every call that seems to start before the session opened
-/// (`calltime < session_start`), and the TSC of a TCG guest does not carry
-/// over a save (README, "Known limits"). So under TCG their absence is
-/// printed, not failed; every other part of the test holds either way.
+/// Calls traced after a restore: the adoption switched the restored
+/// guest's tracer off and on again, which also restarts its session clock
+/// (a TCG guest's TSC does not carry over a save, and calls that seem to
+/// start before the session opened are not recorded).
 fn traced_after_restore(text: &str, what: &str) {
-    let seen = text.contains("__x64_sys_openat() {");
-    if common::accel() == "kvm" {
-        assert!(seen, "{what}: no calls traced after the restore: {text}");
-    } else if !seen {
-        eprintln!("{what}: TCG: no calls traced after the restore (the restored guest's clock)");
-    }
+    assert!(
+        text.contains("__x64_sys_openat() {"),
+        "{what}: no calls traced after the restore: {text}"
+    );
 }
 
 /// Define domain `name`, enroll it (with `extra` arguments), start it
@@ -385,7 +384,10 @@ fn wait_collecting(st: &std::path::Path, name: &str) -> Duration {
     let end = t + Duration::from_secs(180);
     loop {
         let s = out(&xftrace(st, &["--domain", name, "status"]));
-        if s.contains("tracer on") && s.contains("collector:  running") {
+        if s.contains("tracer on")
+            && s.contains("collector:  running")
+            && s.contains(", collecting")
+        {
             return t.elapsed();
         }
         assert!(Instant::now() < end, "tracing never resumed: {s}");
@@ -447,7 +449,7 @@ fn tracing_continues_across_save_and_restore() {
     traced_after_restore(&text, "save/restore");
     for gap in [
         "# xftrace: gap: the previous session (collector pid",
-        "# xftrace: gap: the guest's tracer was already on with no collector reading it (adopted",
+        "# xftrace: gap: the guest's tracer was already on with no collector of this session reading it (adopted",
     ] {
         assert!(
             text.contains(gap),
@@ -508,7 +510,7 @@ fn monitoring_resumes_after_managed_save() {
     let text = std::fs::read_to_string(&trace).unwrap();
     traced_after_restore(&text, "managed save");
     assert!(
-        text.contains("(adopted)"),
+        text.contains("(adopted: switched off, then on again"),
         "{}",
         &text[..text.len().min(2000)]
     );
@@ -591,5 +593,198 @@ fn a_libvirtd_restart_and_a_killed_collector_lose_nothing() {
     assert!(opens >= 4, "{opens} openat calls in {text}");
     let s = out(&xftrace(st, &["--domain", &name, "status"]));
     assert!(s.contains("tracer off") && !s.contains("warning:"), "{s}");
+    drop(lv);
+}
+
+/// A free TCP port of 127.0.0.1.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `wait_collecting` on the second host.
+fn wait_collecting_on(host: &OtherHost, name: &str) -> Duration {
+    let t = Instant::now();
+    let end = t + Duration::from_secs(180);
+    loop {
+        let s = out(&host.xftrace(&["--domain", name, "status"]));
+        if s.contains("tracer on")
+            && s.contains("collector:  running")
+            && s.contains(", collecting")
+        {
+            return t.elapsed();
+        }
+        assert!(
+            Instant::now() < end,
+            "tracing never resumed on the second host: {s}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+/// Live migration between two libvirtd instances (two "hosts" on this
+/// machine, see `OtherHost`), of a monitored domain and of a domain an
+/// operator traces. On the source the collector ends with the domain and
+/// keeps what it read; the destination's hook adopts the arriving guest
+/// (which still traces, under the source's key) by itself: monitoring goes
+/// on, and an operator's session goes on with the functions the guest
+/// traces, under the destination's keys. `status` and `list` say the
+/// truth on both hosts, and each trace states its gap.
+#[test]
+fn tracing_and_monitoring_follow_a_live_migration() {
+    let _one = common::serial();
+    let (state, mut lv) = setup();
+    let st = state.path();
+    let host2 = OtherHost::start(st);
+    let map = common::system_map();
+
+    // A migration to a host without the domain's kernel build is refused
+    // (the guest could be neither monitored nor switched off there).
+    let name = format!("xft-mig-{}", std::process::id());
+    let (console, mut con) = start_enrolled(&mut lv, st, &name, &["--monitor", "sys_openat"]);
+    let from: u16 = console.rsplit(':').next().unwrap().parse().unwrap();
+    wait_collecting(st, &name);
+    let to = free_port();
+    let xml = virsh(&["dumpxml", "--migratable", &name]);
+    let f = lv.images.join("refused.xml");
+    std::fs::write(
+        &f,
+        String::from_utf8_lossy(&xml.stdout)
+            .replace(&format!("service='{from}'"), &format!("service='{to}'")),
+    )
+    .unwrap();
+    let o = virsh(&[
+        "migrate",
+        "--live",
+        "--xml",
+        f.to_str().unwrap(),
+        &name,
+        &host2.uri,
+        "tcp://127.0.0.1",
+    ]);
+    assert!(!o.status.success());
+    assert!(out(&o).contains("xftrace add-kernel"), "{}", out(&o));
+    assert_eq!(domstate(&name), "running");
+    let o = host2.xftrace(&["--system-map", map.to_str().unwrap(), "add-kernel"]);
+    assert!(o.status.success(), "{}", out(&o));
+    assert!(out(&o).starts_with("stored: "), "{}", out(&o));
+
+    // 1. Always-on monitoring.
+    for _ in 0..3 {
+        con.sh("cat /tmp/hello.txt > /dev/null");
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    drop(con);
+    let took = host2.migrate_here(&name, from, to);
+    let untraced = wait_collecting_on(&host2, &name);
+    eprintln!(
+        "live migration (monitored): migrated in {:.1} s; the guest traced without a collector for at most {:.1} s after it arrived",
+        took.as_secs_f64(),
+        untraced.as_secs_f64()
+    );
+    // The source: the domain is off there, its collector ended, nothing
+    // traces; the destination: running, enrolled, traced.
+    let o = xftrace(st, &["-c", URI, "list"]);
+    assert!(
+        out(&o)
+            .lines()
+            .any(|l| list_row(l, &name, ["off", "yes", "no"])),
+        "{}",
+        out(&o)
+    );
+    let o = host2.xftrace(&["list"]);
+    assert!(
+        out(&o)
+            .lines()
+            .any(|l| list_row(l, &name, ["running", "yes", "yes"])),
+        "{}",
+        out(&o)
+    );
+    let s = out(&xftrace(st, &["--domain", &name, "status"]));
+    assert!(s.contains("collector:  not running"), "{s}");
+    let mut con = Console::tcp(&format!("127.0.0.1:{to}"), Duration::from_secs(30)).unwrap();
+    for _ in 0..3 {
+        assert!(con
+            .sh("cat /tmp/hello.txt")
+            .contains("hello from the guest"));
+    }
+    drop(con);
+    let o = host2.xftrace(&["--domain", &name, "check", "--json", "--trace-seconds", "0"]);
+    assert_eq!(o.status.code(), Some(0), "{}", out(&o));
+    let dir = tempfile::tempdir().unwrap();
+    let there = dir.path().join("destination.txt");
+    let o = host2.xftrace(&[
+        "--domain",
+        &name,
+        "off",
+        "--output",
+        there.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", out(&o));
+    let text = std::fs::read_to_string(&there).unwrap();
+    assert!(text.contains("__x64_sys_openat() {"), "{text}");
+    for gap in [
+        "# xftrace: gap: the domain arrived by live migration from another host",
+        "(adopted: switched off, then on again under this session's keys)",
+    ] {
+        assert!(
+            text.contains(gap),
+            "{gap}: {}",
+            &text[..text.len().min(2000)]
+        );
+    }
+    // What the source read before the migration is all there.
+    let here = dir.path().join("source.txt");
+    let o = off(st, &name, &here);
+    assert!(o.status.success(), "{}", out(&o));
+    let text = std::fs::read_to_string(&here).unwrap();
+    assert!(text.matches("__x64_sys_openat() {").count() >= 3, "{text}");
+
+    // 2. A session an operator started on the source (no monitoring):
+    // the destination's hook adopts the guest with what it traces.
+    let name2 = format!("xft-mg2-{}", std::process::id());
+    let (console, mut con) = start_enrolled(&mut lv, st, &name2, &[]);
+    let from: u16 = console.rsplit(':').next().unwrap().parse().unwrap();
+    let o = xftrace(st, &["--domain", &name2, "on", "sys_openat", "--irqs"]);
+    assert!(o.status.success(), "{}", out(&o));
+    con.sh("cat /tmp/hello.txt > /dev/null");
+    std::thread::sleep(Duration::from_secs(2));
+    drop(con);
+    let to = free_port();
+    let took = host2.migrate_here(&name2, from, to);
+    let untraced = wait_collecting_on(&host2, &name2);
+    eprintln!(
+        "live migration (operator's session): migrated in {:.1} s; the guest traced without a collector for at most {:.1} s after it arrived",
+        took.as_secs_f64(),
+        untraced.as_secs_f64()
+    );
+    let s = out(&host2.xftrace(&["--domain", &name2, "status"]));
+    assert!(s.contains("functions:  __x64_sys_openat"), "{s}");
+    let log = std::fs::read_to_string(st.join("domains").join(&name2).join("monitor.log"))
+        .unwrap_or_default();
+    assert!(log.is_empty(), "the first host's hook did something: {log}");
+    let mut con = Console::tcp(&format!("127.0.0.1:{to}"), Duration::from_secs(30)).unwrap();
+    con.sh("cat /tmp/hello.txt > /dev/null");
+    drop(con);
+    let there = dir.path().join("destination2.txt");
+    let o = host2.xftrace(&[
+        "--domain",
+        &name2,
+        "off",
+        "--output",
+        there.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", out(&o));
+    let text = std::fs::read_to_string(&there).unwrap();
+    assert!(text.contains("__x64_sys_openat() {"), "{text}");
+    assert!(
+        text.contains("# xftrace: gap: the domain arrived by live migration"),
+        "{}",
+        &text[..text.len().min(2000)]
+    );
+    drop(host2);
     drop(lv);
 }

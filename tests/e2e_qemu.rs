@@ -438,7 +438,7 @@ fn a_killed_collector_is_noticed_and_nothing_it_collected_is_lost() {
     assert!(trace.contains("__x64_sys_openat() {"), "{trace}");
     assert!(
         trace.contains(
-            "gap: the guest's tracer was already on with no collector reading it (adopted"
+            "gap: the guest's tracer was already on with no collector of this session reading it (adopted"
         ),
         "{}",
         &trace[..trace.len().min(2000)]

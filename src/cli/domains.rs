@@ -34,6 +34,35 @@ fn print_change(old: &str, new: &str) {
     }
 }
 
+/// The build `enroll` records: --system-map, with --vmlinux or the vmlinux
+/// beside it.
+fn build_args(
+    g: &GuestArgs,
+    what: &str,
+) -> Result<(std::path::PathBuf, Option<std::path::PathBuf>), Error> {
+    let map = g.system_map.clone().ok_or_else(|| {
+        Error::Input(format!(
+            "{what} needs the guest kernel's System.map: --system-map PATH"
+        ))
+    })?;
+    let vmlinux = g.vmlinux.clone().or_else(|| {
+        let v = map.with_file_name("vmlinux");
+        v.is_file().then_some(v)
+    });
+    Ok((map, vmlinux))
+}
+
+/// `xftrace add-kernel --system-map PATH`: store a build.
+pub fn add_kernel(g: &GuestArgs, root: &Path) -> Result<(), Error> {
+    let (map, vmlinux) = build_args(g, "add-kernel")?;
+    let stored = builds::store(root, &map, vmlinux.as_deref(), true)?;
+    let had = builds::check_recorded(root, &stored).is_ok();
+    builds::store(root, &map, vmlinux.as_deref(), false)?;
+    let how = if had { "already stored" } else { "stored" };
+    println!("{how}: {}", stored.display());
+    Ok(())
+}
+
 /// `xftrace enroll NAME`: store the build, edit the definition.
 pub fn enroll(
     g: &GuestArgs,
@@ -42,16 +71,8 @@ pub fn enroll(
     monitor: &[String],
     dry_run: bool,
 ) -> Result<(), Error> {
-    let map = g.system_map.as_ref().ok_or_else(|| {
-        Error::Input(format!(
-            "enrolling records the guest kernel's System.map: `xftrace enroll {} --system-map PATH`",
-            escape(name)
-        ))
-    })?;
-    let vmlinux = g.vmlinux.clone().or_else(|| {
-        let v = map.with_file_name("vmlinux");
-        v.is_file().then_some(v)
-    });
+    let (map, vmlinux) = build_args(g, &format!("`xftrace enroll {}`", escape(name)))?;
+    let map = &map;
     let lv = Libvirt::connect(&g.connect)?;
     // The domain must exist before anything is copied.
     lv.domain(name)?;

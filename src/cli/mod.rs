@@ -79,8 +79,14 @@ pub enum Command {
     /// Start tracing FUNCTIONS (e.g. sys_openat sys_read) and collecting in the background.
     On {
         /// Functions as users name them: sys_read, read, __x64_sys_read, vfs_read.
-        #[arg(required = true, value_name = "FUNCTION")]
+        #[arg(required_unless_present = "adopt", value_name = "FUNCTION")]
         functions: Vec<String>,
+        /// Continue a guest found tracing with no collector of this host
+        /// (it arrived by live migration, or this host lost the session):
+        /// trace what it traces, under this host's keys. A guest not
+        /// tracing is left alone.
+        #[arg(long, conflicts_with = "functions")]
+        adopt: bool,
         /// Interval between key rotations, in milliseconds.
         #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(10..=60_000))]
         key_interval_ms: u64,
@@ -91,6 +97,10 @@ pub enum Command {
         /// hook's always-on monitoring uses it).
         #[arg(long, default_value_t = 0, hide = true)]
         wait: u64,
+        /// A note for the trace's header (the libvirt hook says why it
+        /// starts the session).
+        #[arg(long, hide = true)]
+        gap: Vec<String>,
         /// Most bytes of records to keep for the trace (64 per record);
         /// records past it are counted as lost and the trace says so.
         #[arg(long, env = "XFTRACE_SPOOL_LIMIT", default_value_t = spool::DEFAULT_LIMIT, value_name = "BYTES")]
@@ -124,6 +134,11 @@ pub enum Command {
     },
     /// List libvirt domains: running or not, enrolled or not, tracing or not.
     List,
+    /// Store a guest kernel build (--system-map, and the vmlinux beside it)
+    /// in the state directory, as `enroll` does, without enrolling a
+    /// domain: a domain enrolled with that build on another host can then
+    /// arrive here by live migration and be traced.
+    AddKernel,
     /// Entry point of the libvirt hook (reads the domain XML on stdin).
     Hook {
         /// The hook's driver; only `qemu` is handled.
@@ -287,21 +302,29 @@ pub fn run(cli: Cli) -> Result<Outcome, Error> {
     match &cli.command {
         Command::On {
             functions,
+            adopt,
             key_interval_ms,
             irqs,
             wait,
+            gap,
             spool_limit,
-        } => done(session::on_waiting(
-            Duration::from_secs(*wait),
-            &target(&cli.guest, root)?,
-            functions,
-            CollectOptions {
+        } => {
+            let target = target(&cli.guest, root)?;
+            let opts = CollectOptions {
                 key_interval: Duration::from_millis(*key_interval_ms),
                 irqs: *irqs,
                 spool_limit: *spool_limit,
                 ..Default::default()
-            },
-        )),
+            };
+            done(session::waiting(
+                &target,
+                Duration::from_secs(*wait),
+                || match adopt {
+                    true => session::adopt(&target, opts, gap),
+                    false => session::on(&target, functions, opts, gap),
+                },
+            ))
+        }
         Command::Off { output } => {
             session::off(&target(&cli.guest, root)?, output).map(|_| Outcome::Done)
         }
@@ -315,6 +338,7 @@ pub fn run(cli: Cli) -> Result<Outcome, Error> {
             done(domains::unenroll(&cli.guest, root, name, *dry_run))
         }
         Command::List => done(domains::list(&cli.guest, root)),
+        Command::AddKernel => done(domains::add_kernel(&cli.guest, root)),
         Command::Baseline {
             duration,
             depth,
@@ -350,7 +374,14 @@ pub fn run(cli: Cli) -> Result<Outcome, Error> {
                 root,
                 args,
                 &mut std::io::stdin(),
-                &session::interrupted_session,
+                &hook::HookEnv {
+                    interrupted: &session::interrupted_session,
+                    build_here: &|map| {
+                        crate::kernel::builds::check_recorded(root, map)
+                            .map(|_| ())
+                            .map_err(|e| e.to_string())
+                    },
+                },
             )),
             _ => Ok(Outcome::Done),
         },

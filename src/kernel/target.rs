@@ -323,6 +323,18 @@ impl Target {
         Ok(g)
     }
 
+    /// Is the guest known not to run here (its domain stopped, or left
+    /// this host; its RAM file gone)? Then no tracer of it is left on.
+    pub fn known_stopped(&self) -> bool {
+        match &self.source {
+            Source::MemFile(m) => std::fs::symlink_metadata(&m.path).is_err(),
+            Source::Domain { name, uri } => Libvirt::connect(uri).is_ok_and(|lv| {
+                lv.domain(name)
+                    .map_or(true, |d| !d.is_active().unwrap_or(true))
+            }),
+        }
+    }
+
     /// The guest's state directory.
     pub fn dir(&self) -> Result<GuestDir> {
         match &self.source {

@@ -187,6 +187,12 @@ impl Libvirt {
                 escape(name)
             )));
         }
+        if arriving(&dom) {
+            return Err(Error::Guest(format!(
+                "domain {} is paused while it migrates or is restored: its RAM is not all here yet; retry once it runs",
+                escape(name)
+            )));
+        }
         let facts = domain_xml::facts(&self.live_xml(&dom)?).map_err(Error::Libvirt)?;
         Ok((dom, facts))
     }
@@ -290,6 +296,22 @@ impl Libvirt {
 
 /// RAM regions of `backends` in the system address space of HMP
 /// `info mtree -f` output.
+/// Is the domain paused for a migration (in or out) or a restore? Its RAM
+/// is then being copied, and nothing read from it or written to it holds.
+fn arriving(dom: &Domain) -> bool {
+    use virt::domain::{DomainPausedReason, DomainStateReason};
+    use virt::enumutil::Enum;
+    matches!(
+        dom.state(),
+        Ok((
+            _,
+            Enum::Known(DomainStateReason::Paused(Enum::Known(
+                DomainPausedReason::Migration | DomainPausedReason::StartingUp
+            )))
+        ))
+    )
+}
+
 pub fn parse_mtree(text: &str, backends: &[String]) -> Vec<RamRegion> {
     let mut regions = Vec::new();
     let mut in_system = false;

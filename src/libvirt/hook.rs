@@ -62,17 +62,21 @@ pub fn monitor_args(
     root: &Path,
     name: &str,
     facts: &DomainFacts,
+    arrival: Option<Arrival>,
 ) -> std::result::Result<Vec<OsString>, String> {
-    on_args(root, name, &facts.monitor)
+    on_args(root, name, Some(&facts.monitor), arrival)
 }
 
 /// `xftrace --domain NAME on --wait=300 -- FUNCTIONS`, each function
-/// checked (they come from a domain definition or a state file).
+/// checked (they come from a domain definition or a state file), or with
+/// no functions `on --adopt`, which traces what the guest traces.
 fn on_args(
     root: &Path,
     name: &str,
-    functions: &[String],
+    functions: Option<&[String]>,
+    arrival: Option<Arrival>,
 ) -> std::result::Result<Vec<OsString>, String> {
+    let functions = functions.unwrap_or_default();
     if functions.len() > MAX_MONITOR {
         return Err(format!(
             "it names {} functions; at most {MAX_MONITOR}",
@@ -89,36 +93,99 @@ fn on_args(
         OsString::from(format!("--domain={name}")),
         "on".into(),
         "--wait=300".into(),
-        "--".into(),
     ];
-    args.extend(functions.iter().map(OsString::from));
+    if let Some(a) = arrival {
+        args.push(format!("--gap={}", a.gap()).into());
+    }
+    if functions.is_empty() {
+        args.push("--adopt".into());
+    } else {
+        args.push("--".into());
+        args.extend(functions.iter().map(OsString::from));
+    }
     Ok(args)
 }
 
-fn restore_mark(st: &GuestDir) -> std::path::PathBuf {
-    st.path().join("restoring")
+/// How a starting domain's guest came here, when it may already be
+/// tracing: its RAM is a saved image's or another host's, tracer included.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Arrival {
+    /// `virsh restore`, or `virsh start` of a managed-saved domain.
+    Restore,
+    /// An incoming live migration.
+    Migration,
 }
 
-/// Did this start restore a saved guest? (The mark is used up.)
-fn take_restore_mark(st: &GuestDir) -> bool {
-    let p = restore_mark(st);
-    let there = std::fs::symlink_metadata(&p).is_ok_and(|m| m.is_file());
-    let _ = files::remove_if_present(&p);
-    there
+impl Arrival {
+    /// The mark the hook leaves between `restore`/`migrate begin` and
+    /// `started begin`.
+    fn mark(self, st: &GuestDir) -> std::path::PathBuf {
+        st.path().join(match self {
+            Arrival::Restore => "restoring",
+            Arrival::Migration => "migrating-in",
+        })
+    }
+
+    /// The note for the header of the trace that continues here.
+    fn gap(self) -> String {
+        match self {
+            Arrival::Restore => format!("the domain was restored (unix time {})", now_unix() as u64),
+            Arrival::Migration => format!(
+                "the domain arrived by live migration from another host (unix time {}): what it recorded there is in that host's trace",
+                now_unix() as u64
+            ),
+        }
+    }
 }
 
-/// Continue an interrupted session once a restore has brought the guest
-/// back with its tracer on (a fresh boot after a stop is left to the
-/// operator: `status` names the unwritten session): `on` writes the earlier
-/// session's records aside and adopts the guest, so it never traces
-/// unread for longer than its kernel takes to be found.
-fn resume_session(root: &Path, st: &GuestDir, name: &str, functions: &[String]) -> Result<()> {
+/// How this start's guest arrived, if a restore or migration brought it.
+/// (The marks are used up.)
+fn take_arrival(st: &GuestDir) -> Option<Arrival> {
+    let mut found = None;
+    for a in [Arrival::Restore, Arrival::Migration] {
+        let p = a.mark(st);
+        if std::fs::symlink_metadata(&p).is_ok_and(|m| m.is_file()) {
+            found = Some(a);
+        }
+        let _ = files::remove_if_present(&p);
+    }
+    found
+}
+
+fn leave_mark(st: &GuestDir, name: &str, arrival: Arrival) {
+    if let Err(e) = files::write_atomically(&arrival.mark(st), b"") {
+        warn!(
+            "xftrace hook: cannot note the arrival of {}: {e}",
+            escape(name)
+        );
+    }
+}
+
+/// Continue tracing a guest that a restore or an incoming migration brought
+/// with its tracer on (a fresh boot after a stop is left to the operator:
+/// `status` names the unwritten session). After a restore, the session
+/// the save interrupted (`functions`) goes on: `on` writes its records
+/// aside and adopts the guest. Otherwise (a migration: this host never
+/// had the session) `on --adopt` traces what the guest traces, if it
+/// traces at all. Either way the guest never traces unread for longer than
+/// its kernel takes to be found.
+fn resume_session(
+    root: &Path,
+    st: &GuestDir,
+    name: &str,
+    functions: Option<&[String]>,
+    arrival: Arrival,
+) -> Result<()> {
     let mut log = files::replace_private(&st.path().join("monitor.log"))?;
-    match on_args(root, name, functions) {
+    match on_args(root, name, functions, Some(arrival)) {
         Ok(args) => {
             let _ = writeln!(
                 log,
-                "xftrace hook: resuming the session the stop of {} interrupted",
+                "xftrace hook: {} {}",
+                match functions {
+                    Some(_) => "resuming the session the stop interrupted of",
+                    None => "adopting the tracer, if on, of",
+                },
                 escape(name)
             );
             process::spawn_detached(&args, log, None)?;
@@ -136,9 +203,15 @@ fn resume_session(root: &Path, st: &GuestDir, name: &str, functions: &[String]) 
 /// after this hook has exited (libvirt finishes the start first), waits for
 /// the guest kernel to boot, and holds none of the hook's pipes, so libvirt
 /// never waits for it.
-fn start_monitoring(root: &Path, st: &GuestDir, name: &str, facts: &DomainFacts) -> Result<()> {
+fn start_monitoring(
+    root: &Path,
+    st: &GuestDir,
+    name: &str,
+    facts: &DomainFacts,
+    arrival: Option<Arrival>,
+) -> Result<()> {
     let mut log = files::replace_private(&st.path().join("monitor.log"))?;
-    let args = match monitor_args(root, name, facts) {
+    let args = match monitor_args(root, name, facts, arrival) {
         Ok(a) => a,
         Err(why) => {
             let msg = format!(
@@ -171,17 +244,19 @@ fn read_xml(stdin: &mut dyn Read) -> Result<String> {
     Ok(xml)
 }
 
+/// What the hook needs from higher layers.
+pub struct HookEnv<'a> {
+    /// The functions of a session a stop interrupted (see
+    /// `trace::session::interrupted_session`), resumed after a restore.
+    pub interrupted: &'a dyn Fn(&GuestDir) -> Option<Vec<String>>,
+    /// Is the kernel build a definition records stored on this host (see
+    /// `kernel::builds::check_recorded`)? If not, why.
+    pub build_here: &'a dyn Fn(&Path) -> std::result::Result<(), String>,
+}
+
 /// Run the hook. `args` are libvirt's: domain, operation, sub-operation,
 /// extra. An `Err` refuses the operation (libvirt shows the message).
-///
-/// `interrupted` names the functions of a session a stop interrupted (see
-/// `trace::session::interrupted_session`), resumed after a restore.
-pub fn qemu(
-    root: &Path,
-    args: &[String],
-    stdin: &mut dyn Read,
-    interrupted: &dyn Fn(&GuestDir) -> Option<Vec<String>>,
-) -> Result<()> {
+pub fn qemu(root: &Path, args: &[String], stdin: &mut dyn Read, env: &HookEnv) -> Result<()> {
     let (Some(name), Some(op)) = (args.first(), args.get(1)) else {
         return Err(Error::Input(
             "usage: xftrace hook qemu DOMAIN OPERATION SUB-OPERATION [EXTRA]".into(),
@@ -201,7 +276,8 @@ pub fn qemu(
             if f.enrolled {
                 match record(root, name, DomainLife::Running) {
                     Ok(st) if !f.monitor.is_empty() => {
-                        if let Err(e) = start_monitoring(root, &st, name, &f) {
+                        let arrival = take_arrival(&st);
+                        if let Err(e) = start_monitoring(root, &st, name, &f, arrival) {
                             warn!(
                                 "xftrace hook: cannot start monitoring {}: {e}",
                                 escape(name)
@@ -209,13 +285,15 @@ pub fn qemu(
                         }
                     }
                     Ok(st) => {
-                        let restored = take_restore_mark(&st);
-                        if let Some(functions) = interrupted(&st).filter(|_| restored) {
-                            if let Err(e) = resume_session(root, &st, name, &functions) {
-                                warn!(
-                                    "xftrace hook: cannot resume the session of {}: {e}",
-                                    escape(name)
-                                );
+                        if let Some(arrival) = take_arrival(&st) {
+                            let session = match arrival {
+                                Arrival::Restore => (env.interrupted)(&st),
+                                Arrival::Migration => None,
+                            };
+                            if let Err(e) =
+                                resume_session(root, &st, name, session.as_deref(), arrival)
+                            {
+                                warn!("xftrace hook: cannot resume tracing {}: {e}", escape(name));
                             }
                         }
                     }
@@ -232,11 +310,35 @@ pub fn qemu(
         // passes unchanged (no output).
         ("restore", "begin") => {
             if let Some(st) = GuestDir::existing_domain(root, name) {
-                if let Err(e) = files::write_atomically(&restore_mark(&st), b"") {
-                    warn!(
-                        "xftrace hook: cannot note the restore of {}: {e}",
+                leave_mark(&st, name, Arrival::Restore);
+            }
+            Ok(())
+        }
+        // An incoming live migration (this host is the destination): the
+        // guest arrives as it ran on the source, tracer and all. It is
+        // refused if this host lacks the domain's kernel build, without
+        // which it could be neither monitored nor switched off here. The
+        // XML passes unchanged.
+        ("migrate", "begin") => {
+            let xml = read_xml(stdin)?;
+            let Ok(f) = domain_xml::facts(&xml) else {
+                return Ok(());
+            };
+            if f.enrolled {
+                if let Some(map) = &f.system_map {
+                    if let Err(why) = (env.build_here)(Path::new(map)) {
+                        return Err(Error::State(format!(
+                            "domain {} cannot migrate to this host: {why}; store its kernel build here first (`xftrace add-kernel --system-map PATH`, with the same state directory as on the source)",
+                            escape(name)
+                        )));
+                    }
+                }
+                match GuestDir::for_domain(root, name) {
+                    Ok(st) => leave_mark(&st, name, Arrival::Migration),
+                    Err(e) => warn!(
+                        "xftrace hook: cannot note the arrival of {}: {e}",
                         escape(name)
-                    );
+                    ),
                 }
             }
             Ok(())
@@ -274,7 +376,18 @@ mod tests {
 
     fn run(root: &Path, args: &[&str], xml: &str) -> Result<()> {
         let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-        qemu(root, &args, &mut xml.as_bytes(), &|_| None)
+        qemu(
+            root,
+            &args,
+            &mut xml.as_bytes(),
+            &HookEnv {
+                interrupted: &|_| None,
+                build_here: &|p| match p == Path::new("/k/System.map") {
+                    true => Ok(()),
+                    false => Err("no such build here".into()),
+                },
+            },
+        )
     }
 
     fn with_monitor(functions: &str) -> String {
@@ -287,17 +400,59 @@ mod tests {
     }
 
     #[test]
-    fn only_a_restore_resumes_and_its_mark_is_used_once() {
+    fn arrival_marks_are_used_once() {
         let tmp = tempfile::tempdir().unwrap();
         let root = tmp.path().join("state");
         let st = GuestDir::for_domain(&root, "t1").unwrap();
         run(&root, &["t1", "restore", "begin", "-"], ENROLLED).unwrap();
-        assert!(take_restore_mark(&st));
-        assert!(!take_restore_mark(&st));
+        assert_eq!(take_arrival(&st), Some(Arrival::Restore));
+        assert_eq!(take_arrival(&st), None);
         run(&root, &["zz", "restore", "begin", "-"], "").unwrap();
         assert!(GuestDir::existing_domain(&root, "zz").is_none());
         // Functions from a state file are checked like a definition's.
-        assert!(on_args(&root, "t1", &["--output=/etc/passwd".into()]).is_err());
+        let evil = ["--output=/etc/passwd".to_string()];
+        assert!(on_args(&root, "t1", Some(&evil), None).is_err());
+    }
+
+    #[test]
+    fn an_incoming_migration_of_an_enrolled_domain_is_adopted() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("state");
+        // This host has never seen the domain: `migrate begin` creates its
+        // state directory only when the domain is enrolled.
+        run(
+            &root,
+            &["p", "migrate", "begin", "-"],
+            "<domain><name>p</name></domain>",
+        )
+        .unwrap();
+        assert!(GuestDir::existing_domain(&root, "p").is_none());
+        // A build this host lacks: refused, nothing left behind.
+        let elsewhere = ENROLLED.replace("/k/System.map", "/other/System.map");
+        let e = run(&root, &["t1", "migrate", "begin", "-"], &elsewhere).unwrap_err();
+        assert!(e.to_string().contains("xftrace add-kernel"), "{e}");
+        assert!(GuestDir::existing_domain(&root, "t1").is_none());
+        run(&root, &["t1", "migrate", "begin", "-"], ENROLLED).unwrap();
+        let st = GuestDir::existing_domain(&root, "t1").unwrap();
+        assert!(Arrival::Migration.mark(&st).is_file());
+        // Without monitoring, `on --adopt` (never a function list from
+        // anywhere but the guest's own control block, checked there).
+        let args = on_args(&root, "t1", None, Some(Arrival::Migration)).unwrap();
+        assert_eq!(args.last().unwrap(), "--adopt");
+        assert!(!args.iter().any(|a| a == "--"));
+        let gap = args
+            .iter()
+            .find(|a| a.to_string_lossy().starts_with("--gap="))
+            .unwrap();
+        assert!(gap.to_string_lossy().contains("live migration"), "{gap:?}");
+        // With monitoring, its functions, after `--`.
+        let f = domain_xml::facts(&with_monitor("sys_read")).unwrap();
+        let args = monitor_args(&root, "t1", &f, Some(Arrival::Migration)).unwrap();
+        assert_eq!(&args[args.len() - 2..], ["--", "sys_read"]);
+        // `started begin` uses the mark up (not run here: it would start
+        // this test binary as the background xftrace).
+        assert_eq!(take_arrival(&st), Some(Arrival::Migration));
+        assert!(!Arrival::Migration.mark(&st).exists());
     }
 
     #[test]
@@ -343,7 +498,7 @@ mod tests {
         let root = tmp.path().join("state");
         let root = &root;
         let f = domain_xml::facts(&with_monitor("sys_read __x64_sys_open* vfs_rea?")).unwrap();
-        let args = monitor_args(root.as_path(), "t1", &f).unwrap();
+        let args = monitor_args(root.as_path(), "t1", &f, None).unwrap();
         let dashdash = args.iter().position(|a| a == "--").unwrap();
         assert_eq!(
             &args[dashdash + 1..],
@@ -362,7 +517,7 @@ mod tests {
             "$(touch /tmp/x)",
         ] {
             let f = domain_xml::facts(&with_monitor(evil)).unwrap();
-            let e = monitor_args(root.as_path(), "t1", &f).unwrap_err();
+            let e = monitor_args(root.as_path(), "t1", &f, None).unwrap_err();
             assert!(e.contains("not a function name"), "{evil}: {e}");
         }
     }

@@ -238,6 +238,7 @@ impl<'a> Collector<'a> {
                 HEARTBEAT_STALL.as_secs()
             );
         }
+        status.guest_tracing |= gs.tracing;
         for why in gs.narrowed_reasons() {
             if !status.narrowed.iter().any(|w| w == why) {
                 warn!("the guest narrowed the capture: {why}");

@@ -99,10 +99,16 @@ pub fn interrupted_session(st: &GuestDir) -> Option<Vec<String>> {
         .then_some(s.functions)
 }
 
-/// `xftrace on FUNCS...`
-pub fn on(target: &Target, functions: &[String], opts: CollectOptions) -> Result<()> {
+/// `xftrace on FUNCS...`; `gaps` are notes for the trace's header (the
+/// libvirt hook says why it starts a session).
+pub fn on(
+    target: &Target,
+    functions: &[String],
+    opts: CollectOptions,
+    gaps: &[String],
+) -> Result<()> {
     let g = target.open()?;
-    let (symbols, pid) = start(target, &g, functions, opts)?;
+    let (symbols, pid) = start(target, &g, functions, opts, gaps)?;
     println!(
         "tracing {} in {} (collector pid {pid}); stop with `xftrace off`",
         symbols.join(" "),
@@ -111,17 +117,52 @@ pub fn on(target: &Target, functions: &[String], opts: CollectOptions) -> Result
     Ok(())
 }
 
-/// `on`, retrying for up to `wait` while the guest cannot be opened yet
-/// (not running, or its kernel still booting).
-pub fn on_waiting(
-    wait: Duration,
-    target: &Target,
-    functions: &[String],
-    opts: CollectOptions,
-) -> Result<()> {
+/// `xftrace on --adopt`: a guest whose tracer is on with no collector of
+/// this host reading it (it arrived by live migration, or this host lost
+/// the session's state) goes on tracing what it traces, as a new session
+/// under this host's keys. A guest that is not tracing is left alone.
+pub fn adopt(target: &Target, opts: CollectOptions, gaps: &[String]) -> Result<()> {
+    let g = target.open()?;
+    if !switch::guest_alive(&g.ram, &g.kernel, Duration::from_secs(3))? {
+        return Err(not_running());
+    }
+    if !switch::read_status(&g.ram, &g.kernel)?.tracing {
+        println!(
+            "{}: the guest's tracer is off; nothing to adopt",
+            target.describe()
+        );
+        return Ok(());
+    }
+    // What the control block says the guest traces: written by a host,
+    // rewritable by the guest, so checked like any function name (and
+    // resolved against the trusted System.map by `start`).
+    let Some((functions, flags)) = switch::applied_on(&g.ram, &g.kernel)? else {
+        switch::send(&g.ram, &g.kernel, Op::Off, &[], 0, GUEST_ACK)?;
+        return Err(Error::State(format!(
+            "{}: the guest was tracing under a command xftrace cannot read back, so its tracer was switched off; start a session with `xftrace on FUNCTION...`",
+            target.describe()
+        )));
+    };
+    let opts = CollectOptions {
+        irqs: flags & crate::abi::FLAG_IRQS != 0,
+        ..opts
+    };
+    let (symbols, pid) = start(target, &g, &functions, opts, gaps)?;
+    println!(
+        "adopted the tracer of {}: tracing {} (collector pid {pid}); stop with `xftrace off`",
+        target.describe(),
+        symbols.join(" "),
+    );
+    Ok(())
+}
+
+/// Run `attempt` (an `on` or an `adopt`), retrying for up to `wait` while
+/// the guest cannot be opened yet (not running, arriving by migration or
+/// restore, or its kernel still booting).
+pub fn waiting(target: &Target, wait: Duration, attempt: impl Fn() -> Result<()>) -> Result<()> {
     let end = deadline(wait);
     loop {
-        match on(target, functions, opts) {
+        match attempt() {
             Err(Error::Guest(m) | Error::Libvirt(m)) if Instant::now() < end => {
                 info!("{}: not ready ({m}); retrying", target.describe());
                 std::thread::sleep(Duration::from_secs(2));
@@ -129,6 +170,12 @@ pub fn on_waiting(
             r => return r,
         }
     }
+}
+
+fn not_running() -> Error {
+    Error::Guest(
+        "the guest kernel is not running: its xftrace heartbeat did not advance in 3 s (is the VM paused, stopped or being restored?)".into(),
+    )
 }
 
 /// The kernel symbols (or globs) `functions` name, without repeats.
@@ -155,6 +202,7 @@ pub fn start(
     g: &Guest,
     functions: &[String],
     opts: CollectOptions,
+    gaps_given: &[String],
 ) -> Result<(Vec<String>, u32)> {
     let symbols = resolve(&g.map, functions)?;
     let dir = target.dir()?;
@@ -170,41 +218,29 @@ pub fn start(
         gaps.push(recover(target, &dir)?);
     }
     let flags = if opts.irqs { crate::abi::FLAG_IRQS } else { 0 };
-    let mut switch_on = true;
     // A guest being restored is paused while its RAM is still arriving:
     // nothing is adopted or started before its kernel runs (`on --wait`
     // retries).
     if !switch::guest_alive(&g.ram, &g.kernel, Duration::from_secs(3))? {
-        return Err(Error::Guest(
-            "the guest kernel is not running: its xftrace heartbeat did not advance in 3 s (is the VM paused, stopped or being restored?)".into(),
-        ));
+        return Err(not_running());
     }
+    gaps.extend(gaps_given.iter().cloned());
     if switch::read_status(&g.ram, &g.kernel)?.tracing {
-        // Adopted: the guest was tracing with no collector of ours
-        // reading it (a collector died, a restore). Tracing what we want
-        // already, it goes on under our keys; else, as it takes one
-        // session at a time, it is switched off and on again.
-        let same = switch::applied_on(&g.ram, &g.kernel)?
-            .is_some_and(|(f, fl)| f == symbols && fl == flags);
-        let gap = format!(
-            "the guest's tracer was already on with no collector reading it (adopted{}): events before this session's first key are not in this trace",
-            if same { "" } else { ", switched off and on again" }
-        );
+        // Adopted: the guest was tracing with no collector of ours reading
+        // it (a collector died, a restore, a live migration). Its current
+        // key came from a Klog this session does not have (a dead
+        // collector's, or another host's), so records under it could not
+        // be told from forgeries: the tracer is switched off, and on again
+        // under this session's keys.
+        let gap = "the guest's tracer was already on with no collector of this session reading it (adopted: switched off, then on again under this session's keys): what it recorded before is not in this trace".to_string();
         warn!("{}: {gap}", target.describe());
-        if same {
-            switch_on = false;
-        } else {
-            switch::send(&g.ram, &g.kernel, Op::Off, &[], 0, GUEST_ACK)?;
-        }
+        switch::send(&g.ram, &g.kernel, Op::Off, &[], 0, GUEST_ACK)?;
         gaps.push(gap);
     }
     reset(&dir)?;
     let mut child = spawn_collector(target, g, &dir, &lock, &symbols, opts, &gaps)?;
     drop(lock);
     wait_collecting(&dir, &mut child)?;
-    if !switch_on {
-        return Ok((symbols, child.id()));
-    }
     if let Err(e) = switch::send(&g.ram, &g.kernel, Op::On, &symbols, flags, GUEST_ACK) {
         if let Some(s) = CollectorStatus::read(&dir) {
             s.process.terminate();
@@ -336,6 +372,14 @@ fn stop(target: &Target, g: Option<&Guest>, open_error: Option<Error>) -> Result
                 guest_error = Some(e);
             }
         }
+        // A guest that is gone (its domain stopped or migrated away)
+        // traces nothing any more: writing its trace is all there is to do.
+        (None, _) if (running || have_spool) && target.known_stopped() => {
+            eprintln!(
+                "note: {} does not run here (any more): writing what its collector read",
+                target.describe()
+            );
+        }
         (None, e) if running || have_spool => guest_error = e,
         (None, e) => {
             return Err(e.unwrap_or_else(|| Error::Guest("the guest cannot be opened".into())))
@@ -465,7 +509,7 @@ pub fn capture(
     functions: &[String],
     duration: Duration,
 ) -> Result<Capture> {
-    start(target, g, functions, CollectOptions::default())?;
+    start(target, g, functions, CollectOptions::default(), &[])?;
     std::thread::sleep(duration);
     let stopped = stop(target, Some(g), None)?;
     if let Some(e) = stopped.guest_error {

@@ -62,6 +62,9 @@ pub struct CollectorStatus {
     /// ring, or a CPU already inside the tracer (NMI).
     pub guest_dropped: u64,
     pub heartbeat_stalled: bool,
+    /// The guest's tracer was seen on during this session (`on` switches
+    /// it on only once the collector reads, a little after it starts).
+    pub guest_tracing: bool,
     /// Why the guest's capture was thinner than asked, as it reported.
     pub narrowed: Vec<String>,
     /// The spool's limit in bytes.

@@ -244,3 +244,181 @@ fn nix_kill(pid: i32) -> std::io::Result<()> {
         Err(std::io::Error::other("kill failed"))
     }
 }
+
+/// A second libvirtd on this machine standing in for another host, the
+/// destination of live migrations. It has its own host UUID, configuration,
+/// run and QEMU state directories (bind-mounted in a mount namespace of its
+/// own), no virtlogd (its QEMU logs to files), the xftrace hook, and its own
+/// xftrace state directory mounted at the first host's state path: every
+/// host of a fleet keeps its state at the same path (/var/lib/xftrace).
+pub struct OtherHost {
+    root: PathBuf,
+    pid: i32,
+    pub uri: String,
+    state: PathBuf,
+}
+
+impl OtherHost {
+    /// Start it, with its own empty state mounted at `state`.
+    pub fn start(state: &Path) -> OtherHost {
+        use std::os::unix::fs::PermissionsExt;
+        let root = PathBuf::from(format!(
+            "/var/lib/xftrace-test-host2-{}",
+            std::process::id()
+        ));
+        let _ = std::fs::remove_dir_all(&root);
+        for d in ["etc/hooks", "run", "lib", "log/qemu", "state"] {
+            std::fs::create_dir_all(root.join(d)).unwrap();
+        }
+        let st = Command::new("chown")
+            .arg("libvirt-qemu:libvirt-qemu")
+            .arg(root.join("lib"))
+            .status()
+            .unwrap();
+        assert!(st.success());
+        for (d, mode) in [("lib", 0o750), ("state", 0o700), ("", 0o755)] {
+            std::fs::set_permissions(root.join(d), std::fs::Permissions::from_mode(mode)).unwrap();
+        }
+        std::fs::write(
+            root.join("etc/libvirtd.conf"),
+            format!(
+                "host_uuid = \"6c1e3a0f-5b8e-4f7a-9d2c-{:012x}\"\n",
+                std::process::id()
+            ),
+        )
+        .unwrap();
+        std::fs::write(root.join("etc/qemu.conf"), "stdio_handler = \"file\"\n").unwrap();
+        let st = Command::new("bash")
+            .arg(repo().join("libvirt-hooks/install.sh"))
+            .args(["--bin", env!("CARGO_BIN_EXE_xftrace")])
+            .arg("--state-dir")
+            .arg(state)
+            .arg("--hooks-dir")
+            .arg(root.join("etc/hooks"))
+            .status()
+            .unwrap();
+        assert!(st.success(), "install the second host's hook");
+        let hide_kvm = super::accel() == "tcg" && Path::new("/dev/kvm").exists();
+        let script = format!(
+            "set -e
+{}mount --bind \"$1/etc\" /etc/libvirt
+mount --bind \"$1/run\" /run/libvirt
+mount --bind \"$1/lib\" /var/lib/libvirt/qemu
+mount --bind \"$1/log\" /var/log/libvirt
+mount --bind \"$1/state\" \"$2\"
+exec libvirtd -d -p \"$1/libvirtd.pid\"",
+            if hide_kvm {
+                "mount --bind /dev/null /dev/kvm\n"
+            } else {
+                ""
+            }
+        );
+        let st = Command::new("unshare")
+            .args(["-m", "--propagation", "private", "sh", "-c", &script, "sh"])
+            .arg(&root)
+            .arg(state)
+            .status()
+            .expect("start the second libvirtd");
+        assert!(st.success(), "the second libvirtd did not start");
+        let pidfile = root.join("libvirtd.pid");
+        let end = Instant::now() + Duration::from_secs(20);
+        let pid = loop {
+            if let Some(pid) = pid_alive(pidfile.to_str().unwrap()) {
+                break pid;
+            }
+            assert!(
+                Instant::now() < end,
+                "the second libvirtd wrote no pid file"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        let h = OtherHost {
+            uri: format!(
+                "qemu+unix:///system?socket={}",
+                root.join("run/libvirt-sock").display()
+            ),
+            root,
+            pid,
+            state: state.to_path_buf(),
+        };
+        let end = Instant::now() + Duration::from_secs(30);
+        while !h.virsh(&["version"]).status.success() {
+            assert!(Instant::now() < end, "the second libvirtd did not answer");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        eprintln!("harness: second host's libvirtd (pid {pid}) at {}", h.uri);
+        h
+    }
+
+    pub fn virsh(&self, args: &[&str]) -> Output {
+        let out = Command::new("virsh")
+            .args(["-c", &self.uri])
+            .args(args)
+            .output()
+            .expect("run virsh");
+        super::logged("virsh (second host)", args, out)
+    }
+
+    /// Run xftrace as on the second host: in its mount namespace, with its
+    /// state.
+    pub fn xftrace(&self, args: &[&str]) -> Output {
+        let out = Command::new("nsenter")
+            .args(["-t", &self.pid.to_string(), "-m", "--"])
+            .arg(env!("CARGO_BIN_EXE_xftrace"))
+            .arg("--state-dir")
+            .arg(&self.state)
+            .args(args)
+            .env("RUST_LOG", "info")
+            .output()
+            .expect("run xftrace in the second host's namespace");
+        super::logged("xftrace (second host)", args, out)
+    }
+
+    /// `virsh migrate --live` domain `name` (its console on 127.0.0.1:`from`)
+    /// from the first host to this one, where its console listens on
+    /// `to`. Returns how long the migration took.
+    pub fn migrate_here(&self, name: &str, from: u16, to: u16) -> Duration {
+        let xml = virsh(&["dumpxml", "--migratable", name]);
+        assert!(xml.status.success());
+        let xml = String::from_utf8(xml.stdout)
+            .unwrap()
+            .replace(&format!("service='{from}'"), &format!("service='{to}'"));
+        let f = self.root.join(format!("{name}.xml"));
+        std::fs::write(&f, xml).unwrap();
+        let t = Instant::now();
+        let o = virsh(&[
+            "migrate",
+            "--live",
+            "--xml",
+            f.to_str().unwrap(),
+            name,
+            &self.uri,
+            "tcp://127.0.0.1",
+        ]);
+        assert!(
+            o.status.success(),
+            "migrate: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        t.elapsed()
+    }
+}
+
+impl Drop for OtherHost {
+    fn drop(&mut self) {
+        let names = self.virsh(&["list", "--name"]);
+        for n in String::from_utf8_lossy(&names.stdout).split_whitespace() {
+            self.virsh(&["destroy", n]);
+        }
+        let _ = nix_kill(self.pid);
+        let end = Instant::now() + Duration::from_secs(15);
+        while Path::new(&format!("/proc/{}", self.pid)).exists() && Instant::now() < end {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        eprintln!(
+            "harness: stopped the second host's libvirtd (pid {})",
+            self.pid
+        );
+        let _ = std::fs::remove_dir_all(&self.root);
+    }
+}

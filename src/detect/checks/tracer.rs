@@ -15,6 +15,10 @@ use crate::trace::switch::{self, TracerStatus};
 
 use super::{Check, Context};
 
+/// Longer than `on` waits for its collector (20 s) and then for the
+/// guest's acknowledgement (20 s).
+const SWITCH_ON_WITHIN: Duration = Duration::from_secs(60);
+
 pub struct TracerIntegrity;
 
 impl Check for TracerIntegrity {
@@ -117,12 +121,26 @@ fn session(
     let running = dir.collector_running().unwrap_or(false);
     let status = CollectorStatus::read(dir);
     if let (true, Some(s)) = (running, &status) {
+        // `on` switches the tracer on only once its collector reads: a
+        // session whose tracer was never seen on is judged only after `on`
+        // would have given up on the guest.
+        let age = crate::host::statedir::now_unix() - s.started;
         if s.state == CollectorState::Collecting && !gs.tracing {
-            out.push(finding(
-                "the host is collecting but the guest's tracer is off: switched off behind the host's back",
-                k.field(abi::off::ACK_RESULT_TRACING).0,
-                "",
-            ));
+            if s.guest_tracing {
+                out.push(finding(
+                    "the host is collecting but the guest's tracer is off: switched off behind the host's back",
+                    k.field(abi::off::ACK_RESULT_TRACING).0,
+                    "",
+                ));
+            } else if age > SWITCH_ON_WITHIN.as_secs_f64() {
+                out.push(finding(
+                    format!(
+                        "the host has been collecting for {age:.0} s but the guest's tracer was never on"
+                    ),
+                    k.field(abi::off::ACK_RESULT_TRACING).0,
+                    "",
+                ));
+            }
         }
         if let Ok(klog) = Klog::load_tail(&dir.klog()) {
             key_matches(ram, k, &klog, out);
