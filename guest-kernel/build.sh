@@ -3,7 +3,7 @@
 # packages (linux-image, linux-headers) plus the System.map and vmlinux the
 # host needs.
 #
-#   guest-kernel/build.sh [--profile small|cloud]
+#   guest-kernel/build.sh [--profile small|cloud] [--unpatched]
 #
 # Profiles:
 #   small  (default) tinyconfig plus small.config: boots the tests' busybox
@@ -13,6 +13,9 @@
 #   cloud  Debian's own configuration for VMs (config.amd64_none_cloud-amd64
 #          from linux-config-6.1) plus cloud.config: the release kernel, with
 #          BTF and debug info; an hour or two on two cores.
+#
+# --unpatched builds the same profile without the xftrace patches (and
+# without CONFIG_XFTRACE*): the baseline of `cargo bench --bench guest`.
 #
 # The output directory holds bzImage, System.map, vmlinux (without its
 # DWARF), config, kernelversion, modules (the names of the modules it
@@ -34,8 +37,10 @@ set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 tarball=/usr/src/linux-source-6.1.tar.xz
 profile=small
+unpatched=
 while (($#)); do
 	case "$1" in
+	--unpatched) unpatched=1; shift ;;
 	--profile) profile=${2:-}; shift 2 ;;
 	--profile=*) profile=${1#--profile=}; shift ;;
 	-h | --help) sed -n '2,30p' "${BASH_SOURCE[0]}"; exit 0 ;;
@@ -53,6 +58,18 @@ small) fragment=$here/small.config; localversion=-xftrace-small ;;
 cloud) fragment=$here/cloud.config; localversion=-xftrace; deps+=(linux-config-6.1) ;;
 *) die "unknown profile '$profile': use small or cloud" ;;
 esac
+# The build's name in the cache; its patches and configuration fragment.
+flavor=$profile
+patches=("$here"/patches/*.patch)
+if [ -n "$unpatched" ]; then
+	flavor=unpatched_$profile
+	localversion=$localversion-unpatched
+	patches=()
+	plain=$(mktemp)
+	trap 'rm -f "$plain"' EXIT
+	grep -v 'XFTRACE' "$fragment" | sed "s/^CONFIG_LOCALVERSION=\"\(.*\)\"$/CONFIG_LOCALVERSION=\"\1-unpatched\"/" >"$plain"
+	fragment=$plain
+fi
 debian_config=/usr/src/linux-config-6.1/config.amd64_none_cloud-amd64.xz
 
 missing=()
@@ -73,15 +90,15 @@ recipe=1
 # The compiled tree depends on these inputs (src_key, which names the
 # resumable work directory); the output also on the rest of this script.
 src_key=$( {
-	echo "linux-source-6.1 $src_version $profile recipe $recipe"
-	cat "$here"/patches/*.patch "$fragment"
+	echo "linux-source-6.1 $src_version $flavor recipe $recipe"
+	cat ${patches[@]+"${patches[@]}"} "$fragment"
 	[ "$profile" = cloud ] && xzcat "$debian_config"
 	true
 } | sha256sum | cut -c1-16)
 key=$(cat <(echo "$src_key") "$here/build.sh" | sha256sum | cut -c1-16)
 
 cache_root=${XFTRACE_KERNEL_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/xftrace/guest-kernel}
-out="$cache_root/$profile-$src_version-$key"
+out="$cache_root/$flavor-$src_version-$key"
 if [ -f "$out/.complete" ]; then
 	say "reusing cached $profile build"
 	echo "$out"
@@ -98,7 +115,7 @@ if [ -f "$out/.complete" ]; then
 	exit 0
 fi
 
-work="$cache_root/work-$profile-$src_key"
+work="$cache_root/work-$flavor-$src_key"
 tree="$work/src"
 log="$work/build.log"
 mkdir -p "$work"
@@ -112,14 +129,14 @@ if [ ! -f "$work/.configured" ]; then
 	6.1.*) ;;
 	*) die "linux-source-6.1 unpacked as version $version; the patches target 6.1.y" ;;
 	esac
-	for p in "$here"/patches/*.patch; do
+	for p in ${patches[@]+"${patches[@]}"}; do
 		if ! patch -d "$tree" -p1 --dry-run -s -f <"$p" >"$work/patch.out" 2>&1; then
 			cat "$work/patch.out" >&2
 			die "$(basename "$p") does not apply to linux-source-6.1 $src_version ($version); refresh guest-kernel/patches/"
 		fi
 		patch -d "$tree" -p1 -s -f <"$p"
 	done
-	say "applied $(ls "$here"/patches/*.patch | wc -l) patches to $version"
+	say "applied ${#patches[@]} patches to $version"
 	{
 		if [ "$profile" = cloud ]; then
 			xzcat "$debian_config" >"$tree/.config"
@@ -176,7 +193,7 @@ mv "$stage" "$out"
 [ "$profile" = cloud ] || rm -rf "$work"
 # Builds of this profile from other inputs are stale: one per profile is
 # kept (a work tree in use elsewhere holds its lock and is left alone).
-for d in "$cache_root/$profile"-* "$cache_root/work-$profile"-*; do
+for d in "$cache_root/$flavor"-* "$cache_root/work-$flavor"-*; do
 	[ "$d" = "$out" ] || [ "$d" = "$work" ] || [ ! -d "$d" ] && continue
 	other=${d##*-}
 	[ -e "$cache_root/.lock-$other" ] && ! flock -n "$cache_root/.lock-$other" true && continue

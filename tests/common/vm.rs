@@ -53,6 +53,11 @@ pub struct Boot {
     /// A reboot in the guest resets the machine (RAM kept) instead of
     /// ending QEMU.
     pub warm_reboot: bool,
+    /// `-icount shift=1,sleep=on` (TCG): guest time follows the
+    /// instructions it runs, so in-guest timings repeat within 1 %.
+    pub icount: bool,
+    /// Another kernel build directory than the test kernel's.
+    pub kernel: Option<PathBuf>,
 }
 
 pub struct Vm {
@@ -96,6 +101,12 @@ impl Vm {
             } else {
                 accel
             })
+            .args(
+                (how.icount && accel == "tcg")
+                    .then_some(["-icount", "shift=1,sleep=on"])
+                    .into_iter()
+                    .flatten(),
+            )
             .args(["-m", &format!("{mem_mb}M"), "-smp", &smp.to_string()])
             .args([
                 "-object",
@@ -107,7 +118,12 @@ impl Vm {
                 "memory-backend=pc.ram",
             ])
             .arg("-kernel")
-            .arg(kernel_dir().join("bzImage"))
+            .arg(
+                how.kernel
+                    .as_deref()
+                    .unwrap_or(kernel_dir())
+                    .join("bzImage"),
+            )
             .arg("-initrd")
             .arg(how.initramfs.as_deref().unwrap_or(initramfs()))
             .args([

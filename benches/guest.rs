@@ -1,0 +1,236 @@
+//! What tracing costs the guest, measured inside it, side by side in one
+//! boot: tracing off, xftrace on a filter, and stock ftrace (function_graph
+//! through tracefs) on the same filter; for a traced system call path
+//! (openat + read + close) and an untraced one (getppid). Then, with
+//! `--unpatched`, tracing off on the patched kernel against the same
+//! kernel without the xftrace patches.
+//!
+//!   cargo bench --bench guest [-- --rounds N] [-- --unpatched]
+//!
+//! The guest runs under TCG with `-icount shift=1,sleep=on` (one vCPU):
+//! its clock follows the instructions it executes, so rounds agree within
+//! about 1 % on a noisy host. (Under KVM, where these machines cannot run
+//! guests, figures would be wall-clock and noisier.) XFTRACE_KERNEL_DIR picks the
+//! kernel build, as for the tests; `--unpatched` builds or reuses the
+//! unpatched one (`guest-kernel/build.sh --unpatched`, cached).
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::{Boot, Vm, Xftrace};
+
+/// Rounds of the traced path per measurement; the untraced one runs ten
+/// times as many.
+const N: u32 = 2000;
+const FILTER: &str = "__x64_sys_openat";
+
+/// One measurement: nanoseconds per round of each path, in guest time.
+#[derive(Clone, Copy, Debug)]
+struct Sample {
+    traced: f64,
+    untraced: f64,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+/// The static in-guest program, in an initramfs of its own.
+fn bench_initramfs() -> PathBuf {
+    let target = common::repo().join("target");
+    let bin = target.join("xftrace-bench-syscalls");
+    let st = Command::new("gcc")
+        .args(["-static", "-O2", "-Wall", "-o"])
+        .arg(&bin)
+        .arg(common::repo().join("benches/guest/syscalls.c"))
+        .status()
+        .expect("run gcc");
+    assert!(st.success(), "gcc benches/guest/syscalls.c");
+    let out = target.join("xftrace-bench-initramfs.cpio.gz");
+    let st = Command::new("bash")
+        .arg(common::repo().join("tests/guest/make-initramfs.sh"))
+        .arg(&out)
+        .arg(&bin)
+        .status()
+        .expect("run make-initramfs.sh");
+    assert!(st.success(), "make-initramfs.sh");
+    out
+}
+
+fn run(vm: &mut Vm) -> Sample {
+    let out = vm.output(&format!("/lib/xftrace-test/xftrace-bench-syscalls {N}"));
+    let line = out
+        .lines()
+        .find(|l| l.contains("XFBENCH"))
+        .unwrap_or_else(|| panic!("no XFBENCH line in {out:?}"));
+    let f: Vec<&str> = line.split_whitespace().collect();
+    Sample {
+        traced: f[2].parse().unwrap(),
+        untraced: f[4].parse().unwrap(),
+    }
+}
+
+fn boot(kernel: Option<&Path>, initramfs: &Path) -> Vm {
+    let vm = Vm::boot_with(
+        256,
+        1,
+        &Boot {
+            initramfs: Some(initramfs.to_path_buf()),
+            icount: true,
+            kernel: kernel.map(Path::to_path_buf),
+            ..Default::default()
+        },
+    );
+    assert_eq!(
+        common::accel(),
+        "tcg",
+        "this benchmark's figures are guest instruction time: it needs TCG with -icount"
+    );
+    vm
+}
+
+fn stock(vm: &mut Vm, on: bool) {
+    let cmd = if on {
+        format!("cd /sys/kernel/tracing && echo {FILTER} > set_graph_function && echo function_graph > current_tracer && cat current_tracer; cd /")
+    } else {
+        "cd /sys/kernel/tracing && echo nop > current_tracer && echo > set_graph_function && echo > trace && cat current_tracer; cd /".into()
+    };
+    let out = vm.output(&cmd);
+    let want = if on { "function_graph" } else { "nop" };
+    assert!(out.contains(want), "tracefs: {out:?}");
+}
+
+fn xftrace_on(x: &Xftrace, vm: &mut Vm, on: bool, trace: &Path) {
+    let o = if on {
+        x.run(&["on", FILTER])
+    } else {
+        x.run(&["off", "--output", trace.to_str().unwrap()])
+    };
+    assert!(
+        o.status.success(),
+        "xftrace {}",
+        if on { "on" } else { "off" }
+    );
+    let _ = vm;
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let rounds: usize = args
+        .iter()
+        .position(|a| a == "--rounds")
+        .and_then(|i| args.get(i + 1))
+        .map_or(3, |r| r.parse().expect("--rounds N"));
+    let unpatched = args.iter().any(|a| a == "--unpatched");
+    let initramfs = bench_initramfs();
+
+    let mut vm = boot(None, &initramfs);
+    vm.output("mount -t tracefs nodev /sys/kernel/tracing 2>/dev/null; echo mounted");
+    let x = Xftrace::new(&vm.ram);
+    let trace = x.state.path().join("bench-trace.txt");
+    run(&mut vm); // warm the page cache and the path
+    let (mut off, mut xf, mut st) = (Vec::new(), Vec::new(), Vec::new());
+    for r in 0..rounds {
+        off.push(run(&mut vm));
+        xftrace_on(&x, &mut vm, true, &trace);
+        xf.push(run(&mut vm));
+        xftrace_on(&x, &mut vm, false, &trace);
+        stock(&mut vm, true);
+        st.push(run(&mut vm));
+        stock(&mut vm, false);
+        eprintln!(
+            "round {r}: off {:?}, xftrace {:?}, stock {:?}",
+            off[r], xf[r], st[r]
+        );
+    }
+    let m = |v: &[Sample], f: fn(&Sample) -> f64| median(v.iter().map(f).collect());
+    let t = |s: &Sample| s.traced;
+    let u = |s: &Sample| s.untraced;
+    let (off_t, xf_t, st_t) = (m(&off, t), m(&xf, t), m(&st, t));
+    let (off_u, xf_u, st_u) = (m(&off, u), m(&xf, u), m(&st, u));
+    let spread = |v: &[Sample], f: fn(&Sample) -> f64| {
+        let xs: Vec<f64> = v.iter().map(f).collect();
+        let (lo, hi) = xs
+            .iter()
+            .fold((f64::MAX, f64::MIN), |(a, b), &x| (a.min(x), b.max(x)));
+        100.0 * (hi - lo) / lo
+    };
+    println!("guest overhead, {rounds} rounds in one boot, medians of guest time per round (TCG -icount shift=1, 1 vCPU, filter {FILTER}):");
+    println!("| in the guest | tracing off | xftrace on the filter | stock function_graph, same filter |");
+    println!("|---|---|---|---|");
+    println!(
+        "| openat+read+close (traced) | {:.2} µs | {:.2} µs | {:.2} µs |",
+        off_t / 1e3,
+        xf_t / 1e3,
+        st_t / 1e3
+    );
+    println!(
+        "| getppid (not traced) | {:.3} µs | {:.3} µs (×{:.2}) | {:.3} µs (×{:.2}) |",
+        off_u / 1e3,
+        xf_u / 1e3,
+        xf_u / off_u,
+        st_u / 1e3,
+        st_u / off_u
+    );
+    println!(
+        "traced path: xftrace adds {:.2} µs, stock adds {:.2} µs: {:.2}× stock's added cost (target ≤ 0.5)",
+        (xf_t - off_t) / 1e3,
+        (st_t - off_t) / 1e3,
+        (xf_t - off_t) / (st_t - off_t)
+    );
+    println!(
+        "untraced path: xftrace {:.3}× stock (target ≤ 1.0; stretch: ×{:.2} of off, target ≤ 1.10)",
+        xf_u / st_u,
+        xf_u / off_u
+    );
+    println!(
+        "spread between rounds: off {:.1} %/{:.1} %, xftrace {:.1} %/{:.1} %, stock {:.1} %/{:.1} % (traced/untraced)",
+        spread(&off, t),
+        spread(&off, u),
+        spread(&xf, t),
+        spread(&xf, u),
+        spread(&st, t),
+        spread(&st, u)
+    );
+    drop(vm);
+
+    if unpatched {
+        let out = Command::new("bash")
+            .arg(common::repo().join("guest-kernel/build.sh"))
+            .arg("--unpatched")
+            .output()
+            .expect("run guest-kernel/build.sh --unpatched");
+        assert!(out.status.success(), "guest-kernel/build.sh --unpatched");
+        let dir = PathBuf::from(
+            String::from_utf8(out.stdout)
+                .unwrap()
+                .lines()
+                .last()
+                .expect("build.sh prints the build directory"),
+        );
+        let mut vm = boot(Some(&dir), &initramfs);
+        run(&mut vm);
+        let plain: Vec<Sample> = (0..rounds).map(|_| run(&mut vm)).collect();
+        let (p_t, p_u) = (m(&plain, t), m(&plain, u));
+        println!(
+            "tracing off, patched vs unpatched kernel: openat+read+close {:.2} vs {:.2} µs ({:+.2} %), getppid {:.3} vs {:.3} µs ({:+.2} %); unpatched spread {:.1} %/{:.1} %",
+            off_t / 1e3,
+            p_t / 1e3,
+            100.0 * (off_t - p_t) / p_t,
+            off_u / 1e3,
+            p_u / 1e3,
+            100.0 * (off_u - p_u) / p_u,
+            spread(&plain, t),
+            spread(&plain, u)
+        );
+    }
+}
