@@ -352,6 +352,32 @@ impl GuestRam {
         Ok(())
     }
 
+    /// Load `out.len()` aligned u64 words, `stride` bytes apart, starting at
+    /// `gpa` (each atomically, in order): one word of each of a run of
+    /// records, with one bounds check.
+    pub fn read_strided(&self, gpa: GuestAddress, stride: u64, out: &mut [u64]) -> Result<()> {
+        if gpa.0 % 8 != 0 || stride % 8 != 0 || stride == 0 {
+            return Err(Error::Unaligned(gpa.0));
+        }
+        let range = || Error::OutOfRange {
+            gpa: gpa.0,
+            len: u64::MAX,
+        };
+        let len = (out.len() as u64)
+            .checked_sub(1)
+            .map_or(Some(0), |n| n.checked_mul(stride))
+            .and_then(|l| l.checked_add(8))
+            .ok_or_else(range)?;
+        let p = self.ptr_at(gpa, len)? as *mut u64;
+        let step = (stride / 8) as usize;
+        for (i, w) in out.iter_mut().enumerate() {
+            // Aligned and in bounds: the last word read ends at `len`.
+            *w =
+                unsafe { AtomicU64::from_ptr(p.add(i.wrapping_mul(step))) }.load(Ordering::Acquire);
+        }
+        Ok(())
+    }
+
     /// Read the u64 at `gpa` with pread rather than through the mapping: for
     /// probing many scattered places (the locator's candidates) without
     /// mapping a page, or a whole large folio, of each into this process.

@@ -22,13 +22,18 @@ const MAX_COMMS: usize = 1 << 16;
 /// Task names by pid, from the entries rendered so far, shared by the CPUs
 /// (a task migrates).
 #[derive(Default)]
-struct Comms(RefCell<BTreeMap<u32, [u8; 16]>>);
+struct Comms(
+    RefCell<BTreeMap<u32, [u8; 16]>>,
+    /// The last task noted: most entries repeat it.
+    std::cell::Cell<Option<(u32, [u8; 16])>>,
+);
 
 impl Comms {
     fn note(&self, r: &Record) {
-        if r.kind != Kind::Entry {
+        if r.kind != Kind::Entry || self.1.get() == Some((r.pid, r.comm)) {
             return;
         }
+        self.1.set(Some((r.pid, r.comm)));
         let mut m = self.0.borrow_mut();
         if m.len() < MAX_COMMS || m.contains_key(&r.pid) {
             m.insert(r.pid, r.comm);
@@ -72,26 +77,138 @@ fn mark(ns: u64) -> char {
     MARKS.iter().find(|(v, _)| ns > *v).map_or(' ', |(_, c)| *c)
 }
 
-/// The DURATION column, `trace_print_graph_duration()` byte for byte.
+/// `v` in decimal, into the end of `buf`; returns where it starts.
+fn decimal(buf: &mut [u8; 20], mut v: u64) -> usize {
+    let mut at = buf.len();
+    loop {
+        at = at.saturating_sub(1);
+        buf[at] = b'0'.saturating_add((v % 10) as u8);
+        v /= 10;
+        if v == 0 || at == 0 {
+            return at;
+        }
+    }
+}
+
+/// The DURATION column, `trace_print_graph_duration()` byte for byte,
+/// built on the stack and appended at once.
 fn duration(out: &mut String, ns: u64) {
-    let usecs = (ns / 1000).to_string();
+    let mut line = [b' '; 40];
+    let mut n = 0usize;
+    let mut put = |bytes: &[u8]| {
+        let end = n.saturating_add(bytes.len()).min(line.len());
+        if let Some(dst) = line.get_mut(n..end) {
+            dst.copy_from_slice(&bytes[..dst.len()]);
+        }
+        n = end;
+    };
+    let mut buf = [0u8; 20];
+    let at = decimal(&mut buf, ns / 1000);
+    let usecs = &buf[at..];
     let mut len = usecs.len();
-    let _ = write!(out, "{} {usecs}", mark(ns));
+    // The marks are ASCII.
+    put(&[mark(ns) as u8, b' ']);
+    put(usecs);
     if len < 7 {
-        let nsecs = format!("{:03}", ns % 1000);
+        let frac = ns % 1000;
+        let nsecs = [
+            b'.',
+            b'0'.saturating_add((frac / 100) as u8),
+            b'0'.saturating_add((frac / 10 % 10) as u8),
+            b'0'.saturating_add((frac % 10) as u8),
+        ];
         // len < 7: 8 - len - 1 ≥ 1.
-        let keep = 7usize.saturating_sub(len).min(nsecs.len());
-        let _ = write!(out, ".{}", &nsecs[..keep]);
+        let keep = 7usize.saturating_sub(len).min(3);
+        put(&nsecs[..keep.saturating_add(1)]);
         len = len.saturating_add(keep).saturating_add(1);
     }
-    out.push_str(" us ");
-    for _ in len..8 {
-        out.push(' ');
-    }
-    out.push_str("|  ");
+    put(b" us ");
+    put(&[b' '; 8][..8usize.saturating_sub(len)]);
+    put(b"|  ");
+    out.push_str(std::str::from_utf8(&line[..n]).unwrap_or("?"));
 }
 
 const NO_DURATION: &str = "              |  ";
+
+/// Indentation for any depth up to `FTRACE_RETFUNC_DEPTH` (≤ 100 columns).
+const SPACES: &str = "                                                                                                                                ";
+
+/// Function names by runtime address, each looked up once: a trace calls
+/// the same few hundred functions millions of times. A direct-mapped table
+/// of recent addresses answers most lookups; a hash table the rest.
+/// Bounded (a forged trace can name any address): past `MAX_NAMES` names,
+/// new ones are looked up again each time.
+pub struct NameCache<'a> {
+    lookup: &'a dyn Fn(u64) -> String,
+    names: Vec<Box<str>>,
+    index: std::collections::HashMap<u64, u32, std::hash::BuildHasherDefault<AddrHasher>>,
+    /// (address, index into `names`) by `slot(address)`; address 0 with
+    /// index `u32::MAX` is empty.
+    recent: Vec<(u64, u32)>,
+    scratch: String,
+}
+
+/// Function addresses are already well spread: one multiplication mixes
+/// them enough for a hash table.
+#[derive(Default)]
+pub struct AddrHasher(u64);
+
+impl std::hash::Hasher for AddrHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x100_0000_01b3);
+        }
+    }
+    fn write_u64(&mut self, v: u64) {
+        self.0 = (v ^ (v >> 29)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+}
+
+const MAX_NAMES: usize = 1 << 16;
+const RECENT: usize = 4096;
+
+fn slot(addr: u64) -> usize {
+    ((addr ^ (addr >> 12)) as usize) & (RECENT - 1)
+}
+
+impl<'a> NameCache<'a> {
+    pub fn new(lookup: &'a dyn Fn(u64) -> String) -> Self {
+        NameCache {
+            lookup,
+            names: Vec::new(),
+            index: Default::default(),
+            recent: vec![(0, u32::MAX); RECENT],
+            scratch: String::new(),
+        }
+    }
+
+    /// The name of the function at runtime address `addr`.
+    pub fn get(&mut self, addr: u64) -> &str {
+        let s = slot(addr);
+        let (a, i) = self.recent[s];
+        if a == addr && i != u32::MAX {
+            return self.names.get(i as usize).map_or("", |n| n);
+        }
+        let i = match self.index.get(&addr) {
+            Some(&i) => i,
+            None if self.names.len() < MAX_NAMES => {
+                let i = self.names.len() as u32;
+                self.names.push((self.lookup)(addr).into_boxed_str());
+                self.index.insert(addr, i);
+                i
+            }
+            None => {
+                self.scratch = (self.lookup)(addr);
+                return &self.scratch;
+            }
+        };
+        self.recent[s] = (addr, i);
+        self.names.get(i as usize).map_or("", |n| n)
+    }
+}
 
 /// Header lines for `trace_graph.txt`; `notes` become `# xftrace:` comments
 /// (escaped: a note that holds guest text cannot start a line of its own).
@@ -118,18 +235,11 @@ struct CpuLines<'a, I: Iterator<Item = Record>> {
     last_pid: Option<u32>,
     last_seq: Option<u64>,
     cpu: u32,
-    name: &'a dyn Fn(u64) -> String,
     comms: &'a Comms,
 }
 
 impl<'a, I: Iterator<Item = Record>> CpuLines<'a, I> {
-    fn new(
-        cpu: u32,
-        width: usize,
-        recs: I,
-        name: &'a dyn Fn(u64) -> String,
-        comms: &'a Comms,
-    ) -> Self {
+    fn new(cpu: u32, width: usize, recs: I, comms: &'a Comms) -> Self {
         CpuLines {
             recs: recs.peekable(),
             prefix: format!(" {cpu:>width$}) "),
@@ -137,15 +247,16 @@ impl<'a, I: Iterator<Item = Record>> CpuLines<'a, I> {
             last_pid: None,
             last_seq: None,
             cpu,
-            name,
             comms,
         }
     }
 
-    fn next_line(&mut self) -> Option<(u64, String)> {
+    /// The next line (with what precedes it: lost-record and context-switch
+    /// lines) into `text`, cleared first; returns its time.
+    fn next_line(&mut self, text: &mut String, names: &mut NameCache) -> Option<u64> {
         let r = self.recs.next()?;
         self.comms.note(&r);
-        let mut text = String::new();
+        text.clear();
         // ftrace's mark where a ring overran (or records were refused):
         // what was open before it may never close.
         if let Some(lost) = self
@@ -172,8 +283,7 @@ impl<'a, I: Iterator<Item = Record>> CpuLines<'a, I> {
         text.push_str(&self.prefix);
         // Depth ≤ FTRACE_RETFUNC_DEPTH: spool and decoder both refuse more.
         let depth = (r.depth as usize).min(abi::FTRACE_RETFUNC_DEPTH as usize);
-        let indent = " ".repeat(depth.saturating_mul(INDENT));
-        let name = self.name;
+        let indent = SPACES.get(..depth.saturating_mul(INDENT)).unwrap_or(SPACES);
         match r.kind {
             Kind::Entry => {
                 let leaf = self.recs.next_if(|n| {
@@ -185,27 +295,34 @@ impl<'a, I: Iterator<Item = Record>> CpuLines<'a, I> {
                 });
                 if let Some(ret) = leaf {
                     self.last_seq = Some(ret.seq);
-                    duration(&mut text, ret.time.saturating_sub(ret.calltime));
-                    let _ = write!(text, "{indent}{}();", name(r.func));
+                    duration(text, ret.time.saturating_sub(ret.calltime));
+                    text.push_str(indent);
+                    text.push_str(names.get(r.func));
+                    text.push_str("();");
                 } else {
                     self.entered[depth] = Some(r.func);
-                    let _ = write!(text, "{NO_DURATION}{indent}{}() {{", name(r.func));
+                    text.push_str(NO_DURATION);
+                    text.push_str(indent);
+                    text.push_str(names.get(r.func));
+                    text.push_str("() {");
                 }
             }
             Kind::Return => {
-                duration(&mut text, r.time.saturating_sub(r.calltime));
-                text.push_str(&indent);
+                duration(text, r.time.saturating_sub(r.calltime));
+                text.push_str(indent);
                 if self.entered[depth].take() == Some(r.func) {
                     text.push('}');
                 } else {
-                    let _ = write!(text, "}} /* {} */", name(r.func));
+                    text.push_str("} /* ");
+                    text.push_str(names.get(r.func));
+                    text.push_str(" */");
                 }
                 if r.overrun > 0 {
                     let _ = write!(text, " (Overruns: {})", r.overrun);
                 }
             }
         }
-        Some((r.time, text))
+        Some(r.time)
     }
 }
 
@@ -223,30 +340,28 @@ pub fn render<I: Iterator<Item = Record>>(
     let io = |e| Error::io("cannot write the trace", e);
     let width = nr_cpus.max(1).saturating_sub(1).to_string().len();
     let comms = Comms::default();
+    let mut names = NameCache::new(name);
     let mut cpus: Vec<CpuLines<'_, I>> = rings
         .into_iter()
-        .map(|(cpu, recs)| CpuLines::new(cpu, width, recs, name, &comms))
+        .map(|(cpu, recs)| CpuLines::new(cpu, width, recs, &comms))
         .collect();
-    let mut pending: Vec<Option<String>> = Vec::with_capacity(cpus.len());
+    // Each CPU's next line, in a buffer reused for all its lines.
+    let mut pending: Vec<String> = vec![String::new(); cpus.len()];
     let mut heap: BinaryHeap<Reverse<(u64, usize)>> = BinaryHeap::new();
     for (i, c) in cpus.iter_mut().enumerate() {
-        let line = c.next_line();
-        if let Some((t, _)) = &line {
-            heap.push(Reverse((*t, i)));
+        if let Some(t) = c.next_line(&mut pending[i], &mut names) {
+            heap.push(Reverse((t, i)));
         }
-        pending.push(line.map(|(_, s)| s));
     }
     out.write_all(header(notes).as_bytes()).map_err(io)?;
     let mut lines = 0u64;
     while let Some(Reverse((_, i))) = heap.pop() {
-        if let Some(text) = pending[i].take() {
-            out.write_all(text.as_bytes()).map_err(io)?;
-            out.write_all(b"\n").map_err(io)?;
-            lines = lines.saturating_add(1);
-        }
-        if let Some((t, s)) = cpus[i].next_line() {
+        let text = &mut pending[i];
+        text.push('\n');
+        out.write_all(text.as_bytes()).map_err(io)?;
+        lines = lines.saturating_add(1);
+        if let Some(t) = cpus[i].next_line(text, &mut names) {
             heap.push(Reverse((t, i)));
-            pending[i] = Some(s);
         }
     }
     Ok(lines)

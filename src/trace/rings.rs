@@ -181,7 +181,14 @@ pub struct RingReader {
     slots: u64,
     ring_len: u64,
     pub stats: RingStats,
+    /// Copies of a run of slots and of their commit words read again.
+    words: Vec<u64>,
+    again: Vec<u64>,
 }
+
+/// Slots copied at a time (16 KiB), and their words.
+const RUN: u64 = 256;
+const RUN_WORDS: usize = 2048;
 
 /// The ring `ring` as the guest published it, if usable.
 fn ring_base(ram: &GuestRam, k: &GuestKernel, ring: u32, len: u64) -> Result<Option<GuestAddress>> {
@@ -217,6 +224,8 @@ impl RingReader {
             slots: u64::from(kernel.header.ring_slots),
             ring_len,
             stats: RingStats::default(),
+            words: vec![0; RUN_WORDS],
+            again: vec![0; RUN as usize],
         })
     }
 
@@ -253,7 +262,7 @@ impl RingReader {
         mut record: impl FnMut(Record),
         mut anomaly: impl FnMut(Anomaly),
     ) -> Result<u64> {
-        let mut n = 0u64;
+        let mut n_read = 0u64;
         let (slots, ring_len) = (self.slots, self.ring_len);
         for (cpu, c) in (0u32..).zip(self.rings.iter_mut()) {
             let published = ring_base(ram, kernel, cpu, ring_len)?;
@@ -279,24 +288,57 @@ impl RingReader {
                 self.stats.lost = self.stats.lost.saturating_add(skipped);
                 c.next = c.next.saturating_add(skipped);
             }
+            // A run of slots at a time (up to the ring's end): one copy of
+            // them all, then their commit words once more.
+            let mut key = None;
             while c.next < head {
-                let seq = c.next;
-                c.next = c.next.saturating_add(1);
-                match read_one(ram, base, seq, slots, cpu, c, klog) {
-                    Ok(r) => {
-                        self.stats.records = self.stats.records.saturating_add(1);
-                        n = n.saturating_add(1);
-                        record(r);
-                    }
-                    Err(Outcome::Lost) => self.stats.lost = self.stats.lost.saturating_add(1),
-                    Err(Outcome::Bad(a)) => {
-                        self.stats.count(&a);
-                        anomaly(a);
+                let first = c.next;
+                let idx = first.checked_rem(slots).unwrap_or(0);
+                let run = head
+                    .saturating_sub(first)
+                    .min(slots.saturating_sub(idx))
+                    .min(RUN);
+                let at = GuestAddress(base.0.saturating_add(abi::slot(idx)));
+                let n = run as usize;
+                if n == 0 {
+                    break; // a ring of no slots: nothing to read
+                }
+                let words = self
+                    .words
+                    .get_mut(..n.saturating_mul(8))
+                    .unwrap_or_default();
+                let again = self.again.get_mut(..n).unwrap_or_default();
+                let copied = ram.read_words(at, words).is_ok()
+                    && ram.read_strided(at, abi::SLOT_SIZE, again).is_ok();
+                for (i, (slot, &again)) in words.chunks_exact(8).zip(again.iter()).enumerate() {
+                    let seq = first.saturating_add(i as u64);
+                    c.next = seq.saturating_add(1);
+                    let slot: &RawSlot = slot.try_into().expect("8 words");
+                    let judged = if copied {
+                        judge(slot, again, seq, slots, cpu, c, klog, &mut key)
+                    } else {
+                        Err(Outcome::Bad(Anomaly::Erased {
+                            cpu,
+                            seq,
+                            commit: 0,
+                        }))
+                    };
+                    match judged {
+                        Ok(r) => {
+                            self.stats.records = self.stats.records.saturating_add(1);
+                            n_read = n_read.saturating_add(1);
+                            record(r);
+                        }
+                        Err(Outcome::Lost) => self.stats.lost = self.stats.lost.saturating_add(1),
+                        Err(Outcome::Bad(a)) => {
+                            self.stats.count(&a);
+                            anomaly(a);
+                        }
                     }
                 }
             }
         }
-        Ok(n)
+        Ok(n_read)
     }
 }
 
@@ -360,25 +402,20 @@ enum Outcome {
     Bad(Anomaly),
 }
 
-/// Read and judge record `seq` of ring `cpu`.
-fn read_one(
-    ram: &GuestRam,
-    base: GuestAddress,
+/// Judge record `seq` of ring `cpu` from its copied `slot` and its commit
+/// word read again after the copy. `key` keeps the last epoch's key.
+#[allow(clippy::too_many_arguments)]
+fn judge(
+    slot: &RawSlot,
+    again: u64,
     seq: u64,
     slots: u64,
     cpu: u32,
     c: &mut Cursor,
     klog: &Klog,
+    key: &mut Option<(u64, u64)>,
 ) -> std::result::Result<Record, Outcome> {
-    // Inside the ring: checked against RAM when the ring was accepted.
-    let at = GuestAddress(
-        base.0
-            .saturating_add(abi::slot(seq.checked_rem(slots).unwrap_or(0))),
-    );
-    let mut slot: RawSlot = [0; 8];
     let erased = |commit| Outcome::Bad(Anomaly::Erased { cpu, seq, commit });
-    ram.read_words(at, &mut slot).map_err(|_| erased(0))?;
-    let again = ram.read_u64(at).map_err(|_| erased(0))?;
     let want = abi::committed(seq).ok_or_else(|| erased(slot[0]))?;
     if slot[0] != want || again != want {
         // The writer lapping the ring is the only legitimate reason.
@@ -414,10 +451,17 @@ fn read_one(
             newer: c.installed,
         }));
     }
-    let Some(key) = klog.key(epoch) else {
-        return Err(Outcome::Bad(Anomaly::UnknownEpoch { cpu, seq, epoch }));
+    let key = match *key {
+        Some((e, k)) if e == epoch => k,
+        _ => {
+            let Some(k) = klog.key(epoch) else {
+                return Err(Outcome::Bad(Anomaly::UnknownEpoch { cpu, seq, epoch }));
+            };
+            *key = Some((epoch, k));
+            k
+        }
     };
-    match abi::decode(cpu, seq, &slot, key) {
+    match abi::decode(cpu, seq, slot, key) {
         Ok(r) => {
             c.last_epoch = epoch;
             Ok(r)
