@@ -436,8 +436,9 @@ pub fn not_found(ram: &GuestRam, found: &Located) -> Error {
     }
 }
 
-/// The guest's `max_low_pfn`: where RAM below 4 GiB ends, which tells pc
-/// from q35 layouts of the same RAM size apart.
+/// The guest's `max_low_pfn`: on x86-64, where its RAM ends (the kernel
+/// sets it to `max_pfn`), which tells pc from q35 layouts of the same RAM
+/// size apart.
 pub fn max_low_pfn(ram: &GuestRam, map: &SystemMap, k: &GuestKernel) -> Option<u64> {
     let pa = k.kva_to_gpa(map.addr("max_low_pfn")?.wrapping_add(k.slide))?;
     ram.read_u64(pa).ok()

@@ -79,20 +79,22 @@ fn mem_file_layouts(
         .collect())
 }
 
-/// Is the guest's own idea of where low RAM ends (`max_low_pfn`) the one
-/// this layout has?
+/// Is the guest's own idea of where its RAM ends the one this layout has?
+/// On x86-64 `max_low_pfn` ends up as `max_pfn`, the end of all RAM
+/// (`init_mem_mapping()`): past 4 GiB when RAM is split around the PCI
+/// hole, which pc and q35 do at different places.
 fn layout_agrees(ram: &GuestRam, map: &SystemMap, k: &GuestKernel) -> bool {
-    let Some(low_end) = ram
+    let Some(ram_end) = ram
         .layout()
         .regions()
-        .first()
+        .last()
         .map(|r| r.gpa.saturating_add(r.len))
     else {
         return false;
     };
     match locate::max_low_pfn(ram, map, k).and_then(|p| p.checked_mul(4096)) {
         // Firmware reserves at most a few MiB at the top of low RAM.
-        Some(end) => end <= low_end && low_end.saturating_sub(end) < (256 << 20),
+        Some(end) => end <= ram_end && ram_end.saturating_sub(end) < (256 << 20),
         None => false,
     }
 }
@@ -210,13 +212,17 @@ impl Target {
         let build = self.build(&b)?;
         let (map, banner) = (&build.map, build.banner.as_deref());
         let several = b.layouts.len() > 1;
-        let mut first_err = None;
+        // The first layout that held no kernel, for the error if none fits
+        // (explaining it scans all RAM: only then).
+        let mut first_miss = None;
         let mut fits = Vec::new();
         for layout in b.layouts {
             let ram = GuestRam::open_files(&b.paths, layout, b.follow_links)?;
             let found = locate::locate_all(&ram, map, banner, LocateOptions::default())?;
             if found.kernels.is_empty() {
-                first_err.get_or_insert(locate::not_found(&ram, &found));
+                if first_miss.is_none() {
+                    first_miss = Some((ram, found));
+                }
                 continue;
             }
             if several && !found.kernels.iter().any(|k| layout_agrees(&ram, map, k)) {
@@ -231,7 +237,7 @@ impl Target {
             )));
         }
         let Some((ram, found)) = fits.pop() else {
-            return Err(first_err.unwrap_or_else(|| {
+            return Err(first_miss.map(|(ram, found)| locate::not_found(&ram, &found)).unwrap_or_else(|| {
                 Error::Input(format!(
                     "{} fits neither the pc nor the q35 memory layout; pass --machine and, if QEMU ran with it, --max-ram-below-4g",
                     b.paths[0].display()
@@ -419,26 +425,32 @@ mod tests {
     /// --machine, the guest's own max_low_pfn tells which it is.
     #[test]
     fn large_guests_need_no_machine_type() {
-        for (machine, low) in [(Machine::Q35, 2u64 << 30), (Machine::Pc, 3u64 << 30)] {
+        for (machine, size, low) in [
+            (Machine::Q35, 3u64 << 30, 2u64 << 30),
+            (Machine::Pc, 3 << 30, 3 << 30),
+            (Machine::Q35, 16 << 30, 2 << 30),
+            (Machine::Pc, 16 << 30, 3 << 30),
+        ] {
             let dir = tempfile::tempdir().unwrap();
             let p = dir.path().join("ram");
-            let size = 3u64 << 30;
             std::fs::File::create(&p).unwrap().set_len(size).unwrap();
             let ram = GuestRam::open(&p, MemoryLayout::x86(size, machine, None)).unwrap();
             let map = SystemMap::parse(MAP).unwrap();
             // The kernel at 64 MiB (the same place in both layouts), and
-            // what the guest found low RAM to be.
+            // where the guest found its RAM to end: past 4 GiB when split,
+            // else a little below the top (firmware's reservation).
             place_kernel(&ram, &map, 64 << 20, SLIDE);
             let pfn = map.addr("max_low_pfn").unwrap() - map.addr("_text").unwrap() + (64 << 20);
-            ram.write_u64(
-                crate::guest::memory::GuestAddress(pfn),
-                (low - (128 << 10)) >> 12,
-            )
-            .unwrap();
+            let end = match size - low {
+                0 => size - (128 << 10),
+                high => (4 << 30) + high,
+            };
+            ram.write_u64(crate::guest::memory::GuestAddress(pfn), end >> 12)
+                .unwrap();
             drop(ram);
             let g = mem_target(dir.path(), &p).open().unwrap();
             let first = g.ram.layout().regions()[0];
-            assert_eq!(first.len, low, "{machine:?}");
+            assert_eq!(first.len, low, "{machine:?} {size:#x}");
         }
     }
 }

@@ -58,6 +58,9 @@ pub struct Boot {
     pub icount: bool,
     /// Another kernel build directory than the test kernel's.
     pub kernel: Option<PathBuf>,
+    /// Leave the RAM file sparse (no `prealloc=on`): for guests larger
+    /// than the host wants to write out.
+    pub sparse: bool,
 }
 
 pub struct Vm {
@@ -111,8 +114,9 @@ impl Vm {
             .args([
                 "-object",
                 &format!(
-                    "memory-backend-file,id=pc.ram,size={mem_mb}M,mem-path={},share=on,prealloc=on",
-                    ram.display()
+                    "memory-backend-file,id=pc.ram,size={mem_mb}M,mem-path={},share=on,prealloc={}",
+                    ram.display(),
+                    if how.sparse { "off" } else { "on" }
                 ),
                 "-machine",
                 "memory-backend=pc.ram",
