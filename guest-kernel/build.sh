@@ -162,7 +162,10 @@ version=$(make -s -C "$tree" kernelversion)
 say "building $profile $version$localversion packages with -j$jobs (log: $log)"
 start=$(date +%s)
 # bindeb-pkg builds the kernel and modules, then packages them; the debs go
-# to the parent of the tree. -nc inside keeps what is already built.
+# to the parent of the tree. -nc inside keeps what is already built. A work
+# tree that is continued (or, for cloud, kept) holds an earlier packaging's
+# debs, one revision older: only this run's may be taken below.
+rm -f "$work"/*.deb "$work"/*.buildinfo "$work"/*.changes
 if ! make -C "$tree" -j"$jobs" LOCALVERSION= bindeb-pkg >>"$log" 2>&1; then
 	grep -E 'error|Error' "$log" | tail -20 >&2
 	tail -20 "$log" >&2
