@@ -380,10 +380,15 @@ fn start_enrolled(
 /// Wait until `status` says the guest traces and a collector reads it;
 /// returns how long that took.
 fn wait_collecting(st: &std::path::Path, name: &str) -> Duration {
+    wait_collecting_by(|| xftrace(st, &["--domain", name, "status"]))
+}
+
+/// [`wait_collecting`], with `status` run by `status`.
+fn wait_collecting_by(status: impl Fn() -> std::process::Output) -> Duration {
     let t = Instant::now();
     let end = t + Duration::from_secs(180);
     loop {
-        let s = out(&xftrace(st, &["--domain", name, "status"]));
+        let s = out(&status());
         if s.contains("tracer on")
             && s.contains("collector:  running")
             && s.contains(", collecting")
@@ -596,33 +601,9 @@ fn a_libvirtd_restart_and_a_killed_collector_lose_nothing() {
     drop(lv);
 }
 
-/// A free TCP port of 127.0.0.1.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// `wait_collecting` on the second host.
 fn wait_collecting_on(host: &OtherHost, name: &str) -> Duration {
-    let t = Instant::now();
-    let end = t + Duration::from_secs(180);
-    loop {
-        let s = out(&host.xftrace(&["--domain", name, "status"]));
-        if s.contains("tracer on")
-            && s.contains("collector:  running")
-            && s.contains(", collecting")
-        {
-            return t.elapsed();
-        }
-        assert!(
-            Instant::now() < end,
-            "tracing never resumed on the second host: {s}"
-        );
-        std::thread::sleep(Duration::from_millis(500));
-    }
+    wait_collecting_by(|| host.xftrace(&["--domain", name, "status"]))
 }
 
 /// Live migration between two libvirtd instances (two "hosts" on this
@@ -647,24 +628,8 @@ fn tracing_and_monitoring_follow_a_live_migration() {
     let (console, mut con) = start_enrolled(&mut lv, st, &name, &["--monitor", "sys_openat"]);
     let from: u16 = console.rsplit(':').next().unwrap().parse().unwrap();
     wait_collecting(st, &name);
-    let to = free_port();
-    let xml = virsh(&["dumpxml", "--migratable", &name]);
-    let f = lv.images.join("refused.xml");
-    std::fs::write(
-        &f,
-        String::from_utf8_lossy(&xml.stdout)
-            .replace(&format!("service='{from}'"), &format!("service='{to}'")),
-    )
-    .unwrap();
-    let o = virsh(&[
-        "migrate",
-        "--live",
-        "--xml",
-        f.to_str().unwrap(),
-        &name,
-        &host2.uri,
-        "tcp://127.0.0.1",
-    ]);
+    let to = common::free_port();
+    let (o, _) = host2.try_migrate_here(&name, from, to);
     assert!(!o.status.success());
     assert!(out(&o).contains("xftrace add-kernel"), "{}", out(&o));
     assert_eq!(domstate(&name), "running");
@@ -753,7 +718,7 @@ fn tracing_and_monitoring_follow_a_live_migration() {
     con.sh("cat /tmp/hello.txt > /dev/null");
     std::thread::sleep(Duration::from_secs(2));
     drop(con);
-    let to = free_port();
+    let to = common::free_port();
     let took = host2.migrate_here(&name2, from, to);
     let untraced = wait_collecting_on(&host2, &name2);
     eprintln!(

@@ -15,7 +15,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use super::libvirtd::{virsh, Libvirtd, URI};
-use super::repo;
+use super::{free_port, repo};
 
 /// The image's cache directory: debian.img, id_ed25519, stock-kernel
 /// (built once, then reused). XFTRACE_DEBIAN_IMAGE
@@ -40,14 +40,6 @@ pub fn image_dir() -> &'static Path {
                 .expect("the image directory"),
         )
     })
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// A defined (not yet started) Debian domain.

@@ -159,11 +159,7 @@ impl Libvirtd {
     /// Define a TCG/KVM domain booting the test guest, its console on a TCP
     /// port of 127.0.0.1. Returns the console address.
     pub fn define(&mut self, name: &str, mem_mb: u64) -> String {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = super::free_port();
         let ty = if super::accel() == "kvm" {
             "kvm"
         } else {
@@ -378,6 +374,17 @@ exec libvirtd -d -p \"$1/libvirtd.pid\"",
     /// from the first host to this one, where its console listens on
     /// `to`. Returns how long the migration took.
     pub fn migrate_here(&self, name: &str, from: u16, to: u16) -> Duration {
+        let (o, took) = self.try_migrate_here(name, from, to);
+        assert!(
+            o.status.success(),
+            "migrate: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        took
+    }
+
+    /// [`OtherHost::migrate_here`], returning virsh's output however it ends.
+    pub fn try_migrate_here(&self, name: &str, from: u16, to: u16) -> (Output, Duration) {
         let xml = virsh(&["dumpxml", "--migratable", name]);
         assert!(xml.status.success());
         let xml = String::from_utf8(xml.stdout)
@@ -395,12 +402,7 @@ exec libvirtd -d -p \"$1/libvirtd.pid\"",
             &self.uri,
             "tcp://127.0.0.1",
         ]);
-        assert!(
-            o.status.success(),
-            "migrate: {}",
-            String::from_utf8_lossy(&o.stderr)
-        );
-        t.elapsed()
+        (o, t.elapsed())
     }
 }
 

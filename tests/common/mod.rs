@@ -25,6 +25,15 @@ pub use kernel::{
 pub use qmp::{qmp, qmp_status_at};
 pub use vm::{accel, serial, Boot, Vm};
 
+/// A free TCP port of 127.0.0.1 (for a guest's console or forwarded ports).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
