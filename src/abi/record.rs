@@ -84,12 +84,14 @@ pub fn commit_seq(commit: u64) -> Option<u64> {
     (commit >> 1).checked_sub(1)
 }
 
+#[inline(always)]
 fn mix(h: u64, v: u64) -> u64 {
     let h = (h ^ v).wrapping_mul(0x9e37_79b9_7f4a_7c15);
     h ^ (h >> 32)
 }
 
 /// The keyed check value over a record's plain fields.
+#[inline]
 pub fn check_value(key: u64, seq: u64, epoch: u64, fields: &[u64; 5]) -> u64 {
     let mut h = mix(key ^ CHECK_SEED, seq);
     h = mix(h, epoch);
@@ -136,6 +138,7 @@ pub enum DecodeError {
 
 /// Decode a committed slot known to hold record `seq` of ring `cpu`, with
 /// the key of the epoch the slot names.
+#[inline]
 pub fn decode(cpu: u32, seq: u64, slot: &RawSlot, key: u64) -> Result<Record, DecodeError> {
     let epoch = slot[1];
     let plain = [
