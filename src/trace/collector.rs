@@ -146,10 +146,11 @@ impl<'a> Collector<'a> {
     }
 
     fn run(mut self, status: &mut CollectorStatus) -> Result<()> {
+        let mut polled = Instant::now();
         loop {
             let stopping = STOP.load(Ordering::SeqCst);
             let gone = self.g.ram.unlinked();
-            let read = self.drain()?;
+            self.drain()?;
             if gone {
                 status.state = CollectorState::GuestGone;
                 status.message =
@@ -169,10 +170,19 @@ impl<'a> Collector<'a> {
                 status.key_rotations = status.key_rotations.saturating_add(1);
                 self.last_rotation = Instant::now();
             }
-            // A busy guest fills its rings faster than one poll interval:
-            // read again at once while a poll brings in much.
-            if read < self.reader.slots() / 8 {
-                std::thread::sleep(self.opts.poll_interval);
+            // Come back before the busiest ring can fill to a quarter at the
+            // rate it filled since the last poll (at once if it did), and
+            // at least every poll interval.
+            let since = polled.elapsed();
+            polled = Instant::now();
+            let sleep = next_poll(
+                self.reader.busiest,
+                self.reader.slots(),
+                since,
+                self.opts.poll_interval,
+            );
+            if !sleep.is_zero() {
+                std::thread::sleep(sleep);
             }
         }
         if status.state == CollectorState::Collecting {
@@ -259,6 +269,24 @@ impl<'a> Collector<'a> {
     }
 }
 
+/// How long to sleep before the next poll: the time the busiest ring took
+/// to bring in `busiest` records since the last poll (`since`), scaled to a
+/// quarter of a ring, at most `max`.
+fn next_poll(busiest: u64, slots: u64, since: Duration, max: Duration) -> Duration {
+    if busiest == 0 {
+        return max;
+    }
+    let quarter = slots / 4;
+    if busiest >= quarter {
+        return Duration::ZERO;
+    }
+    // since × quarter / busiest, in nanoseconds (bounded by max anyway).
+    let nanos = since.as_nanos().saturating_mul(u128::from(quarter)) / u128::from(busiest);
+    max.min(Duration::from_nanos(
+        u64::try_from(nanos).unwrap_or(u64::MAX),
+    ))
+}
+
 /// Every anomaly goes to anomalies.log; the log gets the first few.
 fn note_anomaly(anomalies: &mut File, logged: &mut u64, dir: &GuestDir, a: &Anomaly) {
     *logged = logged.saturating_add(1);
@@ -268,4 +296,24 @@ fn note_anomaly(anomalies: &mut File, logged: &mut u64, dir: &GuestDir, a: &Anom
         warn!("more integrity failures: see {}", dir.anomalies().display());
     }
     let _ = writeln!(anomalies, "{:.3} {a}", now_unix());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn polls_come_before_the_busiest_ring_is_a_quarter_full() {
+        let ms = Duration::from_millis;
+        // Idle rings: the poll interval.
+        assert_eq!(next_poll(0, 16384, ms(10), ms(10)), ms(10));
+        // 1024 records in 10 ms: a quarter (4096) takes 40 ms; capped.
+        assert_eq!(next_poll(1024, 16384, ms(10), ms(10)), ms(10));
+        // 2048 in 1 ms: a quarter in 2 ms.
+        assert_eq!(next_poll(2048, 16384, ms(1), ms(10)), ms(2));
+        // A quarter or more since the last poll: at once.
+        assert_eq!(next_poll(4096, 16384, ms(1), ms(10)), Duration::ZERO);
+        // Hostile heads cannot overflow it.
+        assert_eq!(next_poll(1, u64::MAX, Duration::MAX, ms(10)), ms(10));
+    }
 }

@@ -181,6 +181,8 @@ pub struct RingReader {
     slots: u64,
     ring_len: u64,
     pub stats: RingStats,
+    /// The most records one ring brought in the last poll.
+    pub busiest: u64,
     /// Copies of a run of slots and of their commit words read again.
     words: Vec<u64>,
     again: Vec<u64>,
@@ -224,6 +226,7 @@ impl RingReader {
             slots: u64::from(kernel.header.ring_slots),
             ring_len,
             stats: RingStats::default(),
+            busiest: 0,
             words: vec![0; RUN_WORDS],
             again: vec![0; RUN as usize],
         })
@@ -263,6 +266,7 @@ impl RingReader {
         mut anomaly: impl FnMut(Anomaly),
     ) -> Result<u64> {
         let mut n_read = 0u64;
+        self.busiest = 0;
         let (slots, ring_len) = (self.slots, self.ring_len);
         for (cpu, c) in (0u32..).zip(self.rings.iter_mut()) {
             let published = ring_base(ram, kernel, cpu, ring_len)?;
@@ -283,6 +287,7 @@ impl RingReader {
             }
             // head ≥ next here.
             let behind = head.saturating_sub(c.next);
+            self.busiest = self.busiest.max(behind.min(slots));
             if behind > slots {
                 let skipped = behind.saturating_sub(slots);
                 self.stats.lost = self.stats.lost.saturating_add(skipped);

@@ -38,6 +38,9 @@ use crate::trace::switch;
 #[derive(Clone, Copy, Debug)]
 pub struct CollectOptions {
     pub key_interval: Duration,
+    /// The longest the collector sleeps between polls: a vCPU that
+    /// starts writing at rate r while it sleeps loses what exceeds its ring
+    /// (`cargo bench --bench sustain`).
     pub poll_interval: Duration,
     /// Also trace interrupt handlers that run inside traced calls.
     pub irqs: bool,
@@ -49,7 +52,7 @@ impl Default for CollectOptions {
     fn default() -> Self {
         CollectOptions {
             key_interval: Duration::from_secs(1),
-            poll_interval: Duration::from_millis(10),
+            poll_interval: Duration::from_millis(2),
             irqs: false,
             spool_limit: spool::DEFAULT_LIMIT,
         }
