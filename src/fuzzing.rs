@@ -366,11 +366,11 @@ pub fn kernel_lists(data: &[u8]) {
                 .expect("state dir");
             (t, d)
         });
-        let cx = crate::detect::checks::Context {
-            view: crate::kernel::guest::KernelView::new(&g.ram, &g.map, &k),
-            vmlinux: &v,
+        let cx = crate::detect::checks::Context::new(
+            crate::kernel::guest::KernelView::new(&g.ram, &g.map, &k),
+            &v,
             dir,
-        };
+        );
         // Every check of guest memory (not the tracer's: it waits for a
         // heartbeat).
         let mut out = Vec::new();

@@ -72,11 +72,7 @@ pub fn check(target: &Target, opts: &CheckOptions) -> Result<Checked> {
         ));
     }
     for k in g.kernels() {
-        let cx = Context {
-            view: g.view(k),
-            vmlinux,
-            dir: &dir,
-        };
+        let cx = Context::new(g.view(k), vmlinux, &dir);
         findings.extend(checks::run_all(&cx));
     }
     let mut failed = None;
@@ -200,11 +196,7 @@ pub fn baseline(
     // The clean guest's hooks by modules outside the build, which later
     // checks compare with.
     if let Some(vmlinux) = g.vmlinux.as_ref() {
-        let cx = Context {
-            view: g.view(&g.kernel),
-            vmlinux,
-            dir: &dir,
-        };
+        let cx = Context::new(g.view(&g.kernel), vmlinux, &dir);
         let n = checks::hook_registries::save_inventory(&cx)?;
         info!("hook inventory: {n} hooks by modules outside the build and BPF programs");
     }

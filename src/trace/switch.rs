@@ -78,16 +78,29 @@ pub fn read_status(ram: &GuestRam, k: &GuestKernel) -> Result<TracerStatus> {
 /// Wait up to `within` for the guest's heartbeat to advance.
 pub fn guest_alive(ram: &GuestRam, k: &GuestKernel, within: Duration) -> Result<bool> {
     let first = ram.read_u64(k.field(abi::off::HEARTBEAT))?;
-    let end = Instant::now()
-        .checked_add(within)
-        .unwrap_or_else(Instant::now);
-    while Instant::now() < end {
-        std::thread::sleep(Duration::from_millis(20));
+    guest_alive_since(ram, k, first, Instant::now(), within)
+}
+
+/// Has the heartbeat moved from `first`, read at `since`? Waits up to
+/// `within` from `since` for it to. (An idle guest's thread beats 4 times
+/// a second.)
+pub fn guest_alive_since(
+    ram: &GuestRam,
+    k: &GuestKernel,
+    first: u64,
+    since: Instant,
+    within: Duration,
+) -> Result<bool> {
+    let end = since.checked_add(within).unwrap_or(since);
+    loop {
         if ram.read_u64(k.field(abi::off::HEARTBEAT))? != first {
             return Ok(true);
         }
+        if Instant::now() >= end {
+            return Ok(false);
+        }
+        std::thread::sleep(Duration::from_millis(20));
     }
-    Ok(false)
 }
 
 /// `ack_result` as text ("No such device (ENODEV)"); any value is safe.

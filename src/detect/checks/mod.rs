@@ -34,6 +34,25 @@ pub struct Context<'a> {
     pub view: KernelView<'a>,
     pub vmlinux: &'a Vmlinux,
     pub dir: &'a GuestDir,
+    /// The guest thread's heartbeat when the checks began, and when: the
+    /// tracer check's liveness test counts the other checks' time.
+    pub heartbeat: Option<(u64, std::time::Instant)>,
+}
+
+impl<'a> Context<'a> {
+    pub fn new(view: KernelView<'a>, vmlinux: &'a Vmlinux, dir: &'a GuestDir) -> Self {
+        let heartbeat = view
+            .ram
+            .read_u64(view.kernel.field(crate::abi::off::HEARTBEAT))
+            .ok()
+            .map(|h| (h, std::time::Instant::now()));
+        Context {
+            view,
+            vmlinux,
+            dir,
+            heartbeat,
+        }
+    }
 }
 
 impl Context<'_> {

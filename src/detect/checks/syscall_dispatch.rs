@@ -127,11 +127,7 @@ mod tests {
     fn findings(code: &[u8]) -> Vec<Finding> {
         let (d, ram, map, k, v) = guest(code);
         let dir = GuestDir::for_domain(&d.path().join("state"), "t").unwrap();
-        let cx = Context {
-            view: KernelView::new(&ram, &map, &k),
-            vmlinux: &v,
-            dir: &dir,
-        };
+        let cx = Context::new(KernelView::new(&ram, &map, &k), &v, &dir);
         let mut out = Vec::new();
         let fentry = Site {
             addr: FN,

@@ -2,7 +2,7 @@
 //! blind it. Each of these is a finding, never a silent failure.
 #![deny(clippy::arithmetic_side_effects)]
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::abi::{self, GateState};
 use crate::detect::{Finding, FindingKind};
@@ -27,11 +27,16 @@ impl Check for TracerIntegrity {
     }
 
     fn run(&self, cx: &Context, out: &mut Vec<Finding>) {
-        out.extend(check(cx.view.ram, cx.view.kernel, cx.dir));
+        out.extend(check(cx.view.ram, cx.view.kernel, cx.dir, cx.heartbeat));
     }
 }
 
-fn check(ram: &GuestRam, k: &GuestKernel, dir: &GuestDir) -> Vec<Finding> {
+fn check(
+    ram: &GuestRam,
+    k: &GuestKernel,
+    dir: &GuestDir,
+    heartbeat: Option<(u64, Instant)>,
+) -> Vec<Finding> {
     let mut out = Vec::new();
     let gs = match switch::read_status(ram, k) {
         Ok(s) => s,
@@ -45,7 +50,7 @@ fn check(ram: &GuestRam, k: &GuestKernel, dir: &GuestDir) -> Vec<Finding> {
         }
     };
     reported_by_the_guest(k, &gs, &mut out);
-    liveness(ram, k, &gs, &mut out);
+    liveness(ram, k, &gs, heartbeat, &mut out);
     session(ram, k, &gs, dir, &mut out);
     out
 }
@@ -84,8 +89,18 @@ fn reported_by_the_guest(k: &GuestKernel, gs: &TracerStatus, out: &mut Vec<Findi
 }
 
 /// The guest thread must beat and answer commands.
-fn liveness(ram: &GuestRam, k: &GuestKernel, gs: &TracerStatus, out: &mut Vec<Finding>) {
-    if !switch::guest_alive(ram, k, Duration::from_secs(2)).unwrap_or(false) {
+fn liveness(
+    ram: &GuestRam,
+    k: &GuestKernel,
+    gs: &TracerStatus,
+    heartbeat: Option<(u64, Instant)>,
+    out: &mut Vec<Finding>,
+) {
+    let alive = match heartbeat {
+        Some((beat, at)) => switch::guest_alive_since(ram, k, beat, at, Duration::from_secs(2)),
+        None => switch::guest_alive(ram, k, Duration::from_secs(2)),
+    };
+    if !alive.unwrap_or(false) {
         out.push(finding(
             "the xftrace kernel thread's heartbeat did not advance in 2 s (thread stopped, or the VM paused)",
             k.field(abi::off::HEARTBEAT).0,
