@@ -3,7 +3,12 @@
 //! through tracefs) on the same filter; for a traced system call path
 //! (openat + read + close) and an untraced one (getppid). Then, with
 //! `--unpatched`, tracing off on the patched kernel against the same
-//! kernel without the xftrace patches.
+//! kernel without the xftrace patches. And what an idle guest pays for
+//! xftrace being there: the xftrace thread's wakeups and the guest's local
+//! timer interrupts per second of an idle guest (each one a VM exit under
+//! KVM), before any session and after one; whether a session made ftrace
+//! allocate its own ring buffers (tracefs `buffer_size_kb`); and the rings
+//! xftrace allocated.
 //!
 //!   cargo bench --bench guest [-- --rounds N] [-- --unpatched]
 //!
@@ -79,6 +84,47 @@ fn run(vm: &mut Vm) -> Sample {
     }
 }
 
+/// An idle guest over 10 s of guest time.
+#[derive(Clone, Copy, Debug)]
+struct Idle {
+    /// The xftrace thread's wakeups per second (0 without the thread).
+    wakeups: f64,
+    /// Local timer interrupts per second, all CPUs.
+    timer_irqs: f64,
+}
+
+const IDLE_SCRIPT: &str = r#"p=; for d in /proc/[0-9]*; do [ "$(cat $d/comm 2>/dev/null)" = xftrace ] && p=${d#/proc/}; done
+w() { if [ -n "$p" ]; then awk '/^voluntary_ctxt_switches/ {print $2}' /proc/$p/status; else echo 0; fi; }
+l() { awk '/LOC:/ {n = 0; for (i = 2; i <= NF && $i ~ /^[0-9]+$/; i++) n += $i; print n}' /proc/interrupts; }
+t0=$(cut -d' ' -f1 /proc/uptime); w0=$(w); l0=$(l); sleep 10; t1=$(cut -d' ' -f1 /proc/uptime); w1=$(w); l1=$(l)
+echo XFIDLE $t0 $t1 $w0 $w1 $l0 $l1"#;
+
+fn idle(vm: &mut Vm) -> Idle {
+    let out = vm.output(IDLE_SCRIPT);
+    let line = out
+        .lines()
+        .find(|l| l.starts_with("XFIDLE"))
+        .unwrap_or_else(|| panic!("no XFIDLE line in {out:?}"));
+    let f: Vec<f64> = line
+        .split_whitespace()
+        .skip(1)
+        .map(|x| x.parse().expect("a number"))
+        .collect();
+    let secs = f[1] - f[0];
+    Idle {
+        wakeups: (f[3] - f[2]) / secs,
+        timer_irqs: (f[5] - f[4]) / secs,
+    }
+}
+
+/// tracefs `buffer_size_kb`: "7 (expanded: 1408)" while ftrace's ring
+/// buffers are still at their boot size.
+fn ftrace_buffers(vm: &mut Vm) -> String {
+    vm.output("cat /sys/kernel/tracing/buffer_size_kb")
+        .trim()
+        .to_string()
+}
+
 fn boot(kernel: Option<&Path>, initramfs: &Path) -> Vm {
     let vm = Vm::boot_with(
         256,
@@ -96,6 +142,11 @@ fn boot(kernel: Option<&Path>, initramfs: &Path) -> Vm {
         "this benchmark's figures are guest instruction time: it needs TCG with -icount"
     );
     vm
+}
+
+fn mem_free_kb(vm: &mut Vm) -> i64 {
+    let out = vm.output("awk '/^MemFree:/ {print $2}' /proc/meminfo");
+    out.trim().parse().expect("MemFree")
 }
 
 fn stock(vm: &mut Vm, on: bool) {
@@ -138,6 +189,14 @@ fn main() {
     let x = Xftrace::new(&vm.ram);
     let trace = x.state.path().join("bench-trace.txt");
     run(&mut vm); // warm the page cache and the path
+    let never = idle(&mut vm);
+    let buffers_before = ftrace_buffers(&mut vm);
+    let free_before = mem_free_kb(&mut vm);
+    xftrace_on(&x, &mut vm, true, &trace);
+    let buffers_on = ftrace_buffers(&mut vm);
+    let free_on = mem_free_kb(&mut vm);
+    xftrace_on(&x, &mut vm, false, &trace);
+    let after = idle(&mut vm);
     let (mut off, mut xf, mut st) = (Vec::new(), Vec::new(), Vec::new());
     for r in 0..rounds {
         off.push(run(&mut vm));
@@ -201,6 +260,14 @@ fn main() {
         spread(&st, t),
         spread(&st, u)
     );
+    println!(
+        "idle guest (10 s of guest time): xftrace thread {:.1} wakeups/s and {:.1} timer interrupts/s before any session, {:.1} and {:.1} after one",
+        never.wakeups, never.timer_irqs, after.wakeups, after.timer_irqs
+    );
+    println!(
+        "a session's memory: ftrace buffer_size_kb {buffers_before:?} before the first `on`, {buffers_on:?} while on; MemFree {} KiB less while on (xftrace's rings, kept for the next session)",
+        free_before - free_on
+    );
     drop(vm);
 
     if unpatched {
@@ -219,6 +286,11 @@ fn main() {
         );
         let mut vm = boot(Some(&dir), &initramfs);
         run(&mut vm);
+        let plain_idle = idle(&mut vm);
+        println!(
+            "idle guest, unpatched kernel: {:.1} timer interrupts/s (patched, never traced: {:.1})",
+            plain_idle.timer_irqs, never.timer_irqs
+        );
         let plain: Vec<Sample> = (0..rounds).map(|_| run(&mut vm)).collect();
         let (p_t, p_u) = (m(&plain, t), m(&plain, u));
         println!(
