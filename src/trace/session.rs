@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::process::Child;
 use std::time::{Duration, Instant};
 
-use log::{info, warn};
+use log::{debug, info, warn};
 
 use crate::abi::Op;
 use crate::error::{Error, Result};
@@ -140,7 +140,7 @@ pub fn adopt(target: &Target, opts: CollectOptions, gaps: &[String]) -> Result<(
     // rewritable by the guest, so checked like any function name (and
     // resolved against the trusted System.map by `start`).
     let Some((functions, flags)) = switch::applied_on(&g.ram, &g.kernel)? else {
-        switch::send(&g.ram, &g.kernel, Op::Off, &[], 0, GUEST_ACK)?;
+        switch::send(&g.ram, &g.kernel, Op::Off, &[], 0, GUEST_ACK, None)?;
         return Err(Error::State(format!(
             "{}: the guest was tracing under a command xftrace cannot read back, so its tracer was switched off; start a session with `xftrace on FUNCTION...`",
             target.describe()
@@ -227,6 +227,7 @@ pub fn start(
     if !switch::guest_alive(&g.ram, &g.kernel, Duration::from_secs(3))? {
         return Err(not_running());
     }
+    let seen_alive = Instant::now();
     gaps.extend(gaps_given.iter().cloned());
     if switch::read_status(&g.ram, &g.kernel)?.tracing {
         // Adopted: the guest was tracing with no collector of ours reading
@@ -237,14 +238,22 @@ pub fn start(
         // under this session's keys.
         let gap = "the guest's tracer was already on with no collector of this session reading it (adopted: switched off, then on again under this session's keys): what it recorded before is not in this trace".to_string();
         warn!("{}: {gap}", target.describe());
-        switch::send(&g.ram, &g.kernel, Op::Off, &[], 0, GUEST_ACK)?;
+        switch::send(&g.ram, &g.kernel, Op::Off, &[], 0, GUEST_ACK, None)?;
         gaps.push(gap);
     }
     reset(&dir)?;
     let mut child = spawn_collector(target, g, &dir, &lock, &symbols, opts, &gaps)?;
     drop(lock);
     wait_collecting(&dir, &mut child)?;
-    if let Err(e) = switch::send(&g.ram, &g.kernel, Op::On, &symbols, flags, GUEST_ACK) {
+    if let Err(e) = switch::send(
+        &g.ram,
+        &g.kernel,
+        Op::On,
+        &symbols,
+        flags,
+        GUEST_ACK,
+        Some(seen_alive),
+    ) {
         if let Some(s) = CollectorStatus::read(&dir) {
             s.process.terminate();
         }
@@ -371,7 +380,7 @@ fn stop(target: &Target, g: Option<&Guest>, open_error: Option<Error>) -> Result
             if !running && !have_spool {
                 warn!("no collector was running: turning the guest's tracer off, nothing to write");
             }
-            if let Err(e) = switch::send(&g.ram, &g.kernel, Op::Off, &[], 0, GUEST_ACK) {
+            if let Err(e) = switch::send(&g.ram, &g.kernel, Op::Off, &[], 0, GUEST_ACK, None) {
                 guest_error = Some(e);
             }
         }
@@ -512,9 +521,16 @@ pub fn capture(
     functions: &[String],
     duration: Duration,
 ) -> Result<Capture> {
+    let t = Instant::now();
     start(target, g, functions, CollectOptions::default(), &[])?;
+    debug!("capture: tracing on after {:?}", t.elapsed());
     std::thread::sleep(duration);
+    let t = Instant::now();
     let stopped = stop(target, Some(g), None)?;
+    debug!(
+        "capture: tracing off and collector stopped after {:?}",
+        t.elapsed()
+    );
     if let Some(e) = stopped.guest_error {
         return Err(e);
     }
