@@ -8,7 +8,7 @@
 //! what a decoy looks like.
 //!
 //! A kernel that runs advances two counters in its own memory: the
-//! heartbeat of the xftrace thread (4 to 50 times a second) and `jiffies_64`
+//! heartbeat of the xftrace thread (1 to 50 times a second) and `jiffies_64`
 //! (read through the kernel's own page tables, where its timer code writes
 //! it). A block whose two counters both stay put for [`WINDOW`] while
 //! exactly one other block's counters move belongs to a kernel that no
@@ -39,8 +39,9 @@ use crate::kernel::locate::GuestKernel;
 use crate::kernel::symbols::SystemMap;
 
 /// How long a block's counters must stay put to call it stale. The
-/// heartbeat alone moves at least 4 times a second in guest time (50 times
-/// while tracing); a TCG guest under load runs several times slower.
+/// heartbeat alone moves at least once a second in guest time (50 times
+/// while tracing), and jiffies with every tick of a CPU that is awake; a
+/// TCG guest under load runs several times slower.
 pub const WINDOW: Duration = Duration::from_millis(1500);
 const POLL: Duration = Duration::from_millis(50);
 /// Remembered stale blocks, at most (`locate` keeps at most 8 blocks).

@@ -82,8 +82,8 @@ pub fn guest_alive(ram: &GuestRam, k: &GuestKernel, within: Duration) -> Result<
 }
 
 /// Has the heartbeat moved from `first`, read at `since`? Waits up to
-/// `within` from `since` for it to. (An idle guest's thread beats 4 times
-/// a second.)
+/// `within` from `since` for it to. (An idle guest's thread beats every
+/// 100 ms to 1 s.)
 pub fn guest_alive_since(
     ram: &GuestRam,
     k: &GuestKernel,
@@ -176,8 +176,8 @@ pub fn send(
 ) -> Result<()> {
     let (funcs, len) = abi::funcs::encode(functions).map_err(Error::Input)?;
     // A command is written only to a guest that runs (a paused one would
-    // apply it whenever it resumes); an idle guest beats 4 times a second,
-    // so a caller that saw it beat a moment ago says so.
+    // apply it whenever it resumes); an idle guest beats only every 100 ms
+    // to 1 s, so a caller that saw it beat a moment ago says so.
     let recent = seen_alive.is_some_and(|t| t.elapsed() < Duration::from_secs(1));
     if !recent && !guest_alive(ram, k, Duration::from_secs(3))? {
         return Err(Error::Guest(
