@@ -9,19 +9,17 @@
 //! slots) in a RAM file: each lap, both rings are filled with one ring's
 //! worth of records (not timed), then drained by `RingReader::poll` (timed).
 
-use std::os::unix::fs::FileExt;
 use std::time::Instant;
 
 use xftrace::abi::{self, Kind, Record};
-use xftrace::guest::memory::{GuestAddress, GuestRam, Machine, MemoryLayout};
-use xftrace::kernel::locate::locate;
-use xftrace::kernel::symbols::SystemMap;
 use xftrace::trace::keys::Klog;
 use xftrace::trace::rings::RingReader;
 
+#[path = "common/synthetic.rs"]
+mod synthetic;
+use synthetic::Synthetic;
+
 const KEY: u64 = 0x0123_4567_89ab_cdef;
-const TEXT_PA: u64 = 16 << 20;
-const RINGS_PA: u64 = 64 << 20;
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -35,45 +33,18 @@ fn main() {
     let slots = opt("--slots", 16_384);
     // Fill the rings but do not read them: callgrind's baseline.
     let no_poll = args.iter().any(|a| a == "--no-poll");
-    assert!(slots.is_power_of_two() && slots <= u64::from(abi::MAX_RING_SLOTS));
 
     let dir = tempfile::Builder::new()
         .prefix("xftrace-bench-")
         .tempdir_in("/var/tmp")
         .unwrap();
-    let path = dir.path().join("ram");
-    let size = 256u64 << 20;
-    let file = std::fs::File::create(&path).unwrap();
-    file.set_len(size).unwrap();
-    let layout = MemoryLayout::x86(size, Machine::Pc, None);
-    let put = |gpa: u64, b: &[u8]| {
-        let off = layout
-            .to_file_offset(GuestAddress(gpa), b.len() as u64)
-            .expect("in RAM");
-        file.write_all_at(b, off).unwrap();
-    };
-    xftrace::fuzzing::synthetic_kernel(TEXT_PA, &mut |gpa, b| put(gpa, b));
-    let ram = GuestRam::open(&path, layout.clone()).unwrap();
-    let map = SystemMap::parse(xftrace::fuzzing::MAP).unwrap();
-    // Bigger rings than the fuzzers': the header and ring pointers say so.
-    let k0 = locate(&ram, &map, None).expect("located");
-    put(
-        k0.field(abi::off::NR_RINGS).0,
-        &(2 | (slots << 32)).to_le_bytes(),
-    );
-    for r in 0..2u32 {
-        put(
-            k0.field(abi::ring_pa(r)).0,
-            &(RINGS_PA + u64::from(r) * slots * abi::SLOT_SIZE).to_le_bytes(),
-        );
-    }
-    let k = locate(&ram, &map, None).expect("located again");
-    assert_eq!(u64::from(k.header.ring_slots), slots);
+    let g = Synthetic::create(&dir.path().join("ram"), 256 << 20, 2, slots);
+    let (ram, k) = (&g.ram, &g.kernel);
 
     let mut klog = Klog::default();
     klog.insert(1, KEY);
-    let mut reader = RingReader::start(&ram, &k).unwrap();
-    reader.note_rotation(&ram, &k, 1).unwrap();
+    let mut reader = RingReader::start(ram, k).unwrap();
+    reader.note_rotation(ram, k, 1).unwrap();
     let mut lap_bytes = vec![0u8; (slots * abi::SLOT_SIZE) as usize];
     let mut read = 0u64;
     let mut secs = 0f64;
@@ -104,11 +75,8 @@ fn main() {
                     lap_bytes[at + 8 * j..at + 8 * j + 8].copy_from_slice(&w.to_le_bytes());
                 }
             }
-            put(
-                RINGS_PA + u64::from(ring) * slots * abi::SLOT_SIZE,
-                &lap_bytes,
-            );
-            put(k.head(ring).0, &((lap + 1) * slots).to_le_bytes());
+            g.put(g.ring_pa(ring), &lap_bytes);
+            g.put(k.head(ring).0, &((lap + 1) * slots).to_le_bytes());
         }
         if no_poll {
             continue;
@@ -116,8 +84,8 @@ fn main() {
         let t = Instant::now();
         let n = reader
             .poll(
-                &ram,
-                &k,
+                ram,
+                k,
                 &klog,
                 |r| {
                     std::hint::black_box(r);

@@ -16,7 +16,7 @@
 //! other.
 
 use std::fs::File;
-use std::os::unix::fs::{DirBuilderExt, FileExt};
+use std::os::unix::fs::DirBuilderExt;
 use std::os::unix::io::AsRawFd;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -25,15 +25,16 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use xftrace::abi::{self, Kind, Record};
-use xftrace::guest::memory::{GuestAddress, GuestRam, Machine, MemoryLayout};
+use xftrace::guest::memory::GuestAddress;
 use xftrace::host::statedir::GuestDir;
-use xftrace::kernel::locate::{locate, GuestKernel};
-use xftrace::kernel::symbols::SystemMap;
+use xftrace::kernel::locate::GuestKernel;
 use xftrace::trace::spool::{SpoolWriter, RECORD_BYTES};
 use xftrace::trace::status::{CollectorState, CollectorStatus};
 
-const TEXT_PA: u64 = 16 << 20;
-const RINGS_PA: u64 = 64 << 20;
+#[path = "common/synthetic.rs"]
+mod synthetic;
+use synthetic::Synthetic;
+
 const RAM_SIZE: u64 = 1 << 30;
 /// Records one run writes at most: the spool must stay in tmpfs.
 const RUN_RECORDS: u64 = 40_000_000;
@@ -60,9 +61,6 @@ struct Guest {
     len: usize,
 }
 
-// The writer thread gets the mapping; all access to it is atomic.
-unsafe impl Sync for Guest {}
-
 impl Guest {
     fn new(rings: u32, slots: u64) -> Guest {
         let dir = tempfile::Builder::new()
@@ -72,41 +70,7 @@ impl Guest {
         let ram_path = dir.path().join("ram");
         let map_path = dir.path().join("System.map");
         std::fs::write(&map_path, xftrace::fuzzing::MAP).unwrap();
-        let file = File::options()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .open(&ram_path)
-            .unwrap();
-        file.set_len(RAM_SIZE).unwrap();
-        let layout = MemoryLayout::x86(RAM_SIZE, Machine::Pc, None);
-        let put = |gpa: u64, b: &[u8]| {
-            let off = layout
-                .to_file_offset(GuestAddress(gpa), b.len() as u64)
-                .expect("in RAM");
-            file.write_all_at(b, off).unwrap();
-        };
-        xftrace::fuzzing::synthetic_kernel(TEXT_PA, &mut |gpa, b| put(gpa, b));
-        let ram = GuestRam::open(&ram_path, layout.clone()).unwrap();
-        let map = SystemMap::parse(xftrace::fuzzing::MAP).unwrap();
-        let k0 = locate(&ram, &map, None).expect("located");
-        put(
-            k0.field(abi::off::NR_RINGS).0,
-            &(u64::from(rings) | (slots << 32)).to_le_bytes(),
-        );
-        put(
-            k0.field(abi::off::SLOT_SIZE).0,
-            &(abi::SLOT_SIZE | (u64::from(rings) << 32)).to_le_bytes(),
-        );
-        for r in 0..rings {
-            put(
-                k0.field(abi::ring_pa(r)).0,
-                &(RINGS_PA + u64::from(r) * slots * abi::SLOT_SIZE).to_le_bytes(),
-            );
-        }
-        let k = locate(&ram, &map, None).expect("located again");
-        assert_eq!(u64::from(k.header.ring_slots), slots);
-        assert_eq!(k.header.nr_rings, rings);
+        let g = Synthetic::create(&ram_path, RAM_SIZE, rings, slots);
         // pc: guest physical below 3 GiB is the file offset.
         let base = unsafe {
             libc::mmap(
@@ -114,7 +78,7 @@ impl Guest {
                 RAM_SIZE as usize,
                 libc::PROT_READ | libc::PROT_WRITE,
                 libc::MAP_SHARED,
-                file.as_raw_fd(),
+                g.file.as_raw_fd(),
                 0,
             )
         };
@@ -123,7 +87,7 @@ impl Guest {
             dir,
             ram_path,
             map_path,
-            k,
+            k: g.kernel,
             base: base as *mut u8,
             len: RAM_SIZE as usize,
         }
@@ -186,7 +150,7 @@ impl Guest {
             comm: *b"synthetic\0\0\0\0\0\0\0",
         };
         let words = abi::encode(&r, key);
-        let base = RINGS_PA + u64::from(ring) * self.slots() * abi::SLOT_SIZE;
+        let base = synthetic::RINGS_PA + u64::from(ring) * self.slots() * abi::SLOT_SIZE;
         let at = base + (seq % self.slots()) * abi::SLOT_SIZE;
         let w = |i: u64| self.word(GuestAddress(at + 8 * i));
         w(0).store(words[0] | 1, Ordering::Relaxed);
@@ -222,7 +186,7 @@ impl Guest {
                 "collect".to_string(),
                 format!("--lock-fd={fd}"),
                 format!("--spool-limit={}", 4u64 << 30),
-                format!("--text-pa={TEXT_PA:#x}"),
+                format!("--text-pa={:#x}", synthetic::TEXT_PA),
                 "--".into(),
                 "synthetic".into(),
             ])
@@ -444,7 +408,6 @@ fn main() {
     println!("|---|---|---|---|---|");
     for &slots in &sizes {
         let slots = slots as u64;
-        assert!(slots.is_power_of_two() && slots <= u64::from(abi::MAX_RING_SLOTS));
         let g = Guest::new(rings, slots);
         for &rate in &rates {
             let (written, achieved, s) = run(&g, rate * 1e6, seconds);

@@ -199,8 +199,7 @@ impl<'a> Collector<'a> {
     }
 
     /// Read what the rings hold into the spool; anomalies to their log.
-    /// Returns the records read.
-    fn drain(&mut self) -> Result<u64> {
+    fn drain(&mut self) -> Result<()> {
         let mut write_err = None;
         let mut over_limit = 0u64;
         let (spool, anomalies, logged, dir) = (
@@ -209,7 +208,7 @@ impl<'a> Collector<'a> {
             &mut self.logged,
             self.dir,
         );
-        let read = self.reader.poll(
+        self.reader.poll(
             &self.g.ram,
             &self.g.kernel,
             self.keys.klog(),
@@ -232,7 +231,7 @@ impl<'a> Collector<'a> {
             );
         }
         self.reader.stats.over_limit = self.reader.stats.over_limit.saturating_add(over_limit);
-        Ok(read)
+        Ok(())
     }
 
     /// Bring the status file up to date with the rings and the guest.

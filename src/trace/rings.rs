@@ -326,7 +326,7 @@ impl RingReader {
                 for (i, (slot, &again)) in words.chunks_exact(8).zip(again.iter()).enumerate() {
                     let seq = first.saturating_add(i as u64);
                     let slot: &RawSlot = slot.try_into().expect("8 words");
-                    if let Some(r) = fast.decode(cpu, seq, slot, again) {
+                    if let Some(r) = fast.and_then(|f| f.decode(cpu, seq, slot, again)) {
                         kept = kept.wrapping_add(1);
                         record(r);
                         continue;
@@ -441,22 +441,16 @@ impl Fast {
             until: c.installs.front().map_or(u64::MAX, |&(_, head)| head),
         })
     }
-}
 
-trait FastDecode {
-    fn decode(&self, cpu: u32, seq: u64, slot: &RawSlot, again: u64) -> Option<Record>;
-}
-
-impl FastDecode for Option<Fast> {
+    /// The record, if `slot` is what `judge` would accept as it stands.
     #[inline(always)]
-    fn decode(&self, cpu: u32, seq: u64, slot: &RawSlot, again: u64) -> Option<Record> {
-        let f = self.as_ref()?;
+    fn decode(self, cpu: u32, seq: u64, slot: &RawSlot, again: u64) -> Option<Record> {
         // Cannot wrap: `Fast::of` checked the run's last commit word.
         let want = seq.wrapping_add(1).wrapping_mul(2);
-        if slot[0] != want || again != want || slot[1] != f.epoch || seq > f.until {
+        if slot[0] != want || again != want || slot[1] != self.epoch || seq > self.until {
             return None;
         }
-        abi::decode(cpu, seq, slot, f.key).ok()
+        abi::decode(cpu, seq, slot, self.key).ok()
     }
 }
 
