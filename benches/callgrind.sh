@@ -37,7 +37,7 @@ echo "  decode:           $(per "($full_decode - $base_decode) - ($full_none - $
 echo "  decode+symbolize: $(per "($full_symbolize - $base_symbolize) - ($full_none - $base_none)")"
 echo "  render:           $(per "($full_render - $base_render) - ($full_decode - $base_decode)")"
 # The collector's read path: rings filled and drained, minus filled only.
-cbin=$(cargo bench --bench collect --no-run --message-format=json |
+cbin=$(cargo bench --features fuzzing --bench collect --no-run --message-format=json |
 	sed -n 's/.*"executable":"\([^"]*collect-[^"]*\)".*/\1/p' | tail -n 1)
 cir() {
 	valgrind --tool=callgrind --callgrind-out-file="$tmp/out" "$cbin" --laps 10 "$@" \

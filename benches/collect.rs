@@ -15,9 +15,7 @@ use xftrace::abi::{self, Kind, Record};
 use xftrace::trace::keys::Klog;
 use xftrace::trace::rings::RingReader;
 
-#[path = "common/synthetic.rs"]
-mod synthetic;
-use synthetic::Synthetic;
+use xftrace::testkit::synthetic::Synthetic;
 
 const KEY: u64 = 0x0123_4567_89ab_cdef;
 

@@ -31,14 +31,14 @@ fn main() {
     let layout = MemoryLayout::x86(size, Machine::Q35, None);
     // The kernel near the top of RAM: the last candidates a scan reaches.
     let text_gpa = (4u64 << 30) + (2u64 << 30) - (16 << 20);
-    xftrace::fuzzing::synthetic_kernel(text_gpa, &mut |gpa, b| {
+    xftrace::testkit::synthetic::synthetic_kernel(text_gpa, &mut |gpa, b| {
         let off = layout
             .to_file_offset(GuestAddress(gpa), b.len() as u64)
             .expect("in RAM");
         file.write_all_at(b, off).unwrap();
     });
     let ram = GuestRam::open(&path, layout).unwrap();
-    let map = SystemMap::parse(xftrace::fuzzing::MAP).unwrap();
+    let map = SystemMap::parse(xftrace::testkit::synthetic::MAP).unwrap();
 
     let rounds = 9;
     let mut now = Vec::new();

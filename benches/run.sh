@@ -20,9 +20,9 @@ map=${XFTRACE_KERNEL_DIR:+$XFTRACE_KERNEL_DIR/System.map}
 run() { echo "== $*"; "$@"; }
 run cargo bench --bench guest -- --rounds 3 "${unpatched[@]}"
 run cargo bench --bench decode -- ${map:+"$map"}
-run cargo bench --bench collect
-run cargo bench --bench sustain
-run cargo bench --bench sustain -- --spool-dir "${TMPDIR:-/var/tmp}"
-run cargo bench --bench locate
+run cargo bench --features fuzzing --bench collect
+run cargo bench --features fuzzing --bench sustain
+run cargo bench --features fuzzing --bench sustain -- --spool-dir "${TMPDIR:-/var/tmp}"
+run cargo bench --features fuzzing --bench locate
 run cargo bench --bench check
 run benches/callgrind.sh ${map:+"$map"}

@@ -31,9 +31,7 @@ use xftrace::kernel::locate::GuestKernel;
 use xftrace::trace::spool::{SpoolWriter, RECORD_BYTES};
 use xftrace::trace::status::{CollectorState, CollectorStatus};
 
-#[path = "common/synthetic.rs"]
-mod synthetic;
-use synthetic::Synthetic;
+use xftrace::testkit::synthetic::{self, Synthetic};
 
 const RAM_SIZE: u64 = 1 << 30;
 /// Records one run writes at most: the spool must stay in tmpfs.
@@ -69,7 +67,7 @@ impl Guest {
             .unwrap();
         let ram_path = dir.path().join("ram");
         let map_path = dir.path().join("System.map");
-        std::fs::write(&map_path, xftrace::fuzzing::MAP).unwrap();
+        std::fs::write(&map_path, xftrace::testkit::synthetic::MAP).unwrap();
         let g = Synthetic::create(&ram_path, RAM_SIZE, rings, slots);
         // pc: guest physical below 3 GiB is the file offset.
         let base = unsafe {
@@ -150,7 +148,7 @@ impl Guest {
             comm: *b"synthetic\0\0\0\0\0\0\0",
         };
         let words = abi::encode(&r, key);
-        let base = synthetic::RINGS_PA + u64::from(ring) * self.slots() * abi::SLOT_SIZE;
+        let base = synthetic::BENCH_RINGS_PA + u64::from(ring) * self.slots() * abi::SLOT_SIZE;
         let at = base + (seq % self.slots()) * abi::SLOT_SIZE;
         let w = |i: u64| self.word(GuestAddress(at + 8 * i));
         w(0).store(words[0] | 1, Ordering::Relaxed);
@@ -186,7 +184,7 @@ impl Guest {
                 "collect".to_string(),
                 format!("--lock-fd={fd}"),
                 format!("--spool-limit={}", 4u64 << 30),
-                format!("--text-pa={:#x}", synthetic::TEXT_PA),
+                format!("--text-pa={:#x}", synthetic::BENCH_TEXT_PA),
                 "--".into(),
                 "synthetic".into(),
             ])

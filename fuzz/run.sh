@@ -15,7 +15,7 @@ command -v cargo-fuzz >/dev/null || cargo install --locked cargo-fuzz
 targets=("$@")
 ((${#targets[@]})) || mapfile -t targets < <(cd fuzz && cargo +nightly fuzz list)
 mkdir -p fuzz/logs
-cargo run --quiet --example fuzz_seeds -- fuzz/seeds
+cargo run --quiet --features fuzzing --example fuzz_seeds -- fuzz/seeds
 total=0
 status=0
 for t in "${targets[@]}"; do

@@ -20,16 +20,20 @@
 //! | [`detect`] | `checks`, `callflow`, `run` | findings: one file per check of guest memory, call flow against a baseline, `check`/`watch`/`baseline` |
 //! | [`cli`] | `domains` | the command line and its one exit-code mapping |
 //!
-//! [`fuzzing`] holds the fuzz harnesses (test support, used by nothing else).
+//! [`testkit`] is test support, compiled only for tests and with the
+//! `fuzzing` feature (fuzz targets, benches): synthetic guests and the fuzz
+//! harnesses. Nothing else uses it.
 
 pub mod abi;
 pub mod cli;
 pub mod detect;
 pub mod error;
 pub mod escape;
-pub mod fuzzing;
 pub mod guest;
 pub mod host;
 pub mod kernel;
 pub mod libvirt;
 pub mod trace;
+
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod testkit;

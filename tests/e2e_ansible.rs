@@ -55,6 +55,7 @@ fn changed(o: &Output) -> u32 {
 
 #[test]
 fn role_passes_syntax_check_and_lint() {
+    let _t = common::timed();
     let dir = common::repo().join("ansible");
     let o = run(
         "ansible-playbook",

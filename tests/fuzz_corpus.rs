@@ -6,8 +6,8 @@ use std::path::Path;
 #[test]
 fn every_fuzz_input_runs_clean() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz");
-    let seeds = xftrace::fuzzing::seeds();
-    for (name, harness) in xftrace::fuzzing::TARGETS {
+    let seeds = xftrace::testkit::fuzz::seeds();
+    for (name, harness) in xftrace::testkit::fuzz::TARGETS {
         let mut n = 0;
         for (_, bytes) in seeds.iter().filter(|(t, _)| t == name) {
             harness(bytes);

@@ -12,6 +12,7 @@ use xftrace::kernel::vmlinux::Vmlinux;
 
 #[test]
 fn allows_the_kernels_own_calls_and_nothing_else() {
+    let _t = common::timed();
     let k = common::kernel_dir();
     let map = SystemMap::load(&k.join("System.map")).unwrap();
     let v = Vmlinux::load(&k.join("vmlinux")).unwrap();
@@ -43,6 +44,7 @@ fn allows_the_kernels_own_calls_and_nothing_else() {
 
 #[test]
 fn btf_gives_the_layout_of_struct_module() {
+    let _t = common::timed();
     let k = common::kernel_dir();
     let v = Vmlinux::load(&k.join("vmlinux")).unwrap();
     let btf = v.btf().expect("the build has BTF (CONFIG_DEBUG_INFO_BTF)");

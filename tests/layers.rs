@@ -20,7 +20,7 @@ const LAYERS: &[&[&str]] = &[
 ];
 
 /// Test support: may use anything, and nothing but tests may use it.
-const TEST_SUPPORT: &str = "fuzzing";
+const TEST_SUPPORT: &str = "testkit";
 
 fn layer_of(module: &str) -> Option<usize> {
     LAYERS.iter().position(|l| l.contains(&module))

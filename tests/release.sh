@@ -31,6 +31,6 @@ say "cloud kernel: $XFTRACE_KERNEL_DIR ($(($(date +%s) - start)) s)"
 XFTRACE_DEBIAN_IMAGE=$(tests/guest/make-debian-image.sh | tail -n 1)
 export XFTRACE_DEBIAN_IMAGE
 
-cargo build --locked --all-targets
-cargo test --locked --test e2e_debian --test kernel_build -- --nocapture "$@"
+cargo build --locked --all-targets --features fuzzing,vm-tests
+cargo test --locked --features vm-tests --test e2e_debian --test kernel_build -- --nocapture "$@"
 say "done in $(($(date +%s) - start)) s"

@@ -22,15 +22,45 @@ if ! "$venv/bin/ansible-playbook" --version >/dev/null 2>&1 || ! "$venv/bin/ansi
 fi
 export XFTRACE_ANSIBLE_BIN="$venv/bin"
 
+# Per-test times (tests/common: every guest test and the slow static ones
+# append a line) and the set-up steps, printed as a table at the end,
+# whether the run passed or not.
+timings=$(mktemp "${TMPDIR:-/tmp}/xftrace-timings.XXXXXX")
+export XFTRACE_TEST_TIMINGS=$timings
+step() { printf 'setup\t%s\t%s\tok\n' "$1" "$2" >>"$timings"; }
+table() {
+	local rc=$?
+	if [[ -s $timings ]]; then
+		echo
+		echo "tests/run.sh: time per test (s), slowest first:"
+		sort -t $'\t' -k3,3 -g -r "$timings" |
+			awk -F '\t' '{ printf "  %8.1f  %-6s  %-13s %s\n", $3, $4, $1, $2; t += $3 }
+				END { printf "  %8.1f  total of the rows above\n", t }'
+	fi
+	rm -f "$timings"
+	return "$rc"
+}
+trap table EXIT
+
 start=$(date +%s)
 XFTRACE_KERNEL_DIR=$(guest-kernel/build.sh | tail -n 1)
 export XFTRACE_KERNEL_DIR
+step "guest kernel (build or cache)" $(($(date +%s) - start))
 say "guest kernel: $XFTRACE_KERNEL_DIR ($(($(date +%s) - start)) s)"
 t=$(date +%s)
 XFTRACE_DEBIAN_IMAGE=$(tests/guest/make-debian-image.sh | tail -n 1)
 export XFTRACE_DEBIAN_IMAGE
+step "Debian image (build or cache)" $(($(date +%s) - t))
 say "Debian image: $XFTRACE_DEBIAN_IMAGE ($(($(date +%s) - t)) s)"
 
-cargo build --locked --all-targets
-cargo test --locked -- "$@"
+# `vm-tests` turns on the tests that boot guests, build kernels or start
+# libvirtd; `fuzzing` the test kit the fuzz corpus replay and benches use.
+features=(--features fuzzing,vm-tests)
+t=$(date +%s)
+cargo build --locked --all-targets "${features[@]}"
+step "cargo build --all-targets" $(($(date +%s) - t))
+t=$(date +%s)
+cargo test --locked "${features[@]}" --lib -- "$@"
+step "unit tests (cargo test --lib, all of them)" $(($(date +%s) - t))
+cargo test --locked "${features[@]}" --bins --test '*' -- "$@"
 say "done in $(($(date +%s) - start)) s"

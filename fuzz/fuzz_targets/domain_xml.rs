@@ -1,2 +1,2 @@
 #![no_main]
-libfuzzer_sys::fuzz_target!(|data: &[u8]| xftrace::fuzzing::domain_xml(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| xftrace::testkit::fuzz::domain_xml(data));

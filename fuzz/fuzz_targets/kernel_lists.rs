@@ -1,2 +1,2 @@
 #![no_main]
-libfuzzer_sys::fuzz_target!(|data: &[u8]| xftrace::fuzzing::kernel_lists(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| xftrace::testkit::fuzz::kernel_lists(data));

@@ -1,2 +1,2 @@
 #![no_main]
-libfuzzer_sys::fuzz_target!(|data: &[u8]| xftrace::fuzzing::system_map(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| xftrace::testkit::fuzz::system_map(data));

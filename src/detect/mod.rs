@@ -266,7 +266,7 @@ mod tests {
         data.resize(64, 0);
         std::fs::write(
             dir.path().join("vmlinux"),
-            crate::fuzzing::elf(banner, &data, &[]),
+            crate::testkit::synthetic::elf(banner, &data, &[]),
         )
         .unwrap();
         let target = Target {

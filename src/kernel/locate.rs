@@ -450,93 +450,11 @@ pub(crate) mod tests {
     use super::*;
     use crate::guest::memory::{Machine, MemoryLayout};
     use crate::kernel::symbols::tests::MAP;
-    use std::path::Path;
 
-    pub(crate) const SLIDE: u64 = 0x1e00_0000;
-    pub(crate) const TEXT_PA: u64 = 0x0400_0000;
-
-    /// A 160 MiB RAM image with a kernel from `symbols::tests::MAP` at
-    /// `TEXT_PA`, slid by `SLIDE`, its control block mapped by its own page
-    /// tables.
-    pub(crate) fn synthetic_guest(dir: &Path) -> (GuestRam, SystemMap) {
-        let map = SystemMap::parse(MAP).unwrap();
-        let p = dir.join("ram");
-        let size = 160u64 << 20;
-        std::fs::File::create(&p).unwrap().set_len(size).unwrap();
-        let ram = GuestRam::open(&p, MemoryLayout::x86(size, Machine::Pc, None)).unwrap();
-        place_kernel(&ram, &map, TEXT_PA, SLIDE);
-        (ram, map)
-    }
-
-    pub(crate) fn pa_of(map: &SystemMap, text_pa: u64, sym: &str) -> u64 {
-        map.addr(sym).unwrap() - map.addr("_text").unwrap() + text_pa
-    }
-
-    /// The identity part of a control block and the banner (what a spraying
-    /// process can copy), without page tables.
-    pub(crate) fn place_control(ram: &GuestRam, map: &SystemMap, text_pa: u64, slide: u64) {
-        let ctl = pa_of(map, text_pa, "xftrace_control");
-        let w = |o: u64, v: u64| ram.write_u64(GuestAddress(ctl + o), v).unwrap();
-        w(abi::off::MAGIC, abi::MAGIC);
-        w(
-            abi::off::ABI_VERSION,
-            u64::from(abi::ABI_VERSION) | (4096 << 32),
-        );
-        w(
-            abi::off::CTL_VA,
-            map.addr("xftrace_control").unwrap() + slide,
-        );
-        w(
-            abi::off::HEADS_VA,
-            map.addr("xftrace_heads").unwrap() + slide,
-        );
-        w(abi::off::TEXT_VA, map.addr("_text").unwrap() + slide);
-        w(abi::off::NR_RINGS, 2 | (256 << 32));
-        w(abi::off::SLOT_SIZE, 64 | (2 << 32));
-        w(abi::off::FUNCS_SIZE, 1024 | (16 << 32));
-        let banner = pa_of(map, text_pa, "linux_banner");
-        let text = b"Linux version 6.1.192 (test) #1 SMP\n\0\0\0\0";
-        for (i, c) in text.chunks(8).enumerate() {
-            let mut b = [0u8; 8];
-            b[..c.len()].copy_from_slice(c);
-            ram.write_u64(GuestAddress(banner + 8 * i as u64), u64::from_le_bytes(b))
-                .unwrap();
-        }
-    }
-
-    /// A whole kernel: the control block, the banner, the 4-level page
-    /// tables of head_64.S mapping the image with 2 MiB pages, and rings.
-    pub(crate) fn place_kernel(ram: &GuestRam, map: &SystemMap, text_pa: u64, slide: u64) {
-        place_control(ram, map, text_pa, slide);
-        let pgd = pa_of(map, text_pa, "init_top_pgt");
-        let l3 = pa_of(map, text_pa, "level3_kernel_pgt");
-        let l2 = pa_of(map, text_pa, "level2_kernel_pgt");
-        let text_va = map.addr("_text").unwrap() + slide;
-        let set = |t: u64, i: u64, v: u64| ram.write_u64(GuestAddress(t + 8 * i), v).unwrap();
-        set(pgd, (text_va >> 39) & 511, l3 | 0x63);
-        set(l3, (text_va >> 30) & 511, l2 | 0x63);
-        let (start, end) = map.image();
-        let mut off = 0;
-        while off < end - start {
-            set(l2, ((text_va + off) >> 21) & 511, (text_pa + off) | 0xe3);
-            off += 2 << 20;
-        }
-        // Rings, as the guest allocates them at the first "on", at 128 MiB.
-        for r in 0..2u64 {
-            let ring = (128 << 20) + r * (256 * 64);
-            ram.write_u64(
-                GuestAddress(pa_of(map, text_pa, "xftrace_control") + abi::ring_pa(r as u32)),
-                ring,
-            )
-            .unwrap();
-        }
-        // max_low_pfn: all of a pc guest's 160 MiB is low.
-        ram.write_u64(
-            GuestAddress(pa_of(map, text_pa, "max_low_pfn")),
-            (160 << 20) >> 12,
-        )
-        .unwrap();
-    }
+    pub(crate) use crate::testkit::synthetic::{
+        pa_of, place_control, place_kernel, synthetic_guest, UNIT_SLIDE as SLIDE,
+        UNIT_TEXT_PA as TEXT_PA,
+    };
 
     #[test]
     fn finds_the_control_block_and_slide() {

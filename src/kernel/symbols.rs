@@ -401,25 +401,7 @@ pub(crate) mod tests {
         assert!(m.resolve_function("zz*").is_err());
     }
 
-    pub(crate) const MAP: &str = "\
-ffffffff81000000 T _text
-ffffffff81000000 T startup_64
-ffffffff81200000 T __x64_sys_read
-ffffffff81200040 T __x64_sys_readv
-ffffffff81200100 T __x64_sys_openat
-ffffffff81200200 t do_sys_openat2
-ffffffff81200300 T getname
-ffffffff81200400 T vfs_read
-ffffffff82000000 D linux_banner
-ffffffff82001000 d xftrace_control
-ffffffff82002000 D init_top_pgt
-ffffffff82003000 D level3_kernel_pgt
-ffffffff82004000 D level2_kernel_pgt
-ffffffff82005000 D max_low_pfn
-ffffffff82005040 D jiffies_64
-ffffffff82400000 b xftrace_heads
-ffffffff83000000 B _end
-";
+    pub(crate) use crate::testkit::synthetic::UNIT_MAP as MAP;
 
     #[test]
     fn resolves_what_users_type() {

@@ -502,7 +502,7 @@ fn reloc_kind(ty: u32, shndx: u16, is_percpu: bool) -> Option<RelocKind> {
 pub(crate) mod tests {
     use super::*;
 
-    pub(crate) use crate::fuzzing::elf;
+    pub(crate) use crate::testkit::synthetic::elf;
 
     #[test]
     fn reads_sections_and_picks_kaslr_relocations() {

@@ -23,7 +23,7 @@ pub use kernel::{
     headers_dir, initramfs, kernel_dir, rootkit_initramfs, rootkit_modules, system_map,
 };
 pub use qmp::{qmp, qmp_status_at};
-pub use vm::{accel, serial, Boot, Vm};
+pub use vm::{accel, serial, Boot, Serial, Vm};
 
 /// A free TCP port of 127.0.0.1 (for a guest's console or forwarded ports).
 pub fn free_port() -> u16 {
@@ -32,6 +32,56 @@ pub fn free_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
+}
+
+/// Time the calling test: when the returned timer drops (at the end of the
+/// test, passed or panicking), one line `binary<TAB>test<TAB>seconds<TAB>
+/// ok|FAILED` is appended to the file `XFTRACE_TEST_TIMINGS` names, if it
+/// names one; `tests/run.sh` prints them as a table. libtest names each
+/// test's thread after the test.
+pub fn timed() -> Timer {
+    Timer {
+        start: std::time::Instant::now(),
+    }
+}
+
+pub struct Timer {
+    start: std::time::Instant,
+}
+
+impl Drop for Timer {
+    fn drop(&mut self) {
+        use std::io::Write;
+        let Some(path) = std::env::var_os("XFTRACE_TEST_TIMINGS") else {
+            return;
+        };
+        let binary = std::env::current_exe()
+            .ok()
+            .and_then(|p| p.file_stem().map(|s| s.to_string_lossy().into_owned()))
+            .map(|s| s.rsplit_once('-').map_or(s.clone(), |(b, _)| b.to_string()))
+            .unwrap_or_default();
+        let test = std::thread::current()
+            .name()
+            .unwrap_or("(unnamed)")
+            .to_string();
+        let result = if std::thread::panicking() {
+            "FAILED"
+        } else {
+            "ok"
+        };
+        let line = format!(
+            "{binary}\t{test}\t{:.1}\t{result}\n",
+            self.start.elapsed().as_secs_f64()
+        );
+        // O_APPEND: one write per line, whole, whatever else appends.
+        if let Ok(mut f) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+        {
+            let _ = f.write_all(line.as_bytes());
+        }
+    }
 }
 
 pub fn repo() -> PathBuf {

@@ -13,9 +13,21 @@ use super::kernel::{initramfs, kernel_dir};
 use super::qmp::qmp_status_at;
 
 /// One guest at a time: TCG guests on two cores are slow enough already.
-pub fn serial() -> MutexGuard<'static, ()> {
+/// Held for the whole test, it also times it (see [`super::timed`]).
+pub fn serial() -> Serial {
     static M: Mutex<()> = Mutex::new(());
-    M.lock().unwrap_or_else(|e| e.into_inner())
+    let lock = M.lock().unwrap_or_else(|e| e.into_inner());
+    Serial {
+        _timer: super::timed(),
+        _lock: lock,
+    }
+}
+
+/// The one-guest-at-a-time lock, and the test's timer (dropped first:
+/// the time counts from when the test got its turn).
+pub struct Serial {
+    _timer: super::Timer,
+    _lock: MutexGuard<'static, ()>,
 }
 
 /// `kvm` if a probe guest boots under KVM here, else `tcg` (XFTRACE_ACCEL overrides).

@@ -21,39 +21,7 @@ use crate::kernel::symbols::SystemMap;
 use crate::trace::keys::Klog;
 use crate::trace::rings::RingReader;
 
-/// A small kernel build: an 8 MiB image at `_text`.
-pub const MAP: &str = "\
-ffffffff81000000 T _text
-ffffffff81000100 T __x64_sys_read
-ffffffff81000200 T __x64_sys_openat
-ffffffff81000300 t do_sys_openat2
-ffffffff81000400 T x64_sys_call
-ffffffff81000500 T __fentry__
-ffffffff81000510 T ftrace_caller
-ffffffff81000580 T ftrace_caller_op_ptr
-ffffffff81000590 T ftrace_call
-ffffffff810005c0 T ftrace_caller_end
-ffffffff81000600 T idt_stub
-ffffffff81300000 D linux_banner
-ffffffff81301000 D modules
-ffffffff81302000 D ftrace_ops_list
-ffffffff81302100 D ftrace_list_end
-ffffffff81303000 D idt_table
-ffffffff81400000 d xftrace_control
-ffffffff81401000 D init_top_pgt
-ffffffff81402000 D level3_kernel_pgt
-ffffffff81403000 D level2_kernel_pgt
-ffffffff81404000 D max_low_pfn
-ffffffff81600000 b xftrace_heads
-ffffffff81800000 B _end
-";
-
-const RAM: u64 = 16 << 20;
-const TEXT_PA: u64 = 4 << 20;
-/// The KASLR slide of [`synthetic_kernel`].
-pub const SLIDE: u64 = 0x2000_0000;
-const RINGS_PA: u64 = 14 << 20;
-const RING_SLOTS: u64 = 64;
+use super::synthetic::{elf, synthetic_kernel, MAP, RAM, RINGS_PA, RING_SLOTS, TEXT_PA};
 
 fn pa(map: &SystemMap, sym: &str) -> u64 {
     map.addr(sym).expect("symbol in MAP") - map.addr("_text").unwrap() + TEXT_PA
@@ -116,53 +84,6 @@ impl Guest {
         }
         self.baseline = base;
     }
-}
-
-/// Write a consistent kernel of [`MAP`] with `_text` at guest physical
-/// `text_pa` (2 MiB-aligned), slid by [`SLIDE`]: control block, banner,
-/// page tables (4-level, 2 MiB pages, one 4 KiB module page at
-/// 0xffffffffc0000000), two rings right above the image, `max_low_pfn`,
-/// empty module and ftrace_ops lists. `put(gpa, bytes)` does the writing.
-pub fn synthetic_kernel(text_pa: u64, put: &mut dyn FnMut(u64, &[u8])) {
-    let map = SystemMap::parse(MAP).expect("MAP parses");
-    let at = |s: &str| map.addr(s).unwrap() - map.addr("_text").unwrap() + text_pa;
-    let rt = |s: &str| map.addr(s).unwrap() + SLIDE;
-    let mut put64 = |gpa: u64, v: u64| put(gpa, &v.to_le_bytes());
-    let ctl = at("xftrace_control");
-    let rings = text_pa + (10 << 20);
-    put64(ctl, abi::MAGIC);
-    put64(ctl + 8, u64::from(abi::ABI_VERSION) | (4096 << 32));
-    put64(ctl + 0x10, rt("xftrace_control"));
-    put64(ctl + 0x18, rt("xftrace_heads"));
-    put64(ctl + 0x20, rt("_text"));
-    put64(ctl + 0x28, 2 | (RING_SLOTS << 32));
-    put64(ctl + 0x30, 64 | (2 << 32));
-    put64(ctl + 0x38, 1024 | (16 << 32));
-    for r in 0..2u64 {
-        put64(ctl + 0x800 + 8 * r, rings + r * RING_SLOTS * 64);
-    }
-    let text_va = rt("_text");
-    let (pgd, l3, l2) = (
-        at("init_top_pgt"),
-        at("level3_kernel_pgt"),
-        at("level2_kernel_pgt"),
-    );
-    put64(pgd + 8 * ((text_va >> 39) & 511), l3 | 0x63);
-    put64(l3 + 8 * ((text_va >> 30) & 511), l2 | 0x63);
-    for i in 0..4u64 {
-        let va = text_va + (i << 21);
-        put64(l2 + 8 * ((va >> 21) & 511), (text_pa + (i << 21)) | 0xe3);
-    }
-    // Module memory: one 4 KiB page mapped through the same tables.
-    let module_va = 0xffff_ffff_c000_0000u64;
-    let (l2m, ptm, page) = (l2 + 0x10_0000, l2 + 0x10_1000, text_pa + (9 << 20));
-    put64(l3 + 8 * ((module_va >> 30) & 511), l2m | 0x63);
-    put64(l2m + 8 * ((module_va >> 21) & 511), ptm | 0x63);
-    put64(ptm + 8 * ((module_va >> 12) & 511), page | 0x63);
-    put64(at("max_low_pfn"), RAM >> 12);
-    put64(at("modules"), rt("modules"));
-    put64(at("ftrace_ops_list"), rt("ftrace_list_end"));
-    put(at("linux_banner"), b"Linux version 6.1.192 (fuzz) #1\n\0");
 }
 
 fn with_guest<R>(f: impl FnOnce(&mut Guest) -> R) -> R {
@@ -453,60 +374,6 @@ pub fn domain_xml(data: &[u8]) {
     }
 }
 
-/// A minimal x86_64 ELF with `.text` at `text_addr`, a `.rela.text` of
-/// `relocs` (offset, type, symbol), and a symbol table whose symbol 1 is in
-/// `.text`, symbol 2 absolute and symbol 3 in `.data..percpu`.
-pub fn elf(text_addr: u64, text: &[u8], relocs: &[(u64, u32, u64)]) -> Vec<u8> {
-    const SHT_RELA: u32 = 4;
-    const SHT_SYMTAB: u32 = 2;
-    let shstr = b"\0.text\0.rela.text\0.symtab\0.data..percpu\0.shstrtab\0".to_vec();
-    let mut symtab = vec![0u8; 24 * 4];
-    symtab[24 + 6..24 + 8].copy_from_slice(&1u16.to_le_bytes());
-    symtab[48 + 6..48 + 8].copy_from_slice(&0xfff1u16.to_le_bytes());
-    symtab[72 + 6..72 + 8].copy_from_slice(&4u16.to_le_bytes());
-    let mut rela = Vec::new();
-    for &(off, ty, sym) in relocs {
-        rela.extend_from_slice(&off.to_le_bytes());
-        rela.extend_from_slice(&((sym << 32) | u64::from(ty)).to_le_bytes());
-        rela.extend_from_slice(&0u64.to_le_bytes());
-    }
-    let mut out = vec![0u8; 64];
-    let mut place = |data: &[u8]| {
-        let o = out.len() as u64;
-        out.extend_from_slice(data);
-        o
-    };
-    let text_off = place(text);
-    let rela_off = place(&rela);
-    let sym_off = place(&symtab);
-    let str_off = place(&shstr);
-    let shoff = out.len() as u64;
-    let sh = |name: u32, ty: u32, addr: u64, off: u64, size: u64, link: u32, info: u32| {
-        let mut h = vec![0u8; 64];
-        h[0..4].copy_from_slice(&name.to_le_bytes());
-        h[4..8].copy_from_slice(&ty.to_le_bytes());
-        h[0x10..0x18].copy_from_slice(&addr.to_le_bytes());
-        h[0x18..0x20].copy_from_slice(&off.to_le_bytes());
-        h[0x20..0x28].copy_from_slice(&size.to_le_bytes());
-        h[0x28..0x2c].copy_from_slice(&link.to_le_bytes());
-        h[0x2c..0x30].copy_from_slice(&info.to_le_bytes());
-        h
-    };
-    out.extend(sh(0, 0, 0, 0, 0, 0, 0));
-    out.extend(sh(1, 1, text_addr, text_off, text.len() as u64, 0, 0));
-    out.extend(sh(7, SHT_RELA, 0, rela_off, rela.len() as u64, 3, 1));
-    out.extend(sh(18, SHT_SYMTAB, 0, sym_off, symtab.len() as u64, 5, 0));
-    out.extend(sh(26, 1, 0, 0, 0, 0, 0));
-    out.extend(sh(40, 3, 0, str_off, shstr.len() as u64, 0, 0));
-    out[0..6].copy_from_slice(b"\x7fELF\x02\x01");
-    out[0x12..0x14].copy_from_slice(&62u16.to_le_bytes());
-    out[0x28..0x30].copy_from_slice(&shoff.to_le_bytes());
-    out[0x3a..0x3c].copy_from_slice(&64u16.to_le_bytes());
-    out[0x3c..0x3e].copy_from_slice(&6u16.to_le_bytes());
-    out[0x3e..0x40].copy_from_slice(&5u16.to_le_bytes());
-    out
-}
-
 /// A harness: any bytes in, a normal return out.
 pub type Harness = fn(&[u8]);
 
@@ -613,6 +480,7 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::synthetic::SLIDE;
     use super::*;
 
     #[test]

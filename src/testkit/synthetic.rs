@@ -1,0 +1,348 @@
+//! Synthetic guests: kernels written into RAM files the way a real guest
+//! lays them out (control block, banner, page tables, rings), for the unit
+//! tests, the fuzz harnesses and the benches. One kit, two builds:
+//!
+//! - [`synthetic_kernel`] of [`MAP`] (16 MiB RAM, `_text` at [`TEXT_PA`]):
+//!   the fuzzers' guest, also the benches' (see [`Synthetic`]);
+//! - [`synthetic_guest`] of [`UNIT_MAP`] (160 MiB RAM, `_text` at
+//!   [`UNIT_TEXT_PA`]): the unit tests' guest, whose image is large enough
+//!   for their tables and code.
+#![allow(clippy::arithmetic_side_effects)]
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+
+use crate::abi;
+use crate::guest::memory::{GuestAddress, GuestRam, Machine, MemoryLayout};
+use crate::kernel::locate::{locate, GuestKernel};
+use crate::kernel::symbols::SystemMap;
+
+/// A small kernel build: an 8 MiB image at `_text`.
+pub const MAP: &str = "\
+ffffffff81000000 T _text
+ffffffff81000100 T __x64_sys_read
+ffffffff81000200 T __x64_sys_openat
+ffffffff81000300 t do_sys_openat2
+ffffffff81000400 T x64_sys_call
+ffffffff81000500 T __fentry__
+ffffffff81000510 T ftrace_caller
+ffffffff81000580 T ftrace_caller_op_ptr
+ffffffff81000590 T ftrace_call
+ffffffff810005c0 T ftrace_caller_end
+ffffffff81000600 T idt_stub
+ffffffff81300000 D linux_banner
+ffffffff81301000 D modules
+ffffffff81302000 D ftrace_ops_list
+ffffffff81302100 D ftrace_list_end
+ffffffff81303000 D idt_table
+ffffffff81400000 d xftrace_control
+ffffffff81401000 D init_top_pgt
+ffffffff81402000 D level3_kernel_pgt
+ffffffff81403000 D level2_kernel_pgt
+ffffffff81404000 D max_low_pfn
+ffffffff81600000 b xftrace_heads
+ffffffff81800000 B _end
+";
+
+/// RAM of the fuzzers' guest.
+pub const RAM: u64 = 16 << 20;
+/// Where the fuzzers' guest has its kernel.
+pub const TEXT_PA: u64 = 4 << 20;
+/// The KASLR slide of [`synthetic_kernel`].
+pub const SLIDE: u64 = 0x2000_0000;
+/// Where [`synthetic_kernel`] puts its rings when `_text` is at [`TEXT_PA`].
+pub const RINGS_PA: u64 = 14 << 20;
+/// Slots of each of [`synthetic_kernel`]'s two rings.
+pub const RING_SLOTS: u64 = 64;
+
+/// Write a consistent kernel of [`MAP`] with `_text` at guest physical
+/// `text_pa` (2 MiB-aligned), slid by [`SLIDE`]: control block, banner,
+/// page tables (4-level, 2 MiB pages, one 4 KiB module page at
+/// 0xffffffffc0000000), two rings right above the image, `max_low_pfn`,
+/// empty module and ftrace_ops lists. `put(gpa, bytes)` does the writing.
+pub fn synthetic_kernel(text_pa: u64, put: &mut dyn FnMut(u64, &[u8])) {
+    let map = SystemMap::parse(MAP).expect("MAP parses");
+    let at = |s: &str| map.addr(s).unwrap() - map.addr("_text").unwrap() + text_pa;
+    let rt = |s: &str| map.addr(s).unwrap() + SLIDE;
+    let mut put64 = |gpa: u64, v: u64| put(gpa, &v.to_le_bytes());
+    let ctl = at("xftrace_control");
+    let rings = text_pa + (10 << 20);
+    put64(ctl, abi::MAGIC);
+    put64(ctl + 8, u64::from(abi::ABI_VERSION) | (4096 << 32));
+    put64(ctl + 0x10, rt("xftrace_control"));
+    put64(ctl + 0x18, rt("xftrace_heads"));
+    put64(ctl + 0x20, rt("_text"));
+    put64(ctl + 0x28, 2 | (RING_SLOTS << 32));
+    put64(ctl + 0x30, 64 | (2 << 32));
+    put64(ctl + 0x38, 1024 | (16 << 32));
+    for r in 0..2u64 {
+        put64(ctl + 0x800 + 8 * r, rings + r * RING_SLOTS * 64);
+    }
+    let text_va = rt("_text");
+    let (pgd, l3, l2) = (
+        at("init_top_pgt"),
+        at("level3_kernel_pgt"),
+        at("level2_kernel_pgt"),
+    );
+    put64(pgd + 8 * ((text_va >> 39) & 511), l3 | 0x63);
+    put64(l3 + 8 * ((text_va >> 30) & 511), l2 | 0x63);
+    for i in 0..4u64 {
+        let va = text_va + (i << 21);
+        put64(l2 + 8 * ((va >> 21) & 511), (text_pa + (i << 21)) | 0xe3);
+    }
+    // Module memory: one 4 KiB page mapped through the same tables.
+    let module_va = 0xffff_ffff_c000_0000u64;
+    let (l2m, ptm, page) = (l2 + 0x10_0000, l2 + 0x10_1000, text_pa + (9 << 20));
+    put64(l3 + 8 * ((module_va >> 30) & 511), l2m | 0x63);
+    put64(l2m + 8 * ((module_va >> 21) & 511), ptm | 0x63);
+    put64(ptm + 8 * ((module_va >> 12) & 511), page | 0x63);
+    put64(at("max_low_pfn"), RAM >> 12);
+    put64(at("modules"), rt("modules"));
+    put64(at("ftrace_ops_list"), rt("ftrace_list_end"));
+    put(at("linux_banner"), b"Linux version 6.1.192 (fuzz) #1\n\0");
+}
+
+/// A minimal x86_64 ELF with `.text` at `text_addr`, a `.rela.text` of
+/// `relocs` (offset, type, symbol), and a symbol table whose symbol 1 is in
+/// `.text`, symbol 2 absolute and symbol 3 in `.data..percpu`.
+pub fn elf(text_addr: u64, text: &[u8], relocs: &[(u64, u32, u64)]) -> Vec<u8> {
+    const SHT_RELA: u32 = 4;
+    const SHT_SYMTAB: u32 = 2;
+    let shstr = b"\0.text\0.rela.text\0.symtab\0.data..percpu\0.shstrtab\0".to_vec();
+    let mut symtab = vec![0u8; 24 * 4];
+    symtab[24 + 6..24 + 8].copy_from_slice(&1u16.to_le_bytes());
+    symtab[48 + 6..48 + 8].copy_from_slice(&0xfff1u16.to_le_bytes());
+    symtab[72 + 6..72 + 8].copy_from_slice(&4u16.to_le_bytes());
+    let mut rela = Vec::new();
+    for &(off, ty, sym) in relocs {
+        rela.extend_from_slice(&off.to_le_bytes());
+        rela.extend_from_slice(&((sym << 32) | u64::from(ty)).to_le_bytes());
+        rela.extend_from_slice(&0u64.to_le_bytes());
+    }
+    let mut out = vec![0u8; 64];
+    let mut place = |data: &[u8]| {
+        let o = out.len() as u64;
+        out.extend_from_slice(data);
+        o
+    };
+    let text_off = place(text);
+    let rela_off = place(&rela);
+    let sym_off = place(&symtab);
+    let str_off = place(&shstr);
+    let shoff = out.len() as u64;
+    let sh = |name: u32, ty: u32, addr: u64, off: u64, size: u64, link: u32, info: u32| {
+        let mut h = vec![0u8; 64];
+        h[0..4].copy_from_slice(&name.to_le_bytes());
+        h[4..8].copy_from_slice(&ty.to_le_bytes());
+        h[0x10..0x18].copy_from_slice(&addr.to_le_bytes());
+        h[0x18..0x20].copy_from_slice(&off.to_le_bytes());
+        h[0x20..0x28].copy_from_slice(&size.to_le_bytes());
+        h[0x28..0x2c].copy_from_slice(&link.to_le_bytes());
+        h[0x2c..0x30].copy_from_slice(&info.to_le_bytes());
+        h
+    };
+    out.extend(sh(0, 0, 0, 0, 0, 0, 0));
+    out.extend(sh(1, 1, text_addr, text_off, text.len() as u64, 0, 0));
+    out.extend(sh(7, SHT_RELA, 0, rela_off, rela.len() as u64, 3, 1));
+    out.extend(sh(18, SHT_SYMTAB, 0, sym_off, symtab.len() as u64, 5, 0));
+    out.extend(sh(26, 1, 0, 0, 0, 0, 0));
+    out.extend(sh(40, 3, 0, str_off, shstr.len() as u64, 0, 0));
+    out[0..6].copy_from_slice(b"\x7fELF\x02\x01");
+    out[0x12..0x14].copy_from_slice(&62u16.to_le_bytes());
+    out[0x28..0x30].copy_from_slice(&shoff.to_le_bytes());
+    out[0x3a..0x3c].copy_from_slice(&64u16.to_le_bytes());
+    out[0x3c..0x3e].copy_from_slice(&6u16.to_le_bytes());
+    out[0x3e..0x40].copy_from_slice(&5u16.to_le_bytes());
+    out
+}
+
+pub const UNIT_MAP: &str = "\
+ffffffff81000000 T _text
+ffffffff81000000 T startup_64
+ffffffff81200000 T __x64_sys_read
+ffffffff81200040 T __x64_sys_readv
+ffffffff81200100 T __x64_sys_openat
+ffffffff81200200 t do_sys_openat2
+ffffffff81200300 T getname
+ffffffff81200400 T vfs_read
+ffffffff82000000 D linux_banner
+ffffffff82001000 d xftrace_control
+ffffffff82002000 D init_top_pgt
+ffffffff82003000 D level3_kernel_pgt
+ffffffff82004000 D level2_kernel_pgt
+ffffffff82005000 D max_low_pfn
+ffffffff82005040 D jiffies_64
+ffffffff82400000 b xftrace_heads
+ffffffff83000000 B _end
+";
+
+/// The KASLR slide of [`synthetic_guest`].
+pub const UNIT_SLIDE: u64 = 0x1e00_0000;
+/// Where [`synthetic_guest`] has `_text`.
+pub const UNIT_TEXT_PA: u64 = 0x0400_0000;
+
+/// A 160 MiB RAM image with a kernel of [`UNIT_MAP`] at
+/// [`UNIT_TEXT_PA`], slid by [`UNIT_SLIDE`], its control block mapped by its own page
+/// tables.
+pub fn synthetic_guest(dir: &Path) -> (GuestRam, SystemMap) {
+    let map = SystemMap::parse(UNIT_MAP).unwrap();
+    let p = dir.join("ram");
+    let size = 160u64 << 20;
+    std::fs::File::create(&p).unwrap().set_len(size).unwrap();
+    let ram = GuestRam::open(&p, MemoryLayout::x86(size, Machine::Pc, None)).unwrap();
+    place_kernel(&ram, &map, UNIT_TEXT_PA, UNIT_SLIDE);
+    (ram, map)
+}
+
+pub fn pa_of(map: &SystemMap, text_pa: u64, sym: &str) -> u64 {
+    map.addr(sym).unwrap() - map.addr("_text").unwrap() + text_pa
+}
+
+/// The identity part of a control block and the banner (what a spraying
+/// process can copy), without page tables.
+pub fn place_control(ram: &GuestRam, map: &SystemMap, text_pa: u64, slide: u64) {
+    let ctl = pa_of(map, text_pa, "xftrace_control");
+    let w = |o: u64, v: u64| ram.write_u64(GuestAddress(ctl + o), v).unwrap();
+    w(abi::off::MAGIC, abi::MAGIC);
+    w(
+        abi::off::ABI_VERSION,
+        u64::from(abi::ABI_VERSION) | (4096 << 32),
+    );
+    w(
+        abi::off::CTL_VA,
+        map.addr("xftrace_control").unwrap() + slide,
+    );
+    w(
+        abi::off::HEADS_VA,
+        map.addr("xftrace_heads").unwrap() + slide,
+    );
+    w(abi::off::TEXT_VA, map.addr("_text").unwrap() + slide);
+    w(abi::off::NR_RINGS, 2 | (256 << 32));
+    w(abi::off::SLOT_SIZE, 64 | (2 << 32));
+    w(abi::off::FUNCS_SIZE, 1024 | (16 << 32));
+    let banner = pa_of(map, text_pa, "linux_banner");
+    let text = b"Linux version 6.1.192 (test) #1 SMP\n\0\0\0\0";
+    for (i, c) in text.chunks(8).enumerate() {
+        let mut b = [0u8; 8];
+        b[..c.len()].copy_from_slice(c);
+        ram.write_u64(GuestAddress(banner + 8 * i as u64), u64::from_le_bytes(b))
+            .unwrap();
+    }
+}
+
+/// A whole kernel: the control block, the banner, the 4-level page
+/// tables of head_64.S mapping the image with 2 MiB pages, and rings.
+pub fn place_kernel(ram: &GuestRam, map: &SystemMap, text_pa: u64, slide: u64) {
+    place_control(ram, map, text_pa, slide);
+    let pgd = pa_of(map, text_pa, "init_top_pgt");
+    let l3 = pa_of(map, text_pa, "level3_kernel_pgt");
+    let l2 = pa_of(map, text_pa, "level2_kernel_pgt");
+    let text_va = map.addr("_text").unwrap() + slide;
+    let set = |t: u64, i: u64, v: u64| ram.write_u64(GuestAddress(t + 8 * i), v).unwrap();
+    set(pgd, (text_va >> 39) & 511, l3 | 0x63);
+    set(l3, (text_va >> 30) & 511, l2 | 0x63);
+    let (start, end) = map.image();
+    let mut off = 0;
+    while off < end - start {
+        set(l2, ((text_va + off) >> 21) & 511, (text_pa + off) | 0xe3);
+        off += 2 << 20;
+    }
+    // Rings, as the guest allocates them at the first "on", at 128 MiB.
+    for r in 0..2u64 {
+        let ring = (128 << 20) + r * (256 * 64);
+        ram.write_u64(
+            GuestAddress(pa_of(map, text_pa, "xftrace_control") + abi::ring_pa(r as u32)),
+            ring,
+        )
+        .unwrap();
+    }
+    // max_low_pfn: all of a pc guest's 160 MiB is low.
+    ram.write_u64(
+        GuestAddress(pa_of(map, text_pa, "max_low_pfn")),
+        (160 << 20) >> 12,
+    )
+    .unwrap();
+}
+
+/// Where [`Synthetic`] has `_text`.
+pub const BENCH_TEXT_PA: u64 = 16 << 20;
+/// Where [`Synthetic`] puts its rings.
+pub const BENCH_RINGS_PA: u64 = 64 << 20;
+
+/// The fuzzers' kernel in a RAM file of a pc machine, its header and
+/// ring pointers rewritten for `rings` rings of `slots` slots at
+/// [`BENCH_RINGS_PA`]: the benches' guest.
+pub struct Synthetic {
+    pub file: File,
+    layout: MemoryLayout,
+    pub ram: GuestRam,
+    pub kernel: GuestKernel,
+}
+
+/// Write `b` at guest physical `gpa` of the RAM file.
+fn put_at(file: &File, layout: &MemoryLayout, gpa: u64, b: &[u8]) {
+    let off = layout
+        .to_file_offset(GuestAddress(gpa), b.len() as u64)
+        .expect("in RAM");
+    file.write_all_at(b, off).unwrap();
+}
+
+impl Synthetic {
+    /// Create the RAM file `path` of `size` bytes (it must not exist).
+    pub fn create(path: &Path, size: u64, rings: u32, slots: u64) -> Synthetic {
+        assert!(slots.is_power_of_two() && slots <= u64::from(abi::MAX_RING_SLOTS));
+        let file = File::options()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(path)
+            .unwrap();
+        file.set_len(size).unwrap();
+        let layout = MemoryLayout::x86(size, Machine::Pc, None);
+        synthetic_kernel(BENCH_TEXT_PA, &mut |gpa, b| put_at(&file, &layout, gpa, b));
+        let ram = GuestRam::open(path, layout.clone()).unwrap();
+        let map = SystemMap::parse(MAP).unwrap();
+        // More or bigger rings than the fuzzers': the header and ring
+        // pointers say so.
+        let k0 = locate(&ram, &map, None).expect("located");
+        let header = [
+            (abi::off::NR_RINGS, u64::from(rings) | (slots << 32)),
+            (
+                abi::off::SLOT_SIZE,
+                abi::SLOT_SIZE | (u64::from(rings) << 32),
+            ),
+        ];
+        for (off, v) in header {
+            put_at(&file, &layout, k0.field(off).0, &v.to_le_bytes());
+        }
+        for r in 0..rings {
+            let pa = BENCH_RINGS_PA + u64::from(r) * slots * abi::SLOT_SIZE;
+            put_at(
+                &file,
+                &layout,
+                k0.field(abi::ring_pa(r)).0,
+                &pa.to_le_bytes(),
+            );
+        }
+        let kernel = locate(&ram, &map, None).expect("located again");
+        assert_eq!(u64::from(kernel.header.ring_slots), slots);
+        assert_eq!(kernel.header.nr_rings, rings);
+        Synthetic {
+            file,
+            layout,
+            ram,
+            kernel,
+        }
+    }
+
+    /// Write `b` at guest physical `gpa`.
+    pub fn put(&self, gpa: u64, b: &[u8]) {
+        put_at(&self.file, &self.layout, gpa, b);
+    }
+
+    /// Where ring `ring` starts.
+    pub fn ring_pa(&self, ring: u32) -> u64 {
+        BENCH_RINGS_PA + u64::from(ring) * u64::from(self.kernel.header.ring_slots) * abi::SLOT_SIZE
+    }
+}
