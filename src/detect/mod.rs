@@ -5,10 +5,12 @@
 //! |---|---|
 //! | [`checks`] | one file per check over guest memory, behind the [`checks::Check`] trait |
 //! | [`callflow`] | what traced syscalls call, against a baseline |
+//! | [`inventory`] | the hooks a baseline records as known (`hooks.json`) |
 //! | [`run`] | `check`, `watch` and `baseline`: open the guest once, run everything |
 
 pub mod callflow;
 pub mod checks;
+pub mod inventory;
 pub mod run;
 
 pub use run::{baseline, check, watch, CheckOptions, Checked};

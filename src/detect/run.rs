@@ -197,7 +197,9 @@ pub fn baseline(
     // checks compare with.
     if let Some(vmlinux) = g.vmlinux.as_ref() {
         let cx = Context::new(g.view(&g.kernel), vmlinux, &dir);
-        let n = checks::hook_registries::save_inventory(&cx)?;
+        let lines = checks::inventory(&cx);
+        super::inventory::save(&dir, &lines)?;
+        let n = lines.len();
         info!("hook inventory: {n} hooks by modules outside the build and BPF programs");
     }
     let text = serde_json::to_string_pretty(&b).expect("serializes");

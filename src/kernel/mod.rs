@@ -1,13 +1,26 @@
-//! The guest kernel: the trusted build (`symbols`, `vmlinux`, `builds`),
-//! finding it in guest RAM (`locate`), and opening a guest (`target`).
+//! The guest kernel, read from the host.
+//!
+//! | module | what |
+//! |---|---|
+//! | [`symbols`], [`vmlinux`], [`btf`], [`builds`] | the trusted build: System.map, the image's sections and relocations, struct layouts, stored builds |
+//! | [`callgraph`] | the calls the build's code can make |
+//! | [`locate`], [`stale`] | finding the kernel (control block, slide) in guest RAM; control blocks of earlier boots |
+//! | [`guest`] | an opened guest and the view of one kernel's virtual memory |
+//! | [`modules`] | the loaded modules: their list, address tree and sysfs kobjects; who owns an address |
+//! | [`walk`] | bounded walks of the kernel's lists, chains, trees, XArrays and per-CPU variables |
+//! | [`patching`], [`text`] | the integrity engine: where the kernel patches its own code, and the guest's code against the build |
+//! | [`target`] | which guest to open, and opening it |
 
 pub mod btf;
 pub mod builds;
 pub mod callgraph;
 pub mod guest;
 pub mod locate;
+pub mod modules;
 pub mod patching;
 pub mod stale;
 pub mod symbols;
 pub mod target;
+pub mod text;
 pub mod vmlinux;
+pub mod walk;

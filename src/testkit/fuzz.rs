@@ -261,8 +261,9 @@ pub fn paging(data: &[u8]) {
     })
 }
 
-/// Walking the guest's module list, ftrace_ops list and IDT, and naming
-/// addresses by module.
+/// Every check of guest memory over a hostile guest, and every walk of a
+/// kernel structure (lists, chains, trees, XArrays, per-CPU) from heads
+/// the input chooses.
 pub fn kernel_lists(data: &[u8]) {
     static VMLINUX: OnceLock<(tempfile::TempDir, PathBuf)> = OnceLock::new();
     let (_, vpath) = VMLINUX.get_or_init(|| {
@@ -306,8 +307,12 @@ pub fn kernel_lists(data: &[u8]) {
         for c in data.chunks_exact(8).take(8) {
             let a = u64::from_le_bytes(c.try_into().unwrap());
             let _ = cx.name(a);
-            // The walk of the BPF id trees, from a head anywhere.
-            let _ = cx.view.xarray_entries(a, 40, 4096);
+            // Every walk of a kernel structure, from a head anywhere.
+            let _ = cx.xarray(a, 4096);
+            let _ = cx.list(a, 4096).count();
+            let _ = cx.chain_at(a, 8, 0, 4096).count();
+            let _ = cx.rb_tree(a, 4096).count();
+            let _ = cx.per_cpu(a);
         }
         g.reset(&dirty);
     })
@@ -349,6 +354,15 @@ pub fn vmlinux(data: &[u8]) {
         let _ = v.kaslr_relocations(base, base + 0x1000);
         let _ = v.mcount_sites((base, base + 0x100), base, base + 0x1000);
         let _ = v.u64_at(base + 8);
+    }
+    // The same bytes as a BTF blob: the field offsets every walk names.
+    if let Ok(btf) = crate::kernel::btf::Btf::parse(data) {
+        for ty in ["module", "rb_node", "xa_node", "list_head"] {
+            let _ = btf.offset_of(ty, &["list"]);
+            let _ = btf.offset_of(ty, &["core_layout", "base"]);
+            let _ = btf.members(ty);
+            let _ = btf.size_of(ty);
+        }
     }
 }
 

@@ -173,6 +173,8 @@ ffffffff82003000 D level3_kernel_pgt
 ffffffff82004000 D level2_kernel_pgt
 ffffffff82005000 D max_low_pfn
 ffffffff82005040 D jiffies_64
+ffffffff82005100 D nr_cpu_ids
+ffffffff82005140 D __per_cpu_offset
 ffffffff82400000 b xftrace_heads
 ffffffff83000000 B _end
 ";

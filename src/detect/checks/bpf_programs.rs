@@ -14,9 +14,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use super::hook_registries::inventory_path;
 use super::{capped, Check, Context};
-use crate::detect::{Finding, FindingKind};
+use crate::detect::{inventory, Finding, FindingKind};
 use crate::escape::escape_bytes;
 
 pub struct BpfPrograms;
@@ -119,7 +118,7 @@ impl Check for BpfPrograms {
         let Some(progs) = programs(cx, out) else {
             return;
         };
-        let known: Option<BTreeSet<String>> = cx.dir.read_json(&inventory_path(cx));
+        let known = inventory::load(cx.dir);
         let mut found = Vec::new();
         for p in progs {
             let listed = known.as_ref().map(|k| k.contains(&p.line()));
@@ -145,24 +144,20 @@ impl Check for BpfPrograms {
                     }
                 ),
                 &[p.addr, p.code],
-                if known.is_some() {
-                    "not in the baseline's hook inventory"
-                } else {
-                    "no hook inventory: take a baseline of the clean guest"
-                },
+                inventory::missing(&known),
             ));
         }
         capped(FindingKind::BpfProgram, found, "BPF programs", out);
     }
-}
 
-/// The inventory lines of the guest's programs now.
-pub fn inventory_lines(cx: &Context) -> BTreeSet<String> {
-    programs(cx, &mut Vec::new())
-        .unwrap_or_default()
-        .iter()
-        .map(Program::line)
-        .collect()
+    /// The guest's programs now.
+    fn inventory(&self, cx: &Context) -> BTreeSet<String> {
+        programs(cx, &mut Vec::new())
+            .unwrap_or_default()
+            .iter()
+            .map(Program::line)
+            .collect()
+    }
 }
 
 /// Every program in `prog_idr`; None (with a finding) where the build
@@ -172,11 +167,10 @@ pub fn programs(cx: &Context, out: &mut Vec<Finding>) -> Option<Vec<Program>> {
         // A kernel without the bpf() syscall has no programs.
         return Some(Vec::new());
     };
-    let btf = cx.vmlinux.btf();
-    let off = |ty: &str, path: &[&str]| btf.and_then(|b| b.offset_of(ty, path));
+    let off = |ty: &str, path: &[&str]| cx.field(ty, path);
     let (
         Some(head),
-        Some(slots),
+        Some(_slots),
         Some(o_type),
         Some(o_aux),
         Some(o_func),
@@ -202,10 +196,10 @@ pub fn programs(cx: &Context, out: &mut Vec<Finding>) -> Option<Vec<Program>> {
         ));
         return None;
     };
-    let tracepoints = raw_tracepoint_links(cx, slots);
+    let tracepoints = raw_tracepoint_links(cx);
     let v = &cx.view;
     let mut progs = Vec::new();
-    for p in v.xarray_entries(idr.checked_add(head)?, slots, MAX_PROGRAMS) {
+    for p in v.xarray(idr.checked_add(head)?, MAX_PROGRAMS).0 {
         let word = |o: u64| p.checked_add(o).and_then(|a| v.read_word(a));
         let (Some(ty), Some(aux)) = (
             p.checked_add(o_type).and_then(|a| v.read_u32(a)),
@@ -242,10 +236,9 @@ pub fn programs(cx: &Context, out: &mut Vec<Finding>) -> Option<Vec<Program>> {
 
 /// The tracepoint each raw tracepoint link attaches its program to, by
 /// program (`link_idr`; a link is what `BPF_RAW_TRACEPOINT_OPEN` makes).
-fn raw_tracepoint_links(cx: &Context, slots: u64) -> BTreeMap<u64, String> {
+fn raw_tracepoint_links(cx: &Context) -> BTreeMap<u64, String> {
     let mut out = BTreeMap::new();
-    let btf = cx.vmlinux.btf();
-    let off = |ty: &str, path: &[&str]| btf.and_then(|b| b.offset_of(ty, path));
+    let off = |ty: &str, path: &[&str]| cx.field(ty, path);
     let (Some(idr), Some(head), Some(o_type), Some(o_prog), Some(o_btp), Some(o_tp), Some(o_name)) = (
         cx.sym("link_idr"),
         off("idr", &["idr_rt", "xa_head"]),
@@ -261,7 +254,7 @@ fn raw_tracepoint_links(cx: &Context, slots: u64) -> BTreeMap<u64, String> {
     let Some(at) = idr.checked_add(head) else {
         return out;
     };
-    for l in v.xarray_entries(at, slots, MAX_PROGRAMS) {
+    for l in v.xarray(at, MAX_PROGRAMS).0 {
         let at = |o: u64| l.checked_add(o);
         if at(o_type).and_then(|a| v.read_u32(a)) != Some(LINK_RAW_TRACEPOINT) {
             continue;

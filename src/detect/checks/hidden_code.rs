@@ -11,8 +11,9 @@
 
 use std::time::Duration;
 
-use super::{capped, subtract, Check, Context};
+use super::{capped, Check, Context};
 use crate::detect::{Finding, FindingKind};
+use crate::kernel::text::subtract;
 
 pub struct HiddenCode;
 
@@ -77,7 +78,7 @@ impl Check for HiddenCode {
                     .map(move |&(fs, fe)| (s.max(fs), e.min(fe)))
             })
             .collect();
-        let hidden_modules = super::hidden_modules::unlisted_module_code(cx);
+        let hidden_modules = cx.unlisted_module_code();
         let mut found = Vec::new();
         let mut scan = MAX_INERT;
         for (s, e) in still {
@@ -206,7 +207,7 @@ fn owners(cx: &Context) -> Vec<Owned> {
 
 /// Offsets from the build's BTF, where it has them.
 fn off(cx: &Context, s: &str, path: &[&str]) -> Option<u64> {
-    cx.vmlinux.btf()?.offset_of(s, path)
+    cx.field(s, path)
 }
 
 /// `[base, base + size)` with a 32-bit size at `size_at`.
@@ -266,7 +267,7 @@ fn bpf(cx: &Context, o: &mut Vec<Owned>) {
     ) else {
         return;
     };
-    for node in cx.view.list_nodes(head, MAX_ENTRIES) {
+    for node in cx.list(head, MAX_ENTRIES) {
         let k = node.wrapping_sub(lnode);
         if let (Some(s), Some(e)) = (
             cx.view.read_word(k.wrapping_add(start)),
@@ -301,12 +302,7 @@ fn bpf_packs(cx: &Context, o: &mut Vec<Owned>) {
     let size = (2u64 << 20).saturating_mul(u64::from(nodes));
     let words = usize::try_from(size / CHUNK / 64).unwrap_or(0);
     let l = off(cx, "bpf_prog_pack", &["list"]).unwrap_or(0);
-    for node in cx
-        .view
-        .list_nodes(head, MAX_ENTRIES)
-        .into_iter()
-        .take(MAX_PACKS)
-    {
+    for node in cx.list(head, MAX_ENTRIES).take(MAX_PACKS) {
         let pack = node.wrapping_sub(l);
         let (Some(base), Some(bits)) = (
             cx.view.read_word(pack.wrapping_add(ptr)),
@@ -397,23 +393,15 @@ fn ftrace_trampolines(cx: &Context, o: &mut Vec<Owned>) {
         cx.sym("ftrace_ops_trampoline_list"),
         off(cx, "ftrace_ops", &["list"]),
     ) {
-        ops.extend(
-            cx.view
-                .list_nodes(head, MAX_ENTRIES)
-                .into_iter()
-                .map(|n| n.wrapping_sub(l)),
-        );
+        ops.extend(cx.list(head, MAX_ENTRIES).map(|n| n.wrapping_sub(l)));
     }
     if let (Some(head), Some(end), Some(next)) = (
         cx.sym("ftrace_ops_list"),
         cx.sym("ftrace_list_end"),
         off(cx, "ftrace_ops", &["next"]),
     ) {
-        let mut p = cx.view.read_word(head).unwrap_or(end);
-        while p != end && p != 0 && ops.len() < MAX_ENTRIES {
-            ops.push(p);
-            p = cx.view.read_word(p.wrapping_add(next)).unwrap_or(end);
-        }
+        let room = MAX_ENTRIES.saturating_sub(ops.len());
+        ops.extend(cx.chain_at(head, next, end, room));
     }
     for p in ops {
         let (Some(t), Some(n)) = (
@@ -444,7 +432,7 @@ fn kprobe_slots(cx: &Context, o: &mut Vec<Owned>) {
     let l = off(cx, "kprobe_insn_page", &["list"]).unwrap_or(0);
     for cache in ["kprobe_insn_slots", "kprobe_optinsn_slots"] {
         let Some(c) = cx.sym(cache) else { continue };
-        for node in cx.view.list_nodes(c.wrapping_add(pages), MAX_ENTRIES) {
+        for node in cx.list(c.wrapping_add(pages), MAX_ENTRIES) {
             if let Some(p) = cx.view.read_word(node.wrapping_sub(l).wrapping_add(insns)) {
                 o.push(Owned {
                     start: p,
@@ -466,17 +454,13 @@ fn init_awaiting_free(cx: &Context, o: &mut Vec<Owned>) {
         return;
     };
     // An llist: a pointer to the first node, each node's first word next.
-    let mut p = cx.view.read_word(head).unwrap_or(0);
-    let mut n = 0;
-    while p != 0 && n < MAX_ENTRIES {
-        n = n.saturating_add(1);
+    for p in cx.chain_at(head, 0, 0, MAX_ENTRIES) {
         if let Some(base) = cx.view.read_word(p.wrapping_add(at)).filter(|&b| b != 0) {
             o.push(Owned {
                 start: base,
                 end: base.saturating_add(64 << 10),
             });
         }
-        p = cx.view.read_word(p).unwrap_or(0);
     }
 }
 

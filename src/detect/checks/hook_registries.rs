@@ -9,11 +9,9 @@
 #![deny(clippy::arithmetic_side_effects)]
 
 use std::collections::BTreeSet;
-use std::path::PathBuf;
 
 use super::{capped, Check, Context};
-use crate::detect::{Finding, FindingKind};
-use crate::error::Result;
+use crate::detect::{inventory, Finding, FindingKind};
 
 pub struct HookRegistries;
 
@@ -62,10 +60,6 @@ pub struct Hook {
     pub handler: u64,
 }
 
-pub(super) fn inventory_path(cx: &Context) -> PathBuf {
-    cx.dir.path().join("hooks.json")
-}
-
 impl Check for HookRegistries {
     fn kind(&self) -> FindingKind {
         FindingKind::HookRegistry
@@ -90,6 +84,17 @@ impl Check for HookRegistries {
             .collect();
         capped(FindingKind::HookRegistry, found, "hook registries", out);
     }
+
+    /// The guest's hooks by modules outside the build.
+    fn inventory(&self, cx: &Context) -> BTreeSet<String> {
+        let mut lines = BTreeSet::new();
+        for h in hooks(cx, &mut Vec::new()).unwrap_or_default() {
+            if let Owner::Module(m) = owner(cx, h.handler) {
+                lines.insert(line(&h, &m));
+            }
+        }
+        lines
+    }
 }
 
 /// How long a registry may be in the middle of a change.
@@ -98,7 +103,7 @@ const SETTLE: std::time::Duration = std::time::Duration::from_millis(50);
 /// The handlers that are wrong now; None if the registries cannot be read.
 fn judge(cx: &Context, out: &mut Vec<Finding>) -> Option<Vec<Finding>> {
     let hooks = hooks(cx, out)?;
-    let known: Option<BTreeSet<String>> = cx.dir.read_json(&inventory_path(cx));
+    let known = inventory::load(cx.dir);
     let mut found = Vec::new();
     for h in hooks {
         let where_ = format!("{} {}", h.registry, h.point);
@@ -119,11 +124,7 @@ fn judge(cx: &Context, out: &mut Vec<Finding>) -> Option<Vec<Finding>> {
                             cx.name(h.handler)
                         ),
                         &[h.handler],
-                        if known.is_some() {
-                            "not in the baseline's hook inventory"
-                        } else {
-                            "no hook inventory: take a baseline of the clean guest"
-                        },
+                        inventory::missing(&known),
                     )
                     .owned_by(m),
                 );
@@ -172,25 +173,10 @@ fn line(h: &Hook, module: &str) -> String {
     format!("{} {} {module}", h.registry, h.point)
 }
 
-/// Save the guest's hooks by modules outside the build and its BPF
-/// programs, as the inventory later checks compare with.
-pub fn save_inventory(cx: &Context) -> Result<usize> {
-    let mut lines = BTreeSet::new();
-    for h in hooks(cx, &mut Vec::new()).unwrap_or_default() {
-        if let Owner::Module(m) = owner(cx, h.handler) {
-            lines.insert(line(&h, &m));
-        }
-    }
-    // BPF programs are judged against the same inventory.
-    lines.extend(super::bpf_programs::inventory_lines(cx));
-    cx.dir.write_json(&inventory_path(cx), &lines)?;
-    Ok(lines.len())
-}
-
 /// Every handler of every registry this build has; None (with a finding)
 /// without BTF.
 pub fn hooks(cx: &Context, out: &mut Vec<Finding>) -> Option<Vec<Hook>> {
-    let Some(btf) = cx.vmlinux.btf() else {
+    let Some(_) = cx.btf else {
         out.push(Finding::new(
             FindingKind::HookRegistry,
             "the build has no BTF: notifier, tracepoint, netfilter and LSM hooks not checked",
@@ -201,17 +187,17 @@ pub fn hooks(cx: &Context, out: &mut Vec<Finding>) -> Option<Vec<Hook>> {
     };
     let mut h = Vec::new();
     if let (Some(call), Some(next)) = (
-        btf.offset_of("notifier_block", &["notifier_call"]),
-        btf.offset_of("notifier_block", &["next"]),
+        cx.field("notifier_block", &["notifier_call"]),
+        cx.field("notifier_block", &["next"]),
     ) {
         for (chain, ty) in CHAINS {
-            let (Some(at), Some(head)) = (cx.sym(chain), btf.offset_of(ty, &["head"])) else {
+            let (Some(at), Some(head)) = (cx.sym(chain), cx.field(ty, &["head"])) else {
                 continue;
             };
             notifiers(cx, at.wrapping_add(head), (call, next), chain, &mut h);
         }
         for (net, name) in namespaces(cx) {
-            if let Some(o) = btf.offset_of("net", &["netdev_chain", "head"]) {
+            if let Some(o) = cx.field("net", &["netdev_chain", "head"]) {
                 let point = format!("netdev_chain of netns {name}");
                 notifiers(cx, net.wrapping_add(o), (call, next), &point, &mut h);
             }
@@ -233,10 +219,10 @@ pub fn hooks(cx: &Context, out: &mut Vec<Finding>) -> Option<Vec<Hook>> {
 
 /// The `struct notifier_block`s from the pointer at `first`.
 fn notifiers(cx: &Context, first: u64, (call, next): (u64, u64), point: &str, h: &mut Vec<Hook>) {
-    let mut nb = cx.view.read_word(first).unwrap_or(0);
-    let mut n = 0;
-    while nb != 0 && n < MAX_ENTRIES && h.len() < MAX_HOOKS {
-        n = n.saturating_add(1);
+    for nb in cx.chain_at(first, next, 0, MAX_ENTRIES) {
+        if h.len() >= MAX_HOOKS {
+            break;
+        }
         let Some(f) = cx.view.read_word(nb.wrapping_add(call)) else {
             break;
         };
@@ -245,7 +231,6 @@ fn notifiers(cx: &Context, first: u64, (call, next): (u64, u64), point: &str, h:
             point: point.to_string(),
             handler: f,
         });
-        nb = cx.view.read_word(nb.wrapping_add(next)).unwrap_or(0);
     }
 }
 
@@ -255,13 +240,11 @@ fn namespaces(cx: &Context) -> Vec<(u64, String)> {
     let (Some(head), Some(init), Some(l)) = (
         cx.sym("net_namespace_list"),
         cx.sym("init_net"),
-        cx.vmlinux.btf().and_then(|b| b.offset_of("net", &["list"])),
+        cx.field("net", &["list"]),
     ) else {
         return Vec::new();
     };
-    cx.view
-        .list_nodes(head, MAX_NAMESPACES)
-        .into_iter()
+    cx.list(head, MAX_NAMESPACES)
         .map(|p| {
             let net = p.wrapping_sub(l);
             let name = if net == init {
@@ -279,8 +262,8 @@ fn namespaces(cx: &Context) -> Vec<(u64, String)> {
 fn tracepoints(cx: &Context, h: &mut Vec<Hook>) {
     let Some(btf) = cx.vmlinux.btf() else { return };
     let (Some(funcs), Some(func), Some(size)) = (
-        btf.offset_of("tracepoint", &["funcs"]),
-        btf.offset_of("tracepoint_func", &["func"]),
+        cx.field("tracepoint", &["funcs"]),
+        cx.field("tracepoint_func", &["func"]),
         btf.size_of("tracepoint_func")
             .filter(|&s| (8..=256).contains(&s)),
     ) else {
@@ -319,16 +302,16 @@ fn tracepoints(cx: &Context, h: &mut Vec<Hook>) {
 fn netfilter(cx: &Context, h: &mut Vec<Hook>) {
     let Some(btf) = cx.vmlinux.btf() else { return };
     let (Some(hooks), Some(entry)) = (
-        btf.offset_of("nf_hook_entries", &["hooks"]),
+        cx.field("nf_hook_entries", &["hooks"]),
         btf.size_of("nf_hook_entry")
             .filter(|&s| (8..=256).contains(&s)),
     ) else {
         return;
     };
-    let hook = btf.offset_of("nf_hook_entry", &["hook"]).unwrap_or(0);
+    let hook = cx.field("nf_hook_entry", &["hook"]).unwrap_or(0);
     for (net, name) in namespaces(cx) {
         for (family, points) in NF_FAMILIES {
-            let Some(o) = btf.offset_of("net", &["nf", family]) else {
+            let Some(o) = cx.field("net", &["nf", family]) else {
                 continue;
             };
             for p in 0..*points {
@@ -387,8 +370,8 @@ fn lsm(cx: &Context, h: &mut Vec<Hook>) {
     let (Some(heads), Some(size), Some(node), Some(hook)) = (
         cx.sym("security_hook_heads"),
         btf.size_of("security_hook_heads"),
-        btf.offset_of("security_hook_list", &["list"]),
-        btf.offset_of("security_hook_list", &["hook"]),
+        cx.field("security_hook_list", &["list"]),
+        cx.field("security_hook_list", &["hook"]),
     ) else {
         return;
     };
@@ -406,10 +389,10 @@ fn lsm(cx: &Context, h: &mut Vec<Hook>) {
             .get(&(i as u64).wrapping_mul(8))
             .cloned()
             .unwrap_or_else(|| format!("hook {i}"));
-        let mut p = first;
-        let mut k = 0;
-        while p != 0 && k < MAX_ENTRIES && h.len() < MAX_HOOKS {
-            k = k.saturating_add(1);
+        for p in cx.chain(first, 0, 0, MAX_ENTRIES) {
+            if h.len() >= MAX_HOOKS {
+                break;
+            }
             let entry = p.wrapping_sub(node);
             if let Some(f) = cx.view.read_word(entry.wrapping_add(hook)) {
                 h.push(Hook {
@@ -418,7 +401,6 @@ fn lsm(cx: &Context, h: &mut Vec<Hook>) {
                     handler: f,
                 });
             }
-            p = cx.view.read_word(p).unwrap_or(0);
         }
     }
 }

@@ -6,9 +6,9 @@
 //! tables other checks report on.
 #![deny(clippy::arithmetic_side_effects)]
 
-use super::code::relocated;
-use super::{capped, data_place, operation_tables::OPERATION_TABLES, subtract, Check, Context};
+use super::{capped, data_place, Check, Context, OPERATION_TABLES};
 use crate::detect::{Finding, FindingKind};
+use crate::kernel::text::{relocated, subtract};
 
 pub struct KernelRodata;
 

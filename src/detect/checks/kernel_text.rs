@@ -2,14 +2,15 @@
 //! function (a jump written over its first bytes, a call re-aimed in its
 //! body) changes bytes the kernel itself never changes. Compared byte for
 //! byte except where the build's tables, the static call trampolines and
-//! ftrace's callers say the kernel patches itself (see [`super::code`]).
-//! The system call path is [`super::syscall_dispatch`]'s to report.
+//! ftrace's callers say the kernel patches itself (see
+//! [`crate::kernel::text`]). The system call path is the
+//! `syscall-dispatch` check's to report.
 #![deny(clippy::arithmetic_side_effects)]
 
-use super::code::compare_image_code;
-use super::{syscall_dispatch, Check, Context};
+use super::{differences, Check, Context};
 use crate::detect::{Finding, FindingKind};
 use crate::kernel::patching;
+use crate::kernel::text::{compare_image_code, syscall_path};
 
 pub struct KernelText;
 
@@ -28,12 +29,14 @@ impl Check for KernelText {
             ));
             return;
         };
-        let skip: Vec<(u64, u64)> = syscall_dispatch::regions(cx)
+        let skip: Vec<(u64, u64)> = syscall_path(cx.map())
             .iter()
             .map(|r| (r.link, r.link.saturating_add(r.len)))
             .collect();
         let extra = patching::symbol_sites(cx.map(), range.0, range.1);
-        compare_image_code(cx, FindingKind::KernelText, range, extra, &skip, out);
+        let mut found = Vec::new();
+        compare_image_code(&cx.image(), range, extra, &skip, &mut found);
+        out.extend(differences(FindingKind::KernelText, found));
     }
 }
 

@@ -27,8 +27,7 @@ struct Layout {
 
 impl Layout {
     fn from(cx: &Context) -> Option<Layout> {
-        let btf = cx.vmlinux.btf()?;
-        let off = |s: &str, m: &str| btf.offset_of(s, &[m]);
+        let off = |s: &str, m: &str| cx.field(s, &[m]);
         Some(Layout {
             addr: off("kprobe", "addr")?,
             list: off("kprobe", "list")?,
@@ -72,8 +71,7 @@ impl Check for Kprobes {
         let mut budget = MAX_PROBES;
         for head in first {
             // hlist: `hlist` is struct kprobe's first member.
-            let mut p = head;
-            while p != 0 {
+            for p in cx.chain(head, 0, 0, MAX_PROBES.saturating_add(1)) {
                 if budget == 0 {
                     out.push(Finding::new(
                         FindingKind::Kprobe,
@@ -87,7 +85,6 @@ impl Check for Kprobes {
                 if !probe(cx, &l, p, &mut budget, out) {
                     break;
                 }
-                p = cx.view.read_word(p).unwrap_or(0);
             }
         }
     }
@@ -109,12 +106,10 @@ fn probe(cx: &Context, l: &Layout, p: u64, budget: &mut usize, out: &mut Vec<Fin
     if cx.sym("aggr_pre_handler") == Some(pre) {
         // Several kprobes on one address: theirs are on `list`.
         let head = p.wrapping_add(l.list);
-        let mut q = cx.view.read_word(head).unwrap_or(head);
-        while q != head && q != 0 && *budget > 0 {
+        for q in cx.list(head, *budget) {
             *budget = budget.saturating_sub(1);
             let kp = q.wrapping_sub(l.list);
             report(cx, l, kp, addr, out);
-            q = cx.view.read_word(q).unwrap_or(head);
         }
         return true;
     }

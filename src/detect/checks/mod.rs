@@ -5,7 +5,6 @@
 #![deny(clippy::arithmetic_side_effects)]
 
 pub mod bpf_programs;
-pub mod code;
 pub mod ftrace_hooks;
 pub mod hidden_code;
 pub mod hidden_modules;
@@ -20,10 +19,13 @@ pub mod syscall_dispatch;
 pub mod syscall_table;
 pub mod tracer;
 
+use std::collections::BTreeSet;
+use std::ops::Deref;
+
 use crate::abi::le;
 use crate::host::statedir::GuestDir;
 use crate::kernel::guest::KernelView;
-use crate::kernel::symbols::SystemMap;
+use crate::kernel::text::{Difference, Image};
 use crate::kernel::vmlinux::Vmlinux;
 
 use super::{Finding, FindingKind};
@@ -40,7 +42,10 @@ pub struct Context<'a> {
 }
 
 impl<'a> Context<'a> {
-    pub fn new(view: KernelView<'a>, vmlinux: &'a Vmlinux, dir: &'a GuestDir) -> Self {
+    pub fn new(mut view: KernelView<'a>, vmlinux: &'a Vmlinux, dir: &'a GuestDir) -> Self {
+        if view.btf.is_none() {
+            view.btf = vmlinux.btf();
+        }
         let heartbeat = view
             .ram
             .read_u64(view.kernel.field(crate::abi::off::HEARTBEAT))
@@ -55,38 +60,38 @@ impl<'a> Context<'a> {
     }
 }
 
-impl Context<'_> {
-    pub fn map(&self) -> &SystemMap {
-        self.view.sym.map
+impl<'a> Context<'a> {
+    /// The guest's kernel with its trusted build, for the integrity engine.
+    pub fn image(&self) -> Image<'_> {
+        Image {
+            view: &self.view,
+            vmlinux: self.vmlinux,
+        }
     }
+}
 
-    pub fn slide(&self) -> u64 {
-        self.view.sym.slide
+/// A check reads the guest through its kernel view.
+impl<'a> Deref for Context<'a> {
+    type Target = KernelView<'a>;
+    fn deref(&self) -> &KernelView<'a> {
+        &self.view
     }
+}
 
-    /// Runtime address of a symbol.
-    pub fn sym(&self, name: &str) -> Option<u64> {
-        self.view.sym.addr(name)
-    }
-
-    /// True if runtime `addr` lies in the kernel image.
-    pub fn in_image(&self, addr: u64) -> bool {
-        self.view.sym.in_image(addr)
-    }
-
-    /// Read guest kernel virtual memory.
-    pub fn read(&self, va: u64, buf: &mut [u8]) -> Option<()> {
-        self.view.read(va, buf)
-    }
-
-    pub fn read_words(&self, va: u64, n: usize) -> Option<Vec<u64>> {
-        self.view.read_words(va, n)
-    }
-
-    /// `symbol+0xoff`, or the address with the module that probably owns it.
-    pub fn name(&self, addr: u64) -> String {
-        self.view.name(addr)
-    }
+/// The engine's differences as findings of `kind` (a breakpoint is a
+/// [`FindingKind::Kprobe`] whatever the region).
+fn differences(kind: FindingKind, found: Vec<Difference>) -> Vec<Finding> {
+    found
+        .into_iter()
+        .map(|d| {
+            let kind = if d.breakpoint {
+                FindingKind::Kprobe
+            } else {
+                kind
+            };
+            Finding::new(kind, d.detail, &d.addresses, d.evidence)
+        })
+        .collect()
 }
 
 /// A check of the guest's memory.
@@ -96,6 +101,12 @@ pub trait Check: Sync {
     /// Look, and add what is wrong to `out`. Never fails: what cannot be
     /// read is itself a finding.
     fn run(&self, cx: &Context, out: &mut Vec<Finding>);
+    /// What of the guest a baseline records as known (its lines of the
+    /// hook inventory, [`crate::detect::inventory`]); most checks have
+    /// none.
+    fn inventory(&self, _cx: &Context) -> BTreeSet<String> {
+        BTreeSet::new()
+    }
 }
 
 /// Every check, in the order they run.
@@ -116,6 +127,12 @@ pub const CHECKS: &[&dyn Check] = &[
     &tracer::TracerIntegrity,
 ];
 
+/// Every check's inventory lines: the guest's hooks that a baseline
+/// records as known.
+pub fn inventory(cx: &Context) -> BTreeSet<String> {
+    CHECKS.iter().flat_map(|c| c.inventory(cx)).collect()
+}
+
 /// Run every check.
 pub fn run_all(cx: &Context) -> Vec<Finding> {
     let mut out = Vec::new();
@@ -127,24 +144,23 @@ pub fn run_all(cx: &Context) -> Vec<Finding> {
     out
 }
 
-/// `[start, end)` less the `skip` ranges, in order.
-fn subtract((start, end): (u64, u64), skip: &[(u64, u64)]) -> Vec<(u64, u64)> {
-    let mut skip = skip.to_vec();
-    skip.sort_unstable();
-    let mut out = Vec::new();
-    let mut at = start;
-    for (s, e) in skip {
-        if s > at {
-            out.push((at, s.min(end)));
-        }
-        at = at.max(e);
-    }
-    if at < end {
-        out.push((at, end));
-    }
-    out.retain(|(a, b)| a < b);
-    out
-}
+/// Operation tables that file-hiding rootkits swap pointers in.
+pub const OPERATION_TABLES: &[&str] = &[
+    "proc_root_operations",
+    "proc_dir_operations",
+    "proc_root_inode_operations",
+    "proc_dir_inode_operations",
+    "simple_dir_operations",
+    "simple_dir_inode_operations",
+    "ramfs_dir_inode_operations",
+    "shmem_dir_inode_operations",
+    "shmem_file_operations",
+    "ext4_dir_operations",
+    "ext4_file_operations",
+    "tcp4_seq_ops",
+    "udp_seq_ops",
+    "raw_seq_ops",
+];
 
 /// Changes of one check reported one by one, at most; beyond, one summary.
 const MAX_CHANGES: usize = 32;

@@ -1,19 +1,84 @@
-//! Kernel code against the trusted build, byte for byte, except where the
-//! build's own tables say the kernel rewrites it (see
-//! [`crate::kernel::patching`]): KASLR relocations move by the slide, and
-//! each patch site may hold only what the kernel's patching code would
-//! write there. Anything else is a difference, reported with what the
-//! changed instruction now calls.
+//! The integrity engine for kernel code: the guest's code against the
+//! trusted build, byte for byte, except where the build's own tables say
+//! the kernel rewrites it (see [`crate::kernel::patching`], the other half:
+//! where the sites are): KASLR relocations move by the slide, and each
+//! patch site (alternatives, retpolines, return thunks, static calls,
+//! jump labels, paravirt calls, ftrace call sites) may hold only what the
+//! kernel's patching code would write there. Anything else is a
+//! [`Difference`], described with what the changed instruction now calls.
+//! Checks turn differences into findings; nothing here knows findings.
 #![deny(clippy::arithmetic_side_effects)]
 
-use super::Context;
+use std::ops::Deref;
+
 use crate::abi::le;
-use crate::detect::{Finding, FindingKind};
+use crate::kernel::guest::KernelView;
 use crate::kernel::patching::{self, nop_fill, Alternative, Patch, Site, NOPS};
-use crate::kernel::vmlinux::{Reloc, RelocKind};
+use crate::kernel::symbols::SystemMap;
+use crate::kernel::vmlinux::{Reloc, RelocKind, Vmlinux};
+
+/// What the engine reads: a guest kernel and its trusted build.
+#[derive(Clone, Copy)]
+pub struct Image<'a> {
+    pub view: &'a KernelView<'a>,
+    pub vmlinux: &'a Vmlinux,
+}
+
+impl<'a> Deref for Image<'a> {
+    type Target = KernelView<'a>;
+    fn deref(&self) -> &KernelView<'a> {
+        self.view
+    }
+}
+
+/// Code that differs from the build where the kernel does not rewrite it,
+/// or a patch site that holds what the kernel never writes there, or code
+/// that could not be read.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Difference {
+    /// The difference is an int3 the build does not have: a kprobe's (or a
+    /// debugger's) breakpoint.
+    pub breakpoint: bool,
+    /// What differs, where, and what the changed instruction now reaches.
+    pub detail: String,
+    /// Runtime addresses involved: the place first, then any target.
+    pub addresses: Vec<u64>,
+    /// The live and built bytes, where there are any.
+    pub evidence: String,
+}
+
+impl Difference {
+    fn new(detail: impl Into<String>, addresses: &[u64], evidence: impl Into<String>) -> Self {
+        Difference {
+            breakpoint: false,
+            detail: detail.into(),
+            addresses: addresses.to_vec(),
+            evidence: evidence.into(),
+        }
+    }
+}
 
 /// Longest run of code compared at once.
 const MAX_CODE: u64 = 64 << 10;
+/// `[start, end)` less the `skip` ranges, in order.
+pub fn subtract((start, end): (u64, u64), skip: &[(u64, u64)]) -> Vec<(u64, u64)> {
+    let mut skip = skip.to_vec();
+    skip.sort_unstable();
+    let mut out = Vec::new();
+    let mut at = start;
+    for (s, e) in skip {
+        if s > at {
+            out.push((at, s.min(end)));
+        }
+        at = at.max(e);
+    }
+    if at < end {
+        out.push((at, end));
+    }
+    out.retain(|(a, b)| a < b);
+    out
+}
+
 /// Most variants tried at one site (alternatives times nested sites).
 const MAX_VARIANTS: usize = 4096;
 /// How long a site that looked wrong is given to finish being patched.
@@ -38,7 +103,7 @@ const RETURN_THUNKS: &[&str] = &[
 ];
 
 /// `e8`/`e9` rel32 target of the instruction at `at` in `code` (loaded at `base`).
-pub(super) fn rel32_target(code: &[u8], at: usize, base: u64) -> Option<u64> {
+pub fn rel32_target(code: &[u8], at: usize, base: u64) -> Option<u64> {
     let op = *code.get(at)?;
     if op != CALL && op != JMP32 {
         return None;
@@ -59,7 +124,7 @@ fn rel32(op: u8, at: u64, target: u64) -> [u8; 5] {
 }
 
 /// `code` with KASLR's relocations applied, as the decompressor does.
-pub(super) fn relocated(code: &[u8], link: u64, relocs: &[Reloc], slide: u64) -> Vec<u8> {
+pub fn relocated(code: &[u8], link: u64, relocs: &[Reloc], slide: u64) -> Vec<u8> {
     let mut out = code.to_vec();
     for r in relocs {
         let Some(off) = r
@@ -136,32 +201,63 @@ pub struct Region<'a> {
 }
 
 /// Compare a region of the guest's kernel code with the build; differences
-/// become findings of `kind`.
-pub fn compare(cx: &Context, kind: FindingKind, r: &Region, out: &mut Vec<Finding>) {
+/// are added to `out`.
+pub fn compare(cx: &Image, r: &Region, out: &mut Vec<Difference>) {
     let end = r.link.saturating_add(r.len.min(MAX_CODE));
     let sites = patching::sites(cx.vmlinux, cx.map(), r.link, end);
-    compare_with_sites(cx, kind, r, &sites, out)
+    compare_with_sites(cx, r, &sites, out)
 }
 
 /// [`compare`], with the patch sites given.
-pub(super) fn compare_with_sites(
-    cx: &Context,
-    kind: FindingKind,
-    r: &Region,
-    sites: &[Site],
-    out: &mut Vec<Finding>,
-) {
+pub fn compare_with_sites(cx: &Image, r: &Region, sites: &[Site], out: &mut Vec<Difference>) {
     let len = r.len.min(MAX_CODE);
     let end = r.link.saturating_add(len);
     match cx.vmlinux.kaslr_relocations(r.link, end) {
-        Ok(relocs) => compare_piece(cx, kind, r.label, r.link, len, sites, &relocs, out),
-        Err(e) => out.push(Finding::new(
-            kind,
+        Ok(relocs) => compare_piece(cx, r.label, r.link, len, sites, &relocs, out),
+        Err(e) => out.push(Difference::new(
             format!("cannot check {}: {e}", r.label),
             &[r.link.wrapping_add(cx.slide())],
             "",
         )),
     }
+}
+
+/// The code of the system call path `map`'s build has: the entry code
+/// (`entry_SYSCALL_64` to `entry_SYSRETQ_end`), `do_syscall_64`, and the
+/// dispatchers (`x64_sys_call`, and `x32_sys_call`/`ia32_sys_call` where
+/// built).
+pub fn syscall_path(map: &SystemMap) -> Vec<Region<'static>> {
+    let mut out = Vec::new();
+    // The entry code is one assembly block cut into several symbols.
+    if let Some(start) = map.addr("entry_SYSCALL_64") {
+        let end = map
+            .addr("entry_SYSRETQ_end")
+            .and_then(|e| Some(e.saturating_add(map.extent("entry_SYSRETQ_end")?)))
+            .filter(|&e| e > start)
+            .or_else(|| Some(start.saturating_add(map.extent("entry_SYSCALL_64")?)));
+        if let Some(end) = end {
+            out.push(Region {
+                label: "entry_SYSCALL_64",
+                link: start,
+                len: end.saturating_sub(start),
+            });
+        }
+    }
+    for name in [
+        "do_syscall_64",
+        "x64_sys_call",
+        "x32_sys_call",
+        "ia32_sys_call",
+    ] {
+        if let (Some(link), Some(len)) = (map.addr(name), map.extent(name)) {
+            out.push(Region {
+                label: name,
+                link,
+                len,
+            });
+        }
+    }
+    out
 }
 
 /// Largest piece of code compared at once by [`compare_image_code`].
@@ -173,12 +269,11 @@ const MAX_PIECE: u64 = 4 << 20;
 /// sites of the build's tables and `extra` ones. `skip` ranges are other
 /// checks' to compare. Findings name `function+offset`.
 pub fn compare_image_code(
-    cx: &Context,
-    kind: FindingKind,
+    cx: &Image,
     (start, end): (u64, u64),
     extra: Vec<Site>,
     skip: &[(u64, u64)],
-    out: &mut Vec<Finding>,
+    out: &mut Vec<Difference>,
 ) {
     let mut sites = patching::sites(cx.vmlinux, cx.map(), start, end);
     sites.extend(extra);
@@ -186,8 +281,7 @@ pub fn compare_image_code(
     let mut relocs = match cx.vmlinux.kaslr_relocations(start, end) {
         Ok(r) => r,
         Err(e) => {
-            out.push(Finding::new(
-                kind,
+            out.push(Difference::new(
                 format!("cannot check the kernel's code: {e}"),
                 &[start.wrapping_add(cx.slide())],
                 "",
@@ -204,16 +298,7 @@ pub fn compare_image_code(
     for (a, b) in pieces((start, end), skip, &starts, &sites) {
         let s = sites.partition_point(|x| x.addr < a)..sites.partition_point(|x| x.addr < b);
         let r = relocs.partition_point(|x| x.addr < a)..relocs.partition_point(|x| x.addr < b);
-        compare_piece(
-            cx,
-            kind,
-            "",
-            a,
-            b.saturating_sub(a),
-            &sites[s],
-            &relocs[r],
-            out,
-        );
+        compare_piece(cx, "", a, b.saturating_sub(a), &sites[s], &relocs[r], out);
     }
 }
 
@@ -225,7 +310,7 @@ fn pieces(
     starts: &[u64],
     sites: &[Site],
 ) -> Vec<(u64, u64)> {
-    let spans = super::subtract((start, end), skip);
+    let spans = subtract((start, end), skip);
     let spanned = |cut: u64| {
         let i = sites.partition_point(|x| x.addr < cut);
         sites[..i].iter().rev().take(8).any(|x| x.end() > cut)
@@ -256,14 +341,13 @@ fn pieces(
 /// Compare `len` bytes of code at link-time `link` with the build.
 #[allow(clippy::too_many_arguments)]
 fn compare_piece(
-    cx: &Context,
-    kind: FindingKind,
+    cx: &Image,
     label: &str,
     link: u64,
     len: u64,
     sites: &[Site],
     relocs: &[Reloc],
-    out: &mut Vec<Finding>,
+    out: &mut Vec<Difference>,
 ) {
     let runtime = link.wrapping_add(cx.slide());
     let what = || {
@@ -278,8 +362,7 @@ fn compare_piece(
     };
     let mut live = vec![0u8; n];
     let (Some(built), Some(())) = (cx.vmlinux.bytes(link, len), cx.read(runtime, &mut live)) else {
-        out.push(Finding::new(
-            kind,
+        out.push(Difference::new(
             format!("cannot read {}", what()),
             &[runtime],
             "",
@@ -288,7 +371,6 @@ fn compare_piece(
     };
     let mut code = Code {
         cx,
-        kind,
         label,
         link,
         expected: relocated(&built, link, relocs, cx.slide()),
@@ -298,8 +380,7 @@ fn compare_piece(
 }
 
 struct Code<'a, 'c> {
-    cx: &'a Context<'c>,
-    kind: FindingKind,
+    cx: &'a Image<'c>,
     label: &'a str,
     link: u64,
     /// The build's bytes, relocated.
@@ -328,7 +409,7 @@ impl Code<'_, '_> {
             .wrapping_add(off as u64)
     }
 
-    fn walk(&mut self, sites: &[Site], out: &mut Vec<Finding>) {
+    fn walk(&mut self, sites: &[Site], out: &mut Vec<Difference>) {
         let n = self.expected.len().min(self.live.len());
         let mut pos = 0usize;
         let mut k = 0usize;
@@ -376,31 +457,29 @@ impl Code<'_, '_> {
             let Err(why) = self.site_ok(site, &sites[nested], start, end) else {
                 continue;
             };
-            let kind = if self.live[start] == INT3 {
-                FindingKind::Kprobe
-            } else {
-                self.kind
-            };
+            let breakpoint = self.live[start] == INT3;
             // Where a changed call or jump leads now, for the owner.
             let now = (0..end.saturating_sub(start).min(2))
                 .find_map(|i| rel32_target(&self.live[start..end], i, self.runtime(start)));
             let mut addrs = vec![self.runtime(start)];
             addrs.extend(now);
-            out.push(Finding::new(
-                kind,
-                format!("{} ({}) {why}", self.place(start), describe(&site.patch)),
-                &addrs,
-                format!(
-                    "live {:02x?}, built {:02x?}",
-                    &self.live[start..end],
-                    &self.expected[start..end]
-                ),
-            ));
+            out.push(Difference {
+                breakpoint,
+                ..Difference::new(
+                    format!("{} ({}) {why}", self.place(start), describe(&site.patch)),
+                    &addrs,
+                    format!(
+                        "live {:02x?}, built {:02x?}",
+                        &self.live[start..end],
+                        &self.expected[start..end]
+                    ),
+                )
+            });
         }
     }
 
     /// Bytes in `[from, to)` must be the build's.
-    fn exact(&self, from: usize, to: usize, out: &mut Vec<Finding>) {
+    fn exact(&self, from: usize, to: usize, out: &mut Vec<Difference>) {
         let mut i = from;
         while i < to {
             if self.expected[i] == self.live[i] {
@@ -415,7 +494,7 @@ impl Code<'_, '_> {
     /// Report a changed byte at `i`; returns where the instruction covering
     /// it starts (a rel32 call/jmp starting up to four bytes back, in
     /// either version, is reported with its targets).
-    fn changed_instruction(&self, i: usize, out: &mut Vec<Finding>) -> usize {
+    fn changed_instruction(&self, i: usize, out: &mut Vec<Difference>) -> usize {
         let base = self.runtime(0);
         let (e, l) = (&self.expected, &self.live);
         let start = (i.saturating_sub(4)..=i)
@@ -425,16 +504,18 @@ impl Code<'_, '_> {
         let now = rel32_target(l, start, base);
         if l.get(i) == Some(&INT3) && e.get(i) != Some(&INT3) {
             // A breakpoint: how kprobes (and debuggers) hook an instruction.
-            out.push(Finding::new(
-                FindingKind::Kprobe,
-                format!(
-                    "{}: int3 breakpoint where the build has {:#04x} (a kprobe or a debugger's breakpoint)",
-                    self.place(i),
-                    e.get(i).copied().unwrap_or(0)
-                ),
-                &[self.runtime(i)],
-                format!("live {}, built {}", five(l, i), five(e, i)),
-            ));
+            out.push(Difference {
+                breakpoint: true,
+                ..Difference::new(
+                    format!(
+                        "{}: int3 breakpoint where the build has {:#04x} (a kprobe or a debugger's breakpoint)",
+                        self.place(i),
+                        e.get(i).copied().unwrap_or(0)
+                    ),
+                    &[self.runtime(i)],
+                    format!("live {}, built {}", five(l, i), five(e, i)),
+                )
+            });
             return i;
         }
         let detail = match now {
@@ -454,8 +535,7 @@ impl Code<'_, '_> {
             ),
             None => format!("{} code differs from the build", self.place(start)),
         };
-        out.push(Finding::new(
-            self.kind,
+        out.push(Difference::new(
             detail,
             &[self.runtime(start), now.unwrap_or(0)],
             format!("live {}, built {}", five(l, start), five(e, start)),
@@ -810,7 +890,7 @@ fn describe(p: &Patch) -> &'static str {
 /// What may stand at an ftrace call site: the 5-byte NOP, the build's own
 /// `call __fentry__`, or a call to ftrace's callers or to a trampoline
 /// ftrace made for one of the kernel's own ftrace_ops.
-pub(super) fn fentry_site_ok(cx: &Context, live: &[u8], site: u64) -> Result<(), String> {
+pub fn fentry_site_ok(cx: &Image, live: &[u8], site: u64) -> Result<(), String> {
     if live == NOPS[5] {
         return Ok(());
     }
@@ -838,7 +918,7 @@ pub(super) fn fentry_site_ok(cx: &Context, live: &[u8], site: u64) -> Result<(),
 /// only the ftrace_ops load, the callback call and (for regs) a 2-byte NOP
 /// for the direct-call jump differ, followed by a return and a pointer to
 /// an ftrace_ops of the kernel image itself?
-fn ftrace_trampoline(cx: &Context, t: u64) -> Result<(), String> {
+fn ftrace_trampoline(cx: &Image, t: u64) -> Result<(), String> {
     let templates = [
         (
             "ftrace_caller",
@@ -875,7 +955,7 @@ struct Caller {
 }
 
 fn caller(
-    cx: &Context,
+    cx: &Image,
     start: &str,
     end: &str,
     op: &str,
@@ -908,7 +988,7 @@ fn caller(
 }
 
 fn trampoline_like(
-    cx: &Context,
+    cx: &Image,
     t: u64,
     start: &str,
     end: &str,
@@ -949,7 +1029,7 @@ fn trampoline_like(
 
 /// `movq disp32(%rip), %rdx` must load an ftrace_ops pointer stored right
 /// after the trampoline's return, and that ops must be the kernel's own.
-fn serves_kernel_ops(cx: &Context, t: u64, c: &Caller, code: &[u8]) -> Result<(), String> {
+fn serves_kernel_ops(cx: &Image, t: u64, c: &Caller, code: &[u8]) -> Result<(), String> {
     let disp = le::i32_at(code, c.op_off.saturating_add(3)).ok_or("no ftrace_ops load")?;
     let ptr = t
         .wrapping_add(c.op_off as u64)
@@ -1051,5 +1131,157 @@ mod tests {
             retpoline(&[0x0f, 0x85, 1, 2, 3, 4], 1, false).unwrap(),
             [0x74, 0x04, 0xff, 0xe1, 0xcc, 0x90]
         );
+    }
+}
+
+/// The engine on a synthetic guest whose `x64_sys_call` holds chosen code.
+#[cfg(test)]
+#[allow(clippy::arithmetic_side_effects)]
+mod site_tests {
+    use super::*;
+    use crate::guest::memory::{GuestAddress, GuestRam};
+    use crate::kernel::guest::KernelView;
+    use crate::kernel::locate::tests::{pa_of, SLIDE, TEXT_PA};
+    use crate::kernel::locate::GuestKernel;
+    use crate::kernel::locate::{locate, tests::synthetic_guest};
+    use crate::kernel::patching::{Patch, Site, NOPS};
+    use crate::kernel::symbols::SystemMap;
+    use crate::kernel::vmlinux::Vmlinux;
+
+    /// x64_sys_call of the synthetic build: `call __fentry__` at its start
+    /// (an ftrace site), a jump table reference (a KASLR relocation), then
+    /// a few jumps.
+    const FN: u64 = 0xffff_ffff_8120_0500;
+    const FENTRY: u64 = 0xffff_ffff_8120_0700;
+
+    fn built_code() -> Vec<u8> {
+        let mut c = vec![0xe8];
+        c.extend(((FENTRY - (FN + 5)) as u32).to_le_bytes());
+        // jmp *0xffffffff81800240(,%rsi,8): 32S reloc at +8
+        c.extend([0xff, 0x24, 0xf5]);
+        c.extend((0x8180_0240u32).to_le_bytes());
+        // mov $0x81800000, %eax: an immediate that happens to look like an
+        // address, with no relocation record.
+        c.push(0xb8);
+        c.extend((0x8180_0000u32).to_le_bytes());
+        c.extend([0x90; 47]);
+        c
+    }
+
+    /// A synthetic guest whose x64_sys_call is `code` (runtime bytes), and
+    /// a vmlinux that says what it was built as.
+    fn guest(code: &[u8]) -> (tempfile::TempDir, GuestRam, SystemMap, GuestKernel, Vmlinux) {
+        let dir = tempfile::tempdir().unwrap();
+        let (ram, _) = synthetic_guest(dir.path());
+        let map_text = format!(
+            "{}ffffffff81200500 T x64_sys_call\nffffffff81200540 T after_it\nffffffff81200700 T __fentry__\nffffffff81200710 T ftrace_caller\nffffffff81200780 T ftrace_regs_caller\nffffffff82006000 D __start_mcount_loc\nffffffff82006008 D __stop_mcount_loc\n",
+            crate::kernel::symbols::tests::MAP
+        );
+        let map = SystemMap::parse(&map_text).unwrap();
+        let k = locate(&ram, &map, None).unwrap();
+        let pa = pa_of(&map, TEXT_PA, "x64_sys_call");
+        for (i, c) in code.chunks(8).enumerate() {
+            let mut w = [0u8; 8];
+            w[..c.len()].copy_from_slice(c);
+            ram.write_u64(GuestAddress(pa + 8 * i as u64), u64::from_le_bytes(w))
+                .unwrap();
+        }
+        // The vmlinux: .text with x64_sys_call's built bytes and a 32S
+        // relocation at +8.
+        let mut text = vec![0u8; 0x200];
+        text[..64].copy_from_slice(&built_code());
+        let elf = crate::kernel::vmlinux::tests::elf(FN, &text, &[(FN + 8, 11, 1)]);
+        let p = dir.path().join("vmlinux");
+        std::fs::write(&p, elf).unwrap();
+        let v = Vmlinux::load(&p).unwrap();
+        (dir, ram, map, k, v)
+    }
+
+    fn findings(code: &[u8]) -> Vec<Difference> {
+        let (_d, ram, map, k, v) = guest(code);
+        let view = KernelView::new(&ram, &map, &k);
+        let image = Image {
+            view: &view,
+            vmlinux: &v,
+        };
+        let mut out = Vec::new();
+        let fentry = Site {
+            addr: FN,
+            len: 5,
+            patch: Patch::Fentry,
+        };
+        let r = Region {
+            label: "x64_sys_call",
+            link: FN,
+            len: 64,
+        };
+        compare_with_sites(&image, &r, &[fentry], &mut out);
+        out
+    }
+
+    fn runtime_code(site: &[u8]) -> Vec<u8> {
+        let mut c = built_code();
+        c[..5].copy_from_slice(site);
+        // KASLR moved the jump table reference by the slide.
+        let t = 0x8180_0240u32.wrapping_add(SLIDE as u32);
+        c[8..12].copy_from_slice(&t.to_le_bytes());
+        c
+    }
+
+    fn call_to(target: u64) -> Vec<u8> {
+        let mut c = vec![0xe8];
+        c.extend((target.wrapping_sub(FN + SLIDE + 5) as u32).to_le_bytes());
+        c
+    }
+
+    #[test]
+    fn what_the_kernel_itself_writes_is_accepted() {
+        assert!(findings(&runtime_code(NOPS[5])).is_empty());
+        assert!(findings(&runtime_code(&call_to(0xffff_ffff_8120_0710 + SLIDE))).is_empty());
+        assert!(findings(&runtime_code(&call_to(0xffff_ffff_8120_0780 + SLIDE))).is_empty());
+    }
+
+    #[test]
+    fn a_jump_at_the_fentry_site_is_a_finding() {
+        // jmp to module memory over ftrace's call site.
+        let mut jmp = call_to(0xffff_ffff_c012_3000);
+        jmp[0] = 0xe9;
+        let f = findings(&runtime_code(&jmp));
+        assert_eq!(f.len(), 1, "{f:?}");
+        assert!(
+            f[0].detail.contains("ftrace's call site"),
+            "{}",
+            f[0].detail
+        );
+        // A call to module memory that is no ftrace trampoline.
+        let f = findings(&runtime_code(&call_to(0xffff_ffff_c012_3000)));
+        assert_eq!(f.len(), 1, "{f:?}");
+        assert!(
+            f[0].detail.contains("0xffffffffc0123000"),
+            "{}",
+            f[0].detail
+        );
+        // A call into the kernel that is not an ftrace caller.
+        let f = findings(&runtime_code(&call_to(0xffff_ffff_8120_0100 + SLIDE)));
+        assert!(
+            f[0].detail.contains("instead of an ftrace caller"),
+            "{}",
+            f[0].detail
+        );
+    }
+
+    #[test]
+    fn only_real_relocation_sites_may_move_by_the_slide() {
+        // A byte window elsewhere that moved by exactly the slide is not a
+        // relocation the build knows: a finding.
+        let mut c = runtime_code(NOPS[5]);
+        let v = 0x8180_0000u32;
+        c[13..17].copy_from_slice(&v.wrapping_add(SLIDE as u32).to_le_bytes());
+        let f = findings(&c);
+        assert_eq!(f.len(), 1, "{f:?}");
+        // The real site holding a value other than built + slide.
+        let mut c = runtime_code(NOPS[5]);
+        c[8..12].copy_from_slice(&0xdead_beefu32.to_le_bytes());
+        assert_eq!(findings(&c).len(), 1);
     }
 }

@@ -1,0 +1,180 @@
+//! The guest's loaded modules, three ways: the `modules` list (what
+//! `lsmod` shows), `mod_tree` (the latched tree of module addresses the
+//! kernel keeps for exceptions, kallsyms and stack traces) and
+//! `module_kset` (`/sys/module`). A rootkit that hides itself leaves them
+//! disagreeing. Layouts come from the build's BTF where it has one.
+#![deny(clippy::arithmetic_side_effects)]
+
+use std::collections::BTreeSet;
+
+use crate::escape::escape_bytes;
+use crate::kernel::btf::ModuleLayout;
+use crate::kernel::guest::KernelView;
+use crate::kernel::walk::End;
+
+/// Modules read from the guest's list, at most.
+const MAX_MODULES: usize = 4096;
+/// `MODULE_NAME_LEN`: `struct module`'s `name[]`.
+const MODULE_NAME_LEN: usize = 56;
+/// Tree nodes and sysfs kobjects followed at most (a module has one or two
+/// tree nodes: core and init).
+pub const MAX_NODES: usize = 8192;
+
+/// A loaded module as the guest's module list has it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Module {
+    /// Address of its `struct module`.
+    pub addr: u64,
+    /// Its name, escaped (it comes from guest memory).
+    pub name: String,
+    /// `[start, end)` of its core code, where the layout is known.
+    pub text: Option<(u64, u64)>,
+}
+
+impl KernelView<'_> {
+    /// `[start, end)` of the core code of the `struct module` at `module`,
+    /// where the layout is known.
+    pub fn module_text(&self, module: u64) -> Option<(u64, u64)> {
+        let l = self.module_layout?;
+        let base = self.read_word(module.checked_add(l.text_base)?)?;
+        let size = self.read_u32(module.checked_add(l.text_size)?)?;
+        Some((base, base.checked_add(u64::from(size))?))
+    }
+
+    /// The guest's module list: `modules` heads a list of `struct module`.
+    /// Offsets come from the build's BTF; without it, 6.1's start of the
+    /// struct (`{ enum module_state state; struct list_head list; char
+    /// name[56]; ... }` whatever the config) and no code ranges.
+    pub fn modules(&self) -> &[Module] {
+        self.modules.get_or_init(|| self.read_modules())
+    }
+
+    /// The module list as it is now (not cached).
+    pub fn read_modules(&self) -> Vec<Module> {
+        let l = self.module_layout.unwrap_or(ModuleLayout {
+            list: 8,
+            name: 24,
+            text_base: 0,
+            text_size: 0,
+        });
+        let Some(head) = self.sym.addr("modules") else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for p in self.list(head, MAX_MODULES) {
+            let Some(module) = p.checked_sub(l.list) else {
+                break;
+            };
+            let Some(name) = self.module_name(module) else {
+                break;
+            };
+            out.push(Module {
+                addr: module,
+                name,
+                text: self.module_text(module),
+            });
+        }
+        out
+    }
+
+    /// The escaped name of the `struct module` at `module`; None if it
+    /// cannot be read.
+    pub fn module_name(&self, module: u64) -> Option<String> {
+        let at = self.module_layout.map_or(24, |l| l.name);
+        let mut name = [0u8; MODULE_NAME_LEN];
+        self.read(module.checked_add(at)?, &mut name)?;
+        let n = name.iter().position(|&c| c == 0).unwrap_or(name.len());
+        Some(escape_bytes(&name[..n]))
+    }
+
+    /// The module whose code holds `addr`: exactly, where the layout is
+    /// known; else the one whose `struct module` (in its own data, after
+    /// its code) is the nearest above `addr`, an attribution by layout,
+    /// not proof.
+    pub fn module_of(&self, addr: u64) -> Option<&str> {
+        let mods = self.modules();
+        if self.module_layout.is_some() {
+            return mods
+                .iter()
+                .find(|m| m.text.is_some_and(|(s, e)| s <= addr && addr < e))
+                .map(|m| m.name.as_str());
+        }
+        mods.iter()
+            .filter(|m| m.addr.checked_sub(addr).is_some_and(|d| d < 8 << 20))
+            .min_by_key(|m| m.addr)
+            .map(|m| m.name.as_str())
+    }
+
+    /// Is `addr` code of the kernel's build: in its image, or in the code
+    /// of a loaded module the build ships? (A module is matched by name and
+    /// code range; that its code is the build's is not checked here.)
+    pub fn is_build_code(&self, addr: u64) -> bool {
+        if self.sym.in_image(addr) {
+            return true;
+        }
+        let Some(build) = self.build_modules else {
+            return false;
+        };
+        self.module_layout.is_some() && self.module_of(addr).is_some_and(|m| build.contains(m))
+    }
+
+    /// The `struct module`s of the nodes of `mod_tree`'s first tree, and
+    /// how the walk ended; None without `mod_tree` (no
+    /// MODULES_TREE_LOOKUP) or without the BTF to walk it.
+    pub fn tree_modules(&self) -> Option<(BTreeSet<u64>, End)> {
+        let root = self.sym("mod_tree")?;
+        let tree = self.field("mod_tree_root", &["root", "tree"])?;
+        let mtn_mod = self.field("mod_tree_node", &["mod"])?;
+        // `node` is a latch_tree_node whose first rb_node is tree 0's.
+        let mtn_node = self.field("mod_tree_node", &["node"])?;
+        let mut mods = BTreeSet::new();
+        let mut walk = self.rb_tree(root.checked_add(tree)?, MAX_NODES);
+        for n in walk.by_ref() {
+            let mtn = n.wrapping_sub(mtn_node);
+            if let Some(m) = mtn.checked_add(mtn_mod).and_then(|a| self.read_word(a)) {
+                mods.insert(m);
+            }
+        }
+        Some((mods, walk.end()))
+    }
+
+    /// The `struct module`s behind `/sys/module`: the kobjects of
+    /// `module_kset` that are a `struct module_kobject` with a module
+    /// (built-in modules' parameters have none). None if the kset cannot
+    /// be read.
+    pub fn sysfs_modules(&self) -> Option<BTreeSet<u64>> {
+        let kset = self.read_word(self.sym("module_kset")?)?;
+        let list = self.field("kset", &["list"])?;
+        let entry = self.field("kobject", &["entry"])?;
+        let kobj = self.field("module_kobject", &["kobj"])?;
+        let module = self.field("module_kobject", &["mod"])?;
+        let mut out = BTreeSet::new();
+        let mut walk = self.list(kset.wrapping_add(list), MAX_NODES);
+        for p in walk.by_ref() {
+            let mk = p.wrapping_sub(entry).wrapping_sub(kobj);
+            if let Some(m) = self.read_word(mk.wrapping_add(module)).filter(|&m| m != 0) {
+                out.insert(m);
+            }
+        }
+        // A list that cannot be read to its end is not the kset.
+        match walk.end() {
+            End::Unreadable(_) => None,
+            _ => Some(out),
+        }
+    }
+
+    /// `[start, end)` of the core code of each module in `mod_tree` but not
+    /// in the module list, with its name: what hidden code belongs to.
+    pub fn unlisted_module_code(&self) -> Vec<(u64, u64, String)> {
+        let Some((tree, _)) = self.tree_modules() else {
+            return Vec::new();
+        };
+        let listed: BTreeSet<u64> = self.read_modules().iter().map(|m| m.addr).collect();
+        tree.difference(&listed)
+            .filter_map(|&m| {
+                let (s, e) = self.module_text(m)?;
+                Some((s, e, self.module_name(m).unwrap_or_else(|| "?".into())))
+            })
+            .collect()
+    }
+}
