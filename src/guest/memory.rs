@@ -7,7 +7,6 @@
 //! the few host writes are single aligned 8-byte atomic stores.
 #![deny(clippy::arithmetic_side_effects)]
 
-use std::fmt;
 use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{fence, AtomicU64, Ordering};
@@ -16,15 +15,7 @@ use memmap2::{MmapOptions, MmapRaw};
 
 use crate::error::{Error, Result};
 
-/// A guest physical address.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct GuestAddress(pub u64);
-
-impl fmt::Display for GuestAddress {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:#x}", self.0)
-    }
-}
+pub use crate::guest::addr::GuestAddress;
 
 /// The x86 machine type, which decides where RAM above the PCI hole goes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -38,11 +29,19 @@ pub enum Machine {
 /// One stretch of guest physical memory that is contiguous in one file.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RamRegion {
-    pub gpa: u64,
+    pub gpa: GuestAddress,
     pub len: u64,
     /// Which backing file (index into the files the layout was built for).
     pub file: usize,
     pub file_offset: u64,
+}
+
+impl RamRegion {
+    /// Where the region ends (exclusive), saturating at the top of the
+    /// address space.
+    pub fn end(&self) -> u64 {
+        self.gpa.0.saturating_add(self.len)
+    }
 }
 
 /// A place in the backing files.
@@ -76,14 +75,14 @@ impl MemoryLayout {
             .map_or(default_low, |l| l.min(default_low))
             .min(ram_size);
         let mut regions = vec![RamRegion {
-            gpa: 0,
+            gpa: GuestAddress(0),
             len: low,
             file: 0,
             file_offset: 0,
         }];
         if let Some(high) = ram_size.checked_sub(low).filter(|&h| h > 0) {
             regions.push(RamRegion {
-                gpa: FOUR_GIB,
+                gpa: GuestAddress(FOUR_GIB),
                 len: high,
                 file: 0,
                 file_offset: low,
@@ -128,7 +127,7 @@ impl MemoryLayout {
         let (r, off) = self
             .regions
             .iter()
-            .find_map(|r| Some((r, gpa.0.checked_sub(r.gpa).filter(|&o| o < r.len)?)))?;
+            .find_map(|r| Some((r, gpa.offset_from(r.gpa).filter(|&o| o < r.len)?)))?;
         if len > r.len.checked_sub(off)? {
             return None;
         }
@@ -149,7 +148,7 @@ impl MemoryLayout {
             let off = file_offset
                 .checked_sub(r.file_offset)
                 .filter(|&o| r.file == file && o < r.len)?;
-            r.gpa.checked_add(off).map(GuestAddress)
+            r.gpa.checked_add(off)
         })
     }
 
@@ -486,7 +485,7 @@ mod tests {
     #[test]
     fn regions_from_a_memory_map_merge_and_span_files() {
         let r = |gpa, len, file, file_offset| RamRegion {
-            gpa,
+            gpa: GuestAddress(gpa),
             len,
             file,
             file_offset,

@@ -8,6 +8,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::path::PathBuf;
 
 use crate::abi::le;
+use crate::guest::addr::Slide;
 use crate::guest::memory::GuestRam;
 use crate::guest::paging::PageTables;
 use crate::kernel::btf::{Btf, ModuleLayout};
@@ -88,8 +89,18 @@ impl<'a> KernelView<'a> {
     }
 
     /// The KASLR slide: runtime minus link-time addresses in the image.
-    pub fn slide(&self) -> u64 {
+    pub fn slide(&self) -> Slide {
         self.sym.slide
+    }
+
+    /// Runtime address of link-time `link` (moved by the slide).
+    pub fn runtime(&self, link: u64) -> u64 {
+        self.sym.runtime(link)
+    }
+
+    /// Link-time address of runtime `addr` (meaningful in the image).
+    pub fn link(&self, addr: u64) -> u64 {
+        self.sym.link(addr)
     }
 
     /// Runtime address of a symbol.

@@ -19,6 +19,7 @@ use log::debug;
 use crate::abi::{self, ControlHeader};
 use crate::error::{Error, Result};
 use crate::escape::escape;
+use crate::guest::addr::{LinkAddr, Slide, VirtAddr};
 use crate::guest::memory::{GuestAddress, GuestRam};
 use crate::guest::paging::PageTables;
 use crate::kernel::symbols::{SystemMap, START_KERNEL_MAP};
@@ -35,7 +36,7 @@ pub struct GuestKernel {
     pub ctl: GuestAddress,
     pub header: ControlHeader,
     /// Runtime minus link-time virtual address.
-    pub slide: u64,
+    pub slide: Slide,
     /// Guest physical address of `_text`.
     pub text_pa: u64,
     /// Guest physical address of the ring head lines.
@@ -153,14 +154,14 @@ fn validate(
 ) -> std::result::Result<GuestKernel, String> {
     let mut kernel = identity(ram, map, text_pa, lay)?;
     kernel.banner = banner(ram, map, &kernel, expected_banner)?;
-    let runtime = |n: &str| sym(map, n).map(|a| a.wrapping_add(kernel.slide));
+    let runtime = |n: &str| sym(map, n).map(|a| kernel.slide.runtime(LinkAddr(a)).0);
     kernel.pgd = kernel
         .kva_to_gpa(runtime("init_top_pgt")?)
         .ok_or("init_top_pgt outside the image")?;
     kernel.five_level = match map.addr("__pgtable_l5_enabled") {
         Some(a) => {
             let pa = kernel
-                .kva_to_gpa(a.wrapping_add(kernel.slide))
+                .kva_to_gpa(kernel.slide.runtime(LinkAddr(a)).0)
                 .ok_or("__pgtable_l5_enabled outside the image")?;
             let mut b = [0u8; 4];
             ram.read_into(pa, &mut b).map_err(|e| e.to_string())?;
@@ -186,14 +187,20 @@ fn identity(
     let mut head = [0u8; 64];
     ram.read_into(ctl, &mut head).map_err(|e| e.to_string())?;
     let header = ControlHeader::parse(&head)?;
-    let slide = header.ctl_va.wrapping_sub(sym(map, "xftrace_control")?);
-    if slide % ALIGN_2M != 0 || slide >= KERNEL_IMAGE_SIZE {
+    let slide = Slide::between(
+        LinkAddr(sym(map, "xftrace_control")?),
+        VirtAddr(header.ctl_va),
+    );
+    if slide.0 % ALIGN_2M != 0 || slide.0 >= KERNEL_IMAGE_SIZE {
         return Err(format!(
             "slide {slide:#x} is not a KASLR slide: System.map does not match"
         ));
     }
-    if header.text_va.wrapping_sub(sym(map, "_text")?) != slide
-        || header.heads_va.wrapping_sub(sym(map, "xftrace_heads")?) != slide
+    if Slide::between(LinkAddr(sym(map, "_text")?), VirtAddr(header.text_va)) != slide
+        || Slide::between(
+            LinkAddr(sym(map, "xftrace_heads")?),
+            VirtAddr(header.heads_va),
+        ) != slide
     {
         return Err("addresses disagree with System.map: it belongs to another build".into());
     }
@@ -233,7 +240,7 @@ fn banner(
     kernel: &GuestKernel,
     expected: Option<&str>,
 ) -> std::result::Result<String, String> {
-    let at = sym(map, "linux_banner")?.wrapping_add(kernel.slide);
+    let at = kernel.slide.runtime(LinkAddr(sym(map, "linux_banner")?)).0;
     let pa = kernel
         .kva_to_gpa(at)
         .ok_or("linux_banner outside the image")?;
@@ -291,7 +298,7 @@ fn confirm_by_page_tables(
         let Some(link) = map.addr(name) else {
             continue;
         };
-        let want = k.kva_to_gpa(link.wrapping_add(k.slide));
+        let want = k.kva_to_gpa(k.slide.runtime(LinkAddr(link)).0);
         if want != Some(*table) {
             return Err(format!(
                 "the kernel mapping goes through a table at {table}, not the image's {name}"
@@ -305,8 +312,8 @@ fn confirm_by_page_tables(
 fn text_candidates(ram: &GuestRam, lay: &Layout) -> Vec<u64> {
     let mut out = Vec::new();
     for r in ram.layout().regions() {
-        let end = r.gpa.saturating_add(r.len);
-        let mut p = r.gpa.div_ceil(ALIGN_2M).saturating_mul(ALIGN_2M);
+        let end = r.end();
+        let mut p = r.gpa.0.div_ceil(ALIGN_2M).saturating_mul(ALIGN_2M);
         while p.checked_add(lay.off_ctl).is_some_and(|c| c < end) {
             out.push(p);
             p = match p.checked_add(ALIGN_2M) {
@@ -440,7 +447,7 @@ pub fn not_found(ram: &GuestRam, found: &Located) -> Error {
 /// sets it to `max_pfn`), which tells pc from q35 layouts of the same RAM
 /// size apart.
 pub fn max_low_pfn(ram: &GuestRam, map: &SystemMap, k: &GuestKernel) -> Option<u64> {
-    let pa = k.kva_to_gpa(map.addr("max_low_pfn")?.wrapping_add(k.slide))?;
+    let pa = k.kva_to_gpa(k.slide.runtime(LinkAddr(map.addr("max_low_pfn")?)).0)?;
     ram.read_u64(pa).ok()
 }
 
@@ -461,7 +468,7 @@ pub(crate) mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (ram, map) = synthetic_guest(dir.path());
         let k = locate(&ram, &map, None).unwrap();
-        assert_eq!(k.slide, SLIDE);
+        assert_eq!(k.slide, Slide(SLIDE));
         assert_eq!(k.text_pa, TEXT_PA);
         assert_eq!(k.ctl.0, pa_of(&map, TEXT_PA, "xftrace_control"));
         assert_eq!(k.heads.0, pa_of(&map, TEXT_PA, "xftrace_heads"));

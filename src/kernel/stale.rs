@@ -34,6 +34,7 @@ use log::{debug, info};
 use serde::{Deserialize, Serialize};
 
 use crate::abi;
+use crate::guest::addr::LinkAddr;
 use crate::guest::memory::GuestRam;
 use crate::kernel::locate::GuestKernel;
 use crate::kernel::symbols::SystemMap;
@@ -69,7 +70,7 @@ pub struct Sorted {
 /// The heartbeat and `jiffies_64` of the kernel of `k`.
 fn pulse(ram: &GuestRam, map: &SystemMap, k: &GuestKernel) -> Option<(u64, u64)> {
     let heartbeat = ram.read_u64(k.field(abi::off::HEARTBEAT)).ok()?;
-    let va = map.addr("jiffies_64")?.checked_add(k.slide)?;
+    let va = k.slide.runtime(LinkAddr(map.addr("jiffies_64")?)).0;
     let gpa = k.page_tables(ram).translate(va)?;
     Some((heartbeat, ram.read_u64(gpa).ok()?))
 }

@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use crate::error::{Error, Result};
+use crate::guest::addr::{LinkAddr, Slide, VirtAddr};
 
 /// Base of the x86_64 kernel text mapping (`__START_KERNEL_map`).
 pub const START_KERNEL_MAP: u64 = 0xffff_ffff_8000_0000;
@@ -311,22 +312,22 @@ impl SystemMap {
 pub struct Symbolizer<'a> {
     pub map: &'a SystemMap,
     /// Runtime minus link-time address.
-    pub slide: u64,
+    pub slide: Slide,
 }
 
 impl<'a> Symbolizer<'a> {
-    pub fn new(map: &'a SystemMap, slide: u64) -> Self {
+    pub fn new(map: &'a SystemMap, slide: Slide) -> Self {
         Symbolizer { map, slide }
     }
 
     /// Link-time address of runtime `addr`.
     pub fn link(&self, addr: u64) -> u64 {
-        addr.wrapping_sub(self.slide)
+        self.slide.link(VirtAddr(addr)).0
     }
 
     /// Runtime address of link-time `addr`.
     pub fn runtime(&self, link: u64) -> u64 {
-        link.wrapping_add(self.slide)
+        self.slide.runtime(LinkAddr(link)).0
     }
 
     /// Runtime address of symbol `name`.

@@ -84,12 +84,7 @@ fn mem_file_layouts(
 /// (`init_mem_mapping()`): past 4 GiB when RAM is split around the PCI
 /// hole, which pc and q35 do at different places.
 fn layout_agrees(ram: &GuestRam, map: &SystemMap, k: &GuestKernel) -> bool {
-    let Some(ram_end) = ram
-        .layout()
-        .regions()
-        .last()
-        .map(|r| r.gpa.saturating_add(r.len))
-    else {
+    let Some(ram_end) = ram.layout().regions().last().map(|r| r.end()) else {
         return false;
     };
     match locate::max_low_pfn(ram, map, k).and_then(|p| p.checked_mul(4096)) {

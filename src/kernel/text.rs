@@ -12,6 +12,7 @@
 use std::ops::Deref;
 
 use crate::abi::le;
+use crate::guest::addr::Slide;
 use crate::kernel::guest::KernelView;
 use crate::kernel::patching::{self, nop_fill, Alternative, Patch, Site, NOPS};
 use crate::kernel::symbols::SystemMap;
@@ -124,7 +125,7 @@ fn rel32(op: u8, at: u64, target: u64) -> [u8; 5] {
 }
 
 /// `code` with KASLR's relocations applied, as the decompressor does.
-pub fn relocated(code: &[u8], link: u64, relocs: &[Reloc], slide: u64) -> Vec<u8> {
+pub fn relocated(code: &[u8], link: u64, relocs: &[Reloc], slide: Slide) -> Vec<u8> {
     let mut out = code.to_vec();
     for r in relocs {
         let Some(off) = r
@@ -143,15 +144,15 @@ pub fn relocated(code: &[u8], link: u64, relocs: &[Reloc], slide: u64) -> Vec<u8
         }
         match r.kind {
             RelocKind::Abs64 => {
-                let v = u64::from_le_bytes(b.try_into().expect("8 bytes")).wrapping_add(slide);
+                let v = slide.relocate64(u64::from_le_bytes(b.try_into().expect("8 bytes")));
                 b.copy_from_slice(&v.to_le_bytes());
             }
             RelocKind::Abs32 | RelocKind::NegPc32 => {
                 let v = u32::from_le_bytes(b.try_into().expect("4 bytes"));
                 let v = if r.kind == RelocKind::Abs32 {
-                    v.wrapping_add(slide as u32)
+                    slide.relocate32(v)
                 } else {
-                    v.wrapping_sub(slide as u32)
+                    slide.relocate32_inverse(v)
                 };
                 b.copy_from_slice(&v.to_le_bytes());
             }
@@ -216,7 +217,7 @@ pub fn compare_with_sites(cx: &Image, r: &Region, sites: &[Site], out: &mut Vec<
         Ok(relocs) => compare_piece(cx, r.label, r.link, len, sites, &relocs, out),
         Err(e) => out.push(Difference::new(
             format!("cannot check {}: {e}", r.label),
-            &[r.link.wrapping_add(cx.slide())],
+            &[cx.runtime(r.link)],
             "",
         )),
     }
@@ -283,7 +284,7 @@ pub fn compare_image_code(
         Err(e) => {
             out.push(Difference::new(
                 format!("cannot check the kernel's code: {e}"),
-                &[start.wrapping_add(cx.slide())],
+                &[cx.runtime(start)],
                 "",
             ));
             return;
@@ -349,7 +350,7 @@ fn compare_piece(
     relocs: &[Reloc],
     out: &mut Vec<Difference>,
 ) {
-    let runtime = link.wrapping_add(cx.slide());
+    let runtime = cx.runtime(link);
     let what = || {
         if label.is_empty() {
             cx.name(runtime)
@@ -404,9 +405,7 @@ impl Code<'_, '_> {
     }
 
     fn runtime(&self, off: usize) -> u64 {
-        self.link
-            .wrapping_add(self.cx.slide())
-            .wrapping_add(off as u64)
+        self.cx.runtime(self.link).wrapping_add(off as u64)
     }
 
     fn walk(&mut self, sites: &[Site], out: &mut Vec<Difference>) {
@@ -618,7 +617,7 @@ impl Code<'_, '_> {
             }
             Patch::JumpLabel { target } => {
                 v.push(NOPS.get(len).map_or(Vec::new(), |n| n.to_vec()));
-                let t = target.wrapping_add(cx.slide());
+                let t = cx.runtime(*target);
                 if len == 5 {
                     v.push(rel32(JMP32, at, t).to_vec());
                 } else if len == 2 {
@@ -784,7 +783,7 @@ impl Code<'_, '_> {
             _ => None,
         }
         .ok_or("is not a call")?;
-        let link = t.wrapping_sub(self.cx.slide());
+        let link = self.cx.link(t);
         if self.cx.in_image(t) && self.cx.map().function_at(link).is_some() {
             Ok(())
         } else {

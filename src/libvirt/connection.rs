@@ -17,7 +17,7 @@ use virt::sys;
 
 use crate::error::{Error, Result};
 use crate::escape::escape;
-use crate::guest::memory::{MemoryLayout, RamRegion};
+use crate::guest::memory::{GuestAddress, MemoryLayout, RamRegion};
 use crate::libvirt::domain_xml::{self, DomainFacts};
 
 pub const DEFAULT_URI: &str = "qemu:///system";
@@ -350,7 +350,7 @@ pub fn parse_mtree(text: &str, backends: &[String]) -> Vec<RamRegion> {
                 None => 0,
             };
             Some(RamRegion {
-                gpa: a,
+                gpa: GuestAddress(a),
                 len: b.checked_sub(a)?.checked_add(1)?,
                 file,
                 file_offset: off,
@@ -391,7 +391,7 @@ FlatView #1
         assert_eq!(
             l.regions(),
             &[RamRegion {
-                gpa: 0,
+                gpa: GuestAddress(0),
                 len: 512 << 20,
                 file: 0,
                 file_offset: 0

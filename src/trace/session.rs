@@ -776,7 +776,7 @@ mod tests {
         write_trace(
             &dir,
             &status,
-            &Symbolizer::new(&map, 0),
+            &Symbolizer::new(&map, crate::guest::addr::Slide(0)),
             &out.join("trace_graph.txt"),
         )
         .unwrap();

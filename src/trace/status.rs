@@ -5,6 +5,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::error::Result;
+use crate::guest::addr::Slide;
 use crate::host::process::ProcessId;
 use crate::host::statedir::GuestDir;
 use crate::trace::rings::RingStats;
@@ -51,7 +52,7 @@ pub struct CollectorStatus {
     pub updated: f64,
     pub key_epoch: u64,
     pub key_rotations: u64,
-    pub slide: u64,
+    pub slide: Slide,
     pub nr_cpus: u32,
     pub banner: String,
     /// The System.map the collector used (for rendering after the guest is gone).

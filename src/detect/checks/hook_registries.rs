@@ -270,7 +270,7 @@ fn tracepoints(cx: &Context, h: &mut Vec<Hook>) {
         return;
     };
     for (name, link) in cx.map().objects_with_prefix("__tracepoint_") {
-        let tp = link.wrapping_add(cx.slide());
+        let tp = cx.runtime(link);
         let Some(array) = cx
             .view
             .read_word(tp.wrapping_add(funcs))

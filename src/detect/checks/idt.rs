@@ -50,7 +50,7 @@ fn idt(cx: &Context, out: &mut Vec<Finding>) {
         let handler = u64::from(u16::from_le_bytes([g[0], g[1]]))
             | u64::from(u16::from_le_bytes([g[6], g[7]])) << 16
             | u64::from(u32::from_le_bytes([g[8], g[9], g[10], g[11]])) << 32;
-        let link = handler.wrapping_sub(cx.slide());
+        let link = cx.link(handler);
         let in_stubs = stub_ranges
             .iter()
             .any(|&(a, n)| link.checked_sub(a).is_some_and(|o| o < n));

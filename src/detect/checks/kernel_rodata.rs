@@ -95,7 +95,7 @@ fn compare(
 ) {
     let kind = FindingKind::KernelRodata;
     let len = end.saturating_sub(link);
-    let runtime = link.wrapping_add(cx.slide());
+    let runtime = cx.runtime(link);
     let Ok(n) = usize::try_from(len) else {
         return;
     };

@@ -187,7 +187,7 @@ fn data_place(cx: &Context, link: u64) -> String {
     match cx.map().object_containing(link) {
         Some((o, 0)) => o.to_string(),
         Some((o, off)) => format!("{o}+{off:#x}"),
-        None => format!("{:#x}", link.wrapping_add(cx.slide())),
+        None => format!("{:#x}", cx.runtime(link)),
     }
 }
 
@@ -203,7 +203,7 @@ fn compare_table(
         return;
     };
     let n = (extent / 8).min(1024);
-    let runtime = link.wrapping_add(cx.slide());
+    let runtime = cx.runtime(link);
     let (Some(built), Some(live)) = (
         cx.vmlinux.bytes(link, n.saturating_mul(8)),
         cx.read_words(runtime, n as usize),
@@ -218,7 +218,7 @@ fn compare_table(
     };
     for (i, (b, &l)) in le::words(&built).zip(&live).enumerate() {
         let want = if cx.map().in_image(b) {
-            b.wrapping_add(cx.slide())
+            cx.runtime(b)
         } else {
             b
         };

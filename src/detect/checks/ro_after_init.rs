@@ -46,7 +46,7 @@ impl Check for RoAfterInit {
         if len == 0 || len > MAX_LEN {
             return;
         }
-        let runtime = start.wrapping_add(cx.slide());
+        let runtime = cx.runtime(start);
         let Ok(n) = usize::try_from(len) else {
             return;
         };
@@ -103,7 +103,7 @@ fn module_pointers(
                     data_place(cx, at),
                     cx.name(l)
                 ),
-                &[at.wrapping_add(cx.slide()), l],
+                &[cx.runtime(at), l],
                 format!("live {l:#x}, built {b:#x}"),
             ));
         }
@@ -134,7 +134,7 @@ fn against_snapshot(
         let text_pa = le::u64_at(h, 16)?;
         let then = le::u64_at(h, 24)?;
         (h.get(..8)? == MAGIC
-            && slide == k.slide
+            && slide == k.slide.0
             && text_pa == k.text_pa
             && then <= jiffies
             && body.len() == live.len())
@@ -145,7 +145,7 @@ fn against_snapshot(
         None if running => {
             let mut s = Vec::with_capacity(HEADER.saturating_add(live.len()));
             s.extend_from_slice(MAGIC);
-            s.extend_from_slice(&k.slide.to_le_bytes());
+            s.extend_from_slice(&k.slide.0.to_le_bytes());
             s.extend_from_slice(&k.text_pa.to_le_bytes());
             s.extend_from_slice(&jiffies.to_le_bytes());
             s.extend_from_slice(live);
@@ -204,7 +204,7 @@ fn diff(
                 describe(cx, now),
                 describe(cx, was)
             ),
-            &[at.wrapping_add(cx.slide())],
+            &[cx.runtime(at)],
             format!(
                 "live {:02x?}, snapshot {:02x?}",
                 &live[w..last],
