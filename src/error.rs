@@ -27,12 +27,8 @@ pub enum Error {
     /// More than one control block passes validation: someone in the guest
     /// planted a copy. Checks still run against each; commands are refused.
     Decoy(String),
-    /// A guest physical range that is not RAM in this layout.
-    OutOfRange {
-        gpa: u64,
-        len: u64,
-    },
-    Unaligned(u64),
+    /// A read (or write) of guest memory that failed.
+    Read(ReadError),
     /// The request conflicts with xftrace's own state (on twice, off without on).
     State(String),
     /// The guest did not answer in time.
@@ -56,11 +52,9 @@ impl Error {
     pub fn exit_code(&self) -> i32 {
         match self {
             Error::Input(_) => exit::INPUT,
-            Error::NotGuestRam(_)
-            | Error::Guest(_)
-            | Error::Decoy(_)
-            | Error::OutOfRange { .. }
-            | Error::Unaligned(_) => exit::GUEST,
+            Error::NotGuestRam(_) | Error::Guest(_) | Error::Decoy(_) | Error::Read(_) => {
+                exit::GUEST
+            }
             Error::State(_) => exit::STATE,
             Error::Timeout(_) => exit::TIMEOUT,
             Error::Io { .. } => exit::IO,
@@ -76,12 +70,7 @@ impl fmt::Display for Error {
                 f.write_str(m)
             }
             Error::State(m) | Error::Timeout(m) | Error::Libvirt(m) => f.write_str(m),
-            Error::OutOfRange { gpa, len } => write!(
-                f,
-                "guest physical range {gpa:#x}+{len:#x} is not RAM in this memory layout \
-                 (wrong --machine or RAM file?)"
-            ),
-            Error::Unaligned(gpa) => write!(f, "unaligned 8-byte access at {gpa:#x}"),
+            Error::Read(e) => e.fmt(f),
             Error::Io { what, source } => write!(f, "{what}: {source}"),
         }
     }
@@ -93,5 +82,98 @@ impl std::error::Error for Error {
             Error::Io { source, .. } => Some(source),
             _ => None,
         }
+    }
+}
+
+/// Which of the guest's address spaces a read was in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Space {
+    /// Guest physical memory, through the RAM files.
+    Physical,
+    /// Guest virtual memory, through the kernel's page tables (or its
+    /// image, read linearly).
+    Virtual,
+}
+
+/// Why a read of guest memory failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReadFailure {
+    /// The physical range is not RAM in this memory layout (or straddles
+    /// two regions).
+    NotRam,
+    /// An 8-byte atomic access at an address that is not 8-byte aligned.
+    Unaligned,
+    /// The kernel's page tables do not map the virtual range.
+    NotMapped,
+    /// The virtual range is mapped, to something that is not RAM.
+    MappedOutsideRam,
+    /// The range's end does not fit in 64 bits.
+    Overflow,
+}
+
+/// A read of guest memory that failed: where, how much, and why. The one
+/// error of every read, physical or virtual.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReadError {
+    pub space: Space,
+    pub addr: u64,
+    pub len: u64,
+    pub why: ReadFailure,
+}
+
+impl ReadError {
+    pub fn physical(addr: u64, len: u64, why: ReadFailure) -> Self {
+        ReadError {
+            space: Space::Physical,
+            addr,
+            len,
+            why,
+        }
+    }
+
+    pub fn virtual_(addr: u64, len: u64, why: ReadFailure) -> Self {
+        ReadError {
+            space: Space::Virtual,
+            addr,
+            len,
+            why,
+        }
+    }
+}
+
+impl std::fmt::Display for ReadError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (addr, len) = (self.addr, self.len);
+        match (self.space, self.why) {
+            (Space::Physical, ReadFailure::NotRam) => write!(
+                f,
+                "guest physical range {addr:#x}+{len:#x} is not RAM in this memory layout \
+                 (wrong --machine or RAM file?)"
+            ),
+            (_, ReadFailure::Unaligned) => write!(f, "unaligned 8-byte access at {addr:#x}"),
+            (space, why) => {
+                let space = match space {
+                    Space::Physical => "physical",
+                    Space::Virtual => "virtual",
+                };
+                let why = match why {
+                    ReadFailure::NotRam => "not RAM",
+                    ReadFailure::NotMapped => "not mapped by the kernel's page tables",
+                    ReadFailure::MappedOutsideRam => "mapped to something that is not RAM",
+                    ReadFailure::Overflow => "the range wraps around the address space",
+                    ReadFailure::Unaligned => "unaligned",
+                };
+                write!(
+                    f,
+                    "cannot read guest {space} range {addr:#x}+{len:#x}: {why}"
+                )
+            }
+        }
+    }
+}
+
+impl From<ReadError> for Error {
+    fn from(e: ReadError) -> Self {
+        Error::Read(e)
     }
 }

@@ -13,7 +13,7 @@ use std::sync::atomic::{fence, AtomicU64, Ordering};
 
 use memmap2::{MmapOptions, MmapRaw};
 
-use crate::error::{Error, Result};
+use crate::error::{Error, ReadError, ReadFailure, Result};
 
 pub use crate::guest::addr::GuestAddress;
 
@@ -291,7 +291,7 @@ impl GuestRam {
                     .get(at.file)
                     .is_some_and(|f| at.offset.checked_add(len).is_some_and(|end| end <= f.len))
             })
-            .ok_or(Error::OutOfRange { gpa: gpa.0, len })?;
+            .ok_or(ReadError::physical(gpa.0, len, ReadFailure::NotRam))?;
         let f = &self.files[at.file];
         // In bounds of that file's mapping, checked above (the mapping's
         // length fits in usize, so the offset does too).
@@ -300,7 +300,7 @@ impl GuestRam {
 
     fn atomic_at(&self, gpa: GuestAddress) -> Result<&AtomicU64> {
         if gpa.0 % 8 != 0 {
-            return Err(Error::Unaligned(gpa.0));
+            return Err(ReadError::physical(gpa.0, 8, ReadFailure::Unaligned).into());
         }
         let p = self.ptr_at(gpa, 8)? as *mut u64;
         // Aligned, in bounds, and the mapping lives as long as `self`.
@@ -335,14 +335,11 @@ impl GuestRam {
     /// Copy aligned u64 words starting at `gpa` with atomic loads, in order.
     pub fn read_words(&self, gpa: GuestAddress, words: &mut [u64]) -> Result<()> {
         if gpa.0 % 8 != 0 {
-            return Err(Error::Unaligned(gpa.0));
+            return Err(ReadError::physical(gpa.0, 8, ReadFailure::Unaligned).into());
         }
         let len = (words.len() as u64)
             .checked_mul(8)
-            .ok_or(Error::OutOfRange {
-                gpa: gpa.0,
-                len: u64::MAX,
-            })?;
+            .ok_or(ReadError::physical(gpa.0, u64::MAX, ReadFailure::Overflow))?;
         let p = self.ptr_at(gpa, len)? as *mut u64;
         for (i, w) in words.iter_mut().enumerate() {
             // Aligned and in bounds, as checked above.
@@ -356,12 +353,9 @@ impl GuestRam {
     /// records, with one bounds check.
     pub fn read_strided(&self, gpa: GuestAddress, stride: u64, out: &mut [u64]) -> Result<()> {
         if gpa.0 % 8 != 0 || stride % 8 != 0 || stride == 0 {
-            return Err(Error::Unaligned(gpa.0));
+            return Err(ReadError::physical(gpa.0, 8, ReadFailure::Unaligned).into());
         }
-        let range = || Error::OutOfRange {
-            gpa: gpa.0,
-            len: u64::MAX,
-        };
+        let range = || ReadError::physical(gpa.0, u64::MAX, ReadFailure::Overflow);
         let len = (out.len() as u64)
             .checked_sub(1)
             .map_or(Some(0), |n| n.checked_mul(stride))
@@ -387,7 +381,7 @@ impl GuestRam {
             .layout
             .locate(gpa, 8)
             .filter(|at| self.files.get(at.file).is_some())
-            .ok_or(Error::OutOfRange { gpa: gpa.0, len: 8 })?;
+            .ok_or(ReadError::physical(gpa.0, 8, ReadFailure::NotRam))?;
         let f = &self.files[at.file];
         let mut word = [0u8; 8];
         f.file
@@ -532,11 +526,17 @@ mod tests {
         assert_eq!(b, [0x77, 0x66, 0x55]);
         assert!(matches!(
             ram.read_u64(GuestAddress(0x2004)),
-            Err(Error::Unaligned(_))
+            Err(Error::Read(ReadError {
+                why: ReadFailure::Unaligned,
+                ..
+            }))
         ));
         assert!(matches!(
             ram.read_u64(GuestAddress(16 << 20)),
-            Err(Error::OutOfRange { .. })
+            Err(Error::Read(ReadError {
+                why: ReadFailure::NotRam,
+                ..
+            }))
         ));
         let data = std::fs::read(&p).unwrap();
         assert_eq!(

@@ -8,6 +8,8 @@ use std::collections::{BTreeSet, HashMap};
 use std::path::PathBuf;
 
 use crate::abi::le;
+use crate::error::{ReadError, ReadFailure};
+use crate::escape::escape_bytes;
 use crate::guest::addr::Slide;
 use crate::guest::memory::GuestRam;
 use crate::guest::paging::PageTables;
@@ -16,6 +18,30 @@ use crate::kernel::locate::GuestKernel;
 use crate::kernel::modules::Module;
 use crate::kernel::symbols::{Symbolizer, SystemMap};
 use crate::kernel::vmlinux::Vmlinux;
+
+/// Page size of the guest's page tables' smallest pages.
+const PAGE: u64 = 4096;
+/// Pages of a failed read looked at to tell why it failed, at most.
+const MAX_CLASSIFY_PAGES: u64 = 256;
+
+/// Plain data read from guest memory: a fixed size, every bit pattern a
+/// valid value, little-endian.
+pub trait Plain: Copy {
+    const SIZE: usize;
+    fn from_le(b: &[u8]) -> Self;
+}
+
+macro_rules! plain {
+    ($($t:ty),*) => {$(
+        impl Plain for $t {
+            const SIZE: usize = std::mem::size_of::<$t>();
+            fn from_le(b: &[u8]) -> Self {
+                <$t>::from_le_bytes(b.try_into().expect("exactly SIZE bytes"))
+            }
+        }
+    )*};
+}
+plain!(u8, u16, u32, u64, i32, i64);
 
 /// A guest opened for tracing or checking.
 pub struct Guest {
@@ -132,33 +158,100 @@ impl<'a> KernelView<'a> {
         self.kernel.page_tables(self.ram)
     }
 
-    /// Read guest kernel virtual memory at `va`.
-    pub fn read(&self, va: u64, buf: &mut [u8]) -> Option<()> {
-        let last = va.wrapping_add((buf.len() as u64).saturating_sub(1));
+    /// Read guest kernel virtual memory at runtime `va` into `buf`: the
+    /// image linearly (where the kernel maps it), the rest through the
+    /// kernel's page tables. The one read every other builds on.
+    pub fn read_bytes(&self, va: u64, buf: &mut [u8]) -> Result<(), ReadError> {
+        let len = buf.len() as u64;
+        let Some(last) = va.checked_add(len.saturating_sub(1)) else {
+            return Err(ReadError::virtual_(va, len, ReadFailure::Overflow));
+        };
         if self.sym.in_image(va) && self.sym.in_image(last) {
-            let pa = self.kernel.kva_to_gpa(va)?;
-            return self.ram.read_into(pa, buf).ok();
+            let pa = self.kernel.kva_to_gpa(va).ok_or(ReadError::virtual_(
+                va,
+                len,
+                ReadFailure::NotMapped,
+            ))?;
+            return self
+                .ram
+                .read_into(pa, buf)
+                .map_err(|_| ReadError::virtual_(va, len, ReadFailure::MappedOutsideRam));
         }
-        self.page_tables().read(va, buf)
+        let pt = self.page_tables();
+        if pt.read(va, buf).is_some() {
+            return Ok(());
+        }
+        // Why: a page of the range the tables do not map, else a mapping
+        // to something that is not RAM.
+        let first = va & !(PAGE - 1);
+        let pages = (last & !(PAGE - 1)).saturating_sub(first) / PAGE;
+        let unmapped = (0..=pages.min(MAX_CLASSIFY_PAGES))
+            .filter_map(|i| first.checked_add(i.saturating_mul(PAGE)))
+            .any(|a| pt.translate(a.max(va)).is_none());
+        Err(ReadError::virtual_(
+            va,
+            len,
+            if unmapped {
+                ReadFailure::NotMapped
+            } else {
+                ReadFailure::MappedOutsideRam
+            },
+        ))
+    }
+
+    /// A value of plain data at runtime `va` (little-endian).
+    pub fn read_as<T: Plain>(&self, va: u64) -> Result<T, ReadError> {
+        let mut b = [0u8; 16];
+        let b = &mut b[..T::SIZE];
+        self.read_bytes(va, b)?;
+        Ok(T::from_le(b))
+    }
+
+    /// `n` pointers (words) at runtime `va`.
+    pub fn read_ptrs(&self, va: u64, n: usize) -> Result<Vec<u64>, ReadError> {
+        let Some(len) = n.checked_mul(8) else {
+            return Err(ReadError::virtual_(va, u64::MAX, ReadFailure::Overflow));
+        };
+        let mut b = vec![0u8; len];
+        self.read_bytes(va, &mut b)?;
+        Ok(le::words(&b).collect())
+    }
+
+    /// The C string at runtime `va`, up to its NUL or `max` bytes,
+    /// escaped (it comes from guest memory). A string that ends near the
+    /// end of a mapping is read in smaller pieces, down to 16 bytes.
+    pub fn read_cstr(&self, va: u64, max: usize) -> Result<String, ReadError> {
+        let mut b = vec![0u8; max];
+        let mut n = max;
+        loop {
+            match self.read_bytes(va, &mut b[..n]) {
+                Ok(()) => break,
+                Err(e) if n <= 16 => return Err(e),
+                Err(_) => n /= 2,
+            }
+        }
+        let end = b[..n].iter().position(|&c| c == 0).unwrap_or(n);
+        Ok(escape_bytes(&b[..end]))
+    }
+
+    /// [`Self::read_bytes`], where only whether it worked matters.
+    pub fn read(&self, va: u64, buf: &mut [u8]) -> Option<()> {
+        self.read_bytes(va, buf).ok()
     }
 
     /// `n` words at `va`.
     pub fn read_words(&self, va: u64, n: usize) -> Option<Vec<u64>> {
-        let mut b = vec![0u8; n.checked_mul(8)?];
-        self.read(va, &mut b)?;
-        Some(le::words(&b).collect())
+        self.read_ptrs(va, n).ok()
     }
 
     /// The word at `va`.
     pub fn read_word(&self, va: u64) -> Option<u64> {
-        self.read_words(va, 1).map(|w| w[0])
+        self.read_as::<u64>(va).ok()
     }
 
     /// The 32-bit value at `va`.
     pub fn read_u32(&self, va: u64) -> Option<u32> {
-        let mut b = [0u8; 4];
-        self.read(va, &mut b)?;
-        Some(u32::from_le_bytes(b))
+        self.read_as::<u32>(va).ok()
     }
 
     /// `symbol+0xoff` for a runtime address, or the bare address (with the
@@ -171,5 +264,49 @@ impl<'a> KernelView<'a> {
                 None => format!("{addr:#x} (outside the kernel image)"),
             },
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::arithmetic_side_effects)]
+mod tests {
+    use super::*;
+    use crate::error::Space;
+    use crate::guest::memory::GuestAddress;
+    use crate::kernel::locate::locate;
+    use crate::kernel::locate::tests::{synthetic_guest, SLIDE, TEXT_PA};
+
+    #[test]
+    fn reads_are_typed_and_say_why_they_failed() {
+        let dir = tempfile::tempdir().unwrap();
+        let (ram, map) = synthetic_guest(dir.path());
+        let k = locate(&ram, &map, None).unwrap();
+        let v = KernelView::new(&ram, &map, &k);
+        // In the image's data, read linearly.
+        let va = 0xffff_ffff_8290_0000 + SLIDE;
+        let pa = GuestAddress(TEXT_PA + 0x190_0000);
+        ram.write_u64(pa, u64::from_le_bytes(*b"rootkit\0"))
+            .unwrap();
+        ram.write_u64(GuestAddress(pa.0 + 8), 0x1122_3344_5566_7788)
+            .unwrap();
+        assert_eq!(v.read_as::<u64>(va + 8), Ok(0x1122_3344_5566_7788));
+        assert_eq!(v.read_as::<u32>(va + 8), Ok(0x5566_7788));
+        assert_eq!(v.read_as::<u8>(va + 15), Ok(0x11));
+        assert_eq!(v.read_ptrs(va + 8, 1), Ok(vec![0x1122_3344_5566_7788]));
+        assert_eq!(v.read_cstr(va, 64).as_deref(), Ok("rootkit"));
+        // Outside the image, where the page tables map nothing.
+        let e = v.read_as::<u64>(0xffff_8880_0000_0000).unwrap_err();
+        assert_eq!(e.space, Space::Virtual);
+        assert_eq!((e.addr, e.len), (0xffff_8880_0000_0000, 8));
+        assert_eq!(e.why, ReadFailure::NotMapped);
+        assert!(e.to_string().contains("not mapped"), "{e}");
+        // A range that wraps around the address space.
+        let mut b = [0u8; 16];
+        assert_eq!(
+            v.read_bytes(u64::MAX - 7, &mut b).unwrap_err().why,
+            ReadFailure::Overflow
+        );
+        // The convenience forms say only whether.
+        assert_eq!(v.read_word(0xffff_8880_0000_0000), None);
     }
 }

@@ -275,12 +275,7 @@ fn raw_tracepoint_links(cx: &Context) -> BTreeMap<u64, String> {
 
 /// A C string of at most 127 bytes at `va`, escaped.
 fn cstring(cx: &Context, va: u64) -> Option<String> {
-    let mut b = [0u8; 128];
-    // The string may end near the end of a mapping: read less if need be.
-    let n = [128usize, 64, 32, 16]
-        .into_iter()
-        .find(|&n| cx.read(va, &mut b[..n]).is_some())?;
-    Some(escape_bytes(until_nul(&b[..n])))
+    cx.read_cstr(va, 128).ok()
 }
 
 fn until_nul(b: &[u8]) -> &[u8] {

@@ -93,7 +93,7 @@ impl Check for HiddenCode {
 /// The executable ranges no owner accounts for, page-aligned; None (with a
 /// finding) if the page tables cannot be walked.
 fn ownerless(cx: &Context, out: &mut Vec<Finding>) -> Option<Vec<(u64, u64)>> {
-    let exec = match cx.view.page_tables().executable_ranges(MAX_TABLES) {
+    let exec = match cx.page_tables().executable_ranges(MAX_TABLES) {
         Ok(r) => r,
         Err(_) => {
             out.push(Finding::new(
@@ -212,8 +212,8 @@ fn off(cx: &Context, s: &str, path: &[&str]) -> Option<u64> {
 
 /// `[base, base + size)` with a 32-bit size at `size_at`.
 fn range_u32(cx: &Context, base_at: u64, size_at: u64) -> Option<Owned> {
-    let base = cx.view.read_word(base_at)?;
-    let end = base.checked_add(u64::from(cx.view.read_u32(size_at)?))?;
+    let base = cx.read_word(base_at)?;
+    let end = base.checked_add(u64::from(cx.read_u32(size_at)?))?;
     (base != 0).then_some(Owned { start: base, end })
 }
 
@@ -228,7 +228,7 @@ fn modules(cx: &Context, o: &mut Vec<Owned>) {
         off(cx, "module", &["its_num_pages"]),
         off(cx, "module", &["its_page_array"]),
     );
-    for m in cx.view.read_modules() {
+    for m in cx.read_modules() {
         if let Some((s, e)) = m.text {
             o.push(Owned { start: s, end: e });
         }
@@ -240,9 +240,8 @@ fn modules(cx: &Context, o: &mut Vec<Owned>) {
             ));
         }
         if let (Some(n), Some(a)) = its {
-            let n = cx.view.read_u32(m.addr.wrapping_add(n)).unwrap_or(0);
+            let n = cx.read_u32(m.addr.wrapping_add(n)).unwrap_or(0);
             let pages = cx
-                .view
                 .read_word(m.addr.wrapping_add(a))
                 .filter(|&p| p != 0)
                 .and_then(|p| cx.read_words(p, (n as usize).min(MAX_ENTRIES)));
@@ -270,8 +269,8 @@ fn bpf(cx: &Context, o: &mut Vec<Owned>) {
     for node in cx.list(head, MAX_ENTRIES) {
         let k = node.wrapping_sub(lnode);
         if let (Some(s), Some(e)) = (
-            cx.view.read_word(k.wrapping_add(start)),
-            cx.view.read_word(k.wrapping_add(end)),
+            cx.read_word(k.wrapping_add(start)),
+            cx.read_word(k.wrapping_add(end)),
         ) {
             if s < e {
                 o.push(Owned { start: s, end: e });
@@ -296,7 +295,7 @@ fn bpf_packs(cx: &Context, o: &mut Vec<Owned>) {
     };
     let nodes = cx
         .sym("nr_node_ids")
-        .and_then(|a| cx.view.read_u32(a))
+        .and_then(|a| cx.read_u32(a))
         .unwrap_or(1)
         .clamp(1, 64);
     let size = (2u64 << 20).saturating_mul(u64::from(nodes));
@@ -305,7 +304,7 @@ fn bpf_packs(cx: &Context, o: &mut Vec<Owned>) {
     for node in cx.list(head, MAX_ENTRIES).take(MAX_PACKS) {
         let pack = node.wrapping_sub(l);
         let (Some(base), Some(bits)) = (
-            cx.view.read_word(pack.wrapping_add(ptr)),
+            cx.read_word(pack.wrapping_add(ptr)),
             cx.read_words(pack.wrapping_add(bitmap), words),
         ) else {
             continue;
@@ -365,10 +364,10 @@ fn real_mode_trampoline(cx: &Context, o: &mut Vec<Owned>) {
     ) else {
         return;
     };
-    let (Some(h), Some(base)) = (cx.view.read_word(hdr), cx.view.read_word(pob)) else {
+    let (Some(h), Some(base)) = (cx.read_word(hdr), cx.read_word(pob)) else {
         return;
     };
-    let u32_at = |a: u64| cx.view.read_u32(a).map(u64::from);
+    let u32_at = |a: u64| cx.read_u32(a).map(u64::from);
     if let (Some(s), Some(e)) = (u32_at(h.wrapping_add(ts)), u32_at(h.wrapping_add(re))) {
         if s < e && e < 1 << 20 {
             o.push(Owned {
@@ -405,8 +404,8 @@ fn ftrace_trampolines(cx: &Context, o: &mut Vec<Owned>) {
     }
     for p in ops {
         let (Some(t), Some(n)) = (
-            cx.view.read_word(p.wrapping_add(tramp)),
-            cx.view.read_word(p.wrapping_add(size)),
+            cx.read_word(p.wrapping_add(tramp)),
+            cx.read_word(p.wrapping_add(size)),
         ) else {
             continue;
         };
@@ -433,7 +432,7 @@ fn kprobe_slots(cx: &Context, o: &mut Vec<Owned>) {
     for cache in ["kprobe_insn_slots", "kprobe_optinsn_slots"] {
         let Some(c) = cx.sym(cache) else { continue };
         for node in cx.list(c.wrapping_add(pages), MAX_ENTRIES) {
-            if let Some(p) = cx.view.read_word(node.wrapping_sub(l).wrapping_add(insns)) {
+            if let Some(p) = cx.read_word(node.wrapping_sub(l).wrapping_add(insns)) {
                 o.push(Owned {
                     start: p,
                     end: p.saturating_add(4096),
@@ -455,7 +454,7 @@ fn init_awaiting_free(cx: &Context, o: &mut Vec<Owned>) {
     };
     // An llist: a pointer to the first node, each node's first word next.
     for p in cx.chain_at(head, 0, 0, MAX_ENTRIES) {
-        if let Some(base) = cx.view.read_word(p.wrapping_add(at)).filter(|&b| b != 0) {
+        if let Some(base) = cx.read_word(p.wrapping_add(at)).filter(|&b| b != 0) {
             o.push(Owned {
                 start: base,
                 end: base.saturating_add(64 << 10),

@@ -157,12 +157,12 @@ fn owner(cx: &Context, a: u64) -> Owner {
             return Owner::Kernel;
         }
     }
-    if cx.view.module_layout.is_none() {
+    if cx.module_layout.is_none() {
         return Owner::Nobody; // code ranges unknown
     }
-    match cx.view.module_of(a) {
+    match cx.module_of(a) {
         None => Owner::Nobody,
-        Some(m) if cx.view.build_modules.is_some_and(|b| b.contains(m)) => Owner::BuildModule,
+        Some(m) if cx.build_modules.is_some_and(|b| b.contains(m)) => Owner::BuildModule,
         Some(m) => Owner::Module(m.to_string()),
     }
 }
@@ -223,7 +223,7 @@ fn notifiers(cx: &Context, first: u64, (call, next): (u64, u64), point: &str, h:
         if h.len() >= MAX_HOOKS {
             break;
         }
-        let Some(f) = cx.view.read_word(nb.wrapping_add(call)) else {
+        let Some(f) = cx.read_word(nb.wrapping_add(call)) else {
             break;
         };
         h.push(Hook {
@@ -271,11 +271,7 @@ fn tracepoints(cx: &Context, h: &mut Vec<Hook>) {
     };
     for (name, link) in cx.map().objects_with_prefix("__tracepoint_") {
         let tp = cx.runtime(link);
-        let Some(array) = cx
-            .view
-            .read_word(tp.wrapping_add(funcs))
-            .filter(|&a| a != 0)
-        else {
+        let Some(array) = cx.read_word(tp.wrapping_add(funcs)).filter(|&a| a != 0) else {
             continue;
         };
         let point = name.trim_start_matches("__tracepoint_");
@@ -284,7 +280,7 @@ fn tracepoints(cx: &Context, h: &mut Vec<Hook>) {
                 return;
             }
             let at = array.wrapping_add(i.wrapping_mul(size)).wrapping_add(func);
-            match cx.view.read_word(at) {
+            match cx.read_word(at) {
                 Some(f) if f != 0 => h.push(Hook {
                     registry: "tracepoint",
                     point: point.to_string(),
@@ -316,7 +312,7 @@ fn netfilter(cx: &Context, h: &mut Vec<Hook>) {
             };
             for p in 0..*points {
                 let slot = net.wrapping_add(o).wrapping_add((p as u64).wrapping_mul(8));
-                let Some(e) = cx.view.read_word(slot).filter(|&e| e != 0) else {
+                let Some(e) = cx.read_word(slot).filter(|&e| e != 0) else {
                     continue;
                 };
                 let mut num = [0u8; 2];
@@ -332,7 +328,7 @@ fn netfilter(cx: &Context, h: &mut Vec<Hook>) {
                         .wrapping_add(hooks)
                         .wrapping_add(i.wrapping_mul(entry))
                         .wrapping_add(hook);
-                    if let Some(f) = cx.view.read_word(at) {
+                    if let Some(f) = cx.read_word(at) {
                         h.push(Hook {
                             registry: "netfilter",
                             point: format!(
@@ -394,7 +390,7 @@ fn lsm(cx: &Context, h: &mut Vec<Hook>) {
                 break;
             }
             let entry = p.wrapping_sub(node);
-            if let Some(f) = cx.view.read_word(entry.wrapping_add(hook)) {
+            if let Some(f) = cx.read_word(entry.wrapping_add(hook)) {
                 h.push(Hook {
                     registry: "lsm",
                     point: point.clone(),

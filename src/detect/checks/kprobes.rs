@@ -93,7 +93,7 @@ impl Check for Kprobes {
 /// Report the kprobe at `p` (and, for an aggregate, those on its list).
 /// False if it cannot be read.
 fn probe(cx: &Context, l: &Layout, p: u64, budget: &mut usize, out: &mut Vec<Finding>) -> bool {
-    let word = |off: u64| cx.view.read_word(p.wrapping_add(off));
+    let word = |off: u64| cx.read_word(p.wrapping_add(off));
     let (Some(addr), Some(pre)) = (word(l.addr), word(l.pre_handler)) else {
         out.push(Finding::new(
             FindingKind::Kprobe,
@@ -120,7 +120,7 @@ fn probe(cx: &Context, l: &Layout, p: u64, budget: &mut usize, out: &mut Vec<Fin
 /// One kprobe at `kp` on `addr`: its handlers (a kretprobe's are in the
 /// struct around it) outside the image are a finding.
 fn report(cx: &Context, l: &Layout, kp: u64, addr: u64, out: &mut Vec<Finding>) {
-    let word = |off: u64| cx.view.read_word(kp.wrapping_add(off)).unwrap_or(0);
+    let word = |off: u64| cx.read_word(kp.wrapping_add(off)).unwrap_or(0);
     let pre = word(l.pre_handler);
     let mut handlers = vec![("pre-handler", pre), ("post-handler", word(l.post_handler))];
     let what = if cx.sym("pre_handler_kretprobe") == Some(pre) {

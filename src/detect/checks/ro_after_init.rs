@@ -121,7 +121,7 @@ fn against_snapshot(
     out: &mut Vec<Finding>,
 ) {
     let k = cx.view.kernel;
-    let word = |name: &str| cx.sym(name).and_then(|a| cx.view.read_word(a));
+    let word = |name: &str| cx.sym(name).and_then(|a| cx.read_word(a));
     let running = word("system_state").is_some_and(|w| w as u32 == SYSTEM_RUNNING);
     let jiffies = word("jiffies_64").unwrap_or(0);
     let path = cx.dir.path().join("ro-after-init.snapshot");
