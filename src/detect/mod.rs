@@ -18,70 +18,92 @@ pub use run::{baseline, check, watch, CheckOptions, Checked};
 use log::warn;
 use serde::{Deserialize, Serialize};
 
-/// What a finding is about; its JSON form is the kebab-case name.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum FindingKind {
-    /// A `sys_call_table` entry differs from the build.
-    SyscallTable,
-    /// `x64_sys_call`'s code differs from the build where the kernel does
-    /// not change it itself.
-    SyscallDispatch,
-    /// Kernel code differs from the build where the kernel never patches
-    /// itself, or a patch site holds what the kernel never writes there.
-    KernelText,
-    /// Kernel read-only data (outside `__ro_after_init`) differs from the
-    /// build.
-    KernelRodata,
-    /// An int3 breakpoint in kernel code: a kprobe (or a debugger).
-    Kprobe,
-    /// `__ro_after_init` data changed since this boot's snapshot, or points
-    /// into module space.
-    RoAfterInit,
-    /// A module in the kernel's module address tree but not in its list.
-    HiddenModule,
-    /// Executable kernel memory that no known code owns.
-    HiddenCode,
-    /// A notifier, tracepoint, netfilter or LSM handler in no known code,
-    /// or in a module outside the build that the hook inventory lacks.
-    HookRegistry,
-    /// A BPF program the baseline's hook inventory lacks (without one: a
-    /// program that hooks the kernel's own control flow).
-    BpfProgram,
-    /// An IDT gate enters something other than kernel entry code.
-    Idt,
-    /// A well-known operation table differs from the build.
-    OperationTable,
-    /// An ftrace callback outside the kernel image.
-    FtraceHook,
-    /// xftrace itself was attacked, narrowed or duplicated.
-    TracerIntegrity,
-    /// A traced call ran code outside the kernel image.
-    CallFlowUnknownCode,
-    /// A traced call made a call the baseline never saw.
-    CallFlowNewEdge,
+/// Declares [`FindingKind`] with each kind's name, written once: the
+/// name is its JSON form, what `Display` prints, and what `--kind`-style
+/// input parses.
+macro_rules! finding_kinds {
+    ($($(#[$doc:meta])* $kind:ident = $name:literal,)*) => {
+        /// What a finding is about; its JSON form is its name.
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+        pub enum FindingKind {
+            $($(#[$doc])* $kind,)*
+        }
+
+        impl FindingKind {
+            /// Every kind, in declaration order.
+            pub const ALL: &'static [FindingKind] = &[$(FindingKind::$kind,)*];
+
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $(FindingKind::$kind => $name,)*
+                }
+            }
+        }
+    };
 }
 
-impl FindingKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            FindingKind::SyscallTable => "syscall-table",
-            FindingKind::SyscallDispatch => "syscall-dispatch",
-            FindingKind::KernelText => "kernel-text",
-            FindingKind::KernelRodata => "kernel-rodata",
-            FindingKind::Kprobe => "kprobe",
-            FindingKind::RoAfterInit => "ro-after-init",
-            FindingKind::HiddenModule => "hidden-module",
-            FindingKind::HiddenCode => "hidden-code",
-            FindingKind::HookRegistry => "hook-registry",
-            FindingKind::BpfProgram => "bpf-program",
-            FindingKind::Idt => "idt",
-            FindingKind::OperationTable => "operation-table",
-            FindingKind::FtraceHook => "ftrace-hook",
-            FindingKind::TracerIntegrity => "tracer-integrity",
-            FindingKind::CallFlowUnknownCode => "call-flow-unknown-code",
-            FindingKind::CallFlowNewEdge => "call-flow-new-edge",
-        }
+finding_kinds! {
+    /// A `sys_call_table` entry differs from the build.
+    SyscallTable = "syscall-table",
+    /// `x64_sys_call`'s code differs from the build where the kernel does
+    /// not change it itself.
+    SyscallDispatch = "syscall-dispatch",
+    /// Kernel code differs from the build where the kernel never patches
+    /// itself, or a patch site holds what the kernel never writes there.
+    KernelText = "kernel-text",
+    /// Kernel read-only data (outside `__ro_after_init`) differs from the
+    /// build.
+    KernelRodata = "kernel-rodata",
+    /// An int3 breakpoint in kernel code: a kprobe (or a debugger).
+    Kprobe = "kprobe",
+    /// `__ro_after_init` data changed since this boot's snapshot, or points
+    /// into module space.
+    RoAfterInit = "ro-after-init",
+    /// A module in the kernel's module address tree but not in its list.
+    HiddenModule = "hidden-module",
+    /// Executable kernel memory that no known code owns.
+    HiddenCode = "hidden-code",
+    /// A notifier, tracepoint, netfilter or LSM handler in no known code,
+    /// or in a module outside the build that the hook inventory lacks.
+    HookRegistry = "hook-registry",
+    /// A BPF program the baseline's hook inventory lacks (without one: a
+    /// program that hooks the kernel's own control flow).
+    BpfProgram = "bpf-program",
+    /// An IDT gate enters something other than kernel entry code.
+    Idt = "idt",
+    /// A well-known operation table differs from the build.
+    OperationTable = "operation-table",
+    /// An ftrace callback outside the kernel image.
+    FtraceHook = "ftrace-hook",
+    /// xftrace itself was attacked, narrowed or duplicated.
+    TracerIntegrity = "tracer-integrity",
+    /// A traced call ran code outside the kernel image.
+    CallFlowUnknownCode = "call-flow-unknown-code",
+    /// A traced call made a call the baseline never saw.
+    CallFlowNewEdge = "call-flow-new-edge",
+}
+
+impl std::str::FromStr for FindingKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        FindingKind::ALL
+            .iter()
+            .copied()
+            .find(|k| k.as_str() == s)
+            .ok_or_else(|| format!("unknown finding kind '{}'", crate::escape::escape(s)))
+    }
+}
+
+impl Serialize for FindingKind {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for FindingKind {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
     }
 }
 
@@ -212,6 +234,24 @@ pub fn report(findings: &[Finding], json: bool) {
 mod tests {
     use super::run::{check, CheckOptions};
     use super::*;
+
+    #[test]
+    fn every_kind_has_one_name_for_json_display_and_parsing() {
+        let mut names = std::collections::BTreeSet::new();
+        for &k in FindingKind::ALL {
+            let json = serde_json::to_string(&k).unwrap();
+            assert_eq!(json, format!("\"{}\"", k.as_str()));
+            assert_eq!(serde_json::from_str::<FindingKind>(&json).unwrap(), k);
+            assert_eq!(k.to_string().parse::<FindingKind>(), Ok(k));
+            assert!(k
+                .as_str()
+                .bytes()
+                .all(|c| c.is_ascii_lowercase() || c == b'-'));
+            assert!(names.insert(k.as_str()), "{k} twice");
+        }
+        assert_eq!(names.len(), 16);
+        assert!(serde_json::from_str::<FindingKind>("\"rootkit\"").is_err());
+    }
     use crate::kernel::locate::tests::{place_kernel, synthetic_guest, SLIDE, TEXT_PA};
     use crate::kernel::symbols::tests::MAP;
     use crate::kernel::target::{MemFile, Source, Target};
