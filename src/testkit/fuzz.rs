@@ -298,7 +298,10 @@ pub fn kernel_lists(data: &[u8]) {
         let mut out = Vec::new();
         for c in crate::detect::checks::CHECKS {
             if c.kind() != crate::detect::FindingKind::TracerIntegrity {
-                c.run(&cx, &mut out);
+                c.run(
+                    &cx,
+                    &mut crate::detect::checks::Report::new(c.kind(), &mut out),
+                );
             }
         }
         for f in out {

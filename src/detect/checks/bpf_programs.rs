@@ -14,8 +14,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use super::{capped, Check, Context};
-use crate::detect::{inventory, Finding, FindingKind};
+use super::{Check, Context, Report};
+use crate::detect::{inventory, FindingKind};
 use crate::escape::escape_bytes;
 
 pub struct BpfPrograms;
@@ -114,7 +114,7 @@ impl Check for BpfPrograms {
         FindingKind::BpfProgram
     }
 
-    fn run(&self, cx: &Context, out: &mut Vec<Finding>) {
+    fn run(&self, cx: &Context, out: &mut Report) {
         let Some(progs) = programs(cx, out) else {
             return;
         };
@@ -130,8 +130,7 @@ impl Check for BpfPrograms {
             } else {
                 format!(" attached to {}", p.attach)
             };
-            found.push(Finding::new(
-                FindingKind::BpfProgram,
+            found.push(out.finding(
                 format!(
                     "a {} BPF program '{}' (id {}){at}{}",
                     p.kind,
@@ -147,12 +146,12 @@ impl Check for BpfPrograms {
                 inventory::missing(&known),
             ));
         }
-        capped(FindingKind::BpfProgram, found, "BPF programs", out);
+        out.capped(found, "BPF programs");
     }
 
     /// The guest's programs now.
     fn inventory(&self, cx: &Context) -> BTreeSet<String> {
-        programs(cx, &mut Vec::new())
+        programs(cx, &mut Report::discard(self.kind()))
             .unwrap_or_default()
             .iter()
             .map(Program::line)
@@ -162,7 +161,7 @@ impl Check for BpfPrograms {
 
 /// Every program in `prog_idr`; None (with a finding) where the build
 /// lacks what it takes to read them.
-pub fn programs(cx: &Context, out: &mut Vec<Finding>) -> Option<Vec<Program>> {
+pub fn programs(cx: &Context, out: &mut Report) -> Option<Vec<Program>> {
     let Some(idr) = cx.sym("prog_idr") else {
         // A kernel without the bpf() syscall has no programs.
         return Some(Vec::new());
@@ -188,12 +187,11 @@ pub fn programs(cx: &Context, out: &mut Vec<Finding>) -> Option<Vec<Program>> {
         off("bpf_prog_aux", &["attach_func_name"]),
     )
     else {
-        out.push(Finding::new(
-            FindingKind::BpfProgram,
+        out.add(
             "the build has no BTF for prog_idr and struct bpf_prog: BPF programs not checked",
             &[],
             "",
-        ));
+        );
         return None;
     };
     let tracepoints = raw_tracepoint_links(cx);

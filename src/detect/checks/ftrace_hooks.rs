@@ -2,8 +2,8 @@
 //! ftrace-hooking rootkits show.
 #![deny(clippy::arithmetic_side_effects)]
 
-use super::{Check, Context};
-use crate::detect::{Finding, FindingKind};
+use super::{Check, Context, Report};
+use crate::detect::FindingKind;
 
 pub struct FtraceHooks;
 
@@ -12,23 +12,18 @@ impl Check for FtraceHooks {
         FindingKind::FtraceHook
     }
 
-    fn run(&self, cx: &Context, out: &mut Vec<Finding>) {
+    fn run(&self, cx: &Context, out: &mut Report) {
         ftrace_ops(cx, out)
     }
 }
 
 /// Walk `ftrace_ops_list`: `struct ftrace_ops { func; next; ... }`.
-fn ftrace_ops(cx: &Context, out: &mut Vec<Finding>) {
+fn ftrace_ops(cx: &Context, out: &mut Report) {
     let (Some(head), Some(end)) = (cx.sym("ftrace_ops_list"), cx.sym("ftrace_list_end")) else {
         return;
     };
     let Some(mut ops) = cx.read_words(head, 1).map(|w| w[0]) else {
-        out.push(Finding::new(
-            FindingKind::FtraceHook,
-            "cannot read ftrace_ops_list",
-            &[head],
-            "",
-        ));
+        out.add("cannot read ftrace_ops_list", &[head], "");
         return;
     };
     for _ in 0..256 {
@@ -36,18 +31,16 @@ fn ftrace_ops(cx: &Context, out: &mut Vec<Finding>) {
             return;
         }
         let Some(w) = cx.read_words(ops, 2) else {
-            out.push(Finding::new(
-                FindingKind::FtraceHook,
+            out.add(
                 format!("ftrace_ops_list leads to unreadable memory at {ops:#x}"),
                 &[ops],
                 "",
-            ));
+            );
             return;
         };
         let (func, next) = (w[0], w[1]);
         if !cx.in_image(func) {
-            out.push(Finding::new(
-                FindingKind::FtraceHook,
+            out.add(
                 format!(
                     "an ftrace hook at {ops:#x} runs {} on traced kernel functions",
                     cx.name(func)
@@ -58,14 +51,9 @@ fn ftrace_ops(cx: &Context, out: &mut Vec<Finding>) {
                 } else {
                     "ftrace_ops outside the kernel image (module or heap)"
                 },
-            ));
+            );
         }
         ops = next;
     }
-    out.push(Finding::new(
-        FindingKind::FtraceHook,
-        "ftrace_ops_list does not end (loop?)",
-        &[head],
-        "",
-    ));
+    out.add("ftrace_ops_list does not end (loop?)", &[head], "");
 }

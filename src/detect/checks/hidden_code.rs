@@ -11,7 +11,7 @@
 
 use std::time::Duration;
 
-use super::{capped, Check, Context};
+use super::{Check, Context, Report};
 use crate::detect::{Finding, FindingKind};
 use crate::kernel::text::subtract;
 
@@ -50,7 +50,7 @@ impl Check for HiddenCode {
         FindingKind::HiddenCode
     }
 
-    fn run(&self, cx: &Context, out: &mut Vec<Finding>) {
+    fn run(&self, cx: &Context, out: &mut Report) {
         let Some(first) = ownerless(cx, out) else {
             return;
         };
@@ -82,28 +82,27 @@ impl Check for HiddenCode {
         let mut found = Vec::new();
         let mut scan = MAX_INERT;
         for (s, e) in still {
-            if let Some(f) = report(cx, s, e, &hidden_modules, &mut scan) {
+            if let Some(f) = report(cx, out, s, e, &hidden_modules, &mut scan) {
                 found.push(f);
             }
         }
-        capped(FindingKind::HiddenCode, found, "executable memory", out);
+        out.capped(found, "executable memory");
     }
 }
 
 /// The executable ranges no owner accounts for, page-aligned; None (with a
 /// finding) if the page tables cannot be walked.
-fn ownerless(cx: &Context, out: &mut Vec<Finding>) -> Option<Vec<(u64, u64)>> {
+fn ownerless(cx: &Context, out: &mut Report) -> Option<Vec<(u64, u64)>> {
     let exec = match cx.page_tables().executable_ranges(MAX_TABLES) {
         Ok(r) => r,
         Err(_) => {
-            out.push(Finding::new(
-                FindingKind::HiddenCode,
+            out.add(
                 format!(
                     "the kernel's page tables hold more than {MAX_TABLES} tables: executable memory not checked"
                 ),
                 &[],
                 "",
-            ));
+            );
             return None;
         }
     };
@@ -146,6 +145,7 @@ fn inert(cx: &Context, s: u64, e: u64, scan: &mut u64) -> bool {
 /// A finding for ownerless `[s, e)`, unless it holds nothing but int3.
 fn report(
     cx: &Context,
+    out: &Report,
     s: u64,
     e: u64,
     hidden: &[(u64, u64, String)],
@@ -167,8 +167,7 @@ fn report(
         Some(m) => format!(", the code of module {m}, which is not in the module list"),
         None => String::new(),
     };
-    let f = Finding::new(
-        FindingKind::HiddenCode,
+    let f = out.finding(
         format!(
             "executable kernel memory {s:#x}..{e:#x} ({} KiB) belongs to no code the kernel knows{what}",
             len / 1024

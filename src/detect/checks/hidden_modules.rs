@@ -12,8 +12,8 @@
 
 use std::collections::BTreeSet;
 
-use super::{Check, Context};
-use crate::detect::{Finding, FindingKind};
+use super::{Check, Context, Report};
+use crate::detect::FindingKind;
 use crate::kernel::modules::MAX_NODES;
 use crate::kernel::walk::End;
 
@@ -27,31 +27,29 @@ impl Check for HiddenModules {
         FindingKind::HiddenModule
     }
 
-    fn run(&self, cx: &Context, out: &mut Vec<Finding>) {
+    fn run(&self, cx: &Context, out: &mut Report) {
         let Some(root) = cx.sym("mod_tree") else {
             return; // no MODULES_TREE_LOOKUP, or no modules
         };
         if cx.tree_modules().is_none() {
-            out.push(Finding::new(
-                FindingKind::HiddenModule,
+            out.add(
                 "the build has no BTF for mod_tree: hidden modules not looked for",
                 &[root],
                 "",
-            ));
+            );
             return;
         }
-        let odd = |out: &mut Vec<Finding>| -> Vec<(u64, &'static str)> {
+        let odd = |out: &mut Report| -> Vec<(u64, &'static str)> {
             let listed: BTreeSet<u64> = cx.read_modules().iter().map(|m| m.addr).collect();
             let (tree, end) = cx
                 .tree_modules()
                 .unwrap_or((BTreeSet::new(), End::Complete));
             if end == End::Truncated {
-                out.push(Finding::new(
-                    FindingKind::HiddenModule,
+                out.add(
                     format!("mod_tree has more than {MAX_NODES} nodes (a loop?)"),
                     &[root],
                     "",
-                ));
+                );
             }
             let sysfs = cx.sysfs_modules();
             let mut odd: Vec<(u64, &'static str)> = tree
@@ -78,7 +76,7 @@ impl Check for HiddenModules {
             }
             odd
         };
-        if odd(&mut Vec::new()).is_empty() {
+        if odd(&mut out.scratch()).is_empty() {
             return;
         }
         // Loading and unloading pass through these states for a moment.
@@ -86,8 +84,7 @@ impl Check for HiddenModules {
         for (m, what) in odd(out) {
             let name = cx.module_name(m).unwrap_or_else(|| "?".into());
             out.push(
-                Finding::new(
-                    FindingKind::HiddenModule,
+                out.finding(
                     format!("module {name} (struct module at {m:#x}) {what}: it hid itself"),
                     &[m],
                     "the kernel's module list, address tree and sysfs disagree",

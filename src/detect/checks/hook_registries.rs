@@ -10,7 +10,7 @@
 
 use std::collections::BTreeSet;
 
-use super::{capped, Check, Context};
+use super::{Check, Context, Report};
 use crate::detect::{inventory, Finding, FindingKind};
 
 pub struct HookRegistries;
@@ -65,7 +65,7 @@ impl Check for HookRegistries {
         FindingKind::HookRegistry
     }
 
-    fn run(&self, cx: &Context, out: &mut Vec<Finding>) {
+    fn run(&self, cx: &Context, out: &mut Report) {
         let Some(first) = judge(cx, out) else {
             return;
         };
@@ -77,18 +77,18 @@ impl Check for HookRegistries {
         // later.
         std::thread::sleep(SETTLE);
         let seen: BTreeSet<String> = first.into_iter().map(|f| f.detail).collect();
-        let found: Vec<Finding> = judge(cx, &mut Vec::new())
+        let found: Vec<Finding> = judge(cx, &mut out.scratch())
             .unwrap_or_default()
             .into_iter()
             .filter(|f| seen.contains(&f.detail))
             .collect();
-        capped(FindingKind::HookRegistry, found, "hook registries", out);
+        out.capped(found, "hook registries");
     }
 
     /// The guest's hooks by modules outside the build.
     fn inventory(&self, cx: &Context) -> BTreeSet<String> {
         let mut lines = BTreeSet::new();
-        for h in hooks(cx, &mut Vec::new()).unwrap_or_default() {
+        for h in hooks(cx, &mut Report::discard(self.kind())).unwrap_or_default() {
             if let Owner::Module(m) = owner(cx, h.handler) {
                 lines.insert(line(&h, &m));
             }
@@ -101,7 +101,7 @@ impl Check for HookRegistries {
 const SETTLE: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// The handlers that are wrong now; None if the registries cannot be read.
-fn judge(cx: &Context, out: &mut Vec<Finding>) -> Option<Vec<Finding>> {
+fn judge(cx: &Context, out: &mut Report) -> Option<Vec<Finding>> {
     let hooks = hooks(cx, out)?;
     let known = inventory::load(cx.dir);
     let mut found = Vec::new();
@@ -117,8 +117,7 @@ fn judge(cx: &Context, out: &mut Vec<Finding>) -> Option<Vec<Finding>> {
                     continue;
                 }
                 found.push(
-                    Finding::new(
-                        FindingKind::HookRegistry,
+                    out.finding(
                         format!(
                             "{where_} runs {}, a module the build does not ship",
                             cx.name(h.handler)
@@ -129,8 +128,7 @@ fn judge(cx: &Context, out: &mut Vec<Finding>) -> Option<Vec<Finding>> {
                     .owned_by(m),
                 );
             }
-            Owner::Nobody => found.push(Finding::new(
-                FindingKind::HookRegistry,
+            Owner::Nobody => found.push(out.finding(
                 format!(
                     "{where_} runs {}, which is neither kernel text nor the code of a listed module",
                     cx.name(h.handler)
@@ -175,14 +173,13 @@ fn line(h: &Hook, module: &str) -> String {
 
 /// Every handler of every registry this build has; None (with a finding)
 /// without BTF.
-pub fn hooks(cx: &Context, out: &mut Vec<Finding>) -> Option<Vec<Hook>> {
+pub fn hooks(cx: &Context, out: &mut Report) -> Option<Vec<Hook>> {
     let Some(_) = cx.btf else {
-        out.push(Finding::new(
-            FindingKind::HookRegistry,
+        out.add(
             "the build has no BTF: notifier, tracepoint, netfilter and LSM hooks not checked",
             &[],
             "",
-        ));
+        );
         return None;
     };
     let mut h = Vec::new();
@@ -207,12 +204,11 @@ pub fn hooks(cx: &Context, out: &mut Vec<Finding>) -> Option<Vec<Hook>> {
     netfilter(cx, &mut h);
     lsm(cx, &mut h);
     if h.len() >= MAX_HOOKS {
-        out.push(Finding::new(
-            FindingKind::HookRegistry,
+        out.add(
             format!("the hook registries hold more than {MAX_HOOKS} handlers: the rest not read"),
             &[],
             "",
-        ));
+        );
     }
     Some(h)
 }

@@ -2,8 +2,8 @@
 //! or one of the per-vector stubs.
 #![deny(clippy::arithmetic_side_effects)]
 
-use super::{Check, Context};
-use crate::detect::{Finding, FindingKind};
+use super::{Check, Context, Report};
+use crate::detect::FindingKind;
 
 pub struct Idt;
 
@@ -12,23 +12,18 @@ impl Check for Idt {
         FindingKind::Idt
     }
 
-    fn run(&self, cx: &Context, out: &mut Vec<Finding>) {
+    fn run(&self, cx: &Context, out: &mut Report) {
         idt(cx, out)
     }
 }
 
-fn idt(cx: &Context, out: &mut Vec<Finding>) {
+fn idt(cx: &Context, out: &mut Report) {
     let Some(table) = cx.sym("idt_table") else {
         return;
     };
     let mut b = vec![0u8; 256 * 16];
     if cx.read(table, &mut b).is_none() {
-        out.push(Finding::new(
-            FindingKind::Idt,
-            "cannot read idt_table",
-            &[table],
-            "",
-        ));
+        out.add("cannot read idt_table", &[table], "");
         return;
     }
     let stubs = |name: &str| cx.map().addr(name).zip(cx.map().extent(name));
@@ -56,15 +51,14 @@ fn idt(cx: &Context, out: &mut Vec<Finding>) {
             .any(|&(a, n)| link.checked_sub(a).is_some_and(|o| o < n));
         let at_symbol = cx.map().function_at(link).is_some();
         if !cx.in_image(handler) || !(in_stubs || at_symbol) {
-            out.push(Finding::new(
-                FindingKind::Idt,
+            out.add(
                 format!("IDT vector {vector} enters {}", cx.name(handler)),
                 &[
                     table.wrapping_add((vector as u64).wrapping_mul(16)),
                     handler,
                 ],
                 "gates must enter kernel text at an entry symbol",
-            ));
+            );
         }
     }
 }

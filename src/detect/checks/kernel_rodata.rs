@@ -6,8 +6,8 @@
 //! tables other checks report on.
 #![deny(clippy::arithmetic_side_effects)]
 
-use super::{capped, data_place, Check, Context, OPERATION_TABLES};
-use crate::detect::{Finding, FindingKind};
+use super::{data_place, Check, Context, Report, OPERATION_TABLES};
+use crate::detect::FindingKind;
 use crate::kernel::text::{relocated, subtract};
 
 pub struct KernelRodata;
@@ -22,11 +22,9 @@ impl Check for KernelRodata {
         FindingKind::KernelRodata
     }
 
-    fn run(&self, cx: &Context, out: &mut Vec<Finding>) {
-        let kind = FindingKind::KernelRodata;
+    fn run(&self, cx: &Context, out: &mut Report) {
         let Some((start, end)) = cx.vmlinux.section_range(".rodata") else {
-            out.push(Finding::new(
-                kind,
+            out.push(out.finding(
                 "the build has no .rodata: cannot check the kernel's read-only data",
                 &[],
                 "",
@@ -39,8 +37,7 @@ impl Check for KernelRodata {
                 r
             }
             Err(e) => {
-                out.push(Finding::new(
-                    kind,
+                out.push(out.finding(
                     format!("cannot check the kernel's read-only data: {e}"),
                     &[],
                     "",
@@ -55,11 +52,17 @@ impl Check for KernelRodata {
                 let q = p.saturating_add(PIECE).min(b);
                 let r =
                     relocs.partition_point(|x| x.addr < p)..relocs.partition_point(|x| x.addr < q);
-                compare(cx, p, q, &relocs[r], &mut changes);
+                compare(
+                    cx,
+                    p,
+                    q,
+                    &relocs[r],
+                    &mut Report::new(out.kind(), &mut changes),
+                );
                 p = q;
             }
         }
-        capped(kind, changes, "the kernel's read-only data", out);
+        out.capped(changes, "the kernel's read-only data");
     }
 }
 
@@ -91,9 +94,8 @@ fn compare(
     link: u64,
     end: u64,
     relocs: &[crate::kernel::vmlinux::Reloc],
-    out: &mut Vec<Finding>,
+    out: &mut Report,
 ) {
-    let kind = FindingKind::KernelRodata;
     let len = end.saturating_sub(link);
     let runtime = cx.runtime(link);
     let Ok(n) = usize::try_from(len) else {
@@ -101,8 +103,7 @@ fn compare(
     };
     let mut live = vec![0u8; n];
     let (Some(built), Some(())) = (cx.vmlinux.bytes(link, len), cx.read(runtime, &mut live)) else {
-        out.push(Finding::new(
-            kind,
+        out.push(out.finding(
             format!("cannot read the kernel's read-only data at {runtime:#x}"),
             &[runtime],
             "",
@@ -135,8 +136,7 @@ fn compare(
             .map(u64::from_le_bytes)
             .filter(|&p| p >> 47 == 0x1ffff);
         let last = j.saturating_add(1).min(i.saturating_add(32));
-        out.push(Finding::new(
-            kind,
+        out.push(out.finding(
             match now {
                 Some(p) => format!(
                     "{place} differs from the build: now points to {}",

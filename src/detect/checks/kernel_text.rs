@@ -7,8 +7,8 @@
 //! `syscall-dispatch` check's to report.
 #![deny(clippy::arithmetic_side_effects)]
 
-use super::{differences, Check, Context};
-use crate::detect::{Finding, FindingKind};
+use super::{Check, Context, Report};
+use crate::detect::FindingKind;
 use crate::kernel::patching;
 use crate::kernel::text::{compare_image_code, syscall_path};
 
@@ -19,14 +19,13 @@ impl Check for KernelText {
         FindingKind::KernelText
     }
 
-    fn run(&self, cx: &Context, out: &mut Vec<Finding>) {
+    fn run(&self, cx: &Context, out: &mut Report) {
         let Some(range) = text_range(cx) else {
-            out.push(Finding::new(
-                FindingKind::KernelText,
+            out.add(
                 "the build has no .text between _text and _etext: cannot check the kernel's code",
                 &[],
                 "",
-            ));
+            );
             return;
         };
         let skip: Vec<(u64, u64)> = syscall_path(cx.map())
@@ -36,7 +35,7 @@ impl Check for KernelText {
         let extra = patching::symbol_sites(cx.map(), range.0, range.1);
         let mut found = Vec::new();
         compare_image_code(&cx.image(), range, extra, &skip, &mut found);
-        out.extend(differences(FindingKind::KernelText, found));
+        out.differences(found);
     }
 }
 

@@ -5,8 +5,8 @@
 //! and optimized ones. Layouts come from the build's BTF.
 #![deny(clippy::arithmetic_side_effects)]
 
-use super::{Check, Context};
-use crate::detect::{Finding, FindingKind};
+use super::{Check, Context, Report};
+use crate::detect::FindingKind;
 
 pub struct Kprobes;
 
@@ -44,28 +44,22 @@ impl Check for Kprobes {
         FindingKind::Kprobe
     }
 
-    fn run(&self, cx: &Context, out: &mut Vec<Finding>) {
+    fn run(&self, cx: &Context, out: &mut Report) {
         let (Some(table), Some(len)) = (cx.sym("kprobe_table"), cx.map().extent("kprobe_table"))
         else {
             return; // a kernel without kprobes
         };
         let Some(l) = Layout::from(cx) else {
-            out.push(Finding::new(
-                FindingKind::Kprobe,
+            out.add(
                 "the build has no BTF for struct kprobe: registered kprobes not checked",
                 &[table],
                 "",
-            ));
+            );
             return;
         };
         let heads = usize::try_from(len / 8).unwrap_or(0).min(1024);
         let Some(first) = cx.read_words(table, heads) else {
-            out.push(Finding::new(
-                FindingKind::Kprobe,
-                "cannot read kprobe_table",
-                &[table],
-                "",
-            ));
+            out.add("cannot read kprobe_table", &[table], "");
             return;
         };
         let mut budget = MAX_PROBES;
@@ -73,12 +67,11 @@ impl Check for Kprobes {
             // hlist: `hlist` is struct kprobe's first member.
             for p in cx.chain(head, 0, 0, MAX_PROBES.saturating_add(1)) {
                 if budget == 0 {
-                    out.push(Finding::new(
-                        FindingKind::Kprobe,
+                    out.add(
                         format!("kprobe_table holds more than {MAX_PROBES} kprobes (a loop?)"),
                         &[table],
                         "",
-                    ));
+                    );
                     return;
                 }
                 budget = budget.saturating_sub(1);
@@ -92,15 +85,14 @@ impl Check for Kprobes {
 
 /// Report the kprobe at `p` (and, for an aggregate, those on its list).
 /// False if it cannot be read.
-fn probe(cx: &Context, l: &Layout, p: u64, budget: &mut usize, out: &mut Vec<Finding>) -> bool {
+fn probe(cx: &Context, l: &Layout, p: u64, budget: &mut usize, out: &mut Report) -> bool {
     let word = |off: u64| cx.read_word(p.wrapping_add(off));
     let (Some(addr), Some(pre)) = (word(l.addr), word(l.pre_handler)) else {
-        out.push(Finding::new(
-            FindingKind::Kprobe,
+        out.add(
             format!("kprobe_table leads to unreadable memory at {p:#x}"),
             &[p],
             "",
-        ));
+        );
         return false;
     };
     if cx.sym("aggr_pre_handler") == Some(pre) {
@@ -119,7 +111,7 @@ fn probe(cx: &Context, l: &Layout, p: u64, budget: &mut usize, out: &mut Vec<Fin
 
 /// One kprobe at `kp` on `addr`: its handlers (a kretprobe's are in the
 /// struct around it) outside the image are a finding.
-fn report(cx: &Context, l: &Layout, kp: u64, addr: u64, out: &mut Vec<Finding>) {
+fn report(cx: &Context, l: &Layout, kp: u64, addr: u64, out: &mut Report) {
     let word = |off: u64| cx.read_word(kp.wrapping_add(off)).unwrap_or(0);
     let pre = word(l.pre_handler);
     let mut handlers = vec![("pre-handler", pre), ("post-handler", word(l.post_handler))];
@@ -133,8 +125,7 @@ fn report(cx: &Context, l: &Layout, kp: u64, addr: u64, out: &mut Vec<Finding>) 
     };
     for (role, h) in handlers {
         if h != 0 && !cx.in_image(h) {
-            out.push(Finding::new(
-                FindingKind::Kprobe,
+            out.add(
                 format!(
                     "a {what} on {} has its {role} at {}",
                     cx.name(addr),
@@ -142,7 +133,7 @@ fn report(cx: &Context, l: &Layout, kp: u64, addr: u64, out: &mut Vec<Finding>) 
                 ),
                 &[addr, h, kp],
                 "registered in kprobe_table",
-            ));
+            );
         }
     }
 }

@@ -78,29 +78,112 @@ impl<'a> Deref for Context<'a> {
     }
 }
 
-/// The engine's differences as findings of `kind` (a breakpoint is a
-/// [`FindingKind::Kprobe`] whatever the region).
-fn differences(kind: FindingKind, found: Vec<Difference>) -> Vec<Finding> {
-    found
-        .into_iter()
-        .map(|d| {
+/// Where a check puts what it finds: findings of the check's own kind,
+/// unless it names another; or nowhere, for a look whose findings only
+/// count if a second look agrees.
+pub struct Report<'o> {
+    kind: FindingKind,
+    out: Option<&'o mut Vec<Finding>>,
+}
+
+impl<'o> Report<'o> {
+    /// Findings of `kind` into `out`.
+    pub fn new(kind: FindingKind, out: &'o mut Vec<Finding>) -> Self {
+        Report {
+            kind,
+            out: Some(out),
+        }
+    }
+
+    /// A report whose findings go nowhere.
+    pub fn discard(kind: FindingKind) -> Report<'static> {
+        Report { kind, out: None }
+    }
+
+    /// A report of the same kind whose findings go nowhere.
+    pub fn scratch(&self) -> Report<'static> {
+        Report::discard(self.kind)
+    }
+
+    /// The kind of the check reporting.
+    pub fn kind(&self) -> FindingKind {
+        self.kind
+    }
+
+    /// A finding of the check's kind, to report later or not.
+    pub fn finding(
+        &self,
+        detail: impl Into<String>,
+        addresses: &[u64],
+        evidence: impl Into<String>,
+    ) -> Finding {
+        Finding::new(self.kind, detail, addresses, evidence)
+    }
+
+    /// Report a finding of the check's kind.
+    pub fn add(
+        &mut self,
+        detail: impl Into<String>,
+        addresses: &[u64],
+        evidence: impl Into<String>,
+    ) {
+        let f = self.finding(detail, addresses, evidence);
+        self.push(f);
+    }
+
+    /// Report the integrity engine's differences as findings of the
+    /// check's kind (a breakpoint is a [`FindingKind::Kprobe`] whatever the
+    /// region).
+    pub fn differences(&mut self, found: Vec<Difference>) {
+        for d in found {
             let kind = if d.breakpoint {
                 FindingKind::Kprobe
             } else {
-                kind
+                self.kind
             };
-            Finding::new(kind, d.detail, &d.addresses, d.evidence)
-        })
-        .collect()
+            self.push(Finding::new(kind, d.detail, &d.addresses, d.evidence));
+        }
+    }
+
+    /// Report any finding.
+    pub fn push(&mut self, f: Finding) {
+        if let Some(out) = self.out.as_mut() {
+            out.push(f);
+        }
+    }
+
+    /// Report `found`, at most [`MAX_CHANGES`] of them and then one
+    /// finding that counts the rest (a guest that rewrites everything must
+    /// not flood the report).
+    pub fn capped(&mut self, found: Vec<Finding>, what: &str) {
+        let n = found.len();
+        self.extend(found.into_iter().take(MAX_CHANGES));
+        if n > MAX_CHANGES {
+            self.add(
+                format!("{} more changes in {what}", n.saturating_sub(MAX_CHANGES)),
+                &[],
+                "",
+            );
+        }
+    }
+}
+
+impl Extend<Finding> for Report<'_> {
+    fn extend<I: IntoIterator<Item = Finding>>(&mut self, it: I) {
+        for f in it {
+            self.push(f);
+        }
+    }
 }
 
 /// A check of the guest's memory.
 pub trait Check: Sync {
     /// What it reports.
     fn kind(&self) -> FindingKind;
-    /// Look, and add what is wrong to `out`. Never fails: what cannot be
-    /// read is itself a finding.
-    fn run(&self, cx: &Context, out: &mut Vec<Finding>);
+    /// Look, and report what is wrong to `out` (findings of
+    /// [`Check::kind`] unless the check names another). Never fails: what
+    /// cannot be read is itself a finding.
+    fn run(&self, cx: &Context, out: &mut Report);
     /// What of the guest a baseline records as known (its lines of the
     /// hook inventory, [`crate::detect::inventory`]); most checks have
     /// none.
@@ -138,7 +221,7 @@ pub fn run_all(cx: &Context) -> Vec<Finding> {
     let mut out = Vec::new();
     for c in CHECKS {
         let t = std::time::Instant::now();
-        c.run(cx, &mut out);
+        c.run(cx, &mut Report::new(c.kind(), &mut out));
         log::debug!("check {} took {:?}", c.kind(), t.elapsed());
     }
     out
@@ -165,22 +248,6 @@ pub const OPERATION_TABLES: &[&str] = &[
 /// Changes of one check reported one by one, at most; beyond, one summary.
 const MAX_CHANGES: usize = 32;
 
-/// Add `found` to `out`, at most [`MAX_CHANGES`] of them and then one
-/// finding that counts the rest (a guest that rewrites everything must not
-/// flood the report).
-fn capped(kind: FindingKind, found: Vec<Finding>, what: &str, out: &mut Vec<Finding>) {
-    let n = found.len();
-    out.extend(found.into_iter().take(MAX_CHANGES));
-    if n > MAX_CHANGES {
-        out.push(Finding::new(
-            kind,
-            format!("{} more changes in {what}", n.saturating_sub(MAX_CHANGES)),
-            &[],
-            "",
-        ));
-    }
-}
-
 /// `object` or `object+0xoff` for link-time `link` in kernel data, else the
 /// runtime address.
 fn data_place(cx: &Context, link: u64) -> String {
@@ -192,13 +259,7 @@ fn data_place(cx: &Context, link: u64) -> String {
 }
 
 /// Compare a table of pointers with the build, word by word.
-fn compare_table(
-    cx: &Context,
-    name: &str,
-    kind: FindingKind,
-    entry_name: &dyn Fn(usize) -> String,
-    out: &mut Vec<Finding>,
-) {
+fn compare_table(cx: &Context, name: &str, entry_name: &dyn Fn(usize) -> String, out: &mut Report) {
     let (Some(link), Some(extent)) = (cx.map().addr(name), cx.map().extent(name)) else {
         return;
     };
@@ -208,8 +269,7 @@ fn compare_table(
         cx.vmlinux.bytes(link, n.saturating_mul(8)),
         cx.read_words(runtime, n as usize),
     ) else {
-        out.push(Finding::new(
-            kind,
+        out.push(out.finding(
             format!("cannot read {name} from the guest or the build"),
             &[runtime],
             "",
@@ -224,8 +284,7 @@ fn compare_table(
         };
         if l != want {
             let at = runtime.wrapping_add((i as u64).wrapping_mul(8));
-            out.push(Finding::new(
-                kind,
+            out.push(out.finding(
                 format!(
                     "{} points to {} instead of {}",
                     entry_name(i),

@@ -9,9 +9,9 @@
 
 use log::info;
 
-use super::{capped, data_place, Check, Context};
+use super::{data_place, Check, Context, Report};
 use crate::abi::le;
-use crate::detect::{Finding, FindingKind};
+use crate::detect::FindingKind;
 use crate::kernel::vmlinux::RelocKind;
 
 pub struct RoAfterInit;
@@ -33,8 +33,7 @@ impl Check for RoAfterInit {
         FindingKind::RoAfterInit
     }
 
-    fn run(&self, cx: &Context, out: &mut Vec<Finding>) {
-        let kind = FindingKind::RoAfterInit;
+    fn run(&self, cx: &Context, out: &mut Report) {
         let map = cx.map();
         let (Some(start), Some(end)) = (
             map.addr("__start_ro_after_init"),
@@ -53,18 +52,29 @@ impl Check for RoAfterInit {
         let mut live = vec![0u8; n];
         let (Some(built), Some(())) = (cx.vmlinux.bytes(start, len), cx.read(runtime, &mut live))
         else {
-            out.push(Finding::new(
-                kind,
+            out.add(
                 "cannot read __ro_after_init data from the guest or the build",
                 &[runtime],
                 "",
-            ));
+            );
             return;
         };
         let mut found = Vec::new();
-        let seen = module_pointers(cx, start, &built, &live, &mut found);
-        against_snapshot(cx, start, &live, &seen, &mut found);
-        capped(kind, found, "__ro_after_init data", out);
+        let seen = module_pointers(
+            cx,
+            start,
+            &built,
+            &live,
+            &mut Report::new(out.kind(), &mut found),
+        );
+        against_snapshot(
+            cx,
+            start,
+            &live,
+            &seen,
+            &mut Report::new(out.kind(), &mut found),
+        );
+        out.capped(found, "__ro_after_init data");
     }
 }
 
@@ -77,7 +87,7 @@ fn module_pointers(
     start: u64,
     built: &[u8],
     live: &[u8],
-    out: &mut Vec<Finding>,
+    out: &mut Report,
 ) -> std::collections::BTreeSet<u64> {
     let mut seen = std::collections::BTreeSet::new();
     let end = start.saturating_add(built.len() as u64);
@@ -96,8 +106,7 @@ fn module_pointers(
         let in_modules = l >= MODULE_SPACE.0 && l < MODULE_SPACE.1 && !cx.in_image(l);
         if in_modules && (b == 0 || pointers.contains(&at)) {
             seen.insert(at);
-            out.push(Finding::new(
-                FindingKind::RoAfterInit,
+            out.add(
                 format!(
                     "{} points to {}: modules load after __ro_after_init data is sealed",
                     data_place(cx, at),
@@ -105,7 +114,7 @@ fn module_pointers(
                 ),
                 &[cx.runtime(at), l],
                 format!("live {l:#x}, built {b:#x}"),
-            ));
+            );
         }
     }
     seen
@@ -118,7 +127,7 @@ fn against_snapshot(
     start: u64,
     live: &[u8],
     seen: &std::collections::BTreeSet<u64>,
-    out: &mut Vec<Finding>,
+    out: &mut Report,
 ) {
     let k = cx.view.kernel;
     let word = |name: &str| cx.sym(name).and_then(|a| cx.read_word(a));
@@ -155,12 +164,11 @@ fn against_snapshot(
                     live.len(),
                     path.display()
                 ),
-                Err(e) => out.push(Finding::new(
-                    FindingKind::RoAfterInit,
+                Err(e) => out.add(
                     format!("cannot keep a snapshot of __ro_after_init data: {e}"),
                     &[],
                     "",
-                )),
+                ),
             }
         }
         None => info!("the guest is still booting: no snapshot of __ro_after_init data yet"),
@@ -174,7 +182,7 @@ fn diff(
     snap: &[u8],
     live: &[u8],
     seen: &std::collections::BTreeSet<u64>,
-    out: &mut Vec<Finding>,
+    out: &mut Report,
 ) {
     let n = snap.len().min(live.len());
     let mut i = 0usize;
@@ -196,8 +204,7 @@ fn diff(
         if seen.contains(&at) {
             continue;
         }
-        out.push(Finding::new(
-            FindingKind::RoAfterInit,
+        out.add(
             format!(
                 "{} changed since this boot's snapshot: {} where it held {}",
                 data_place(cx, at),
@@ -210,7 +217,7 @@ fn diff(
                 &live[w..last],
                 &snap[w..last]
             ),
-        ));
+        );
     }
 }
 

@@ -6,8 +6,8 @@
 //! byte except where the kernel patches itself (see [`crate::kernel::text`]).
 #![deny(clippy::arithmetic_side_effects)]
 
-use super::{differences, Check, Context};
-use crate::detect::{Finding, FindingKind};
+use super::{Check, Context, Report};
+use crate::detect::FindingKind;
 use crate::kernel::text::{compare, syscall_path};
 
 pub struct SyscallDispatch;
@@ -17,11 +17,11 @@ impl Check for SyscallDispatch {
         FindingKind::SyscallDispatch
     }
 
-    fn run(&self, cx: &Context, out: &mut Vec<Finding>) {
+    fn run(&self, cx: &Context, out: &mut Report) {
         let mut found = Vec::new();
         for r in syscall_path(cx.map()) {
             compare(&cx.image(), &r, &mut found);
         }
-        out.extend(differences(FindingKind::SyscallDispatch, found));
+        out.differences(found);
     }
 }

@@ -3,8 +3,8 @@
 //! redirects syscalls, but it is still a rootkit's mark.
 #![deny(clippy::arithmetic_side_effects)]
 
-use super::{compare_table, Check, Context};
-use crate::detect::{Finding, FindingKind};
+use super::{compare_table, Check, Context, Report};
+use crate::detect::FindingKind;
 
 pub struct SyscallTables;
 
@@ -13,23 +13,17 @@ impl Check for SyscallTables {
         FindingKind::SyscallTable
     }
 
-    fn run(&self, cx: &Context, out: &mut Vec<Finding>) {
+    fn run(&self, cx: &Context, out: &mut Report) {
         syscall_tables(cx, out)
     }
 }
 
-fn syscall_tables(cx: &Context, out: &mut Vec<Finding>) {
+fn syscall_tables(cx: &Context, out: &mut Report) {
     for table in [
         "sys_call_table",
         "ia32_sys_call_table",
         "x32_sys_call_table",
     ] {
-        compare_table(
-            cx,
-            table,
-            FindingKind::SyscallTable,
-            &|i| format!("{table}[{i}]"),
-            out,
-        );
+        compare_table(cx, table, &|i| format!("{table}[{i}]"), out);
     }
 }

@@ -13,20 +13,24 @@ use crate::trace::keys::Klog;
 use crate::trace::status::{CollectorState, CollectorStatus};
 use crate::trace::switch::{self, TracerStatus};
 
-use super::{Check, Context};
+use super::{Check, Context, Report};
 
 /// Longer than `on` waits for its collector (20 s) and then for the
 /// guest's acknowledgement (20 s).
 const SWITCH_ON_WITHIN: Duration = Duration::from_secs(60);
 
+/// What every finding of this check is: it also runs outside the checks
+/// ([`check`], for `status`).
+const KIND: FindingKind = FindingKind::TracerIntegrity;
+
 pub struct TracerIntegrity;
 
 impl Check for TracerIntegrity {
     fn kind(&self) -> FindingKind {
-        FindingKind::TracerIntegrity
+        KIND
     }
 
-    fn run(&self, cx: &Context, out: &mut Vec<Finding>) {
+    fn run(&self, cx: &Context, out: &mut Report) {
         out.extend(check(cx.view.ram, cx.view.kernel, cx.dir, cx.heartbeat));
     }
 }
@@ -56,7 +60,7 @@ fn check(
 }
 
 fn finding(detail: impl Into<String>, at: u64, evidence: impl Into<String>) -> Finding {
-    Finding::new(FindingKind::TracerIntegrity, detail, &[at], evidence)
+    Finding::new(KIND, detail, &[at], evidence)
 }
 
 /// What the guest itself says thins or corrupts its capture.
@@ -179,7 +183,7 @@ fn session(
     if let Some(s) = status.filter(|s| s.rings.integrity_failures() > 0) {
         let r = &s.rings;
         out.push(Finding::new(
-            FindingKind::TracerIntegrity,
+            KIND,
             format!(
                 "records failed integrity checks: {} erased or rewritten, {} failed their check (forged or stale key), {} with an epoch the host never issued, {} under a key the guest should no longer have, {} going back to an older key, {} impossible, {} ring rewinds, {} rings moved",
                 r.erased,
@@ -219,7 +223,7 @@ fn key_matches(ram: &GuestRam, k: &GuestKernel, klog: &Klog, out: &mut Vec<Findi
         match klog.key(epoch) {
             Some(want) if want == key => {}
             Some(_) => out.push(Finding::new(
-                FindingKind::TracerIntegrity,
+                KIND,
                 format!("the key of epoch {epoch} in guest memory is not the one the host wrote"),
                 &[k.field(slot | 8).0],
                 "key rewritten in the guest",
@@ -228,7 +232,7 @@ fn key_matches(ram: &GuestRam, k: &GuestKernel, klog: &Klog, out: &mut Vec<Findi
                 // Written after we loaded Klog? Then it is a newer epoch.
                 if epoch > klog.max_epoch().saturating_add(1) {
                     out.push(Finding::new(
-                        FindingKind::TracerIntegrity,
+                        KIND,
                         format!("guest key epoch {epoch} was never issued by the host"),
                         &[k.field(abi::off::CUR_EPOCH).0],
                         "",
