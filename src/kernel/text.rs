@@ -80,6 +80,33 @@ pub fn subtract((start, end): (u64, u64), skip: &[(u64, u64)]) -> Vec<(u64, u64)
     out
 }
 
+/// The runs of bytes where `a` and `b` differ, as `[start, end)` from the
+/// first differing byte to just after the last: differing bytes at most
+/// `gap` bytes apart are one run. The one rule every byte comparison of
+/// kernel data uses.
+pub fn changed_runs(a: &[u8], b: &[u8], gap: usize) -> Vec<(usize, usize)> {
+    let n = a.len().min(b.len());
+    let mut out = Vec::new();
+    let mut i = 0usize;
+    while i < n {
+        if a[i] == b[i] {
+            i = i.saturating_add(1);
+            continue;
+        }
+        let mut last = i;
+        let mut k = i;
+        while k < n && k.saturating_sub(last) <= gap {
+            if a[k] != b[k] {
+                last = k;
+            }
+            k = k.saturating_add(1);
+        }
+        out.push((i, last.saturating_add(1)));
+        i = last.saturating_add(1);
+    }
+    out
+}
+
 /// Most variants tried at one site (alternatives times nested sites).
 const MAX_VARIANTS: usize = 4096;
 /// How long a site that looked wrong is given to finish being patched.
@@ -1084,6 +1111,21 @@ mod tests {
         let p = pieces((0, 10 << 20), &[], &[], &[]);
         assert!(p.iter().all(|(a, b)| b - a <= MAX_PIECE));
         assert_eq!(p.last().unwrap().1, 10 << 20);
+    }
+
+    #[test]
+    fn changed_runs_merge_changes_closer_than_the_gap() {
+        let a = [0u8; 32];
+        let mut b = a;
+        b[1] = 1;
+        b[5] = 1;
+        b[20] = 1;
+        assert_eq!(changed_runs(&a, &b, 8), [(1, 6), (20, 21)]);
+        assert_eq!(changed_runs(&a, &b, 3), [(1, 2), (5, 6), (20, 21)]);
+        assert_eq!(changed_runs(&a, &b, 100), [(1, 21)]);
+        assert!(changed_runs(&a, &a, 8).is_empty());
+        // Unequal lengths: the common part.
+        assert_eq!(changed_runs(&a[..4], &b, 8), [(1, 2)]);
     }
 
     #[test]

@@ -8,7 +8,7 @@
 
 use super::{data_place, Check, Context, Report, OPERATION_TABLES};
 use crate::detect::FindingKind;
-use crate::kernel::text::{relocated, subtract};
+use crate::kernel::text::{changed_runs, relocated, subtract};
 
 pub struct KernelRodata;
 
@@ -24,11 +24,11 @@ impl Check for KernelRodata {
 
     fn run(&self, cx: &Context, out: &mut Report) {
         let Some((start, end)) = cx.vmlinux.section_range(".rodata") else {
-            out.push(out.finding(
+            out.add(
                 "the build has no .rodata: cannot check the kernel's read-only data",
                 &[],
                 "",
-            ));
+            );
             return;
         };
         let relocs = match cx.vmlinux.kaslr_relocations(start, end) {
@@ -37,11 +37,11 @@ impl Check for KernelRodata {
                 r
             }
             Err(e) => {
-                out.push(out.finding(
+                out.add(
                     format!("cannot check the kernel's read-only data: {e}"),
                     &[],
                     "",
-                ));
+                );
                 return;
             }
         };
@@ -103,29 +103,16 @@ fn compare(
     };
     let mut live = vec![0u8; n];
     let (Some(built), Some(())) = (cx.vmlinux.bytes(link, len), cx.read(runtime, &mut live)) else {
-        out.push(out.finding(
+        out.add(
             format!("cannot read the kernel's read-only data at {runtime:#x}"),
             &[runtime],
             "",
-        ));
+        );
         return;
     };
     let want = relocated(&built, link, relocs, cx.slide());
-    let mut i = 0usize;
-    while i < n {
-        if want[i] == live[i] {
-            i = i.saturating_add(1);
-            continue;
-        }
-        // One change: differing bytes with gaps under GAP between them.
-        let mut j = i;
-        let mut k = i;
-        while k < n && k.saturating_sub(j) <= GAP {
-            if want[k] != live[k] {
-                j = k;
-            }
-            k = k.saturating_add(1);
-        }
+    // One change: differing bytes with gaps under GAP between them.
+    for (i, end) in changed_runs(&want, &live, GAP) {
         let at = link.saturating_add(i as u64);
         let place = data_place(cx, at);
         // A word-aligned pointer that changed: say where it points now.
@@ -135,8 +122,8 @@ fn compare(
             .and_then(|b| b.try_into().ok())
             .map(u64::from_le_bytes)
             .filter(|&p| p >> 47 == 0x1ffff);
-        let last = j.saturating_add(1).min(i.saturating_add(32));
-        out.push(out.finding(
+        let last = end.min(i.saturating_add(32));
+        out.add(
             match now {
                 Some(p) => format!(
                     "{place} differs from the build: now points to {}",
@@ -150,7 +137,6 @@ fn compare(
                 &live[i..last],
                 &want[i..last]
             ),
-        ));
-        i = j.saturating_add(1);
+        );
     }
 }

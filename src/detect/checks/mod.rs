@@ -269,11 +269,11 @@ fn compare_table(cx: &Context, name: &str, entry_name: &dyn Fn(usize) -> String,
         cx.vmlinux.bytes(link, n.saturating_mul(8)),
         cx.read_words(runtime, n as usize),
     ) else {
-        out.push(out.finding(
+        out.add(
             format!("cannot read {name} from the guest or the build"),
             &[runtime],
             "",
-        ));
+        );
         return;
     };
     for (i, (b, &l)) in le::words(&built).zip(&live).enumerate() {
@@ -284,7 +284,7 @@ fn compare_table(cx: &Context, name: &str, entry_name: &dyn Fn(usize) -> String,
         };
         if l != want {
             let at = runtime.wrapping_add((i as u64).wrapping_mul(8));
-            out.push(out.finding(
+            out.add(
                 format!(
                     "{} points to {} instead of {}",
                     entry_name(i),
@@ -293,7 +293,7 @@ fn compare_table(cx: &Context, name: &str, entry_name: &dyn Fn(usize) -> String,
                 ),
                 &[at, l, want],
                 format!("{name} differs from the trusted build"),
-            ));
+            );
         }
     }
 }

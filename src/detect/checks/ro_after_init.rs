@@ -12,6 +12,7 @@ use log::info;
 use super::{data_place, Check, Context, Report};
 use crate::abi::le;
 use crate::detect::FindingKind;
+use crate::kernel::text::changed_runs;
 use crate::kernel::vmlinux::RelocKind;
 
 pub struct RoAfterInit;
@@ -185,22 +186,15 @@ fn diff(
     out: &mut Report,
 ) {
     let n = snap.len().min(live.len());
-    let mut i = 0usize;
-    while i < n {
-        if snap[i] == live[i] {
-            i = i.saturating_add(1);
-            continue;
-        }
+    // Word by word: a run from the word its first change is in, changes
+    // in one word together.
+    for (i, end) in changed_runs(snap, live, 7) {
         let w = i & !7;
-        let mut j = w.saturating_add(8).min(n);
-        while j < n && snap[j] != live[j] {
-            j = j.saturating_add(1);
-        }
+        let j = end.max(w.saturating_add(8)).min(n);
         let at = start.saturating_add(w as u64);
         let now = le::u64_at(live, w).unwrap_or(0);
         let was = le::u64_at(snap, w).unwrap_or(0);
         let last = j.min(w.saturating_add(32));
-        i = j;
         if seen.contains(&at) {
             continue;
         }
