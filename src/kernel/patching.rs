@@ -256,21 +256,37 @@ pub fn sites(v: &Vmlinux, map: &SystemMap, start: u64, end: u64) -> Vec<Site> {
             }
         }
     }
-    if let Some((base, b)) = table(
-        v,
-        map,
-        "__start_static_call_sites",
-        "__stop_static_call_sites",
-    ) {
-        out.extend(
-            relative(base, &b, 8, 0)
-                .filter(|&a| inside(a))
-                .map(|addr| Site {
-                    addr,
-                    len: 5,
-                    patch: Patch::StaticCall,
-                }),
-        );
+    // Tables of 32-bit self-relative site addresses, `stride` bytes an
+    // entry: what one entry says is patched, and how many bytes.
+    let relative_tables: [(&str, &str, usize, usize, Patch); 3] = [
+        (
+            "__start_static_call_sites",
+            "__stop_static_call_sites",
+            8,
+            5,
+            Patch::StaticCall,
+        ),
+        ("__smp_locks", "__smp_locks_end", 4, 1, Patch::SmpLock),
+        (
+            "__ibt_endbr_seal",
+            "__ibt_endbr_seal_end",
+            4,
+            4,
+            Patch::EndbrSeal,
+        ),
+    ];
+    for (first, last, stride, len, patch) in relative_tables {
+        if let Some((base, b)) = table(v, map, first, last) {
+            out.extend(
+                relative(base, &b, stride, 0)
+                    .filter(|&a| inside(a))
+                    .map(|addr| Site {
+                        addr,
+                        len,
+                        patch: patch.clone(),
+                    }),
+            );
+        }
     }
     if let Some((_, b)) = table(v, map, "__parainstructions", "__parainstructions_end") {
         // struct paravirt_patch_site: u8 *instr; u8 type; u8 len; (16 bytes).
@@ -286,28 +302,6 @@ pub fn sites(v: &Vmlinux, map: &SystemMap, start: u64, end: u64) -> Vec<Site> {
                 });
             }
         }
-    }
-    if let Some((base, b)) = table(v, map, "__smp_locks", "__smp_locks_end") {
-        out.extend(
-            relative(base, &b, 4, 0)
-                .filter(|&a| inside(a))
-                .map(|addr| Site {
-                    addr,
-                    len: 1,
-                    patch: Patch::SmpLock,
-                }),
-        );
-    }
-    if let Some((base, b)) = table(v, map, "__ibt_endbr_seal", "__ibt_endbr_seal_end") {
-        out.extend(
-            relative(base, &b, 4, 0)
-                .filter(|&a| inside(a))
-                .map(|addr| Site {
-                    addr,
-                    len: 4,
-                    patch: Patch::EndbrSeal,
-                }),
-        );
     }
     out.sort_by_key(|s| (s.addr, std::cmp::Reverse(s.len)));
     out

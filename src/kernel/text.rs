@@ -539,7 +539,7 @@ impl Code<'_, '_> {
                         e.get(i).copied().unwrap_or(0)
                     ),
                     &[self.runtime(i)],
-                    format!("live {}, built {}", five(l, i), five(e, i)),
+                    format!("live {}, built {}", rel32_bytes(l, i), rel32_bytes(e, i)),
                 )
             });
             return i;
@@ -564,7 +564,11 @@ impl Code<'_, '_> {
         out.push(Difference::new(
             detail,
             &[self.runtime(start), now.unwrap_or(0)],
-            format!("live {}, built {}", five(l, start), five(e, start)),
+            format!(
+                "live {}, built {}",
+                rel32_bytes(l, start),
+                rel32_bytes(e, start)
+            ),
         ));
         start
     }
@@ -1077,11 +1081,12 @@ fn serves_kernel_ops(cx: &Image, t: u64, c: &Caller, code: &[u8]) -> Result<(), 
     Ok(())
 }
 
-/// The five bytes at `i`, for evidence.
-fn five(c: &[u8], i: usize) -> String {
+/// The bytes of the `call`/`jmp rel32` (five bytes) that would start at
+/// `i` of `code`, for evidence.
+fn rel32_bytes(code: &[u8], i: usize) -> String {
     format!(
         "{:02x?}",
-        &c[i.min(c.len())..i.saturating_add(5).min(c.len())]
+        &code[i.min(code.len())..i.saturating_add(5).min(code.len())]
     )
 }
 
