@@ -27,6 +27,10 @@ export XFTRACE_ANSIBLE_BIN="$venv/bin"
 # whether the run passed or not.
 timings=$(mktemp "${TMPDIR:-/tmp}/xftrace-timings.XXXXXX")
 export XFTRACE_TEST_TIMINGS=$timings
+# Whether guests run under KVM or TCG, probed once for every test binary
+# (the probe waits 20 s where /dev/kvm hangs guests).
+accel_file=$(mktemp "${TMPDIR:-/tmp}/xftrace-accel.XXXXXX")
+export XFTRACE_ACCEL_FILE=$accel_file
 step() { printf 'setup\t%s\t%s\tok\n' "$1" "$2" >>"$timings"; }
 table() {
 	local rc=$?
@@ -37,7 +41,7 @@ table() {
 			awk -F '\t' '{ printf "  %8.1f  %-6s  %-13s %s\n", $3, $4, $1, $2; t += $3 }
 				END { printf "  %8.1f  total of the rows above\n", t }'
 	fi
-	rm -f "$timings"
+	rm -f "$timings" "$accel_file"
 	return "$rc"
 }
 trap table EXIT

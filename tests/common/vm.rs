@@ -30,7 +30,10 @@ pub struct Serial {
     _lock: MutexGuard<'static, ()>,
 }
 
-/// `kvm` if a probe guest boots under KVM here, else `tcg` (XFTRACE_ACCEL overrides).
+/// `kvm` if a probe guest boots under KVM here, else `tcg` (XFTRACE_ACCEL
+/// overrides). The probe costs up to 20 s where /dev/kvm hangs guests:
+/// with `XFTRACE_ACCEL_FILE` (tests/run.sh sets it), its answer is kept
+/// there for the other test binaries of the run.
 pub fn accel() -> &'static str {
     static A: OnceLock<&'static str> = OnceLock::new();
     A.get_or_init(|| {
@@ -39,21 +42,37 @@ pub fn accel() -> &'static str {
             Ok("tcg") => return "tcg",
             _ => {}
         }
-        if !Path::new("/dev/kvm").exists() {
-            eprintln!("harness: no /dev/kvm, using TCG");
-            return "tcg";
-        }
-        match Vm::try_boot("kvm", 256, 1, Duration::from_secs(20), &Boot::default()) {
-            Ok(_) => {
-                eprintln!("harness: KVM probe guest booted, using KVM");
-                "kvm"
-            }
-            Err(e) => {
-                eprintln!("harness: KVM probe guest did not boot ({e}), using TCG");
-                "tcg"
+        let file = std::env::var_os("XFTRACE_ACCEL_FILE").map(PathBuf::from);
+        if let Some(f) = &file {
+            match std::fs::read_to_string(f).as_deref().map(str::trim) {
+                Ok("kvm") => return "kvm",
+                Ok("tcg") => return "tcg",
+                _ => {}
             }
         }
+        let a = probe_accel();
+        if let Some(f) = &file {
+            let _ = std::fs::write(f, a);
+        }
+        a
     })
+}
+
+fn probe_accel() -> &'static str {
+    if !Path::new("/dev/kvm").exists() {
+        eprintln!("harness: no /dev/kvm, using TCG");
+        return "tcg";
+    }
+    match Vm::try_boot("kvm", 256, 1, Duration::from_secs(20), &Boot::default()) {
+        Ok(_) => {
+            eprintln!("harness: KVM probe guest booted, using KVM");
+            "kvm"
+        }
+        Err(e) => {
+            eprintln!("harness: KVM probe guest did not boot ({e}), using TCG");
+            "tcg"
+        }
+    }
 }
 
 /// Non-default boot settings.
