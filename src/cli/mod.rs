@@ -67,11 +67,30 @@ pub struct GuestArgs {
 
     /// QEMU machine type (--mem-file only); needed for guests with 2.75 GiB of RAM or more.
     #[arg(long, global = true, value_enum)]
-    pub machine: Option<Machine>,
+    pub machine: Option<MachineArg>,
 
     /// QEMU's max-ram-below-4g, if the guest was started with it (--mem-file only; bytes).
     #[arg(long, global = true, value_name = "BYTES")]
     pub max_ram_below_4g: Option<u64>,
+}
+
+/// `--machine`: the command line's names for [`Machine`] (the memory
+/// layer knows nothing of the command line).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum MachineArg {
+    /// i440fx (`pc-*`): up to 3 GiB below 4 GiB once RAM reaches 3.5 GiB.
+    Pc,
+    /// Q35 (`pc-q35-*`): up to 2 GiB below 4 GiB once RAM reaches 2.75 GiB.
+    Q35,
+}
+
+impl From<MachineArg> for Machine {
+    fn from(m: MachineArg) -> Machine {
+        match m {
+            MachineArg::Pc => Machine::Pc,
+            MachineArg::Q35 => Machine::Q35,
+        }
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -278,7 +297,7 @@ fn target(g: &GuestArgs, root: &Path) -> Result<Target, Error> {
         },
         (None, Some(path)) => Source::MemFile(MemFile {
             path: path.clone(),
-            machine: g.machine,
+            machine: g.machine.map(Machine::from),
             max_ram_below_4g: g.max_ram_below_4g,
         }),
         (None, None) => {
