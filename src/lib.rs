@@ -14,8 +14,8 @@
 //! | [`abi`] | `header`, `record`, `layout`, `funcs`, `le` | the guest↔host contract of `docs/abi.md`; the only place that computes offsets |
 //! | [`host`] | `files`, `statedir`, `process` | private, atomic, bounded host files; the per-guest state directory and its lock; background processes |
 //! | [`guest`] | `memory`, `paging` | guest physical memory through the RAM files; the guest's page tables |
-//! | [`libvirt`] | `connection`, `domain_xml`, `hook` | domains, their RAM files and layout via QEMU's monitor; enrollment edits; the `virsh start` hook |
 //! | [`kernel`] | `symbols`, `vmlinux`, `builds`, `locate`, `guest`, `target` | the trusted build; finding the kernel in RAM; an opened guest; which guest to open |
+//! | [`libvirt`] | `connection`, `domain_xml`, `guests`, `hook` | domains, their RAM files and layout via QEMU's monitor; enrollment edits; libvirt's domains as `kernel::target` opens them; the `virsh start` hook |
 //! | [`trace`] | `keys`, `switch`, `rings`, `spool`, `render`, `status`, `session`, `collector` | Klog and keys, on/off, reading the rings, the spool, `trace_graph.txt`, sessions and the collector |
 //! | [`detect`] | `checks`, `callflow`, `run` | findings: one file per check of guest memory, call flow against a baseline, `check`/`watch`/`baseline` |
 //! | [`cli`] | `domains` | the command line and its one exit-code mapping |

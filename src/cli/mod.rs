@@ -5,6 +5,7 @@
 mod domains;
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
@@ -15,6 +16,7 @@ use crate::guest::memory::Machine;
 use crate::host::statedir;
 use crate::kernel::target::{MemFile, Source, Target};
 use crate::libvirt::connection::DEFAULT_URI;
+use crate::libvirt::guests::LibvirtDomains;
 use crate::libvirt::hook;
 use crate::trace::session::{self, CollectOptions};
 use crate::trace::{collector, spool};
@@ -294,6 +296,7 @@ fn target(g: &GuestArgs, root: &Path) -> Result<Target, Error> {
         (Some(name), _) => Source::Domain {
             name: name.clone(),
             uri: g.connect.clone(),
+            domains: Arc::new(LibvirtDomains::new(&g.connect)),
         },
         (None, Some(path)) => Source::MemFile(MemFile {
             path: path.clone(),
