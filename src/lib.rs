@@ -15,9 +15,10 @@
 //! | [`host`] | `files`, `statedir`, `process` | private, atomic, bounded host files; the per-guest state directory and its lock; background processes |
 //! | [`guest`] | `memory`, `paging` | guest physical memory through the RAM files; the guest's page tables |
 //! | [`kernel`] | `symbols`, `vmlinux`, `builds`, `locate`, `guest`, `target` | the trusted build; finding the kernel in RAM; an opened guest; which guest to open |
-//! | [`libvirt`] | `connection`, `domain_xml`, `guests`, `hook` | domains, their RAM files and layout via QEMU's monitor; enrollment edits; libvirt's domains as `kernel::target` opens them; the `virsh start` hook |
+//! | [`libvirt`] | `connection`, `domain_xml`, `guests`, `hook` | domains, their RAM files and layout via QEMU's monitor; enrollment edits; libvirt's domains as `kernel::target` opens them; the hook's arguments and state files |
 //! | [`trace`] | `keys`, `switch`, `rings`, `spool`, `render`, `status`, `session`, `collector` | Klog and keys, on/off, reading the rings, the spool, `trace_graph.txt`, sessions and the collector |
 //! | [`detect`] | `checks`, `callflow`, `run` | findings: one file per check of guest memory, call flow against a baseline, `check`/`watch`/`baseline` |
+//! | [`lifecycle`] | `hook` | a domain's life: the `virsh start` hook, which guards, monitors and resumes |
 //! | [`cli`] | `domains` | the command line and its one exit-code mapping |
 //!
 //! [`fuzzing`] holds the fuzz harnesses (test support, used by nothing else).
@@ -32,4 +33,5 @@ pub mod guest;
 pub mod host;
 pub mod kernel;
 pub mod libvirt;
+pub mod lifecycle;
 pub mod trace;

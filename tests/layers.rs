@@ -16,6 +16,7 @@ const LAYERS: &[&[&str]] = &[
     &["libvirt"],
     &["trace"],
     &["detect"],
+    &["lifecycle"],
     &["cli"],
 ];
 

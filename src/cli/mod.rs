@@ -17,7 +17,7 @@ use crate::host::statedir;
 use crate::kernel::target::{MemFile, Source, Target};
 use crate::libvirt::connection::DEFAULT_URI;
 use crate::libvirt::guests::LibvirtDomains;
-use crate::libvirt::hook;
+use crate::lifecycle::hook;
 use crate::trace::session::{self, CollectOptions};
 use crate::trace::{collector, spool};
 
@@ -392,19 +392,7 @@ pub fn run(cli: Cli) -> Result<Outcome, Error> {
             })
         }
         Command::Hook { driver, args } => match driver.as_str() {
-            "qemu" => done(hook::qemu(
-                root,
-                args,
-                &mut std::io::stdin(),
-                &hook::HookEnv {
-                    interrupted: &session::interrupted_session,
-                    build_here: &|map| {
-                        crate::kernel::builds::check_recorded(root, map)
-                            .map(|_| ())
-                            .map_err(|e| e.to_string())
-                    },
-                },
-            )),
+            "qemu" => done(hook::qemu(root, args, &mut std::io::stdin())),
             _ => Ok(Outcome::Done),
         },
         Command::Collect {
