@@ -338,19 +338,30 @@ pub fn run(cli: Cli) -> Result<Outcome, Error> {
                 spool_limit: *spool_limit,
                 ..Default::default()
             };
-            done(session::waiting(
-                &target,
-                Duration::from_secs(*wait),
-                || match adopt {
-                    true => session::adopt(&target, opts, gap),
-                    false => session::on(&target, functions, opts, gap),
-                },
-            ))
+            let began = session::waiting(&target, Duration::from_secs(*wait), || match adopt {
+                true => session::adopt(&target, opts, gap),
+                false => session::on(&target, functions, opts, gap),
+            })?;
+            println!("{began}");
+            Ok(Outcome::Done)
         }
         Command::Off { output } => {
-            session::off(&target(&cli.guest, root)?, output).map(|_| Outcome::Done)
+            let off = session::off(&target(&cli.guest, root)?, output);
+            if let Some(note) = &off.gone {
+                eprintln!("{note}");
+            }
+            if let Some(wrote) = &off.wrote {
+                println!("{wrote}");
+            }
+            off.result.map(|_| Outcome::Done)
         }
-        Command::Status => done(session::status(&target(&cli.guest, root)?)),
+        Command::Status => {
+            let status = session::status(&target(&cli.guest, root)?);
+            for line in &status.lines {
+                println!("{line}");
+            }
+            done(status.result)
+        }
         Command::Enroll {
             name,
             dry_run,
@@ -376,15 +387,23 @@ pub fn run(cli: Cli) -> Result<Outcome, Error> {
             trace_seconds,
             rounds,
         } => {
-            let any = detect::watch(
-                &target(&cli.guest, root)?,
-                &detect::CheckOptions {
-                    trace_seconds: *trace_seconds,
-                },
+            let target = target(&cli.guest, root)?;
+            let opts = detect::CheckOptions {
+                trace_seconds: *trace_seconds,
+            };
+            let mut any = false;
+            for new in detect::watch(
+                &target,
+                &opts,
                 Duration::from_secs_f64(interval.max(0.1)),
-                *json,
                 *rounds,
-            )?;
+            ) {
+                let new = new?;
+                any |= !new.is_empty();
+                for line in detect::report(&new, *json) {
+                    println!("{line}");
+                }
+            }
             Ok(if any {
                 Outcome::Findings
             } else {
@@ -446,7 +465,9 @@ fn check(t: &Target, json: bool, trace_seconds: u64) -> Result<Outcome, Error> {
         findings: f,
         failed,
     } = detect::check(t, &detect::CheckOptions { trace_seconds })?;
-    detect::report(&f, json);
+    for line in detect::report(&f, json) {
+        println!("{line}");
+    }
     // What was found stands; a part that could not run is an error only
     // when nothing else was found (exit 1 outranks exit 2).
     if let Some(e) = failed {
