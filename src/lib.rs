@@ -14,12 +14,15 @@
 //! | [`abi`] | `header`, `record`, `layout`, `funcs`, `le` | the guest↔host contract of `docs/abi.md`; the only place that computes offsets |
 //! | [`host`] | `files`, `statedir`, `process` | private, atomic, bounded host files; the per-guest state directory and its lock; background processes |
 //! | [`guest`] | `memory`, `paging` | guest physical memory through the RAM files; the guest's page tables |
-//! | [`kernel`] | `symbols`, `vmlinux`, `builds`, `locate`, `guest`, `target` | the trusted build; finding the kernel in RAM; an opened guest; which guest to open |
+//! | [`kernel`] | `symbols`, `vmlinux`, `btf`, `builds`, `callgraph`, `patching`, `locate`, `stale`, `guest`, `target` | the trusted build (System.map, vmlinux, its BTF, stored builds, what its code may call, where the kernel patches its own text); finding the kernel in RAM and setting aside an earlier boot's; an opened guest; which guest to open (a RAM file, or a domain through the `target::Domains` trait, implemented above) |
 //! | [`libvirt`] | `connection`, `domain_xml`, `guests`, `hook` | domains, their RAM files and layout via QEMU's monitor; enrollment edits; libvirt's domains as `kernel::target` opens them; the hook's arguments and state files |
-//! | [`trace`] | `keys`, `switch`, `rings`, `spool`, `render`, `status`, `session`, `collector` | Klog and keys, on/off, reading the rings, the spool, `trace_graph.txt`, sessions and the collector |
-//! | [`detect`] | `checks`, `callflow`, `run` | findings: one file per check of guest memory, call flow against a baseline, `check`/`watch`/`baseline` |
-//! | [`lifecycle`] | `hook` | a domain's life: the `virsh start` hook, which guards, monitors and resumes |
-//! | [`cli`] | `domains` | the command line and its one exit-code mapping |
+//! | [`trace`] | `keys`, `switch`, `rings`, `spool`, `render`, `status`, `session`, `collector` | Klog and keys, on/off, reading the rings, the spool, `trace_graph.txt`, sessions and the collector; prints nothing (sessions return what they did) |
+//! | [`detect`] | `checks`, `callflow`, `run` | findings: one file per check of guest memory, call flow against a baseline, `check`/`watch`/`baseline`; prints nothing |
+//! | [`lifecycle`] | `hook` | a domain's life: the `virsh start` hook, which guards starts and migrations, starts always-on monitoring and resumes interrupted sessions |
+//! | [`cli`] | `domains` | the command line (the only user of `clap`), the only place that prints, and its one exit-code mapping |
+//!
+//! Besides `crate::` paths, `tests/layers.rs` keeps `clap` in `cli` (and
+//! main.rs), libvirt's bindings (`virt`) in `libvirt`, and printing in `cli`.
 //!
 //! [`fuzzing`] holds the fuzz harnesses (test support, used by nothing else).
 
