@@ -5,6 +5,7 @@
 mod domains;
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
@@ -15,7 +16,8 @@ use crate::guest::memory::Machine;
 use crate::host::statedir;
 use crate::kernel::target::{MemFile, Source, Target};
 use crate::libvirt::connection::DEFAULT_URI;
-use crate::libvirt::hook;
+use crate::libvirt::guests::LibvirtDomains;
+use crate::lifecycle::hook;
 use crate::trace::session::{self, CollectOptions};
 use crate::trace::{collector, spool};
 
@@ -67,11 +69,30 @@ pub struct GuestArgs {
 
     /// QEMU machine type (--mem-file only); needed for guests with 2.75 GiB of RAM or more.
     #[arg(long, global = true, value_enum)]
-    pub machine: Option<Machine>,
+    pub machine: Option<MachineArg>,
 
     /// QEMU's max-ram-below-4g, if the guest was started with it (--mem-file only; bytes).
     #[arg(long, global = true, value_name = "BYTES")]
     pub max_ram_below_4g: Option<u64>,
+}
+
+/// `--machine`: the command line's names for [`Machine`] (the memory
+/// layer knows nothing of the command line).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum MachineArg {
+    /// i440fx (`pc-*`): up to 3 GiB below 4 GiB once RAM reaches 3.5 GiB.
+    Pc,
+    /// Q35 (`pc-q35-*`): up to 2 GiB below 4 GiB once RAM reaches 2.75 GiB.
+    Q35,
+}
+
+impl From<MachineArg> for Machine {
+    fn from(m: MachineArg) -> Machine {
+        match m {
+            MachineArg::Pc => Machine::Pc,
+            MachineArg::Q35 => Machine::Q35,
+        }
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -275,10 +296,11 @@ fn target(g: &GuestArgs, root: &Path) -> Result<Target, Error> {
         (Some(name), _) => Source::Domain {
             name: name.clone(),
             uri: g.connect.clone(),
+            domains: Arc::new(LibvirtDomains::new(&g.connect)),
         },
         (None, Some(path)) => Source::MemFile(MemFile {
             path: path.clone(),
-            machine: g.machine,
+            machine: g.machine.map(Machine::from),
             max_ram_below_4g: g.max_ram_below_4g,
         }),
         (None, None) => {
@@ -316,19 +338,30 @@ pub fn run(cli: Cli) -> Result<Outcome, Error> {
                 spool_limit: *spool_limit,
                 ..Default::default()
             };
-            done(session::waiting(
-                &target,
-                Duration::from_secs(*wait),
-                || match adopt {
-                    true => session::adopt(&target, opts, gap),
-                    false => session::on(&target, functions, opts, gap),
-                },
-            ))
+            let began = session::waiting(&target, Duration::from_secs(*wait), || match adopt {
+                true => session::adopt(&target, opts, gap),
+                false => session::on(&target, functions, opts, gap),
+            })?;
+            println!("{began}");
+            Ok(Outcome::Done)
         }
         Command::Off { output } => {
-            session::off(&target(&cli.guest, root)?, output).map(|_| Outcome::Done)
+            let off = session::off(&target(&cli.guest, root)?, output);
+            if let Some(note) = &off.gone {
+                eprintln!("{note}");
+            }
+            if let Some(wrote) = &off.wrote {
+                println!("{wrote}");
+            }
+            off.result.map(|_| Outcome::Done)
         }
-        Command::Status => done(session::status(&target(&cli.guest, root)?)),
+        Command::Status => {
+            let status = session::status(&target(&cli.guest, root)?);
+            for line in &status.lines {
+                println!("{line}");
+            }
+            done(status.result)
+        }
         Command::Enroll {
             name,
             dry_run,
@@ -354,15 +387,23 @@ pub fn run(cli: Cli) -> Result<Outcome, Error> {
             trace_seconds,
             rounds,
         } => {
-            let any = detect::watch(
-                &target(&cli.guest, root)?,
-                &detect::CheckOptions {
-                    trace_seconds: *trace_seconds,
-                },
+            let target = target(&cli.guest, root)?;
+            let opts = detect::CheckOptions {
+                trace_seconds: *trace_seconds,
+            };
+            let mut any = false;
+            for new in detect::watch(
+                &target,
+                &opts,
                 Duration::from_secs_f64(interval.max(0.1)),
-                *json,
                 *rounds,
-            )?;
+            ) {
+                let new = new?;
+                any |= !new.is_empty();
+                for line in detect::report(&new, *json) {
+                    println!("{line}");
+                }
+            }
             Ok(if any {
                 Outcome::Findings
             } else {
@@ -370,19 +411,7 @@ pub fn run(cli: Cli) -> Result<Outcome, Error> {
             })
         }
         Command::Hook { driver, args } => match driver.as_str() {
-            "qemu" => done(hook::qemu(
-                root,
-                args,
-                &mut std::io::stdin(),
-                &hook::HookEnv {
-                    interrupted: &session::interrupted_session,
-                    build_here: &|map| {
-                        crate::kernel::builds::check_recorded(root, map)
-                            .map(|_| ())
-                            .map_err(|e| e.to_string())
-                    },
-                },
-            )),
+            "qemu" => done(hook::qemu(root, args, &mut std::io::stdin())),
             _ => Ok(Outcome::Done),
         },
         Command::Collect {
@@ -436,7 +465,9 @@ fn check(t: &Target, json: bool, trace_seconds: u64) -> Result<Outcome, Error> {
         findings: f,
         failed,
     } = detect::check(t, &detect::CheckOptions { trace_seconds })?;
-    detect::report(&f, json);
+    for line in detect::report(&f, json) {
+        println!("{line}");
+    }
     // What was found stands; a part that could not run is an error only
     // when nothing else was found (exit 1 outranks exit 2).
     if let Some(e) = failed {

@@ -13,7 +13,7 @@ pub mod checks;
 pub mod inventory;
 pub mod run;
 
-pub use run::{baseline, check, watch, CheckOptions, Checked};
+pub use run::{baseline, check, watch, CheckOptions, Checked, Watch};
 
 use log::warn;
 use serde::{Deserialize, Serialize};
@@ -217,22 +217,26 @@ impl std::fmt::Display for Finding {
     }
 }
 
-/// Print findings, one per line, and log them.
-pub fn report(findings: &[Finding], json: bool) {
-    for f in findings {
-        warn!("finding: {f}");
-        if json {
-            println!("{}", serde_json::to_string(f).expect("serializes"));
-        } else {
-            println!("{f}");
-        }
-    }
+/// Log findings, and return the lines that report them: one per finding,
+/// JSON objects with `json` (the command line prints them).
+pub fn report(findings: &[Finding], json: bool) -> Vec<String> {
+    findings
+        .iter()
+        .map(|f| {
+            warn!("finding: {f}");
+            if json {
+                serde_json::to_string(f).expect("serializes")
+            } else {
+                f.to_string()
+            }
+        })
+        .collect()
 }
 
 #[cfg(test)]
 #[allow(clippy::arithmetic_side_effects)]
 mod tests {
-    use super::run::{check, CheckOptions};
+    use super::run::{check, watch, CheckOptions};
     use super::*;
 
     #[test]
@@ -255,6 +259,7 @@ mod tests {
     use crate::kernel::locate::tests::{place_kernel, synthetic_guest, SLIDE, TEXT_PA};
     use crate::kernel::symbols::tests::MAP;
     use crate::kernel::target::{MemFile, Source, Target};
+    use std::time::Duration;
 
     #[test]
     fn a_finding_is_one_line_whatever_the_guest_wrote() {
@@ -298,29 +303,7 @@ mod tests {
     #[test]
     fn a_decoy_is_reported_and_every_check_still_runs() {
         let dir = tempfile::tempdir().unwrap();
-        let (ram, map) = synthetic_guest(dir.path());
-        place_kernel(&ram, &map, TEXT_PA + (32 << 20), SLIDE);
-        drop(ram);
-        std::fs::write(dir.path().join("System.map"), MAP).unwrap();
-        // A vmlinux holding the build's banner where System.map puts it.
-        let banner = map.addr("linux_banner").unwrap();
-        let mut data = b"Linux version 6.1.192 (test) #1 SMP\n\0".to_vec();
-        data.resize(64, 0);
-        std::fs::write(
-            dir.path().join("vmlinux"),
-            crate::testkit::synthetic::elf(banner, &data, &[]),
-        )
-        .unwrap();
-        let target = Target {
-            source: Source::MemFile(MemFile {
-                path: dir.path().join("ram"),
-                machine: None,
-                max_ram_below_4g: None,
-            }),
-            system_map: Some(dir.path().join("System.map")),
-            vmlinux: None,
-            state_root: dir.path().join("state"),
-        };
+        let target = decoy_guest(dir.path());
         let f = check(&target, &CheckOptions { trace_seconds: 0 })
             .unwrap()
             .findings;
@@ -336,5 +319,64 @@ mod tests {
             .filter(|x| x.detail.contains("heartbeat did not advance"))
             .count();
         assert_eq!(stalled, 2, "{f:#?}");
+        // Reported one line each, or one JSON object each.
+        assert_eq!(report(&f, false)[0], f[0].to_string());
+        let j: serde_json::Value = serde_json::from_str(&report(&f, true)[0]).unwrap();
+        assert_eq!(j["detail"], f[0].detail.as_str());
+    }
+
+    /// `watch` yields each finding in the round it first appears, checks
+    /// at least once, and stops after its rounds.
+    #[test]
+    fn watch_reports_each_finding_once_over_its_rounds() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = decoy_guest(dir.path());
+        let opts = CheckOptions { trace_seconds: 0 };
+        let rounds: Vec<Vec<Finding>> = watch(&target, &opts, Duration::ZERO, Some(2))
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(rounds.len(), 2);
+        assert!(!rounds[0].is_empty());
+        assert!(rounds[1].is_empty(), "{:#?}", rounds[1]);
+        assert_eq!(watch(&target, &opts, Duration::ZERO, Some(0)).count(), 1);
+        // An error ends it.
+        let gone = Target {
+            source: Source::MemFile(MemFile {
+                path: dir.path().join("no-such-ram"),
+                machine: None,
+                max_ram_below_4g: None,
+            }),
+            ..target
+        };
+        let r: Vec<_> = watch(&gone, &opts, Duration::ZERO, None).collect();
+        assert!(matches!(r.as_slice(), [Err(_)]));
+    }
+
+    /// A synthetic guest with a decoy: a second control block with page
+    /// tables of its own.
+    fn decoy_guest(dir: &std::path::Path) -> Target {
+        let (ram, map) = synthetic_guest(dir);
+        place_kernel(&ram, &map, TEXT_PA + (32 << 20), SLIDE);
+        drop(ram);
+        std::fs::write(dir.join("System.map"), MAP).unwrap();
+        // A vmlinux holding the build's banner where System.map puts it.
+        let banner = map.addr("linux_banner").unwrap();
+        let mut data = b"Linux version 6.1.192 (test) #1 SMP\n\0".to_vec();
+        data.resize(64, 0);
+        std::fs::write(
+            dir.join("vmlinux"),
+            crate::testkit::synthetic::elf(banner, &data, &[]),
+        )
+        .unwrap();
+        Target {
+            source: Source::MemFile(MemFile {
+                path: dir.join("ram"),
+                machine: None,
+                max_ram_below_4g: None,
+            }),
+            system_map: Some(dir.join("System.map")),
+            vmlinux: None,
+            state_root: dir.join("state"),
+        }
     }
 }

@@ -13,7 +13,7 @@ use crate::kernel::target::Target;
 use crate::trace::session;
 
 use super::checks::{self, Context};
-use super::{callflow, report, Finding, FindingKind};
+use super::{callflow, Finding, FindingKind};
 
 /// How `check` and `watch` work.
 #[derive(Clone, Debug)]
@@ -211,48 +211,85 @@ pub fn baseline(
     Ok(b)
 }
 
-/// `watch`: check every `interval` until interrupted; report each finding
-/// when it first appears, with how long after the last clean check.
-pub fn watch(
-    target: &Target,
-    opts: &CheckOptions,
+/// `watch`: check every `interval` until interrupted (or `rounds` checks);
+/// each round yields the findings that first appear in it, each logged
+/// with how long after the last clean check it appeared.
+pub fn watch<'a>(
+    target: &'a Target,
+    opts: &'a CheckOptions,
     interval: Duration,
-    json: bool,
     rounds: Option<u64>,
-) -> Result<bool> {
-    let mut known = std::collections::BTreeSet::new();
-    let mut last_clean = now_unix();
-    let mut any = false;
-    let mut n = 0;
-    loop {
-        let t = Instant::now();
-        let Checked { findings, failed } = check(target, opts)?;
-        if let Some(e) = failed {
-            warn!("{}: part of the check failed: {e}", target.describe());
+) -> Watch<'a> {
+    Watch {
+        target,
+        opts,
+        interval,
+        rounds,
+        known: std::collections::BTreeSet::new(),
+        last_clean: now_unix(),
+        n: 0,
+        last_start: None,
+        done: false,
+    }
+}
+
+/// The rounds of [`watch`]: an iterator of each round's new findings; it
+/// ends after an error, or after `rounds` rounds.
+pub struct Watch<'a> {
+    target: &'a Target,
+    opts: &'a CheckOptions,
+    interval: Duration,
+    rounds: Option<u64>,
+    known: std::collections::BTreeSet<(FindingKind, String)>,
+    last_clean: f64,
+    n: u64,
+    /// When the last round started (the next starts `interval` after it).
+    last_start: Option<Instant>,
+    /// An error ended it.
+    done: bool,
+}
+
+impl Iterator for Watch<'_> {
+    type Item = Result<Vec<Finding>>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        // Every watch checks once, whatever `rounds` says.
+        if self.done || (self.n > 0 && self.rounds.is_some_and(|r| self.n >= r)) {
+            return None;
         }
+        if let Some(t) = self.last_start {
+            std::thread::sleep(self.interval.saturating_sub(t.elapsed()));
+        }
+        self.last_start = Some(Instant::now());
+        let Checked { findings, failed } = match check(self.target, self.opts) {
+            Ok(c) => c,
+            Err(e) => {
+                self.done = true;
+                return Some(Err(e));
+            }
+        };
+        if let Some(e) = failed {
+            warn!("{}: part of the check failed: {e}", self.target.describe());
+        }
+        let known = &mut self.known;
         let new: Vec<Finding> = findings
             .into_iter()
             .filter(|f| known.insert((f.kind, f.detail.clone())))
             .collect();
-        if new.is_empty() && known.is_empty() {
-            last_clean = now_unix();
+        if new.is_empty() && self.known.is_empty() {
+            self.last_clean = now_unix();
         }
         for f in &new {
             info!(
                 "detection latency: {} first seen {:.2} s after the last clean check",
                 f.kind,
-                f.time - last_clean
+                f.time - self.last_clean
             );
         }
-        if known.len() > MAX_KNOWN {
-            known.clear();
+        if self.known.len() > MAX_KNOWN {
+            self.known.clear();
         }
-        any |= !new.is_empty();
-        report(&new, json);
-        n += 1;
-        if rounds.is_some_and(|r| n >= r) {
-            return Ok(any);
-        }
-        std::thread::sleep(interval.saturating_sub(t.elapsed()));
+        self.n += 1;
+        Some(Ok(new))
     }
 }

@@ -18,7 +18,7 @@ use crate::error::{Error, ReadError, ReadFailure, Result};
 pub use crate::guest::addr::GuestAddress;
 
 /// The x86 machine type, which decides where RAM above the PCI hole goes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Machine {
     /// i440fx (`pc-*`): up to 3 GiB below 4 GiB once RAM reaches 3.5 GiB.
     Pc,

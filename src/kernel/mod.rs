@@ -9,7 +9,7 @@
 //! | [`modules`] | the loaded modules: their list, address tree and sysfs kobjects; who owns an address |
 //! | [`walk`] | bounded walks of the kernel's lists, chains, trees, XArrays and per-CPU variables |
 //! | [`patching`], [`text`] | the integrity engine: where the kernel patches its own code, and the guest's code against the build |
-//! | [`target`] | which guest to open, and opening it |
+//! | [`target`] | which guest to open and opening it: a RAM file, or a domain of a manager reached through `target::Domains`, which a higher layer implements (nothing here knows libvirt) |
 
 pub mod btf;
 pub mod builds;

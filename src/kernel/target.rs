@@ -1,8 +1,11 @@
 //! Which guest to trace, and how to open it: a RAM file given directly, or a
-//! libvirt domain whose RAM files and layout come from QEMU through libvirt.
+//! domain of a virtualization manager whose RAM files and layout the
+//! manager reports ([`Domains`], implemented for libvirt in a layer above).
 
 use std::ffi::OsString;
+use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use log::{info, warn};
 
@@ -16,7 +19,6 @@ use crate::kernel::locate::{self, GuestKernel, LocateOptions, Located};
 use crate::kernel::stale;
 use crate::kernel::symbols::SystemMap;
 use crate::kernel::vmlinux::Vmlinux;
-use crate::libvirt::connection::Libvirt;
 
 /// A RAM file given directly (`--mem-file`), with what QEMU's memory
 /// layout depends on.
@@ -27,12 +29,42 @@ pub struct MemFile {
     pub max_ram_below_4g: Option<u64>,
 }
 
+/// The guests a virtualization manager runs (libvirt's domains), as far
+/// as opening one needs them. Implemented above this layer.
+pub trait Domains: fmt::Debug + Send + Sync {
+    /// The running domain `name` (an error if it is not running, or not
+    /// all here yet).
+    fn running(&self, name: &str) -> Result<Box<dyn RunningDomain>>;
+    /// Is the domain known not to run here (stopped, or gone)? `false`
+    /// when the manager cannot tell.
+    fn known_stopped(&self, name: &str) -> bool;
+}
+
+/// A running domain, looked up once.
+pub trait RunningDomain {
+    /// The System.map its definition records (from enrollment), as written
+    /// there (unchecked).
+    fn system_map(&self) -> Option<String>;
+    /// Its RAM files, and where they sit in guest physical memory.
+    fn ram(&self) -> Result<DomainRam>;
+}
+
+/// A domain's RAM as its manager reports it.
+pub struct DomainRam {
+    pub paths: Vec<PathBuf>,
+    pub layout: MemoryLayout,
+}
+
 #[derive(Clone, Debug)]
 pub enum Source {
     /// `--mem-file`: plain QEMU, or any file-backed guest.
     MemFile(MemFile),
-    /// `--domain`: a running libvirt domain.
-    Domain { name: String, uri: String },
+    /// `--domain`: a running domain of the manager at `uri` (`--connect`).
+    Domain {
+        name: String,
+        uri: String,
+        domains: Arc<dyn Domains>,
+    },
 }
 
 /// Where a guest's RAM is and which build it runs.
@@ -142,10 +174,9 @@ impl Target {
                     recorded: false,
                 })
             }
-            Source::Domain { name, uri } => {
-                let lv = Libvirt::connect(uri)?;
-                let (dom, facts) = lv.running_facts(name)?;
-                let (map, recorded) = match (&self.system_map, facts.system_map) {
+            Source::Domain { name, domains, .. } => {
+                let dom = domains.running(name)?;
+                let (map, recorded) = match (&self.system_map, dom.system_map()) {
                     (Some(m), _) => (m.clone(), false),
                     (None, Some(m)) => (
                         crate::kernel::builds::check_recorded(&self.state_root, Path::new(&m))?,
@@ -159,7 +190,7 @@ impl Target {
                         )))
                     }
                 };
-                let backing = lv.ram_backing(&dom, name)?;
+                let backing = dom.ram()?;
                 Ok(Backing {
                     layouts: vec![backing.layout],
                     paths: backing.paths,
@@ -329,10 +360,7 @@ impl Target {
     pub fn known_stopped(&self) -> bool {
         match &self.source {
             Source::MemFile(m) => std::fs::symlink_metadata(&m.path).is_err(),
-            Source::Domain { name, uri } => Libvirt::connect(uri).is_ok_and(|lv| {
-                lv.domain(name)
-                    .map_or(true, |d| !d.is_active().unwrap_or(true))
-            }),
+            Source::Domain { name, domains, .. } => domains.known_stopped(name),
         }
     }
 
@@ -370,7 +398,7 @@ impl Target {
                     a.push(format!("--max-ram-below-4g={l}").into());
                 }
             }
-            Source::Domain { name, uri } => {
+            Source::Domain { name, uri, .. } => {
                 a.push(opt("domain", name.as_ref()));
                 a.push(opt("connect", uri.as_ref()));
             }

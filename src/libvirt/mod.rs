@@ -1,6 +1,8 @@
 //! libvirt: domains and their RAM (`connection`), the domain XML edits of
-//! enrollment (`domain_xml`), and the `virsh start` hook (`hook`).
+//! enrollment (`domain_xml`), libvirt's domains as the kernel layer opens
+//! them (`guests`), and what the `virsh start` hook records (`hook`).
 
 pub mod connection;
 pub mod domain_xml;
+pub mod guests;
 pub mod hook;

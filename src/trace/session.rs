@@ -12,6 +12,7 @@
 //! that one control block instead of searching again.
 
 use std::ffi::OsString;
+use std::fmt;
 use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
@@ -102,6 +103,54 @@ pub fn interrupted_session(st: &GuestDir) -> Option<Vec<String>> {
         .then_some(s.functions)
 }
 
+/// What `on` (or `on --adopt`) did, for the command line to say.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Began {
+    /// `on`: the guest traces `symbols`, read by the collector `pid`.
+    Tracing {
+        target: String,
+        symbols: Vec<String>,
+        pid: u32,
+    },
+    /// `on --adopt`: the guest goes on tracing what it traced.
+    Adopted {
+        target: String,
+        symbols: Vec<String>,
+        pid: u32,
+    },
+    /// `on --adopt` of a guest whose tracer is off: nothing done.
+    NothingToAdopt { target: String },
+}
+
+impl fmt::Display for Began {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Began::Tracing {
+                target,
+                symbols,
+                pid,
+            } => write!(
+                f,
+                "tracing {} in {target} (collector pid {pid}); stop with `xftrace off`",
+                symbols.join(" "),
+            ),
+            Began::Adopted {
+                target,
+                symbols,
+                pid,
+            } => write!(
+                f,
+                "adopted the tracer of {target}: tracing {} (collector pid {pid}); stop with `xftrace off`",
+                symbols.join(" "),
+            ),
+            Began::NothingToAdopt { target } => write!(
+                f,
+                "{target}: the guest's tracer is off; nothing to adopt"
+            ),
+        }
+    }
+}
+
 /// `xftrace on FUNCS...`; `gaps` are notes for the trace's header (the
 /// libvirt hook says why it starts a session).
 pub fn on(
@@ -109,32 +158,29 @@ pub fn on(
     functions: &[String],
     opts: CollectOptions,
     gaps: &[String],
-) -> Result<()> {
+) -> Result<Began> {
     let g = target.open()?;
     let (symbols, pid) = start(target, &g, functions, opts, gaps)?;
-    println!(
-        "tracing {} in {} (collector pid {pid}); stop with `xftrace off`",
-        symbols.join(" "),
-        target.describe(),
-    );
-    Ok(())
+    Ok(Began::Tracing {
+        target: target.describe(),
+        symbols,
+        pid,
+    })
 }
 
 /// `xftrace on --adopt`: a guest whose tracer is on with no collector of
 /// this host reading it (it arrived by live migration, or this host lost
 /// the session's state) goes on tracing what it traces, as a new session
 /// under this host's keys. A guest that is not tracing is left alone.
-pub fn adopt(target: &Target, opts: CollectOptions, gaps: &[String]) -> Result<()> {
+pub fn adopt(target: &Target, opts: CollectOptions, gaps: &[String]) -> Result<Began> {
     let g = target.open()?;
     if !switch::guest_alive(&g.ram, &g.kernel, Duration::from_secs(3))? {
         return Err(not_running());
     }
     if !switch::read_status(&g.ram, &g.kernel)?.tracing {
-        println!(
-            "{}: the guest's tracer is off; nothing to adopt",
-            target.describe()
-        );
-        return Ok(());
+        return Ok(Began::NothingToAdopt {
+            target: target.describe(),
+        });
     }
     // What the control block says the guest traces: written by a host,
     // rewritable by the guest, so checked like any function name (and
@@ -151,18 +197,17 @@ pub fn adopt(target: &Target, opts: CollectOptions, gaps: &[String]) -> Result<(
         ..opts
     };
     let (symbols, pid) = start(target, &g, &functions, opts, gaps)?;
-    println!(
-        "adopted the tracer of {}: tracing {} (collector pid {pid}); stop with `xftrace off`",
-        target.describe(),
-        symbols.join(" "),
-    );
-    Ok(())
+    Ok(Began::Adopted {
+        target: target.describe(),
+        symbols,
+        pid,
+    })
 }
 
 /// Run `attempt` (an `on` or an `adopt`), retrying for up to `wait` while
 /// the guest cannot be opened yet (not running, arriving by migration or
 /// restore, or its kernel still booting).
-pub fn waiting(target: &Target, wait: Duration, attempt: impl Fn() -> Result<()>) -> Result<()> {
+pub fn waiting<T>(target: &Target, wait: Duration, attempt: impl Fn() -> Result<T>) -> Result<T> {
     let end = deadline(wait);
     loop {
         match attempt() {
@@ -361,8 +406,13 @@ pub struct Stopped {
 
 /// Turn the guest's tracer off (through `g`, when the guest could be
 /// opened, else `open_error` says why not) and stop the collector, keeping
-/// its spool.
-fn stop(target: &Target, g: Option<&Guest>, open_error: Option<Error>) -> Result<Stopped> {
+/// its spool. A guest found gone is noted in `gone`.
+fn stop(
+    target: &Target,
+    g: Option<&Guest>,
+    open_error: Option<Error>,
+    gone: &mut Option<String>,
+) -> Result<Stopped> {
     let dir = target.dir()?;
     let running = dir.collector_running()?;
     let status = CollectorStatus::read(&dir);
@@ -387,10 +437,10 @@ fn stop(target: &Target, g: Option<&Guest>, open_error: Option<Error>) -> Result
         // A guest that is gone (its domain stopped or migrated away)
         // traces nothing any more: writing its trace is all there is to do.
         (None, _) if (running || have_spool) && target.known_stopped() => {
-            eprintln!(
+            *gone = Some(format!(
                 "note: {} does not run here (any more): writing what its collector read",
                 target.describe()
-            );
+            ));
         }
         (None, e) if running || have_spool => guest_error = e,
         (None, e) => {
@@ -447,14 +497,42 @@ pub fn klog_beside(output: &Path) -> Result<PathBuf> {
     Ok(klog)
 }
 
-/// `xftrace off`: returns the path of the trace written.
-pub fn off(target: &Target, output: &Path) -> Result<PathBuf> {
+/// What `off` did, in the order the command line says it.
+#[derive(Debug)]
+pub struct Off {
+    /// A note (for stderr) that the guest no longer runs here.
+    pub gone: Option<String>,
+    /// The line that says which trace was written, and what it holds.
+    pub wrote: Option<String>,
+    /// The path of the trace written, or the error that ended `off`
+    /// (after the trace was written, when the guest's tracer could not be
+    /// switched off).
+    pub result: Result<PathBuf>,
+}
+
+/// `xftrace off`: writes the trace to `output`.
+pub fn off(target: &Target, output: &Path) -> Off {
+    let mut report = Off {
+        gone: None,
+        wrote: None,
+        result: Ok(PathBuf::new()),
+    };
+    report.result = off_into(target, output, &mut report.gone, &mut report.wrote);
+    report
+}
+
+fn off_into(
+    target: &Target,
+    output: &Path,
+    gone: &mut Option<String>,
+    wrote: &mut Option<String>,
+) -> Result<PathBuf> {
     klog_beside(output)?;
     let (g, open_error) = match target.open() {
         Ok(g) => (Some(g), None),
         Err(e) => (None, Some(e)),
     };
-    let stopped = stop(target, g.as_ref(), open_error)?;
+    let stopped = stop(target, g.as_ref(), open_error, gone)?;
     drop(g);
     let dir = &stopped.dir;
     let status = CollectorStatus::read(dir).unwrap_or_default();
@@ -468,12 +546,12 @@ pub fn off(target: &Target, output: &Path) -> Result<PathBuf> {
     done.message = format!("trace written to {}", output.display());
     done.write(dir)?;
     let missing = status.rings.missing().saturating_add(status.guest_dropped);
-    println!(
+    *wrote = Some(format!(
         "wrote {} ({n} lines, {} records, {missing} lost, {} failed integrity checks)",
         output.display(),
         status.rings.records,
         status.rings.integrity_failures()
-    );
+    ));
     if status.rings.integrity_failures() > 0 {
         warn!(
             "{} records failed integrity checks: see {}",
@@ -526,7 +604,7 @@ pub fn capture(
     debug!("capture: tracing on after {:?}", t.elapsed());
     std::thread::sleep(duration);
     let t = Instant::now();
-    let stopped = stop(target, Some(g), None)?;
+    let stopped = stop(target, Some(g), None, &mut None)?;
     debug!(
         "capture: tracing off and collector stopped after {:?}",
         t.elapsed()
@@ -593,48 +671,61 @@ pub fn write_trace(
     Ok(n)
 }
 
-/// `xftrace status`: prints what is known; an unavailable guest is an error
-/// (exit code) after the collector's part has been printed.
-pub fn status(target: &Target) -> Result<()> {
+/// What `xftrace status` says: its lines, and the error that follows
+/// them (an unavailable guest is an error, after the collector's part).
+#[derive(Debug)]
+pub struct Status {
+    pub lines: Vec<String>,
+    pub result: Result<()>,
+}
+
+/// `xftrace status`: what is known of the guest's tracer and the collector.
+pub fn status(target: &Target) -> Status {
+    let mut lines = Vec::new();
+    let result = status_into(target, &mut lines);
+    Status { lines, result }
+}
+
+fn status_into(target: &Target, out: &mut Vec<String>) -> Result<()> {
     let dir = target.dir()?;
-    println!("guest:      {}", target.describe());
+    out.push(format!("guest:      {}", target.describe()));
     let guest = target.open();
     let running = dir.collector_running()?;
     let status = CollectorStatus::read(&dir);
     if let Ok(g) = &guest {
-        let tracing = print_tracer(g)?;
+        let tracing = tracer_lines(g, out)?;
         if tracing && !running {
-            println!(
+            out.push(format!(
                 "warning:    the guest's tracer is on and no collector of this host reads it: `xftrace on` adopts it, `xftrace off` stops it{}",
                 if spool::exists(dir.path()) {
                     " and writes what was collected"
                 } else {
                     ""
                 }
-            );
+            ));
         }
     }
     match status {
-        Some(s) => print_collector(&s, running),
-        None => println!(
+        Some(s) => collector_lines(&s, running, out),
+        None => out.push(format!(
             "collector:  {}",
             if running {
                 "starting"
             } else {
                 "not running (tracing is off)"
             }
-        ),
+        )),
     }
     guest.map(|_| ())
 }
 
-/// Print the guest's side; returns whether its tracer is on.
-fn print_tracer(g: &Guest) -> Result<bool> {
+/// The guest's side; returns whether its tracer is on.
+fn tracer_lines(g: &Guest, out: &mut Vec<String>) -> Result<bool> {
     let gs = switch::read_status(&g.ram, &g.kernel)?;
     // An idle guest's thread beats at least once a second.
     let alive = switch::guest_alive(&g.ram, &g.kernel, Duration::from_secs(2))?;
-    println!("kernel:     {}", escape(&g.kernel.banner));
-    println!(
+    out.push(format!("kernel:     {}", escape(&g.kernel.banner)));
+    out.push(format!(
         "guest:      {}, tracer {}, key epoch {}, command {}/{} (result {})",
         if alive {
             "running"
@@ -646,32 +737,32 @@ fn print_tracer(g: &Guest) -> Result<bool> {
         gs.ack_seq,
         gs.cmd_seq,
         gs.ack_result
-    );
+    ));
     for why in gs.narrowed_reasons() {
-        println!("warning:    {why}");
+        out.push(format!("warning:    {why}"));
     }
     for k in &g.stale {
-        println!(
+        out.push(format!(
             "stale:      control block at {} of an earlier boot (its heartbeat and jiffies stand still): ignored",
             k.ctl
-        );
+        ));
     }
     Ok(gs.tracing)
 }
 
-fn print_collector(s: &CollectorStatus, running: bool) {
+fn collector_lines(s: &CollectorStatus, running: bool, out: &mut Vec<String>) {
     let died = !running
         && matches!(
             s.state,
             CollectorState::Starting | CollectorState::Collecting
         );
     if died {
-        println!(
+        out.push(format!(
             "collector:  died (pid {}) while {}: what it collected is kept; `xftrace off` writes it (`xftrace on` writes it aside first)",
             s.process.pid, s.state
-        );
+        ));
     }
-    println!(
+    out.push(format!(
         "collector:  {} (pid {}), {}{}",
         if running {
             "running"
@@ -687,21 +778,21 @@ fn print_collector(s: &CollectorStatus, running: bool) {
         } else {
             format!(": {}", escape(&s.message))
         }
-    );
-    println!("functions:  {}", s.functions.join(" "));
-    println!(
+    ));
+    out.push(format!("functions:  {}", s.functions.join(" ")));
+    out.push(format!(
         "records:    {} collected, {} lost, {} dropped by the guest, {} failed integrity checks",
         s.rings.records,
         s.rings.missing(),
         s.guest_dropped,
         s.rings.integrity_failures()
-    );
-    println!(
+    ));
+    out.push(format!(
         "keys:       epoch {}, {} rotations, updated {:.1} s ago",
         s.key_epoch,
         s.key_rotations,
         (now_unix() - s.updated).max(0.0)
-    );
+    ));
 }
 
 #[cfg(test)]
@@ -733,6 +824,34 @@ mod tests {
         s.state = CollectorState::Written;
         s.write(&st).unwrap();
         assert_eq!(interrupted_session(&st), None);
+    }
+
+    #[test]
+    fn what_on_did_reads_as_before() {
+        let symbols = vec!["__x64_sys_read".to_string(), "vfs_read".to_string()];
+        let t = "domain d1".to_string();
+        assert_eq!(
+            Began::Tracing {
+                target: t.clone(),
+                symbols: symbols.clone(),
+                pid: 42
+            }
+            .to_string(),
+            "tracing __x64_sys_read vfs_read in domain d1 (collector pid 42); stop with `xftrace off`"
+        );
+        assert_eq!(
+            Began::Adopted {
+                target: t.clone(),
+                symbols,
+                pid: 42
+            }
+            .to_string(),
+            "adopted the tracer of domain d1: tracing __x64_sys_read vfs_read (collector pid 42); stop with `xftrace off`"
+        );
+        assert_eq!(
+            Began::NothingToAdopt { target: t }.to_string(),
+            "domain d1: the guest's tracer is off; nothing to adopt"
+        );
     }
 
     #[test]

@@ -1,0 +1,64 @@
+//! libvirt's domains as the kernel layer opens them: [`LibvirtDomains`]
+//! implements [`Domains`] (a running domain's recorded System.map, its RAM
+//! files and layout; whether it is known stopped).
+
+use crate::error::Result;
+use crate::kernel::target::{DomainRam, Domains, RunningDomain};
+use crate::libvirt::connection::Libvirt;
+use crate::libvirt::domain_xml::DomainFacts;
+
+/// The domains of the libvirt at `uri`; each call connects anew.
+#[derive(Clone, Debug)]
+pub struct LibvirtDomains {
+    uri: String,
+}
+
+impl LibvirtDomains {
+    pub fn new(uri: &str) -> Self {
+        LibvirtDomains {
+            uri: uri.to_string(),
+        }
+    }
+}
+
+/// A running domain, with the connection it was found through.
+struct Running {
+    lv: Libvirt,
+    dom: virt::domain::Domain,
+    facts: DomainFacts,
+    name: String,
+}
+
+impl RunningDomain for Running {
+    fn system_map(&self) -> Option<String> {
+        self.facts.system_map.clone()
+    }
+
+    fn ram(&self) -> Result<DomainRam> {
+        let b = self.lv.ram_backing(&self.dom, &self.name)?;
+        Ok(DomainRam {
+            paths: b.paths,
+            layout: b.layout,
+        })
+    }
+}
+
+impl Domains for LibvirtDomains {
+    fn running(&self, name: &str) -> Result<Box<dyn RunningDomain>> {
+        let lv = Libvirt::connect(&self.uri)?;
+        let (dom, facts) = lv.running_facts(name)?;
+        Ok(Box::new(Running {
+            lv,
+            dom,
+            facts,
+            name: name.to_string(),
+        }))
+    }
+
+    fn known_stopped(&self, name: &str) -> bool {
+        Libvirt::connect(&self.uri).is_ok_and(|lv| {
+            lv.domain(name)
+                .map_or(true, |d| !d.is_active().unwrap_or(true))
+        })
+    }
+}
