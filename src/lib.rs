@@ -10,7 +10,7 @@
 //!
 //! | layer | modules | job |
 //! |---|---|---|
-//! | foundation | [`error`], [`escape`] | errors with exit codes; guest text made safe to print |
+//! | [`base`] | `error`, `escape` | errors with exit codes (and the one read error of guest memory); guest text made safe to print |
 //! | [`abi`] | `header`, `record`, `layout`, `funcs`, `le` | the guest↔host contract of `docs/abi.md`; the only place that computes offsets |
 //! | [`host`] | `files`, `statedir`, `process` | private, atomic, bounded host files; the per-guest state directory and its lock; background processes |
 //! | [`guest`] | `addr`, `memory`, `paging` | typed addresses (physical, virtual, link-time) and the KASLR slide; guest physical memory through the RAM files; the guest's page tables |
@@ -29,10 +29,9 @@
 //! harnesses. Nothing else uses it.
 
 pub mod abi;
+pub mod base;
 pub mod cli;
 pub mod detect;
-pub mod error;
-pub mod escape;
 pub mod guest;
 pub mod host;
 pub mod kernel;

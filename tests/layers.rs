@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 
 /// Bottom first. A layer may use its own modules and every layer below.
 const LAYERS: &[&[&str]] = &[
-    &["error", "escape"],
+    &["base"],
     &["abi"],
     &["host"],
     &["guest"],

@@ -22,7 +22,7 @@ pub fn check_pattern(p: &str) -> std::result::Result<(), String> {
     match p.chars().find(|&c| !ok_char(c)) {
         Some(c) => Err(format!(
             "'{}' is not a function name or glob (character {:?}); names use letters, digits, '_' and '.', globs also '*?[]'",
-            crate::escape::escape(p),
+            crate::base::escape::escape(p),
             c
         )),
         None => Ok(()),

@@ -2,8 +2,8 @@
 
 use std::path::Path;
 
-use crate::error::Error;
-use crate::escape::escape;
+use crate::base::error::Error;
+use crate::base::escape::escape;
 use crate::host::statedir::GuestDir;
 use crate::kernel::builds;
 use crate::libvirt::connection::{Libvirt, LiveEnrollment};

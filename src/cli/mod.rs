@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::base::error::Error;
 use crate::detect;
-use crate::error::Error;
 use crate::guest::memory::Machine;
 use crate::host::statedir;
 use crate::kernel::target::{MemFile, Source, Target};
@@ -255,7 +255,7 @@ pub enum Outcome {
 
 /// The exit code of `command`'s result: 0 success; for `check` and
 /// `watch` 0 clean, 1 findings, 2 any error; for the rest the error's own
-/// code (see [`crate::error::exit`]).
+/// code (see [`crate::base::error::exit`]).
 pub fn exit_code(detection: bool, result: &Result<Outcome, Error>) -> u8 {
     match result {
         Ok(Outcome::Done | Outcome::Clean) => 0,

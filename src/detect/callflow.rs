@@ -261,7 +261,7 @@ pub fn analyze(
                 &[func],
                 format!(
                     "pid {pid} ({})",
-                    crate::escape::escape_bytes(
+                    crate::base::escape::escape_bytes(
                         &comm[..comm.iter().position(|&b| b == 0).unwrap_or(16)]
                     )
                 ),

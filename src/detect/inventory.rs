@@ -7,7 +7,7 @@
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 
-use crate::error::Result;
+use crate::base::error::Result;
 use crate::host::statedir::GuestDir;
 
 fn path(dir: &GuestDir) -> PathBuf {

@@ -90,7 +90,7 @@ impl std::str::FromStr for FindingKind {
             .iter()
             .copied()
             .find(|k| k.as_str() == s)
-            .ok_or_else(|| format!("unknown finding kind '{}'", crate::escape::escape(s)))
+            .ok_or_else(|| format!("unknown finding kind '{}'", crate::base::escape::escape(s)))
     }
 }
 
@@ -195,7 +195,7 @@ impl Finding {
 /// One line per finding, whatever guest-derived text it holds.
 impl std::fmt::Display for Finding {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        use crate::escape::escape;
+        use crate::base::escape::escape;
         write!(
             f,
             "[{}] {} {}: {}",

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use log::{info, warn};
 
-use crate::error::{Error, Result};
+use crate::base::error::{Error, Result};
 use crate::host::statedir::{now_unix, GuestDir};
 use crate::kernel::callgraph::CallGraph;
 use crate::kernel::target::Target;

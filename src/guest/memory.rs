@@ -13,7 +13,7 @@ use std::sync::atomic::{fence, AtomicU64, Ordering};
 
 use memmap2::{MmapOptions, MmapRaw};
 
-use crate::error::{Error, ReadError, ReadFailure, Result};
+use crate::base::error::{Error, ReadError, ReadFailure, Result};
 
 pub use crate::guest::addr::GuestAddress;
 

@@ -11,7 +11,7 @@ use std::process::{Child, Command, Stdio};
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::{Error, Result};
+use crate::base::error::{Error, Result};
 use crate::host::files;
 
 /// Start this binary with `args` in a session of its own (no terminal, no

@@ -15,7 +15,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use crate::error::{Error, Result};
+use crate::base::error::{Error, Result};
 use crate::host::files;
 
 /// Default root of xftrace's state (`--state-dir`, `XFTRACE_STATE_DIR`).
@@ -87,7 +87,7 @@ impl GuestDir {
         {
             return Err(Error::Input(format!(
                 "'{}' is not a usable domain name",
-                crate::escape::escape(name)
+                crate::base::escape::escape(name)
             )));
         }
         Self::open(root, "domains", name)

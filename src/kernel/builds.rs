@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
-use crate::error::{Error, Result};
+use crate::base::error::{Error, Result};
 use crate::host::files;
 use crate::kernel::symbols::{SystemMap, MAX_SYSTEM_MAP};
 
@@ -158,7 +158,7 @@ pub fn check_recorded(root: &Path, recorded: &Path) -> Result<PathBuf> {
     let refuse = |why: &str| {
         Error::Input(format!(
             "the System.map path recorded for this domain ({}) {why}; re-enroll it: `xftrace enroll DOMAIN --system-map PATH` copies the build into {}",
-            crate::escape::escape(&recorded.display().to_string()),
+            crate::base::escape::escape(&recorded.display().to_string()),
             root.join("kernels").display()
         ))
     };

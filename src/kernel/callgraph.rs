@@ -10,7 +10,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::Mutex;
 
-use crate::error::Result;
+use crate::base::error::Result;
 use crate::kernel::symbols::SystemMap;
 use crate::kernel::vmlinux::Vmlinux;
 

@@ -8,8 +8,8 @@ use std::collections::{BTreeSet, HashMap};
 use std::path::PathBuf;
 
 use crate::abi::le;
-use crate::error::{ReadError, ReadFailure};
-use crate::escape::escape_bytes;
+use crate::base::error::{ReadError, ReadFailure};
+use crate::base::escape::escape_bytes;
 use crate::guest::addr::Slide;
 use crate::guest::memory::GuestRam;
 use crate::guest::paging::PageTables;
@@ -271,7 +271,7 @@ impl<'a> KernelView<'a> {
 #[allow(clippy::arithmetic_side_effects)]
 mod tests {
     use super::*;
-    use crate::error::Space;
+    use crate::base::error::Space;
     use crate::guest::memory::GuestAddress;
     use crate::kernel::locate::locate;
     use crate::kernel::locate::tests::{synthetic_guest, SLIDE, TEXT_PA};

@@ -17,8 +17,8 @@
 use log::debug;
 
 use crate::abi::{self, ControlHeader};
-use crate::error::{Error, Result};
-use crate::escape::escape;
+use crate::base::error::{Error, Result};
+use crate::base::escape::escape;
 use crate::guest::addr::{LinkAddr, Slide, VirtAddr};
 use crate::guest::memory::{GuestAddress, GuestRam};
 use crate::guest::paging::PageTables;
@@ -249,7 +249,7 @@ fn banner(
     if text.iter().any(|&c| c < 0x20 || c == 0x7f) {
         return Err(format!(
             "the banner holds control characters: {}",
-            crate::escape::escape_bytes(&raw)
+            crate::base::escape::escape_bytes(&raw)
         ));
     }
     let banner = String::from_utf8_lossy(text).into_owned();

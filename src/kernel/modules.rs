@@ -7,7 +7,7 @@
 
 use std::collections::BTreeSet;
 
-use crate::escape::escape_bytes;
+use crate::base::escape::escape_bytes;
 use crate::kernel::btf::ModuleLayout;
 use crate::kernel::guest::KernelView;
 use crate::kernel::walk::End;

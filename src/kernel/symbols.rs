@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use crate::error::{Error, Result};
+use crate::base::error::{Error, Result};
 use crate::guest::addr::{LinkAddr, Slide, VirtAddr};
 
 /// Base of the x86_64 kernel text mapping (`__START_KERNEL_map`).
@@ -131,7 +131,7 @@ impl SystemMap {
             let addr = u64::from_str_radix(addr, 16).map_err(|_| {
                 format!(
                     "line {line_no}: bad address {:?}",
-                    crate::escape::escape(addr)
+                    crate::base::escape::escape(addr)
                 )
             })?;
             let kind = kind.chars().next().unwrap_or('?');

@@ -9,8 +9,8 @@ use std::sync::Arc;
 
 use log::{info, warn};
 
-use crate::error::{Error, Result};
-use crate::escape::escape;
+use crate::base::error::{Error, Result};
+use crate::base::escape::escape;
 use crate::guest::memory::{GuestRam, Machine, MemoryLayout};
 use crate::host::statedir::{now_unix, GuestDir};
 use crate::kernel::btf::ModuleLayout;

@@ -12,7 +12,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use crate::abi::le::{u16_at, u32_at, u64_at};
-use crate::error::{Error, Result};
+use crate::base::error::{Error, Result};
 
 /// Largest single read a caller may ask for.
 const MAX_READ: u64 = 64 << 20;

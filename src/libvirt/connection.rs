@@ -15,8 +15,8 @@ use virt::connect::Connect;
 use virt::domain::Domain;
 use virt::sys;
 
-use crate::error::{Error, Result};
-use crate::escape::escape;
+use crate::base::error::{Error, Result};
+use crate::base::escape::escape;
 use crate::guest::memory::{GuestAddress, MemoryLayout, RamRegion};
 use crate::libvirt::domain_xml::{self, DomainFacts};
 

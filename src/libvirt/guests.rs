@@ -2,7 +2,7 @@
 //! implements [`Domains`] (a running domain's recorded System.map, its RAM
 //! files and layout; whether it is known stopped).
 
-use crate::error::Result;
+use crate::base::error::Result;
 use crate::kernel::target::{DomainRam, Domains, RunningDomain};
 use crate::libvirt::connection::Libvirt;
 use crate::libvirt::domain_xml::DomainFacts;

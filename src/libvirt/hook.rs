@@ -18,8 +18,8 @@ use std::path::Path;
 
 use log::warn;
 
-use crate::error::{Error, Result};
-use crate::escape::escape;
+use crate::base::error::{Error, Result};
+use crate::base::escape::escape;
 use crate::host::files;
 use crate::host::statedir::{now_unix, GuestDir};
 use crate::libvirt::domain_xml::DomainFacts;

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use log::{error, info, warn};
 
-use crate::error::{Error, Result};
-use crate::escape::escape;
+use crate::base::error::{Error, Result};
+use crate::base::escape::escape;
 use crate::host::files;
 use crate::host::process::ProcessId;
 use crate::host::statedir::{now_unix, GuestDir};

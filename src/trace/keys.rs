@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::abi;
-use crate::error::{Error, Result};
+use crate::base::error::{Error, Result};
 use crate::guest::memory::GuestRam;
 use crate::kernel::locate::GuestKernel;
 

@@ -12,8 +12,8 @@ use std::io::Write;
 use std::iter::Peekable;
 
 use crate::abi::{self, Kind, Record};
-use crate::error::{Error, Result};
-use crate::escape::{escape, escape_bytes};
+use crate::base::error::{Error, Result};
+use crate::base::escape::{escape, escape_bytes};
 
 const INDENT: usize = 2;
 /// Tasks whose names the renderer remembers (ftrace keeps 128 by default).

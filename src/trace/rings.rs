@@ -19,7 +19,7 @@ use std::collections::VecDeque;
 use serde::{Deserialize, Serialize};
 
 use crate::abi::{self, DecodeError, RawSlot, Record};
-use crate::error::Result;
+use crate::base::error::Result;
 use crate::guest::memory::{GuestAddress, GuestRam};
 use crate::kernel::locate::GuestKernel;
 use crate::trace::keys::Klog;
@@ -334,7 +334,7 @@ impl RingReader {
                     let judged = if copied {
                         judge(slot, again, seq, slots, cpu, c, klog, &mut key)
                     } else {
-                        Err(Outcome::Bad(Anomaly::Erased {
+                        Err(Rejected::Bad(Anomaly::Erased {
                             cpu,
                             seq,
                             commit: 0,
@@ -346,8 +346,8 @@ impl RingReader {
                             kept = kept.wrapping_add(1);
                             record(r);
                         }
-                        Err(Outcome::Lost) => self.stats.lost = self.stats.lost.saturating_add(1),
-                        Err(Outcome::Bad(a)) => {
+                        Err(Rejected::Lost) => self.stats.lost = self.stats.lost.saturating_add(1),
+                        Err(Rejected::Bad(a)) => {
                             self.stats.count(&a);
                             anomaly(a);
                         }
@@ -454,7 +454,9 @@ impl Fast {
     }
 }
 
-enum Outcome {
+/// Why a slot gave no record: overwritten before it was read (lost), or not
+/// what the guest should have written (an anomaly).
+enum Rejected {
     Lost,
     Bad(Anomaly),
 }
@@ -471,8 +473,8 @@ fn judge(
     c: &mut Cursor,
     klog: &Klog,
     key: &mut Option<(u64, u64)>,
-) -> std::result::Result<Record, Outcome> {
-    let erased = |commit| Outcome::Bad(Anomaly::Erased { cpu, seq, commit });
+) -> std::result::Result<Record, Rejected> {
+    let erased = |commit| Rejected::Bad(Anomaly::Erased { cpu, seq, commit });
     let want = abi::committed(seq).ok_or_else(|| erased(slot[0]))?;
     if slot[0] != want || again != want {
         // The writer lapping the ring is the only legitimate reason.
@@ -480,7 +482,7 @@ fn judge(
             .and_then(|cseq| cseq.checked_sub(seq))
             .is_some_and(|d| d > 0 && d.checked_rem(slots) == Some(0));
         return Err(if later_lap {
-            Outcome::Lost
+            Rejected::Lost
         } else {
             erased(slot[0])
         });
@@ -493,7 +495,7 @@ fn judge(
         }
     }
     if epoch < c.last_epoch {
-        return Err(Outcome::Bad(Anomaly::EpochBackwards {
+        return Err(Rejected::Bad(Anomaly::EpochBackwards {
             cpu,
             seq,
             epoch,
@@ -501,7 +503,7 @@ fn judge(
         }));
     }
     if epoch.saturating_add(1) < c.installed {
-        return Err(Outcome::Bad(Anomaly::StaleEpoch {
+        return Err(Rejected::Bad(Anomaly::StaleEpoch {
             cpu,
             seq,
             epoch,
@@ -512,7 +514,7 @@ fn judge(
         Some((e, k)) if e == epoch => k,
         _ => {
             let Some(k) = klog.key(epoch) else {
-                return Err(Outcome::Bad(Anomaly::UnknownEpoch { cpu, seq, epoch }));
+                return Err(Rejected::Bad(Anomaly::UnknownEpoch { cpu, seq, epoch }));
             };
             *key = Some((epoch, k));
             k
@@ -523,8 +525,8 @@ fn judge(
             c.last_epoch = epoch;
             Ok(r)
         }
-        Err(DecodeError::BadCheck) => Err(Outcome::Bad(Anomaly::BadCheck { cpu, seq, epoch })),
-        Err(DecodeError::BadFields) => Err(Outcome::Bad(Anomaly::BadRecord { cpu, seq })),
+        Err(DecodeError::BadCheck) => Err(Rejected::Bad(Anomaly::BadCheck { cpu, seq, epoch })),
+        Err(DecodeError::BadFields) => Err(Rejected::Bad(Anomaly::BadRecord { cpu, seq })),
     }
 }
 

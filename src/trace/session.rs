@@ -22,8 +22,8 @@ use std::time::{Duration, Instant};
 use log::{debug, info, warn};
 
 use crate::abi::Op;
-use crate::error::{Error, Result};
-use crate::escape::escape;
+use crate::base::error::{Error, Result};
+use crate::base::escape::escape;
 use crate::host::files;
 use crate::host::process;
 use crate::host::statedir::{now_unix, GuestDir};

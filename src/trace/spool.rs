@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use log::warn;
 
 use crate::abi::{self, le, Kind, Record};
-use crate::error::{Error, Result};
+use crate::base::error::{Error, Result};
 use crate::host::files;
 
 /// Size of one record in a spool file.

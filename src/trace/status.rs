@@ -4,7 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::Result;
+use crate::base::error::Result;
 use crate::guest::addr::Slide;
 use crate::host::process::ProcessId;
 use crate::host::statedir::GuestDir;

@@ -6,7 +6,7 @@
 use std::time::{Duration, Instant};
 
 use crate::abi::{self, GateState, Op};
-use crate::error::{Error, Result};
+use crate::base::error::{Error, Result};
 use crate::guest::memory::GuestRam;
 use crate::kernel::locate::GuestKernel;
 

@@ -15,8 +15,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::{Check, Context, Report};
+use crate::base::escape::escape_bytes;
 use crate::detect::{inventory, FindingKind};
-use crate::escape::escape_bytes;
 
 pub struct BpfPrograms;
 
