@@ -207,13 +207,16 @@ impl<'a> HookEvent<'a> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::libvirt::domain_xml;
 
-    const ENROLLED: &str = "<domain type='qemu'><name>t1</name><metadata><xftrace:enrollment xmlns:xftrace=\"http://xftrace.invalid/ns/enrollment/1\"><xftrace:system-map path=\"/k/System.map\"/><xftrace:previous-memory-backing absent='yes'/><xftrace:previous-memballoon absent='yes'/></xftrace:enrollment></metadata><memoryBacking><source type='file'/><access mode='shared'/><allocation mode='immediate'/></memoryBacking><devices><memballoon model='none'/></devices></domain>";
+    /// An enrolled domain's XML, as the hook gets it (also the lifecycle
+    /// hook's tests').
+    pub(crate) const ENROLLED: &str = "<domain type='qemu'><name>t1</name><metadata><xftrace:enrollment xmlns:xftrace=\"http://xftrace.invalid/ns/enrollment/1\"><xftrace:system-map path=\"/k/System.map\"/><xftrace:previous-memory-backing absent='yes'/><xftrace:previous-memballoon absent='yes'/></xftrace:enrollment></metadata><memoryBacking><source type='file'/><access mode='shared'/><allocation mode='immediate'/></memoryBacking><devices><memballoon model='none'/></devices></domain>";
 
-    fn with_monitor(functions: &str) -> String {
+    /// [`ENROLLED`] with always-on monitoring of `functions`.
+    pub(crate) fn with_monitor(functions: &str) -> String {
         ENROLLED.replace(
             "<xftrace:previous-memory-backing",
             &format!(

@@ -217,21 +217,11 @@ pub fn qemu(root: &Path, args: &[String], stdin: &mut dyn Read) -> Result<()> {
 mod tests {
     use super::*;
     use crate::libvirt::hook::recorded;
-
-    const ENROLLED: &str = "<domain type='qemu'><name>t1</name><metadata><xftrace:enrollment xmlns:xftrace=\"http://xftrace.invalid/ns/enrollment/1\"><xftrace:system-map path=\"/k/System.map\"/><xftrace:previous-memory-backing absent='yes'/><xftrace:previous-memballoon absent='yes'/></xftrace:enrollment></metadata><memoryBacking><source type='file'/><access mode='shared'/><allocation mode='immediate'/></memoryBacking><devices><memballoon model='none'/></devices></domain>";
+    use crate::libvirt::hook::tests::{with_monitor, ENROLLED};
 
     fn run(root: &Path, args: &[&str], xml: &str) -> Result<()> {
         let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
         qemu(root, &args, &mut xml.as_bytes())
-    }
-
-    fn with_monitor(functions: &str) -> String {
-        ENROLLED.replace(
-            "<xftrace:previous-memory-backing",
-            &format!(
-                "<xftrace:monitor functions=\"{functions}\"/><xftrace:previous-memory-backing"
-            ),
-        )
     }
 
     #[test]
