@@ -46,7 +46,7 @@ fn main() {
         let t = Instant::now();
         let k = locate(&ram, &map, None).expect("located");
         now.push(t.elapsed().as_secs_f64() * 1e3);
-        assert_eq!(k.text_pa, text_gpa);
+        assert_eq!(k.text_pa.0, text_gpa);
     }
     let mut before = Vec::new();
     for _ in 0..3 {

@@ -38,7 +38,7 @@ pub struct GuestKernel {
     /// Runtime minus link-time virtual address.
     pub slide: Slide,
     /// Guest physical address of `_text`.
-    pub text_pa: u64,
+    pub text_pa: GuestAddress,
     /// Guest physical address of the ring head lines.
     pub heads: GuestAddress,
     /// The banner read from guest memory (no control characters).
@@ -54,7 +54,7 @@ impl GuestKernel {
         let off = va
             .checked_sub(self.header.text_va)
             .filter(|&o| o < KERNEL_IMAGE_SIZE)?;
-        self.text_pa.checked_add(off).map(GuestAddress)
+        self.text_pa.checked_add(off)
     }
 
     /// Guest physical address of a field of the control block (`off` is
@@ -219,7 +219,7 @@ fn identity(
         ctl,
         heads: GuestAddress(0),
         slide,
-        text_pa,
+        text_pa: GuestAddress(text_pa),
         banner: String::new(),
         pgd: GuestAddress(0),
         five_level: false,
@@ -469,7 +469,7 @@ pub(crate) mod tests {
         let (ram, map) = synthetic_guest(dir.path());
         let k = locate(&ram, &map, None).unwrap();
         assert_eq!(k.slide, Slide(SLIDE));
-        assert_eq!(k.text_pa, TEXT_PA);
+        assert_eq!(k.text_pa, GuestAddress(TEXT_PA));
         assert_eq!(k.ctl.0, pa_of(&map, TEXT_PA, "xftrace_control"));
         assert_eq!(k.heads.0, pa_of(&map, TEXT_PA, "xftrace_heads"));
         assert_eq!(k.pgd.0, pa_of(&map, TEXT_PA, "init_top_pgt"));
@@ -489,7 +489,7 @@ pub(crate) mod tests {
         let text_pa = (4u64 << 30) + (64 << 20);
         place_kernel(&ram, &map, text_pa, SLIDE);
         let k = locate(&ram, &map, None).unwrap();
-        assert_eq!(k.text_pa, text_pa);
+        assert_eq!(k.text_pa, GuestAddress(text_pa));
         assert_eq!(k.ctl.0, pa_of(&map, text_pa, "xftrace_control"));
         // In the file, that is 2 GiB + 64 MiB + the offset into the image.
         assert_eq!(
@@ -545,10 +545,13 @@ pub(crate) mod tests {
         // With it, only the real one.
         let found = locate_all(&ram, &map, None, LocateOptions::default()).unwrap();
         assert_eq!(found.kernels.len(), 1);
-        assert_eq!(found.kernels[0].text_pa, TEXT_PA);
+        assert_eq!(found.kernels[0].text_pa, GuestAddress(TEXT_PA));
         assert_eq!(found.rejected, u64::from(sprayed));
         assert!(found.first_reason.unwrap().contains("page tables"));
-        assert_eq!(locate(&ram, &map, None).unwrap().text_pa, TEXT_PA);
+        assert_eq!(
+            locate(&ram, &map, None).unwrap().text_pa,
+            GuestAddress(TEXT_PA)
+        );
     }
 
     #[test]

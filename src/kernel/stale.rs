@@ -233,9 +233,9 @@ mod tests {
         with_two(&[TEXT_PA], |ram, map, kernels| {
             let s = sort(ram, map, kernels, &[], 100.0);
             assert_eq!(s.live.len(), 1);
-            assert_eq!(s.live[0].text_pa, TEXT_PA);
+            assert_eq!(s.live[0].text_pa, GuestAddress(TEXT_PA));
             assert_eq!(s.stale.len(), 1);
-            assert_eq!(s.stale[0].text_pa, OLD_PA);
+            assert_eq!(s.stale[0].text_pa, GuestAddress(OLD_PA));
             assert_eq!(s.frozen.len(), 1);
             assert_eq!(s.frozen[0].ctl, s.stale[0].ctl.0);
             assert_eq!(s.frozen[0].since, 100.0);
@@ -270,8 +270,8 @@ mod tests {
             let t = Instant::now();
             let s = sort(ram, map, kernels.clone(), &known, 100.0 + 2.0);
             assert!(t.elapsed() < WINDOW, "{:?}", t.elapsed());
-            assert_eq!(s.live[0].text_pa, TEXT_PA);
-            assert_eq!(s.stale[0].text_pa, OLD_PA);
+            assert_eq!(s.live[0].text_pa, GuestAddress(TEXT_PA));
+            assert_eq!(s.stale[0].text_pa, GuestAddress(OLD_PA));
             assert_eq!(s.frozen[0].since, 100.0);
             // Seen too recently, or with other values: watched again (and
             // here nothing moves, so nothing is set aside).

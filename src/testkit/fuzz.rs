@@ -505,7 +505,7 @@ mod tests {
         with_guest(|g| {
             let k =
                 locate::locate(&g.ram, &g.map, Some("Linux version 6.1.192 (fuzz) #1")).unwrap();
-            assert_eq!(k.text_pa, TEXT_PA);
+            assert_eq!(k.text_pa, GuestAddress(TEXT_PA));
             assert_eq!(k.slide, crate::guest::addr::Slide(SLIDE));
         });
         for (_, f) in TARGETS {

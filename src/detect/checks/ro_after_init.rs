@@ -145,7 +145,7 @@ fn against_snapshot(
         let then = le::u64_at(h, 24)?;
         (h.get(..8)? == MAGIC
             && slide == k.slide.0
-            && text_pa == k.text_pa
+            && text_pa == k.text_pa.0
             && then <= jiffies
             && body.len() == live.len())
         .then_some(body)
@@ -156,7 +156,7 @@ fn against_snapshot(
             let mut s = Vec::with_capacity(HEADER.saturating_add(live.len()));
             s.extend_from_slice(MAGIC);
             s.extend_from_slice(&k.slide.0.to_le_bytes());
-            s.extend_from_slice(&k.text_pa.to_le_bytes());
+            s.extend_from_slice(&k.text_pa.0.to_le_bytes());
             s.extend_from_slice(&jiffies.to_le_bytes());
             s.extend_from_slice(live);
             match crate::host::files::write_atomically(&path, &s) {
