@@ -7,6 +7,7 @@
 //! a walk that leads outside RAM simply fails.
 #![deny(clippy::arithmetic_side_effects)]
 
+use crate::guest::addr::VirtAddr;
 use crate::guest::memory::{GuestAddress, GuestRam};
 
 const PRESENT: u64 = 1;
@@ -40,7 +41,8 @@ impl<'a> PageTables<'a> {
     }
 
     /// Walk the tables for `va`, if it is mapped.
-    pub fn walk(&self, va: u64) -> Option<Walk> {
+    pub fn walk(&self, va: VirtAddr) -> Option<Walk> {
+        let va = va.0;
         let mut table = self.root;
         let mut tables = Vec::with_capacity(self.levels as usize);
         for level in (1..=self.levels).rev() {
@@ -73,17 +75,17 @@ impl<'a> PageTables<'a> {
     }
 
     /// The guest physical address `va` maps to, if mapped.
-    pub fn translate(&self, va: u64) -> Option<GuestAddress> {
+    pub fn translate(&self, va: VirtAddr) -> Option<GuestAddress> {
         self.walk(va).map(|w| w.pa)
     }
 
     /// Copy `buf.len()` bytes from guest virtual `va`, page by page.
-    pub fn read(&self, va: u64, buf: &mut [u8]) -> Option<()> {
+    pub fn read(&self, va: VirtAddr, buf: &mut [u8]) -> Option<()> {
         let mut done = 0usize;
         while let Some(rest) = buf.get_mut(done..).filter(|r| !r.is_empty()) {
             let cur = va.checked_add(done as u64)?;
             // 1 ..= 4096.
-            let in_page = 4096u64.wrapping_sub(cur & 0xfff) as usize;
+            let in_page = 4096u64.wrapping_sub(cur.0 & 0xfff) as usize;
             let n = in_page.min(rest.len());
             let pa = self.translate(cur)?;
             self.ram.read_into(pa, &mut rest[..n]).ok()?;
@@ -109,7 +111,7 @@ impl<'a> PageTables<'a> {
         Ok(walk.out)
     }
 
-    pub fn read_u64(&self, va: u64) -> Option<u64> {
+    pub fn read_u64(&self, va: VirtAddr) -> Option<u64> {
         let mut b = [0u8; 8];
         self.read(va, &mut b)?;
         Some(u64::from_le_bytes(b))
@@ -237,10 +239,17 @@ mod tests {
         set(&ram, pd, idx(VA, 2), pt | 3);
         set(&ram, pt, idx(VA, 1), page | 3 | (1 << 63));
         let pt4 = PageTables::new(&ram, GuestAddress(pml4), false);
-        assert_eq!(pt4.translate(VA), Some(GuestAddress(page + 0x456)));
+        assert_eq!(
+            pt4.translate(VirtAddr(VA)),
+            Some(GuestAddress(page + 0x456))
+        );
         ram.write_u64(GuestAddress(page + 0x458), 0xabcd).unwrap();
-        assert_eq!(pt4.read_u64(VA + 2), Some(0xabcd));
-        assert_eq!(pt4.translate(VA + 0x1000), None, "next page is not mapped");
+        assert_eq!(pt4.read_u64(VirtAddr(VA + 2)), Some(0xabcd));
+        assert_eq!(
+            pt4.translate(VirtAddr(VA + 0x1000)),
+            None,
+            "next page is not mapped"
+        );
     }
 
     #[test]
@@ -254,7 +263,7 @@ mod tests {
         set(&ram, pd, idx(VA, 2), 0x0200_0000 | HUGE | 3);
         let t = PageTables::new(&ram, GuestAddress(pml5), true);
         assert_eq!(
-            t.translate(VA),
+            t.translate(VirtAddr(VA)),
             Some(GuestAddress(0x0200_0000 | (VA & 0x1f_ffff)))
         );
         // 1 GiB page for the direct map.
@@ -263,11 +272,11 @@ mod tests {
         set(&ram, pml5, idx(dm, 5), pml4 | 3);
         set(&ram, pml4, idx(dm, 4), pdpt2 | 3);
         set(&ram, pdpt2, idx(dm, 3), HUGE | 3);
-        assert_eq!(t.translate(dm), Some(GuestAddress(0x1234_5678)));
+        assert_eq!(t.translate(VirtAddr(dm)), Some(GuestAddress(0x1234_5678)));
         // The same tables read as 4-level give something else or nothing.
         assert_ne!(
-            PageTables::new(&ram, GuestAddress(pml5), false).translate(VA),
-            t.translate(VA)
+            PageTables::new(&ram, GuestAddress(pml5), false).translate(VirtAddr(VA)),
+            t.translate(VirtAddr(VA))
         );
     }
 
@@ -321,8 +330,8 @@ mod tests {
         // Points far outside RAM.
         set(&ram, 0x10_0000, idx(VA, 4), 0x000f_ffff_ffff_f000 | 3);
         let t = PageTables::new(&ram, GuestAddress(0x10_0000), false);
-        assert_eq!(t.translate(VA), None);
+        assert_eq!(t.translate(VirtAddr(VA)), None);
         let mut b = [0u8; 16];
-        assert!(t.read(VA, &mut b).is_none());
+        assert!(t.read(VirtAddr(VA), &mut b).is_none());
     }
 }

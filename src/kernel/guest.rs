@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use crate::abi::le;
 use crate::base::error::{ReadError, ReadFailure};
 use crate::base::escape::escape_bytes;
-use crate::guest::addr::Slide;
+use crate::guest::addr::{Slide, VirtAddr};
 use crate::guest::memory::GuestRam;
 use crate::guest::paging::PageTables;
 use crate::kernel::btf::{Btf, ModuleLayout};
@@ -178,7 +178,7 @@ impl<'a> KernelView<'a> {
                 .map_err(|_| ReadError::virtual_(va, len, ReadFailure::MappedOutsideRam));
         }
         let pt = self.page_tables();
-        if pt.read(va, buf).is_some() {
+        if pt.read(VirtAddr(va), buf).is_some() {
             return Ok(());
         }
         // Why: a page of the range the tables do not map, else a mapping
@@ -187,7 +187,7 @@ impl<'a> KernelView<'a> {
         let pages = (last & !(PAGE - 1)).saturating_sub(first) / PAGE;
         let unmapped = (0..=pages.min(MAX_CLASSIFY_PAGES))
             .filter_map(|i| first.checked_add(i.saturating_mul(PAGE)))
-            .any(|a| pt.translate(a.max(va)).is_none());
+            .any(|a| pt.translate(VirtAddr(a.max(va))).is_none());
         Err(ReadError::virtual_(
             va,
             len,

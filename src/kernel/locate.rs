@@ -275,7 +275,7 @@ fn confirm_by_page_tables(
 ) -> std::result::Result<(), String> {
     let walk = k
         .page_tables(ram)
-        .walk(k.header.ctl_va)
+        .walk(VirtAddr(k.header.ctl_va))
         .ok_or("the kernel's own page tables do not map its control block")?;
     if walk.pa != k.ctl {
         return Err(format!(

@@ -34,7 +34,7 @@ use log::{debug, info};
 use serde::{Deserialize, Serialize};
 
 use crate::abi;
-use crate::guest::addr::LinkAddr;
+use crate::guest::addr::{LinkAddr, VirtAddr};
 use crate::guest::memory::GuestRam;
 use crate::kernel::locate::GuestKernel;
 use crate::kernel::symbols::SystemMap;
@@ -71,7 +71,7 @@ pub struct Sorted {
 fn pulse(ram: &GuestRam, map: &SystemMap, k: &GuestKernel) -> Option<(u64, u64)> {
     let heartbeat = ram.read_u64(k.field(abi::off::HEARTBEAT)).ok()?;
     let va = k.slide.runtime(LinkAddr(map.addr("jiffies_64")?)).0;
-    let gpa = k.page_tables(ram).translate(va)?;
+    let gpa = k.page_tables(ram).translate(VirtAddr(va))?;
     Some((heartbeat, ram.read_u64(gpa).ok()?))
 }
 

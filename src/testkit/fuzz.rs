@@ -15,6 +15,7 @@ use std::path::PathBuf;
 use std::sync::{Mutex, OnceLock};
 
 use crate::abi::{self, Record};
+use crate::guest::addr::VirtAddr;
 use crate::guest::memory::{GuestAddress, GuestRam, Machine, MemoryLayout};
 use crate::kernel::locate::{self, LocateOptions};
 use crate::kernel::symbols::SystemMap;
@@ -153,7 +154,7 @@ pub fn locate(data: &[u8]) {
                 for k in &found.kernels {
                     let _ = crate::trace::switch::read_status(&g.ram, k);
                     let _ = locate::max_low_pfn(&g.ram, &g.map, k);
-                    let _ = k.page_tables(&g.ram).translate(k.header.ctl_va);
+                    let _ = k.page_tables(&g.ram).translate(VirtAddr(k.header.ctl_va));
                 }
                 // The slow path (a scan of all RAM) for one input in eight.
                 if found.kernels.is_empty() && data.first().is_some_and(|b| b & 7 == 0) {
@@ -252,9 +253,9 @@ pub fn paging(data: &[u8]) {
             let _ = pt.executable_ranges(256);
             for c in data.chunks_exact(8).take(16) {
                 let va = u64::from_le_bytes(c.try_into().unwrap());
-                let _ = pt.walk(va);
+                let _ = pt.walk(VirtAddr(va));
                 let mut buf = [0u8; 64];
-                let _ = pt.read(va, &mut buf);
+                let _ = pt.read(VirtAddr(va), &mut buf);
             }
         }
         g.reset(&dirty);
