@@ -80,7 +80,10 @@ impl KernelView<'_> {
     /// The escaped name of the `struct module` at `module`; None if it
     /// cannot be read.
     pub fn module_name(&self, module: u64) -> Option<String> {
-        let at = self.module_layout.map_or(24, |l| l.name);
+        let at = self
+            .field("module", &["name"])
+            .or(self.module_layout.map(|l| l.name))
+            .unwrap_or(24);
         let mut name = [0u8; MODULE_NAME_LEN];
         self.read(module.checked_add(at)?, &mut name)?;
         let n = name.iter().position(|&c| c == 0).unwrap_or(name.len());
@@ -123,10 +126,7 @@ impl KernelView<'_> {
     /// MODULES_TREE_LOOKUP) or without the BTF to walk it.
     pub fn tree_modules(&self) -> Option<(BTreeSet<u64>, End)> {
         let root = self.sym("mod_tree")?;
-        let tree = self.field("mod_tree_root", &["root", "tree"])?;
-        let mtn_mod = self.field("mod_tree_node", &["mod"])?;
-        // `node` is a latch_tree_node whose first rb_node is tree 0's.
-        let mtn_node = self.field("mod_tree_node", &["node"])?;
+        let (tree, mtn_mod, mtn_node) = self.module_tree_layout()?;
         let mut mods = BTreeSet::new();
         let mut walk = self.rb_tree(root.checked_add(tree)?, MAX_NODES);
         for n in walk.by_ref() {
@@ -136,6 +136,17 @@ impl KernelView<'_> {
             }
         }
         Some((mods, walk.end()))
+    }
+
+    /// Where `mod_tree` keeps tree 0 and where a `struct mod_tree_node`
+    /// keeps its module and its node (a latch_tree_node whose first
+    /// rb_node is tree 0's), from BTF; None without it.
+    pub fn module_tree_layout(&self) -> Option<(u64, u64, u64)> {
+        Some((
+            self.field("mod_tree_root", &["root", "tree"])?,
+            self.field("mod_tree_node", &["mod"])?,
+            self.field("mod_tree_node", &["node"])?,
+        ))
     }
 
     /// The `struct module`s behind `/sys/module`: the kobjects of

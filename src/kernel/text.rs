@@ -80,11 +80,22 @@ pub fn subtract((start, end): (u64, u64), skip: &[(u64, u64)]) -> Vec<(u64, u64)
     out
 }
 
-/// The runs of bytes where `a` and `b` differ, as `[start, end)` from the
-/// first differing byte to just after the last: differing bytes at most
-/// `gap` bytes apart are one run. The one rule every byte comparison of
-/// kernel data uses.
-pub fn changed_runs(a: &[u8], b: &[u8], gap: usize) -> Vec<(usize, usize)> {
+/// How [`changed_runs`] groups differing bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Runs {
+    /// Byte-precise: from the first differing byte to just after the
+    /// last, differing bytes at most `gap` apart together (code, rodata).
+    Bytes { gap: usize },
+    /// Word-aligned (pointer data): from the 8-byte word holding the
+    /// first differing byte to the first equal byte at or after the next
+    /// word boundary.
+    Words,
+}
+
+/// The runs of bytes where `a` and `b` differ, as `[start, end)`, grouped
+/// by `how`. The one place every byte comparison of kernel data finds its
+/// changes.
+pub fn changed_runs(a: &[u8], b: &[u8], how: Runs) -> Vec<(usize, usize)> {
     let n = a.len().min(b.len());
     let mut out = Vec::new();
     let mut i = 0usize;
@@ -93,16 +104,29 @@ pub fn changed_runs(a: &[u8], b: &[u8], gap: usize) -> Vec<(usize, usize)> {
             i = i.saturating_add(1);
             continue;
         }
-        let mut last = i;
-        let mut k = i;
-        while k < n && k.saturating_sub(last) <= gap {
-            if a[k] != b[k] {
-                last = k;
+        let (start, end) = match how {
+            Runs::Bytes { gap } => {
+                let mut last = i;
+                let mut k = i;
+                while k < n && k.saturating_sub(last) <= gap {
+                    if a[k] != b[k] {
+                        last = k;
+                    }
+                    k = k.saturating_add(1);
+                }
+                (i, last.saturating_add(1))
             }
-            k = k.saturating_add(1);
-        }
-        out.push((i, last.saturating_add(1)));
-        i = last.saturating_add(1);
+            Runs::Words => {
+                let w = i & !7;
+                let mut j = w.saturating_add(8).min(n);
+                while j < n && a[j] != b[j] {
+                    j = j.saturating_add(1);
+                }
+                (w, j)
+            }
+        };
+        out.push((start, end));
+        i = end.max(i.saturating_add(1));
     }
     out
 }
@@ -1119,18 +1143,27 @@ mod tests {
     }
 
     #[test]
-    fn changed_runs_merge_changes_closer_than_the_gap() {
+    fn changed_runs_by_bytes_and_by_words() {
         let a = [0u8; 32];
         let mut b = a;
         b[1] = 1;
         b[5] = 1;
         b[20] = 1;
-        assert_eq!(changed_runs(&a, &b, 8), [(1, 6), (20, 21)]);
-        assert_eq!(changed_runs(&a, &b, 3), [(1, 2), (5, 6), (20, 21)]);
-        assert_eq!(changed_runs(&a, &b, 100), [(1, 21)]);
-        assert!(changed_runs(&a, &a, 8).is_empty());
+        let bytes = |gap| Runs::Bytes { gap };
+        assert_eq!(changed_runs(&a, &b, bytes(8)), [(1, 6), (20, 21)]);
+        assert_eq!(changed_runs(&a, &b, bytes(3)), [(1, 2), (5, 6), (20, 21)]);
+        assert_eq!(changed_runs(&a, &b, bytes(100)), [(1, 21)]);
+        assert!(changed_runs(&a, &a, bytes(8)).is_empty());
         // Unequal lengths: the common part.
-        assert_eq!(changed_runs(&a[..4], &b, 8), [(1, 2)]);
+        assert_eq!(changed_runs(&a[..4], &b, bytes(8)), [(1, 2)]);
+        // Words: from the word, through the next boundary while changed.
+        assert_eq!(changed_runs(&a, &b, Runs::Words), [(0, 8), (16, 24)]);
+        let mut c = a;
+        c[0] = 1;
+        c[8] = 1;
+        c[9] = 1;
+        c[10] = 1;
+        assert_eq!(changed_runs(&a, &c, Runs::Words), [(0, 11)]);
     }
 
     #[test]

@@ -31,7 +31,7 @@ impl Check for HiddenModules {
         let Some(root) = cx.sym("mod_tree") else {
             return; // no MODULES_TREE_LOOKUP, or no modules
         };
-        if cx.tree_modules().is_none() {
+        if cx.module_tree_layout().is_none() {
             out.add(
                 "the build has no BTF for mod_tree: hidden modules not looked for",
                 &[root],

@@ -8,7 +8,7 @@
 
 use super::{data_place, Check, Context, Report, OPERATION_TABLES};
 use crate::detect::FindingKind;
-use crate::kernel::text::{changed_runs, relocated, subtract};
+use crate::kernel::text::{changed_runs, relocated, subtract, Runs};
 
 pub struct KernelRodata;
 
@@ -112,7 +112,7 @@ fn compare(
     };
     let want = relocated(&built, link, relocs, cx.slide());
     // One change: differing bytes with gaps under GAP between them.
-    for (i, end) in changed_runs(&want, &live, GAP) {
+    for (i, end) in changed_runs(&want, &live, Runs::Bytes { gap: GAP }) {
         let at = link.saturating_add(i as u64);
         let place = data_place(cx, at);
         // A word-aligned pointer that changed: say where it points now.

@@ -12,7 +12,7 @@ use log::info;
 use super::{data_place, Check, Context, Report};
 use crate::abi::le;
 use crate::detect::FindingKind;
-use crate::kernel::text::changed_runs;
+use crate::kernel::text::{changed_runs, Runs};
 use crate::kernel::vmlinux::RelocKind;
 
 pub struct RoAfterInit;
@@ -185,12 +185,8 @@ fn diff(
     seen: &std::collections::BTreeSet<u64>,
     out: &mut Report,
 ) {
-    let n = snap.len().min(live.len());
-    // Word by word: a run from the word its first change is in, changes
-    // in one word together.
-    for (i, end) in changed_runs(snap, live, 7) {
-        let w = i & !7;
-        let j = end.max(w.saturating_add(8)).min(n);
+    // Word by word: pointers change whole.
+    for (w, j) in changed_runs(snap, live, Runs::Words) {
         let at = start.saturating_add(w as u64);
         let now = le::u64_at(live, w).unwrap_or(0);
         let was = le::u64_at(snap, w).unwrap_or(0);
