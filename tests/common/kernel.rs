@@ -35,10 +35,24 @@ pub fn system_map() -> PathBuf {
     kernel_dir().join("System.map")
 }
 
+/// Where this test binary builds what it needs under target/: a folder of
+/// its own, so that binaries running at once (tests/run.sh's lanes) never
+/// rebuild one another's files under them.
+fn scratch() -> PathBuf {
+    let name = std::env::current_exe()
+        .ok()
+        .and_then(|p| p.file_stem().map(|s| s.to_string_lossy().into_owned()))
+        .map(|s| s.rsplit_once('-').map_or(s.clone(), |(b, _)| b.to_string()))
+        .unwrap_or_else(|| format!("pid-{}", std::process::id()));
+    let dir = repo().join("target").join("xftrace-test").join(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
 pub fn initramfs() -> &'static Path {
     static P: OnceLock<PathBuf> = OnceLock::new();
     P.get_or_init(|| {
-        let out = repo().join("target").join("xftrace-test-initramfs.cpio.gz");
+        let out = scratch().join("xftrace-test-initramfs.cpio.gz");
         let st = Command::new("bash")
             .arg(repo().join("tests/guest/make-initramfs.sh"))
             .arg(&out)
@@ -67,7 +81,7 @@ pub fn headers_dir() -> &'static Path {
                     .is_some_and(|n| n.starts_with(&format!("linux-headers-{release}_")))
             })
             .expect("a linux-headers package in the kernel build");
-        let root = repo().join("target").join("xftrace-headers").join(&release);
+        let root = scratch().join("xftrace-headers").join(&release);
         let tree = root.join(format!("usr/src/linux-headers-{release}"));
         let _ = std::fs::remove_dir_all(&root);
         std::fs::create_dir_all(&root).unwrap();
@@ -90,7 +104,7 @@ pub fn headers_dir() -> &'static Path {
 pub fn rootkit_modules() -> &'static [PathBuf] {
     static P: OnceLock<Vec<PathBuf>> = OnceLock::new();
     P.get_or_init(|| {
-        let build = repo().join("target").join("xftrace-rootkits");
+        let build = scratch().join("xftrace-rootkits");
         let _ = std::fs::remove_dir_all(&build);
         std::fs::create_dir_all(&build).unwrap();
         for e in std::fs::read_dir(repo().join("tests/rootkits")).unwrap() {
@@ -132,9 +146,7 @@ pub fn rootkit_modules() -> &'static [PathBuf] {
 pub fn rootkit_initramfs() -> &'static Path {
     static P: OnceLock<PathBuf> = OnceLock::new();
     P.get_or_init(|| {
-        let out = repo()
-            .join("target")
-            .join("xftrace-test-initramfs-rootkits.cpio.gz");
+        let out = scratch().join("xftrace-test-initramfs-rootkits.cpio.gz");
         let st = Command::new("bash")
             .arg(repo().join("tests/guest/make-initramfs.sh"))
             .arg(&out)
