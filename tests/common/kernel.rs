@@ -39,11 +39,7 @@ pub fn system_map() -> PathBuf {
 /// its own, so that binaries running at once (tests/run.sh's lanes) never
 /// rebuild one another's files under them.
 fn scratch() -> PathBuf {
-    let name = std::env::current_exe()
-        .ok()
-        .and_then(|p| p.file_stem().map(|s| s.to_string_lossy().into_owned()))
-        .map(|s| s.rsplit_once('-').map_or(s.clone(), |(b, _)| b.to_string()))
-        .unwrap_or_else(|| format!("pid-{}", std::process::id()));
+    let name = super::binary_name().unwrap_or_else(|| format!("pid-{}", std::process::id()));
     let dir = repo().join("target").join("xftrace-test").join(name);
     std::fs::create_dir_all(&dir).unwrap();
     dir

@@ -55,11 +55,7 @@ impl Drop for Timer {
         let Some(path) = std::env::var_os("XFTRACE_TEST_TIMINGS") else {
             return;
         };
-        let binary = std::env::current_exe()
-            .ok()
-            .and_then(|p| p.file_stem().map(|s| s.to_string_lossy().into_owned()))
-            .map(|s| s.rsplit_once('-').map_or(s.clone(), |(b, _)| b.to_string()))
-            .unwrap_or_default();
+        let binary = binary_name().unwrap_or_default();
         let test = std::thread::current()
             .name()
             .unwrap_or("(unnamed)")
@@ -82,6 +78,19 @@ impl Drop for Timer {
             let _ = f.write_all(line.as_bytes());
         }
     }
+}
+
+/// This test binary's name without cargo's hash (`e2e_qemu`).
+pub fn binary_name() -> Option<String> {
+    let stem = std::env::current_exe()
+        .ok()?
+        .file_stem()?
+        .to_string_lossy()
+        .into_owned();
+    Some(
+        stem.rsplit_once('-')
+            .map_or(stem.clone(), |(b, _)| b.to_string()),
+    )
 }
 
 pub fn repo() -> PathBuf {
