@@ -19,7 +19,8 @@ use std::time::{Duration, Instant};
 
 use common::debian::{image_dir, Lifecycle};
 use common::detection::{
-    body_hooks, findings, has, hidden_module, measured, registry_hooks, CASES,
+    body_hooks, census_cost, control_data_hooks, findings, has, hidden_module, measured,
+    registry_hooks, CASES,
 };
 use common::libvirtd::{virsh, Libvirtd, URI};
 use common::xftrace;
@@ -286,6 +287,10 @@ fn debian_vm_gets_the_kernel_by_ansible_and_is_traced_and_checked() {
         worst.0.as_secs_f64(),
         worst.1
     );
+    census_cost(
+        x(&["check", "--json", "--trace-seconds", "0"]),
+        "Debian VM, nginx serving",
+    );
     drop(load);
     soak(&vm, &x);
 
@@ -328,6 +333,7 @@ fn debian_vm_gets_the_kernel_by_ansible_and_is_traced_and_checked() {
     // Hooks on ordinary functions, at targets drawn per run.
     body_hooks(&mut |c| vm.sh(c), &check, "/root/rk");
     registry_hooks(&mut |c| vm.sh(c), &check, "/root/rk");
+    control_data_hooks(&mut |c| vm.sh(c), &check, "/root/rk");
     // Data sealed after boot (/dev/ptmx's open swapped), found against this
     // boot's snapshot; then a module that hides itself.
     let ptmx = || vm.sh("(: < /dev/ptmx) 2>&1; echo rc=$?");
@@ -500,7 +506,7 @@ fn soak(vm: &common::debian::Debian, x: &dyn Fn(&[&str]) -> Command) {
         eprintln!("debian soak: boot {boot}, baseline under the {bname} workload");
         for i in 0..per_boot.min(n - done) {
             let (wname, wload) = SOAK_WORKLOADS[(i as usize + 1) % SOAK_WORKLOADS.len()];
-            let with_flow = i % 2 == 0;
+            let with_flow = i % 2 == 0 && !common::soak::integrity_only();
             let busy = i % 4 < 2;
             let load = (wname == "http").then(|| vm.http_load());
             if busy {

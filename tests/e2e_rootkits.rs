@@ -11,7 +11,8 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use common::detection::{
-    body_hooks, findings, has, hidden_module, measured, registry_hooks, CASES,
+    body_hooks, census_cost, control_data_hooks, findings, has, hidden_module, measured,
+    registry_hooks, CASES,
 };
 use common::{Boot, Vm, Xftrace};
 
@@ -113,6 +114,11 @@ fn detects_every_test_rootkit_and_nothing_on_a_clean_guest() {
         worst.1
     );
 
+    census_cost(
+        x.command(&["check", "--json", "--trace-seconds", "0"]),
+        "busybox guest",
+    );
+
     // Detection latency: `watch` running while a rootkit loads.
     let mut watch = x
         .command(&["watch", "--json", "--interval", "0.5"])
@@ -184,6 +190,7 @@ fn detects_every_test_rootkit_and_nothing_on_a_clean_guest() {
     // Hooks on ordinary functions, at targets drawn per run.
     body_hooks(&mut |c| vm.sh(c), &check, "/lib/xftrace-test");
     registry_hooks(&mut |c| vm.sh(c), &check, "/lib/xftrace-test");
+    control_data_hooks(&mut |c| vm.sh(c), &check, "/lib/xftrace-test");
 
     // Data sealed after boot: /dev/ptmx's open operation swapped. Seen to
     // fire, then found against this boot's snapshot (taken by the clean

@@ -75,7 +75,7 @@ fn clean_checks_find_nothing_over_boots_and_workloads() {
         eprintln!("soak: boot {boot}, baseline under the {bname} workload");
         for i in 0..per_boot.min(want - st.n("checks")) {
             let (wname, wload) = WORKLOADS[(i as usize + 1) % WORKLOADS.len()];
-            let with_flow = i % 2 == 0;
+            let with_flow = i % 2 == 0 && !common::soak::integrity_only();
             // Half the checks run while the workload still runs.
             let busy = i % 4 < 2;
             if busy {

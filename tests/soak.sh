@@ -11,7 +11,8 @@
 #
 # They take boots of 200 (raw QEMU) or 250 (Debian) checks (XFTRACE_SOAK_PER_BOOT), under file, process
 # and network workloads (and HTTP on Debian), half of them with the default
-# 3 s call-flow window. Progress and every finding are kept in a state file
+# 3 s call-flow window (XFTRACE_SOAK_INTEGRITY_ONLY=1: none of them, the integrity
+# checks alone). Progress and every finding are kept in a state file
 # (default ~/.cache/xftrace/soak-state.json, soak-debian-state.json): run it
 # again to add to it, or remove the file to start over.
 set -euo pipefail

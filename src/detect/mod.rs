@@ -73,6 +73,17 @@ finding_kinds! {
     Idt = "idt",
     /// A well-known operation table differs from the build.
     OperationTable = "operation-table",
+    /// A function pointer in the kernel's writable data (`.data`, `.bss`,
+    /// per-CPU data) leads outside the kernel's functions and differs from
+    /// the build.
+    ControlData = "control-data",
+    /// An operation-table pointer or callback of a kernel object (inode,
+    /// super block, file, socket, network device, protocol, proc entry,
+    /// TTY) leads outside the tables and code of the kernel and its build.
+    ObjectOperations = "object-operations",
+    /// A kernel thread, timer, work item, tasklet or IRQ handler runs code
+    /// outside the kernel and its build.
+    DeferredCode = "deferred-code",
     /// An ftrace callback outside the kernel image.
     FtraceHook = "ftrace-hook",
     /// xftrace itself was attacked, narrowed or duplicated.
@@ -253,7 +264,7 @@ mod tests {
                 .all(|c| c.is_ascii_lowercase() || c == b'-'));
             assert!(names.insert(k.as_str()), "{k} twice");
         }
-        assert_eq!(names.len(), 16);
+        assert_eq!(names.len(), 19);
         assert!(serde_json::from_str::<FindingKind>("\"rootkit\"").is_err());
     }
     use crate::kernel::locate::tests::{place_kernel, synthetic_guest, SLIDE, TEXT_PA};

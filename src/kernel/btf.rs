@@ -234,6 +234,8 @@ pub struct ModuleLayout {
     /// `core_layout.base` (pointer) and `core_layout.text_size` (u32).
     pub text_base: u64,
     pub text_size: u64,
+    /// `core_layout.size` (u32): code, read-only data and data.
+    pub core_size: u64,
 }
 
 impl ModuleLayout {
@@ -243,6 +245,7 @@ impl ModuleLayout {
             name: btf.offset_of("module", &["name"])?,
             text_base: btf.offset_of("module", &["core_layout", "base"])?,
             text_size: btf.offset_of("module", &["core_layout", "text_size"])?,
+            core_size: btf.offset_of("module", &["core_layout", "size"])?,
         })
     }
 }
@@ -334,7 +337,8 @@ pub(crate) mod tests {
                 list: 8,
                 name: 24,
                 text_base: 80,
-                text_size: 92
+                text_size: 92,
+                core_size: 88
             })
         );
         assert_eq!(btf.offset_of("module", &["nothing"]), None);

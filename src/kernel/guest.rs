@@ -253,9 +253,12 @@ impl<'a> KernelView<'a> {
     pub fn name(&self, addr: u64) -> String {
         match self.sym.with_offset(addr) {
             Some(s) => s,
-            None => match self.module_of(addr) {
-                Some(m) => format!("{addr:#x} (outside the kernel image, in module {m})"),
-                None => format!("{addr:#x} (outside the kernel image)"),
+            None => match (self.module_of(addr), self.module_memory_of(addr)) {
+                (Some(m), _) => format!("{addr:#x} (outside the kernel image, in module {m})"),
+                (None, Some(m)) => {
+                    format!("{addr:#x} (outside the kernel image, in module {m}'s data)")
+                }
+                (None, None) => format!("{addr:#x} (outside the kernel image)"),
             },
         }
     }

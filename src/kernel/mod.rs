@@ -7,6 +7,8 @@
 //! | [`locate`], [`stale`] | finding the kernel (control block, slide) in guest RAM; control blocks of earlier boots |
 //! | [`guest`] | an opened guest and the view of one kernel's virtual memory |
 //! | [`modules`] | the loaded modules: their list, address tree and sysfs kobjects; who owns an address |
+//! | [`code`] | the code the kernel knows it runs: its text, modules, BPF images, trampolines, kprobe slots |
+//! | [`objects`] | the kernel's objects that hold pointers it calls through (inodes, files, sockets, devices, protocols, timers, work, threads), collected by bounded walks |
 //! | [`walk`] | bounded walks of the kernel's lists, chains, trees, XArrays and per-CPU variables |
 //! | [`patching`], [`text`] | the integrity engine: where the kernel patches its own code, and the guest's code against the build |
 //! | [`target`] | which guest to open and opening it: a RAM file, or a domain of a manager reached through `target::Domains`, which a higher layer implements (nothing here knows libvirt) |
@@ -14,9 +16,11 @@
 pub mod btf;
 pub mod builds;
 pub mod callgraph;
+pub mod code;
 pub mod guest;
 pub mod locate;
 pub mod modules;
+pub mod objects;
 pub mod patching;
 pub mod stale;
 pub mod symbols;

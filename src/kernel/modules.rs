@@ -29,6 +29,9 @@ pub struct Module {
     pub name: String,
     /// `[start, end)` of its core code, where the layout is known.
     pub text: Option<(u64, u64)>,
+    /// `[start, end)` of its core memory (code, read-only data, data),
+    /// where the layout is known.
+    pub memory: Option<(u64, u64)>,
 }
 
 impl KernelView<'_> {
@@ -38,6 +41,15 @@ impl KernelView<'_> {
         let l = self.module_layout?;
         let base = self.read_word(module.checked_add(l.text_base)?)?;
         let size = self.read_u32(module.checked_add(l.text_size)?)?;
+        Some((base, base.checked_add(u64::from(size))?))
+    }
+
+    /// `[start, end)` of the core memory (code, read-only data, data) of
+    /// the `struct module` at `module`, where the layout is known.
+    pub fn module_memory(&self, module: u64) -> Option<(u64, u64)> {
+        let l = self.module_layout?;
+        let base = self.read_word(module.checked_add(l.text_base)?)?;
+        let size = self.read_u32(module.checked_add(l.core_size)?)?;
         Some((base, base.checked_add(u64::from(size))?))
     }
 
@@ -56,6 +68,7 @@ impl KernelView<'_> {
             name: 24,
             text_base: 0,
             text_size: 0,
+            core_size: 0,
         });
         let Some(head) = self.sym.addr("modules") else {
             return Vec::new();
@@ -72,6 +85,7 @@ impl KernelView<'_> {
                 addr: module,
                 name,
                 text: self.module_text(module),
+                memory: self.module_memory(module),
             });
         }
         out
@@ -105,6 +119,15 @@ impl KernelView<'_> {
         mods.iter()
             .filter(|m| m.addr.checked_sub(addr).is_some_and(|d| d < 8 << 20))
             .min_by_key(|m| m.addr)
+            .map(|m| m.name.as_str())
+    }
+
+    /// The listed module whose core memory (code or data) holds `addr`,
+    /// where the layout is known.
+    pub fn module_memory_of(&self, addr: u64) -> Option<&str> {
+        self.modules()
+            .iter()
+            .find(|m| m.memory.is_some_and(|(s, e)| s <= addr && addr < e))
             .map(|m| m.name.as_str())
     }
 

@@ -316,6 +316,20 @@ impl Vmlinux {
         Ok(out)
     }
 
+    /// The link-time addresses in `[start, end)` of the words the build
+    /// holds as 64-bit pointers (its `Abs64` KASLR relocations); none if
+    /// the build has no relocation records there.
+    pub fn pointer_words(&self, start: u64, end: u64) -> std::collections::BTreeSet<u64> {
+        self.kaslr_relocations(start, end)
+            .map(|r| {
+                r.into_iter()
+                    .filter(|x| x.kind == RelocKind::Abs64)
+                    .map(|x| x.addr)
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     /// Addresses the build's code and data refer to, not as the target of
     /// a call: every 8-byte word of its allocated data sections (pointers
     /// in tables, initialised at link time) and every address its code

@@ -111,6 +111,8 @@ fn areas(map: &SystemMap) -> Vec<(u64, usize)> {
         // Where the control block of a second, sprayed "kernel" loaded at
         // physical 0 would be.
         (pa(map, "xftrace_control") - TEXT_PA, 4096),
+        // The heads of the census of kernel objects (`kernel::objects`).
+        (pa(map, "super_blocks"), 4096),
     ]
 }
 
@@ -289,11 +291,13 @@ pub fn kernel_lists(data: &[u8]) {
                 .expect("state dir");
             (t, d)
         });
-        let cx = crate::detect::checks::Context::new(
-            crate::kernel::guest::KernelView::new(&g.ram, &g.map, &k),
-            &v,
-            dir,
-        );
+        static BTF: OnceLock<crate::kernel::btf::Btf> = OnceLock::new();
+        let btf = BTF.get_or_init(|| {
+            crate::kernel::btf::Btf::parse(&super::synthetic::census_btf()).expect("census BTF")
+        });
+        let mut view = crate::kernel::guest::KernelView::new(&g.ram, &g.map, &k);
+        view.btf = Some(btf);
+        let cx = crate::detect::checks::Context::new(view, &v, dir);
         // Every check of guest memory (not the tracer's: it waits for a
         // heartbeat).
         let mut out = Vec::new();
@@ -407,6 +411,31 @@ pub const TARGETS: &[(&str, Harness)] = &[
     ("domain_xml", domain_xml),
 ];
 
+/// An input chunk: area, offset, bytes.
+type Chunk = dyn Fn(u8, u16, &[u8]) -> Vec<u8>;
+
+/// A census input: a super block that loops to itself with a root dentry,
+/// a task list, one CPU whose per-CPU area is in the census page (a timer
+/// wheel whose chain loops), all in the area of the census heads (11).
+fn census_seed(chunk: &Chunk) -> Vec<u8> {
+    let map = SystemMap::parse(MAP).expect("MAP parses");
+    let rt = |sym: &str| map.addr(sym).expect("in MAP") + super::synthetic::SLIDE;
+    let census = rt("super_blocks");
+    let w = |off: u16, v: u64| chunk(11, off, &v.to_le_bytes());
+    let mut seed = Vec::new();
+    seed.extend(w(0, census + 0x800)); // super_blocks -> sb
+    seed.extend(w(0x800, census + 0x800)); // sb -> itself
+    seed.extend(w(0x820, census + 0x900)); // s_root
+    seed.extend(w(0x908, census + 0xa00)); // d_inode
+    seed.extend(w(0xa08, 0xffff_ffff_c000_0000)); // i_fop
+    seed.extend(w(0x10, census + 0x10)); // init_task.tasks: empty
+    seed.extend(chunk(11, 0x5f0, &1u32.to_le_bytes())); // nr_cpu_ids
+    seed.extend(w(0x600, census + 0xc00 - 0x1000)); // __per_cpu_offset[0]
+    seed.extend(w(0xc40, census + 0xd00)); // timer_bases.vectors[0]
+    seed.extend(w(0xd00, census + 0xd00)); // a timer that loops
+    seed
+}
+
 /// Starting inputs for each target: valid shapes the fuzzer mutates from.
 pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
     let chunk = |area: u8, off: u16, bytes: &[u8]| {
@@ -482,6 +511,7 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
             "kernel_lists",
             chunk(8, 0, &0xffff_ffff_c000_0000u64.to_le_bytes()),
         ),
+        ("kernel_lists", census_seed(&chunk)),
         ("system_map", MAP.as_bytes().to_vec()),
         (
             "vmlinux",
@@ -500,6 +530,42 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
 mod tests {
     use super::super::synthetic::SLIDE;
     use super::*;
+
+    #[test]
+    fn the_census_seed_reaches_the_walks_of_kernel_objects() {
+        let seed = seeds()
+            .into_iter()
+            .find(|(t, b)| *t == "kernel_lists" && b.len() > 100)
+            .unwrap()
+            .1;
+        with_guest(|g| {
+            let k = locate::locate(&g.ram, &g.map, None).unwrap();
+            let dirty = apply(g, &seed);
+            let btf =
+                crate::kernel::btf::Btf::parse(&super::super::synthetic::census_btf()).unwrap();
+            let mut v = crate::kernel::guest::KernelView::new(&g.ram, &g.map, &k);
+            v.btf = Some(&btf);
+            let o = v.object_operations();
+            assert!(
+                o.pointers
+                    .iter()
+                    .any(|p| p.member == "i_fop" && p.value == 0xffff_ffff_c000_0000),
+                "{o:#?}"
+            );
+            assert!(
+                o.cut.iter().any(|c| c.contains("super blocks: a loop")),
+                "{:?}",
+                o.cut
+            );
+            let d = v.deferred_callbacks();
+            assert!(
+                d.cut.iter().any(|c| c.contains("timers: a loop")),
+                "{:?}",
+                d.cut
+            );
+            g.reset(&dirty);
+        });
+    }
 
     #[test]
     fn the_harness_guest_is_a_valid_kernel() {

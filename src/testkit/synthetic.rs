@@ -36,6 +36,25 @@ ffffffff81301000 D modules
 ffffffff81302000 D ftrace_ops_list
 ffffffff81302100 D ftrace_list_end
 ffffffff81303000 D idt_table
+ffffffff81305000 D super_blocks
+ffffffff81305010 D init_task
+ffffffff81305100 D proc_root
+ffffffff81305200 D init_net
+ffffffff81305300 D net_namespace_list
+ffffffff81305310 D inet_protos
+ffffffff81305410 D ptype_all
+ffffffff81305420 D ptype_base
+ffffffff81305520 D proto_list
+ffffffff81305530 D tty_drivers
+ffffffff81305540 D tty_ldiscs
+ffffffff81305580 D formats
+ffffffff81305590 D console_drivers
+ffffffff813055a0 D unbound_pool_hash
+ffffffff813055e0 D irq_desc_tree
+ffffffff813055f0 D nr_cpu_ids
+ffffffff81305600 D __per_cpu_offset
+ffffffff81305700 D socket_file_ops
+ffffffff81305800 D delayed_work_timer_fn
 ffffffff81400000 d xftrace_control
 ffffffff81401000 D init_top_pgt
 ffffffff81402000 D level3_kernel_pgt
@@ -43,7 +62,195 @@ ffffffff81403000 D level2_kernel_pgt
 ffffffff81404000 D max_low_pfn
 ffffffff81600000 b xftrace_heads
 ffffffff81800000 B _end
+0000000000001000 D timer_bases
+0000000000002000 D hrtimer_bases
+0000000000003000 D cpu_worker_pools
+0000000000003400 D tasklet_vec
+0000000000003410 D tasklet_hi_vec
 ";
+
+/// The layouts of the kernel objects [`MAP`]'s census symbols head, for
+/// the fuzzers: small made-up offsets, so that the input reaches every
+/// walk of `kernel::objects`.
+pub fn census_btf() -> Vec<u8> {
+    btf(&[
+        ("list_head", 16, &[("next", 0, ""), ("prev", 8, "")]),
+        ("qstr", 16, &[("name", 8, "")]),
+        ("sock_common", 16, &[("skc_prot", 8, "")]),
+        (
+            "work_struct",
+            32,
+            &[("entry", 8, "list_head"), ("func", 24, "")],
+        ),
+        ("timerqueue_node", 32, &[("node", 0, "")]),
+        (
+            "super_block",
+            64,
+            &[
+                ("s_list", 0, ""),
+                ("s_op", 16, ""),
+                ("s_type", 24, ""),
+                ("s_root", 32, ""),
+                ("s_d_op", 40, ""),
+            ],
+        ),
+        ("file_system_type", 16, &[("name", 0, "")]),
+        (
+            "dentry",
+            96,
+            &[
+                ("d_op", 0, ""),
+                ("d_inode", 8, ""),
+                ("d_name", 16, "qstr"),
+                ("d_child", 32, ""),
+                ("d_subdirs", 48, ""),
+            ],
+        ),
+        (
+            "inode",
+            64,
+            &[
+                ("i_op", 0, ""),
+                ("i_fop", 8, ""),
+                ("i_ino", 16, ""),
+                ("i_mapping", 24, ""),
+            ],
+        ),
+        ("address_space", 16, &[("a_ops", 8, "")]),
+        (
+            "proc_dir_entry",
+            96,
+            &[
+                ("subdir", 0, ""),
+                ("subdir_node", 8, ""),
+                ("name", 32, ""),
+                ("proc_iops", 40, ""),
+                ("proc_ops", 48, ""),
+                ("proc_dops", 56, ""),
+                ("seq_ops", 64, ""),
+            ],
+        ),
+        (
+            "net",
+            64,
+            &[
+                ("list", 0, ""),
+                ("proc_net", 16, ""),
+                ("dev_base_head", 24, ""),
+            ],
+        ),
+        (
+            "task_struct",
+            128,
+            &[
+                ("tasks", 0, ""),
+                ("files", 16, ""),
+                ("pid", 24, ""),
+                ("comm", 32, ""),
+                ("flags", 48, ""),
+                ("worker_private", 56, ""),
+            ],
+        ),
+        ("files_struct", 16, &[("fdt", 8, "")]),
+        ("fdtable", 16, &[("max_fds", 0, ""), ("fd", 8, "")]),
+        ("file", 32, &[("f_op", 8, ""), ("private_data", 16, "")]),
+        ("socket", 32, &[("ops", 8, ""), ("sk", 16, "")]),
+        (
+            "sock",
+            128,
+            &[
+                ("__sk_common", 0, "sock_common"),
+                ("sk_data_ready", 16, ""),
+                ("sk_state_change", 24, ""),
+                ("sk_write_space", 32, ""),
+                ("sk_error_report", 40, ""),
+                ("sk_backlog_rcv", 48, ""),
+                ("sk_destruct", 56, ""),
+            ],
+        ),
+        (
+            "net_device",
+            128,
+            &[
+                ("dev_list", 0, ""),
+                ("name", 16, ""),
+                ("netdev_ops", 32, ""),
+                ("ethtool_ops", 40, ""),
+                ("header_ops", 48, ""),
+                ("rx_handler", 56, ""),
+                ("ptype_all", 64, ""),
+            ],
+        ),
+        (
+            "packet_type",
+            48,
+            &[("type", 0, ""), ("func", 16, ""), ("list", 32, "")],
+        ),
+        (
+            "net_protocol",
+            16,
+            &[("handler", 0, ""), ("err_handler", 8, "")],
+        ),
+        ("proto", 64, &[("node", 0, ""), ("name", 16, "")]),
+        (
+            "tty_driver",
+            64,
+            &[("tty_drivers", 0, ""), ("ops", 16, ""), ("name", 24, "")],
+        ),
+        ("linux_binfmt", 32, &[("lh", 0, "")]),
+        (
+            "console",
+            96,
+            &[
+                ("name", 0, ""),
+                ("write", 16, ""),
+                ("read", 24, ""),
+                ("device", 32, ""),
+                ("setup", 40, ""),
+                ("next", 48, ""),
+            ],
+        ),
+        ("kthread", 32, &[("threadfn", 8, "")]),
+        ("timer_base", 256, &[("vectors", 64, "")]),
+        ("timer_list", 32, &[("entry", 0, ""), ("function", 24, "")]),
+        (
+            "delayed_work",
+            96,
+            &[("work", 0, "work_struct"), ("timer", 32, "")],
+        ),
+        ("hrtimer_cpu_base", 512, &[("clock_base", 64, "")]),
+        ("hrtimer_clock_base", 48, &[("active", 16, "")]),
+        (
+            "hrtimer",
+            64,
+            &[("node", 0, "timerqueue_node"), ("function", 40, "")],
+        ),
+        (
+            "worker_pool",
+            128,
+            &[
+                ("worklist", 16, ""),
+                ("workers", 32, ""),
+                ("hash_node", 48, ""),
+            ],
+        ),
+        ("worker", 64, &[("node", 0, ""), ("current_func", 24, "")]),
+        ("tasklet_struct", 32, &[("next", 0, ""), ("func", 16, "")]),
+        ("irq_desc", 64, &[("action", 16, "")]),
+        (
+            "irqaction",
+            64,
+            &[
+                ("handler", 0, ""),
+                ("next", 16, ""),
+                ("thread_fn", 24, ""),
+                ("name", 32, ""),
+                ("irq", 40, ""),
+            ],
+        ),
+        ("xarray", 16, &[("xa_head", 8, "")]),
+    ])
+}
 
 /// RAM of the fuzzers' guest.
 pub const RAM: u64 = 16 << 20;
@@ -347,4 +554,65 @@ impl Synthetic {
     pub fn ring_pa(&self, ring: u32) -> u64 {
         BENCH_RINGS_PA + u64::from(ring) * u64::from(self.kernel.header.ring_slots) * abi::SLOT_SIZE
     }
+}
+
+/// A struct for [`btf`]: name, size, members (name, byte offset, type).
+pub type StructLayout<'a> = (&'a str, u32, &'a [(&'a str, u32, &'a str)]);
+
+/// A BTF holding `structs`, each `(name, size, members)` with members
+/// `(name, byte offset, type)`: type "" is an 8-byte integer, any other the
+/// name of one of `structs` (for nested members such as `d_name.name`).
+pub fn btf(structs: &[StructLayout]) -> Vec<u8> {
+    let mut strings = vec![0u8];
+    let mut name = |s: &str| {
+        let off = strings.len() as u32;
+        strings.extend_from_slice(s.as_bytes());
+        strings.push(0);
+        off
+    };
+    let mut types = Vec::new();
+    let word = |t: &mut Vec<u8>, v: u32| t.extend_from_slice(&v.to_le_bytes());
+    // 1: an 8-byte integer.
+    let long = name("long");
+    word(&mut types, long);
+    word(&mut types, 1 << 24);
+    word(&mut types, 8);
+    word(&mut types, 64);
+    let id = |ty: &str| -> u32 {
+        if ty.is_empty() {
+            1
+        } else {
+            2 + structs
+                .iter()
+                .position(|s| s.0 == ty)
+                .expect("a struct of the list") as u32
+        }
+    };
+    for (sname, size, members) in structs {
+        let n = name(sname);
+        word(&mut types, n);
+        word(&mut types, (4 << 24) | members.len() as u32);
+        word(&mut types, *size);
+        for (m, off, ty) in members.iter() {
+            let mn = name(m);
+            word(&mut types, mn);
+            word(&mut types, id(ty));
+            word(&mut types, off * 8);
+        }
+    }
+    let mut out = Vec::new();
+    out.extend_from_slice(&0xeb9fu16.to_le_bytes());
+    out.extend_from_slice(&[1, 0]);
+    for v in [
+        24,
+        0,
+        types.len() as u32,
+        types.len() as u32,
+        strings.len() as u32,
+    ] {
+        out.extend_from_slice(&v.to_le_bytes());
+    }
+    out.extend_from_slice(&types);
+    out.extend_from_slice(&strings);
+    out
 }

@@ -22,6 +22,38 @@ pub fn has(f: &[serde_json::Value], kind: &str, parts: &[&str]) -> bool {
     })
 }
 
+/// Run one integrity-only check (`cmd`) with the checks' debug log and print
+/// what the census of control data and kernel objects visited and took.
+pub fn census_cost(mut cmd: Command, guest: &str) {
+    cmd.env("RUST_LOG", "xftrace::detect::checks=debug");
+    let (o, t, rss) = measured(cmd);
+    let log = String::from_utf8_lossy(&o.stderr);
+    for l in log
+        .lines()
+        .filter(|l| l.contains("words read") || l.contains(" objects, ") || l.contains("took"))
+    {
+        let l = l.split_once("] ").map_or(l, |x| x.1);
+        eprintln!("census ({guest}): {l}");
+    }
+    eprintln!(
+        "census ({guest}): the whole integrity-only check {:.0} ms, {rss} KiB peak RSS",
+        t.as_secs_f64() * 1e3
+    );
+}
+
+/// What `check` finds now; the closure it returns asserts that a later
+/// check finds nothing beyond that (earlier test rootkits may still be
+/// loaded: "clean" is nothing beyond what they cause), saying `what`.
+pub fn nothing_beyond_now(check: &dyn Fn() -> Output) -> impl Fn(&str) + '_ {
+    let key = |x: &serde_json::Value| format!("{} {}", x["kind"], x["detail"]);
+    let before: std::collections::BTreeSet<String> = findings(&check()).iter().map(key).collect();
+    move |what: &str| {
+        let f = findings(&check());
+        let new: Vec<_> = f.iter().filter(|x| !before.contains(&key(x))).collect();
+        assert!(new.is_empty(), "{what}: {new:#?}");
+    }
+}
+
 /// Run `cmd` to completion: its output, wall time and peak resident memory
 /// (KiB).
 pub fn measured(mut cmd: Command) -> (Output, Duration, i64) {
@@ -205,15 +237,7 @@ const LOOPBACK_TRAFFIC: &str = "ip link set lo up 2>/dev/null; \
 /// it has one), and gone once unloaded. A module that hooks nothing causes
 /// no finding. `sh`, `check` and `dir` as for [`body_hooks`].
 pub fn registry_hooks(sh: &mut dyn FnMut(&str) -> String, check: &dyn Fn() -> Output, dir: &str) {
-    // Earlier test rootkits may still be loaded: "clean" is nothing beyond
-    // what they cause.
-    let key = |x: &serde_json::Value| format!("{} {}", x["kind"], x["detail"]);
-    let before: std::collections::BTreeSet<String> = findings(&check()).iter().map(key).collect();
-    let clean = |what: &str| {
-        let f = findings(&check());
-        let new: Vec<_> = f.iter().filter(|x| !before.contains(&key(x))).collect();
-        assert!(new.is_empty(), "{what}: {new:#?}");
-    };
+    let clean = nothing_beyond_now(check);
     // Benign.
     sh(&format!("insmod {dir}/rk_benign.ko"));
     assert_eq!(
@@ -396,5 +420,167 @@ pub fn hidden_module(sh: &mut dyn FnMut(&str) -> String, check: &dyn Fn() -> Out
             ),
             "{f:#?}"
         );
+    }
+}
+
+/// rk_data_ptr's sysctls (path under /proc/sys) with the .data table each
+/// sits in: tables registered as they are (no directories among their
+/// entries), so that /proc/sys calls through the entry swapped.
+const DATA_PTR_TARGETS: &[(&str, &str)] = &[
+    ("kernel/hostname", "uts_kern_table"),
+    ("vm/overcommit_memory", "vm_table"),
+    ("fs/file-nr", "fs_stat_sysctls"),
+    ("fs/inode-nr", "inodes_sysctls"),
+    ("fs/dentry-state", "fs_dcache_sysctls"),
+    ("fs/epoll/max_user_watches", "epoll_table"),
+    ("kernel/pty/nr", "pty_table"),
+];
+
+/// A case of [`control_data_hooks`]: the module, its arguments, what makes
+/// it fire, the finding's kind and detail words, and whether a finding must
+/// be owned by the module.
+type ControlCase = (
+    &'static str,
+    String,
+    String,
+    &'static str,
+    Vec<String>,
+    bool,
+);
+
+/// Control data outside the tables the kernel registers hooks in, each at
+/// a target drawn for this run: a function pointer in writable kernel data
+/// (a sysctl's handler), a heap object's operation table swapped for a copy
+/// (a mounted file system's root inode), a network protocol handler, and
+/// module code the kernel runs later (a timer, an hrtimer, a delayed work
+/// item or a kernel thread). Each is seen to fire, found with the right
+/// kind naming its module (where the hooked code is the module's), and gone
+/// once unloaded, with what it hooked still working. `sh`, `check` and
+/// `dir` as for [`body_hooks`].
+pub fn control_data_hooks(
+    sh: &mut dyn FnMut(&str) -> String,
+    check: &dyn Fn() -> Output,
+    dir: &str,
+) {
+    let clean = nothing_beyond_now(check);
+    let last = |o: String| o.lines().last().unwrap_or("").trim().to_string();
+
+    let mut cases: Vec<ControlCase> = Vec::new();
+
+    let (sysctl, table) = pick("rk_data_ptr sysctl", DATA_PTR_TARGETS);
+    cases.push((
+        "rk_data_ptr",
+        format!("target={sysctl}"),
+        format!("cat /proc/sys/{sysctl} > /dev/null"),
+        "control-data",
+        vec![format!("{table}+0x"), "in module rk_data_ptr".into()],
+        true,
+    ));
+
+    let path = pick("rk_heap_ops mount", &["/", "/proc", "/sys", "/dev"]);
+    let copy = pick("rk_heap_ops copy", &["heap", "module"]);
+    // The file system type of what is mounted there (the last mount on top).
+    let fstype = last(sh(&format!(
+        "awk '$2==\"{path}\" {{t=$3}} END {{print t}}' /proc/mounts"
+    )));
+    assert!(
+        !fstype.is_empty() && !fstype.contains(' '),
+        "nothing mounted at {path}: {fstype:?}"
+    );
+    let mut parts = vec!["i_fop".to_string(), format!("root inode of {fstype}")];
+    if copy == "module" {
+        parts.push("in module rk_heap_ops".into());
+    }
+    cases.push((
+        "rk_heap_ops",
+        format!("path={path} copy={copy}"),
+        format!("ls {path} > /dev/null"),
+        "object-operations",
+        parts,
+        copy == "module",
+    ));
+
+    // Loopback traffic of each kind, with the busybox guest's tools or
+    // Debian's (no ping there: a UDP datagram to a closed port draws an
+    // ICMP port unreachable; wget or curl to a closed port or to nginx).
+    let target = pick("rk_sock target", &["icmp", "tcp", "ptype"]);
+    let (trigger, point) = match target {
+        "icmp" => (
+            "ip link set lo up 2>/dev/null; (ping -c 2 127.0.0.1; \
+             bash -c 'echo x > /dev/udp/127.0.0.1/9') > /dev/null 2>&1; true"
+                .to_string(),
+            "inet_protos[1]",
+        ),
+        "tcp" => (
+            "ip link set lo up 2>/dev/null; (wget -q -O /dev/null http://127.0.0.1:9/; \
+             curl -s -o /dev/null http://127.0.0.1/) > /dev/null 2>&1; true"
+                .to_string(),
+            "inet_protos[6]",
+        ),
+        _ => (LOOPBACK_TRAFFIC.to_string(), "packet handler"),
+    };
+    cases.push((
+        "rk_sock",
+        format!("target={target}"),
+        trigger,
+        "object-operations",
+        vec![point.into(), "in module rk_sock".into()],
+        true,
+    ));
+
+    let (how, what) = pick(
+        "rk_deferred kind",
+        &[
+            ("timer", "timer"),
+            ("hrtimer", "hrtimer"),
+            ("work", "delayed work"),
+            ("kthread", "kernel thread"),
+        ],
+    );
+    cases.push((
+        "rk_deferred",
+        format!("how={how}"),
+        "sleep 1".into(),
+        "deferred-code",
+        vec![what.into(), "in module rk_deferred".into()],
+        true,
+    ));
+
+    for (module, args, trigger, kind, parts, owned) in &cases {
+        let out = sh(&format!("insmod {dir}/{module}.ko {args}"));
+        assert!(!out.contains("rror"), "{module}: {out}");
+        let mut n = 0u64;
+        for _ in 0..3 {
+            sh(trigger);
+            n = param(sh, module, "fired").parse().unwrap_or(0);
+            if n > 0 {
+                break;
+            }
+        }
+        assert!(n > 0, "{module} {args} did not fire");
+        let o = check();
+        let f = findings(&o);
+        assert_eq!(o.status.code(), Some(1), "{module} not reported: {f:#?}");
+        let parts: Vec<&str> = parts.iter().map(String::as_str).collect();
+        assert!(
+            has(&f, kind, &parts),
+            "{module} {args}: no {kind} finding with {parts:?} in {f:#?}"
+        );
+        assert!(
+            !owned || f.iter().any(|x| x["owner"] == *module),
+            "{module} {args}: no finding owned by the module in {f:#?}"
+        );
+        // A directory opened through rk_heap_ops's copy holds the module
+        // until it is closed: try again a while.
+        sh(&format!(
+            "for i in 1 2 3 4 5 6 7 8 9 10; do rmmod {module} 2>/dev/null && break; sleep 0.5; done"
+        ));
+        let gone = last(sh(&format!(
+            "grep -q '^{module} ' /proc/modules && echo loaded || echo gone"
+        )));
+        assert_eq!(gone, "gone", "{module} did not unload");
+        // What it hooked still works.
+        sh(trigger);
+        clean(&format!("{module} unloaded, still reported"));
     }
 }

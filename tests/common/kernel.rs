@@ -122,7 +122,7 @@ pub fn rootkit_modules() -> &'static [PathBuf] {
             .filter(|p| p.extension().is_some_and(|x| x == "ko"))
             .collect();
         kos.sort();
-        assert_eq!(kos.len(), 15, "{kos:?}");
+        assert_eq!(kos.len(), 19, "{kos:?}");
         // The BPF loader is a static user-space program (kbuild left its
         // source alone).
         let loader = build.join("bpf_hook");

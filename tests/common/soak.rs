@@ -86,3 +86,9 @@ impl SoakState {
         )
     }
 }
+
+/// `XFTRACE_SOAK_INTEGRITY_ONLY=1`: every check of a soak without the
+/// call-flow window (the integrity checks alone, many more per hour).
+pub fn integrity_only() -> bool {
+    std::env::var("XFTRACE_SOAK_INTEGRITY_ONLY").is_ok_and(|v| v == "1")
+}

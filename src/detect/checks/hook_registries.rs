@@ -17,8 +17,6 @@ pub struct HookRegistries;
 
 /// Entries followed per list, and hooks per registry point, at most.
 const MAX_ENTRIES: usize = 4096;
-/// Network namespaces followed at most.
-const MAX_NAMESPACES: usize = 1024;
 /// Hooks read in all, at most (a clean cloud guest has a few hundred): a
 /// guest that fills every registry cannot make the check read without end.
 const MAX_HOOKS: usize = 65_536;
@@ -193,7 +191,7 @@ pub fn hooks(cx: &Context, out: &mut Report) -> Option<Vec<Hook>> {
             };
             notifiers(cx, at.wrapping_add(head), (call, next), chain, &mut h);
         }
-        for (net, name) in namespaces(cx) {
+        for (net, name) in cx.net_namespaces() {
             if let Some(o) = cx.field("net", &["netdev_chain", "head"]) {
                 let point = format!("netdev_chain of netns {name}");
                 notifiers(cx, net.wrapping_add(o), (call, next), &point, &mut h);
@@ -228,29 +226,6 @@ fn notifiers(cx: &Context, first: u64, (call, next): (u64, u64), point: &str, h:
             handler: f,
         });
     }
-}
-
-/// Every network namespace (`net_namespace_list`), with a name for it:
-/// "init" for `init_net`, else its address.
-fn namespaces(cx: &Context) -> Vec<(u64, String)> {
-    let (Some(head), Some(init), Some(l)) = (
-        cx.sym("net_namespace_list"),
-        cx.sym("init_net"),
-        cx.field("net", &["list"]),
-    ) else {
-        return Vec::new();
-    };
-    cx.list(head, MAX_NAMESPACES)
-        .map(|p| {
-            let net = p.wrapping_sub(l);
-            let name = if net == init {
-                "init".to_string()
-            } else {
-                format!("{net:#x}")
-            };
-            (net, name)
-        })
-        .collect()
 }
 
 /// The probes of every tracepoint of the image (`__tracepoint_*`): each
@@ -301,7 +276,7 @@ fn netfilter(cx: &Context, h: &mut Vec<Hook>) {
         return;
     };
     let hook = cx.field("nf_hook_entry", &["hook"]).unwrap_or(0);
-    for (net, name) in namespaces(cx) {
+    for (net, name) in cx.net_namespaces() {
         for (family, points) in NF_FAMILIES {
             let Some(o) = cx.field("net", &["nf", family]) else {
                 continue;

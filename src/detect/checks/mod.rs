@@ -5,6 +5,8 @@
 #![deny(clippy::arithmetic_side_effects)]
 
 pub mod bpf_programs;
+pub mod control_data;
+pub mod deferred_code;
 pub mod ftrace_hooks;
 pub mod hidden_code;
 pub mod hidden_modules;
@@ -13,6 +15,7 @@ pub mod idt;
 pub mod kernel_rodata;
 pub mod kernel_text;
 pub mod kprobes;
+pub mod object_operations;
 pub mod operation_tables;
 pub mod ro_after_init;
 pub mod syscall_dispatch;
@@ -24,7 +27,9 @@ use std::ops::Deref;
 
 use crate::abi::le;
 use crate::host::statedir::GuestDir;
+use crate::kernel::code::{known_code, Owned, Owner as CodeOwner};
 use crate::kernel::guest::KernelView;
+use crate::kernel::objects::{Census, OpPointer, Points, MAX_OBJECTS};
 use crate::kernel::text::{Difference, Image};
 use crate::kernel::vmlinux::Vmlinux;
 
@@ -39,6 +44,8 @@ pub struct Context<'a> {
     /// The guest thread's heartbeat when the checks began, and when: the
     /// tracer check's liveness test counts the other checks' time.
     pub heartbeat: Option<(u64, std::time::Instant)>,
+    /// Code the kernel knows it runs, sorted by start (read once).
+    code: std::sync::OnceLock<Vec<Owned>>,
 }
 
 impl<'a> Context<'a> {
@@ -56,6 +63,7 @@ impl<'a> Context<'a> {
             vmlinux,
             dir,
             heartbeat,
+            code: std::sync::OnceLock::new(),
         }
     }
 }
@@ -68,6 +76,255 @@ impl<'a> Context<'a> {
             vmlinux: self.vmlinux,
         }
     }
+}
+
+/// Where a pointer the kernel follows leads.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Lands {
+    /// The entry of a kernel function.
+    KernelFunction,
+    /// Kernel text where no function starts (the middle of `.0`).
+    KernelInside(String),
+    /// The kernel image outside its text: its data and read-only data.
+    KernelData,
+    /// Code or data of a listed module the build ships.
+    BuildModule,
+    /// A listed module the build does not ship: its code (`text`) or data.
+    Module { name: String, text: bool },
+    /// Code the kernel made itself: BPF, ftrace trampolines, kprobe slots.
+    KernelMade(CodeOwner),
+    /// None of these: heap memory, or code the kernel does not know.
+    Elsewhere,
+}
+
+/// What a pointer's target says of it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    Fine,
+    /// Into a module the build does not ship: a finding unless the
+    /// baseline's inventory knows it.
+    Foreign(String),
+    /// Wrong wherever it came from: why.
+    Wrong(String),
+}
+
+impl<'a> Context<'a> {
+    /// Code the kernel knows it runs (kernel text, listed modules, BPF,
+    /// trampolines, ...), sorted by start; read once per check run.
+    pub fn known_code(&self) -> &[Owned] {
+        self.code.get_or_init(|| {
+            let mut c = known_code(&self.view);
+            c.sort_by_key(|o| o.start);
+            c
+        })
+    }
+
+    /// Where runtime address `a` leads.
+    pub fn lands(&self, a: u64) -> Lands {
+        let link = self.link(a);
+        let map = self.map();
+        if let (Some(s), Some(e)) = (map.addr("_text"), map.addr("_etext")) {
+            if (s..e).contains(&link) {
+                return match map.containing(link) {
+                    Some((_, 0)) => Lands::KernelFunction,
+                    Some((f, _)) => Lands::KernelInside(f.to_string()),
+                    None => Lands::KernelInside("kernel text".into()),
+                };
+            }
+        }
+        if map.in_image(link) {
+            return Lands::KernelData;
+        }
+        if let Some(m) = self.module_memory_of(a) {
+            let text = self.module_of(a).is_some();
+            return if self.build_modules.is_some_and(|b| b.contains(m)) {
+                Lands::BuildModule
+            } else {
+                Lands::Module {
+                    name: m.to_string(),
+                    text,
+                }
+            };
+        }
+        let code = self.known_code();
+        let i = code.partition_point(|o| o.start <= a);
+        if let Some(o) = i.checked_sub(1).and_then(|i| code.get(i)) {
+            if a < o.end && !matches!(o.owner, CodeOwner::KernelText | CodeOwner::Module) {
+                return Lands::KernelMade(o.owner);
+            }
+        }
+        // Owned ranges may overlap: look a little further back.
+        for o in code.iter().take(i).rev().take(64) {
+            if o.start <= a
+                && a < o.end
+                && !matches!(o.owner, CodeOwner::KernelText | CodeOwner::Module)
+            {
+                return Lands::KernelMade(o.owner);
+            }
+        }
+        Lands::Elsewhere
+    }
+
+    /// Is `value` what a pointer that must lead to `points` may hold?
+    pub fn verdict(&self, points: Points, value: u64) -> Verdict {
+        let lands = self.lands(value);
+        let table = matches!(points, Points::Table | Points::TableOrCode);
+        let code = matches!(points, Points::Code | Points::TableOrCode);
+        match lands {
+            Lands::KernelFunction if code => Verdict::Fine,
+            Lands::KernelData if table => Verdict::Fine,
+            Lands::BuildModule => Verdict::Fine,
+            Lands::KernelMade(CodeOwner::Bpf | CodeOwner::FtraceTrampoline) if code => {
+                Verdict::Fine
+            }
+            Lands::Module { name, text } if text == code || table => Verdict::Foreign(name),
+            Lands::Module { name, .. } => {
+                Verdict::Wrong(format!("data of module {name}, not code"))
+            }
+            Lands::KernelInside(f) => Verdict::Wrong(format!(
+                "the middle of {f}, where no function starts"
+            )),
+            Lands::KernelFunction => Verdict::Wrong("kernel code, not a table".into()),
+            Lands::KernelData => Verdict::Wrong("kernel data, not code".into()),
+            Lands::KernelMade(o) => Verdict::Wrong(format!("{o:?}, not a function")),
+            Lands::Elsewhere if table => Verdict::Wrong(
+                "outside the kernel image and the build's modules (a copy in heap memory, or a module that hid itself)".into(),
+            ),
+            Lands::Elsewhere => Verdict::Wrong(
+                "outside any code the kernel knows (not kernel text, a listed module, BPF or an ftrace trampoline)".into(),
+            ),
+        }
+    }
+}
+
+/// Judge the pointers of objects a walk collected: a finding for each that
+/// leads where it must not, or into a module outside the build that the
+/// baseline's inventory (`known`) does not have for its class. Findings are
+/// of `out`'s kind and name the object, the member, where it leads and the
+/// owner.
+pub fn judge_pointers(
+    cx: &Context,
+    pointers: &[OpPointer],
+    known: &Option<BTreeSet<String>>,
+    out: &mut Report,
+) -> Vec<(u64, u64, Finding)> {
+    let mut found = Vec::new();
+    for p in pointers {
+        let what = match p.points {
+            Points::Table => "an operation table",
+            Points::Code => "code",
+            Points::TableOrCode => "an operation table or code",
+        };
+        let f = match cx.verdict(p.points, p.value) {
+            Verdict::Fine => continue,
+            Verdict::Foreign(m) => {
+                if known
+                    .as_ref()
+                    .is_some_and(|k| k.contains(&pointer_line(p, &m)))
+                {
+                    continue;
+                }
+                out.finding(
+                    format!(
+                        "{}: {} points to {}, a module the build does not ship, where the kernel expects {what}",
+                        p.object,
+                        p.member,
+                        cx.name(p.value)
+                    ),
+                    &[p.at, p.value],
+                    super::inventory::missing(known),
+                )
+                .owned_by(m)
+            }
+            Verdict::Wrong(why) => {
+                let f = out.finding(
+                    format!(
+                        "{}: {} points to {}: {why}, where the kernel expects {what}",
+                        p.object,
+                        p.member,
+                        cx.name(p.value)
+                    ),
+                    &[p.at, p.value],
+                    format!("{} = {:#x}", p.member, p.value),
+                );
+                match cx.module_of(p.value) {
+                    Some(m) => f.owned_by(m.to_string()),
+                    None => f,
+                }
+            }
+        };
+        found.push((p.at, p.value, f));
+    }
+    found
+}
+
+/// How long an object may be in the middle of a change (freed, its
+/// pointer being replaced).
+pub const SETTLE: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// The findings whose pointer (at `.0`) still holds the same value (`.1`)
+/// a moment later: objects come and go while they are read.
+pub fn settled(cx: &Context, found: Vec<(u64, u64, Finding)>) -> Vec<Finding> {
+    if found.is_empty() {
+        return Vec::new();
+    }
+    std::thread::sleep(SETTLE);
+    found
+        .into_iter()
+        .filter(|(at, v, _)| cx.read_word(*at) == Some(*v))
+        .map(|(_, _, f)| f)
+        .collect()
+}
+
+/// A census check: take `census` (timed), judge its pointers, report what
+/// it could not see, and keep the findings that hold a moment later.
+pub fn run_census(cx: &Context, what: &str, census: impl FnOnce() -> Census, out: &mut Report) {
+    let t = std::time::Instant::now();
+    let census = census();
+    log::debug!(
+        "{what}: {} objects, {} pointers in {:?}",
+        census.objects,
+        census.pointers.len(),
+        t.elapsed()
+    );
+    report_cut(&census, what, out);
+    let known = super::inventory::load(cx.dir);
+    let found = judge_pointers(cx, &census.pointers, &known, out);
+    out.capped(settled(cx, found), what);
+}
+
+/// What a census could not see: one the guest filled to its bound is a
+/// finding (a clean guest is far below it); a class the build does not
+/// describe, or a list cut short while it changed, is logged.
+pub fn report_cut(census: &Census, what: &str, out: &mut Report) {
+    for c in &census.cut {
+        log::info!("census of {what}: {c}");
+    }
+    if census.objects >= MAX_OBJECTS {
+        out.add(
+            format!("more than {MAX_OBJECTS} {what}: the rest were not checked"),
+            &[],
+            census.cut.join("; "),
+        );
+    }
+}
+
+/// How the inventory names a pointer into a module outside the build: the
+/// object's class, the member and the module (no addresses).
+pub fn pointer_line(p: &OpPointer, module: &str) -> String {
+    format!("pointer {} {} {module}", p.class, p.member)
+}
+
+/// Inventory lines of the pointers that lead into modules outside the
+/// build.
+pub fn pointer_inventory(cx: &Context, pointers: &[OpPointer]) -> BTreeSet<String> {
+    pointers
+        .iter()
+        .filter_map(|p| match cx.verdict(p.points, p.value) {
+            Verdict::Foreign(m) => Some(pointer_line(p, &m)),
+            _ => None,
+        })
+        .collect()
 }
 
 /// A check reads the guest through its kernel view.
@@ -206,6 +463,9 @@ pub const CHECKS: &[&dyn Check] = &[
     &hidden_code::HiddenCode,
     &idt::Idt,
     &operation_tables::OperationTables,
+    &control_data::ControlData,
+    &object_operations::ObjectOperations,
+    &deferred_code::DeferredCode,
     &ftrace_hooks::FtraceHooks,
     &tracer::TracerIntegrity,
 ];

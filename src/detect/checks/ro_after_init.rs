@@ -13,7 +13,6 @@ use super::{data_place, Check, Context, Report};
 use crate::abi::le;
 use crate::detect::FindingKind;
 use crate::kernel::text::{changed_runs, Runs};
-use crate::kernel::vmlinux::RelocKind;
 
 pub struct RoAfterInit;
 
@@ -92,16 +91,7 @@ fn module_pointers(
 ) -> std::collections::BTreeSet<u64> {
     let mut seen = std::collections::BTreeSet::new();
     let end = start.saturating_add(built.len() as u64);
-    let pointers: std::collections::BTreeSet<u64> = cx
-        .vmlinux
-        .kaslr_relocations(start, end)
-        .map(|r| {
-            r.into_iter()
-                .filter(|x| x.kind == RelocKind::Abs64)
-                .map(|x| x.addr)
-                .collect()
-        })
-        .unwrap_or_default();
+    let pointers = cx.vmlinux.pointer_words(start, end);
     for (i, (b, l)) in le::words(built).zip(le::words(live)).enumerate() {
         let at = start.saturating_add((i as u64).saturating_mul(8));
         let in_modules = l >= MODULE_SPACE.0 && l < MODULE_SPACE.1 && !cx.in_image(l);
