@@ -399,7 +399,7 @@ pub fn run(cli: Cli) -> Result<Outcome, Error> {
                 *rounds,
             ) {
                 let new = new?;
-                any |= !new.is_empty();
+                any |= detect::alarming(&new);
                 for line in detect::report(&new, *json) {
                     println!("{line}");
                 }
@@ -470,19 +470,22 @@ fn check(t: &Target, json: bool, trace_seconds: u64) -> Result<Outcome, Error> {
     }
     // What was found stands; a part that could not run is an error only
     // when nothing else was found (exit 1 outranks exit 2).
+    // Low findings (inventory: a module the build does not ship) are shown
+    // but leave the check clean.
+    let alarming = detect::alarming(&f);
     if let Some(e) = failed {
-        if f.is_empty() {
+        if !alarming {
             return Err(e);
         }
         eprintln!("xftrace: error: part of the check could not run: {e}");
     }
-    if f.is_empty() && !json {
+    if !alarming && !json {
         println!("{}: clean", t.describe());
     }
-    Ok(if f.is_empty() {
-        Outcome::Clean
-    } else {
+    Ok(if alarming {
         Outcome::Findings
+    } else {
+        Outcome::Clean
     })
 }
 

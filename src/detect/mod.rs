@@ -84,6 +84,9 @@ finding_kinds! {
     /// A kernel thread, timer, work item, tasklet or IRQ handler runs code
     /// outside the kernel and its build.
     DeferredCode = "deferred-code",
+    /// A loaded module (listed, or found by the hidden-module walk) that
+    /// the build does not ship and the baseline's inventory lacks.
+    ForeignModule = "foreign-module",
     /// An ftrace callback outside the kernel image.
     FtraceHook = "ftrace-hook",
     /// xftrace itself was attacked, narrowed or duplicated.
@@ -128,6 +131,9 @@ impl std::fmt::Display for FindingKind {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Severity {
+    /// Inventory, not a hook: what the guest runs that the build does not
+    /// ship. Alone it leaves `check`'s exit code 0.
+    Low,
     /// Weak evidence alone: a call the baseline never saw that the build's
     /// code could make.
     Medium,
@@ -140,9 +146,16 @@ impl FindingKind {
     pub fn severity(self) -> Severity {
         match self {
             FindingKind::CallFlowNewEdge => Severity::Medium,
+            FindingKind::ForeignModule => Severity::Low,
             _ => Severity::High,
         }
     }
+}
+
+/// Do `findings` call for the operator (any of medium or high severity)?
+/// Low ones (inventory) are reported but leave a check clean.
+pub fn alarming(findings: &[Finding]) -> bool {
+    findings.iter().any(|f| f.severity > Severity::Low)
 }
 
 /// What `owner` says when no loaded module holds the code involved.
@@ -215,6 +228,7 @@ impl std::fmt::Display for Finding {
             match self.severity {
                 Severity::High => "(high)",
                 Severity::Medium => "(medium)",
+                Severity::Low => "(low)",
             },
             escape(&self.detail)
         )?;
@@ -264,7 +278,7 @@ mod tests {
                 .all(|c| c.is_ascii_lowercase() || c == b'-'));
             assert!(names.insert(k.as_str()), "{k} twice");
         }
-        assert_eq!(names.len(), 19);
+        assert_eq!(names.len(), 20);
         assert!(serde_json::from_str::<FindingKind>("\"rootkit\"").is_err());
     }
     use crate::kernel::locate::tests::{place_kernel, synthetic_guest, SLIDE, TEXT_PA};

@@ -7,6 +7,7 @@
 pub mod bpf_programs;
 pub mod control_data;
 pub mod deferred_code;
+pub mod foreign_modules;
 pub mod ftrace_hooks;
 pub mod hidden_code;
 pub mod hidden_modules;
@@ -468,6 +469,7 @@ pub const CHECKS: &[&dyn Check] = &[
     &deferred_code::DeferredCode,
     &ftrace_hooks::FtraceHooks,
     &tracer::TracerIntegrity,
+    &foreign_modules::ForeignModules,
 ];
 
 /// Every check's inventory lines: the guest's hooks that a baseline
