@@ -36,13 +36,13 @@ if [ "${1:-}" = --debian ]; then
 	export XFTRACE_SOAK_DEBIAN_CHECKS=$n
 	export XFTRACE_SOAK_DEBIAN_STATE=${XFTRACE_SOAK_DEBIAN_STATE:-$cache/soak-debian-state.json}
 	echo "tests/soak.sh: $n checks of the Debian VM, state in $XFTRACE_SOAK_DEBIAN_STATE" >&2
-	cargo build --locked --all-targets
-	exec cargo test --locked --test e2e_debian -- --nocapture
+	cargo build --locked --all-targets --features fuzzing,vm-tests
+	exec cargo test --locked --features vm-tests --test e2e_debian -- --nocapture
 fi
 XFTRACE_KERNEL_DIR=$(guest-kernel/build.sh | tail -n 1)
 export XFTRACE_KERNEL_DIR
 export XFTRACE_SOAK_CHECKS=${1:-1000}
 export XFTRACE_SOAK_STATE=${XFTRACE_SOAK_STATE:-$cache/soak-state.json}
 echo "tests/soak.sh: $XFTRACE_SOAK_CHECKS checks, state in $XFTRACE_SOAK_STATE" >&2
-cargo build --locked --all-targets
-cargo test --locked --test soak -- --nocapture
+cargo build --locked --all-targets --features fuzzing,vm-tests
+cargo test --locked --features vm-tests --test soak -- --nocapture
