@@ -27,12 +27,15 @@ pub const MAX_LINKS: usize = 1 << 22;
 /// Objects visited in one census, at most.
 pub const MAX_OBJECTS: usize = 1 << 18;
 /// Pointers collected in one census, at most.
-pub const MAX_POINTERS: usize = 1 << 20;
+pub const MAX_POINTERS: usize = 1 << 18;
 /// Dentries read per pseudo file system, at most, and how deep.
 const MAX_DENTRIES_PER_SB: usize = 4096;
 const MAX_DEPTH: u32 = 4;
-/// Open files read per task, at most.
+/// Open files read per task, at most, and fd slots read in all: a guest
+/// that claims huge fd tables for many tasks cannot make the census read
+/// without bound.
 const MAX_FDS: u64 = 65_536;
+const MAX_FD_SLOTS: usize = 1 << 20;
 /// Network namespaces followed, at most.
 const MAX_NAMESPACES: usize = 1024;
 /// `PF_KTHREAD` in `task_struct.flags`.
@@ -94,12 +97,17 @@ pub struct Census {
     pub objects: usize,
     /// Object classes not walked, or walked in part, and why.
     pub cut: Vec<String>,
+    /// The census reached one of its bounds ([`MAX_OBJECTS`],
+    /// [`MAX_POINTERS`], [`MAX_LINKS`]): what the guest holds beyond was
+    /// not seen.
+    pub full: bool,
 }
 
 struct Walker<'v, 'a> {
     v: &'v KernelView<'a>,
     out: Census,
     links: usize,
+    fd_slots: usize,
 }
 
 /// A bounded walk that says why it stopped.
@@ -140,6 +148,7 @@ impl Walker<'_, '_> {
     /// is full, which is noted once.
     fn visit(&mut self) -> bool {
         if self.out.objects >= MAX_OBJECTS || self.out.pointers.len() >= MAX_POINTERS {
+            self.out.full = true;
             self.cut_once(format!(
                 "the census stopped at {MAX_OBJECTS} objects or {MAX_POINTERS} pointers"
             ));
@@ -161,6 +170,7 @@ impl Walker<'_, '_> {
         for n in walk.by_ref() {
             self.links = self.links.saturating_add(1);
             if self.links > MAX_LINKS {
+                self.out.full = true;
                 self.cut_once(format!("the census stopped at {MAX_LINKS} links"));
                 return out;
             }
@@ -245,6 +255,7 @@ impl KernelView<'_> {
             v: self,
             out: Census::default(),
             links: 0,
+            fd_slots: 0,
         };
         super_blocks(&mut w);
         proc_tree(&mut w);
@@ -264,6 +275,7 @@ impl KernelView<'_> {
             v: self,
             out: Census::default(),
             links: 0,
+            fd_slots: 0,
         };
         kthreads(&mut w);
         timers(&mut w);
@@ -534,6 +546,12 @@ fn tasks_files(w: &mut Walker) {
             continue;
         };
         let Ok(n) = usize::try_from(n) else { continue };
+        let n = n.min(MAX_FD_SLOTS.saturating_sub(w.fd_slots));
+        w.fd_slots = w.fd_slots.saturating_add(n);
+        if n == 0 {
+            w.cut_once(format!("open files: more than {MAX_FD_SLOTS} fd slots"));
+            return;
+        }
         let Some(slots) = w.v.read_words(array, n) else {
             w.cut_once(format!(
                 "open files of pid {pid}: the fd array is unreadable"
@@ -1254,5 +1272,44 @@ mod tests {
             .cut
             .iter()
             .any(|w| w.contains("open files: the build's BTF lacks")));
+    }
+
+    #[test]
+    fn huge_fd_tables_are_read_within_the_census_budget() {
+        let dir = tempfile::tempdir().unwrap();
+        let (ram, _) = synthetic_guest(dir.path());
+        let map = SystemMap::parse(&format!("{UNIT_MAP}ffffffff82100000 D init_task\n")).unwrap();
+        let k = locate(&ram, &map, None).unwrap();
+        let b = layouts();
+        let mut v = KernelView::new(&ram, &map, &k);
+        v.btf = Some(&b);
+        let va = |link: u64| link + UNIT_SLIDE;
+        let put = |link: u64, val: u64| {
+            ram.write_u64(
+                GuestAddress(link - 0xffff_ffff_8100_0000 + UNIT_TEXT_PA),
+                val,
+            )
+            .unwrap()
+        };
+        // 40 tasks, each with a files_struct of its own whose table claims
+        // 65 536 descriptors (one shared, empty array of them).
+        let (init, array) = (0xffff_ffff_8210_0000u64, HEAP + 0x10_0000);
+        let task = |i: u64| HEAP + i * 0x100;
+        let files = |i: u64| HEAP + 0x8000 + i * 0x100;
+        put(init, va(task(0)));
+        for i in 0..40 {
+            let next = if i == 39 { init } else { task(i + 1) };
+            put(task(i), va(next));
+            put(task(i) + 16, va(files(i)));
+            put(files(i) + 8, va(files(i) + 0x80));
+            put(files(i) + 0x80, 65_536);
+            put(files(i) + 0x88, va(array));
+        }
+        put(array + 8, va(HEAP + 0x20_0000)); // one open file
+        let c = v.object_operations();
+        assert!(c.cut.iter().any(|w| w.contains("fd slots")), "{:?}", c.cut);
+        // 16 tasks' tables fill the budget: the rest are not read.
+        let files_seen = c.pointers.iter().filter(|p| p.class == "open file").count();
+        assert!(files_seen <= 16, "{files_seen}");
     }
 }

@@ -35,6 +35,9 @@ pub struct ControlData;
 /// The most writable data read from one region (a cloud kernel has a few
 /// MiB): the bounds come from the trusted build, this guards a strange one.
 const MAX_LEN: u64 = 64 << 20;
+/// CPUs whose per-CPU data is compared, at most (each copy is the size of
+/// the build's per-CPU section, a few hundred KiB).
+const MAX_CPUS: usize = 1024;
 /// Page tables walked at most to learn what is executable.
 const MAX_TABLES: usize = 1 << 16;
 
@@ -144,7 +147,17 @@ fn changed_words(cx: &Context, out: &mut Report) -> (Vec<Changed>, usize) {
     if let (Some(start), Some(end)) = (map.addr("__per_cpu_start"), map.addr("__per_cpu_end")) {
         match cx.per_cpu(start) {
             Some(cpus) => {
-                for (cpu, base) in cpus {
+                if cpus.len() > MAX_CPUS {
+                    out.add(
+                        format!(
+                            "the guest claims {} CPUs: the per-CPU data of those beyond {MAX_CPUS} not checked",
+                            cpus.len()
+                        ),
+                        &[],
+                        "",
+                    );
+                }
+                for (cpu, base) in cpus.into_iter().take(MAX_CPUS) {
                     region(
                         cx,
                         (start, end),

@@ -30,7 +30,7 @@ use crate::abi::le;
 use crate::host::statedir::GuestDir;
 use crate::kernel::code::{known_code, Owned, Owner as CodeOwner};
 use crate::kernel::guest::KernelView;
-use crate::kernel::objects::{Census, OpPointer, Points, MAX_OBJECTS};
+use crate::kernel::objects::{Census, OpPointer, Points, MAX_LINKS, MAX_OBJECTS, MAX_POINTERS};
 use crate::kernel::text::{Difference, Image};
 use crate::kernel::vmlinux::Vmlinux;
 
@@ -301,9 +301,11 @@ pub fn report_cut(census: &Census, what: &str, out: &mut Report) {
     for c in &census.cut {
         log::info!("census of {what}: {c}");
     }
-    if census.objects >= MAX_OBJECTS {
+    if census.full {
         out.add(
-            format!("more than {MAX_OBJECTS} {what}: the rest were not checked"),
+            format!(
+                "more {what} than a census reads ({MAX_OBJECTS} objects, {MAX_POINTERS} pointers, {MAX_LINKS} links): the rest were not checked"
+            ),
             &[],
             census.cut.join("; "),
         );
