@@ -264,6 +264,7 @@ impl KernelView<'_> {
         protocols(&mut w);
         ttys(&mut w);
         binfmts_consoles(&mut w);
+        char_devices(&mut w);
         w.out
     }
 
@@ -846,6 +847,76 @@ fn binfmts_consoles(w: &mut Walker) {
             for &(off, member, points) in &members {
                 w.pointer(&obj, &class, c, off, member, points);
             }
+        }
+    }
+}
+
+/// Character devices: every region of `cdev_map` (`struct kobj_map`, 255
+/// hash chains of `struct probe`) with its `get` callback and, for a
+/// `struct cdev`, its `ops`; and every misc device (`misc_list`), `fops`.
+fn char_devices(w: &mut Walker) {
+    if let Some(map) =
+        w.v.sym("cdev_map")
+            .and_then(|a| w.v.read_word(a))
+            .filter(|&m| m != 0)
+    {
+        // `struct probe` is local to drivers/base/map.c: its layout from
+        // the BTF where the names agree, else 6.1's on x86-64.
+        let named = ["next", "dev", "range", "owner", "get", "lock", "data"]
+            .iter()
+            .all(|m| w.field("probe", &[m]).is_some());
+        let at = |m: &str, fallback: u64| {
+            if named {
+                w.field("probe", &[m]).unwrap_or(fallback)
+            } else {
+                fallback
+            }
+        };
+        let (next, dev, get, data) = (at("next", 0), at("dev", 8), at("get", 32), at("data", 48));
+        let exact = w.v.sym("exact_match");
+        let ops = w.field("cdev", &["ops"]);
+        match w.v.read_words(map, 255) {
+            None => w.cut_once("character devices: cdev_map unreadable".into()),
+            Some(heads) => {
+                for head in heads.into_iter().filter(|&h| h != 0) {
+                    let probes = w.collect("character devices", w.v.chain(head, next, 0, w.left()));
+                    for p in probes {
+                        if !w.visit() {
+                            return;
+                        }
+                        let d = w.v.read_u32(p.wrapping_add(dev)).unwrap_or(0);
+                        let (major, minor) = (d >> 20, d & 0xf_ffff);
+                        let obj = || format!("the character device {major}:{minor}");
+                        let class = || format!("character device {major}");
+                        let g = w.pointer(&obj, &class, p, Some(get), "get", Points::Code);
+                        if g.is_some() && g == exact {
+                            if let Some(cdev) =
+                                w.v.read_word(p.wrapping_add(data)).filter(|&c| c != 0)
+                            {
+                                w.pointer(&obj, &class, cdev, ops, "ops", Points::Table);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    if let (Some(head), Some(list), Some(fops), Some(minor)) = (
+        w.v.sym("misc_list"),
+        w.field("miscdevice", &["list"]),
+        w.field("miscdevice", &["fops"]),
+        w.field("miscdevice", &["minor"]),
+    ) {
+        let all = w.collect("misc devices", w.v.list(head, w.left()));
+        for p in all {
+            if !w.visit() {
+                return;
+            }
+            let m = p.wrapping_sub(list);
+            let n = w.v.read_u32(m.wrapping_add(minor)).unwrap_or(0);
+            let obj = || format!("the misc device (minor {n})");
+            let class = || format!("misc device {n}");
+            w.pointer(&obj, &class, m, Some(fops), "fops", Points::Table);
         }
     }
 }

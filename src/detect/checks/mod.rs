@@ -288,6 +288,13 @@ pub fn run_census(cx: &Context, what: &str, census: impl FnOnce() -> Census, out
         census.pointers.len(),
         t.elapsed()
     );
+    if log::log_enabled!(log::Level::Trace) {
+        let mut by = std::collections::BTreeMap::new();
+        for p in &census.pointers {
+            *by.entry(p.member).or_insert(0usize) += 1;
+        }
+        log::trace!("{what}: pointers by member {by:?}");
+    }
     report_cut(&census, what, out);
     let known = super::inventory::load(cx.dir);
     let found = judge_pointers(cx, &census.pointers, &known, out);
