@@ -291,7 +291,8 @@ pub fn run_census(cx: &Context, what: &str, census: impl FnOnce() -> Census, out
     if log::log_enabled!(log::Level::Trace) {
         let mut by = std::collections::BTreeMap::new();
         for p in &census.pointers {
-            *by.entry(p.member).or_insert(0usize) += 1;
+            let n = by.entry(p.member).or_insert(0usize);
+            *n = n.saturating_add(1);
         }
         log::trace!("{what}: pointers by member {by:?}");
     }
