@@ -7,7 +7,8 @@
 //! Two families: [`KernelView::object_operations`] (super blocks and their
 //! roots, the dentry trees of pseudo file systems, the proc entry tree,
 //! every task's open files and their sockets, network devices, protocol
-//! handlers, TTY drivers and line disciplines) and
+//! handlers, TTY drivers and line disciplines, executable formats,
+//! consoles, character and misc devices) and
 //! [`KernelView::deferred_callbacks`] (kernel threads, timers, hrtimers,
 //! work items and workers, tasklets, IRQ handlers). Layouts come from the
 //! build's BTF; an object class whose layout the build does not describe is
@@ -249,7 +250,8 @@ impl KernelView<'_> {
     /// Operation pointers of the kernel's objects: super blocks, mount
     /// roots, pseudo file systems' dentries and inodes, proc entries, open
     /// files, sockets, network devices, protocol handlers, TTY drivers and
-    /// line disciplines.
+    /// line disciplines, executable formats, consoles, character and misc
+    /// devices.
     pub fn object_operations(&self) -> Census {
         let mut w = Walker {
             v: self,

@@ -1,7 +1,8 @@
 //! Operation pointers of the kernel's objects (walks in
 //! `kernel::objects`): every super block and mount root, the dentries and
 //! inodes of pseudo file systems, proc entries, open files, sockets,
-//! network devices, protocol handlers, TTY drivers and line disciplines.
+//! network devices, protocol handlers, TTY drivers and line disciplines,
+//! executable formats, consoles, character and misc devices.
 //! An operation-table pointer must lead to a table the kernel image or a
 //! module the build ships defines; a callback to a function's entry in
 //! that code. A pointer swapped for a copy of its table (in the heap or in
