@@ -388,13 +388,35 @@ fn dentry(w: &mut Walker, d: u64, name: &str, fstype: &str) {
         w.field("address_space", &["a_ops"]),
     );
     w.pointer(&obj_root, &class, inode, i_op, "i_op", Points::Table);
-    w.pointer(&obj_root, &class, inode, i_fop, "i_fop", Points::Table);
+    let before = w.out.pointers.len();
+    let fop = w.pointer(&obj_root, &class, inode, i_fop, "i_fop", Points::Table);
+    if fop.is_some_and(|f| f != 0 && free_inode_of(w, inode) == Some(f)) {
+        // `i_fop` shares a union with `free_inode`: `destroy_inode` puts
+        // the super block's `s_op->free_inode` there until an RCU grace
+        // period ends, which on a busy guest outlasts any re-read. No file
+        // is opened through a dying inode, and an attacker gains nothing
+        // by pointing a live one at a function (an open would jump into
+        // its bytes as if they were a table): not a table pointer now.
+        log::trace!("{}: being freed", obj());
+        w.out.pointers.truncate(before);
+    }
     if let Some(mapping) = i_mapping
         .and_then(|o| w.v.read_word(inode.wrapping_add(o)))
         .filter(|&m| m != 0)
     {
         w.pointer(&obj_root, &class, mapping, a_ops, "a_ops", Points::Table);
     }
+}
+
+/// `inode->i_sb->s_op->free_inode`: what `i_fop` holds while the inode
+/// waits for its RCU grace period to end.
+fn free_inode_of(w: &Walker, inode: u64) -> Option<u64> {
+    let sb =
+        w.v.read_word(inode.checked_add(w.field("inode", &["i_sb"])?)?)?;
+    let ops =
+        w.v.read_word(sb.checked_add(w.field("super_block", &["s_op"])?)?)?;
+    w.v.read_word(ops.checked_add(w.field("super_operations", &["free_inode"])?)?)
+        .filter(|&f| f != 0)
 }
 
 /// The dentries below `root`, breadth first, to [`MAX_DEPTH`] and
@@ -1312,12 +1334,34 @@ mod tests {
         put(kid + 32, va(root + 48));
         put(kid + 8, va(kid_inode));
         put(kid_inode + 8, 0xffff_ffff_c000_2000);
+        // A second child whose inode is being freed: its i_fop holds its
+        // super block's s_op->free_inode (sb2's operations, a live table).
+        let (kid2, kid2_inode, sops) = (HEAP + 0x800, HEAP + 0x900, HEAP + 0xa00);
+        put(kid + 32, va(kid2 + 32));
+        put(kid2 + 32, va(root + 48));
+        put(root + 56, va(kid2 + 32));
+        put(kid2 + 8, va(kid2_inode));
+        put(kid2_inode + 32, va(sb2));
+        put(sb2 + 16, va(sops));
+        put(sops + 8, 0xffff_ffff_c000_3000);
+        put(kid2_inode + 8, 0xffff_ffff_c000_3000);
+        put(kid2_inode + 16, 7);
+        put(kid2_inode, 0xffff_ffff_c000_4000); // i_op, still read
         let c = v.object_operations();
         let got: Vec<(String, &str, u64)> = c
             .pointers
             .iter()
             .map(|p| (p.object.clone(), p.member, p.value))
             .collect();
+        assert!(
+            got.iter().all(|p| p.2 != 0xffff_ffff_c000_3000),
+            "a dying inode's free_inode is no table pointer: {got:#?}"
+        );
+        assert!(
+            got.iter()
+                .any(|p| p.0.contains("inode 7 at") && p.1 == "i_op"),
+            "{got:#?}"
+        );
         assert_eq!(
             got.iter().filter(|p| p.1 == "s_op").count(),
             2,

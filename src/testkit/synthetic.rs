@@ -114,8 +114,10 @@ pub fn census_btf() -> Vec<u8> {
                 ("i_fop", 8, ""),
                 ("i_ino", 16, ""),
                 ("i_mapping", 24, ""),
+                ("i_sb", 32, ""),
             ],
         ),
+        ("super_operations", 16, &[("free_inode", 8, "")]),
         ("address_space", 16, &[("a_ops", 8, "")]),
         (
             "proc_dir_entry",
