@@ -97,12 +97,18 @@ impl<'a> PageTables<'a> {
     /// Every mapping of the kernel half that the kernel may execute
     /// (present, executable at every level, not user-accessible: SMEP keeps
     /// the kernel from running user pages), as sorted, merged `[start, end)`
-    /// ranges of virtual addresses. Reads at most `max_tables` tables: a
-    /// guest may build tables that never end.
-    pub fn executable_ranges(&self, max_tables: usize) -> Result<Vec<(u64, u64)>, TooManyTables> {
+    /// ranges of virtual addresses. Reads at most `max_tables` tables and
+    /// returns at most `max_ranges` ranges: a guest may build tables that
+    /// never end, or reuse a few to map one page in two over terabytes.
+    pub fn executable_ranges(
+        &self,
+        max_tables: usize,
+        max_ranges: usize,
+    ) -> Result<Vec<(u64, u64)>, TooMany> {
         let mut walk = ExecWalk {
             tables: self,
             budget: max_tables,
+            max_ranges,
             out: Vec::new(),
         };
         let top_shift = 12u32.wrapping_add(9u32.wrapping_mul(self.levels.wrapping_sub(1)));
@@ -118,13 +124,19 @@ impl<'a> PageTables<'a> {
     }
 }
 
-/// The guest's page tables hold more tables than a walk may read.
+/// The guest's page tables hold more than a walk may read.
 #[derive(Debug, PartialEq, Eq)]
-pub struct TooManyTables;
+pub enum TooMany {
+    /// More tables.
+    Tables,
+    /// More separate executable ranges.
+    Ranges,
+}
 
 struct ExecWalk<'p, 'a> {
     tables: &'p PageTables<'a>,
     budget: usize,
+    max_ranges: usize,
     out: Vec<(u64, u64)>,
 }
 
@@ -140,8 +152,8 @@ impl ExecWalk<'_, '_> {
         base: u64,
         shift: u32,
         user: bool,
-    ) -> Result<(), TooManyTables> {
-        self.budget = self.budget.checked_sub(1).ok_or(TooManyTables)?;
+    ) -> Result<(), TooMany> {
+        self.budget = self.budget.checked_sub(1).ok_or(TooMany::Tables)?;
         let mut raw = [0u8; 4096];
         if self
             .tables
@@ -175,8 +187,10 @@ impl ExecWalk<'_, '_> {
                     .wrapping_sub(1);
                 let start = sign_extend(va, top_bit);
                 let end = start.wrapping_add(1u64 << shift);
+                let full = self.out.len() >= self.max_ranges;
                 match self.out.last_mut() {
                     Some(last) if last.1 == start => last.1 = end,
+                    _ if full => return Err(TooMany::Ranges),
                     _ => self.out.push((start, end)),
                 }
                 continue;
@@ -307,19 +321,23 @@ mod tests {
         let page = VA & !0xfff;
         let huge = (VA & !0x1f_ffff) + 0x20_0000;
         assert_eq!(
-            t.executable_ranges(100),
+            t.executable_ranges(100, 3),
             Ok(vec![
                 (page, page + 0x2000),
                 (page + 0x4000, page + 0x5000),
                 (huge, huge + 0x20_0000)
             ])
         );
-        assert_eq!(t.executable_ranges(3), Err(TooManyTables));
+        assert_eq!(t.executable_ranges(3, 3), Err(TooMany::Tables));
+        assert_eq!(t.executable_ranges(100, 2), Err(TooMany::Ranges));
         // Tables fanned out without end stop at the budget.
         for i in 8..512 {
             set(&ram, pd, i, pt | x);
         }
-        assert_eq!(t.executable_ranges(100), Err(TooManyTables));
+        assert_eq!(t.executable_ranges(100, 1 << 20), Err(TooMany::Tables));
+        // One reused table of scattered pages under every directory entry
+        // (the quadratic-walk attack): the range budget ends it first.
+        assert_eq!(t.executable_ranges(1000, 1000), Err(TooMany::Ranges));
         assert_eq!(sign_extend(1 << 47, 47), 0xffff_8000_0000_0000);
         assert_eq!(sign_extend(1 << 56, 56), 0xff00_0000_0000_0000);
     }

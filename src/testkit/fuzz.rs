@@ -252,7 +252,7 @@ pub fn paging(data: &[u8]) {
         let root = GuestAddress(pa(&g.map, "init_top_pgt"));
         for five in [false, true] {
             let pt = crate::guest::paging::PageTables::new(&g.ram, root, five);
-            let _ = pt.executable_ranges(256);
+            let _ = pt.executable_ranges(256, 4096);
             for c in data.chunks_exact(8).take(16) {
                 let va = u64::from_le_bytes(c.try_into().unwrap());
                 let _ = pt.walk(VirtAddr(va));

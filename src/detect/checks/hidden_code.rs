@@ -11,16 +11,14 @@
 
 use std::time::Duration;
 
-use super::{Check, Context, Report};
+use super::{Check, Context, Report, MAX_EXEC_RANGES, MAX_TABLES};
+use crate::base::ranges::{groups, intersect, normalize, subtract_all};
 use crate::detect::{Finding, FindingKind};
+use crate::guest::paging::TooMany;
 use crate::kernel::code::known_code;
-use crate::kernel::text::subtract;
 
 pub struct HiddenCode;
 
-/// Page tables read at most: a 1 TiB guest maps its direct map in 1 GiB
-/// pages and its vmalloc space in a few thousand tables.
-const MAX_TABLES: usize = 1 << 16;
 /// Executable memory is freed in steps (a module's init code goes to a
 /// worker, an ftrace trampoline leaves kallsyms first): what has no owner
 /// must still have none a moment later.
@@ -33,6 +31,9 @@ const MAX_INERT: u64 = 256 << 20;
 /// The largest executable extent an owner read from the guest may claim
 /// (a module's text, a JIT image, a BPF pack of 2 MiB per node).
 const MAX_OWNED: u64 = 128 << 20;
+/// Ownerless ranges at most this far apart are one finding: a guest that
+/// scatters pages gets one line per cluster, not one per page.
+const COALESCE: u64 = 2 << 20;
 /// int3, what the kernel fills unused executable memory with (BPF packs).
 const INT3: u8 = 0xcc;
 
@@ -47,10 +48,10 @@ impl Check for HiddenCode {
         };
         // Free space the kernel filled with int3 (BPF packs) is never
         // reported: only the rest is worth a second look.
-        let mut scan = MAX_INERT;
+        let mut inert = Inert::new();
         let first: Vec<(u64, u64)> = first
             .into_iter()
-            .filter(|&(s, e)| !inert(cx, s, e, &mut scan))
+            .filter(|&(s, e)| !inert.holds(cx, s, e))
             .collect();
         if first.is_empty() {
             return;
@@ -59,21 +60,14 @@ impl Check for HiddenCode {
         let Some(second) = ownerless(cx, out) else {
             return;
         };
-        // Only what had no owner both times.
-        let still: Vec<(u64, u64)> = second
-            .into_iter()
-            .flat_map(|(s, e)| {
-                first
-                    .iter()
-                    .filter(move |&&(fs, fe)| fs < e && s < fe)
-                    .map(move |&(fs, fe)| (s.max(fs), e.min(fe)))
-            })
-            .collect();
+        // Only what had no owner both times (both lists are sorted and
+        // disjoint: one pass).
+        let still = intersect(&first, &second);
         let hidden_modules = cx.unlisted_module_code();
+        let mut inert = Inert::new();
         let mut found = Vec::new();
-        let mut scan = MAX_INERT;
-        for (s, e) in still {
-            if let Some(f) = report(cx, out, s, e, &hidden_modules, &mut scan) {
+        for cluster in groups(&still, COALESCE) {
+            if let Some(f) = report(cx, out, cluster, &hidden_modules, &mut inert) {
                 found.push(f);
             }
         }
@@ -81,16 +75,22 @@ impl Check for HiddenCode {
     }
 }
 
-/// The executable ranges no owner accounts for, page-aligned; None (with a
-/// finding) if the page tables cannot be walked.
+/// The executable ranges no owner accounts for, page-aligned, sorted and
+/// disjoint; None (with a finding) if the page tables cannot be walked
+/// within their bounds.
 fn ownerless(cx: &Context, out: &mut Report) -> Option<Vec<(u64, u64)>> {
-    let exec = match cx.page_tables().executable_ranges(MAX_TABLES) {
+    let exec = match cx.executable_ranges() {
         Ok(r) => r,
-        Err(_) => {
+        Err(too_many) => {
             out.add(
-                format!(
-                    "the kernel's page tables hold more than {MAX_TABLES} tables: executable memory not checked"
-                ),
+                match too_many {
+                    TooMany::Tables => format!(
+                        "the kernel's page tables hold more than {MAX_TABLES} tables: executable memory not checked"
+                    ),
+                    TooMany::Ranges => format!(
+                        "the kernel's page tables map more than {MAX_EXEC_RANGES} separate executable ranges (a clean kernel maps a few hundred): executable memory not checked"
+                    ),
+                },
                 &[],
                 "",
             );
@@ -98,57 +98,86 @@ fn ownerless(cx: &Context, out: &mut Report) -> Option<Vec<(u64, u64)>> {
         }
     };
     let text = (cx.sym("_text"), cx.sym("_etext"));
-    let owned: Vec<(u64, u64)> = known_code(cx)
-        .into_iter()
-        // Extents come from guest memory: one that claims more than any
-        // module or JIT image could hold (to cover someone else's code)
-        // owns nothing. The kernel's text comes from the build.
-        .filter(|o| {
-            (Some(o.start), Some(o.end)) == text || o.end.saturating_sub(o.start) <= MAX_OWNED
-        })
-        .map(|o| (o.start & !0xfff, o.end.saturating_add(0xfff) & !0xfff))
-        .collect();
-    log::debug!("hidden code: executable {:x?}; owned {:x?}", exec, owned);
-    Some(exec.into_iter().flat_map(|r| subtract(r, &owned)).collect())
+    let owned = normalize(
+        known_code(cx)
+            .into_iter()
+            // Extents come from guest memory: one that claims more than any
+            // module or JIT image could hold (to cover someone else's code)
+            // owns nothing. The kernel's text comes from the build.
+            .filter(|o| {
+                (Some(o.start), Some(o.end)) == text || o.end.saturating_sub(o.start) <= MAX_OWNED
+            })
+            .map(|o| (o.start & !0xfff, o.end.saturating_add(0xfff) & !0xfff))
+            .collect(),
+    );
+    log::debug!(
+        "hidden code: {} executable ranges, {} owned",
+        exec.len(),
+        owned.len()
+    );
+    log::trace!("hidden code: executable {:x?}; owned {:x?}", exec, owned);
+    Some(subtract_all(&exec, &owned))
 }
 
-/// Does `[s, e)` hold nothing but int3? Read in pieces, out of a budget
-/// of bytes for the whole check (`scan`, from [`MAX_INERT`]): past it,
-/// ownerless memory counts as code.
-fn inert(cx: &Context, s: u64, e: u64, scan: &mut u64) -> bool {
-    let Some(left) = scan.checked_sub(e.saturating_sub(s)) else {
-        return false;
-    };
-    *scan = left;
-    let mut buf = vec![0u8; SAMPLE];
-    let mut at = s;
-    while at < e {
-        let n = usize::try_from(e.saturating_sub(at)).map_or(SAMPLE, |n| n.min(SAMPLE));
-        let chunk = &mut buf[..n];
-        if cx.read(at, chunk).is_none() || chunk.iter().any(|&b| b != INT3) {
-            return false;
+/// Reads ranges to see that they hold nothing but int3, out of a budget of
+/// bytes for the whole check ([`MAX_INERT`]): past it, ownerless memory
+/// counts as code.
+struct Inert {
+    budget: u64,
+    buf: Vec<u8>,
+}
+
+impl Inert {
+    fn new() -> Self {
+        Inert {
+            budget: MAX_INERT,
+            buf: vec![0u8; SAMPLE],
         }
-        at = at.saturating_add(n as u64);
     }
-    true
+
+    /// Does `[s, e)` hold nothing but int3?
+    fn holds(&mut self, cx: &Context, s: u64, e: u64) -> bool {
+        let Some(left) = self.budget.checked_sub(e.saturating_sub(s)) else {
+            return false;
+        };
+        self.budget = left;
+        let mut at = s;
+        while at < e {
+            let n = usize::try_from(e.saturating_sub(at)).map_or(SAMPLE, |n| n.min(SAMPLE));
+            let chunk = &mut self.buf[..n];
+            if cx.read(at, chunk).is_none() || chunk.iter().any(|&b| b != INT3) {
+                return false;
+            }
+            at = at.saturating_add(n as u64);
+        }
+        true
+    }
 }
 
-/// A finding for ownerless `[s, e)`, unless it holds nothing but int3.
+/// One finding for a cluster of ownerless ranges (sorted, at most
+/// [`COALESCE`] apart), unless they hold nothing but int3.
 fn report(
     cx: &Context,
     out: &Report,
-    s: u64,
-    e: u64,
+    cluster: &[(u64, u64)],
     hidden: &[(u64, u64, String)],
-    scan: &mut u64,
+    inert: &mut Inert,
 ) -> Option<Finding> {
-    let len = e.saturating_sub(s);
-    if inert(cx, s, e, scan) {
-        return None; // free BPF pack space and the like
-    }
-    let n = usize::try_from(len).unwrap_or(SAMPLE).min(SAMPLE);
+    let live: Vec<(u64, u64)> = cluster
+        .iter()
+        .copied()
+        .filter(|&(s, e)| !inert.holds(cx, s, e))
+        .collect();
+    let (&(s, _), &(_, e)) = (live.first()?, live.last()?);
+    let bytes_in: u64 = live
+        .iter()
+        .fold(0u64, |n, &(a, b)| n.saturating_add(b.saturating_sub(a)));
+    let (s0, e0) = live[0];
+    let n = usize::try_from(e0.saturating_sub(s0))
+        .unwrap_or(SAMPLE)
+        .min(SAMPLE);
     let mut bytes = vec![0u8; n];
-    let readable = cx.read(s, &mut bytes).is_some();
+    let readable = cx.read(s0, &mut bytes).is_some();
     let head: Vec<String> = bytes.iter().take(16).map(|b| format!("{b:02x}")).collect();
     let module = hidden
         .iter()
@@ -158,10 +187,14 @@ fn report(
         Some(m) => format!(", the code of module {m}, which is not in the module list"),
         None => String::new(),
     };
+    let pieces = match live.len() {
+        1 => String::new(),
+        k => format!(" in {k} pieces"),
+    };
     let f = out.finding(
         format!(
-            "executable kernel memory {s:#x}..{e:#x} ({} KiB) belongs to no code the kernel knows{what}",
-            len / 1024
+            "executable kernel memory {s:#x}..{e:#x} ({} KiB{pieces}) belongs to no code the kernel knows{what}",
+            bytes_in / 1024
         ),
         &[s, e],
         if readable {

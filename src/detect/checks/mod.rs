@@ -27,6 +27,7 @@ use std::collections::BTreeSet;
 use std::ops::Deref;
 
 use crate::abi::le;
+use crate::guest::paging::TooMany;
 use crate::host::statedir::GuestDir;
 use crate::kernel::code::{known_code, Owned, Owner as CodeOwner};
 use crate::kernel::guest::KernelView;
@@ -109,7 +110,21 @@ pub enum Verdict {
     Wrong(String),
 }
 
+/// Page tables read at most: a 1 TiB guest maps its direct map in 1 GiB
+/// pages and its vmalloc space in a few thousand tables.
+pub const MAX_TABLES: usize = 1 << 16;
+/// Separate executable ranges of the kernel half read at most: a clean
+/// kernel maps a few hundred (its text, each module's, BPF images).
+pub const MAX_EXEC_RANGES: usize = 1 << 16;
+
 impl<'a> Context<'a> {
+    /// What the kernel's page tables let it execute, sorted and merged,
+    /// within [`MAX_TABLES`] and [`MAX_EXEC_RANGES`].
+    pub fn executable_ranges(&self) -> Result<Vec<(u64, u64)>, TooMany> {
+        self.page_tables()
+            .executable_ranges(MAX_TABLES, MAX_EXEC_RANGES)
+    }
+
     /// Code the kernel knows it runs (kernel text, listed modules, BPF,
     /// trampolines, ...), sorted by start; read once per check run.
     pub fn known_code(&self) -> &[Owned] {
