@@ -141,30 +141,14 @@ const SPACES: &str = "                                                          
 pub struct NameCache<'a> {
     lookup: &'a dyn Fn(u64) -> String,
     names: Vec<Box<str>>,
-    index: std::collections::HashMap<u64, u32, std::hash::BuildHasherDefault<AddrHasher>>,
+    /// Keyed at random (std's SipHash): addresses come from records that a
+    /// forger writes, and an unkeyed hash lets it pick thousands that fall
+    /// into one bucket. The `recent` table answers most lookups anyway.
+    index: std::collections::HashMap<u64, u32>,
     /// (address, index into `names`) by `slot(address)`; address 0 with
     /// index `u32::MAX` is empty.
     recent: Vec<(u64, u32)>,
     scratch: String,
-}
-
-/// Function addresses are already well spread: one multiplication mixes
-/// them enough for a hash table.
-#[derive(Default)]
-pub struct AddrHasher(u64);
-
-impl std::hash::Hasher for AddrHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x100_0000_01b3);
-        }
-    }
-    fn write_u64(&mut self, v: u64) {
-        self.0 = (v ^ (v >> 29)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-    }
 }
 
 const MAX_NAMES: usize = 1 << 16;
