@@ -120,6 +120,10 @@ impl GuestDir {
     pub fn anomalies(&self) -> PathBuf {
         self.dir.join("anomalies.log")
     }
+    /// The anomalies log before its last rotation.
+    pub fn anomalies_rotated(&self) -> PathBuf {
+        self.dir.join("anomalies.log.1")
+    }
     pub fn collector_log(&self) -> PathBuf {
         self.dir.join("collector.log")
     }

@@ -3,7 +3,6 @@
 //! SIGTERM, the guest's RAM file disappears, or an error.
 
 use std::fs::File;
-use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
@@ -11,11 +10,11 @@ use log::{error, info, warn};
 
 use crate::base::error::{Error, Result};
 use crate::base::escape::escape;
-use crate::host::files;
 use crate::host::process::ProcessId;
 use crate::host::statedir::{now_unix, GuestDir};
 use crate::kernel::guest::Guest;
 use crate::kernel::target::Target;
+use crate::trace::anomalies::AnomalyLog;
 use crate::trace::keys::KeyController;
 use crate::trace::rings::{Anomaly, RingReader};
 use crate::trace::session::CollectOptions;
@@ -77,7 +76,7 @@ struct Collector<'a> {
     keys: KeyController,
     reader: RingReader,
     spool: SpoolWriter,
-    anomalies: File,
+    anomalies: AnomalyLog,
     logged: u64,
     last_rotation: Instant,
     last_report: Instant,
@@ -117,7 +116,8 @@ impl<'a> Collector<'a> {
         reader.note_rotation(&g.ram, &g.kernel, first)?;
         status.key_rotations = 1;
         let spool = SpoolWriter::create(dir.path(), g.kernel.header.nr_rings, opts.spool_limit)?;
-        let anomalies = files::replace_private(&dir.anomalies())?;
+        let anomalies =
+            AnomalyLog::create(dir.anomalies(), dir.anomalies_rotated(), Instant::now())?;
         status.state = CollectorState::Collecting;
         status.key_epoch = keys.epoch();
         status.write(dir)?;
@@ -188,6 +188,7 @@ impl<'a> Collector<'a> {
         if status.state == CollectorState::Collecting {
             status.state = CollectorState::Stopped;
         }
+        self.anomalies.summarize(Instant::now(), now_unix());
         let stats = &self.reader.stats;
         info!(
             "collector done: {} records, {} lost, {} integrity failures",
@@ -262,6 +263,7 @@ impl<'a> Collector<'a> {
         status.key_epoch = self.keys.epoch();
         status.updated = now_unix();
         self.spool.flush()?;
+        self.anomalies.flush();
         status.write(self.dir)?;
         self.last_report = Instant::now();
         Ok(())
@@ -286,15 +288,16 @@ fn next_poll(busiest: u64, slots: u64, since: Duration, max: Duration) -> Durati
     ))
 }
 
-/// Every anomaly goes to anomalies.log; the log gets the first few.
-fn note_anomaly(anomalies: &mut File, logged: &mut u64, dir: &GuestDir, a: &Anomaly) {
+/// Every anomaly goes to anomalies.log (within its bounds); the
+/// collector's log gets the first few.
+fn note_anomaly(anomalies: &mut AnomalyLog, logged: &mut u64, dir: &GuestDir, a: &Anomaly) {
     *logged = logged.saturating_add(1);
     if *logged <= LOGGED_ANOMALIES {
         warn!("integrity: {a}");
     } else if *logged == LOGGED_ANOMALIES.saturating_add(1) {
         warn!("more integrity failures: see {}", dir.anomalies().display());
     }
-    let _ = writeln!(anomalies, "{:.3} {a}", now_unix());
+    anomalies.note(a, Instant::now(), now_unix());
 }
 
 #[cfg(test)]

@@ -1,8 +1,10 @@
 //! Tracing: keys (`keys`), on/off (`switch`), reading the rings (`rings`),
 //! the record spool (`spool`), function_graph text (`render`), the sessions
 //! that tie them together (`session`), the background collector
-//! (`collector`) and what it reports (`status`).
+//! (`collector`), what it reports (`status`) and the bounded log of what
+//! failed the rings' checks (`anomalies`).
 
+pub mod anomalies;
 pub mod collector;
 pub mod keys;
 pub mod render;

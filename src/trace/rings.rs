@@ -119,6 +119,22 @@ pub enum Anomaly {
     },
 }
 
+impl Anomaly {
+    /// A short name of what went wrong, without the ring and record.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Anomaly::Erased { .. } => "erased",
+            Anomaly::BadCheck { .. } => "bad check",
+            Anomaly::UnknownEpoch { .. } => "unknown epoch",
+            Anomaly::StaleEpoch { .. } => "stale epoch",
+            Anomaly::EpochBackwards { .. } => "epoch backwards",
+            Anomaly::BadRecord { .. } => "bad record",
+            Anomaly::Rewound { .. } => "rewound",
+            Anomaly::RingMoved { .. } => "ring moved",
+        }
+    }
+}
+
 impl std::fmt::Display for Anomaly {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {

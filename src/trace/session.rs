@@ -76,6 +76,7 @@ pub fn reset(dir: &GuestDir) -> Result<()> {
     dir.remove(&[
         dir.klog(),
         dir.anomalies(),
+        dir.anomalies_rotated(),
         dir.status_path(),
         dir.collector_log(),
     ])
