@@ -367,7 +367,8 @@ fn guest_state(x: &Xftrace) -> std::path::PathBuf {
 /// A collector killed in the middle of a trace (OOM, `kill -9`): `status`
 /// says it died and that the guest still traces, `check` reports the
 /// tracer left on, `on` writes what it had collected aside and adopts the
-/// guest, and the new trace's header states both gaps.
+/// guest, and the new trace's header states both gaps. Then commands
+/// stopped by signals ([`stopped_commands_switch_the_tracer_off`]).
 #[test]
 fn a_killed_collector_is_noticed_and_nothing_it_collected_is_lost() {
     let _one = common::serial();
@@ -451,6 +452,75 @@ fn a_killed_collector_is_noticed_and_nothing_it_collected_is_lost() {
     // Nothing left over.
     assert_eq!(findings(&x), Vec::<serde_json::Value>::new());
     assert!(!text(&x.run(&["status"])).0.contains("warning:"));
+    stopped_commands_switch_the_tracer_off(&mut vm, &x, &dir);
+}
+
+/// `baseline`, `check` and `watch`, each stopped in the middle of its
+/// trace window by a different stop signal: each switches the guest's
+/// tracer off, says it was interrupted, exits 128 + the signal, and claims
+/// nothing (no "clean", no baseline saved). (Shares the boot of the
+/// killed-collector test.)
+fn stopped_commands_switch_the_tracer_off(vm: &mut Vm, x: &Xftrace, dir: &std::path::Path) {
+    let baseline = dir.join("baseline.json");
+    let cases: [(&[&str], i32); 3] = [
+        (
+            &["baseline", "--duration", "60", "sys_openat"],
+            libc::SIGTERM,
+        ),
+        (&["check", "--trace-seconds", "60"], libc::SIGINT),
+        (
+            &["watch", "--interval", "1", "--trace-seconds", "60"],
+            libc::SIGHUP,
+        ),
+    ];
+    for (i, (args, sig)) in cases.into_iter().enumerate() {
+        if i == 1 {
+            // check and watch trace only with a baseline.
+            assert!(!baseline.exists(), "an interrupted baseline was saved");
+            let o = x.run(&["baseline", "--duration", "2", "sys_openat"]);
+            assert!(o.status.success(), "{:?}", text(&o));
+        }
+        let before = std::fs::read(&baseline).ok();
+        let child = x
+            .command(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Mid-window: its collector reads the guest.
+        let t = std::time::Instant::now();
+        loop {
+            let collecting = std::fs::read_to_string(dir.join("status.json"))
+                .ok()
+                .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+                .is_some_and(|v| v["state"] == "collecting");
+            if collecting {
+                break;
+            }
+            assert!(
+                t.elapsed() < Duration::from_secs(60),
+                "{args:?}: never traced"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        vm.sh("cat /tmp/hello.txt > /dev/null");
+        unsafe { libc::kill(child.id() as i32, sig) };
+        let o = child.wait_with_output().unwrap();
+        let (stdout, stderr) = text(&o);
+        assert_eq!(
+            o.status.code(),
+            Some(128 + sig),
+            "{args:?}: {stdout}{stderr}"
+        );
+        assert!(stderr.contains("interrupted by SIG"), "{args:?}: {stderr}");
+        assert!(!stdout.contains("clean"), "{args:?}: {stdout}");
+        assert_eq!(std::fs::read(&baseline).ok(), before, "{args:?}");
+        // The tracer is off: no "tracer left on" finding, and `status`
+        // says nothing traces.
+        assert_eq!(findings(x), Vec::<serde_json::Value>::new(), "{args:?}");
+        let (status, _) = text(&x.run(&["status"]));
+        assert!(!status.contains("tracer is on"), "{args:?}: {status}");
+    }
 }
 
 /// Run `check --trace-seconds 0 --json` and return the findings.

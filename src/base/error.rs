@@ -39,6 +39,12 @@ pub enum Error {
     },
     /// libvirt refused or failed a request.
     Libvirt(String),
+    /// A stop signal ended the command before its end: `what` says what
+    /// it left undone. Exit code 128 + the signal, as a shell reports it.
+    Interrupted {
+        signal: i32,
+        what: String,
+    },
 }
 
 impl Error {
@@ -59,6 +65,7 @@ impl Error {
             Error::Timeout(_) => exit::TIMEOUT,
             Error::Io { .. } => exit::IO,
             Error::Libvirt(_) => exit::LIBVIRT,
+            Error::Interrupted { signal, .. } => signal.saturating_add(128),
         }
     }
 }
@@ -72,6 +79,11 @@ impl fmt::Display for Error {
             Error::State(m) | Error::Timeout(m) | Error::Libvirt(m) => f.write_str(m),
             Error::Read(e) => e.fmt(f),
             Error::Io { what, source } => write!(f, "{what}: {source}"),
+            Error::Interrupted { signal, what } => {
+                let name = nix::sys::signal::Signal::try_from(*signal)
+                    .map_or_else(|_| format!("signal {signal}"), |s| s.as_str().to_string());
+                write!(f, "interrupted by {name}: {what}")
+            }
         }
     }
 }

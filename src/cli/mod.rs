@@ -232,6 +232,21 @@ impl Command {
         matches!(self, Command::Check { .. } | Command::Watch { .. })
     }
 
+    /// Commands that switch the guest's tracer on (and off again, or
+    /// leave it to a collector): a stop signal (SIGINT, SIGTERM, SIGHUP)
+    /// is caught, the tracer switched off, and the command says it was
+    /// interrupted (exit 128 + the signal) without claiming a result. The
+    /// collector catches them itself.
+    fn switches_tracer_on(&self) -> bool {
+        matches!(
+            self,
+            Command::On { .. }
+                | Command::Baseline { .. }
+                | Command::Check { .. }
+                | Command::Watch { .. }
+        )
+    }
+
     /// Commands whose output is a report, and which leave nothing half
     /// done if they end while printing it (a check's trace is over by the
     /// time its findings print).
@@ -260,6 +275,7 @@ pub fn exit_code(detection: bool, result: &Result<Outcome, Error>) -> u8 {
     match result {
         Ok(Outcome::Done | Outcome::Clean) => 0,
         Ok(Outcome::Findings) => 1,
+        Err(e @ Error::Interrupted { .. }) => u8::try_from(e.exit_code()).unwrap_or(1),
         Err(_) if detection => 2,
         Err(e) => u8::try_from(e.exit_code()).unwrap_or(1),
     }
@@ -282,6 +298,12 @@ pub fn main() -> u8 {
                 nix::sys::signal::Signal::SIGPIPE,
                 nix::sys::signal::SigHandler::SigDfl,
             );
+        }
+    }
+    if cli.command.switches_tracer_on() {
+        if let Err(e) = crate::host::signals::catch_stops() {
+            eprintln!("xftrace: error: {e}");
+            return u8::try_from(e.exit_code()).unwrap_or(1);
         }
     }
     let result = run(cli);
@@ -342,6 +364,12 @@ pub fn run(cli: Cli) -> Result<Outcome, Error> {
                 true => session::adopt(&target, opts, gap),
                 false => session::on(&target, functions, opts, gap),
             })?;
+            if crate::host::signals::caught().is_some() {
+                // Stopped while it switched the tracer on: nobody would
+                // stop this session, so it does not start.
+                session::abandon(&target)?;
+                crate::host::signals::check("the guest's tracer is off again")?;
+            }
             println!("{began}");
             Ok(Outcome::Done)
         }
@@ -473,6 +501,9 @@ fn check(t: &Target, json: bool, trace_seconds: u64) -> Result<Outcome, Error> {
     // Low findings (inventory: a module the build does not ship) are shown
     // but leave the check clean.
     let alarming = detect::alarming(&f);
+    if let Some(e @ Error::Interrupted { .. }) = failed {
+        return Err(e);
+    }
     if let Some(e) = failed {
         if !alarming {
             return Err(e);
@@ -502,5 +533,14 @@ mod tests {
         assert_eq!(exit_code(true, &Ok(Outcome::Clean)), 0);
         assert_eq!(exit_code(true, &Ok(Outcome::Findings)), 1);
         assert_eq!(exit_code(true, &e()), 2);
+        let stopped = |signal| {
+            Err(Error::Interrupted {
+                signal,
+                what: "x".into(),
+            })
+        };
+        assert_eq!(exit_code(true, &stopped(libc::SIGINT)), 130);
+        assert_eq!(exit_code(false, &stopped(libc::SIGTERM)), 143);
+        assert_eq!(exit_code(true, &stopped(libc::SIGHUP)), 129);
     }
 }

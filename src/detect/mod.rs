@@ -364,17 +364,55 @@ mod tests {
         assert!(!rounds[0].is_empty());
         assert!(rounds[1].is_empty(), "{:#?}", rounds[1]);
         assert_eq!(watch(&target, &opts, Duration::ZERO, Some(0)).count(), 1);
-        // An error ends it.
-        let gone = Target {
+        let on = |path: std::path::PathBuf| Target {
             source: Source::MemFile(MemFile {
-                path: dir.path().join("no-such-ram"),
+                path,
                 machine: None,
                 max_ram_below_4g: None,
             }),
-            ..target
+            system_map: target.system_map.clone(),
+            vmlinux: None,
+            state_root: target.state_root.clone(),
         };
-        let r: Vec<_> = watch(&gone, &opts, Duration::ZERO, None).collect();
-        assert!(matches!(r.as_slice(), [Err(_)]));
+        // A stopped guest (no RAM file) is not checked, and watch goes on.
+        let gone = on(dir.path().join("no-such-ram"));
+        let r: Vec<_> = watch(&gone, &opts, Duration::ZERO, Some(3)).collect();
+        assert_eq!(r.len(), 3);
+        assert!(
+            r.iter().all(|x| x.as_ref().is_ok_and(|f| f.is_empty())),
+            "{r:?}"
+        );
+        // A running guest whose control block is gone (a rootkit zeroed
+        // it): a finding, once, and watch goes on.
+        let blank = dir.path().join("blank-ram");
+        std::fs::File::create(&blank)
+            .unwrap()
+            .set_len(32 << 20)
+            .unwrap();
+        let r: Vec<_> = watch(&on(blank), &opts, Duration::ZERO, Some(2))
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(r.len(), 2);
+        assert!(
+            r[0].len() == 1
+                && r[0][0].kind == FindingKind::TracerIntegrity
+                && r[0][0].detail.contains("could not be checked"),
+            "{r:#?}"
+        );
+        assert!(r[1].is_empty(), "{r:#?}");
+        // A command line that can never work (no vmlinux) ends it.
+        let bare = dir.path().join("bare");
+        std::fs::create_dir(&bare).unwrap();
+        std::fs::copy(dir.path().join("System.map"), bare.join("System.map")).unwrap();
+        let no_vmlinux = Target {
+            system_map: Some(bare.join("System.map")),
+            ..on(dir.path().join("ram"))
+        };
+        let r: Vec<_> = watch(&no_vmlinux, &opts, Duration::ZERO, None).collect();
+        assert!(
+            matches!(r.as_slice(), [Err(crate::base::error::Error::Input(_))]),
+            "{r:?}"
+        );
     }
 
     /// A synthetic guest with a decoy: a second control block with page

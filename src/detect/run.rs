@@ -91,6 +91,11 @@ pub fn check(target: &Target, opts: &CheckOptions) -> Result<Checked> {
             Err(e) => failed = Some(e),
         }
     }
+    // A check a stop signal cut short claims nothing: what it found is
+    // reported, and it is not clean.
+    if failed.is_none() {
+        failed = crate::host::signals::check("the check did not finish").err();
+    }
     let view = g.view(&g.kernel);
     for f in &mut findings {
         f.domain = target.describe();
@@ -192,6 +197,7 @@ pub fn baseline(
     };
     let records = cap.status.rings.records;
     cap.finish()?;
+    crate::host::signals::check("no baseline was saved")?;
     let dir = target.dir()?;
     // The clean guest's hooks by modules outside the build, which later
     // checks compare with.
@@ -203,6 +209,7 @@ pub fn baseline(
         info!("hook inventory: {n} hooks by modules outside the build and BPF programs");
     }
     let text = serde_json::to_string_pretty(&b).expect("serializes");
+    crate::host::signals::check("no baseline was saved")?;
     crate::host::files::write_atomically(&baseline_path(&dir), text.as_bytes())?;
     info!(
         "baseline of {records} records saved in {}",
@@ -230,11 +237,15 @@ pub fn watch<'a>(
         n: 0,
         last_start: None,
         done: false,
+        pending: None,
     }
 }
 
 /// The rounds of [`watch`]: an iterator of each round's new findings; it
-/// ends after an error, or after `rounds` rounds.
+/// ends after `rounds` rounds, a stop signal (an `Err(Interrupted)`, after
+/// the findings of the round it cut short) or a command line that cannot
+/// work. A round that cannot check the guest does not end it: that is a
+/// finding while the guest runs, and the next round checks again.
 pub struct Watch<'a> {
     target: &'a Target,
     opts: &'a CheckOptions,
@@ -247,30 +258,91 @@ pub struct Watch<'a> {
     last_start: Option<Instant>,
     /// An error ended it.
     done: bool,
+    /// The error to yield after the findings of the round it cut short.
+    pending: Option<Error>,
 }
 
 impl Iterator for Watch<'_> {
     type Item = Result<Vec<Finding>>;
 
     fn next(&mut self) -> Option<Self::Item> {
+        if let Some(e) = self.pending.take() {
+            return Some(Err(e));
+        }
         // Every watch checks once, whatever `rounds` says.
         if self.done || (self.n > 0 && self.rounds.is_some_and(|r| self.n >= r)) {
             return None;
         }
         if let Some(t) = self.last_start {
-            std::thread::sleep(self.interval.saturating_sub(t.elapsed()));
+            crate::host::signals::sleep(self.interval.saturating_sub(t.elapsed()));
+        }
+        if let Err(e) = crate::host::signals::check("watch stopped") {
+            self.done = true;
+            return Some(Err(e));
         }
         self.last_start = Some(Instant::now());
-        let Checked { findings, failed } = match check(self.target, self.opts) {
-            Ok(c) => c,
-            Err(e) => {
+        self.n += 1;
+        let findings = match check(self.target, self.opts) {
+            Ok(Checked {
+                failed: Some(e @ Error::Interrupted { .. }),
+                findings,
+            }) => {
+                // What the cut-short round found is still news.
+                self.done = true;
+                let new = self.news(findings);
+                if !new.is_empty() {
+                    self.pending = Some(e);
+                    return Some(Ok(new));
+                }
+                return Some(Err(e));
+            }
+            Ok(Checked { findings, failed }) => {
+                if let Some(e) = failed {
+                    warn!("{}: part of the check failed: {e}", self.target.describe());
+                }
+                findings
+            }
+            // Nothing a round meets ends the watch, except a stop signal
+            // or a command line that can never work (no vmlinux, a bad
+            // argument).
+            Err(e @ (Error::Input(_) | Error::Interrupted { .. })) => {
                 self.done = true;
                 return Some(Err(e));
             }
+            Err(e) => self.round_failed(e),
         };
-        if let Some(e) = failed {
-            warn!("{}: part of the check failed: {e}", self.target.describe());
+        Some(Ok(self.news(findings)))
+    }
+}
+
+impl Watch<'_> {
+    /// A round that could not check the guest: a finding while the guest
+    /// runs (its control block unreadable, its tracer gone: what a rootkit
+    /// that blinds the host does), an event while the domain is stopped.
+    fn round_failed(&mut self, e: Error) -> Vec<Finding> {
+        if self.target.known_stopped() {
+            warn!(
+                "{}: not running, not checked this round: {e}",
+                self.target.describe()
+            );
+            return Vec::new();
         }
+        warn!(
+            "{}: this round could not check the guest: {e}",
+            self.target.describe()
+        );
+        let mut f = Finding::new(
+            FindingKind::TracerIntegrity,
+            format!("the running guest could not be checked: {e}"),
+            &[],
+            "watch goes on; the next round checks again",
+        );
+        f.domain = self.target.describe();
+        vec![f]
+    }
+
+    /// The findings not reported by an earlier round.
+    fn news(&mut self, findings: Vec<Finding>) -> Vec<Finding> {
         let known = &mut self.known;
         let new: Vec<Finding> = findings
             .into_iter()
@@ -289,7 +361,6 @@ impl Iterator for Watch<'_> {
         if self.known.len() > MAX_KNOWN {
             self.known.clear();
         }
-        self.n += 1;
-        Some(Ok(new))
+        new
     }
 }

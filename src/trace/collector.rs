@@ -1,16 +1,17 @@
 //! The collector (`xftrace collect`, started by `on`): rotates the key,
 //! reads the rings into the spool and keeps the session's status, until
-//! SIGTERM, the guest's RAM file disappears, or an error.
+//! SIGTERM (or SIGINT, SIGHUP), the guest's RAM file disappears, or an
+//! error.
 
 use std::fs::File;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use log::{error, info, warn};
 
-use crate::base::error::{Error, Result};
+use crate::base::error::Result;
 use crate::base::escape::escape;
 use crate::host::process::ProcessId;
+use crate::host::signals;
 use crate::host::statedir::{now_unix, GuestDir};
 use crate::kernel::guest::Guest;
 use crate::kernel::target::Target;
@@ -28,12 +29,6 @@ const HEARTBEAT_STALL: Duration = Duration::from_secs(5);
 const REPORT_EVERY: Duration = Duration::from_millis(500);
 /// Integrity failures logged one by one before only anomalies.log has them.
 const LOGGED_ANOMALIES: u64 = 20;
-
-static STOP: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn on_signal(_: libc::c_int) {
-    STOP.store(true, Ordering::SeqCst);
-}
 
 /// `xftrace collect`: `lock` is the guest's lock, inherited from `on`;
 /// `text_pa`, where `on` found the kernel.
@@ -92,15 +87,7 @@ impl<'a> Collector<'a> {
         opts: CollectOptions,
         text_pa: Option<u64>,
     ) -> Result<Self> {
-        for sig in [
-            nix::sys::signal::Signal::SIGTERM,
-            nix::sys::signal::Signal::SIGINT,
-        ] {
-            let handler = nix::sys::signal::SigHandler::Handler(on_signal);
-            // Only sets an atomic flag.
-            unsafe { nix::sys::signal::signal(sig, handler) }
-                .map_err(|e| Error::io("cannot install signal handler", e.into()))?;
-        }
+        signals::catch_stops()?;
         let g = match text_pa {
             Some(pa) => target.open_at(pa)?,
             None => target.open()?,
@@ -148,7 +135,7 @@ impl<'a> Collector<'a> {
     fn run(mut self, status: &mut CollectorStatus) -> Result<()> {
         let mut polled = Instant::now();
         loop {
-            let stopping = STOP.load(Ordering::SeqCst);
+            let stopping = signals::caught().is_some();
             let gone = self.g.ram.unlinked();
             self.drain()?;
             if gone {

@@ -26,6 +26,7 @@ use crate::base::error::{Error, Result};
 use crate::base::escape::escape;
 use crate::host::files;
 use crate::host::process;
+use crate::host::signals;
 use crate::host::statedir::{now_unix, GuestDir};
 use crate::kernel::guest::Guest;
 use crate::kernel::symbols::{Symbolizer, SystemMap};
@@ -214,7 +215,9 @@ pub fn waiting<T>(target: &Target, wait: Duration, attempt: impl Fn() -> Result<
         match attempt() {
             Err(Error::Guest(m) | Error::Libvirt(m)) if Instant::now() < end => {
                 info!("{}: not ready ({m}); retrying", target.describe());
-                std::thread::sleep(Duration::from_secs(2));
+                if !signals::sleep(Duration::from_secs(2)) {
+                    signals::check("the guest's tracer was not switched on")?;
+                }
             }
             r => return r,
         }
@@ -474,6 +477,20 @@ fn stop(
     })
 }
 
+/// Undo an `on` that a stop signal interrupted: the guest's tracer off,
+/// the collector stopped, what it read dropped.
+pub fn abandon(target: &Target) -> Result<()> {
+    let g = target.open()?;
+    let stopped = stop(target, Some(&g), None, &mut None);
+    finish(&target.dir()?)?;
+    match stopped {
+        Ok(s) => s.guest_error.map_or(Ok(()), Err),
+        // Nothing collected yet is nothing to drop.
+        Err(Error::State(_)) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
 /// The System.map for rendering: given, or the one the session used.
 fn session_map(target: &Target, status: &CollectorStatus) -> Result<SystemMap> {
     match &target.system_map {
@@ -603,13 +620,19 @@ pub fn capture(
     let t = Instant::now();
     start(target, g, functions, CollectOptions::default(), &[])?;
     debug!("capture: tracing on after {:?}", t.elapsed());
-    std::thread::sleep(duration);
+    // A stop signal (caught by the command) ends the window early; the
+    // tracer is switched off all the same, and the part seen is dropped.
+    signals::sleep(duration);
     let t = Instant::now();
     let stopped = stop(target, Some(g), None, &mut None)?;
     debug!(
         "capture: tracing off and collector stopped after {:?}",
         t.elapsed()
     );
+    if signals::caught().is_some() {
+        finish(&stopped.dir)?;
+        signals::check("the guest's tracer is off again; the partial capture was dropped")?;
+    }
     if let Some(e) = stopped.guest_error {
         return Err(e);
     }
