@@ -451,9 +451,10 @@ pub fn run(cli: Cli) -> Result<Outcome, Error> {
             functions,
         } => {
             // The descriptor was left open for us by `on`.
-            let lock = unsafe { statedir::inherited_lock(*lock_fd) };
+            let target = target(&cli.guest, root)?;
+            let lock = target.dir()?.inherited_lock(*lock_fd)?;
             done(collector::run(
-                &target(&cli.guest, root)?,
+                &target,
                 lock,
                 functions,
                 CollectOptions {

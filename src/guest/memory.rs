@@ -26,6 +26,9 @@ pub enum Machine {
     Q35,
 }
 
+/// The page size RAM regions are mapped in.
+const PAGE: u64 = 4096;
+
 /// One stretch of guest physical memory that is contiguous in one file.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RamRegion {
@@ -96,7 +99,21 @@ impl MemoryLayout {
     /// merge; regions whose end does not fit in 64 bits are dropped.
     pub fn from_regions(mut regions: Vec<RamRegion>) -> Self {
         regions.retain(|r| {
-            r.len > 0
+            // RAM is mapped in pages: a region that does not start, end
+            // and sit in its file on page boundaries is not RAM as QEMU
+            // maps it, and would put aligned guest words at unaligned
+            // host addresses.
+            let paged = [r.gpa.0, r.file_offset, r.len].iter().all(|v| v % PAGE == 0);
+            if !paged {
+                log::warn!(
+                    "ignoring a RAM region that is not page-aligned: guest {:#x}, {:#x} bytes at file offset {:#x}",
+                    r.gpa.0,
+                    r.len,
+                    r.file_offset
+                );
+            }
+            paged
+                && r.len > 0
                 && r.gpa.checked_add(r.len).is_some()
                 && r.file_offset.checked_add(r.len).is_some()
         });
@@ -298,11 +315,18 @@ impl GuestRam {
         Ok(unsafe { f.map.as_mut_ptr().add(at.offset as usize) })
     }
 
-    fn atomic_at(&self, gpa: GuestAddress) -> Result<&AtomicU64> {
-        if gpa.0 % 8 != 0 {
+    /// The host address of the `len` bytes of u64 words at `gpa`, checked
+    /// aligned in the guest and in the mapping (atomics need both).
+    fn words_at(&self, gpa: GuestAddress, len: u64) -> Result<*mut u64> {
+        let p = self.ptr_at(gpa, len)?;
+        if gpa.0 % 8 != 0 || (p as usize) % 8 != 0 {
             return Err(ReadError::physical(gpa.0, 8, ReadFailure::Unaligned).into());
         }
-        let p = self.ptr_at(gpa, 8)? as *mut u64;
+        Ok(p as *mut u64)
+    }
+
+    fn atomic_at(&self, gpa: GuestAddress) -> Result<&AtomicU64> {
+        let p = self.words_at(gpa, 8)?;
         // Aligned, in bounds, and the mapping lives as long as `self`.
         // Concurrent access by the guest is what atomics are for.
         Ok(unsafe { AtomicU64::from_ptr(p) })
@@ -340,7 +364,7 @@ impl GuestRam {
         let len = (words.len() as u64)
             .checked_mul(8)
             .ok_or(ReadError::physical(gpa.0, u64::MAX, ReadFailure::Overflow))?;
-        let p = self.ptr_at(gpa, len)? as *mut u64;
+        let p = self.words_at(gpa, len)?;
         for (i, w) in words.iter_mut().enumerate() {
             // Aligned and in bounds, as checked above.
             *w = unsafe { AtomicU64::from_ptr(p.add(i)) }.load(Ordering::Acquire);
@@ -361,7 +385,7 @@ impl GuestRam {
             .map_or(Some(0), |n| n.checked_mul(stride))
             .and_then(|l| l.checked_add(8))
             .ok_or_else(range)?;
-        let p = self.ptr_at(gpa, len)? as *mut u64;
+        let p = self.words_at(gpa, len)?;
         let step = (stride / 8) as usize;
         for (i, w) in out.iter_mut().enumerate() {
             // Aligned and in bounds: the last word read ends at `len`.
@@ -507,6 +531,33 @@ mod tests {
         assert_eq!(l.nr_files(), 2);
         // Not contiguous across the node boundary.
         assert_eq!(l.locate(GuestAddress(0x0fff_fffc), 8), None);
+    }
+
+    /// QEMU reports a region at an odd file offset: an aligned guest word
+    /// would sit at an unaligned host address, where an atomic access is
+    /// undefined behaviour. Such a region is not RAM.
+    #[test]
+    fn regions_off_page_boundaries_are_not_ram() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("ram");
+        std::fs::File::create(&p)
+            .unwrap()
+            .set_len(16 << 20)
+            .unwrap();
+        let r = |gpa, len, file_offset| RamRegion {
+            gpa: GuestAddress(gpa),
+            len,
+            file: 0,
+            file_offset,
+        };
+        for bad in [r(0, 0x8000, 4), r(4, 0x8000, 0), r(0, 0x8004, 0)] {
+            let l = MemoryLayout::from_regions(vec![bad, r(0x10_0000, 0x1000, 0x1000)]);
+            assert_eq!(l.regions().len(), 1, "{bad:?}");
+            let ram = GuestRam::open(&p, l).unwrap();
+            assert!(ram.read_u64(GuestAddress(0x1000)).is_err());
+            assert!(ram.write_u64(GuestAddress(0x1000), 1).is_err());
+            assert!(ram.read_u64(GuestAddress(0x10_0000)).is_ok());
+        }
     }
 
     #[test]

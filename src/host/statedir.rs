@@ -242,12 +242,44 @@ impl GuestDir {
     }
 }
 
-/// Adopt a lock inherited from the parent as file descriptor `fd`.
-///
-/// # Safety
-/// `fd` must be an open descriptor this process owns and nothing else uses.
-pub unsafe fn inherited_lock(fd: i32) -> File {
-    File::from(OwnedFd::from_raw_fd(fd))
+impl GuestDir {
+    /// Adopt the collector lock inherited from `on` as descriptor `fd`:
+    /// only if it is open and is this directory's `collector.lock` (the
+    /// same file, not reached through a link), so that a wrong `--lock-fd`
+    /// can neither close a descriptor someone else owns nor run a
+    /// collector that holds no lock.
+    pub fn inherited_lock(&self, fd: i32) -> Result<File> {
+        let wrong = |why: &str| {
+            Error::State(format!(
+                "--lock-fd {fd} {why}: `collect` is started by `xftrace on`, not by hand"
+            ))
+        };
+        // F_GETFD only asks whether the descriptor is open.
+        if fd < 3 || unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+            return Err(wrong("is not an open descriptor"));
+        }
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        // fstat on an open descriptor into a local struct.
+        if unsafe { libc::fstat(fd, &mut st) } != 0 {
+            return Err(wrong("cannot be examined"));
+        }
+        let ours = std::fs::symlink_metadata(self.lock_path())
+            .map_err(|e| Error::io(format!("cannot examine {}", self.lock_path().display()), e))?;
+        use std::os::unix::fs::MetadataExt;
+        if !ours.file_type().is_file() || ours.dev() != st.st_dev || ours.ino() != st.st_ino {
+            return Err(wrong(&format!("is not {}", self.lock_path().display())));
+        }
+        // SAFETY: open (checked above), and inherited for this process
+        // alone: `on` starts the collector with it and keeps no use of it.
+        let f = File::from(unsafe { OwnedFd::from_raw_fd(fd) });
+        // Held through `on`'s open file description, this succeeds; held
+        // by another collector, it does not.
+        if !Self::flock(&f, libc::LOCK_EX)? {
+            std::mem::forget(f); // not ours to close after all
+            return Err(wrong("is locked by another collector"));
+        }
+        Ok(f)
+    }
 }
 
 #[cfg(test)]
@@ -257,6 +289,30 @@ mod tests {
 
     fn mode(p: &Path) -> u32 {
         std::fs::metadata(p).unwrap().permissions().mode() & 0o777
+    }
+
+    #[test]
+    fn only_this_guests_lock_is_adopted_as_the_collectors() {
+        use std::os::fd::IntoRawFd;
+        let root = tempfile::tempdir().unwrap();
+        let ram = root.path().join("ram");
+        std::fs::write(&ram, b"x").unwrap();
+        let st = GuestDir::for_mem_file(&root.path().join("state"), &ram).unwrap();
+        let held = st.try_lock().unwrap().unwrap();
+        // What `on` passes: its own locked descriptor.
+        let fd = unsafe { libc::dup(held.as_raw_fd()) };
+        assert!(st.inherited_lock(fd).is_ok());
+        // Another file, a closed descriptor, standard input: refused.
+        let other = File::open(&ram).unwrap().into_raw_fd();
+        assert!(st.inherited_lock(other).is_err());
+        unsafe { libc::close(other) };
+        assert!(st.inherited_lock(other).is_err());
+        assert!(st.inherited_lock(0).is_err());
+        // The right file, opened anew while `held` keeps its lock.
+        let fresh = File::open(st.lock_path()).unwrap().into_raw_fd();
+        let e = st.inherited_lock(fresh).unwrap_err().to_string();
+        assert!(e.contains("locked by another collector"), "{e}");
+        unsafe { libc::close(fresh) };
     }
 
     #[test]
