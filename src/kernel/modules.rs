@@ -63,6 +63,12 @@ impl KernelView<'_> {
 
     /// The module list as it is now (not cached).
     pub fn read_modules(&self) -> Vec<Module> {
+        self.module_list().0
+    }
+
+    /// The module list as it is now, and why its walk stopped (a list
+    /// that loops, or an entry that cannot be read, is not the list).
+    pub fn module_list(&self) -> (Vec<Module>, End) {
         let l = self.module_layout.unwrap_or(ModuleLayout {
             list: 8,
             name: 24,
@@ -71,15 +77,16 @@ impl KernelView<'_> {
             core_size: 0,
         });
         let Some(head) = self.sym.addr("modules") else {
-            return Vec::new();
+            return (Vec::new(), End::Complete);
         };
         let mut out = Vec::new();
-        for p in self.list(head, MAX_MODULES) {
-            let Some(module) = p.checked_sub(l.list) else {
-                break;
-            };
-            let Some(name) = self.module_name(module) else {
-                break;
+        let mut walk = self.list(head, MAX_MODULES);
+        for p in walk.by_ref() {
+            let Some((module, name)) = p
+                .checked_sub(l.list)
+                .and_then(|m| Some((m, self.module_name(m)?)))
+            else {
+                return (out, End::Unreadable(p));
             };
             out.push(Module {
                 addr: module,
@@ -88,7 +95,7 @@ impl KernelView<'_> {
                 memory: self.module_memory(module),
             });
         }
-        out
+        (out, walk.end())
     }
 
     /// The escaped name of the `struct module` at `module`; None if it
@@ -174,14 +181,17 @@ impl KernelView<'_> {
 
     /// The `struct module`s behind `/sys/module`: the kobjects of
     /// `module_kset` that are a `struct module_kobject` with a module
-    /// (built-in modules' parameters have none). None if the kset cannot
-    /// be read.
-    pub fn sysfs_modules(&self) -> Option<BTreeSet<u64>> {
-        let kset = self.read_word(self.sym("module_kset")?)?;
+    /// (built-in modules' parameters have none), and why the walk stopped.
+    /// None if the build has no `module_kset` or no layout for it.
+    pub fn sysfs_modules(&self) -> Option<(BTreeSet<u64>, End)> {
+        let at = self.sym("module_kset")?;
         let list = self.field("kset", &["list"])?;
         let entry = self.field("kobject", &["entry"])?;
         let kobj = self.field("module_kobject", &["kobj"])?;
         let module = self.field("module_kobject", &["mod"])?;
+        let Some(kset) = self.read_word(at).filter(|&k| k != 0) else {
+            return Some((BTreeSet::new(), End::Unreadable(at)));
+        };
         let mut out = BTreeSet::new();
         let mut walk = self.list(kset.wrapping_add(list), MAX_NODES);
         for p in walk.by_ref() {
@@ -190,11 +200,7 @@ impl KernelView<'_> {
                 out.insert(m);
             }
         }
-        // A list that cannot be read to its end is not the kset.
-        match walk.end() {
-            End::Unreadable(_) => None,
-            _ => Some(out),
-        }
+        Some((out, walk.end()))
     }
 
     /// `[start, end)` of the core code of each module in `mod_tree` but not
@@ -210,5 +216,55 @@ impl KernelView<'_> {
                 Some((s, e, self.module_name(m).unwrap_or_else(|| "?".into())))
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::arithmetic_side_effects)]
+mod tests {
+    use super::*;
+    use crate::guest::memory::GuestAddress;
+    use crate::kernel::locate::locate;
+    use crate::kernel::symbols::SystemMap;
+    use crate::testkit::synthetic::{synthetic_guest, UNIT_MAP, UNIT_SLIDE, UNIT_TEXT_PA};
+
+    /// A module list whose last link leads nowhere readable is not the
+    /// whole list: its walk says so (the hidden-module check reports it).
+    #[test]
+    fn a_module_list_cut_short_says_so() {
+        let dir = tempfile::tempdir().unwrap();
+        let (ram, _) = synthetic_guest(dir.path());
+        let map = SystemMap::parse(&format!("{UNIT_MAP}ffffffff82100000 D modules\n")).unwrap();
+        let k = locate(&ram, &map, None).unwrap();
+        let v = KernelView::new(&ram, &map, &k);
+        let put = |link: u64, val: u64| {
+            ram.write_u64(
+                GuestAddress(link - 0xffff_ffff_8100_0000 + UNIT_TEXT_PA),
+                val,
+            )
+            .unwrap()
+        };
+        let va = |link: u64| link + UNIT_SLIDE;
+        let (head, m1, m2) = (
+            0xffff_ffff_8210_0000u64,
+            0xffff_ffff_8210_1000u64,
+            0xffff_ffff_8210_2000u64,
+        );
+        // Without BTF: the list at +8, the name at +24.
+        put(head, va(m1 + 8));
+        put(m1 + 8, va(m2 + 8));
+        put(m1 + 24, u64::from_le_bytes(*b"one\0\0\0\0\0"));
+        put(m2 + 24, u64::from_le_bytes(*b"two\0\0\0\0\0"));
+        put(m2 + 8, 0xffff_c900_dead_0000);
+        let (list, end) = v.module_list();
+        assert_eq!(list.len(), 2);
+        assert!(matches!(end, End::Unreadable(_)), "{end:?}");
+        put(m2 + 8, va(head));
+        let (list, end) = v.module_list();
+        assert_eq!(
+            list.iter().map(|m| m.name.as_str()).collect::<Vec<_>>(),
+            ["one", "two"]
+        );
+        assert_eq!(end, End::Complete);
     }
 }

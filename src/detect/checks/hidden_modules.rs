@@ -39,19 +39,39 @@ impl Check for HiddenModules {
             );
             return;
         }
-        let odd = |out: &mut Report| -> Vec<(u64, &'static str)> {
-            let listed: BTreeSet<u64> = cx.read_modules().iter().map(|m| m.addr).collect();
-            let (tree, end) = cx
-                .tree_modules()
-                .unwrap_or((BTreeSet::new(), End::Complete));
-            if end == End::Truncated {
+        // A walk that cannot be read to its end (or loops) is not the
+        // structure: what it hides is unknown, which is itself reported.
+        let cut = |what: &str, end: End, out: &mut Report| match end {
+            End::Complete | End::Running => false,
+            End::Truncated => {
                 out.add(
-                    format!("mod_tree has more than {MAX_NODES} nodes (a loop?)"),
+                    format!("{what} has more than {MAX_NODES} entries (a loop?): hidden modules not fully looked for"),
                     &[root],
                     "",
                 );
+                true
             }
+            End::Unreadable(a) => {
+                out.add(
+                    format!("{what} cannot be read to its end (at {a:#x}): hidden modules not fully looked for"),
+                    &[a],
+                    "",
+                );
+                true
+            }
+        };
+        let odd = |out: &mut Report| -> (Vec<(u64, &'static str)>, bool) {
+            let (list, list_end) = cx.module_list();
+            let listed: BTreeSet<u64> = list.iter().map(|m| m.addr).collect();
+            let (tree, end) = cx
+                .tree_modules()
+                .unwrap_or((BTreeSet::new(), End::Complete));
+            let mut broken = cut("the module list", list_end, out);
+            broken |= cut("mod_tree", end, out);
             let sysfs = cx.sysfs_modules();
+            if let Some((_, e)) = &sysfs {
+                broken |= cut("module_kset (/sys/module)", *e, out);
+            }
             let mut odd: Vec<(u64, &'static str)> = tree
                 .difference(&listed)
                 .map(|&m| {
@@ -61,27 +81,30 @@ impl Check for HiddenModules {
                     )
                 })
                 .collect();
-            if let Some(sysfs) = sysfs {
+            if let Some((sysfs, End::Complete)) = sysfs {
                 odd.extend(
                     sysfs
                         .difference(&listed)
                         .filter(|m| !tree.contains(m))
                         .map(|&m| (m, "is in sysfs (/sys/module) but not in the module list")),
                 );
-                odd.extend(
-                    listed
-                        .difference(&sysfs)
-                        .map(|&m| (m, "is in the module list but not in sysfs (/sys/module)")),
-                );
+                if list_end == End::Complete {
+                    odd.extend(
+                        listed
+                            .difference(&sysfs)
+                            .map(|&m| (m, "is in the module list but not in sysfs (/sys/module)")),
+                    );
+                }
             }
-            odd
+            (odd, broken)
         };
-        if odd(&mut out.scratch()).is_empty() {
+        let (first, broken) = odd(&mut out.scratch());
+        if first.is_empty() && !broken {
             return;
         }
         // Loading and unloading pass through these states for a moment.
         std::thread::sleep(SETTLE);
-        for (m, what) in odd(out) {
+        for (m, what) in odd(out).0 {
             let name = cx.module_name(m).unwrap_or_else(|| "?".into());
             out.push(
                 out.finding(

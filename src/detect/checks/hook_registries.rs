@@ -12,6 +12,7 @@ use std::collections::BTreeSet;
 
 use super::{Check, Context, Report};
 use crate::detect::{inventory, Finding, FindingKind};
+use crate::kernel::walk::End;
 
 pub struct HookRegistries;
 
@@ -58,6 +59,38 @@ pub struct Hook {
     pub handler: u64,
 }
 
+/// The handlers read, and the walks that could not be read to their end
+/// (what they would hold is unknown: each is a finding).
+#[derive(Default)]
+pub struct Hooks {
+    pub list: Vec<Hook>,
+    /// What could not be read, and where.
+    pub cut: Vec<(String, u64)>,
+}
+
+impl Hooks {
+    fn full(&self) -> bool {
+        self.list.len() >= MAX_HOOKS
+    }
+
+    /// A walk that stopped before its end: `end` as the walk says.
+    fn ended(&mut self, what: &str, end: End) {
+        match end {
+            End::Complete | End::Running => {}
+            End::Truncated => self.cut.push((
+                format!("{what} has more than {MAX_ENTRIES} entries (a loop?)"),
+                0,
+            )),
+            End::Unreadable(a) => self.unreadable(what, a),
+        }
+    }
+
+    fn unreadable(&mut self, what: &str, at: u64) {
+        self.cut
+            .push((format!("{what} cannot be read to its end (at {at:#x})"), at));
+    }
+}
+
 impl Check for HookRegistries {
     fn kind(&self) -> FindingKind {
         FindingKind::HookRegistry
@@ -86,7 +119,8 @@ impl Check for HookRegistries {
     /// The guest's hooks by modules outside the build.
     fn inventory(&self, cx: &Context) -> BTreeSet<String> {
         let mut lines = BTreeSet::new();
-        for h in hooks(cx, &mut Report::discard(self.kind())).unwrap_or_default() {
+        let found = hooks(cx, &mut Report::discard(self.kind())).unwrap_or_default();
+        for h in found.list {
             if let Owner::Module(m) = owner(cx, h.handler) {
                 lines.insert(line(&h, &m));
             }
@@ -102,8 +136,18 @@ const SETTLE: std::time::Duration = std::time::Duration::from_millis(50);
 fn judge(cx: &Context, out: &mut Report) -> Option<Vec<Finding>> {
     let hooks = hooks(cx, out)?;
     let known = inventory::load(cx.dir);
-    let mut found = Vec::new();
-    for h in hooks {
+    let mut found: Vec<Finding> = hooks
+        .cut
+        .iter()
+        .map(|(what, at)| {
+            out.finding(
+                format!("{what}: the handlers past it are not checked"),
+                &[*at],
+                "a registry the guest keeps unreadable or looping hides what it holds",
+            )
+        })
+        .collect();
+    for h in hooks.list {
         let where_ = format!("{} {}", h.registry, h.point);
         match owner(cx, h.handler) {
             Owner::Kernel | Owner::BuildModule => {}
@@ -171,7 +215,7 @@ fn line(h: &Hook, module: &str) -> String {
 
 /// Every handler of every registry this build has; None (with a finding)
 /// without BTF.
-pub fn hooks(cx: &Context, out: &mut Report) -> Option<Vec<Hook>> {
+pub fn hooks(cx: &Context, out: &mut Report) -> Option<Hooks> {
     let Some(_) = cx.btf else {
         out.add(
             "the build has no BTF: notifier, tracepoint, netfilter and LSM hooks not checked",
@@ -180,7 +224,7 @@ pub fn hooks(cx: &Context, out: &mut Report) -> Option<Vec<Hook>> {
         );
         return None;
     };
-    let mut h = Vec::new();
+    let mut h = Hooks::default();
     if let (Some(call), Some(next)) = (
         cx.field("notifier_block", &["notifier_call"]),
         cx.field("notifier_block", &["next"]),
@@ -201,7 +245,7 @@ pub fn hooks(cx: &Context, out: &mut Report) -> Option<Vec<Hook>> {
     tracepoints(cx, &mut h);
     netfilter(cx, &mut h);
     lsm(cx, &mut h);
-    if h.len() >= MAX_HOOKS {
+    if h.full() {
         out.add(
             format!("the hook registries hold more than {MAX_HOOKS} handlers: the rest not read"),
             &[],
@@ -212,25 +256,29 @@ pub fn hooks(cx: &Context, out: &mut Report) -> Option<Vec<Hook>> {
 }
 
 /// The `struct notifier_block`s from the pointer at `first`.
-fn notifiers(cx: &Context, first: u64, (call, next): (u64, u64), point: &str, h: &mut Vec<Hook>) {
-    for nb in cx.chain_at(first, next, 0, MAX_ENTRIES) {
-        if h.len() >= MAX_HOOKS {
-            break;
+fn notifiers(cx: &Context, first: u64, (call, next): (u64, u64), point: &str, h: &mut Hooks) {
+    let what = format!("the notifier chain {point}");
+    let mut walk = cx.chain_at(first, next, 0, MAX_ENTRIES);
+    for nb in walk.by_ref() {
+        if h.full() {
+            return;
         }
         let Some(f) = cx.read_word(nb.wrapping_add(call)) else {
-            break;
+            h.unreadable(&what, nb);
+            return;
         };
-        h.push(Hook {
+        h.list.push(Hook {
             registry: "notifier",
             point: point.to_string(),
             handler: f,
         });
     }
+    h.ended(&what, walk.end());
 }
 
 /// The probes of every tracepoint of the image (`__tracepoint_*`): each
 /// `funcs` array of `struct tracepoint_func`, ended by a NULL func.
-fn tracepoints(cx: &Context, h: &mut Vec<Hook>) {
+fn tracepoints(cx: &Context, h: &mut Hooks) {
     let Some(btf) = cx.vmlinux.btf() else { return };
     let (Some(funcs), Some(func), Some(size)) = (
         cx.field("tracepoint", &["funcs"]),
@@ -242,23 +290,41 @@ fn tracepoints(cx: &Context, h: &mut Vec<Hook>) {
     };
     for (name, link) in cx.map().objects_with_prefix("__tracepoint_") {
         let tp = cx.runtime(link);
-        let Some(array) = cx.read_word(tp.wrapping_add(funcs)).filter(|&a| a != 0) else {
-            continue;
-        };
         let point = name.trim_start_matches("__tracepoint_");
+        let what = || format!("the probes of tracepoint {point}");
+        let array = match cx.read_word(tp.wrapping_add(funcs)) {
+            Some(0) => continue,
+            Some(a) => a,
+            None => {
+                h.unreadable(&what(), tp);
+                continue;
+            }
+        };
+        let mut ended = false;
         for i in 0..MAX_ENTRIES as u64 {
-            if h.len() >= MAX_HOOKS {
+            if h.full() {
                 return;
             }
             let at = array.wrapping_add(i.wrapping_mul(size)).wrapping_add(func);
             match cx.read_word(at) {
-                Some(f) if f != 0 => h.push(Hook {
+                Some(0) => {
+                    ended = true;
+                    break;
+                }
+                Some(f) => h.list.push(Hook {
                     registry: "tracepoint",
                     point: point.to_string(),
                     handler: f,
                 }),
-                _ => break,
+                None => {
+                    h.unreadable(&what(), at);
+                    ended = true;
+                    break;
+                }
             }
+        }
+        if !ended {
+            h.ended(&what(), End::Truncated);
         }
     }
 }
@@ -266,7 +332,7 @@ fn tracepoints(cx: &Context, h: &mut Vec<Hook>) {
 /// Netfilter hooks of every namespace: `net.nf.hooks_*[hook]` point to a
 /// `struct nf_hook_entries { u16 num_hook_entries; ...; struct
 /// nf_hook_entry hooks[]; }`.
-fn netfilter(cx: &Context, h: &mut Vec<Hook>) {
+fn netfilter(cx: &Context, h: &mut Hooks) {
     let Some(btf) = cx.vmlinux.btf() else { return };
     let (Some(hooks), Some(entry)) = (
         cx.field("nf_hook_entries", &["hooks"]),
@@ -282,34 +348,46 @@ fn netfilter(cx: &Context, h: &mut Vec<Hook>) {
                 continue;
             };
             for p in 0..*points {
+                let point = || {
+                    format!(
+                        "{} hook {p}{} of netns {name}",
+                        family.trim_start_matches("hooks_"),
+                        nf_point(family, p)
+                    )
+                };
+                let what = || format!("the netfilter {}", point());
                 let slot = net.wrapping_add(o).wrapping_add((p as u64).wrapping_mul(8));
-                let Some(e) = cx.read_word(slot).filter(|&e| e != 0) else {
-                    continue;
+                let e = match cx.read_word(slot) {
+                    Some(0) => continue,
+                    Some(e) => e,
+                    None => {
+                        h.unreadable(&what(), slot);
+                        continue;
+                    }
                 };
                 let mut num = [0u8; 2];
                 if cx.read(e, &mut num).is_none() {
+                    h.unreadable(&what(), e);
                     continue;
                 }
                 let num = u16::from_le_bytes(num).min(MAX_ENTRIES as u16);
                 for i in 0..u64::from(num) {
-                    if h.len() >= MAX_HOOKS {
+                    if h.full() {
                         return;
                     }
                     let at = e
                         .wrapping_add(hooks)
                         .wrapping_add(i.wrapping_mul(entry))
                         .wrapping_add(hook);
-                    if let Some(f) = cx.read_word(at) {
-                        h.push(Hook {
-                            registry: "netfilter",
-                            point: format!(
-                                "{} hook {p}{} of netns {name}",
-                                family.trim_start_matches("hooks_"),
-                                nf_point(family, p)
-                            ),
-                            handler: f,
-                        });
-                    }
+                    let Some(f) = cx.read_word(at) else {
+                        h.unreadable(&what(), at);
+                        break;
+                    };
+                    h.list.push(Hook {
+                        registry: "netfilter",
+                        point: point(),
+                        handler: f,
+                    });
                 }
             }
         }
@@ -332,7 +410,7 @@ fn nf_point(family: &str, p: usize) -> &'static str {
 
 /// LSM hooks: `security_hook_heads` is a struct of hlist heads, one per
 /// hook, of `struct security_hook_list` nodes.
-fn lsm(cx: &Context, h: &mut Vec<Hook>) {
+fn lsm(cx: &Context, h: &mut Hooks) {
     let Some(btf) = cx.vmlinux.btf() else { return };
     let (Some(heads), Some(size), Some(node), Some(hook)) = (
         cx.sym("security_hook_heads"),
@@ -344,6 +422,7 @@ fn lsm(cx: &Context, h: &mut Vec<Hook>) {
     };
     let n = usize::try_from(size / 8).unwrap_or(0).min(MAX_ENTRIES);
     let Some(firsts) = cx.read_words(heads, n) else {
+        h.unreadable("security_hook_heads", heads);
         return;
     };
     let names: std::collections::BTreeMap<u64, String> = btf
@@ -356,18 +435,112 @@ fn lsm(cx: &Context, h: &mut Vec<Hook>) {
             .get(&(i as u64).wrapping_mul(8))
             .cloned()
             .unwrap_or_else(|| format!("hook {i}"));
-        for p in cx.chain(first, 0, 0, MAX_ENTRIES) {
-            if h.len() >= MAX_HOOKS {
-                break;
+        let what = format!("the LSM hook list {point}");
+        let mut walk = cx.chain(first, 0, 0, MAX_ENTRIES);
+        for p in walk.by_ref() {
+            if h.full() {
+                return;
             }
             let entry = p.wrapping_sub(node);
-            if let Some(f) = cx.read_word(entry.wrapping_add(hook)) {
-                h.push(Hook {
-                    registry: "lsm",
-                    point: point.clone(),
-                    handler: f,
-                });
-            }
+            let Some(f) = cx.read_word(entry.wrapping_add(hook)) else {
+                h.unreadable(&what, entry);
+                break;
+            };
+            h.list.push(Hook {
+                registry: "lsm",
+                point: point.clone(),
+                handler: f,
+            });
         }
+        h.ended(&what, walk.end());
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::arithmetic_side_effects)]
+mod tests {
+    use super::*;
+    use crate::guest::memory::GuestAddress;
+    use crate::kernel::btf::Btf;
+    use crate::kernel::locate::locate;
+    use crate::kernel::symbols::SystemMap;
+    use crate::testkit::synthetic::{
+        btf, elf, synthetic_guest, UNIT_MAP, UNIT_SLIDE, UNIT_TEXT_PA,
+    };
+
+    /// A notifier chain whose last link leads to memory that cannot be
+    /// read, and one that loops: each is a finding (its handlers past the
+    /// cut are unknown), not a chain taken for complete.
+    #[test]
+    fn a_chain_that_cannot_be_read_to_its_end_is_a_finding() {
+        let dir = tempfile::tempdir().unwrap();
+        let (ram, _) = synthetic_guest(dir.path());
+        let map = SystemMap::parse(&format!(
+            "{UNIT_MAP}ffffffff81400000 T _etext\nffffffff82100000 D die_chain\nffffffff82100100 D reboot_notifier_list\n"
+        ))
+        .unwrap();
+        let k = locate(&ram, &map, None).unwrap();
+        let layouts = Btf::parse(&btf(&[
+            (
+                "notifier_block",
+                24,
+                &[("notifier_call", 0, ""), ("next", 8, "")],
+            ),
+            ("atomic_notifier_head", 16, &[("head", 8, "")]),
+            ("blocking_notifier_head", 16, &[("head", 8, "")]),
+        ]))
+        .unwrap();
+        let vpath = dir.path().join("vmlinux");
+        std::fs::write(&vpath, elf(0xffff_ffff_8100_0000, &[0u8; 0x1000], &[])).unwrap();
+        let vmlinux = crate::kernel::vmlinux::Vmlinux::load(&vpath).unwrap();
+        let state =
+            crate::host::statedir::GuestDir::for_domain(&dir.path().join("state"), "t").unwrap();
+        let put = |link: u64, val: u64| {
+            ram.write_u64(
+                GuestAddress(link - 0xffff_ffff_8100_0000 + UNIT_TEXT_PA),
+                val,
+            )
+            .unwrap()
+        };
+        let va = |link: u64| link + UNIT_SLIDE;
+        let details = |cx: &Context| {
+            let mut all = Vec::new();
+            HookRegistries.run(cx, &mut Report::new(FindingKind::HookRegistry, &mut all));
+            all.into_iter().map(|f| f.detail).collect::<Vec<_>>()
+        };
+        let (nb1, nb2, nb3) = (
+            0xffff_ffff_8210_1000u64,
+            0xffff_ffff_8210_2000u64,
+            0xffff_ffff_8210_3000u64,
+        );
+        // die_chain: nb1 -> nb2 -> an address no page table maps.
+        put(0xffff_ffff_8210_0008, va(nb1));
+        put(nb1, va(0xffff_ffff_8120_0000)); // __x64_sys_read: kernel text
+        put(nb1 + 8, va(nb2));
+        put(nb2, va(0xffff_ffff_8120_0000));
+        put(nb2 + 8, 0xffff_c900_dead_0000);
+        // reboot_notifier_list: nb3 -> nb3 -> ...
+        put(0xffff_ffff_8210_0108, va(nb3));
+        put(nb3, va(0xffff_ffff_8120_0000));
+        put(nb3 + 8, va(nb3));
+        let mut view = crate::kernel::guest::KernelView::new(&ram, &map, &k);
+        view.btf = Some(&layouts);
+        let cx = Context::new(view, &vmlinux, &state);
+        let got = details(&cx);
+        assert!(
+            got.iter().any(|d| d.starts_with(
+                "the notifier chain die_chain cannot be read to its end (at 0xffffc900dead0000)"
+            )),
+            "{got:#?}"
+        );
+        assert!(
+            got.iter().any(|d| d
+                .starts_with("the notifier chain reboot_notifier_list has more than 4096 entries")),
+            "{got:#?}"
+        );
+        // Whole chains of kernel handlers: nothing.
+        put(nb2 + 8, 0);
+        put(nb3 + 8, 0);
+        assert_eq!(details(&cx), Vec::<String>::new());
     }
 }
