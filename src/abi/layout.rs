@@ -31,6 +31,9 @@ pub mod off {
     /// `filter_count` (u32) at 0x080.
     pub const FILTER_COUNT: u64 = 0x080;
     pub const CUR_EPOCH: u64 = 0x100;
+    /// `boot_id`: written and read by the host only (the guest zeroes it
+    /// with the block at every boot).
+    pub const BOOT_ID: u64 = 0x108;
     pub const KEYS: u64 = 0x110;
     pub const CMD_SEQ: u64 = 0x300;
     /// `cmd_op` (u32) at 0x308 and `funcs_len` (u32) at 0x30c, written as one word.

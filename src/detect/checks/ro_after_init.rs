@@ -2,7 +2,9 @@
 //! call sites, variables set once, LSM hook lists), read-only from then on.
 //! It cannot be compared with the build, so it is compared with a snapshot
 //! taken once the guest has booted (`system_state` is `SYSTEM_RUNNING`),
-//! kept per boot in the guest's state directory. Independently of any
+//! kept per boot in the guest's state directory; the boot is known by an
+//! identity the host writes into the control block (docs/abi.md §2.1), not
+//! by the guest's clock. Independently of any
 //! snapshot, no word there that was a pointer or zero in the build may point
 //! into module space: modules load after the data became read-only.
 #![deny(clippy::arithmetic_side_effects)]
@@ -24,8 +26,8 @@ const MAX_LEN: u64 = 16 << 20;
 /// Where x86_64 maps modules (and BPF JIT images): `MODULES_VADDR` (with
 /// or without KASLR's larger image) to `MODULES_END`.
 const MODULE_SPACE: (u64, u64) = (0xffff_ffff_a000_0000, 0xffff_ffff_ff00_0000);
-const MAGIC: &[u8; 8] = b"XFTROAI1";
-/// Magic, slide, `_text`'s physical address, jiffies at the snapshot.
+const MAGIC: &[u8; 8] = b"XFTROAI2";
+/// Magic, slide, `_text`'s physical address, the boot's `boot_id`.
 const HEADER: usize = 32;
 
 impl Check for RoAfterInit {
@@ -123,31 +125,69 @@ fn against_snapshot(
     let k = cx.view.kernel;
     let word = |name: &str| cx.sym(name).and_then(|a| cx.read_word(a));
     let running = word("system_state").is_some_and(|w| w as u32 == SYSTEM_RUNNING);
-    let jiffies = word("jiffies_64").unwrap_or(0);
+    // The boot is known by the identity the host wrote into the control
+    // block (docs/abi.md §2.1), not by the guest's clock.
+    let id_at = k.field(crate::abi::off::BOOT_ID);
+    let boot_id = cx.view.ram.read_u64(id_at).ok();
     let path = cx.dir.path().join("ro-after-init.snapshot");
     let saved =
         crate::host::files::read_bounded(&path, MAX_LEN.saturating_add(HEADER as u64), "snapshot")
             .ok();
-    let same_boot = saved.as_deref().and_then(|s| {
+    // The last snapshot, if it is of a kernel that lies where this one
+    // does: its boot's identity and its bytes.
+    let last = saved.as_deref().and_then(|s| {
         let (h, body) = (s.get(..HEADER)?, s.get(HEADER..)?);
         let slide = le::u64_at(h, 8)?;
         let text_pa = le::u64_at(h, 16)?;
-        let then = le::u64_at(h, 24)?;
+        let id = le::u64_at(h, 24)?;
         (h.get(..8)? == MAGIC
             && slide == k.slide.0
             && text_pa == k.text_pa.0
-            && then <= jiffies
             && body.len() == live.len())
-        .then_some(body)
+        .then_some((id, body))
     });
-    match same_boot {
-        Some(snap) => diff(cx, start, snap, live, seen, out),
-        None if running => {
+    match last {
+        Some((id, snap)) if id != 0 && boot_id == Some(id) => {
+            diff(cx, start, snap, live, seen, "this boot's snapshot", out)
+        }
+        _ if !running => {
+            info!("the guest is still booting: no snapshot of __ro_after_init data yet")
+        }
+        last => {
+            // A new boot, or this boot's identity erased: the kernel
+            // lying where it lay says which is likelier, and either way
+            // what changed is reported before it becomes the snapshot.
+            if let Some((_, snap)) = last {
+                diff(
+                    cx,
+                    start,
+                    snap,
+                    live,
+                    seen,
+                    "the last snapshot, of a boot whose identity is gone while the kernel lies where it lay (erased from the control block, or a reboot onto the same KASLR slide)",
+                    out,
+                );
+            }
+            let id = match new_boot_id() {
+                Some(id) => id,
+                None => {
+                    out.add("cannot get random bytes for a boot identity", &[], "");
+                    return;
+                }
+            };
+            if let Err(e) = cx.view.ram.write_u64(id_at, id) {
+                out.add(
+                    format!("cannot write the boot identity into the control block: {e}"),
+                    &[],
+                    "",
+                );
+                return;
+            }
             let mut s = Vec::with_capacity(HEADER.saturating_add(live.len()));
             s.extend_from_slice(MAGIC);
             s.extend_from_slice(&k.slide.0.to_le_bytes());
             s.extend_from_slice(&k.text_pa.0.to_le_bytes());
-            s.extend_from_slice(&jiffies.to_le_bytes());
+            s.extend_from_slice(&id.to_le_bytes());
             s.extend_from_slice(live);
             match crate::host::files::write_atomically(&path, &s) {
                 Ok(()) => info!(
@@ -162,8 +202,14 @@ fn against_snapshot(
                 ),
             }
         }
-        None => info!("the guest is still booting: no snapshot of __ro_after_init data yet"),
     }
+}
+
+/// A random, non-zero boot identity.
+fn new_boot_id() -> Option<u64> {
+    let mut b = [0u8; 8];
+    getrandom::getrandom(&mut b).ok()?;
+    Some(u64::from_le_bytes(b) | 1)
 }
 
 /// Report each run of bytes that differs from the snapshot.
@@ -173,6 +219,7 @@ fn diff(
     snap: &[u8],
     live: &[u8],
     seen: &std::collections::BTreeSet<u64>,
+    since: &str,
     out: &mut Report,
 ) {
     // Word by word: pointers change whole.
@@ -186,7 +233,7 @@ fn diff(
         }
         out.add(
             format!(
-                "{} changed since this boot's snapshot: {} where it held {}",
+                "{} changed since {since}: {} where it held {}",
                 data_place(cx, at),
                 describe(cx, now),
                 describe(cx, was)
@@ -207,5 +254,84 @@ fn describe(cx: &Context, v: u64) -> String {
         format!("a pointer to {}", cx.name(v))
     } else {
         format!("{v:#x}")
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::arithmetic_side_effects)]
+mod tests {
+    use super::*;
+    use crate::guest::memory::GuestAddress;
+    use crate::kernel::locate::locate;
+    use crate::kernel::symbols::SystemMap;
+    use crate::testkit::synthetic::{elf, synthetic_guest, UNIT_MAP, UNIT_TEXT_PA};
+
+    /// A rootkit that changes `__ro_after_init` data and then erases the
+    /// boot's identity (or sets the guest's clock back, which no longer
+    /// counts) cannot have its change taken into a new snapshot unseen.
+    #[test]
+    fn an_erased_boot_identity_does_not_rebaseline_a_change_unseen() {
+        let dir = tempfile::tempdir().unwrap();
+        let (ram, _) = synthetic_guest(dir.path());
+        let map = SystemMap::parse(&format!(
+            "{UNIT_MAP}ffffffff81000800 D __start_ro_after_init\nffffffff81000900 D __end_ro_after_init\nffffffff82100000 D system_state\nffffffff82100008 D jiffies_64\n"
+        ))
+        .unwrap();
+        let k = locate(&ram, &map, None).unwrap();
+        let vpath = dir.path().join("vmlinux");
+        std::fs::write(&vpath, elf(0xffff_ffff_8100_0000, &[0u8; 0x1000], &[])).unwrap();
+        let vmlinux = crate::kernel::vmlinux::Vmlinux::load(&vpath).unwrap();
+        let state =
+            crate::host::statedir::GuestDir::for_domain(&dir.path().join("state"), "t").unwrap();
+        let put = |link: u64, val: u64| {
+            ram.write_u64(
+                GuestAddress(link - 0xffff_ffff_8100_0000 + UNIT_TEXT_PA),
+                val,
+            )
+            .unwrap()
+        };
+        let check = || {
+            let cx = Context::new(
+                crate::kernel::guest::KernelView::new(&ram, &map, &k),
+                &vmlinux,
+                &state,
+            );
+            let mut all = Vec::new();
+            RoAfterInit.run(&cx, &mut Report::new(FindingKind::RoAfterInit, &mut all));
+            all.into_iter().map(|f| f.detail).collect::<Vec<_>>()
+        };
+        put(0xffff_ffff_8210_0000, u64::from(SYSTEM_RUNNING));
+        put(0xffff_ffff_8210_0008, 1_000_000);
+        // The first check takes the boot's snapshot and marks the boot.
+        assert_eq!(check(), Vec::<String>::new());
+        let id_at = k.field(crate::abi::off::BOOT_ID);
+        let id = ram.read_u64(id_at).unwrap();
+        assert_ne!(id, 0);
+        assert_eq!(check(), Vec::<String>::new());
+        // A change: reported against this boot's snapshot.
+        put(0xffff_ffff_8100_0840, 0x4141_4141);
+        let got = check();
+        assert!(
+            got.len() == 1 && got[0].contains("since this boot's snapshot"),
+            "{got:#?}"
+        );
+        // The clock set back: still the same boot.
+        put(0xffff_ffff_8210_0008, 5);
+        let got = check();
+        assert!(
+            got.len() == 1 && got[0].contains("since this boot's snapshot"),
+            "{got:#?}"
+        );
+        // The identity erased: the change is reported once more, against
+        // the last snapshot, before a new one is taken with a new identity.
+        ram.write_u64(id_at, 0).unwrap();
+        let got = check();
+        assert!(
+            got.len() == 1 && got[0].contains("whose identity is gone"),
+            "{got:#?}"
+        );
+        let new = ram.read_u64(id_at).unwrap();
+        assert!(new != 0 && new != id);
+        assert_eq!(check(), Vec::<String>::new());
     }
 }
