@@ -54,6 +54,9 @@ pub struct Guest {
     pub module_layout: Option<ModuleLayout>,
     /// The modules the build ships, by name (None: not known).
     pub build_modules: Option<BTreeSet<String>>,
+    /// The most vCPUs the guest may have, from its manager (None: not
+    /// known, e.g. a bare `--mem-file`).
+    pub max_vcpus: Option<u32>,
 }
 
 impl Guest {
@@ -68,6 +71,7 @@ impl Guest {
         v.btf = self.vmlinux.as_ref().and_then(Vmlinux::btf);
         v.module_layout = self.module_layout;
         v.build_modules = self.build_modules.as_ref();
+        v.max_vcpus = self.max_vcpus;
         v
     }
 }
@@ -82,6 +86,8 @@ pub struct KernelView<'a> {
     pub module_layout: Option<ModuleLayout>,
     /// See [`Guest::build_modules`].
     pub build_modules: Option<&'a BTreeSet<String>>,
+    /// See [`Guest::max_vcpus`].
+    pub max_vcpus: Option<u32>,
     /// The build's BTF, where it has one: field offsets ([`Self::field`]).
     pub btf: Option<&'a Btf>,
     /// Field offsets looked up so far, by `struct.member.member`.
@@ -98,6 +104,7 @@ impl<'a> KernelView<'a> {
             sym: Symbolizer::new(map, kernel.slide),
             module_layout: None,
             build_modules: None,
+            max_vcpus: None,
             btf: None,
             fields: RefCell::new(HashMap::new()),
             modules: OnceCell::new(),

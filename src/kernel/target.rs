@@ -47,6 +47,9 @@ pub trait RunningDomain {
     fn system_map(&self) -> Option<String>;
     /// Its RAM files, and where they sit in guest physical memory.
     fn ram(&self) -> Result<DomainRam>;
+    /// The most vCPUs it may have (the guest's possible CPUs), as its
+    /// manager says: outside the guest's reach.
+    fn max_vcpus(&self) -> Option<u32>;
 }
 
 /// A domain's RAM as its manager reports it.
@@ -77,6 +80,8 @@ struct Backing {
     system_map: PathBuf,
     /// The System.map came from a domain's definition (a stored build).
     recorded: bool,
+    /// The most vCPUs the guest may have, where its manager says.
+    max_vcpus: Option<u32>,
 }
 
 #[derive(Clone, Debug)]
@@ -172,6 +177,7 @@ impl Target {
                     follow_links: true,
                     system_map: map,
                     recorded: false,
+                    max_vcpus: None,
                 })
             }
             Source::Domain { name, domains, .. } => {
@@ -197,6 +203,7 @@ impl Target {
                     follow_links: false,
                     system_map: map,
                     recorded,
+                    max_vcpus: dom.max_vcpus(),
                 })
             }
         }
@@ -242,7 +249,7 @@ impl Target {
         // (explaining it scans all RAM: only then).
         let mut first_miss = None;
         let mut fits = Vec::new();
-        for layout in b.layouts {
+        for layout in b.layouts.clone() {
             let ram = GuestRam::open_files(&b.paths, layout, b.follow_links)?;
             let found = locate::locate_all(&ram, map, banner, LocateOptions::default())?;
             if found.kernels.is_empty() {
@@ -273,7 +280,7 @@ impl Target {
         let sorted = self.set_aside_stale(&ram, map, found.kernels);
         let mut kernels = sorted.live.into_iter();
         let kernel = kernels.next().expect("found at least one");
-        let mut g = self.opened(build, b.system_map, ram, kernel, kernels.collect())?;
+        let mut g = self.opened(build, &b, ram, kernel, kernels.collect())?;
         g.stale = sorted.stale;
         Ok(g)
     }
@@ -314,10 +321,10 @@ impl Target {
         let b = self.backing()?;
         let build = self.build(&b)?;
         let mut last_err = None;
-        for layout in b.layouts {
+        for layout in b.layouts.clone() {
             let ram = GuestRam::open_files(&b.paths, layout, b.follow_links)?;
             match locate::locate_at(&ram, &build.map, text_pa, build.banner.as_deref()) {
-                Ok(kernel) => return self.opened(build, b.system_map, ram, kernel, Vec::new()),
+                Ok(kernel) => return self.opened(build, &b, ram, kernel, Vec::new()),
                 Err(e) => last_err = Some(e),
             }
         }
@@ -328,7 +335,7 @@ impl Target {
     fn opened(
         &self,
         build: Build,
-        system_map: PathBuf,
+        b: &Backing,
         ram: GuestRam,
         kernel: GuestKernel,
         others: Vec<GuestKernel>,
@@ -340,9 +347,10 @@ impl Target {
             others,
             stale: Vec::new(),
             vmlinux: build.vmlinux,
-            system_map,
+            system_map: b.system_map.clone(),
             module_layout: build.module_layout,
             build_modules: build.build_modules,
+            max_vcpus: b.max_vcpus,
         };
         info!(
             "{}: kernel at {:#x} (slide {:#x}), control block at {}: {}",

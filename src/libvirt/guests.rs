@@ -41,6 +41,15 @@ impl RunningDomain for Running {
             layout: b.layout,
         })
     }
+
+    fn max_vcpus(&self) -> Option<u32> {
+        // virDomainGetMaxVcpus: the domain's maximum (hot-pluggable) vCPUs,
+        // what the guest counts as possible CPUs.
+        self.dom
+            .max_vcpus()
+            .ok()
+            .and_then(|n| u32::try_from(n).ok())
+    }
 }
 
 impl Domains for LibvirtDomains {

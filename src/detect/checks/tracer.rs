@@ -32,6 +32,8 @@ impl Check for TracerIntegrity {
 
     fn run(&self, cx: &Context, out: &mut Report) {
         out.extend(check(cx.view.ram, cx.view.kernel, cx.dir, cx.heartbeat));
+        let nr_cpu_ids = cx.sym("nr_cpu_ids").and_then(|a| cx.view.read_u32(a));
+        out.extend(rings(cx.view.kernel, nr_cpu_ids, cx.view.max_vcpus));
     }
 }
 
@@ -56,6 +58,49 @@ fn check(
     reported_by_the_guest(k, &gs, &mut out);
     liveness(ram, k, &gs, heartbeat, &mut out);
     session(ram, k, &gs, dir, &mut out);
+    out
+}
+
+/// The rings the guest says it has must be one per possible CPU (up to
+/// 256, docs/abi.md §2), and its CPUs as many as the kernel counts
+/// (`nr_cpu_ids`) and as its manager gave it (`max_vcpus`, where known):
+/// a guest that claims fewer has the host read fewer rings, and the
+/// events of the other CPUs vanish unseen.
+fn rings(k: &GuestKernel, nr_cpu_ids: Option<u32>, max_vcpus: Option<u32>) -> Vec<Finding> {
+    let h = &k.header;
+    let at = k.field(abi::off::NR_RINGS).0;
+    let mut out = Vec::new();
+    let want = h.nr_cpus.min(abi::MAX_RINGS);
+    if h.nr_rings != want {
+        out.push(finding(
+            format!(
+                "the guest claims {} rings for {} CPUs, where it has one per CPU ({want}): the host would read only those",
+                h.nr_rings, h.nr_cpus
+            ),
+            at,
+            "control block written by someone other than the guest's xftrace code",
+        ));
+    }
+    if let Some(n) = nr_cpu_ids.filter(|&n| n != h.nr_cpus) {
+        out.push(finding(
+            format!(
+                "the control block says the guest has {} CPUs, its kernel counts {n} (nr_cpu_ids)",
+                h.nr_cpus
+            ),
+            at,
+            "control block written by someone other than the guest's xftrace code",
+        ));
+    }
+    if let Some(v) = max_vcpus.filter(|&v| h.nr_cpus < v) {
+        out.push(finding(
+            format!(
+                "the guest claims {} CPUs but its domain has up to {v} vCPUs: the events of the others would not be read",
+                h.nr_cpus
+            ),
+            at,
+            "unless the guest was booted with nr_cpus= or possible_cpus= below its vCPUs",
+        ));
+    }
     out
 }
 
@@ -241,5 +286,45 @@ fn key_matches(ram: &GuestRam, k: &GuestKernel, klog: &Klog, out: &mut Vec<Findi
             }
         }
         return;
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::arithmetic_side_effects)]
+mod tests {
+    use super::*;
+    use crate::kernel::locate::locate;
+    use crate::testkit::synthetic::synthetic_guest;
+
+    /// A guest that lowers its ring count (or its CPU count) to hide the
+    /// events of its other CPUs is caught by the ABI's own rule, by the
+    /// kernel's `nr_cpu_ids` and by the vCPUs its manager gave it.
+    #[test]
+    fn fewer_rings_than_cpus_is_a_finding() {
+        let dir = tempfile::tempdir().unwrap();
+        let (ram, map) = synthetic_guest(dir.path());
+        let mut k = locate(&ram, &map, None).unwrap();
+        k.header.nr_cpus = 4;
+        k.header.nr_rings = 4;
+        assert!(rings(&k, Some(4), Some(4)).is_empty());
+        assert!(rings(&k, None, None).is_empty());
+        // 300 CPUs have 256 rings.
+        k.header.nr_cpus = 300;
+        k.header.nr_rings = 256;
+        assert!(rings(&k, Some(300), Some(300)).is_empty());
+        // One ring for four CPUs.
+        k.header.nr_cpus = 4;
+        k.header.nr_rings = 1;
+        let f = rings(&k, Some(4), Some(4));
+        assert!(
+            f.len() == 1 && f[0].detail.contains("claims 1 rings for 4 CPUs"),
+            "{f:#?}"
+        );
+        // Both lowered to one: the kernel and the domain disagree.
+        k.header.nr_cpus = 1;
+        let f = rings(&k, Some(4), Some(4));
+        assert_eq!(f.len(), 2, "{f:#?}");
+        assert!(f[0].detail.contains("its kernel counts 4"));
+        assert!(f[1].detail.contains("up to 4 vCPUs"));
     }
 }
