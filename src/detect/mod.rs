@@ -63,6 +63,10 @@ finding_kinds! {
     HiddenModule = "hidden-module",
     /// Executable kernel memory that no known code owns.
     HiddenCode = "hidden-code",
+    /// The kernel's page tables map its image somewhere other than its own
+    /// pages (a shadow copy the image checks never read), or with
+    /// permissions the kernel never gives it.
+    KernelMapping = "kernel-mapping",
     /// A notifier, tracepoint, netfilter or LSM handler in no known code,
     /// or in a module outside the build that the hook inventory lacks.
     HookRegistry = "hook-registry",
@@ -278,7 +282,7 @@ mod tests {
                 .all(|c| c.is_ascii_lowercase() || c == b'-'));
             assert!(names.insert(k.as_str()), "{k} twice");
         }
-        assert_eq!(names.len(), 20);
+        assert_eq!(names.len(), 21);
         assert!(serde_json::from_str::<FindingKind>("\"rootkit\"").is_err());
     }
     use crate::kernel::locate::tests::{place_kernel, synthetic_guest, SLIDE, TEXT_PA};

@@ -11,6 +11,7 @@ use crate::guest::addr::VirtAddr;
 use crate::guest::memory::{GuestAddress, GuestRam};
 
 const PRESENT: u64 = 1;
+const WRITABLE: u64 = 1 << 1;
 const USER: u64 = 1 << 2;
 const HUGE: u64 = 1 << 7;
 const NO_EXECUTE: u64 = 1 << 63;
@@ -74,6 +75,42 @@ impl<'a> PageTables<'a> {
         })
     }
 
+    /// The page that maps `va`, with what the CPU may do there (the
+    /// permissions of every level combined), if mapped.
+    pub fn leaf(&self, va: VirtAddr) -> Option<Leaf> {
+        let va = va.0;
+        let mut table = self.root;
+        let (mut writable, mut executable) = (true, true);
+        for level in (1..=self.levels).rev() {
+            // level ≤ 5: shift ≤ 48.
+            let shift = 12u32.wrapping_add(9u32.wrapping_mul(level.wrapping_sub(1)));
+            let index = (va >> shift) & 511;
+            let entry = self
+                .ram
+                .read_u64(GuestAddress(table.checked_add(index << 3)?))
+                .ok()?;
+            if entry & PRESENT == 0 {
+                return None;
+            }
+            writable &= entry & WRITABLE != 0;
+            executable &= entry & NO_EXECUTE == 0;
+            let last = level == 1 || ((level == 2 || level == 3) && entry & HUGE != 0);
+            if last {
+                let size = 1u64 << shift;
+                let base = va & !size.wrapping_sub(1);
+                return Some(Leaf {
+                    va: base,
+                    pa: GuestAddress(entry & ADDR_MASK & !size.wrapping_sub(1)),
+                    size,
+                    writable,
+                    executable,
+                });
+            }
+            table = entry & ADDR_MASK;
+        }
+        None
+    }
+
     /// The guest physical address `va` maps to, if mapped.
     pub fn translate(&self, va: VirtAddr) -> Option<GuestAddress> {
         self.walk(va).map(|w| w.pa)
@@ -122,6 +159,17 @@ impl<'a> PageTables<'a> {
         self.read(va, &mut b)?;
         Some(u64::from_le_bytes(b))
     }
+}
+
+/// One page of a mapping: the virtual and physical address it starts
+/// at, its size (4 KiB, 2 MiB or 1 GiB), and what every level allows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Leaf {
+    pub va: u64,
+    pub pa: GuestAddress,
+    pub size: u64,
+    pub writable: bool,
+    pub executable: bool,
 }
 
 /// The guest's page tables hold more than a walk may read.

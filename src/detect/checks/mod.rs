@@ -13,6 +13,7 @@ pub mod hidden_code;
 pub mod hidden_modules;
 pub mod hook_registries;
 pub mod idt;
+pub mod kernel_mapping;
 pub mod kernel_rodata;
 pub mod kernel_text;
 pub mod kprobes;
@@ -487,6 +488,7 @@ pub const CHECKS: &[&dyn Check] = &[
     &bpf_programs::BpfPrograms,
     &hidden_modules::HiddenModules,
     &hidden_code::HiddenCode,
+    &kernel_mapping::KernelMapping,
     &idt::Idt,
     &operation_tables::OperationTables,
     &control_data::ControlData,

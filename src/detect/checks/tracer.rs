@@ -81,7 +81,9 @@ fn rings(k: &GuestKernel, nr_cpu_ids: Option<u32>, max_vcpus: Option<u32>) -> Ve
             "control block written by someone other than the guest's xftrace code",
         ));
     }
-    if let Some(n) = nr_cpu_ids.filter(|&n| n != h.nr_cpus) {
+    // 0: not set (a kernel without the variable's value); a kernel whose
+    // nr_cpu_ids really were 0 would not run.
+    if let Some(n) = nr_cpu_ids.filter(|&n| n != 0 && n != h.nr_cpus) {
         out.push(finding(
             format!(
                 "the control block says the guest has {} CPUs, its kernel counts {n} (nr_cpu_ids)",
