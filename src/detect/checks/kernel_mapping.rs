@@ -9,9 +9,12 @@
 //! executable), and the IDT's read-only alias in the CPU entry area, which
 //! the CPU reads through `IDTR`, must map `idt_table`'s frame.
 //!
-//! Not yet: the kernel half of each process's own top-level table (shared
-//! with `init_top_pgt` by the kernel), and the live `IDTR` and
-//! `MSR_LSTAR` of the vCPUs.
+//! A CPU in kernel mode translates through the top-level table of the
+//! process it runs (`mm->pgd`), whose kernel half the kernel keeps equal to
+//! `init_top_pgt`'s: a process whose kernel half differs (outside the slot
+//! of its own LDT mapping) is a finding, still so a moment later.
+//!
+//! Not yet: the live `IDTR` and `MSR_LSTAR` of the vCPUs.
 #![deny(clippy::arithmetic_side_effects)]
 
 use super::{Check, Context, Report};
@@ -31,6 +34,15 @@ const SYSTEM_RUNNING: u64 = 3;
 const MAX_IMAGE: u64 = 1 << 30;
 /// Findings for pages of one kind, at most, before one that counts the rest.
 const MAX_PAGES: usize = 16;
+/// Tasks walked at most for their top-level tables.
+const MAX_TASKS: usize = 1 << 16;
+/// Distinct top-level tables compared at most (one per process).
+const MAX_MMS: usize = 1 << 14;
+/// What a top-level entry says: present, writable, user, huge, the table's
+/// address, no-execute (not the accessed and dirty bits the CPU sets).
+const ENTRY_BITS: u64 = 0x800f_ffff_ffff_f087;
+/// Processes exit while they are read: a difference must hold this long.
+const SETTLE: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// What a running kernel allows in a part of its image.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -147,6 +159,7 @@ impl Check for KernelMapping {
             va = leaf_end.max(va.saturating_add(0x1000)) & !0xfff;
         }
         idt_alias(cx, text, &mut found, out);
+        process_tables(cx, &mut found, out);
         for (i, what) in [
             "unmapped text pages",
             "pages mapped elsewhere",
@@ -165,6 +178,102 @@ impl Check for KernelMapping {
             }
         }
         out.extend(found);
+    }
+}
+
+/// The kernel half (entries 256..512) of every process's own top-level
+/// table must be `init_top_pgt`'s, but for the slot where the kernel maps
+/// that process's LDT (with page-table isolation): what differs, by slot.
+fn differing_processes(cx: &Context) -> Option<Vec<(u64, u64, u64)>> {
+    let (init, tasks, mm_off, pgd_off) = (
+        cx.sym("init_task")?,
+        cx.field("task_struct", &["tasks"])?,
+        cx.field("task_struct", &["mm"])?,
+        cx.field("mm_struct", &["pgd"])?,
+    );
+    let k = cx.view.kernel;
+    let mut top = [0u8; 4096];
+    cx.view.ram.read_into(k.pgd, &mut top).ok()?;
+    let ldt_slot: usize = if k.five_level { 512 - 112 } else { 512 - 240 };
+    let mut seen = std::collections::BTreeSet::new();
+    let mut out = Vec::new();
+    let mut page = vec![0u8; 4096];
+    for t in cx.list(init.wrapping_add(tasks), MAX_TASKS) {
+        let task = t.wrapping_sub(tasks);
+        let Some(mm) = cx.read_word(task.wrapping_add(mm_off)).filter(|&m| m != 0) else {
+            continue; // a kernel thread
+        };
+        if seen.len() >= MAX_MMS || !seen.insert(mm) {
+            continue;
+        }
+        let Some(pgd) = cx.read_word(mm.wrapping_add(pgd_off)) else {
+            continue;
+        };
+        if pgd == 0 || cx.read(pgd, &mut page).is_none() {
+            continue;
+        }
+        for slot in 256..512usize {
+            if slot == ldt_slot {
+                continue;
+            }
+            let at = slot.wrapping_mul(8);
+            let (a, b) = (
+                crate::abi::le::u64_at(&page, at).unwrap_or(0),
+                crate::abi::le::u64_at(&top, at).unwrap_or(0),
+            );
+            // The CPU sets each copy's accessed bit on its own: compare the
+            // table an entry leads to and what it allows.
+            if a & ENTRY_BITS != b & ENTRY_BITS {
+                out.push((mm, slot as u64, a));
+            }
+        }
+    }
+    Some(out)
+}
+
+/// Report the processes whose kernel half differs, if they still do a
+/// moment later (a process that exits frees its table while it is read).
+fn process_tables(cx: &Context, found: &mut Vec<Finding>, out: &Report) {
+    let Some(first) = differing_processes(cx) else {
+        return;
+    };
+    if first.is_empty() {
+        return;
+    }
+    std::thread::sleep(SETTLE);
+    let again: std::collections::BTreeSet<(u64, u64, u64)> = differing_processes(cx)
+        .unwrap_or_default()
+        .into_iter()
+        .collect();
+    let mut n = 0usize;
+    for (mm, slot, entry) in first.into_iter().filter(|d| again.contains(d)) {
+        // slot < 512: the shifts stay within 64 bits.
+        n = n.saturating_add(1);
+        if n <= MAX_PAGES {
+            // The first address of the slot, sign-extended.
+            let va = if cx.view.kernel.five_level {
+                0xfe00_0000_0000_0000u64 | (slot << 48)
+            } else {
+                0xffff_0000_0000_0000u64 | (slot << 39)
+            };
+            found.push(out.finding(
+                format!(
+                    "the top-level page table of a process (mm_struct at {mm:#x}) maps kernel addresses from {va:#x} differently from the kernel's own (init_top_pgt slot {slot}): the CPU runs that process's kernel code through other tables"
+                ),
+                &[mm, va],
+                format!("entry {entry:#x}"),
+            ));
+        }
+    }
+    if n > MAX_PAGES {
+        found.push(out.finding(
+            format!(
+                "{} more differing kernel entries in processes' top-level tables",
+                n.saturating_sub(MAX_PAGES)
+            ),
+            &[],
+            "",
+        ));
     }
 }
 
@@ -223,7 +332,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (ram, _) = synthetic_guest(dir.path());
         let map = SystemMap::parse(&format!(
-            "{UNIT_MAP}ffffffff81400000 T _etext\nffffffff81400000 D __start_rodata\nffffffff81600000 D __end_rodata\nffffffff81600000 D _sdata\nffffffff82ff0000 D _edata\nffffffff82100000 D system_state\nffffffff81601000 b idt_table\n"
+            "{UNIT_MAP}ffffffff81400000 T _etext\nffffffff81400000 D __start_rodata\nffffffff81600000 D __end_rodata\nffffffff81600000 D _sdata\nffffffff82ff0000 D _edata\nffffffff82100000 D system_state\nffffffff81601000 b idt_table\nffffffff82110000 D init_task\n"
         ))
         .unwrap();
         let k = locate(&ram, &map, None).unwrap();
@@ -240,12 +349,15 @@ mod tests {
             .unwrap()
         };
         put_va(0xffff_ffff_8210_0000, SYSTEM_RUNNING);
+        let layouts = crate::kernel::btf::Btf::parse(&crate::testkit::synthetic::btf(&[
+            ("task_struct", 64, &[("tasks", 0, ""), ("mm", 16, "")]),
+            ("mm_struct", 64, &[("pgd", 8, "")]),
+        ]))
+        .unwrap();
         let details = || {
-            let cx = Context::new(
-                crate::kernel::guest::KernelView::new(&ram, &map, &k),
-                &vmlinux,
-                &state,
-            );
+            let mut view = crate::kernel::guest::KernelView::new(&ram, &map, &k);
+            view.btf = Some(&layouts);
+            let cx = Context::new(view, &vmlinux, &state);
             let mut all = Vec::new();
             KernelMapping.run(&cx, &mut Report::new(FindingKind::KernelMapping, &mut all));
             all.into_iter().map(|f| f.detail).collect::<Vec<_>>()
@@ -326,6 +438,32 @@ mod tests {
             got.len() == 1
                 && got[0].starts_with("the IDT's read-only alias")
                 && got[0].contains("maps physical 0x7300000"),
+            "{got:#?}"
+        );
+        alias(UNIT_TEXT_PA + 0x60_1000);
+        // A process whose top-level table is the kernel's (its accessed
+        // bits aside), then one whose kernel half leads elsewhere.
+        let (init, task, mm, top) = (
+            0xffff_ffff_8211_0000u64,
+            0xffff_ffff_8211_1000u64,
+            0xffff_ffff_8211_2000u64,
+            0xffff_ffff_8211_3000u64,
+        );
+        let va = |link: u64| link + UNIT_SLIDE;
+        put_va(init, va(task));
+        put_va(task, va(init));
+        put_va(task + 16, va(mm));
+        put_va(mm + 8, va(top));
+        for i in 0..512u64 {
+            let e = ram.read_u64(GuestAddress(pgd + 8 * i)).unwrap();
+            put_va(top + 8 * i, if e != 0 { e | 0x20 } else { e });
+        }
+        assert_eq!(details(), Vec::<String>::new());
+        let slot = (text_va >> 39) & 511;
+        put_va(top + 8 * slot, 0x740_0000 | 0x63);
+        let got = details();
+        assert!(
+            got.len() == 1 && got[0].contains(&format!("init_top_pgt slot {slot}")),
             "{got:#?}"
         );
     }
