@@ -14,7 +14,7 @@ use std::collections::BTreeSet;
 
 use super::{Check, Context, Report};
 use crate::detect::FindingKind;
-use crate::kernel::modules::MAX_NODES;
+use crate::kernel::modules::{Module, MAX_NODES};
 use crate::kernel::walk::End;
 
 pub struct HiddenModules;
@@ -96,6 +96,12 @@ impl Check for HiddenModules {
                     );
                 }
             }
+            // The kernel refuses a module whose name is loaded already:
+            // two of one name means one renamed itself (to pass for a
+            // module of the build, say).
+            odd.extend(same_names(&list).into_iter().map(|m| {
+                (m, "shares its name with another listed module (the kernel loads one module of a name)")
+            }));
             (odd, broken)
         };
         let (first, broken) = odd(&mut out.scratch());
@@ -110,10 +116,43 @@ impl Check for HiddenModules {
                 out.finding(
                     format!("module {name} (struct module at {m:#x}) {what}: it hid itself"),
                     &[m],
-                    "the kernel's module list, address tree and sysfs disagree",
+                    "the kernel's module list, address tree and sysfs disagree, or a name is taken twice",
                 )
                 .owned_by(name),
             );
         }
+    }
+}
+
+/// The modules whose name another listed module has too.
+fn same_names(list: &[Module]) -> Vec<u64> {
+    let mut names: std::collections::BTreeMap<&str, Vec<u64>> = std::collections::BTreeMap::new();
+    for m in list {
+        names.entry(m.name.as_str()).or_default().push(m.addr);
+    }
+    names
+        .into_values()
+        .filter(|a| a.len() > 1)
+        .flatten()
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_name_taken_twice_names_both_modules() {
+        let m = |addr, name: &str| Module {
+            addr,
+            name: name.into(),
+            text: None,
+            memory: None,
+        };
+        assert!(same_names(&[m(1, "ext4"), m(2, "xfs")]).is_empty());
+        assert_eq!(
+            same_names(&[m(1, "ext4"), m(2, "xfs"), m(3, "ext4")]),
+            vec![1, 3]
+        );
     }
 }
