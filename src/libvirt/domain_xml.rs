@@ -10,101 +10,294 @@
 //!   punching holes in the RAM file;
 //! - `<metadata>` gets an `xftrace:enrollment` element recording the guest
 //!   kernel's System.map and the previous memory backing and balloon.
+//!
+//! The document is written by whoever may define domains, and the hook
+//! reads it as root while libvirt waits, so what reading it costs is
+//! bounded by its size alone: at most [`MAX_BYTES`], [`MAX_DEPTH`] levels
+//! and [`MAX_ELEMENTS`] elements, one fixed-size index entry per element of
+//! the four levels xftrace reads (nothing deeper is kept), attribute names
+//! checked for duplicates in linear time. The hook first looks for the
+//! enrollment alone ([`may_be_enrolled`]), keeping nothing, and indexes
+//! only enrolled domains.
+#![deny(clippy::arithmetic_side_effects)]
 
-use quick_xml::events::Event;
+use std::collections::HashSet;
+
+use quick_xml::events::{BytesStart, Event};
 use quick_xml::Reader;
 
 /// Namespace of xftrace's domain metadata.
 pub const NAMESPACE: &str = "http://xftrace.invalid/ns/enrollment/1";
 pub const PREFIX: &str = "xftrace";
 
+/// The largest domain XML read. libvirt's own are rarely above a few tens
+/// of kilobytes.
+pub const MAX_BYTES: usize = 16 << 20;
+/// The deepest nesting accepted: libxml2, which libvirt parses domain XML
+/// with, refuses deeper documents unless told otherwise.
+pub const MAX_DEPTH: usize = 256;
+/// The most elements accepted: a domain with hundreds of devices has a few
+/// thousand. Bounds the index below what [`MAX_BYTES`] alone would allow.
+pub const MAX_ELEMENTS: usize = 1 << 20;
+/// Levels of elements kept in the index: nothing xftrace reads is deeper
+/// than `/domain/metadata/xftrace:enrollment/xftrace:system-map`.
+const KEPT_LEVELS: usize = 4;
+
+/// One element of the index: spans only, names and attributes are read
+/// from the document when asked for. Offsets are `u32`s ([`MAX_BYTES`]
+/// fits), so an entry is 32 bytes.
 #[derive(Clone, Debug)]
 struct Node {
-    /// Qualified names from the root, this element last.
-    path: Vec<String>,
-    attrs: Vec<(String, String)>,
-    start: usize,
-    end: usize,
+    /// The enclosing element's index in the index (`None` for a root).
+    parent: Option<u32>,
+    /// Length of the qualified name, which starts after the `<`.
+    name_len: u32,
+    start: u32,
+    end: u32,
     /// Byte span of the content, for non-empty elements.
-    inner: Option<(usize, usize)>,
+    inner: Option<(u32, u32)>,
 }
 
 impl Node {
-    fn attr(&self, name: &str) -> Option<&str> {
-        self.attrs
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
+    fn parent(&self) -> Option<usize> {
+        self.parent.map(wide)
     }
-    fn name(&self) -> &str {
-        self.path.last().map_or("", String::as_str)
+    fn start(&self) -> usize {
+        wide(self.start)
     }
-    fn is(&self, path: &[&str]) -> bool {
-        self.path.len() == path.len() && self.path.iter().zip(path).all(|(a, b)| a == b)
+    fn end(&self) -> usize {
+        wide(self.end)
+    }
+    fn inner(&self) -> Option<(usize, usize)> {
+        self.inner.map(|(a, b)| (wide(a), wide(b)))
     }
 }
 
-fn index(xml: &str) -> Result<Vec<Node>, String> {
-    let mut r = Reader::from_str(xml);
-    r.config_mut().trim_text(false);
-    let mut nodes: Vec<Node> = Vec::new();
-    let mut open: Vec<usize> = Vec::new();
-    let mut path: Vec<String> = Vec::new();
-    loop {
-        let before = r.buffer_position() as usize;
-        let ev = r
-            .read_event()
-            .map_err(|e| format!("not well-formed XML at byte {}: {e}", r.error_position()))?;
-        let after = r.buffer_position() as usize;
-        // Every span is sliced later: it must fall on characters (a byte
-        // order mark, say, makes quick-xml count differently).
-        if !xml.is_char_boundary(before) || !xml.is_char_boundary(after) || after < before {
-            return Err(format!("not well-formed XML at byte {before}"));
+fn wide(v: u32) -> usize {
+    usize::try_from(v).unwrap_or(usize::MAX)
+}
+
+/// An offset or length within a document of at most [`MAX_BYTES`].
+fn narrow(v: usize) -> Result<u32, String> {
+    u32::try_from(v).map_err(|_| format!("the domain XML is larger than {MAX_BYTES} bytes"))
+}
+
+/// The part of a qualified name after its prefix.
+fn local(name: &str) -> &str {
+    name.rsplit(':').next().unwrap_or(name)
+}
+
+/// Whether an element declares xftrace's namespace.
+fn declares_namespace(e: &BytesStart) -> bool {
+    e.attributes().with_checks(false).flatten().any(|a| {
+        a.key.as_ref().starts_with(b"xmlns") && a.unescape_value().is_ok_and(|v| v == NAMESPACE)
+    })
+}
+
+/// Check an element's attributes as quick-xml's default iteration would,
+/// but with duplicate names found through a hash set: quick-xml's own check
+/// compares each name with every earlier one, quadratic in the attributes
+/// of a tag (12 s for a 1 MiB one).
+fn check_attributes(e: &BytesStart) -> Result<(), String> {
+    let mut seen = HashSet::new();
+    for a in e.attributes().with_checks(false) {
+        let a = a.map_err(|e| format!("bad attribute: {e}"))?;
+        if !seen.insert(a.key.0) {
+            return Err(format!(
+                "bad attribute: {} appears twice in one element",
+                String::from_utf8_lossy(a.key.0)
+            ));
         }
-        match ev {
-            Event::Start(e) | Event::Empty(e) => {
-                let empty = xml[before..after].trim_end().ends_with("/>");
-                let name = String::from_utf8_lossy(e.name().as_ref()).into_owned();
-                let mut attrs = Vec::new();
-                for a in e.attributes() {
-                    let a = a.map_err(|e| format!("bad attribute: {e}"))?;
-                    let v = a
-                        .unescape_value()
-                        .map_err(|e| format!("bad attribute value: {e}"))?;
-                    attrs.push((
-                        String::from_utf8_lossy(a.key.as_ref()).into_owned(),
-                        v.into_owned(),
-                    ));
-                }
-                path.push(name);
-                nodes.push(Node {
-                    path: path.clone(),
-                    attrs,
-                    start: before,
-                    end: after,
-                    inner: (!empty).then_some((after, after)),
-                });
-                if empty {
-                    path.pop();
-                } else {
-                    open.push(nodes.len() - 1);
-                }
+        a.unescape_value()
+            .map_err(|e| format!("bad attribute value: {e}"))?;
+    }
+    Ok(())
+}
+
+fn too_large(xml: &str) -> Option<String> {
+    (xml.len() > MAX_BYTES).then(|| {
+        format!(
+            "the domain XML is {} bytes, more than the {MAX_BYTES} xftrace reads",
+            xml.len()
+        )
+    })
+}
+
+fn too_deep() -> String {
+    format!("the domain XML nests elements deeper than {MAX_DEPTH} levels")
+}
+
+fn too_many() -> String {
+    format!("the domain XML has more than {MAX_ELEMENTS} elements")
+}
+
+/// A domain XML with its element index.
+struct Doc<'a> {
+    xml: &'a str,
+    nodes: Vec<Node>,
+}
+
+impl<'a> Doc<'a> {
+    fn parse(xml: &'a str) -> Result<Self, String> {
+        if let Some(e) = too_large(xml) {
+            return Err(e);
+        }
+        let mut r = Reader::from_str(xml);
+        r.config_mut().trim_text(false);
+        let mut nodes: Vec<Node> = Vec::new();
+        // Each open element's index, if it is kept.
+        let mut open: Vec<Option<u32>> = Vec::new();
+        let mut elements = 0usize;
+        // quick-xml skips a byte order mark without counting it.
+        let skipped = if xml.starts_with('\u{feff}') {
+            '\u{feff}'.len_utf8()
+        } else {
+            0
+        };
+        let at = |pos: u64| {
+            usize::try_from(pos)
+                .ok()
+                .and_then(|p| p.checked_add(skipped))
+                .unwrap_or(usize::MAX)
+        };
+        loop {
+            let before = at(r.buffer_position());
+            let ev = r
+                .read_event()
+                .map_err(|e| format!("not well-formed XML at byte {}: {e}", r.error_position()))?;
+            let after = at(r.buffer_position());
+            // Every span is sliced later: it must fall on characters.
+            if !xml.is_char_boundary(before) || !xml.is_char_boundary(after) || after < before {
+                return Err(format!("not well-formed XML at byte {before}"));
             }
-            Event::End(_) => {
-                let i = open.pop().ok_or("unbalanced end tag")?;
-                path.pop();
-                let n = &mut nodes[i];
-                n.end = after;
-                n.inner = Some((n.inner.unwrap().0, before));
+            match ev {
+                Event::Start(e) | Event::Empty(e) => {
+                    if open.len() >= MAX_DEPTH {
+                        return Err(too_deep());
+                    }
+                    elements = elements.saturating_add(1);
+                    if elements > MAX_ELEMENTS {
+                        return Err(too_many());
+                    }
+                    check_attributes(&e)?;
+                    let empty = xml[before..after].trim_end().ends_with("/>");
+                    let mut kept = None;
+                    if open.len() < KEPT_LEVELS {
+                        let at = narrow(after)?;
+                        kept = Some(narrow(nodes.len())?);
+                        nodes.push(Node {
+                            parent: open.last().copied().flatten(),
+                            name_len: narrow(e.name().as_ref().len())?,
+                            start: narrow(before)?,
+                            end: at,
+                            inner: (!empty).then_some((at, at)),
+                        });
+                    }
+                    if !empty {
+                        open.push(kept);
+                    }
+                }
+                Event::End(_) => {
+                    let kept = open.pop().ok_or("unbalanced end tag")?;
+                    if let Some(n) = kept.and_then(|i| nodes.get_mut(wide(i))) {
+                        n.end = narrow(after)?;
+                        let close = narrow(before)?;
+                        n.inner = n.inner.map(|(a, _)| (a, close));
+                    }
+                }
+                Event::Eof => break,
+                _ => {}
             }
-            Event::Eof => break,
-            _ => {}
+        }
+        if !open.is_empty() {
+            return Err("unclosed element".into());
+        }
+        Ok(Doc { xml, nodes })
+    }
+
+    fn name(&self, n: &Node) -> &'a str {
+        self.xml
+            .get(n.start().saturating_add(1)..)
+            .and_then(|s| s.get(..wide(n.name_len)))
+            .unwrap_or("")
+    }
+
+    /// The element's start tag, parsed again (its attributes were checked
+    /// when the index was built).
+    fn tag(&self, n: &Node) -> Option<BytesStart<'a>> {
+        let end = n.inner().map_or(n.end(), |(a, _)| a);
+        match Reader::from_str(self.xml.get(n.start()..end)?).read_event() {
+            Ok(Event::Start(e) | Event::Empty(e)) => Some(e),
+            _ => None,
         }
     }
-    if !open.is_empty() {
-        return Err("unclosed element".into());
+
+    fn attr(&self, n: &Node, name: &str) -> Option<String> {
+        let tag = self.tag(n)?;
+        let a = tag
+            .attributes()
+            .with_checks(false)
+            .flatten()
+            .find(|a| a.key.as_ref() == name.as_bytes())?;
+        a.unescape_value().ok().map(|v| v.into_owned())
     }
-    Ok(nodes)
+
+    /// Whether `n`'s path from its root is `path`.
+    fn is(&self, n: &Node, path: &[&str]) -> bool {
+        let mut at = Some(n);
+        for want in path.iter().rev() {
+            match at {
+                Some(m) if self.name(m) == *want => at = m.parent().and_then(|p| self.nodes.get(p)),
+                _ => return false,
+            }
+        }
+        // The walk must have ended at a root.
+        at.is_none()
+    }
+
+    /// How many elements enclose `n`.
+    fn level(&self, n: &Node) -> usize {
+        let mut level = 0usize;
+        let mut at = n.parent().and_then(|p| self.nodes.get(p));
+        while let Some(m) = at {
+            level = level.saturating_add(1);
+            at = m.parent().and_then(|p| self.nodes.get(p));
+        }
+        level
+    }
+
+    fn find(&self, path: &[&str]) -> Option<&Node> {
+        self.nodes.iter().find(|n| self.is(n, path))
+    }
+
+    /// The elements `parent` encloses directly (all are kept: no query
+    /// asks for those of a kept element's that are not).
+    fn children<'d>(&'d self, parent: &'d Node) -> impl Iterator<Item = &'d Node> + 'd {
+        self.nodes.iter().filter(move |n| {
+            n.parent()
+                .and_then(|p| self.nodes.get(p))
+                .is_some_and(|p| std::ptr::eq(p, parent))
+        })
+    }
+
+    fn child<'d>(&'d self, parent: &'d Node, local_name: &str) -> Option<&'d Node> {
+        self.children(parent)
+            .find(|n| local(self.name(n)) == local_name)
+    }
+
+    fn enrollment(&self) -> Option<&Node> {
+        self.nodes.iter().find(|n| {
+            local(self.name(n)) == "enrollment"
+                && n.parent()
+                    .and_then(|p| self.nodes.get(p))
+                    .is_some_and(|p| self.is(p, &["domain", "metadata"]))
+                && self.tag(n).is_some_and(|t| declares_namespace(&t))
+        })
+    }
+
+    fn text(&self, n: &Node) -> String {
+        self.xml[n.start()..n.end()].to_string()
+    }
 }
 
 /// What the domain XML says about xftrace.
@@ -132,77 +325,58 @@ impl DomainFacts {
     }
 }
 
-fn enrollment(nodes: &[Node]) -> Option<&Node> {
-    nodes.iter().find(|n| {
-        n.path.len() == 3
-            && n.path[0] == "domain"
-            && n.path[1] == "metadata"
-            && n.name().rsplit(':').next() == Some("enrollment")
-            && n.attrs
-                .iter()
-                .any(|(k, v)| k.starts_with("xmlns") && v == NAMESPACE)
-    })
-}
-
 /// The text of `xml`'s `xftrace:enrollment` element, if it has one.
 pub fn enrollment_element(xml: &str) -> Option<String> {
-    let nodes = index(xml).ok()?;
-    enrollment(&nodes).map(|n| xml[n.start..n.end].to_string())
-}
-
-fn child<'a>(nodes: &'a [Node], parent: &Node, local: &str) -> Option<&'a Node> {
-    nodes.iter().find(|n| {
-        n.start >= parent.start
-            && n.end <= parent.end
-            && n.path.len() == parent.path.len() + 1
-            && n.name().rsplit(':').next() == Some(local)
-    })
-}
-
-fn children<'a>(nodes: &'a [Node], parent: &'a Node) -> impl Iterator<Item = &'a Node> {
-    nodes.iter().filter(move |n| {
-        n.start >= parent.start && n.end <= parent.end && n.path.len() == parent.path.len() + 1
-    })
+    let doc = Doc::parse(xml).ok()?;
+    doc.enrollment().map(|n| doc.text(n))
 }
 
 pub fn facts(xml: &str) -> Result<DomainFacts, String> {
-    let nodes = index(xml)?;
-    let root = nodes
-        .first()
-        .filter(|n| n.is(&["domain"]))
-        .ok_or("not a libvirt domain XML")?;
-    let name = nodes
-        .iter()
-        .find(|n| n.is(&["domain", "name"]))
-        .and_then(|n| n.inner.map(|(a, b)| xml[a..b].trim().to_string()))
-        .unwrap_or_default();
-    let mb = nodes.iter().find(|n| n.is(&["domain", "memoryBacking"]));
-    let mb_child = |local: &str| mb.and_then(|m| child(&nodes, m, local));
-    let en = enrollment(&nodes);
-    Ok(DomainFacts {
-        name,
-        domain_type: root.attr("type").unwrap_or("").to_string(),
-        enrolled: en.is_some(),
-        system_map: en
-            .and_then(|e| child(&nodes, e, "system-map"))
-            .and_then(|n| n.attr("path"))
-            .map(str::to_string),
-        monitor: en
-            .and_then(|e| child(&nodes, e, "monitor"))
-            .and_then(|n| n.attr("functions"))
-            .map(|f| f.split_whitespace().map(str::to_string).collect())
-            .unwrap_or_default(),
-        file_backed: mb_child("source").and_then(|n| n.attr("type")) == Some("file"),
-        shared: mb_child("access").and_then(|n| n.attr("mode")) == Some("shared"),
-        immediate: mb_child("allocation").and_then(|n| n.attr("mode")) == Some("immediate"),
-        discard: mb_child("discard").is_some(),
-        hugepages: mb_child("hugepages").is_some(),
-        memfd: mb_child("source").and_then(|n| n.attr("type")) == Some("memfd"),
-        balloon: nodes
-            .iter()
-            .find(|n| n.is(&["domain", "devices", "memballoon"]))
-            .is_none_or(|n| n.attr("model") != Some("none")),
-    })
+    Doc::parse(xml)?.facts()
+}
+
+impl Doc<'_> {
+    fn facts(&self) -> Result<DomainFacts, String> {
+        let root = self
+            .nodes
+            .first()
+            .filter(|n| self.is(n, &["domain"]))
+            .ok_or("not a libvirt domain XML")?;
+        let name = self
+            .find(&["domain", "name"])
+            .and_then(|n| n.inner().map(|(a, b)| self.xml[a..b].trim().to_string()))
+            .unwrap_or_default();
+        let mb = self.find(&["domain", "memoryBacking"]);
+        let mb_attr = |local: &str, attr: &str| {
+            mb.and_then(|m| self.child(m, local))
+                .and_then(|n| self.attr(n, attr))
+        };
+        let mb_has = |local: &str| mb.and_then(|m| self.child(m, local)).is_some();
+        let en = self.enrollment();
+        let source = mb_attr("source", "type");
+        Ok(DomainFacts {
+            name,
+            domain_type: self.attr(root, "type").unwrap_or_default(),
+            enrolled: en.is_some(),
+            system_map: en
+                .and_then(|e| self.child(e, "system-map"))
+                .and_then(|n| self.attr(n, "path")),
+            monitor: en
+                .and_then(|e| self.child(e, "monitor"))
+                .and_then(|n| self.attr(n, "functions"))
+                .map(|f| f.split_whitespace().map(str::to_string).collect())
+                .unwrap_or_default(),
+            file_backed: source.as_deref() == Some("file"),
+            shared: mb_attr("access", "mode").as_deref() == Some("shared"),
+            immediate: mb_attr("allocation", "mode").as_deref() == Some("immediate"),
+            discard: mb_has("discard"),
+            hugepages: mb_has("hugepages"),
+            memfd: source.as_deref() == Some("memfd"),
+            balloon: self
+                .find(&["domain", "devices", "memballoon"])
+                .is_none_or(|n| self.attr(n, "model").as_deref() != Some("none")),
+        })
+    }
 }
 
 fn escape(s: &str) -> String {
@@ -227,24 +401,20 @@ fn indent_at(xml: &str, pos: usize) -> String {
 
 /// Insert `text` as a new element after the last of `after` (top-level
 /// children of `<domain>`), or as the first child of `<domain>`.
-fn insert_top_level(
-    xml: &str,
-    nodes: &[Node],
-    after: &[&str],
-    text: &str,
-) -> (usize, usize, String) {
-    let root = &nodes[0];
-    let anchor = nodes
+fn insert_top_level(doc: &Doc, after: &[&str], text: &str) -> Edit {
+    let root = &doc.nodes[0];
+    let anchor = doc
+        .nodes
         .iter()
-        .filter(|n| n.path.len() == 2 && after.contains(&n.name()))
-        .max_by_key(|n| n.end);
+        .filter(|n| doc.level(n) == 1 && after.contains(&doc.name(n)))
+        .max_by_key(|n| n.end());
     match anchor {
         Some(a) => {
-            let ind = indent_at(xml, a.start);
-            (a.end, a.end, format!("\n{ind}{text}"))
+            let ind = indent_at(doc.xml, a.start());
+            (a.end(), a.end(), format!("\n{ind}{text}"))
         }
         None => {
-            let at = root.inner.map_or(root.end, |(s, _)| s);
+            let at = root.inner().map_or(root.end(), |(s, _)| s);
             (at, at, format!("\n  {text}"))
         }
     }
@@ -279,7 +449,8 @@ pub fn enroll(xml: &str, system_map: &str, monitor: &[String]) -> Result<String,
     for m in monitor {
         crate::abi::funcs::check_pattern(m)?;
     }
-    let f = facts(xml)?;
+    let doc = Doc::parse(xml)?;
+    let f = doc.facts()?;
     if let Some(why) = refuse_reason(&f) {
         return Err(why);
     }
@@ -287,8 +458,6 @@ pub fn enroll(xml: &str, system_map: &str, monitor: &[String]) -> Result<String,
     if already && f.system_map.as_deref() == Some(system_map) && f.monitor == monitor {
         return Ok(xml.to_string());
     }
-    let nodes = index(xml)?;
-    let doc = Doc { xml, nodes: &nodes };
     let mut edits = Vec::new();
     let old_backing = doc.memory_backing(&f, &mut edits);
     let old_balloon = doc.balloon(&f, &mut edits);
@@ -299,21 +468,8 @@ pub fn enroll(xml: &str, system_map: &str, monitor: &[String]) -> Result<String,
 /// A splice: replace `[start, end)` with the text.
 type Edit = (usize, usize, String);
 
-/// A domain XML with its element index, for building edits.
-struct Doc<'a> {
-    xml: &'a str,
-    nodes: &'a [Node],
-}
-
+/// Building the edits, once `facts` has checked the document.
 impl Doc<'_> {
-    fn find(&self, path: &[&str]) -> Option<&Node> {
-        self.nodes.iter().find(|n| n.is(path))
-    }
-
-    fn text(&self, n: &Node) -> String {
-        self.xml[n.start..n.end].to_string()
-    }
-
     /// `<memoryBacking>` with a shared, preallocated file (other children
     /// kept); returns the element as it was.
     fn memory_backing(&self, f: &DomainFacts, edits: &mut Vec<Edit>) -> Option<String> {
@@ -321,14 +477,14 @@ impl Doc<'_> {
         let ours = ["source", "access", "allocation", "discard"];
         let (ind, inner_ind) = match mb {
             Some(m) => {
-                let i = indent_at(self.xml, m.start);
+                let i = indent_at(self.xml, m.start());
                 (i.clone(), format!("{i}  "))
             }
             None => ("  ".to_string(), "    ".to_string()),
         };
         let mut backing = String::from("<memoryBacking>\n");
-        for c in mb.into_iter().flat_map(|m| children(self.nodes, m)) {
-            if !ours.contains(&c.name()) {
+        for c in mb.into_iter().flat_map(|m| self.children(m)) {
+            if !ours.contains(&self.name(c)) {
                 backing.push_str(&format!("{inner_ind}{}\n", self.text(c)));
             }
         }
@@ -336,11 +492,10 @@ impl Doc<'_> {
             "{inner_ind}<source type='file'/>\n{inner_ind}<access mode='shared'/>\n{inner_ind}<allocation mode='immediate'/>\n{ind}</memoryBacking>"
         ));
         match mb {
-            Some(m) if !f.backing_ok() => edits.push((m.start, m.end, backing)),
+            Some(m) if !f.backing_ok() => edits.push((m.start(), m.end(), backing)),
             Some(_) => {}
             None => edits.push(insert_top_level(
-                self.xml,
-                self.nodes,
+                self,
                 &[
                     "memory",
                     "currentMemory",
@@ -360,17 +515,17 @@ impl Doc<'_> {
         let balloon = self.find(&["domain", "devices", "memballoon"]);
         let none = "<memballoon model='none'/>";
         match (balloon, f.balloon) {
-            (Some(b), true) => edits.push((b.start, b.end, none.to_string())),
+            (Some(b), true) => edits.push((b.start(), b.end(), none.to_string())),
             (Some(_), false) => {}
             (None, _) => match self.find(&["domain", "devices"]) {
                 Some(d) => {
-                    let (_, close) = d.inner.unwrap_or((d.end, d.end));
-                    let ind = indent_at(self.xml, d.start);
+                    let (_, close) = d.inner().unwrap_or((d.end(), d.end()));
+                    let ind = indent_at(self.xml, d.start());
                     edits.push((close, close, format!("  {none}\n{ind}")));
                 }
                 None => {
                     let root = &self.nodes[0];
-                    let close = root.inner.map_or(root.end, |(_, e)| e);
+                    let close = root.inner().map_or(root.end(), |(_, e)| e);
                     edits.push((
                         close,
                         close,
@@ -392,9 +547,9 @@ impl Doc<'_> {
         old_balloon: Option<String>,
         edits: &mut Vec<Edit>,
     ) {
-        let en = enrollment(self.nodes);
+        let en = self.enrollment();
         let prev = |local: &str, fallback: Option<String>| -> String {
-            match en.and_then(|e| child(self.nodes, e, local)) {
+            match en.and_then(|e| self.child(e, local)) {
                 Some(n) => self.text(n),
                 None => match fallback {
                     Some(v) => format!("<{PREFIX}:{local}>{}</{PREFIX}:{local}>", escape(&v)),
@@ -414,21 +569,20 @@ impl Doc<'_> {
             prev("previous-memballoon", old_balloon),
         );
         match (en, self.find(&["domain", "metadata"])) {
-            (Some(e), _) => edits.push((e.start, e.end, element)),
+            (Some(e), _) => edits.push((e.start(), e.end(), element)),
             (None, Some(m)) => {
-                let ind = indent_at(self.xml, m.start);
-                match m.inner {
+                let ind = indent_at(self.xml, m.start());
+                match m.inner() {
                     Some((_, close)) => edits.push((close, close, format!("  {element}\n{ind}"))),
                     None => edits.push((
-                        m.start,
-                        m.end,
+                        m.start(),
+                        m.end(),
                         format!("<metadata>\n{ind}  {element}\n{ind}</metadata>"),
                     )),
                 }
             }
             (None, None) => edits.push(insert_top_level(
-                self.xml,
-                self.nodes,
+                self,
                 &["name", "uuid", "genid", "title", "description"],
                 &format!("<metadata>\n    {element}\n  </metadata>"),
             )),
@@ -439,17 +593,19 @@ impl Doc<'_> {
 /// Undo `enroll`: restore the saved memory backing and balloon and drop the
 /// enrollment. Errors if the domain is not enrolled.
 pub fn unenroll(xml: &str) -> Result<String, String> {
-    let nodes = index(xml)?;
-    let f = facts(xml)?;
-    let en = enrollment(&nodes)
+    let doc = Doc::parse(xml)?;
+    let f = doc.facts()?;
+    let en = doc
+        .enrollment()
         .ok_or_else(|| format!("domain {} is not enrolled in xftrace", f.name))?;
     let saved = |local: &str| -> Result<Option<String>, String> {
-        let n =
-            child(&nodes, en, local).ok_or_else(|| format!("enrollment metadata lacks {local}"))?;
-        if n.attr("absent") == Some("yes") {
+        let n = doc
+            .child(en, local)
+            .ok_or_else(|| format!("enrollment metadata lacks {local}"))?;
+        if doc.attr(n, "absent").as_deref() == Some("yes") {
             return Ok(None);
         }
-        let (a, b) = n.inner.unwrap_or((n.end, n.end));
+        let (a, b) = n.inner().unwrap_or((n.end(), n.end()));
         quick_xml::escape::unescape(&xml[a..b])
             .map(|s| Some(s.into_owned()))
             .map_err(|e| format!("bad saved XML: {e}"))
@@ -459,30 +615,28 @@ pub fn unenroll(xml: &str) -> Result<String, String> {
         |edits: &mut Vec<(usize, usize, String)>, node: Option<&Node>, old: Option<String>| {
             if let Some(n) = node {
                 match old {
-                    Some(text) => edits.push((n.start, n.end, text)),
+                    Some(text) => edits.push((n.start(), n.end(), text)),
                     None => {
                         // Remove the element and the whitespace before it.
-                        let ws = xml[..n.start].len() - xml[..n.start].trim_end().len();
-                        edits.push((n.start - ws, n.end, String::new()));
+                        let from = xml[..n.start()].trim_end().len();
+                        edits.push((from, n.end(), String::new()));
                     }
                 }
             }
         };
     restore(
         &mut edits,
-        nodes.iter().find(|n| n.is(&["domain", "memoryBacking"])),
+        doc.find(&["domain", "memoryBacking"]),
         saved("previous-memory-backing")?,
     );
     restore(
         &mut edits,
-        nodes
-            .iter()
-            .find(|n| n.is(&["domain", "devices", "memballoon"])),
+        doc.find(&["domain", "devices", "memballoon"]),
         saved("previous-memballoon")?,
     );
     // Drop the <metadata> wrapper too if the enrollment was all it held.
-    let meta = nodes.iter().find(|n| n.is(&["domain", "metadata"]));
-    let only_ours = meta.is_some_and(|m| children(&nodes, m).count() == 1);
+    let meta = doc.find(&["domain", "metadata"]);
+    let only_ours = meta.is_some_and(|m| doc.children(m).count() == 1);
     restore(&mut edits, if only_ours { meta } else { Some(en) }, None);
     Ok(splice(xml, edits))
 }
@@ -494,7 +648,63 @@ pub enum HookDecision {
     Refuse(String),
 }
 
+/// Whether `xml` may be enrolled: one pass that looks for an
+/// `xftrace:enrollment` element under `/domain/metadata` and keeps nothing
+/// but the depth. False only where [`facts`] fails or finds no enrollment:
+/// it reads with the same settings and gives up at the same bounds, so
+/// the hook decides every domain that is not enrolled without an index.
+pub fn may_be_enrolled(xml: &str) -> bool {
+    if too_large(xml).is_some() {
+        return false;
+    }
+    let mut r = Reader::from_str(xml);
+    r.config_mut().trim_text(false);
+    let mut depth = 0usize;
+    let mut elements = 0usize;
+    // Whether the open element of level 0 is a <domain>, and that of
+    // level 1 its <metadata>.
+    let mut in_domain = false;
+    let mut in_metadata = false;
+    loop {
+        let (e, empty) = match r.read_event() {
+            Ok(Event::Start(e)) => (e, false),
+            Ok(Event::Empty(e)) => (e, true),
+            Ok(Event::End(_)) => match depth.checked_sub(1) {
+                Some(d) => {
+                    depth = d;
+                    continue;
+                }
+                None => return false,
+            },
+            Ok(Event::Eof) | Err(_) => return false,
+            Ok(_) => continue,
+        };
+        if depth >= MAX_DEPTH || elements >= MAX_ELEMENTS {
+            return false;
+        }
+        elements = elements.saturating_add(1);
+        let name = e.name();
+        match depth {
+            0 => in_domain = name.as_ref() == b"domain",
+            1 => in_metadata = in_domain && name.as_ref() == b"metadata",
+            2 if in_metadata
+                && local(&String::from_utf8_lossy(name.as_ref())) == "enrollment"
+                && declares_namespace(&e) =>
+            {
+                return true
+            }
+            _ => {}
+        }
+        if !empty {
+            depth = depth.saturating_add(1);
+        }
+    }
+}
+
 pub fn prepare_decision(xml: &str) -> HookDecision {
+    if !may_be_enrolled(xml) {
+        return HookDecision::Allow;
+    }
     let f = match facts(xml) {
         Ok(f) => f,
         // Not ours to judge: libvirt validated the XML already.
@@ -660,5 +870,113 @@ mod tests {
         let back = unenroll(&out).unwrap();
         assert!(back.contains("<app:info"));
         assert!(!facts(&back).unwrap().enrolled);
+    }
+
+    /// [`PLAIN`] with `inner` in its `<metadata>`, enrolled if `enrolled`.
+    fn with_metadata(inner: &str, enrolled: bool) -> String {
+        if enrolled {
+            let xml = enroll(PLAIN, "/k/System.map", &[]).unwrap();
+            xml.replace("</metadata>", &format!("{inner}</metadata>"))
+        } else {
+            PLAIN.replace(
+                "  <memory",
+                &format!("  <metadata>{inner}</metadata>\n  <memory"),
+            )
+        }
+    }
+
+    /// `levels` nested `<a>` elements.
+    fn nested(levels: usize) -> String {
+        format!("{}{}", "<a>".repeat(levels), "</a>".repeat(levels))
+    }
+
+    #[test]
+    fn hostile_nesting_is_refused_at_once() {
+        // 1 MiB of nesting took 916 MiB and 4.3 s (issue 24); as 150 000
+        // levels, more than 6 GiB before it failed.
+        let deep = nested(150_000);
+        for enrolled in [false, true] {
+            let xml = with_metadata(&deep, enrolled);
+            assert!(xml.len() > 1 << 20);
+            let t = std::time::Instant::now();
+            // Not ours to judge, enrolled or not: the hook lets it start.
+            assert_eq!(may_be_enrolled(&xml), enrolled);
+            assert_eq!(prepare_decision(&xml), HookDecision::Allow);
+            let e = facts(&xml).unwrap_err();
+            assert_eq!(e, "the domain XML nests elements deeper than 256 levels");
+            assert_eq!(enroll(&xml, "/k/System.map", &[]).unwrap_err(), e);
+            assert_eq!(unenroll(&xml).unwrap_err(), e);
+            assert_eq!(enrollment_element(&xml), None);
+            let took = t.elapsed();
+            assert!(took < std::time::Duration::from_secs(5), "{took:?}");
+        }
+        // 256 levels, the domain's included, are read.
+        assert!(facts(&with_metadata(&nested(MAX_DEPTH - 2), false)).is_ok());
+        let e = facts(&with_metadata(&nested(MAX_DEPTH - 1), false)).unwrap_err();
+        assert!(e.contains("deeper than 256 levels"), "{e}");
+        // Deep within the bound, many times over: read whole, and only its
+        // top levels kept.
+        let saw = with_metadata(&nested(MAX_DEPTH - 2).repeat(600), false);
+        assert!(saw.len() > 1 << 20);
+        let out = enroll(&saw, "/k/System.map", &[]).unwrap();
+        assert!(facts(&out).unwrap().enrolled);
+        assert_eq!(prepare_decision(&out), HookDecision::Allow);
+        let back = unenroll(&out).unwrap();
+        assert!(back.contains(&nested(MAX_DEPTH - 2)) && !facts(&back).unwrap().enrolled);
+    }
+
+    #[test]
+    fn wide_documents_are_read_in_linear_time() {
+        // 1 MiB of siblings in the metadata: 262 144 elements, within the
+        // bound, indexed at 32 bytes each.
+        let wide = "<a/>".repeat(1 << 18);
+        let xml = with_metadata(&wide, false);
+        assert!(!may_be_enrolled(&xml));
+        assert_eq!(prepare_decision(&xml), HookDecision::Allow);
+        assert!(!facts(&xml).unwrap().enrolled);
+        let out = enroll(&xml, "/k/System.map", &[]).unwrap();
+        assert!(facts(&out).unwrap().enrolled);
+        let back = unenroll(&out).unwrap();
+        assert!(back.contains(&wide) && !facts(&back).unwrap().enrolled);
+        // One element of 100 000 attributes: quick-xml's own check of their
+        // names, quadratic, took 12 s.
+        let attrs: String = (0..100_000).map(|i| format!(" a{i}=''")).collect();
+        let xml = with_metadata(&format!("<b{attrs}/>"), false);
+        let t = std::time::Instant::now();
+        assert!(facts(&xml).is_ok());
+        let took = t.elapsed();
+        assert!(took < std::time::Duration::from_secs(5), "{took:?}");
+        let twice = with_metadata(&format!("<b{attrs} a5=''/>"), false);
+        let e = facts(&twice).unwrap_err();
+        assert_eq!(e, "bad attribute: a5 appears twice in one element");
+    }
+
+    #[test]
+    fn documents_beyond_the_bounds_are_refused() {
+        let xml = with_metadata(&"<a/>".repeat(MAX_ELEMENTS), false);
+        assert_eq!(
+            facts(&xml).unwrap_err(),
+            "the domain XML has more than 1048576 elements"
+        );
+        assert!(!may_be_enrolled(&xml));
+        let xml = with_metadata(&" ".repeat(MAX_BYTES), true);
+        let e = facts(&xml).unwrap_err();
+        assert!(
+            e.ends_with("bytes, more than the 16777216 xftrace reads"),
+            "{e}"
+        );
+        assert_eq!(prepare_decision(&xml), HookDecision::Allow);
+        assert!(enroll(&xml, "/k/System.map", &[]).is_err());
+    }
+
+    #[test]
+    fn a_byte_order_mark_is_not_counted_in_spans() {
+        let xml = format!("\u{feff}{PLAIN}");
+        let out = enroll(&xml, "/k/System.map", &[]).unwrap();
+        assert_eq!(
+            out,
+            format!("\u{feff}{}", enroll(PLAIN, "/k/System.map", &[]).unwrap())
+        );
+        assert_eq!(unenroll(&out).unwrap(), xml);
     }
 }

@@ -22,10 +22,8 @@ use crate::base::error::{Error, Result};
 use crate::base::escape::escape;
 use crate::host::files;
 use crate::host::statedir::{now_unix, GuestDir};
-use crate::libvirt::domain_xml::DomainFacts;
+use crate::libvirt::domain_xml::{self, DomainFacts};
 
-/// libvirt's domain XML is rarely above a few tens of kilobytes.
-const MAX_XML: u64 = 16 << 20;
 /// Functions always-on monitoring may name.
 const MAX_MONITOR: usize = 64;
 
@@ -170,11 +168,14 @@ pub fn recorded(root: &Path, name: &str) -> Option<LibvirtState> {
     serde_json::from_str(&text).ok()
 }
 
-/// The domain XML libvirt gives the hook on stdin (bounded).
+/// The domain XML libvirt gives the hook on stdin, bounded: one byte more
+/// than [`domain_xml::MAX_BYTES`], so that a larger one is refused as too
+/// large rather than read cut short.
 pub fn read_xml(stdin: &mut dyn Read) -> Result<String> {
     let mut xml = String::new();
+    let bound = u64::try_from(domain_xml::MAX_BYTES).unwrap_or(u64::MAX);
     stdin
-        .take(MAX_XML)
+        .take(bound.saturating_add(1))
         .read_to_string(&mut xml)
         .map_err(|e| Error::io("cannot read the domain XML from stdin", e))?;
     Ok(xml)
@@ -209,7 +210,6 @@ impl<'a> HookEvent<'a> {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::libvirt::domain_xml;
 
     /// An enrolled domain's XML, as the hook gets it (also the lifecycle
     /// hook's tests').

@@ -115,6 +115,10 @@ pub fn qemu(root: &Path, args: &[String], stdin: &mut dyn Read) -> Result<()> {
         },
         ("started", "begin") => {
             let xml = read_xml(stdin).unwrap_or_default();
+            // Most domains are not enrolled: nothing to do, and no index.
+            if !domain_xml::may_be_enrolled(&xml) {
+                return Ok(());
+            }
             let Ok(f) = domain_xml::facts(&xml) else {
                 return Ok(());
             };
@@ -166,6 +170,9 @@ pub fn qemu(root: &Path, args: &[String], stdin: &mut dyn Read) -> Result<()> {
         // XML passes unchanged.
         ("migrate", "begin") => {
             let xml = read_xml(stdin)?;
+            if !domain_xml::may_be_enrolled(&xml) {
+                return Ok(());
+            }
             let Ok(f) = domain_xml::facts(&xml) else {
                 return Ok(());
             };

@@ -473,6 +473,15 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
         &["sys_read".into()],
     )
     .unwrap_or_default();
+    // Nesting at the bound (256 levels, the domain's included), enrolled,
+    // and far past it (within libFuzzer's -max_len of fuzz/run.sh).
+    let nest = |levels: usize| format!("{}{}", "<a>".repeat(levels), "</a>".repeat(levels));
+    let deep = enrolled.replacen("</metadata>", &format!("{}</metadata>", nest(254)), 1);
+    let deeper = xml.replacen(
+        "<devices>",
+        &format!("<metadata>{}</metadata><devices>", nest(2000)),
+        1,
+    );
     let mut records = Vec::new();
     for (a, b, info) in [
         (0x100u64, 1000u64, 0u64),
@@ -523,6 +532,8 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
         ),
         ("domain_xml", xml.as_bytes().to_vec()),
         ("domain_xml", enrolled.into_bytes()),
+        ("domain_xml", deep.into_bytes()),
+        ("domain_xml", deeper.into_bytes()),
     ]
 }
 
@@ -565,6 +576,20 @@ mod tests {
             );
             g.reset(&dirty);
         });
+    }
+
+    #[test]
+    fn the_deep_domain_xml_seeds_reach_the_depth_bound() {
+        let xml: Vec<String> = seeds()
+            .into_iter()
+            .filter(|(t, b)| *t == "domain_xml" && b.len() > 1000)
+            .map(|(_, b)| String::from_utf8(b).unwrap())
+            .collect();
+        assert!(xml.iter().all(|x| x.len() <= 16384));
+        let f = crate::libvirt::domain_xml::facts(&xml[0]).unwrap();
+        assert!(f.enrolled && f.backing_ok());
+        let e = crate::libvirt::domain_xml::facts(&xml[1]).unwrap_err();
+        assert!(e.contains("deeper than 256 levels"), "{e}");
     }
 
     #[test]
