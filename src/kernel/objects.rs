@@ -29,6 +29,10 @@ pub const MAX_LINKS: usize = 1 << 22;
 pub const MAX_OBJECTS: usize = 1 << 18;
 /// Pointers collected in one census, at most.
 pub const MAX_POINTERS: usize = 1 << 18;
+/// Reasons kept in [`Census::cut`], at most: a guest that claims 8192 CPUs
+/// whose per-CPU data is unreadable gives one per CPU and walk, which
+/// would take a quadratic search to keep unique and fill the log.
+pub const MAX_CUT: usize = 64;
 /// Dentries read per pseudo file system, at most, and how deep.
 const MAX_DENTRIES_PER_SB: usize = 4096;
 const MAX_DEPTH: u32 = 4;
@@ -96,7 +100,8 @@ pub struct OpPointer {
 pub struct Census {
     pub pointers: Vec<OpPointer>,
     pub objects: usize,
-    /// Object classes not walked, or walked in part, and why.
+    /// Object classes not walked, or walked in part, and why (at most
+    /// [`MAX_CUT`] reasons and a line saying there were more).
     pub cut: Vec<String>,
     /// The census reached one of its bounds ([`MAX_OBJECTS`],
     /// [`MAX_POINTERS`], [`MAX_LINKS`]): what the guest holds beyond was
@@ -187,9 +192,18 @@ impl Walker<'_, '_> {
     }
 
     fn cut_once(&mut self, why: String) {
-        if !self.out.cut.contains(&why) {
-            self.out.cut.push(why);
+        // One past the bound: the line that says the rest went unsaid.
+        let Some(room) = MAX_CUT.checked_sub(self.out.cut.len()) else {
+            return;
+        };
+        if self.out.cut.contains(&why) {
+            return;
         }
+        self.out.cut.push(if room == 0 {
+            format!("more than {MAX_CUT} reasons; the rest are not listed")
+        } else {
+            why
+        });
     }
 
     /// Note how a walk of `what` ended, if not completely.

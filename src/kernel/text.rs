@@ -497,7 +497,7 @@ impl Code<'_, '_> {
         // The kernel patches a site in steps (text_poke_bp: an int3 first,
         // then the tail, then the first byte), and our copy may have raced
         // with a step. Only what a site still holds a moment later counts.
-        std::thread::sleep(SETTLE);
+        crate::base::settle::settle(SETTLE);
         for (i, nested, start, end) in failed {
             let site = &sites[i];
             let mut now = vec![0u8; end.saturating_sub(start)];

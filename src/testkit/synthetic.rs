@@ -31,6 +31,7 @@ ffffffff81000580 T ftrace_caller_op_ptr
 ffffffff81000590 T ftrace_call
 ffffffff810005c0 T ftrace_caller_end
 ffffffff81000600 T idt_stub
+ffffffff81200000 T _etext
 ffffffff81300000 D linux_banner
 ffffffff81301000 D modules
 ffffffff81302000 D ftrace_ops_list
@@ -267,8 +268,9 @@ pub const RING_SLOTS: u64 = 64;
 
 /// Write a consistent kernel of [`MAP`] with `_text` at guest physical
 /// `text_pa` (2 MiB-aligned), slid by [`SLIDE`]: control block, banner,
-/// page tables (4-level, 2 MiB pages, one 4 KiB module page at
-/// 0xffffffffc0000000), two rings right above the image, `max_low_pfn`,
+/// page tables (4-level, 2 MiB pages, the text's executable and the rest
+/// of the image not, as a running kernel maps them; one 4 KiB module page
+/// at 0xffffffffc0000000, executable), two rings right above the image, `max_low_pfn`,
 /// empty module and ftrace_ops lists. `put(gpa, bytes)` does the writing.
 pub fn synthetic_kernel(text_pa: u64, put: &mut dyn FnMut(u64, &[u8])) {
     let map = SystemMap::parse(MAP).expect("MAP parses");
@@ -298,7 +300,13 @@ pub fn synthetic_kernel(text_pa: u64, put: &mut dyn FnMut(u64, &[u8])) {
     put64(l3 + 8 * ((text_va >> 30) & 511), l2 | 0x63);
     for i in 0..4u64 {
         let va = text_va + (i << 21);
-        put64(l2 + 8 * ((va >> 21) & 511), (text_pa + (i << 21)) | 0xe3);
+        // The first 2 MiB are the text (`_text` to `_etext`): an image
+        // executable beyond it would be hidden code to every check.
+        let nx = if i == 0 { 0 } else { 1 << 63 };
+        put64(
+            l2 + 8 * ((va >> 21) & 511),
+            (text_pa + (i << 21)) | 0xe3 | nx,
+        );
     }
     // Module memory: one 4 KiB page mapped through the same tables.
     let module_va = 0xffff_ffff_c000_0000u64;
@@ -316,9 +324,19 @@ pub fn synthetic_kernel(text_pa: u64, put: &mut dyn FnMut(u64, &[u8])) {
 /// `relocs` (offset, type, symbol), and a symbol table whose symbol 1 is in
 /// `.text`, symbol 2 absolute and symbol 3 in `.data..percpu`.
 pub fn elf(text_addr: u64, text: &[u8], relocs: &[(u64, u32, u64)]) -> Vec<u8> {
+    elf_with_btf(text_addr, text, relocs, &[])
+}
+
+/// [`elf`] with a `.BTF` section of `btf` (none if empty).
+pub fn elf_with_btf(
+    text_addr: u64,
+    text: &[u8],
+    relocs: &[(u64, u32, u64)],
+    btf: &[u8],
+) -> Vec<u8> {
     const SHT_RELA: u32 = 4;
     const SHT_SYMTAB: u32 = 2;
-    let shstr = b"\0.text\0.rela.text\0.symtab\0.data..percpu\0.shstrtab\0".to_vec();
+    let shstr = b"\0.text\0.rela.text\0.symtab\0.data..percpu\0.shstrtab\0.BTF\0".to_vec();
     let mut symtab = vec![0u8; 24 * 4];
     symtab[24 + 6..24 + 8].copy_from_slice(&1u16.to_le_bytes());
     symtab[48 + 6..48 + 8].copy_from_slice(&0xfff1u16.to_le_bytes());
@@ -339,6 +357,7 @@ pub fn elf(text_addr: u64, text: &[u8], relocs: &[(u64, u32, u64)]) -> Vec<u8> {
     let rela_off = place(&rela);
     let sym_off = place(&symtab);
     let str_off = place(&shstr);
+    let btf_off = place(btf);
     let shoff = out.len() as u64;
     let sh = |name: u32, ty: u32, addr: u64, off: u64, size: u64, link: u32, info: u32| {
         let mut h = vec![0u8; 64];
@@ -357,11 +376,16 @@ pub fn elf(text_addr: u64, text: &[u8], relocs: &[(u64, u32, u64)]) -> Vec<u8> {
     out.extend(sh(18, SHT_SYMTAB, 0, sym_off, symtab.len() as u64, 5, 0));
     out.extend(sh(26, 1, 0, 0, 0, 0, 0));
     out.extend(sh(40, 3, 0, str_off, shstr.len() as u64, 0, 0));
+    let mut sections = 6u16;
+    if !btf.is_empty() {
+        out.extend(sh(50, 1, 0, btf_off, btf.len() as u64, 0, 0));
+        sections += 1;
+    }
     out[0..6].copy_from_slice(b"\x7fELF\x02\x01");
     out[0x12..0x14].copy_from_slice(&62u16.to_le_bytes());
     out[0x28..0x30].copy_from_slice(&shoff.to_le_bytes());
     out[0x3a..0x3c].copy_from_slice(&64u16.to_le_bytes());
-    out[0x3c..0x3e].copy_from_slice(&6u16.to_le_bytes());
+    out[0x3c..0x3e].copy_from_slice(&sections.to_le_bytes());
     out[0x3e..0x40].copy_from_slice(&5u16.to_le_bytes());
     out
 }

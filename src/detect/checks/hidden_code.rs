@@ -56,7 +56,7 @@ impl Check for HiddenCode {
         if first.is_empty() {
             return;
         }
-        std::thread::sleep(SETTLE);
+        crate::base::settle::settle(SETTLE);
         let Some(second) = ownerless(cx, out) else {
             return;
         };

@@ -109,7 +109,7 @@ impl Check for HiddenModules {
             return;
         }
         // Loading and unloading pass through these states for a moment.
-        std::thread::sleep(SETTLE);
+        crate::base::settle::settle(SETTLE);
         for (m, what) in odd(out).0 {
             let name = cx.module_name(m).unwrap_or_else(|| "?".into());
             out.push(

@@ -106,7 +106,7 @@ impl Check for HookRegistries {
         // Registries change under RCU: a handler array being replaced, a
         // notifier being unlinked. What is wrong must still be so a moment
         // later.
-        std::thread::sleep(SETTLE);
+        crate::base::settle::settle(SETTLE);
         let seen: BTreeSet<String> = first.into_iter().map(|f| f.detail).collect();
         let found: Vec<Finding> = judge(cx, &mut out.scratch())
             .unwrap_or_default()

@@ -285,7 +285,7 @@ pub fn settled(cx: &Context, found: Vec<(u64, u64, Finding)>) -> Vec<Finding> {
     if found.is_empty() {
         return Vec::new();
     }
-    std::thread::sleep(SETTLE);
+    crate::base::settle::settle(SETTLE);
     found
         .into_iter()
         .filter(|(at, v, _)| cx.read_word(*at) == Some(*v))

@@ -159,7 +159,7 @@ fn liveness(
         ));
     } else if gs.cmd_seq != gs.ack_seq {
         // The thread runs but may simply not have polled yet: look again.
-        std::thread::sleep(Duration::from_millis(300));
+        crate::base::settle::settle(Duration::from_millis(300));
         if let Ok(again) = switch::read_status(ram, k) {
             if again.cmd_seq != again.ack_seq && again.cmd_seq == gs.cmd_seq {
                 out.push(finding(
@@ -264,7 +264,7 @@ fn key_matches(ram: &GuestRam, k: &GuestKernel, klog: &Klog, out: &mut Vec<Findi
         };
         if e1 != epoch || e2 != epoch {
             // The host is rotating right now; look again.
-            std::thread::sleep(Duration::from_millis(50));
+            crate::base::settle::settle(Duration::from_millis(50));
             continue;
         }
         match klog.key(epoch) {
