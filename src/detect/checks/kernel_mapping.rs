@@ -240,7 +240,7 @@ fn process_tables(cx: &Context, found: &mut Vec<Finding>, out: &Report) {
     if first.is_empty() {
         return;
     }
-    std::thread::sleep(SETTLE);
+    crate::base::settle::settle(SETTLE);
     let again: std::collections::BTreeSet<(u64, u64, u64)> = differing_processes(cx)
         .unwrap_or_default()
         .into_iter()
