@@ -223,10 +223,10 @@ impl KernelView<'_> {
 #[allow(clippy::arithmetic_side_effects)]
 mod tests {
     use super::*;
-    use crate::guest::memory::GuestAddress;
+
     use crate::kernel::locate::locate;
     use crate::kernel::symbols::SystemMap;
-    use crate::testkit::synthetic::{synthetic_guest, UNIT_MAP, UNIT_SLIDE, UNIT_TEXT_PA};
+    use crate::testkit::synthetic::{put_link, synthetic_guest, UNIT_MAP, UNIT_SLIDE};
 
     /// A module list whose last link leads nowhere readable is not the
     /// whole list: its walk says so (the hidden-module check reports it).
@@ -237,13 +237,7 @@ mod tests {
         let map = SystemMap::parse(&format!("{UNIT_MAP}ffffffff82100000 D modules\n")).unwrap();
         let k = locate(&ram, &map, None).unwrap();
         let v = KernelView::new(&ram, &map, &k);
-        let put = |link: u64, val: u64| {
-            ram.write_u64(
-                GuestAddress(link - 0xffff_ffff_8100_0000 + UNIT_TEXT_PA),
-                val,
-            )
-            .unwrap()
-        };
+        let put = |link: u64, val: u64| put_link(&ram, link, val);
         let va = |link: u64| link + UNIT_SLIDE;
         let (head, m1, m2) = (
             0xffff_ffff_8210_0000u64,

@@ -1289,13 +1289,11 @@ fn irq_actions(w: &mut Walker) {
 #[allow(clippy::arithmetic_side_effects)]
 mod tests {
     use super::*;
-    use crate::guest::memory::GuestAddress;
+
     use crate::kernel::btf::Btf;
     use crate::kernel::locate::locate;
     use crate::kernel::symbols::SystemMap;
-    use crate::testkit::synthetic::{
-        census_btf, synthetic_guest, UNIT_MAP, UNIT_SLIDE, UNIT_TEXT_PA,
-    };
+    use crate::testkit::synthetic::{census_btf, put_link, synthetic_guest, UNIT_MAP, UNIT_SLIDE};
 
     /// Link-time address of "heap" objects: inside the image, which the
     /// synthetic guest maps linearly.
@@ -1317,13 +1315,7 @@ mod tests {
         let mut v = KernelView::new(&ram, &map, &k);
         v.btf = Some(&b);
         let va = |link: u64| link + UNIT_SLIDE;
-        let put = |link: u64, val: u64| {
-            ram.write_u64(
-                GuestAddress(link - 0xffff_ffff_8100_0000 + UNIT_TEXT_PA),
-                val,
-            )
-            .unwrap()
-        };
+        let put = |link: u64, val: u64| put_link(&ram, link, val);
         let (sb1, sb2, fst, name) = (HEAP, HEAP + 0x100, HEAP + 0x200, HEAP + 0x300);
         let (root, inode, kid, kid_inode) =
             (HEAP + 0x400, HEAP + 0x500, HEAP + 0x600, HEAP + 0x700);
@@ -1415,13 +1407,7 @@ mod tests {
         let mut v = KernelView::new(&ram, &map, &k);
         v.btf = Some(&b);
         let va = |link: u64| link + UNIT_SLIDE;
-        let put = |link: u64, val: u64| {
-            ram.write_u64(
-                GuestAddress(link - 0xffff_ffff_8100_0000 + UNIT_TEXT_PA),
-                val,
-            )
-            .unwrap()
-        };
+        let put = |link: u64, val: u64| put_link(&ram, link, val);
         // 40 tasks, each with a files_struct of its own whose table claims
         // 65 536 descriptors (one shared, empty array of them).
         let (init, array) = (0xffff_ffff_8210_0000u64, HEAP + 0x10_0000);

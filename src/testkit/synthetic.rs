@@ -430,6 +430,32 @@ pub fn synthetic_guest(dir: &Path) -> (GuestRam, SystemMap) {
     (ram, map)
 }
 
+/// Write `val` at link-time address `link` of [`synthetic_guest`]'s image
+/// (which it maps linearly from [`UNIT_TEXT_PA`]).
+pub fn put_link(ram: &GuestRam, link: u64, val: u64) {
+    ram.write_u64(
+        GuestAddress(link - 0xffff_ffff_8100_0000 + UNIT_TEXT_PA),
+        val,
+    )
+    .unwrap()
+}
+
+/// What a check of [`synthetic_guest`] needs besides the guest: a
+/// vmlinux (one empty page of text, no BTF) and a state directory, in
+/// `dir`.
+pub fn unit_build(
+    dir: &Path,
+) -> (
+    crate::kernel::vmlinux::Vmlinux,
+    crate::host::statedir::GuestDir,
+) {
+    let vpath = dir.join("vmlinux");
+    std::fs::write(&vpath, elf(0xffff_ffff_8100_0000, &[0u8; 0x1000], &[])).unwrap();
+    let vmlinux = crate::kernel::vmlinux::Vmlinux::load(&vpath).unwrap();
+    let state = crate::host::statedir::GuestDir::for_domain(&dir.join("state"), "t").unwrap();
+    (vmlinux, state)
+}
+
 pub fn pa_of(map: &SystemMap, text_pa: u64, sym: &str) -> u64 {
     map.addr(sym).unwrap() - map.addr("_text").unwrap() + text_pa
 }

@@ -460,12 +460,12 @@ fn lsm(cx: &Context, h: &mut Hooks) {
 #[allow(clippy::arithmetic_side_effects)]
 mod tests {
     use super::*;
-    use crate::guest::memory::GuestAddress;
+
     use crate::kernel::btf::Btf;
     use crate::kernel::locate::locate;
     use crate::kernel::symbols::SystemMap;
     use crate::testkit::synthetic::{
-        btf, elf, synthetic_guest, UNIT_MAP, UNIT_SLIDE, UNIT_TEXT_PA,
+        btf, put_link, synthetic_guest, unit_build, UNIT_MAP, UNIT_SLIDE,
     };
 
     /// A notifier chain whose last link leads to memory that cannot be
@@ -490,18 +490,8 @@ mod tests {
             ("blocking_notifier_head", 16, &[("head", 8, "")]),
         ]))
         .unwrap();
-        let vpath = dir.path().join("vmlinux");
-        std::fs::write(&vpath, elf(0xffff_ffff_8100_0000, &[0u8; 0x1000], &[])).unwrap();
-        let vmlinux = crate::kernel::vmlinux::Vmlinux::load(&vpath).unwrap();
-        let state =
-            crate::host::statedir::GuestDir::for_domain(&dir.path().join("state"), "t").unwrap();
-        let put = |link: u64, val: u64| {
-            ram.write_u64(
-                GuestAddress(link - 0xffff_ffff_8100_0000 + UNIT_TEXT_PA),
-                val,
-            )
-            .unwrap()
-        };
+        let (vmlinux, state) = unit_build(dir.path());
+        let put = |link: u64, val: u64| put_link(&ram, link, val);
         let va = |link: u64| link + UNIT_SLIDE;
         let details = |cx: &Context| {
             let mut all = Vec::new();

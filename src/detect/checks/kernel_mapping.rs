@@ -26,9 +26,6 @@ pub struct KernelMapping;
 /// `CPU_ENTRY_AREA_RO_IDT`: where x86_64 maps the IDT read-only for every
 /// CPU (`CPU_ENTRY_AREA_BASE`, with 4- and 5-level paging).
 const CEA_RO_IDT: u64 = 0xffff_fe00_0000_0000;
-/// `system_state` once the kernel has sealed its image (`mark_rodata_ro`
-/// runs before `SYSTEM_RUNNING`).
-const SYSTEM_RUNNING: u64 = 3;
 /// The image a build may have, at most (a bigger one is not trusted to be
 /// walked).
 const MAX_IMAGE: u64 = 1 << 30;
@@ -74,17 +71,21 @@ impl Check for KernelMapping {
             return;
         }
         let k = cx.view.kernel;
-        let sealed = cx
-            .sym("system_state")
-            .and_then(|a| cx.view.read_u32(a))
-            .is_some_and(|s| u64::from(s) == SYSTEM_RUNNING);
+        let sealed = cx.system_running();
+        // The parts' bounds, looked up once: the walk asks per page.
+        let range = |a: &str, b: &str| cx.sym(a).zip(cx.sym(b));
+        let (rodata, data, bss) = (
+            range("__start_rodata", "__end_rodata"),
+            range("_sdata", "_edata"),
+            range("__bss_start", "__bss_stop"),
+        );
+        let within = |r: Option<(u64, u64)>, va: u64| r.is_some_and(|(s, e)| s <= va && va < e);
         let part = |va: u64| -> Part {
-            let within = |a: &str, b: &str| matches!((cx.sym(a), cx.sym(b)), (Some(s), Some(e)) if s <= va && va < e);
             if va < etext {
                 Part::Text
-            } else if within("__start_rodata", "__end_rodata") {
+            } else if within(rodata, va) {
                 Part::Rodata
-            } else if within("_sdata", "_edata") || within("__bss_start", "__bss_stop") {
+            } else if within(data, va) || within(bss, va) {
                 Part::Data
             } else {
                 Part::Other
@@ -321,7 +322,7 @@ mod tests {
     use crate::kernel::locate::locate;
     use crate::kernel::symbols::SystemMap;
     use crate::testkit::synthetic::{
-        elf, pa_of, synthetic_guest, UNIT_MAP, UNIT_SLIDE, UNIT_TEXT_PA,
+        pa_of, put_link, synthetic_guest, unit_build, UNIT_MAP, UNIT_SLIDE, UNIT_TEXT_PA,
     };
 
     /// One text page (a 2 MiB one, then a 4 KiB one of a split mapping)
@@ -336,19 +337,12 @@ mod tests {
         ))
         .unwrap();
         let k = locate(&ram, &map, None).unwrap();
-        let vpath = dir.path().join("vmlinux");
-        std::fs::write(&vpath, elf(0xffff_ffff_8100_0000, &[0u8; 0x1000], &[])).unwrap();
-        let vmlinux = crate::kernel::vmlinux::Vmlinux::load(&vpath).unwrap();
-        let state =
-            crate::host::statedir::GuestDir::for_domain(&dir.path().join("state"), "t").unwrap();
-        let put_va = |link: u64, val: u64| {
-            ram.write_u64(
-                GuestAddress(link - 0xffff_ffff_8100_0000 + UNIT_TEXT_PA),
-                val,
-            )
-            .unwrap()
-        };
-        put_va(0xffff_ffff_8210_0000, SYSTEM_RUNNING);
+        let (vmlinux, state) = unit_build(dir.path());
+        let put_va = |link: u64, val: u64| put_link(&ram, link, val);
+        put_va(
+            0xffff_ffff_8210_0000,
+            u64::from(super::super::SYSTEM_RUNNING),
+        );
         let layouts = crate::kernel::btf::Btf::parse(&crate::testkit::synthetic::btf(&[
             ("task_struct", 64, &[("tasks", 0, ""), ("mm", 16, "")]),
             ("mm_struct", 64, &[("pgd", 8, "")]),

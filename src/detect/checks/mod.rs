@@ -118,7 +118,19 @@ pub const MAX_TABLES: usize = 1 << 16;
 /// kernel maps a few hundred (its text, each module's, BPF images).
 pub const MAX_EXEC_RANGES: usize = 1 << 16;
 
+/// `SYSTEM_RUNNING` in `enum system_states` (include/linux/kernel.h).
+pub const SYSTEM_RUNNING: u32 = 3;
+
 impl<'a> Context<'a> {
+    /// Has the guest finished booting (`system_state` is `SYSTEM_RUNNING`)?
+    /// By then its `__ro_after_init` data and its image's permissions are
+    /// sealed (`mark_rodata_ro` runs just before).
+    pub fn system_running(&self) -> bool {
+        self.sym("system_state")
+            .and_then(|a| self.view.read_u32(a))
+            .is_some_and(|s| s == SYSTEM_RUNNING)
+    }
+
     /// What the kernel's page tables let it execute, sorted and merged,
     /// within [`MAX_TABLES`] and [`MAX_EXEC_RANGES`].
     pub fn executable_ranges(&self) -> Result<Vec<(u64, u64)>, TooMany> {

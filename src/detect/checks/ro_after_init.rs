@@ -18,8 +18,6 @@ use crate::kernel::text::{changed_runs, Runs};
 
 pub struct RoAfterInit;
 
-/// `SYSTEM_RUNNING` in `enum system_states` (include/linux/kernel.h).
-const SYSTEM_RUNNING: u32 = 3;
 /// The data is tens to hundreds of KiB; a build with more is not trusted
 /// to be compared in one read.
 const MAX_LEN: u64 = 16 << 20;
@@ -123,8 +121,7 @@ fn against_snapshot(
     out: &mut Report,
 ) {
     let k = cx.view.kernel;
-    let word = |name: &str| cx.sym(name).and_then(|a| cx.read_word(a));
-    let running = word("system_state").is_some_and(|w| w as u32 == SYSTEM_RUNNING);
+    let running = cx.system_running();
     // The boot is known by the identity the host wrote into the control
     // block (docs/abi.md §2.1), not by the guest's clock.
     let id_at = k.field(crate::abi::off::BOOT_ID);
@@ -261,10 +258,10 @@ fn describe(cx: &Context, v: u64) -> String {
 #[allow(clippy::arithmetic_side_effects)]
 mod tests {
     use super::*;
-    use crate::guest::memory::GuestAddress;
+
     use crate::kernel::locate::locate;
     use crate::kernel::symbols::SystemMap;
-    use crate::testkit::synthetic::{elf, synthetic_guest, UNIT_MAP, UNIT_TEXT_PA};
+    use crate::testkit::synthetic::{put_link, synthetic_guest, unit_build, UNIT_MAP};
 
     /// A rootkit that changes `__ro_after_init` data and then erases the
     /// boot's identity (or sets the guest's clock back, which no longer
@@ -278,18 +275,8 @@ mod tests {
         ))
         .unwrap();
         let k = locate(&ram, &map, None).unwrap();
-        let vpath = dir.path().join("vmlinux");
-        std::fs::write(&vpath, elf(0xffff_ffff_8100_0000, &[0u8; 0x1000], &[])).unwrap();
-        let vmlinux = crate::kernel::vmlinux::Vmlinux::load(&vpath).unwrap();
-        let state =
-            crate::host::statedir::GuestDir::for_domain(&dir.path().join("state"), "t").unwrap();
-        let put = |link: u64, val: u64| {
-            ram.write_u64(
-                GuestAddress(link - 0xffff_ffff_8100_0000 + UNIT_TEXT_PA),
-                val,
-            )
-            .unwrap()
-        };
+        let (vmlinux, state) = unit_build(dir.path());
+        let put = |link: u64, val: u64| put_link(&ram, link, val);
         let check = || {
             let cx = Context::new(
                 crate::kernel::guest::KernelView::new(&ram, &map, &k),
@@ -300,7 +287,10 @@ mod tests {
             RoAfterInit.run(&cx, &mut Report::new(FindingKind::RoAfterInit, &mut all));
             all.into_iter().map(|f| f.detail).collect::<Vec<_>>()
         };
-        put(0xffff_ffff_8210_0000, u64::from(SYSTEM_RUNNING));
+        put(
+            0xffff_ffff_8210_0000,
+            u64::from(super::super::SYSTEM_RUNNING),
+        );
         put(0xffff_ffff_8210_0008, 1_000_000);
         // The first check takes the boot's snapshot and marks the boot.
         assert_eq!(check(), Vec::<String>::new());
