@@ -11,8 +11,8 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use common::detection::{
-    body_hooks, census_cost, control_data_hooks, findings, has, hidden_module, measured,
-    registry_hooks, CASES,
+    body_hooks, census_cost, control_data_hooks, findings, has, hidden_module, measured, pick,
+    registry_hooks, shadow_page, CASES,
 };
 use common::{Boot, Vm, Xftrace};
 
@@ -189,6 +189,7 @@ fn detects_every_test_rootkit_and_nothing_on_a_clean_guest() {
     let check = || x.run(&["check", "--json", "--trace-seconds", "0"]);
     // Hooks on ordinary functions, at targets drawn per run.
     body_hooks(&mut |c| vm.sh(c), &check, "/lib/xftrace-test");
+    shadow_page(&mut |c| vm.sh(c), &check, "/lib/xftrace-test");
     registry_hooks(&mut |c| vm.sh(c), &check, "/lib/xftrace-test");
     control_data_hooks(&mut |c| vm.sh(c), &check, "/lib/xftrace-test");
 
@@ -198,7 +199,12 @@ fn detects_every_test_rootkit_and_nothing_on_a_clean_guest() {
     vm.sh("mkdir -p /dev/pts; mount -t devpts devpts /dev/pts");
     let ptmx = |vm: &mut Vm| vm.sh("(: < /dev/ptmx) 2>&1; echo rc=$?");
     assert!(ptmx(&mut vm).contains("rc=0"), "/dev/ptmx cannot be opened");
-    vm.sh("insmod /lib/xftrace-test/rk_ro_after_init.ko");
+    // Drawn per run: whether it first erases the boot identity the host
+    // wrote, so that the host may take the boot for a new one.
+    let erase = pick("rk_ro_after_init erase", &[0u8, 1]);
+    vm.sh(&format!(
+        "insmod /lib/xftrace-test/rk_ro_after_init.ko erase={erase}"
+    ));
     assert!(
         ptmx(&mut vm).contains("Permission denied"),
         "rk_ro_after_init did not fire"
@@ -206,6 +212,7 @@ fn detects_every_test_rootkit_and_nothing_on_a_clean_guest() {
     let o = x.run(&["check", "--json", "--trace-seconds", "0"]);
     assert_eq!(o.status.code(), Some(1));
     let f = findings(&o);
+    // A pointer into a module is found whatever the snapshot holds.
     assert!(
         has(
             &f,
@@ -221,7 +228,21 @@ fn detects_every_test_rootkit_and_nothing_on_a_clean_guest() {
     );
     let o = x.run(&["check", "--json", "--trace-seconds", "0"]);
     let f = findings(&o);
-    assert!(!has(&f, "ro-after-init", &[]), "{f:#?}");
+    if erase == 1 {
+        // The erased identity made the host take a new snapshot, with the
+        // hook in it: the hook's removal is a change from that snapshot,
+        // reported, so the erasure does not go unseen either.
+        assert!(
+            has(
+                &f,
+                "ro-after-init",
+                &["ptmx_fops+", "changed since this boot's snapshot"]
+            ),
+            "{f:#?}"
+        );
+    } else {
+        assert!(!has(&f, "ro-after-init", &[]), "{f:#?}");
+    }
 
     // A module that hides from the module list or sysfs.
     hidden_module(&mut |c| vm.sh(c), &check, "/lib/xftrace-test");

@@ -215,8 +215,50 @@ pub fn body_hooks(sh: &mut dyn FnMut(&str) -> String, check: &dyn Fn() -> Output
     }
 }
 
+/// A shadow page (`rk_shadow`): the kernel's page tables point the page of
+/// a /proc show function drawn for this run at a patched copy, splitting a
+/// 2 MiB page where it must, while the image stays as built. It fires (the
+/// file reads empty), is found by `kernel-mapping` at that page and by no
+/// check that reads the image (the copy is all the CPU sees), and leaves
+/// no finding once unloaded. `sh`, `check` and `dir` as for [`body_hooks`].
+pub fn shadow_page(sh: &mut dyn FnMut(&str) -> String, check: &dyn Fn() -> Output, dir: &str) {
+    let (target, file) = pick("rk_shadow target", SHOW_TARGETS);
+    let last = |o: String| o.lines().last().unwrap_or("").trim().to_string();
+    let size = |sh: &mut dyn FnMut(&str) -> String| last(sh(&format!("cat {file} | wc -c")));
+    let addr = last(sh(&format!(
+        "awk '$3==\"{target}\" {{print $1; exit}}' /proc/kallsyms"
+    )));
+    let addr = u64::from_str_radix(&addr, 16)
+        .unwrap_or_else(|_| panic!("{target} not in the guest's /proc/kallsyms: {addr:?}"));
+    assert_ne!(addr, 0, "the guest hides kernel addresses");
+    let page = format!("{:#x}", addr & !0xfff);
+    assert_ne!(size(sh), "0", "{file} is empty before rk_shadow");
+    let out = sh(&format!("insmod {dir}/rk_shadow.ko target={target}"));
+    assert!(!out.contains("rror"), "rk_shadow: {out}");
+    assert_eq!(size(sh), "0", "rk_shadow on {target} did not fire");
+    let o = check();
+    let f = findings(&o);
+    assert_eq!(o.status.code(), Some(1), "rk_shadow not reported: {f:#?}");
+    assert!(
+        has(
+            &f,
+            "kernel-mapping",
+            &[&format!("map {page} "), "not to the image's own page"]
+        ),
+        "rk_shadow on {target}: no kernel-mapping finding at its page {page} in {f:#?}"
+    );
+    sh("rmmod rk_shadow");
+    assert_ne!(size(sh), "0", "rk_shadow did not unload");
+    let f = findings(&check());
+    assert!(
+        !f.iter()
+            .any(|x| x["detail"].as_str().unwrap_or("").contains(&page)),
+        "rk_shadow unloaded, still reported: {f:#?}"
+    );
+}
+
 /// One of `pool`, drawn at random.
-fn pick<T: Copy + std::fmt::Debug>(what: &str, pool: &[T]) -> T {
+pub fn pick<T: Copy + std::fmt::Debug>(what: &str, pool: &[T]) -> T {
     let mut b = [0u8; 1];
     getrandom::getrandom(&mut b).unwrap();
     let p = pool[usize::from(b[0]) % pool.len()];
