@@ -136,7 +136,19 @@ pub fn list(g: &GuestArgs, root: &Path) -> Result<(), Error> {
         "{:<24} {:<8} {:<9} {:<8} SYSTEM.MAP",
         "DOMAIN", "STATE", "ENROLLED", "TRACING"
     );
+    let mut unreadable = Vec::new();
     for d in lv.list()? {
+        if let Some(why) = &d.problem {
+            println!(
+                "{:<24} {:<8} {:<9} {:<8} -",
+                escape(&d.name),
+                if d.running { "running" } else { "off" },
+                "unknown",
+                "unknown",
+            );
+            unreadable.push(format!("{}: {}", escape(&d.name), escape(why)));
+            continue;
+        }
         // A collector that died leaves its status saying it collects.
         let tracing = match GuestDir::existing_domain(root, &d.name) {
             Some(st) if st.collector_running()? => "yes",
@@ -160,6 +172,15 @@ pub fn list(g: &GuestArgs, root: &Path) -> Result<(), Error> {
             tracing,
             escape(d.system_map.as_deref().unwrap_or("-"))
         );
+    }
+    // Every readable domain is listed first; then what could not be read
+    // fails the command, so that a script does not take the list as whole.
+    if !unreadable.is_empty() {
+        return Err(Error::Libvirt(format!(
+            "{} domain definition(s) could not be read: {}",
+            unreadable.len(),
+            unreadable.join("; ")
+        )));
     }
     Ok(())
 }

@@ -43,6 +43,9 @@ pub struct DomainRow {
     pub running: bool,
     pub enrolled: bool,
     pub system_map: Option<String>,
+    /// Why the domain's definition could not be read (its other columns
+    /// are then unknown): one such domain does not hide the others.
+    pub problem: Option<String>,
 }
 
 /// What enrolling did to a running domain.
@@ -277,16 +280,26 @@ impl Libvirt {
         let mut rows = Vec::new();
         for d in doms {
             let name = d.name().map_err(lv("cannot read a domain name".into()))?;
-            let xml = match d.xml_desc(sys::VIR_DOMAIN_XML_INACTIVE) {
-                Ok(x) => x,
-                Err(_) => self.live_xml(&d)?,
-            };
-            let f = domain_xml::facts(&xml).map_err(Error::Libvirt)?;
-            rows.push(DomainRow {
-                name,
-                running: d.is_active().unwrap_or(false),
-                enrolled: f.enrolled,
-                system_map: f.system_map,
+            let facts = d
+                .xml_desc(sys::VIR_DOMAIN_XML_INACTIVE)
+                .or_else(|_| self.live_xml(&d))
+                .and_then(|xml| domain_xml::facts(&xml).map_err(Error::Libvirt));
+            let running = d.is_active().unwrap_or(false);
+            rows.push(match facts {
+                Ok(f) => DomainRow {
+                    name,
+                    running,
+                    enrolled: f.enrolled,
+                    system_map: f.system_map,
+                    problem: None,
+                },
+                Err(e) => DomainRow {
+                    name,
+                    running,
+                    enrolled: false,
+                    system_map: None,
+                    problem: Some(e.to_string()),
+                },
             });
         }
         rows.sort_by(|a, b| a.name.cmp(&b.name));
