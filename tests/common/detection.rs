@@ -187,15 +187,7 @@ pub fn body_hook_targets() -> Vec<(&'static str, &'static str)> {
 /// modules are in the guest's `dir`.
 pub fn body_hooks(sh: &mut dyn FnMut(&str) -> String, check: &dyn Fn() -> Output, dir: &str) {
     for ((module, args, kind, part), (target, file)) in BODY_HOOKS.iter().zip(body_hook_targets()) {
-        // The last line: kernel messages may share a console.
-        let size = |sh: &mut dyn FnMut(&str) -> String| {
-            let o = sh(&format!("cat {file} | wc -c"));
-            o.lines().last().unwrap_or("").trim().to_string()
-        };
-        assert_ne!(size(sh), "0", "{file} is empty before {module}");
-        let out = sh(&format!("insmod {dir}/{module}.ko target={target} {args}"));
-        assert!(!out.contains("rror"), "{module}: {out}");
-        assert_eq!(size(sh), "0", "{module} on {target} did not fire");
+        blank_show(sh, dir, module, &format!("target={target} {args}"), file);
         let o = check();
         let f = findings(&o);
         assert_eq!(o.status.code(), Some(1), "{module} not reported: {f:#?}");
@@ -205,7 +197,7 @@ pub fn body_hooks(sh: &mut dyn FnMut(&str) -> String, check: &dyn Fn() -> Output
             "{module} on {target}: no {kind} finding in {f:#?}"
         );
         sh(&format!("rmmod {module}"));
-        assert_ne!(size(sh), "0", "{module} did not unload");
+        assert_ne!(size(sh, file), "0", "{module} did not unload");
         let f = findings(&check());
         assert!(
             !f.iter()
@@ -224,7 +216,6 @@ pub fn body_hooks(sh: &mut dyn FnMut(&str) -> String, check: &dyn Fn() -> Output
 pub fn shadow_page(sh: &mut dyn FnMut(&str) -> String, check: &dyn Fn() -> Output, dir: &str) {
     let (target, file) = pick("rk_shadow target", SHOW_TARGETS);
     let last = |o: String| o.lines().last().unwrap_or("").trim().to_string();
-    let size = |sh: &mut dyn FnMut(&str) -> String| last(sh(&format!("cat {file} | wc -c")));
     let addr = last(sh(&format!(
         "awk '$3==\"{target}\" {{print $1; exit}}' /proc/kallsyms"
     )));
@@ -232,10 +223,7 @@ pub fn shadow_page(sh: &mut dyn FnMut(&str) -> String, check: &dyn Fn() -> Outpu
         .unwrap_or_else(|_| panic!("{target} not in the guest's /proc/kallsyms: {addr:?}"));
     assert_ne!(addr, 0, "the guest hides kernel addresses");
     let page = format!("{:#x}", addr & !0xfff);
-    assert_ne!(size(sh), "0", "{file} is empty before rk_shadow");
-    let out = sh(&format!("insmod {dir}/rk_shadow.ko target={target}"));
-    assert!(!out.contains("rror"), "rk_shadow: {out}");
-    assert_eq!(size(sh), "0", "rk_shadow on {target} did not fire");
+    blank_show(sh, dir, "rk_shadow", &format!("target={target}"), file);
     let o = check();
     let f = findings(&o);
     assert_eq!(o.status.code(), Some(1), "rk_shadow not reported: {f:#?}");
@@ -248,13 +236,29 @@ pub fn shadow_page(sh: &mut dyn FnMut(&str) -> String, check: &dyn Fn() -> Outpu
         "rk_shadow on {target}: no kernel-mapping finding at its page {page} in {f:#?}"
     );
     sh("rmmod rk_shadow");
-    assert_ne!(size(sh), "0", "rk_shadow did not unload");
+    assert_ne!(size(sh, file), "0", "rk_shadow did not unload");
     let f = findings(&check());
     assert!(
         !f.iter()
             .any(|x| x["detail"].as_str().unwrap_or("").contains(&page)),
         "rk_shadow unloaded, still reported: {f:#?}"
     );
+}
+
+/// The bytes a guest file reads (the last line: kernel messages may share
+/// a console).
+fn size(sh: &mut dyn FnMut(&str) -> String, file: &str) -> String {
+    let o = sh(&format!("cat {file} | wc -c"));
+    o.lines().last().unwrap_or("").trim().to_string()
+}
+
+/// Load `module` with `args`, which blanks the /proc `file` a show
+/// function writes: it must read something before and nothing after.
+fn blank_show(sh: &mut dyn FnMut(&str) -> String, dir: &str, module: &str, args: &str, file: &str) {
+    assert_ne!(size(sh, file), "0", "{file} is empty before {module}");
+    let out = sh(&format!("insmod {dir}/{module}.ko {args}"));
+    assert!(!out.contains("rror"), "{module}: {out}");
+    assert_eq!(size(sh, file), "0", "{module} {args} did not fire");
 }
 
 /// One of `pool`, drawn at random.
@@ -298,15 +302,13 @@ pub fn registry_hooks(sh: &mut dyn FnMut(&str) -> String, check: &dyn Fn() -> Ou
     // Shellcode: a show function jumps to code the module made executable.
     let (target, file) = pick("rk_shellcode target", SHOW_TARGETS);
     let place = pick("rk_shellcode memory", &["vmalloc", "direct"]);
-    let size = |sh: &mut dyn FnMut(&str) -> String| {
-        let o = sh(&format!("cat {file} | wc -c"));
-        o.lines().last().unwrap_or("").trim().to_string()
-    };
-    let out = sh(&format!(
-        "insmod {dir}/rk_shellcode.ko target={target} where={place}"
-    ));
-    assert!(!out.contains("rror"), "rk_shellcode: {out}");
-    assert_eq!(size(sh), "0", "rk_shellcode on {target} did not fire");
+    blank_show(
+        sh,
+        dir,
+        "rk_shellcode",
+        &format!("target={target} where={place}"),
+        file,
+    );
     let o = check();
     let f = findings(&o);
     assert_eq!(o.status.code(), Some(1), "{f:#?}");
@@ -316,7 +318,7 @@ pub fn registry_hooks(sh: &mut dyn FnMut(&str) -> String, check: &dyn Fn() -> Ou
     );
     assert!(has(&f, "kernel-text", &[target]), "{f:#?}");
     sh("rmmod rk_shellcode");
-    assert_ne!(size(sh), "0", "rk_shellcode did not unload");
+    assert_ne!(size(sh, file), "0", "rk_shellcode did not unload");
     clean("rk_shellcode unloaded, still reported");
 
     // Registries: module, load it, make it fire, what the finding says.
