@@ -113,11 +113,19 @@ rc_a=0
 wait "$pid_a" || rc_a=$?
 step "lane A, wall time" $(($(date +%s) - t))
 cat "$logs/A.log"
+# Where each failed test panicked, printed again last: a CI log cut in
+# the middle keeps its end.
+panics=$(grep -h -A6 'panicked at' "$logs"/*.log | cut -c1-400 | head -n 80 || true)
 read -r passed failed < <(cat "$logs"/*.log | awk '/^test result: /{ for (i = 1; i <= NF; i++) { if ($(i) ~ /^passed;?$/) p += $(i - 1); if ($(i) ~ /^failed;?$/) f += $(i - 1) } } END { print p + 0, f + 0 }')
 say "done in $(($(date +%s) - start)) s"
 trap - EXIT
 table
 rc=$((rc_a | rc_b))
 ((rc == 0)) || failed=$((failed > 0 ? failed : 1))
+if [[ -n $panics ]]; then
+	echo
+	echo "tests/run.sh: where the failed tests panicked (at most 80 lines):"
+	echo "$panics"
+fi
 echo "tests: $passed passed, $failed failed"
 exit "$rc"
