@@ -129,6 +129,17 @@ pub fn unenroll(g: &GuestArgs, root: &Path, name: &str, dry_run: bool) -> Result
     Ok(())
 }
 
+/// One line of `xftrace list` (`map` already escaped).
+fn row(name: &str, state: &str, enrolled: &str, tracing: &str, map: &str) {
+    println!(
+        "{:<24} {:<8} {:<9} {:<8} {map}",
+        escape(name),
+        state,
+        enrolled,
+        tracing
+    );
+}
+
 /// `xftrace list`: domains, running or not, enrolled or not, tracing or not.
 pub fn list(g: &GuestArgs, root: &Path) -> Result<(), Error> {
     let lv = Libvirt::connect(&g.connect)?;
@@ -138,14 +149,9 @@ pub fn list(g: &GuestArgs, root: &Path) -> Result<(), Error> {
     );
     let mut unreadable = Vec::new();
     for d in lv.list()? {
+        let state = if d.running { "running" } else { "off" };
         if let Some(why) = &d.problem {
-            println!(
-                "{:<24} {:<8} {:<9} {:<8} -",
-                escape(&d.name),
-                if d.running { "running" } else { "off" },
-                "unknown",
-                "unknown",
-            );
+            row(&d.name, state, "unknown", "unknown", "-");
             unreadable.push(format!("{}: {}", escape(&d.name), escape(why)));
             continue;
         }
@@ -164,13 +170,12 @@ pub fn list(g: &GuestArgs, root: &Path) -> Result<(), Error> {
             }
             _ => "no",
         };
-        println!(
-            "{:<24} {:<8} {:<9} {:<8} {}",
-            escape(&d.name),
-            if d.running { "running" } else { "off" },
+        row(
+            &d.name,
+            state,
             if d.enrolled { "yes" } else { "no" },
             tracing,
-            escape(d.system_map.as_deref().unwrap_or("-"))
+            &escape(d.system_map.as_deref().unwrap_or("-")),
         );
     }
     // Every readable domain is listed first; then what could not be read

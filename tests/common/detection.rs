@@ -215,8 +215,7 @@ pub fn body_hooks(sh: &mut dyn FnMut(&str) -> String, check: &dyn Fn() -> Output
 /// no finding once unloaded. `sh`, `check` and `dir` as for [`body_hooks`].
 pub fn shadow_page(sh: &mut dyn FnMut(&str) -> String, check: &dyn Fn() -> Output, dir: &str) {
     let (target, file) = pick("rk_shadow target", SHOW_TARGETS);
-    let last = |o: String| o.lines().last().unwrap_or("").trim().to_string();
-    let addr = last(sh(&format!(
+    let addr = last_line(&sh(&format!(
         "awk '$3==\"{target}\" {{print $1; exit}}' /proc/kallsyms"
     )));
     let addr = u64::from_str_radix(&addr, 16)
@@ -245,11 +244,15 @@ pub fn shadow_page(sh: &mut dyn FnMut(&str) -> String, check: &dyn Fn() -> Outpu
     );
 }
 
-/// The bytes a guest file reads (the last line: kernel messages may share
-/// a console).
-fn size(sh: &mut dyn FnMut(&str) -> String, file: &str) -> String {
-    let o = sh(&format!("cat {file} | wc -c"));
+/// The last line of a guest command's output: kernel messages may share a
+/// console.
+fn last_line(o: &str) -> String {
     o.lines().last().unwrap_or("").trim().to_string()
+}
+
+/// The bytes a guest file reads.
+fn size(sh: &mut dyn FnMut(&str) -> String, file: &str) -> String {
+    last_line(&sh(&format!("cat {file} | wc -c")))
 }
 
 /// Load `module` with `args`, which blanks the /proc `file` a show
@@ -273,8 +276,7 @@ pub fn pick<T: Copy + std::fmt::Debug>(what: &str, pool: &[T]) -> T {
 /// A guest module parameter's value (the last line: kernel messages may
 /// share a console).
 fn param(sh: &mut dyn FnMut(&str) -> String, module: &str, name: &str) -> String {
-    let o = sh(&format!("cat /sys/module/{module}/parameters/{name}"));
-    o.lines().last().unwrap_or("").trim().to_string()
+    last_line(&sh(&format!("cat /sys/module/{module}/parameters/{name}")))
 }
 
 /// Traffic over loopback, with the busybox guest's tools or Debian's.
@@ -512,7 +514,7 @@ pub fn control_data_hooks(
     dir: &str,
 ) {
     let clean = nothing_beyond_now(check);
-    let last = |o: String| o.lines().last().unwrap_or("").trim().to_string();
+    let last = |o: String| last_line(&o);
 
     let mut cases: Vec<ControlCase> = Vec::new();
 

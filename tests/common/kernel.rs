@@ -103,8 +103,15 @@ pub fn rootkit_modules() -> &'static [PathBuf] {
         let build = scratch().join("xftrace-rootkits");
         let _ = std::fs::remove_dir_all(&build);
         std::fs::create_dir_all(&build).unwrap();
+        // One module per rk_*.c source, counted as they are copied.
+        let mut sources = 0;
         for e in std::fs::read_dir(repo().join("tests/rootkits")).unwrap() {
             let e = e.unwrap();
+            let n = e.file_name();
+            let n = n.to_string_lossy();
+            if n.starts_with("rk_") && n.ends_with(".c") {
+                sources += 1;
+            }
             std::fs::copy(e.path(), build.join(e.file_name())).unwrap();
         }
         let st = Command::new("make")
@@ -122,15 +129,7 @@ pub fn rootkit_modules() -> &'static [PathBuf] {
             .filter(|p| p.extension().is_some_and(|x| x == "ko"))
             .collect();
         kos.sort();
-        // One module per rk_*.c source: none failed to build.
-        let sources = std::fs::read_dir(repo().join("tests/rootkits"))
-            .unwrap()
-            .filter(|e| {
-                let n = e.as_ref().unwrap().file_name();
-                let n = n.to_string_lossy();
-                n.starts_with("rk_") && n.ends_with(".c")
-            })
-            .count();
+        // None failed to build.
         assert_eq!(kos.len(), sources, "{kos:?}");
         // The BPF loader is a static user-space program (kbuild left its
         // source alone).
