@@ -11,8 +11,8 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use common::detection::{
-    body_hooks, census_cost, control_data_hooks, findings, has, hidden_module, measured, pick,
-    registry_hooks, shadow_page, CASES,
+    body_hooks, census_cost, control_data_hooks, findings, has, hidden_module, impostor_module,
+    measured, pick, registry_hooks, shadow_page, CASES,
 };
 use common::{Boot, Vm, Xftrace};
 
@@ -29,7 +29,9 @@ fn detects_every_test_rootkit_and_nothing_on_a_clean_guest() {
             ..Default::default()
         },
     );
-    let x = Xftrace::new(&vm.ram);
+    let mut x = Xftrace::new(&vm.ram);
+    // The build ships the kernel's own modules and rk_benign, told by content.
+    x.modules = Some(common::build_modules_dir().to_path_buf());
 
     // Clean: a baseline under the mixed workload, then 20 consecutive checks
     // with call flow under the same workload.
@@ -191,6 +193,7 @@ fn detects_every_test_rootkit_and_nothing_on_a_clean_guest() {
     body_hooks(&mut |c| vm.sh(c), &check, "/lib/xftrace-test");
     shadow_page(&mut |c| vm.sh(c), &check, "/lib/xftrace-test");
     registry_hooks(&mut |c| vm.sh(c), &check, "/lib/xftrace-test");
+    impostor_module(&mut |c| vm.sh(c), &check, "/lib/xftrace-test");
     control_data_hooks(&mut |c| vm.sh(c), &check, "/lib/xftrace-test");
 
     // Data sealed after boot: /dev/ptmx's open operation swapped. Seen to

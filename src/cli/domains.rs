@@ -39,7 +39,14 @@ fn print_change(old: &str, new: &str) {
 fn build_args(
     g: &GuestArgs,
     what: &str,
-) -> Result<(std::path::PathBuf, Option<std::path::PathBuf>), Error> {
+) -> Result<
+    (
+        std::path::PathBuf,
+        Option<std::path::PathBuf>,
+        Option<std::path::PathBuf>,
+    ),
+    Error,
+> {
     let map = g.system_map.clone().ok_or_else(|| {
         Error::Input(format!(
             "{what} needs the guest kernel's System.map: --system-map PATH"
@@ -49,15 +56,22 @@ fn build_args(
         let v = map.with_file_name("vmlinux");
         v.is_file().then_some(v)
     });
-    Ok((map, vmlinux))
+    let modules = g.modules.clone().or_else(|| {
+        let d = map.with_file_name("modules.d");
+        std::fs::symlink_metadata(&d)
+            .is_ok_and(|m| m.is_dir())
+            .then_some(d)
+    });
+    Ok((map, vmlinux, modules))
 }
 
 /// `xftrace add-kernel --system-map PATH`: store a build.
 pub fn add_kernel(g: &GuestArgs, root: &Path) -> Result<(), Error> {
-    let (map, vmlinux) = build_args(g, "add-kernel")?;
-    let stored = builds::store(root, &map, vmlinux.as_deref(), true)?;
+    let (map, vmlinux, modules) = build_args(g, "add-kernel")?;
+    let (v, m) = (vmlinux.as_deref(), modules.as_deref());
+    let stored = builds::store(root, &map, v, m, true)?;
     let had = builds::check_recorded(root, &stored).is_ok();
-    builds::store(root, &map, vmlinux.as_deref(), false)?;
+    builds::store(root, &map, v, m, false)?;
     let how = if had { "already stored" } else { "stored" };
     println!("{how}: {}", stored.display());
     Ok(())
@@ -71,12 +85,12 @@ pub fn enroll(
     monitor: &[String],
     dry_run: bool,
 ) -> Result<(), Error> {
-    let (map, vmlinux) = build_args(g, &format!("`xftrace enroll {}`", escape(name)))?;
+    let (map, vmlinux, modules) = build_args(g, &format!("`xftrace enroll {}`", escape(name)))?;
     let map = &map;
     let lv = Libvirt::connect(&g.connect)?;
     // The domain must exist before anything is copied.
     lv.domain(name)?;
-    let stored = builds::store(root, map, vmlinux.as_deref(), dry_run)?;
+    let stored = builds::store(root, map, vmlinux.as_deref(), modules.as_deref(), dry_run)?;
     if crate::kernel::symbols::SystemMap::load(&stored)
         .or_else(|_| crate::kernel::symbols::SystemMap::load(map))
         .is_ok_and(|m| m.addr("xftrace_control").is_none())

@@ -67,6 +67,12 @@ pub struct GuestArgs {
     #[arg(long, global = true, value_name = "PATH")]
     pub vmlinux: Option<PathBuf>,
 
+    /// The kernel's modules (a tree of .ko files, e.g. /lib/modules/VERSION
+    /// from its package), to tell its modules from impostors by content
+    /// [default: modules.d beside System.map, if present].
+    #[arg(long, global = true, value_name = "DIR")]
+    pub modules: Option<PathBuf>,
+
     /// QEMU machine type (--mem-file only); needed for guests with 2.75 GiB of RAM or more.
     #[arg(long, global = true, value_enum)]
     pub machine: Option<MachineArg>,
@@ -335,6 +341,7 @@ fn target(g: &GuestArgs, root: &Path) -> Result<Target, Error> {
         source,
         system_map: g.system_map.clone(),
         vmlinux: g.vmlinux.clone(),
+        modules: g.modules.clone(),
         state_root: root.to_path_buf(),
     })
 }

@@ -376,6 +376,7 @@ mod tests {
             }),
             system_map: target.system_map.clone(),
             vmlinux: None,
+            modules: None,
             state_root: target.state_root.clone(),
         };
         // A stopped guest (no RAM file) is not checked, and watch goes on.
@@ -443,6 +444,7 @@ mod tests {
             }),
             system_map: Some(dir.join("System.map")),
             vmlinux: None,
+            modules: None,
             state_root: dir.join("state"),
         }
     }

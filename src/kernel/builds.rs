@@ -17,6 +17,7 @@ use sha2::{Digest, Sha256};
 
 use crate::base::error::{Error, Result};
 use crate::host::files;
+use crate::kernel::modcode::{ModuleFiles, MAX_KO};
 use crate::kernel::symbols::{SystemMap, MAX_SYSTEM_MAP};
 
 /// A vmlinux with full debug info is a few hundred megabytes.
@@ -36,6 +37,7 @@ pub fn store(
     root: &Path,
     system_map: &Path,
     vmlinux: Option<&Path>,
+    modules: Option<&Path>,
     dry_run: bool,
 ) -> Result<PathBuf> {
     let map_bytes = files::read_bounded(system_map, MAX_SYSTEM_MAP, "System.map")?;
@@ -48,6 +50,7 @@ pub fn store(
     if let Some(v) = vmlinux {
         check_vmlinux_matches(v, &map)?;
     }
+    let module_files = modules.map(|d| ModuleFiles::scan(d, false)).transpose()?;
     if dry_run {
         return Ok(stored);
     }
@@ -70,7 +73,27 @@ pub fn store(
         let text: String = names.iter().map(|n| format!("{n}\n")).collect();
         files::write_atomically(&dir.join("modules"), text.as_bytes())?;
     }
+    if let Some(f) = module_files {
+        store_module_files(&dir.join("modules.d"), &f)?;
+    }
     Ok(stored)
+}
+
+/// Copy the build's `.ko` files, flat, into a stored build's `modules.d`
+/// (a file already there with the same size is kept: builds are stored by
+/// their System.map's digest, and a module's file does not change within
+/// one build).
+fn store_module_files(dir: &Path, f: &ModuleFiles) -> Result<()> {
+    files::trusted_dir(dir)?;
+    for name in f.names() {
+        let Some(from) = f.path(name) else { continue };
+        let to = dir.join(format!("{name}.ko"));
+        if !same_size(from, &to) {
+            let bytes = files::read_bounded(from, MAX_KO, "module file")?;
+            files::write_atomically(&to, &bytes)?;
+        }
+    }
+    Ok(())
 }
 
 /// Module list files are small: a cloud kernel ships about 1 100.
@@ -207,10 +230,10 @@ mod tests {
         let st = root.path().join("state");
         let src = root.path().join("System.map");
         std::fs::write(&src, MAP).unwrap();
-        let p = store(&st, &src, None, false).unwrap();
+        let p = store(&st, &src, None, None, false).unwrap();
         assert!(p.starts_with(st.join("kernels")));
         assert_eq!(std::fs::read_to_string(&p).unwrap(), MAP);
-        assert_eq!(store(&st, &src, None, false).unwrap(), p);
+        assert_eq!(store(&st, &src, None, None, false).unwrap(), p);
         assert_eq!(check_recorded(&st, &p).unwrap(), p);
 
         // Paths a domain definition might carry instead.

@@ -15,6 +15,7 @@ use crate::guest::memory::GuestRam;
 use crate::guest::paging::PageTables;
 use crate::kernel::btf::{Btf, ModuleLayout};
 use crate::kernel::locate::GuestKernel;
+use crate::kernel::modcode::{IdentityCache, ModuleFiles};
 use crate::kernel::modules::Module;
 use crate::kernel::symbols::{Symbolizer, SystemMap};
 use crate::kernel::vmlinux::Vmlinux;
@@ -54,6 +55,9 @@ pub struct Guest {
     pub module_layout: Option<ModuleLayout>,
     /// The modules the build ships, by name (None: not known).
     pub build_modules: Option<BTreeSet<String>>,
+    /// The build's `.ko` files, to tell its modules by content (None: by
+    /// name only).
+    pub module_files: Option<ModuleFiles>,
     /// The most vCPUs the guest may have, from its manager (None: not
     /// known, e.g. a bare `--mem-file`).
     pub max_vcpus: Option<u32>,
@@ -71,6 +75,7 @@ impl Guest {
         v.btf = self.vmlinux.as_ref().and_then(Vmlinux::btf);
         v.module_layout = self.module_layout;
         v.build_modules = self.build_modules.as_ref();
+        v.module_files = self.module_files.as_ref();
         v.max_vcpus = self.max_vcpus;
         v
     }
@@ -86,6 +91,10 @@ pub struct KernelView<'a> {
     pub module_layout: Option<ModuleLayout>,
     /// See [`Guest::build_modules`].
     pub build_modules: Option<&'a BTreeSet<String>>,
+    /// See [`Guest::module_files`].
+    pub module_files: Option<&'a ModuleFiles>,
+    /// Modules told by content so far ([`Self::module_identity`]).
+    pub(super) identities: IdentityCache,
     /// See [`Guest::max_vcpus`].
     pub max_vcpus: Option<u32>,
     /// The build's BTF, where it has one: field offsets ([`Self::field`]).
@@ -104,6 +113,8 @@ impl<'a> KernelView<'a> {
             sym: Symbolizer::new(map, kernel.slide),
             module_layout: None,
             build_modules: None,
+            module_files: None,
+            identities: IdentityCache::default(),
             max_vcpus: None,
             btf: None,
             fields: RefCell::new(HashMap::new()),

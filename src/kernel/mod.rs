@@ -7,6 +7,7 @@
 //! | [`locate`], [`stale`] | finding the kernel (control block, slide) in guest RAM; control blocks of earlier boots |
 //! | [`guest`] | an opened guest and the view of one kernel's virtual memory |
 //! | [`modules`] | the loaded modules: their list, address tree and sysfs kobjects; who owns an address |
+//! | [`modcode`] | a loaded module against the build's `.ko` of its name: the same code, or an impostor |
 //! | [`code`] | the code the kernel knows it runs: its text, modules, BPF images, trampolines, kprobe slots |
 //! | [`objects`] | the kernel's objects that hold pointers it calls through (inodes, files, sockets, devices, protocols, timers, work, threads), collected by bounded walks |
 //! | [`walk`] | bounded walks of the kernel's lists, chains, trees, XArrays and per-CPU variables |
@@ -19,6 +20,7 @@ pub mod callgraph;
 pub mod code;
 pub mod guest;
 pub mod locate;
+pub mod modcode;
 pub mod modules;
 pub mod objects;
 pub mod patching;

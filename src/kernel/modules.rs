@@ -132,23 +132,35 @@ impl KernelView<'_> {
     /// The listed module whose core memory (code or data) holds `addr`,
     /// where the layout is known.
     pub fn module_memory_of(&self, addr: u64) -> Option<&str> {
+        self.module_memory_at(addr).map(|m| m.name.as_str())
+    }
+
+    /// [`Self::module_memory_of`], the module itself.
+    pub fn module_memory_at(&self, addr: u64) -> Option<&Module> {
         self.modules()
             .iter()
             .find(|m| m.memory.is_some_and(|(s, e)| s <= addr && addr < e))
-            .map(|m| m.name.as_str())
     }
 
     /// Is `addr` code of the kernel's build: in its image, or in the code
-    /// of a loaded module the build ships? (A module is matched by name and
-    /// code range; that its code is the build's is not checked here.)
+    /// of a loaded module that is one the build ships (by content where the
+    /// build's `.ko` files are known, [`Self::is_build_module`])?
     pub fn is_build_code(&self, addr: u64) -> bool {
         if self.sym.in_image(addr) {
             return true;
         }
-        let Some(build) = self.build_modules else {
-            return false;
-        };
-        self.module_layout.is_some() && self.module_of(addr).is_some_and(|m| build.contains(m))
+        self.module_layout.is_some()
+            && self
+                .module_at(addr)
+                .is_some_and(|m| self.is_build_module(m))
+    }
+
+    /// The listed module whose core code holds `addr`, where the layout is
+    /// known.
+    pub fn module_at(&self, addr: u64) -> Option<&Module> {
+        self.modules()
+            .iter()
+            .find(|m| m.text.is_some_and(|(s, e)| s <= addr && addr < e))
     }
 
     /// The `struct module`s of the nodes of `mod_tree`'s first tree, and

@@ -16,6 +16,7 @@ use crate::host::statedir::{now_unix, GuestDir};
 use crate::kernel::btf::ModuleLayout;
 use crate::kernel::guest::Guest;
 use crate::kernel::locate::{self, GuestKernel, LocateOptions, Located};
+use crate::kernel::modcode::ModuleFiles;
 use crate::kernel::stale;
 use crate::kernel::symbols::SystemMap;
 use crate::kernel::vmlinux::Vmlinux;
@@ -91,6 +92,9 @@ pub struct Target {
     /// choice, trusted as such).
     pub system_map: Option<PathBuf>,
     pub vmlinux: Option<PathBuf>,
+    /// The build's modules (`.ko` files under it), to tell them by
+    /// content; default: `modules.d` beside the System.map.
+    pub modules: Option<PathBuf>,
     /// xftrace's state directory (where enrolled kernel builds are kept).
     pub state_root: PathBuf,
 }
@@ -143,6 +147,20 @@ impl Target {
         }
         let v = map.with_file_name("vmlinux");
         v.is_file().then_some(v)
+    }
+
+    /// The build's `.ko` files: the operator's directory, else a stored
+    /// build's `modules.d` (trusted like its System.map), else the
+    /// `modules.d` beside the System.map given; None where there is none.
+    fn module_files_for(&self, map: &Path, recorded: bool) -> Result<Option<ModuleFiles>> {
+        if let Some(d) = &self.modules {
+            return ModuleFiles::scan(d, false).map(Some);
+        }
+        let d = map.with_file_name("modules.d");
+        if std::fs::symlink_metadata(&d).is_ok_and(|m| m.is_dir()) {
+            return ModuleFiles::scan(&d, recorded).map(Some);
+        }
+        Ok(None)
     }
 
     /// Open the guest: map its RAM, load the build, locate the kernel.
@@ -230,8 +248,16 @@ impl Target {
             .as_ref()
             .and_then(|v| v.btf())
             .and_then(ModuleLayout::from_btf);
+        let module_files = self.module_files_for(&b.system_map, b.recorded)?;
+        let mut build_modules = crate::kernel::builds::build_modules(&b.system_map, b.recorded);
+        if let Some(f) = &module_files {
+            build_modules
+                .get_or_insert_with(Default::default)
+                .extend(f.names().map(String::from));
+        }
         Ok(Build {
-            build_modules: crate::kernel::builds::build_modules(&b.system_map, b.recorded),
+            build_modules,
+            module_files,
             map,
             vmlinux,
             banner,
@@ -350,6 +376,7 @@ impl Target {
             system_map: b.system_map.clone(),
             module_layout: build.module_layout,
             build_modules: build.build_modules,
+            module_files: build.module_files,
             max_vcpus: b.max_vcpus,
         };
         info!(
@@ -428,6 +455,7 @@ struct Build {
     banner: Option<String>,
     module_layout: Option<ModuleLayout>,
     build_modules: Option<std::collections::BTreeSet<String>>,
+    module_files: Option<ModuleFiles>,
 }
 
 #[cfg(test)]
@@ -448,6 +476,7 @@ mod tests {
             }),
             system_map: Some(map),
             vmlinux: None,
+            modules: None,
             state_root: root,
         }
     }

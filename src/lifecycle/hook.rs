@@ -267,7 +267,7 @@ mod tests {
         // A build stored here (as `add-kernel` stores it): accepted.
         let src = tmp.path().join("System.map");
         std::fs::write(&src, crate::kernel::symbols::tests::MAP).unwrap();
-        let stored = builds::store(&root, &src, None, false).unwrap();
+        let stored = builds::store(&root, &src, None, None, false).unwrap();
         let here = ENROLLED.replace("/k/System.map", &stored.display().to_string());
         run(&root, &["t1", "migrate", "begin", "-"], &here).unwrap();
         let st = GuestDir::existing_domain(&root, "t1").unwrap();

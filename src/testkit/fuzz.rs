@@ -392,6 +392,18 @@ pub fn census(data: &[u8]) {
     })
 }
 
+/// A loadable module file (`.ko`, from the build: trusted, but parsed
+/// with bounds all the same): laid out, indexed, and compared with loaded
+/// code that is all zeros and with code that is its own.
+pub fn ko(data: &[u8]) {
+    if let Ok(k) = crate::kernel::modcode::KoImage::parse(data) {
+        let zeros = vec![0u8; k.text_size() as usize];
+        let import = |_: &str, at: u64| -> Result<u64, bool> { Ok(at) };
+        let _ = k.compare(&zeros, 0xffff_ffff_c000_0000, &import);
+        let _ = k.compare(&zeros[..zeros.len() / 2], 0xffff_ffff_c000_0000, &import);
+    }
+}
+
 /// Hostile BTF: parsed, and every struct the walks name looked up in it.
 pub fn btf(data: &[u8]) {
     if let Ok(b) = Btf::parse(data) {
@@ -572,6 +584,7 @@ pub const TARGETS: &[(&str, Harness)] = &[
     ("system_map", system_map),
     ("vmlinux", vmlinux),
     ("domain_xml", domain_xml),
+    ("ko", ko),
 ];
 
 /// An input chunk: area, offset, bytes.
@@ -719,6 +732,7 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
         ),
         ("census", Vec::new()),
         ("census", census_seed(&chunk)),
+        ("ko", super::synthetic::synthetic_ko()),
         ("btf", census_btf()),
         ("btf", module_btf.clone()),
         ("mtree", MTREE.as_bytes().to_vec()),

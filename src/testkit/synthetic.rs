@@ -13,6 +13,12 @@ use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
+use object::write::{Object, Relocation, Symbol, SymbolSection};
+use object::{
+    Architecture, BinaryFormat, Endianness, RelocationFlags, SectionKind, SymbolFlags, SymbolKind,
+    SymbolScope,
+};
+
 use crate::abi;
 use crate::guest::memory::{GuestAddress, GuestRam, Machine, MemoryLayout};
 use crate::kernel::locate::{locate, GuestKernel};
@@ -667,4 +673,79 @@ pub fn btf(structs: &[StructLayout]) -> Vec<u8> {
     out.extend_from_slice(&types);
     out.extend_from_slice(&strings);
     out
+}
+
+/// A loadable module (`.ko`): `.text` (an ftrace call site, a call to `_printk`, a
+/// call to a local function and a load of its own data), `.init.text`
+/// (left out of the core), `.exit.text`, `__mcount_loc` and `.data`.
+pub fn synthetic_ko() -> Vec<u8> {
+    let mut o = Object::new(BinaryFormat::Elf, Architecture::X86_64, Endianness::Little);
+    let text = o.add_section(Vec::new(), b".text".to_vec(), SectionKind::Text);
+    let mut code = vec![0xe8, 0, 0, 0, 0]; // call __fentry__
+    code.extend([0xe8, 0, 0, 0, 0]); // call _printk
+    code.extend([0xe8, 0, 0, 0, 0]); // call helper
+    code.extend([0x48, 0x8b, 0x05, 0, 0, 0, 0]); // mov data(%rip), %rax
+    code.extend([0xc3, 0xcc, 0xcc, 0xcc]); // ret
+    code.extend([0xc3]); // helper: ret
+    o.append_section_data(text, &code, 16);
+    let init = o.add_section(Vec::new(), b".init.text".to_vec(), SectionKind::Text);
+    o.append_section_data(init, &[0x31, 0xc0, 0xc3], 1);
+    let exit = o.add_section(Vec::new(), b".exit.text".to_vec(), SectionKind::Text);
+    o.append_section_data(exit, &[0x90, 0xc3], 1);
+    let data = o.add_section(Vec::new(), b".data".to_vec(), SectionKind::Data);
+    o.append_section_data(data, &[7u8; 24], 8);
+    let mcount = o.add_section(
+        Vec::new(),
+        b"__mcount_loc".to_vec(),
+        SectionKind::ReadOnlyData,
+    );
+    o.append_section_data(mcount, &[0u8; 8], 1);
+    let import = |o: &mut Object, name: &str| {
+        o.add_symbol(Symbol {
+            name: name.as_bytes().to_vec(),
+            value: 0,
+            size: 0,
+            kind: SymbolKind::Text,
+            scope: SymbolScope::Unknown,
+            weak: false,
+            section: SymbolSection::Undefined,
+            flags: SymbolFlags::None,
+        })
+    };
+    let fentry = import(&mut o, "__fentry__");
+    let printk = import(&mut o, "_printk");
+    let text_sym = o.section_symbol(text);
+    let data_sym = o.section_symbol(data);
+    let r = |o: &mut Object, s, at, sym, addend, r_type| {
+        o.add_relocation(
+            s,
+            Relocation {
+                offset: at,
+                symbol: sym,
+                addend,
+                flags: RelocationFlags::Elf { r_type },
+            },
+        )
+        .unwrap()
+    };
+    r(&mut o, text, 1, fentry, -4, object::elf::R_X86_64_PLT32);
+    r(&mut o, text, 6, printk, -4, object::elf::R_X86_64_PLT32);
+    r(
+        &mut o,
+        text,
+        11,
+        text_sym,
+        26 - 4,
+        object::elf::R_X86_64_PLT32,
+    );
+    r(
+        &mut o,
+        text,
+        18,
+        data_sym,
+        8 - 4,
+        object::elf::R_X86_64_PC32,
+    );
+    r(&mut o, mcount, 0, text_sym, 0, object::elf::R_X86_64_64);
+    o.write().unwrap()
 }

@@ -11,6 +11,8 @@ pub struct Xftrace {
     pub state: tempfile::TempDir,
     pub mem_file: PathBuf,
     pub system_map: PathBuf,
+    /// The build's modules (`--modules`), where a test names some.
+    pub modules: Option<PathBuf>,
 }
 
 impl Xftrace {
@@ -19,16 +21,28 @@ impl Xftrace {
             state: state_dir(),
             mem_file: mem_file.to_path_buf(),
             system_map: system_map(),
+            modules: None,
         }
+    }
+
+    /// The arguments that name the guest and its build.
+    fn guest_args(&self) -> Vec<&std::ffi::OsStr> {
+        let mut a = vec![
+            "--mem-file".as_ref(),
+            self.mem_file.as_os_str(),
+            "--system-map".as_ref(),
+            self.system_map.as_os_str(),
+        ];
+        if let Some(m) = &self.modules {
+            a.extend(["--modules".as_ref(), m.as_os_str()]);
+        }
+        a
     }
 
     /// The xftrace command for this guest, not yet run.
     pub fn command(&self, args: &[&str]) -> Command {
         let mut c = Command::new(env!("CARGO_BIN_EXE_xftrace"));
-        c.arg("--mem-file")
-            .arg(&self.mem_file)
-            .arg("--system-map")
-            .arg(&self.system_map)
+        c.args(self.guest_args())
             .arg("--state-dir")
             .arg(self.state.path())
             .args(args);
@@ -36,12 +50,11 @@ impl Xftrace {
     }
 
     pub fn run(&self, args: &[&str]) -> Output {
-        let mut all = vec![
-            "--mem-file",
-            self.mem_file.to_str().unwrap(),
-            "--system-map",
-            self.system_map.to_str().unwrap(),
-        ];
+        let mut all: Vec<&str> = self
+            .guest_args()
+            .iter()
+            .map(|a| a.to_str().unwrap())
+            .collect();
         all.extend_from_slice(args);
         xftrace(self.state.path(), &all)
     }
@@ -63,6 +76,7 @@ pub fn xftrace_with_map(x: &Xftrace, map: &Path, args: &[&str]) -> Output {
         state: state_dir(),
         mem_file: x.mem_file.clone(),
         system_map: map.to_path_buf(),
+        modules: None,
     };
     y.run(args)
 }

@@ -436,6 +436,53 @@ pub fn registry_hooks(sh: &mut dyn FnMut(&str) -> String, check: &dyn Fn() -> Ou
     clean("bpf_hook killed, still reported");
 }
 
+/// A module that passes for one of the build by its name, for a check
+/// given the build's modules (`--modules`, [`crate::common::build_modules_dir`]):
+/// rk_notifier hooks the network device chain, then renames itself to a
+/// module the build ships, drawn per run (one of the kernel's own, or
+/// rk_benign). Found as an impostor (its code is not that module's), and
+/// its hook as a hook of that impostor, not of the build. The genuine
+/// rk_benign, loaded alone, is clean ([`registry_hooks`]).
+pub fn impostor_module(sh: &mut dyn FnMut(&str) -> String, check: &dyn Fn() -> Output, dir: &str) {
+    let clean = nothing_beyond_now(check);
+    let name = pick(
+        "rk_notifier passes for",
+        &["rk_benign", "x86_pkg_temp_thermal"],
+    );
+    let out = sh(&format!(
+        "insmod {dir}/rk_notifier.ko chain=netdevice alias={name}; echo rc=$?"
+    ));
+    assert!(out.contains("rc=0"), "{out}");
+    assert!(
+        sh("cat /proc/modules").contains(&format!("{name} ")),
+        "rk_notifier did not take the name {name}"
+    );
+    let o = check();
+    let f = findings(&o);
+    assert_eq!(o.status.code(), Some(1), "{f:#?}");
+    assert!(
+        has(
+            &f,
+            "hidden-module",
+            &[
+                &format!("module {name} "),
+                "bears the name of a module the build ships, but its code is not that module's"
+            ]
+        ),
+        "the impostor was not found: {f:#?}"
+    );
+    assert!(
+        has(
+            &f,
+            "hook-registry",
+            &["notifier netdev_chain", &format!("in module {name}")]
+        ),
+        "the impostor's hook passed for the build's: {f:#?}"
+    );
+    sh(&format!("rmmod {name}"));
+    clean("the impostor unloaded, still reported");
+}
+
 /// A module that hides, drawn per run: from the module list and sysfs
 /// (`how=list`; then its code is also code no listed module owns), or from
 /// sysfs only (`how=sysfs`). Seen to hide, then found. It cannot be unloaded.

@@ -59,39 +59,64 @@ pub fn initramfs() -> &'static Path {
     })
 }
 
+/// The kernel build's package `linux-{what}-RELEASE`, unpacked under
+/// target/; returns the root it was unpacked in and the release.
+fn unpack_package(what: &str) -> (PathBuf, String) {
+    let release = std::fs::read_to_string(kernel_dir().join("kernelversion"))
+        .expect("kernelversion in the kernel build")
+        .trim()
+        .to_string();
+    let deb = std::fs::read_dir(kernel_dir().join("debs"))
+        .expect("debs/ in the kernel build")
+        .map(|e| e.unwrap().path())
+        .find(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with(&format!("linux-{what}-{release}_")))
+        })
+        .unwrap_or_else(|| panic!("a linux-{what} package in the kernel build"));
+    let root = scratch().join(format!("xftrace-{what}")).join(&release);
+    let _ = std::fs::remove_dir_all(&root);
+    std::fs::create_dir_all(&root).unwrap();
+    let st = Command::new("dpkg-deb")
+        .arg("-x")
+        .arg(&deb)
+        .arg(&root)
+        .status()
+        .expect("run dpkg-deb");
+    assert!(st.success(), "unpack {deb:?}");
+    (root, release)
+}
+
 /// The guest kernel's headers package (as a guest would install it),
 /// unpacked once under target/: the tree external modules build against.
 pub fn headers_dir() -> &'static Path {
     static P: OnceLock<PathBuf> = OnceLock::new();
     P.get_or_init(|| {
-        let release = std::fs::read_to_string(kernel_dir().join("kernelversion"))
-            .expect("kernelversion in the kernel build")
-            .trim()
-            .to_string();
-        let deb = std::fs::read_dir(kernel_dir().join("debs"))
-            .expect("debs/ in the kernel build")
-            .map(|e| e.unwrap().path())
-            .find(|p| {
-                p.file_name()
-                    .and_then(|n| n.to_str())
-                    .is_some_and(|n| n.starts_with(&format!("linux-headers-{release}_")))
-            })
-            .expect("a linux-headers package in the kernel build");
-        let root = scratch().join("xftrace-headers").join(&release);
+        let (root, release) = unpack_package("headers");
         let tree = root.join(format!("usr/src/linux-headers-{release}"));
-        let _ = std::fs::remove_dir_all(&root);
-        std::fs::create_dir_all(&root).unwrap();
-        let st = Command::new("dpkg-deb")
-            .arg("-x")
-            .arg(&deb)
-            .arg(&root)
-            .status()
-            .expect("run dpkg-deb");
         assert!(
-            st.success() && tree.join("Makefile").is_file(),
-            "unpack {deb:?}"
+            tree.join("Makefile").is_file(),
+            "no headers tree in {root:?}"
         );
         tree
+    })
+}
+
+/// A build's modules for `--modules`: the modules of the kernel's image
+/// package (/lib/modules/RELEASE), and rk_benign, which the test build
+/// thereby ships. Made once.
+pub fn build_modules_dir() -> &'static Path {
+    static P: OnceLock<PathBuf> = OnceLock::new();
+    P.get_or_init(|| {
+        let (root, release) = unpack_package("image");
+        let dir = root.join(format!("lib/modules/{release}"));
+        let benign = rootkit_modules()
+            .iter()
+            .find(|p| p.ends_with("rk_benign.ko"))
+            .expect("rk_benign.ko built");
+        std::fs::copy(benign, dir.join("rk_benign.ko")).unwrap();
+        dir
     })
 }
 

@@ -8,12 +8,18 @@
 //! another, still so a moment later (loading and unloading pass through
 //! such states), has hidden itself. The walks are
 //! [`crate::kernel::modules`]'s.
+//!
+//! A module can also hide in plain sight, under the name of a module the
+//! build ships; where the build's `.ko` files are known, a listed module of
+//! such a name whose code is not the build's is reported as well
+//! ([`crate::kernel::modcode`]).
 #![deny(clippy::arithmetic_side_effects)]
 
 use std::collections::BTreeSet;
 
 use super::{Check, Context, Report};
 use crate::detect::FindingKind;
+use crate::kernel::modcode::Identity;
 use crate::kernel::modules::{Module, MAX_NODES};
 use crate::kernel::walk::End;
 
@@ -104,6 +110,7 @@ impl Check for HiddenModules {
             }));
             (odd, broken)
         };
+        impostors(cx, out);
         let (first, broken) = odd(&mut out.scratch());
         if first.is_empty() && !broken {
             return;
@@ -121,6 +128,54 @@ impl Check for HiddenModules {
                 .owned_by(name),
             );
         }
+    }
+}
+
+/// Listed modules that pass for a module of the build by name and are
+/// not it by content ([`crate::kernel::modcode`]), still so a moment later
+/// (a module being loaded is listed before its code is in place); and
+/// those that cannot be told, which is reported too.
+fn impostors(cx: &Context, out: &mut Report) {
+    let (Some(build), Some(_)) = (cx.build_modules, cx.module_files) else {
+        return;
+    };
+    let state = cx.field("module", &["state"]).unwrap_or(0);
+    // MODULE_STATE_UNFORMED: listed, its code not yet copied in.
+    const UNFORMED: u32 = 3;
+    let suspects: Vec<&Module> = cx
+        .modules()
+        .iter()
+        .filter(|m| build.contains(&m.name))
+        .filter(|m| m.addr.checked_add(state).and_then(|a| cx.read_u32(a)) != Some(UNFORMED))
+        .filter(|m| cx.module_identity(m) != Identity::Build)
+        .collect();
+    if suspects.is_empty() {
+        return;
+    }
+    crate::base::settle::settle(SETTLE);
+    for m in suspects {
+        let (what, why) = match cx.module_identity_now(m) {
+            Identity::Build => continue,
+            Identity::Differs(why) => (
+                "bears the name of a module the build ships, but its code is not that module's",
+                why,
+            ),
+            Identity::Unverified(why) => (
+                "bears the name of a module the build ships and cannot be compared with it",
+                why,
+            ),
+        };
+        out.push(
+            out.finding(
+                format!(
+                    "module {} (struct module at {:#x}) {what}: {why}",
+                    m.name, m.addr
+                ),
+                &[m.addr],
+                "a module passes for one of the build by its name alone",
+            )
+            .owned_by(m.name.clone()),
+        );
     }
 }
 

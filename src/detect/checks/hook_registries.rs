@@ -200,10 +200,10 @@ fn owner(cx: &Context, a: u64) -> Owner {
     if cx.module_layout.is_none() {
         return Owner::Nobody; // code ranges unknown
     }
-    match cx.module_of(a) {
+    match cx.module_at(a) {
         None => Owner::Nobody,
-        Some(m) if cx.build_modules.is_some_and(|b| b.contains(m)) => Owner::BuildModule,
-        Some(m) => Owner::Module(m.to_string()),
+        Some(m) if cx.is_build_module(m) => Owner::BuildModule,
+        Some(m) => Owner::Module(m.name.clone()),
     }
 }
 

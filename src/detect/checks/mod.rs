@@ -164,13 +164,13 @@ impl<'a> Context<'a> {
         if map.in_image(link) {
             return Lands::KernelData;
         }
-        if let Some(m) = self.module_memory_of(a) {
+        if let Some(m) = self.module_memory_at(a) {
             let text = self.module_of(a).is_some();
-            return if self.build_modules.is_some_and(|b| b.contains(m)) {
+            return if self.is_build_module(m) {
                 Lands::BuildModule
             } else {
                 Lands::Module {
-                    name: m.to_string(),
+                    name: m.name.clone(),
                     text,
                 }
             };
