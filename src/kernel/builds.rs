@@ -259,4 +259,31 @@ mod tests {
         std::fs::set_permissions(hexdir, std::fs::Permissions::from_mode(0o777)).unwrap();
         assert!(check_recorded(&st, &p).is_err());
     }
+
+    #[test]
+    fn stores_the_builds_modules_flat_and_reads_back_only_trusted_files() {
+        let root = tempfile::tempdir().unwrap();
+        let st = root.path().join("state");
+        let src = root.path().join("System.map");
+        std::fs::write(&src, MAP).unwrap();
+        let mods = root.path().join("lib-modules");
+        std::fs::create_dir_all(mods.join("kernel/drivers")).unwrap();
+        std::fs::write(mods.join("kernel/drivers/virtio-net.ko"), b"net").unwrap();
+        std::fs::write(mods.join("a.ko"), b"a").unwrap();
+        std::fs::write(mods.join("modules.dep"), b"").unwrap();
+        // A link is not a module file.
+        std::os::unix::fs::symlink(&src, mods.join("planted.ko")).unwrap();
+        let p = store(&st, &src, None, Some(&mods), false).unwrap();
+        let stored = p.with_file_name("modules.d");
+        let f = ModuleFiles::scan(&stored, true).unwrap();
+        assert_eq!(f.names().collect::<Vec<_>>(), ["a", "virtio_net"]);
+        assert_eq!(
+            std::fs::read(f.path("virtio_net").unwrap()).unwrap(),
+            b"net"
+        );
+        // A stored module file someone made writable is refused.
+        let a = stored.join("a.ko");
+        std::fs::set_permissions(&a, std::fs::Permissions::from_mode(0o666)).unwrap();
+        assert!(ModuleFiles::scan(&stored, true).is_err());
+    }
 }
