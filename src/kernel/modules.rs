@@ -80,11 +80,12 @@ impl KernelView<'_> {
             return (Vec::new(), End::Complete);
         };
         let mut out = Vec::new();
+        let name_at = self.module_name_offset();
         let mut walk = self.list(head, MAX_MODULES);
         for p in walk.by_ref() {
             let Some((module, name)) = p
                 .checked_sub(l.list)
-                .and_then(|m| Some((m, self.module_name(m)?)))
+                .and_then(|m| Some((m, self.module_name_at(m, name_at)?)))
             else {
                 return (out, End::Unreadable(p));
             };
@@ -101,10 +102,19 @@ impl KernelView<'_> {
     /// The escaped name of the `struct module` at `module`; None if it
     /// cannot be read.
     pub fn module_name(&self, module: u64) -> Option<String> {
-        let at = self
-            .field("module", &["name"])
+        self.module_name_at(module, self.module_name_offset())
+    }
+
+    /// Where `struct module` keeps `name[]`.
+    fn module_name_offset(&self) -> u64 {
+        self.field("module", &["name"])
             .or(self.module_layout.map(|l| l.name))
-            .unwrap_or(24);
+            .unwrap_or(24)
+    }
+
+    /// [`Self::module_name`] with the offset of `name[]` looked up once by
+    /// the caller (the list walk reads thousands).
+    fn module_name_at(&self, module: u64, at: u64) -> Option<String> {
         let mut name = [0u8; MODULE_NAME_LEN];
         self.read(module.checked_add(at)?, &mut name)?;
         let n = name.iter().position(|&c| c == 0).unwrap_or(name.len());

@@ -255,9 +255,13 @@ impl<'a> KernelView<'a> {
     /// value in System.map (x86-64 links the per-CPU area at 0, and KASLR
     /// does not move it): `(cpu, address)` from `__per_cpu_offset[cpu]`
     /// for the first `nr_cpu_ids` CPUs, as `per_cpu_ptr()` computes them
-    /// (a wrapping sum). None where the build or the guest does not say.
+    /// (a wrapping sum), and no more than the domain's vCPUs where its
+    /// manager says (a guest that raises `nr_cpu_ids` must not multiply
+    /// every per-CPU walk; CPUs beyond the vCPUs never run). None where the
+    /// build or the guest does not say.
     pub fn per_cpu(&self, var: u64) -> Option<Vec<(u32, u64)>> {
-        let n = self.read_u32(self.sym("nr_cpu_ids")?)?.clamp(1, MAX_CPUS);
+        let most = self.max_vcpus.unwrap_or(MAX_CPUS).clamp(1, MAX_CPUS);
+        let n = self.read_u32(self.sym("nr_cpu_ids")?)?.clamp(1, most);
         let offsets = self.read_words(self.sym("__per_cpu_offset")?, n as usize)?;
         Some(
             (0..n)
@@ -277,6 +281,23 @@ mod tests {
     use crate::kernel::guest::KernelView;
     use crate::kernel::locate::locate;
     use crate::kernel::locate::tests::{pa_of, synthetic_guest, SLIDE, TEXT_PA};
+
+    #[test]
+    fn per_cpu_walks_stop_at_the_domains_vcpus_whatever_nr_cpu_ids_says() {
+        let dir = tempfile::tempdir().unwrap();
+        let (ram, map) = synthetic_guest(dir.path());
+        let k = locate(&ram, &map, None).unwrap();
+        let nr = GuestAddress(pa_of(&map, TEXT_PA, "nr_cpu_ids"));
+        ram.write_u64(nr, 8192).unwrap();
+        let mut v = KernelView::new(&ram, &map, &k);
+        let var = 0x1000;
+        assert_eq!(v.per_cpu(var).unwrap().len(), 8192);
+        v.max_vcpus = Some(2);
+        assert_eq!(v.per_cpu(var).unwrap().len(), 2);
+        // A guest that counts fewer CPUs than it has is read as it says.
+        ram.write_u64(nr, 1).unwrap();
+        assert_eq!(v.per_cpu(var).unwrap().len(), 1);
+    }
 
     #[test]
     fn an_xarray_is_walked_once_whatever_its_nodes_say() {

@@ -148,7 +148,7 @@ fn context<'a>(g: &'a Guest, k: &'a GuestKernel) -> Context<'a> {
 }
 
 /// Run the checks `which` selects, and print what they found.
-fn run_checks(cx: &Context, which: impl Fn(FindingKind) -> bool) {
+fn run_checks(cx: &Context, mut which: impl FnMut(FindingKind) -> bool) {
     let mut out = Vec::new();
     for c in CHECKS.iter().filter(|c| which(c.kind())) {
         c.run(cx, &mut Report::new(c.kind(), &mut out));
@@ -361,7 +361,15 @@ pub fn kernel_lists(data: &[u8]) {
         };
         let dirty = apply(g, data);
         let cx = context(g, &k);
-        run_checks(&cx, |kind| !CENSUS.contains(&kind));
+        // A quarter of the checks per input, chosen by the first byte's top
+        // bits (its low bits choose the area of the first chunk): every
+        // check still meets every kind of input, at four times the rate.
+        let quarter = data.first().map_or(0, |b| usize::from(b >> 6));
+        let mut i = 0usize;
+        run_checks(&cx, |kind| {
+            i += 1;
+            !CENSUS.contains(&kind) && i % 4 == quarter
+        });
         for c in data.chunks_exact(8).take(8) {
             let a = u64::from_le_bytes(c.try_into().unwrap());
             let _ = cx.name(a);
