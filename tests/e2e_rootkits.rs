@@ -11,8 +11,8 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use common::detection::{
-    body_hooks, census_cost, control_data_hooks, findings, has, hidden_module, impostor_module,
-    measured, pick, registry_hooks, shadow_page, CASES,
+    body_hooks, census_cost, control_data_hooks, findings, has, hidden_module, idt_register,
+    impostor_module, measured, pick, registry_hooks, shadow_page, CASES,
 };
 use common::{Boot, Vm, Xftrace};
 
@@ -32,6 +32,8 @@ fn detects_every_test_rootkit_and_nothing_on_a_clean_guest() {
     let mut x = Xftrace::new(&vm.ram);
     // The build ships the kernel's own modules and rk_benign, told by content.
     x.modules = Some(common::build_modules_dir().to_path_buf());
+    // Its QEMU's monitor, for the vCPUs' registers.
+    x.qmp = Some(vm.dir.path().join("qmp.sock"));
 
     // Clean: a baseline under the mixed workload, then 20 consecutive checks
     // with call flow under the same workload.
@@ -194,6 +196,7 @@ fn detects_every_test_rootkit_and_nothing_on_a_clean_guest() {
     shadow_page(&mut |c| vm.sh(c), &check, "/lib/xftrace-test");
     registry_hooks(&mut |c| vm.sh(c), &check, "/lib/xftrace-test");
     impostor_module(&mut |c| vm.sh(c), &check, "/lib/xftrace-test");
+    idt_register(&mut |c| vm.sh(c), &check, "/lib/xftrace-test");
     control_data_hooks(&mut |c| vm.sh(c), &check, "/lib/xftrace-test");
 
     // Data sealed after boot: /dev/ptmx's open operation swapped. Seen to

@@ -73,6 +73,11 @@ pub struct GuestArgs {
     #[arg(long, global = true, value_name = "DIR")]
     pub modules: Option<PathBuf>,
 
+    /// QMP socket of the QEMU running the guest (--mem-file only), to read its
+    /// vCPUs' registers (libvirt domains: through libvirt).
+    #[arg(long, global = true, value_name = "PATH")]
+    pub qmp: Option<PathBuf>,
+
     /// QEMU machine type (--mem-file only); needed for guests with 2.75 GiB of RAM or more.
     #[arg(long, global = true, value_enum)]
     pub machine: Option<MachineArg>,
@@ -330,6 +335,7 @@ fn target(g: &GuestArgs, root: &Path) -> Result<Target, Error> {
             path: path.clone(),
             machine: g.machine.map(Machine::from),
             max_ram_below_4g: g.max_ram_below_4g,
+            qmp: g.qmp.clone(),
         }),
         (None, None) => {
             return Err(Error::Input(

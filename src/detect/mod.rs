@@ -75,6 +75,9 @@ finding_kinds! {
     BpfProgram = "bpf-program",
     /// An IDT gate enters something other than kernel entry code.
     Idt = "idt",
+    /// A vCPU's live IDT register or page-table root (read from QEMU) is
+    /// not one the kernel keeps.
+    VcpuState = "vcpu-state",
     /// A well-known operation table differs from the build.
     OperationTable = "operation-table",
     /// A function pointer in the kernel's writable data (`.data`, `.bss`,
@@ -373,6 +376,7 @@ mod tests {
                 path,
                 machine: None,
                 max_ram_below_4g: None,
+                qmp: None,
             }),
             system_map: target.system_map.clone(),
             vmlinux: None,
@@ -441,6 +445,7 @@ mod tests {
                 path: dir.join("ram"),
                 machine: None,
                 max_ram_below_4g: None,
+                qmp: None,
             }),
             system_map: Some(dir.join("System.map")),
             vmlinux: None,

@@ -71,8 +71,10 @@ pub fn check(target: &Target, opts: &CheckOptions) -> Result<Checked> {
             "control block duplicated: every check ran against each",
         ));
     }
+    let vcpus = || target.vcpu_registers();
     for k in g.kernels() {
-        let cx = Context::new(g.view(k), vmlinux, &dir);
+        let mut cx = Context::new(g.view(k), vmlinux, &dir);
+        cx.vcpus = Some(&vcpus);
         findings.extend(checks::run_all(&cx));
     }
     let mut failed = None;

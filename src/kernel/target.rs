@@ -12,6 +12,7 @@ use log::{info, warn};
 use crate::base::error::{Error, Result};
 use crate::base::escape::escape;
 use crate::guest::memory::{GuestRam, Machine, MemoryLayout};
+use crate::guest::vcpu::VcpuRegs;
 use crate::host::statedir::{now_unix, GuestDir};
 use crate::kernel::btf::ModuleLayout;
 use crate::kernel::guest::Guest;
@@ -28,6 +29,8 @@ pub struct MemFile {
     pub path: PathBuf,
     pub machine: Option<Machine>,
     pub max_ram_below_4g: Option<u64>,
+    /// The QMP socket of the QEMU that runs it, for its vCPUs' registers.
+    pub qmp: Option<PathBuf>,
 }
 
 /// The guests a virtualization manager runs (libvirt's domains), as far
@@ -51,6 +54,9 @@ pub trait RunningDomain {
     /// The most vCPUs it may have (the guest's possible CPUs), as its
     /// manager says: outside the guest's reach.
     fn max_vcpus(&self) -> Option<u32>;
+    /// Its vCPUs' registers, as QEMU's HMP `info registers -a` prints them
+    /// ([`crate::guest::vcpu`]).
+    fn vcpu_registers(&self) -> Result<String>;
 }
 
 /// A domain's RAM as its manager reports it.
@@ -161,6 +167,25 @@ impl Target {
             return ModuleFiles::scan(&d, recorded).map(Some);
         }
         Ok(None)
+    }
+
+    /// The guest's vCPUs' live registers, where a monitor of its QEMU is
+    /// known (a domain; a `--mem-file` guest given `--qmp`); None where
+    /// none is.
+    pub fn vcpu_registers(&self) -> Option<std::result::Result<Vec<VcpuRegs>, String>> {
+        let text = match &self.source {
+            Source::MemFile(MemFile { qmp: None, .. }) => return None,
+            Source::MemFile(MemFile { qmp: Some(q), .. }) => {
+                crate::host::qmp::human_monitor_command(q, "info registers -a")
+            }
+            Source::Domain { name, domains, .. } => {
+                domains.running(name).and_then(|d| d.vcpu_registers())
+            }
+        };
+        Some(
+            text.map_err(|e| e.to_string())
+                .and_then(|t| crate::guest::vcpu::parse_info_registers(&t)),
+        )
     }
 
     /// Open the guest: map its RAM, load the build, locate the kernel.
@@ -473,6 +498,7 @@ mod tests {
                 path: ram.to_path_buf(),
                 machine: None,
                 max_ram_below_4g: None,
+                qmp: None,
             }),
             system_map: Some(map),
             vmlinux: None,

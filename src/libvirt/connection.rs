@@ -272,6 +272,17 @@ impl Libvirt {
         })
     }
 
+    /// A running domain's vCPU registers: HMP `info registers -a` through
+    /// the monitor passthrough (see [`crate::guest::vcpu`] for what it
+    /// costs the guest).
+    pub fn vcpu_registers(&self, dom: &Domain) -> Result<String> {
+        dom.qemu_monitor_command(
+            "info registers -a",
+            sys::VIR_DOMAIN_QEMU_MONITOR_COMMAND_HMP,
+        )
+        .map_err(lv("cannot read the vCPUs' registers from QEMU".into()))
+    }
+
     pub fn list(&self) -> Result<Vec<DomainRow>> {
         let doms = self
             .conn

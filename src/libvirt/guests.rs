@@ -50,6 +50,10 @@ impl RunningDomain for Running {
             .ok()
             .and_then(|n| u32::try_from(n).ok())
     }
+
+    fn vcpu_registers(&self) -> Result<String> {
+        self.lv.vcpu_registers(&self.dom)
+    }
 }
 
 impl Domains for LibvirtDomains {

@@ -13,6 +13,8 @@ pub struct Xftrace {
     pub system_map: PathBuf,
     /// The build's modules (`--modules`), where a test names some.
     pub modules: Option<PathBuf>,
+    /// The QMP socket of the guest's QEMU (`--qmp`), where a test gives it.
+    pub qmp: Option<PathBuf>,
 }
 
 impl Xftrace {
@@ -22,6 +24,7 @@ impl Xftrace {
             mem_file: mem_file.to_path_buf(),
             system_map: system_map(),
             modules: None,
+            qmp: None,
         }
     }
 
@@ -35,6 +38,9 @@ impl Xftrace {
         ];
         if let Some(m) = &self.modules {
             a.extend(["--modules".as_ref(), m.as_os_str()]);
+        }
+        if let Some(q) = &self.qmp {
+            a.extend(["--qmp".as_ref(), q.as_os_str()]);
         }
         a
     }
@@ -77,6 +83,7 @@ pub fn xftrace_with_map(x: &Xftrace, map: &Path, args: &[&str]) -> Output {
         mem_file: x.mem_file.clone(),
         system_map: map.to_path_buf(),
         modules: None,
+        qmp: None,
     };
     y.run(args)
 }

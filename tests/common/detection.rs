@@ -483,6 +483,31 @@ pub fn impostor_module(sh: &mut dyn FnMut(&str) -> String, check: &dyn Fn() -> O
     clean("the impostor unloaded, still reported");
 }
 
+/// Every CPU's IDT register loaded with a copy of the IDT (rk_idtr), the
+/// copy in vmalloc space or the direct map, drawn per run: the kernel's own
+/// IDT and page tables stay as built, so only the vCPUs' registers, read
+/// from QEMU (`--qmp`), show it. Found naming the copy, gone once unloaded.
+pub fn idt_register(sh: &mut dyn FnMut(&str) -> String, check: &dyn Fn() -> Output, dir: &str) {
+    let clean = nothing_beyond_now(check);
+    let place = pick("rk_idtr copy in", &["vmalloc", "direct"]);
+    let out = sh(&format!(
+        "insmod {dir}/rk_idtr.ko where={place}; echo rc=$?"
+    ));
+    assert!(out.contains("rc=0"), "{out}");
+    assert_ne!(param(sh, "rk_idtr", "fired"), "0", "rk_idtr loaded no CPU");
+    // The guest still takes interrupts and exceptions through the copy.
+    sh("ls / > /dev/null; sleep 0.2");
+    let o = check();
+    let f = findings(&o);
+    assert_eq!(o.status.code(), Some(1), "{f:#?}");
+    assert!(
+        has(&f, "vcpu-state", &["vCPU 0: its IDT register names"]),
+        "the IDT register loaded with a copy in {place} memory was not found: {f:#?}"
+    );
+    sh("rmmod rk_idtr");
+    clean("rk_idtr unloaded, still reported");
+}
+
 /// A module that hides, drawn per run: from the module list and sysfs
 /// (`how=list`; then its code is also code no listed module owns), or from
 /// sysfs only (`how=sysfs`). Seen to hide, then found. It cannot be unloaded.

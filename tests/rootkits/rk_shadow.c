@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: GPL-2.0
 /*
- * 20. A shadow page: the kernel's page tables point the page that holds an
+ * 21. A shadow page: the kernel's page tables point the page that holds an
  * ordinary function's code at a patched copy of that page. The kernel image
  * in memory is left as the build made it, so every check that reads the
  * image by its physical address sees nothing; the CPU runs the copy. Where

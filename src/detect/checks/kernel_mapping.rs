@@ -17,15 +17,12 @@
 //! Not yet: the live `IDTR` and `MSR_LSTAR` of the vCPUs.
 #![deny(clippy::arithmetic_side_effects)]
 
-use super::{Check, Context, Report};
+use super::{Check, Context, Report, CEA_RO_IDT};
 use crate::detect::{Finding, FindingKind};
 use crate::guest::addr::VirtAddr;
 
 pub struct KernelMapping;
 
-/// `CPU_ENTRY_AREA_RO_IDT`: where x86_64 maps the IDT read-only for every
-/// CPU (`CPU_ENTRY_AREA_BASE`, with 4- and 5-level paging).
-const CEA_RO_IDT: u64 = 0xffff_fe00_0000_0000;
 /// The image a build may have, at most (a bigger one is not trusted to be
 /// walked).
 const MAX_IMAGE: u64 = 1 << 30;

@@ -23,6 +23,7 @@ pub mod ro_after_init;
 pub mod syscall_dispatch;
 pub mod syscall_table;
 pub mod tracer;
+pub mod vcpu_state;
 
 use std::collections::BTreeSet;
 use std::ops::Deref;
@@ -47,9 +48,22 @@ pub struct Context<'a> {
     /// The guest thread's heartbeat when the checks began, and when: the
     /// tracer check's liveness test counts the other checks' time.
     pub heartbeat: Option<(u64, std::time::Instant)>,
+    /// Reads the vCPUs' live registers from QEMU (None: no monitor of
+    /// the guest's QEMU is known).
+    pub vcpus: Option<&'a VcpuReader<'a>>,
     /// Code the kernel knows it runs, sorted by start (read once).
     code: std::sync::OnceLock<Vec<Owned>>,
 }
+
+/// What reads the vCPUs' registers: None where no monitor is known.
+pub type VcpuReader<'a> =
+    dyn Fn() -> Option<std::result::Result<Vec<crate::guest::vcpu::VcpuRegs>, String>> + 'a;
+
+/// `CPU_ENTRY_AREA_RO_IDT`: where x86_64 maps the IDT read-only for every
+/// CPU (`CPU_ENTRY_AREA_BASE`, with 4- and 5-level paging; not randomized
+/// in 6.1), and what the CPUs' IDT registers hold once the kernel has set
+/// up its gates.
+pub(super) const CEA_RO_IDT: u64 = 0xffff_fe00_0000_0000;
 
 impl<'a> Context<'a> {
     pub fn new(mut view: KernelView<'a>, vmlinux: &'a Vmlinux, dir: &'a GuestDir) -> Self {
@@ -66,6 +80,7 @@ impl<'a> Context<'a> {
             vmlinux,
             dir,
             heartbeat,
+            vcpus: None,
             code: std::sync::OnceLock::new(),
         }
     }
@@ -508,6 +523,7 @@ pub const CHECKS: &[&dyn Check] = &[
     &deferred_code::DeferredCode,
     &ftrace_hooks::FtraceHooks,
     &tracer::TracerIntegrity,
+    &vcpu_state::VcpuState,
     &foreign_modules::ForeignModules,
 ];
 
