@@ -382,18 +382,10 @@ impl KoImage {
                 sites.push((site, site.saturating_add(n).min(text_size)));
             }
         }
-        sites.sort_unstable();
-        let mut merged: Vec<(u64, u64)> = Vec::with_capacity(sites.len());
-        for (s, e) in sites {
-            match merged.last_mut() {
-                Some(last) if s <= last.1 => last.1 = last.1.max(e),
-                _ => merged.push((s, e)),
-            }
-        }
         relocs.sort_by_key(|r| r.at);
         Ok(KoImage {
             code,
-            sites: merged,
+            sites: crate::base::ranges::normalize(sites),
             relocs,
         })
     }
