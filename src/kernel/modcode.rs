@@ -47,6 +47,10 @@ const MAX_DEPTH: usize = 8;
 /// Code compared per module, at most (a larger `text_size` in the guest is
 /// itself a difference).
 const MAX_TEXT: u64 = 64 << 20;
+/// Module code read from the guest per view, at most: a guest that lists
+/// thousands of modules under build names, each the size of the build's
+/// file, gets the rest reported as not compared rather than read.
+const MAX_COMPARED: u64 = 256 << 20;
 /// `SHF_RO_AFTER_INIT`: what the loader marks `.data..ro_after_init` and
 /// `__jump_table` with before laying them out.
 const SHF_RO_AFTER_INIT: u64 = 0x0020_0000;
@@ -501,6 +505,8 @@ enum Len {
 #[derive(Default)]
 pub struct IdentityCache {
     by_module: std::cell::RefCell<HashMap<u64, Identity>>,
+    /// Bytes of module code read so far ([`MAX_COMPARED`]).
+    compared: std::cell::Cell<u64>,
     images: std::cell::RefCell<HashMap<String, std::result::Result<std::rc::Rc<KoImage>, String>>>,
 }
 
@@ -586,6 +592,13 @@ impl KernelView<'_> {
                 ko.text_size()
             ));
         }
+        let total = self.identities.compared.get().saturating_add(len);
+        if total > MAX_COMPARED {
+            return Identity::Unverified(format!(
+                "more than {MAX_COMPARED} bytes of module code compared in this check"
+            ));
+        }
+        self.identities.compared.set(total);
         let mut live = vec![0u8; usize::try_from(len).unwrap_or(0)];
         if let Err(e) = self.read_bytes(start, &mut live) {
             return Identity::Unverified(format!("its code cannot be read: {e}"));
