@@ -285,7 +285,7 @@ mod tests {
                 .all(|c| c.is_ascii_lowercase() || c == b'-'));
             assert!(names.insert(k.as_str()), "{k} twice");
         }
-        assert_eq!(names.len(), 21);
+        assert_eq!(names.len(), 22);
         assert!(serde_json::from_str::<FindingKind>("\"rootkit\"").is_err());
     }
     use crate::kernel::locate::tests::{place_kernel, synthetic_guest, SLIDE, TEXT_PA};
