@@ -188,7 +188,51 @@ mod tests {
     use crate::guest::vcpu::parse_info_registers;
     use crate::kernel::guest::KernelView;
     use crate::kernel::locate::locate;
-    use crate::testkit::synthetic::{synthetic_guest, unit_build};
+    use crate::testkit::synthetic::{
+        put_link, synthetic_guest, unit_build, UNIT_MAP, UNIT_SLIDE, UNIT_TEXT_PA,
+    };
+
+    /// init_mm's root, its page-table-isolation user half, and a root no
+    /// mm has.
+    #[test]
+    fn a_page_table_root_no_mm_has_is_named_and_the_kernels_is_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let (ram, _) = synthetic_guest(dir.path());
+        let map = crate::kernel::symbols::SystemMap::parse(&format!(
+            "{UNIT_MAP}ffffffff82120000 D init_mm\n"
+        ))
+        .unwrap();
+        let k = locate(&ram, &map, None).unwrap();
+        let (vmlinux, state) = unit_build(dir.path());
+        // init_mm.pgd: a page of the image, 8 KiB aligned.
+        let pgd_link = 0xffff_ffff_8213_0000u64;
+        put_link(&ram, 0xffff_ffff_8212_0000 + 8, pgd_link + UNIT_SLIDE);
+        let root = pgd_link - 0xffff_ffff_8100_0000 + UNIT_TEXT_PA;
+        let layouts = crate::kernel::btf::Btf::parse(&crate::testkit::synthetic::btf(&[(
+            "mm_struct",
+            64,
+            &[("pgd", 8, "")],
+        )]))
+        .unwrap();
+        let mut view = KernelView::new(&ram, &map, &k);
+        view.btf = Some(&layouts);
+        let cx = Context::new(view, &vmlinux, &state);
+        let regs = |cr3: u64| {
+            parse_info_registers(&format!(
+                "CPU#0\nCR0=80050033 CR2=0 CR3={cr3:016x} CR4=0\nEFER=0000000000000d01\n"
+            ))
+            .unwrap()
+        };
+        assert!(judge(&cx, &regs(root)).is_empty());
+        // With a PCID in the low bits, and the user half.
+        assert!(judge(&cx, &regs(root | 0x1000 | 0x806)).is_empty());
+        let odd = judge(&cx, &regs(0x0123_4000));
+        assert_eq!(odd.len(), 1, "{odd:?}");
+        assert!(
+            odd[0].1.contains("page tables at physical 0x1234000"),
+            "{odd:?}"
+        );
+    }
 
     #[test]
     fn an_idt_register_elsewhere_is_named_and_the_kernels_is_not() {
