@@ -167,11 +167,7 @@ fn flow_name(view: &crate::kernel::guest::KernelView, a: u64) -> String {
         return view.sym.function(a);
     }
     if view.is_build_code(a) {
-        if let Some(m) = view
-            .modules()
-            .iter()
-            .find(|m| m.text.is_some_and(|(s, e)| s <= a && a < e))
-        {
+        if let Some(m) = view.module_at(a) {
             let off = m.text.map_or(0, |(s, _)| a.saturating_sub(s));
             return format!("[{}]+{off:#x}", m.name);
         }

@@ -128,10 +128,7 @@ impl KernelView<'_> {
     pub fn module_of(&self, addr: u64) -> Option<&str> {
         let mods = self.modules();
         if self.module_layout.is_some() {
-            return mods
-                .iter()
-                .find(|m| m.text.is_some_and(|(s, e)| s <= addr && addr < e))
-                .map(|m| m.name.as_str());
+            return self.module_at(addr).map(|m| m.name.as_str());
         }
         mods.iter()
             .filter(|m| m.addr.checked_sub(addr).is_some_and(|d| d < 8 << 20))
