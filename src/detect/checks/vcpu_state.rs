@@ -47,7 +47,7 @@ impl Check for VcpuState {
         let Some(read) = cx.vcpus else {
             return; // no monitor of the guest's QEMU is known
         };
-        let mut odd: Option<Vec<(u32, String, u64)>> = None;
+        let mut odd: Option<Vec<Odd>> = None;
         for look in 0..LOOKS {
             if look > 0 {
                 crate::base::settle::settle(PAUSE);
@@ -65,16 +65,13 @@ impl Check for VcpuState {
                 None => return,
             };
             let now = judge(cx, &regs);
-            // Only what was wrong at every look.
-            let kept: Vec<(u32, String, u64)> = match odd {
+            // Only what was wrong at every look: the same register of the
+            // same vCPU.
+            let kept: Vec<Odd> = match odd {
                 None => now,
                 Some(before) => now
                     .into_iter()
-                    .filter(|(cpu, what, _)| {
-                        before.iter().any(|(c, w, _)| {
-                            c == cpu && w.split(':').next() == what.split(':').next()
-                        })
-                    })
+                    .filter(|n| before.iter().any(|b| (b.cpu, b.reg) == (n.cpu, n.reg)))
                     .collect(),
             };
             if kept.is_empty() {
@@ -82,30 +79,42 @@ impl Check for VcpuState {
             }
             odd = Some(kept);
         }
-        for (_, detail, at) in odd.unwrap_or_default() {
-            out.add(detail, &[at], "read from QEMU, three times 50 ms apart");
+        for o in odd.unwrap_or_default() {
+            out.add(o.detail, &[o.at], "read from QEMU, three times 50 ms apart");
         }
     }
 }
 
+/// A register of a vCPU that is not the kernel's.
+#[derive(Debug)]
+struct Odd {
+    cpu: u32,
+    /// Which register: `"idtr"` or `"cr3"`.
+    reg: &'static str,
+    detail: String,
+    /// The address or root it holds.
+    at: u64,
+}
+
 /// Each 64-bit vCPU whose IDT register or page-table root is not the
-/// kernel's: (vCPU, what, the address or root).
-fn judge(cx: &Context, regs: &[VcpuRegs]) -> Vec<(u32, String, u64)> {
+/// kernel's.
+fn judge(cx: &Context, regs: &[VcpuRegs]) -> Vec<Odd> {
     let mut out = Vec::new();
     let idt_table = cx.sym("idt_table");
     let roots = known_roots(cx);
     for r in regs.iter().filter(|r| r.long_mode) {
         if let Some((base, limit)) = r.idt {
             if !(base == CEA_RO_IDT || Some(base) == idt_table) || limit != IDT_LIMIT {
-                out.push((
-                    r.cpu,
-                    format!(
+                out.push(Odd {
+                    cpu: r.cpu,
+                    reg: "idtr",
+                    detail: format!(
                         "vCPU {}: its IDT register names {base:#x} (limit {limit:#x}), not the kernel's IDT ({CEA_RO_IDT:#x}, or idt_table{}, limit {IDT_LIMIT:#x}): it takes interrupts and exceptions through a table the idt check never reads",
                         r.cpu,
                         idt_table.map_or(String::new(), |a| format!(" at {a:#x}"))
                     ),
-                    base,
-                ));
+                    at: base,
+                });
             }
         }
         if let (Some(cr3), Some(roots)) = (r.cr3, &roots) {
@@ -115,14 +124,15 @@ fn judge(cx: &Context, regs: &[VcpuRegs]) -> Vec<(u32, String, u64)> {
                     .checked_sub(0x1000)
                     .is_some_and(|k| k % 0x2000 == 0 && roots.contains(&k));
             if !known {
-                out.push((
-                    r.cpu,
-                    format!(
+                out.push(Odd {
+                    cpu: r.cpu,
+                    reg: "cr3",
+                    detail: format!(
                         "vCPU {}: it translates through page tables at physical {root:#x} (CR3 {cr3:#x}), which are neither the kernel's, nor the text-patching mm's, nor any loaded or task's mm's: a shadow page-table root the mapping checks never walk",
                         r.cpu
                     ),
-                    root,
-                ));
+                    at: root,
+                });
             }
         }
     }
@@ -229,9 +239,30 @@ mod tests {
         let odd = judge(&cx, &regs(0x0123_4000));
         assert_eq!(odd.len(), 1, "{odd:?}");
         assert!(
-            odd[0].1.contains("page tables at physical 0x1234000"),
+            odd[0].detail.contains("page tables at physical 0x1234000"),
             "{odd:?}"
         );
+        // Wrong at every look, but not the same register each time (the
+        // IDT register, then CR3, then the IDT register): nothing.
+        let looks = std::cell::Cell::new(0u32);
+        let read = || {
+            looks.set(looks.get() + 1);
+            let (idt, cr3) = match looks.get() % 2 {
+                1 => (0xffff_c900_0012_3000u64, root),
+                _ => (0xfffffe0000000000, 0x0123_4000),
+            };
+            Some(parse_info_registers(&format!(
+                "CPU#0\nIDT=     {idt:016x} 00000fff\nCR0=80050033 CR2=0 CR3={cr3:016x} CR4=0\nEFER=0000000000000d01\n"
+            )))
+        };
+        let mut cx = cx;
+        cx.vcpus = Some(&read);
+        let mut all = Vec::new();
+        crate::base::settle::without_settling(|| {
+            VcpuState.run(&cx, &mut Report::new(FindingKind::VcpuState, &mut all));
+        });
+        assert_eq!(looks.get(), 2, "the second look already differs");
+        assert!(all.is_empty(), "{all:?}");
     }
 
     #[test]
@@ -249,9 +280,11 @@ mod tests {
         let cx = Context::new(KernelView::new(&ram, &map, &k), &vmlinux, &state);
         let odd = judge(&cx, &regs);
         assert_eq!(odd.len(), 1, "{odd:?}");
-        assert_eq!(odd[0].0, 1);
-        assert_eq!(odd[0].2, 0xffff_c900_0012_3000);
-        assert!(odd[0].1.contains("IDT register names 0xffffc90000123000"));
+        assert_eq!((odd[0].cpu, odd[0].reg), (1, "idtr"));
+        assert_eq!(odd[0].at, 0xffff_c900_0012_3000);
+        assert!(odd[0]
+            .detail
+            .contains("IDT register names 0xffffc90000123000"));
         // Without a monitor, nothing is said.
         let mut all = Vec::new();
         VcpuState.run(&cx, &mut Report::new(FindingKind::VcpuState, &mut all));
