@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use common::detection::{
     body_hooks, census_cost, control_data_hooks, findings, has, hidden_module, idt_register,
-    impostor_module, measured, pick, registry_hooks, shadow_page, CASES,
+    impostor_module, measured, muted_tracer, pick, registry_hooks, shadow_page, CASES,
 };
 use common::{Boot, Vm, Xftrace};
 
@@ -108,6 +108,22 @@ fn detects_every_test_rootkit_and_nothing_on_a_clean_guest() {
         x.state.path().join("clean.txt").to_str().unwrap(),
     ]);
     assert!(o.status.success());
+    // The guest's probe is witnessed in the trace's header, not in its body.
+    let text = std::fs::read_to_string(x.state.path().join("clean.txt")).unwrap();
+    assert!(
+        text.contains("probe calls (not shown) by CPU: cpu0 ")
+            && !text
+                .lines()
+                .any(|l| !l.starts_with('#') && l.contains("xftrace_probe")),
+        "{}",
+        text.chars().take(2000).collect::<String>()
+    );
+    // A tracer blinded without being stopped: an empty capture is a finding.
+    muted_tracer(
+        &mut |c| vm.sh(c),
+        &|| x.run(&["check", "--json", "--trace-seconds", "1"]),
+        "/lib/xftrace-test",
+    );
     let (o, t, rss) = measured(x.command(&["check", "--json", "--trace-seconds", "0"]));
     assert_eq!(o.status.code(), Some(0));
     eprintln!(

@@ -29,6 +29,25 @@ pub fn check_pattern(p: &str) -> std::result::Result<(), String> {
     }
 }
 
+/// The guest's probe (docs/abi.md §3.1): every online CPU calls it while a
+/// session captures, and the host adds it to every filter it sends, so that
+/// each ring's probe records show that CPU's tracer works.
+pub const PROBE: &str = "xftrace_probe";
+
+/// `patterns` with the probe added (once), as an `on` command sends them.
+pub fn with_probe(patterns: &[String]) -> Vec<String> {
+    let mut v = patterns.to_vec();
+    if !v.iter().any(|p| p == PROBE) {
+        v.push(PROBE.to_string());
+    }
+    v
+}
+
+/// A filter as the host sent it, without the probe it added.
+pub fn without_probe(patterns: Vec<String>) -> Vec<String> {
+    patterns.into_iter().filter(|p| p != PROBE).collect()
+}
+
 /// The `funcs` field for `patterns`: space-separated, zero-padded to the
 /// field's size; and the length used. Err if it does not fit.
 pub fn encode(patterns: &[String]) -> Result<(Vec<u8>, u64), String> {
@@ -49,6 +68,15 @@ pub fn encode(patterns: &[String]) -> Result<(Vec<u8>, u64), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_probe_is_added_once_and_taken_off_again() {
+        let user = vec!["sys_read".to_string()];
+        let sent = with_probe(&user);
+        assert_eq!(sent, ["sys_read", PROBE]);
+        assert_eq!(with_probe(&sent), sent);
+        assert_eq!(without_probe(sent), user);
+    }
 
     #[test]
     fn patterns_are_names_or_globs_only() {

@@ -1,4 +1,4 @@
-//! The guest↔host contract: control block and record layout, ABI version 2.
+//! The guest↔host contract: control block and record layout, ABI version 4.
 //!
 //! `docs/abi.md` is the specification; this module and
 //! `guest-kernel/patches/*xftrace*` implement it, and the test vector in
@@ -24,7 +24,7 @@ pub use record::{
 pub const MAGIC: u64 = u64::from_le_bytes(*b"XFTRACE1");
 /// `"XFTRCHK1"`: seed of the record check value.
 pub const CHECK_SEED: u64 = u64::from_le_bytes(*b"XFTRCHK1");
-pub const ABI_VERSION: u32 = 3;
+pub const ABI_VERSION: u32 = 4;
 pub const CTL_SIZE: u64 = 4096;
 pub const SLOT_SIZE: u64 = 64;
 pub const KEY_SLOTS: u64 = 16;

@@ -124,12 +124,8 @@ fn call_flow(
         info!("a tracing session is running: call-flow check skipped");
         return Ok(Vec::new());
     }
-    let cap = session::capture(
-        target,
-        g,
-        &b.functions,
-        Duration::from_secs(opts.trace_seconds),
-    )?;
+    let length = Duration::from_secs(opts.trace_seconds);
+    let (cap, mut out) = probed_capture(target, g, &b.functions, length)?;
     let flow = {
         let view = g.view(&g.kernel);
         callflow::analyze(
@@ -140,7 +136,7 @@ fn call_flow(
         )
     };
     cap.finish()?;
-    let mut out = flow.unknown_code;
+    out.extend(flow.unknown_code);
     let news = callflow::new_edges(&b, &flow.edges, &|_, _| false);
     if !news.is_empty() {
         // Only edges the baseline lacks are judged against the build.
@@ -157,6 +153,33 @@ fn call_flow(
         }));
     }
     Ok(out)
+}
+
+/// Trace `functions` for `length` and judge whether every CPU's tracer
+/// recorded in it (the guest's probe, `checks::tracer::probed`): the
+/// capture, and what that judgement found.
+fn probed_capture(
+    target: &Target,
+    g: &crate::kernel::guest::Guest,
+    functions: &[String],
+    length: Duration,
+) -> Result<(session::Capture, Vec<Finding>)> {
+    let h = &g.kernel.header;
+    let rings = h.nr_rings.min(h.nr_cpus).min(crate::abi::MAX_RINGS);
+    let online = || g.view(&g.kernel).online_cpus(rings);
+    let before = online();
+    let cap = session::capture(target, g, functions, length)?;
+    // Online from the start of the window to its end.
+    let online = before.zip(online()).map(|(a, b)| &a & &b);
+    let tally = cap.probes()?;
+    let found = checks::tracer::probed(&checks::tracer::Window {
+        length,
+        tally: tally.as_ref(),
+        online,
+        rings,
+        ctl: g.kernel.ctl.0,
+    });
+    Ok((cap, found))
 }
 
 /// A function's name in call flow: its symbol in the image; `[module]+off`
@@ -183,7 +206,12 @@ pub fn baseline(
     depth: u32,
 ) -> Result<callflow::Baseline> {
     let g = target.open()?;
-    let cap = session::capture(target, &g, functions, duration)?;
+    let (cap, blinded) = probed_capture(target, &g, functions, duration)?;
+    if let Some(f) = blinded.first() {
+        // A baseline is what later checks trust: not from a blinded tracer.
+        cap.finish()?;
+        return Err(Error::Guest(format!("{}; no baseline was saved", f.detail)));
+    }
     let flow = {
         let view = g.view(&g.kernel);
         callflow::analyze(cap.records()?, &|a| flow_name(&view, a), &|_| true, depth)

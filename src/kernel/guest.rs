@@ -266,6 +266,22 @@ impl<'a> KernelView<'a> {
         self.read_as::<u32>(va).ok()
     }
 
+    /// The CPUs below `below` that the guest's `__cpu_online_mask` says are
+    /// online (None if it cannot be read). Guest-written: a CPU the guest
+    /// says is offline is only not expected to do anything.
+    pub fn online_cpus(&self, below: u32) -> Option<BTreeSet<u32>> {
+        let words = usize::try_from(below.div_ceil(64)).ok()?;
+        let mask = self.read_words(self.sym("__cpu_online_mask")?, words)?;
+        Some(
+            (0..below)
+                .filter(|&c| {
+                    let (w, b) = ((c / 64) as usize, c % 64);
+                    mask.get(w).is_some_and(|m| m >> b & 1 == 1)
+                })
+                .collect(),
+        )
+    }
+
     /// `symbol+0xoff` for a runtime address, or the bare address (with the
     /// module that probably owns it).
     pub fn name(&self, addr: u64) -> String {

@@ -31,6 +31,7 @@ use crate::host::statedir::{now_unix, GuestDir};
 use crate::kernel::guest::Guest;
 use crate::kernel::symbols::{Symbolizer, SystemMap};
 use crate::kernel::target::Target;
+use crate::trace::probe::{Probe, Tally};
 use crate::trace::render;
 use crate::trace::spool;
 use crate::trace::status::{CollectorState, CollectorStatus};
@@ -595,9 +596,20 @@ pub struct Capture {
 }
 
 impl Capture {
-    /// The captured records, merged across CPUs in time order, streamed.
+    /// The captured records, merged across CPUs in time order, streamed;
+    /// without the guest's probe, which is not the guest's call flow.
     pub fn records(&self) -> Result<impl Iterator<Item = crate::abi::Record>> {
-        Ok(spool::Merged::new(spool::open(self.stopped.dir.path())?))
+        let probe = Probe::new(&self.symbolizer());
+        Ok(spool::Merged::new(spool::open(self.stopped.dir.path())?)
+            .filter(move |r| !probe.is_some_and(|p| p.is(r))))
+    }
+
+    /// The probe's entries and all records, per ring (`None`: the build has
+    /// no probe).
+    pub fn probes(&self) -> Result<Option<Tally>> {
+        Probe::new(&self.symbolizer())
+            .map(|p| p.tally(self.stopped.dir.path()))
+            .transpose()
     }
 
     pub fn symbolizer(&self) -> Symbolizer<'_> {
@@ -658,6 +670,7 @@ pub fn write_trace(
 ) -> Result<u64> {
     let klog_path = klog_beside(output)?;
     let name = |addr: u64| sym.function(addr);
+    let probe = Probe::new(sym);
     let mut notes = vec![
         format!("guest {} ({})", status.target, status.banner),
         format!("functions {}", status.functions.join(" ")),
@@ -679,15 +692,23 @@ pub fn write_trace(
             .map(|w| format!("guest narrowed the capture: {w}")),
     );
     notes.extend(status.gaps.iter().map(|g| format!("gap: {g}")));
+    if let Some(p) = &probe {
+        // Left out of the trace, counted here: each online CPU's ring
+        // should hold some (docs/abi.md §3.1).
+        notes.push(format!(
+            "probe calls (not shown) by CPU: {}",
+            p.tally(dir.path())?.summary()
+        ));
+    }
     if let Ok(mut k) = files::open_regular(&dir.klog(), "Klog") {
         let mut out = files::AtomicFile::create(&klog_path)?;
         std::io::copy(&mut k, out.writer())
             .map_err(|e| Error::io(format!("cannot write {}", klog_path.display()), e))?;
         out.commit()?;
     }
-    let rings: Vec<(u32, spool::RingStream)> = spool::open(dir.path())?
+    let rings: Vec<_> = spool::open(dir.path())?
         .into_iter()
-        .map(|s| (s.cpu(), s))
+        .map(|s| (s.cpu(), s.filter(move |r| !probe.is_some_and(|p| p.is(r)))))
         .collect();
     let mut out = files::AtomicFile::create(output)?;
     let n = render::render(out.writer(), rings, status.nr_cpus.max(1), &name, &notes)?;

@@ -156,6 +156,10 @@ pub fn applied_on(ram: &GuestRam, k: &GuestKernel) -> Result<Option<(Vec<String>
     {
         return Ok(None);
     }
+    let functions = abi::funcs::without_probe(functions);
+    if functions.is_empty() {
+        return Ok(None);
+    }
     let flags = ram.read_u64(k.field(abi::off::CMD_FLAGS))?;
     Ok(Some((functions, flags)))
 }
@@ -174,7 +178,12 @@ pub fn send(
     timeout: Duration,
     seen_alive: Option<Instant>,
 ) -> Result<()> {
-    let (funcs, len) = abi::funcs::encode(functions).map_err(Error::Input)?;
+    // Every filter holds the guest's probe (docs/abi.md §3.1).
+    let sent = match op {
+        Op::On => abi::funcs::with_probe(functions),
+        Op::Off => functions.to_vec(),
+    };
+    let (funcs, len) = abi::funcs::encode(&sent).map_err(Error::Input)?;
     // A command is written only to a guest that runs (a paused one would
     // apply it whenever it resumes); an idle guest beats only every 100 ms
     // to 1 s, so a caller that saw it beat a moment ago says so.
@@ -300,6 +309,14 @@ mod tests {
             command(4, 4, 1, list, list.len() as u64),
             Some((vec!["__x64_sys_openat".into(), "vfs_rea?".into()], 1))
         );
+        // The probe the host added is not the user's.
+        let list = b"vfs_read xftrace_probe";
+        assert_eq!(
+            command(4, 4, 1, list, list.len() as u64),
+            Some((vec!["vfs_read".into()], 1))
+        );
+        assert_eq!(command(4, 4, 1, b"xftrace_probe", 13), None);
+        let list = b"__x64_sys_openat vfs_rea?";
         // Not yet applied, being written, an off, no list, a length past
         // the field, characters no pattern has.
         assert_eq!(command(6, 4, 1, list, list.len() as u64), None);

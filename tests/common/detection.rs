@@ -508,6 +508,33 @@ pub fn idt_register(sh: &mut dyn FnMut(&str) -> String, check: &dyn Fn() -> Outp
     clean("rk_idtr unloaded, still reported");
 }
 
+/// A tracer blinded without being stopped (rk_mute, its way drawn per run:
+/// graph entries to ftrace's stub, the session's filter emptied, or every
+/// CPU made to look busy inside the tracer): its thread beats, its key is
+/// good, and the capture of a check with call flow is empty, which the
+/// guest's probe tells from an idle guest's. Unloaded, the guest is clean
+/// again. `check` runs with call flow.
+pub fn muted_tracer(sh: &mut dyn FnMut(&str) -> String, check: &dyn Fn() -> Output, dir: &str) {
+    let clean = nothing_beyond_now(check);
+    let how = pick("rk_mute blinds the tracer by", &["entry", "filter", "busy"]);
+    let out = sh(&format!("insmod {dir}/rk_mute.ko how={how}; echo rc=$?"));
+    assert!(out.contains("rc=0"), "{out}");
+    let o = check();
+    let f = findings(&o);
+    assert_eq!(o.status.code(), Some(1), "{f:#?}");
+    assert!(
+        has(
+            &f,
+            "tracer-integrity",
+            &["CPU 0 recorded no call of xftrace_probe"]
+        ),
+        "a tracer blinded by rk_mute ({how}) was not found: {f:#?}"
+    );
+    assert_ne!(param(sh, "rk_mute", "fired"), "0", "rk_mute never fired");
+    sh("rmmod rk_mute");
+    clean("rk_mute unloaded, still reported");
+}
+
 /// A module that hides, drawn per run: from the module list and sysfs
 /// (`how=list`; then its code is also code no listed module owns), or from
 /// sysfs only (`how=sysfs`). Seen to hide, then found. It cannot be unloaded.

@@ -2,6 +2,7 @@
 //! blind it. Each of these is a finding, never a silent failure.
 #![deny(clippy::arithmetic_side_effects)]
 
+use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use crate::abi::{self, GateState};
@@ -10,6 +11,7 @@ use crate::guest::memory::GuestRam;
 use crate::host::statedir::GuestDir;
 use crate::kernel::locate::GuestKernel;
 use crate::trace::keys::Klog;
+use crate::trace::probe::Tally;
 use crate::trace::status::{CollectorState, CollectorStatus};
 use crate::trace::switch::{self, TracerStatus};
 
@@ -104,6 +106,108 @@ fn rings(k: &GuestKernel, nr_cpu_ids: Option<u32>, max_vcpus: Option<u32>) -> Ve
         ));
     }
     out
+}
+
+/// What the guest's CPUs did in a capture window, for [`probed`].
+pub struct Window<'a> {
+    /// How long the tracer was on.
+    pub length: Duration,
+    /// Probe entries and records per ring; None if the build has no probe.
+    pub tally: Option<&'a Tally>,
+    /// The CPUs with a ring that the guest said were online when the
+    /// window opened and when it closed (None: its mask could not be read).
+    pub online: Option<BTreeSet<u32>>,
+    /// Rings the host read: min(`nr_rings`, `nr_cpus`).
+    pub rings: u32,
+    /// The control block's address, for the findings.
+    pub ctl: u64,
+}
+
+/// Shortest window in which every online CPU must have probed: five of
+/// the guest's 200 ms probe rounds.
+pub const PROBED_WITHIN: Duration = Duration::from_secs(1);
+
+/// A capture in which a CPU that was online throughout recorded no call of
+/// the guest's probe (docs/abi.md §3.1) was blinded on that CPU: an idle
+/// CPU still probes every 200 ms, so a thin or empty capture of an idle
+/// guest is told from one of a tracer that no longer records. And a CPU
+/// the guest says was offline throughout yet recorded calls makes its
+/// online mask a lie that would excuse it.
+pub fn probed(w: &Window) -> Vec<Finding> {
+    let mut out = Vec::new();
+    if w.length < PROBED_WITHIN {
+        return out;
+    }
+    let Some(tally) = w.tally else {
+        out.push(finding(
+            format!(
+                "the build's System.map has no {}: whether every CPU's tracer recorded cannot be told",
+                abi::funcs::PROBE
+            ),
+            w.ctl,
+            "ABI 4 guests call it on every CPU while they capture",
+        ));
+        return out;
+    };
+    let online = match &w.online {
+        Some(o) => o.clone(),
+        None => {
+            out.push(finding(
+                "the guest's online CPU mask (__cpu_online_mask) cannot be read: every ring is expected to hold probe records",
+                w.ctl,
+                "",
+            ));
+            (0..w.rings).collect()
+        }
+    };
+    let silent: Vec<u32> = online
+        .iter()
+        .copied()
+        .filter(|c| *c < w.rings && !tally.probes.contains_key(c))
+        .collect();
+    if !silent.is_empty() {
+        out.push(finding(
+            format!(
+                "CPU {} recorded no call of {} in {:.1} s of tracing, though online: the tracer is blinded there (every online CPU calls it every 200 ms while the guest captures)",
+                list(&silent),
+                abi::funcs::PROBE,
+                w.length.as_secs_f64()
+            ),
+            w.ctl,
+            format!("probe calls by CPU: {}", tally.summary()),
+        ));
+    }
+    let offline_busy: Vec<u32> = tally
+        .records
+        .keys()
+        .copied()
+        .filter(|c| w.online.is_some() && !online.contains(c))
+        .collect();
+    if !offline_busy.is_empty() {
+        out.push(finding(
+            format!(
+                "CPU {} recorded calls while the guest's online mask said it was offline from the start to the end of the window: the mask lies",
+                list(&offline_busy)
+            ),
+            w.ctl,
+            format!("online: {}", list(&online.iter().copied().collect::<Vec<_>>())),
+        ));
+    }
+    out
+}
+
+/// `0, 2, 5` (at most 32 named).
+fn list(cpus: &[u32]) -> String {
+    let mut s = cpus
+        .iter()
+        .take(32)
+        .map(u32::to_string)
+        .collect::<Vec<_>>()
+        .join(", ");
+    if cpus.len() > 32 {
+        s.push_str(&format!(" and {} more", cpus.len().saturating_sub(32)));
+    }
+    s
 }
 
 fn finding(detail: impl Into<String>, at: u64, evidence: impl Into<String>) -> Finding {
@@ -297,6 +401,72 @@ mod tests {
     use super::*;
     use crate::kernel::locate::locate;
     use crate::testkit::synthetic::synthetic_guest;
+
+    /// Thin or empty captures: an online CPU without probe records is
+    /// blinded whatever the load; an offline one is not asked; one that
+    /// says it is offline but records is lying; a short window or a
+    /// missing mask are said, not guessed at.
+    #[test]
+    fn every_online_cpu_must_probe_in_a_window() {
+        let tally = |probes: &[(u32, u64)], records: &[(u32, u64)]| Tally {
+            probes: probes.iter().copied().collect(),
+            records: records.iter().copied().collect(),
+        };
+        let w = |t: &'static Tally, online: Option<&[u32]>, secs: u64| Window {
+            length: Duration::from_secs(secs),
+            tally: Some(t),
+            online: online.map(|o| o.iter().copied().collect()),
+            rings: 4,
+            ctl: 0x1000,
+        };
+        let leak = |t: Tally| -> &'static Tally { Box::leak(Box::new(t)) };
+        // An idle guest: nothing but probes, on every online CPU.
+        let idle = leak(tally(&[(0, 5), (1, 5)], &[(0, 10), (1, 10)]));
+        assert!(probed(&w(idle, Some(&[0, 1]), 1)).is_empty());
+        // Empty: the tracer recorded nothing at all.
+        let empty = leak(tally(&[], &[]));
+        let f = probed(&w(empty, Some(&[0, 1]), 3));
+        assert!(
+            f.len() == 1
+                && f[0]
+                    .detail
+                    .starts_with("CPU 0, 1 recorded no call of xftrace_probe"),
+            "{f:#?}"
+        );
+        // Thin: CPU 1 blinded, CPU 0 busy; CPU 2 (offline) asked nothing.
+        let thin = leak(tally(&[(0, 9)], &[(0, 4000)]));
+        let f = probed(&w(thin, Some(&[0, 1]), 3));
+        assert!(
+            f.len() == 1 && f[0].detail.starts_with("CPU 1 recorded"),
+            "{f:#?}"
+        );
+        // A CPU with records that its mask calls offline.
+        let liar = leak(tally(&[(0, 9)], &[(0, 40), (3, 500)]));
+        let f = probed(&w(liar, Some(&[0]), 3));
+        assert!(
+            f.len() == 1 && f[0].detail.contains("CPU 3 recorded calls while"),
+            "{f:#?}"
+        );
+        // Too short a window to judge.
+        assert!(probed(&w(empty, Some(&[0, 1]), 0)).is_empty());
+        // No mask: every ring is asked, and that is said.
+        let f = probed(&w(idle, None, 2));
+        assert!(
+            f.len() == 2
+                && f[0].detail.contains("cannot be read")
+                && f[1].detail.starts_with("CPU 2, 3 recorded no call"),
+            "{f:#?}"
+        );
+        // A build without the probe: said.
+        let f = probed(&Window {
+            tally: None,
+            ..w(idle, Some(&[0]), 2)
+        });
+        assert!(
+            f.len() == 1 && f[0].detail.contains("has no xftrace_probe"),
+            "{f:#?}"
+        );
+    }
 
     /// A guest that lowers its ring count (or its CPU count) to hide the
     /// events of its other CPUs is caught by the ABI's own rule, by the
