@@ -86,6 +86,14 @@ fn debian_vm_gets_the_kernel_by_ansible_and_is_traced_and_checked() {
     let state = common::state_dir();
     let st = state.path();
     let mut lv = Libvirtd::start(st);
+    // Where the test's time goes, phase by phase.
+    let phases = std::cell::RefCell::new((Instant::now(), Vec::<(&str, f64)>::new()));
+    let phase = |name: &'static str| {
+        let mut p = phases.borrow_mut();
+        let secs = p.0.elapsed().as_secs_f64();
+        p.1.push((name, secs));
+        p.0 = Instant::now();
+    };
     let name = format!("xft-deb-{}", std::process::id());
     let vm = lv.define_debian(&name, 1024);
     let events = Lifecycle::watch(&name, &lv.images);
@@ -121,6 +129,7 @@ fn debian_vm_gets_the_kernel_by_ansible_and_is_traced_and_checked() {
         "debian: virsh start to multi-user.target with the stock kernel ({stock}): {:.1} s",
         boot.as_secs_f64()
     );
+    phase("define, enroll, boot");
 
     // The fleet rollout, for real: the guest role over the forwarded SSH
     // port, with this machine as the guest's hypervisor.
@@ -202,6 +211,7 @@ fn debian_vm_gets_the_kernel_by_ansible_and_is_traced_and_checked() {
         systemd.trim()
     );
 
+    phase("guest role, twice");
     // nginx's and systemd's own call flows, under HTTP load.
     let load = vm.http_load();
     std::thread::sleep(Duration::from_secs(2));
@@ -256,6 +266,7 @@ fn debian_vm_gets_the_kernel_by_ansible_and_is_traced_and_checked() {
         load.answered()
     );
 
+    phase("a traced session");
     // A baseline of the clean guest under the same load, then 20 checks
     // with call flow: no finding.
     let o = xftrace(st, &["--domain", &name, "baseline", "--duration", "10"]);
@@ -287,12 +298,14 @@ fn debian_vm_gets_the_kernel_by_ansible_and_is_traced_and_checked() {
         worst.0.as_secs_f64(),
         worst.1
     );
+    phase("baseline and 20 clean checks with call flow");
     census_cost(
         x(&["check", "--json", "--trace-seconds", "0"]),
         "Debian VM, nginx serving",
     );
     drop(load);
     soak(&vm, &x);
+    phase("census cost (and soak)");
 
     // Every test rootkit, built against the headers package of the kernel
     // the guest runs, loaded by insmod, found. A unit of the guest keeps
@@ -324,6 +337,7 @@ fn debian_vm_gets_the_kernel_by_ansible_and_is_traced_and_checked() {
             );
         }
     }
+    phase("rootkit cases with call flow");
     // One integrity-only check, as the rootkit helpers run it.
     let check = || {
         x(&["check", "--json", "--trace-seconds", "0"])
@@ -334,6 +348,7 @@ fn debian_vm_gets_the_kernel_by_ansible_and_is_traced_and_checked() {
     body_hooks(&mut |c| vm.sh(c), &check, "/root/rk");
     registry_hooks(&mut |c| vm.sh(c), &check, "/root/rk");
     control_data_hooks(&mut |c| vm.sh(c), &check, "/root/rk");
+    phase("hooks at drawn targets");
     // Data sealed after boot (/dev/ptmx's open swapped), found against this
     // boot's snapshot; then a module that hides itself.
     let ptmx = || vm.sh("(: < /dev/ptmx) 2>&1; echo rc=$?");
@@ -410,6 +425,10 @@ fn debian_vm_gets_the_kernel_by_ansible_and_is_traced_and_checked() {
         "running"
     );
     eprintln!("debian: lifecycle events: {ev:?}");
+    phase("the rest");
+    for (name, secs) in &phases.borrow().1 {
+        eprintln!("debian: phase {secs:7.1} s  {name}");
+    }
 }
 
 /// Workloads of the Debian guest's soak, by name (HTTP comes from the host).
