@@ -290,9 +290,12 @@ fn guest_that_stops_while_tracing_leaves_a_complete_trace() {
     assert!(trace.starts_with("# tracer: function_graph\n"));
     assert!(trace.contains("__x64_sys_openat() {"), "{trace}");
     // Well-formed: every line is a comment or a CPU line.
-    assert!(trace
+    let odd: Vec<&str> = trace
         .lines()
-        .all(|l| l.starts_with('#') || l.starts_with(' ') || l.is_empty()));
+        .filter(|l| !(l.starts_with('#') || l.starts_with(' ') || l.is_empty()))
+        .take(10)
+        .collect();
+    assert!(odd.is_empty(), "{odd:#?}");
 }
 
 /// A guest that reboots while QEMU keeps running keeps its RAM: the old

@@ -69,6 +69,26 @@ impl Probe {
     }
 }
 
+/// `records` without the probe's: each ring's later records are numbered
+/// down by the probe records taken out before them, so that a reader of
+/// sequence numbers (lost records, an entry and its return) sees no gap
+/// where a probe call was, and still sees every gap of records lost.
+pub fn without(
+    records: impl Iterator<Item = Record>,
+    probe: Option<Probe>,
+) -> impl Iterator<Item = Record> {
+    let mut taken: BTreeMap<u32, u64> = BTreeMap::new();
+    records.filter_map(move |mut r| {
+        let n = taken.entry(r.cpu).or_insert(0);
+        if probe.is_some_and(|p| p.is(&r)) {
+            *n = n.saturating_add(1);
+            return None;
+        }
+        r.seq = r.seq.saturating_sub(*n);
+        Some(r)
+    })
+}
+
 /// What a capture's rings hold, per CPU.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Tally {
@@ -122,6 +142,27 @@ mod tests {
         assert!(p.is(&rec(0xffffffff81300004)), "after an endbr64");
         assert!(!p.is(&rec(0xffffffff81300010)));
         assert!(!p.is(&rec(0xffffffff81100004)), "the link-time address");
+        // Taken out without leaving a gap, on their own ring only; a gap of
+        // records lost stays one.
+        let at = |cpu, seq, func| Record {
+            cpu,
+            seq,
+            ..rec(func)
+        };
+        let (probe, other) = (0xffffffff81300000, 0xffffffff81500000);
+        let rs = vec![
+            at(0, 0, other),
+            at(0, 1, probe),
+            at(1, 0, other),
+            at(0, 2, probe),
+            at(0, 3, other),
+            at(1, 1, other),
+            at(0, 7, other),
+        ];
+        let seqs: Vec<(u32, u64)> = without(rs.into_iter(), Some(p))
+            .map(|r| (r.cpu, r.seq))
+            .collect();
+        assert_eq!(seqs, [(0, 0), (1, 0), (0, 1), (1, 1), (0, 5)]);
         let none = SystemMap::parse("ffffffff81000000 T _text\nffffffff82000000 B _end\n").unwrap();
         assert_eq!(Probe::new(&Symbolizer::new(&none, sym.slide)), None);
     }

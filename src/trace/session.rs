@@ -600,8 +600,10 @@ impl Capture {
     /// without the guest's probe, which is not the guest's call flow.
     pub fn records(&self) -> Result<impl Iterator<Item = crate::abi::Record>> {
         let probe = Probe::new(&self.symbolizer());
-        Ok(spool::Merged::new(spool::open(self.stopped.dir.path())?)
-            .filter(move |r| !probe.is_some_and(|p| p.is(r))))
+        Ok(crate::trace::probe::without(
+            spool::Merged::new(spool::open(self.stopped.dir.path())?),
+            probe,
+        ))
     }
 
     /// The probe's entries and all records, per ring (`None`: the build has
@@ -708,7 +710,7 @@ pub fn write_trace(
     }
     let rings: Vec<_> = spool::open(dir.path())?
         .into_iter()
-        .map(|s| (s.cpu(), s.filter(move |r| !probe.is_some_and(|p| p.is(r)))))
+        .map(|s| (s.cpu(), crate::trace::probe::without(s, probe)))
         .collect();
     let mut out = files::AtomicFile::create(output)?;
     let n = render::render(out.writer(), rings, status.nr_cpus.max(1), &name, &notes)?;
