@@ -146,6 +146,9 @@ pub enum Command {
     },
     /// Show the guest's tracer and the collector.
     Status,
+    /// Print the guest kernel's log (printk's ring buffer), read from the
+    /// host as `dmesg` prints it, escaped: no login, no agent, no pause.
+    Dmesg,
     /// Prepare a libvirt domain for tracing (takes effect at its next start).
     Enroll {
         /// The domain.
@@ -264,7 +267,11 @@ impl Command {
     fn only_reports(&self) -> bool {
         matches!(
             self,
-            Command::Status | Command::List | Command::Check { .. } | Command::Watch { .. }
+            Command::Status
+                | Command::Dmesg
+                | Command::List
+                | Command::Check { .. }
+                | Command::Watch { .. }
         )
     }
 }
@@ -411,6 +418,7 @@ pub fn run(cli: Cli) -> Result<Outcome, Error> {
         Command::Unenroll { name, dry_run } => {
             done(domains::unenroll(&cli.guest, root, name, *dry_run))
         }
+        Command::Dmesg => dmesg(&target(&cli.guest, root)?),
         Command::List => done(domains::list(&cli.guest, root)),
         Command::AddKernel => done(domains::add_kernel(&cli.guest, root)),
         Command::Baseline {
@@ -486,6 +494,23 @@ pub fn run(cli: Cli) -> Result<Outcome, Error> {
 pub const DEFAULT_CALL_FLOW: &str = "__x64_sys_*";
 
 /// `xftrace baseline [FUNCTIONS]`
+/// `dmesg`: the guest kernel's log, oldest first.
+fn dmesg(t: &Target) -> Result<Outcome, Error> {
+    let g = t.open()?;
+    let log = crate::kernel::printk::read(&g.view(&g.kernel))
+        .map_err(|e| Error::Guest(format!("{}: {e}", t.describe())))?;
+    for r in &log.records {
+        println!("{}", r.line());
+    }
+    if log.unreadable > 0 {
+        log::warn!(
+            "{} records of the guest's log could not be read (being written, or not as its kernel writes them)",
+            log.unreadable
+        );
+    }
+    Ok(Outcome::Done)
+}
+
 fn baseline(t: &Target, functions: &[String], seconds: u64, depth: u32) -> Result<Outcome, Error> {
     // Every syscall: a hook on any of them shows in its call flow. The
     // guest pays for the trace only while it runs (README, "Performance").

@@ -12,6 +12,8 @@
 //! | [`objects`] | the kernel's objects that hold pointers it calls through (inodes, files, sockets, devices, protocols, timers, work, threads), collected by bounded walks |
 //! | [`walk`] | bounded walks of the kernel's lists, chains, trees, XArrays and per-CPU variables |
 //! | [`patching`], [`text`] | the integrity engine: where the kernel patches its own code, and the guest's code against the build |
+//! | [`printk`] | the guest kernel's log (printk's ring buffer) |
+//! | [`taint`] | the kernel's and its modules' taint flags |
 //! | [`target`] | which guest to open and opening it: a RAM file, or a domain of a manager reached through `target::Domains`, which a higher layer implements (nothing here knows libvirt) |
 
 pub mod btf;
@@ -24,8 +26,10 @@ pub mod modcode;
 pub mod modules;
 pub mod objects;
 pub mod patching;
+pub mod printk;
 pub mod stale;
 pub mod symbols;
+pub mod taint;
 pub mod target;
 pub mod text;
 pub mod vmlinux;

@@ -593,7 +593,42 @@ pub const TARGETS: &[(&str, Harness)] = &[
     ("vmlinux", vmlinux),
     ("domain_xml", domain_xml),
     ("ko", ko),
+    ("printk", printk),
 ];
+
+/// The guest kernel's log (printk's ring buffer, `kernel::printk`), from
+/// hostile arrays: the oldest and newest record ids (16 bytes), the ring
+/// sizes (one byte: 2^(1..7) records, 2^(4..15) bytes of text), then the
+/// descriptors, the records' information and the text, in that order, as
+/// far as the input goes.
+pub fn printk(data: &[u8]) {
+    use crate::kernel::printk::{parse, Copied, RecordLayout};
+    let l = RecordLayout::LINUX_6_1;
+    let Some((head, rest)) = data.split_first_chunk::<17>() else {
+        return;
+    };
+    let w = |i: usize| u64::from_le_bytes(head[i..i + 8].try_into().unwrap());
+    let count = 1u64 << (head[16] & 7).max(1);
+    let size = 1u64 << ((head[16] >> 3) & 15).max(4);
+    let (descs, rest) = rest.split_at(rest.len().min(count as usize * 24));
+    let (infos, text) = rest.split_at(rest.len().min(count as usize * 88));
+    if let Ok(log) = parse(
+        &l,
+        &Copied {
+            descs,
+            infos,
+            text,
+            tail: w(0),
+            head: w(8),
+            count,
+            size,
+        },
+    ) {
+        for r in &log.records {
+            let _ = r.line();
+        }
+    }
+}
 
 /// An input chunk: area, offset, bytes.
 type Chunk = dyn Fn(u8, u16, &[u8]) -> Vec<u8>;
@@ -707,7 +742,29 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
             ],
         ),
     ]);
+    // A log of four records and 64 bytes of text: "hello" committed.
+    let mut log = Vec::new();
+    log.extend(0u64.to_le_bytes());
+    log.extend(1u64.to_le_bytes());
+    log.push(2 | 6 << 3);
+    let mut descs = vec![0u8; 4 * 24];
+    descs[0..8].copy_from_slice(&(2u64 << 62).to_le_bytes());
+    descs[8..16].copy_from_slice(&0u64.to_le_bytes());
+    descs[16..24].copy_from_slice(&16u64.to_le_bytes());
+    descs[24..32].copy_from_slice(&(1u64 << 62 | 1).to_le_bytes());
+    descs[32..40].copy_from_slice(&16u64.to_le_bytes());
+    descs[40..48].copy_from_slice(&(64u64 + 8).to_le_bytes());
+    let mut infos = vec![0u8; 4 * 88];
+    infos[16] = 5;
+    infos[88] = 1;
+    infos[88 + 16] = 40;
+    let mut text = vec![0u8; 64];
+    text[8..13].copy_from_slice(b"hello");
+    log.extend(descs);
+    log.extend(infos);
+    log.extend(text);
     vec![
+        ("printk", log),
         ("locate", Vec::new()),
         (
             "locate",
