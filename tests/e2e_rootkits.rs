@@ -11,8 +11,9 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use common::detection::{
-    body_hooks, census_cost, control_data_hooks, findings, has, hidden_module, idt_register,
-    impostor_module, measured, muted_tracer, pick, registry_hooks, shadow_page, CASES,
+    body_hooks, census_cost, cleared_taint, control_data_hooks, findings, has, hidden_module,
+    idt_register, impostor_module, measured, muted_tracer, pick, registry_hooks, shadow_page,
+    CASES,
 };
 use common::{Boot, Vm, Xftrace};
 
@@ -213,6 +214,22 @@ fn detects_every_test_rootkit_and_nothing_on_a_clean_guest() {
     registry_hooks(&mut |c| vm.sh(c), &check, "/lib/xftrace-test");
     impostor_module(&mut |c| vm.sh(c), &check, "/lib/xftrace-test");
     idt_register(&mut |c| vm.sh(c), &check, "/lib/xftrace-test");
+    cleared_taint(&mut |c| vm.sh(c), &check, "/lib/xftrace-test");
+    // The guest's kernel log, read from the host, holds what the guest's
+    // own dmesg shows (the tracer's boot line, rk_untaint's).
+    let o = x.run(&["dmesg"]);
+    assert!(o.status.success());
+    let host = String::from_utf8_lossy(&o.stdout).to_string();
+    let guest = vm.sh("dmesg | grep -e 'xftrace: ' -e 'rk_untaint: '");
+    let lines: Vec<&str> = guest
+        .lines()
+        .filter_map(|l| l.split_once("] ").map(|x| x.1.trim_end()))
+        .filter(|l| l.starts_with("xftrace: ") || l.starts_with("rk_untaint: "))
+        .collect();
+    assert!(lines.len() >= 2, "{guest}");
+    for l in &lines {
+        assert!(host.contains(l), "{l:?} not in the host's dmesg:\n{host}");
+    }
     control_data_hooks(&mut |c| vm.sh(c), &check, "/lib/xftrace-test");
 
     // Data sealed after boot: /dev/ptmx's open operation swapped. Seen to

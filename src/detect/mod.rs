@@ -96,6 +96,8 @@ finding_kinds! {
     ForeignModule = "foreign-module",
     /// An ftrace callback outside the kernel image.
     FtraceHook = "ftrace-hook",
+    /// The kernel's taint mask lacks a flag a loaded module set: cleared.
+    Taint = "taint",
     /// xftrace itself was attacked, narrowed or duplicated.
     TracerIntegrity = "tracer-integrity",
     /// A traced call ran code outside the kernel image.
@@ -285,7 +287,7 @@ mod tests {
                 .all(|c| c.is_ascii_lowercase() || c == b'-'));
             assert!(names.insert(k.as_str()), "{k} twice");
         }
-        assert_eq!(names.len(), 22);
+        assert_eq!(names.len(), 23);
         assert!(serde_json::from_str::<FindingKind>("\"rootkit\"").is_err());
     }
     use crate::kernel::locate::tests::{place_kernel, synthetic_guest, SLIDE, TEXT_PA};

@@ -772,6 +772,9 @@ fn tracer_lines(g: &Guest, out: &mut Vec<String>) -> Result<bool> {
     // An idle guest's thread beats at least once a second.
     let alive = switch::guest_alive(&g.ram, &g.kernel, Duration::from_secs(2))?;
     out.push(format!("kernel:     {}", escape(&g.kernel.banner)));
+    if let Some(t) = crate::kernel::taint::mask(&g.view(&g.kernel)) {
+        out.push(format!("tainted:    {}", crate::kernel::taint::describe(t)));
+    }
     out.push(format!(
         "guest:      {}, tracer {}, key epoch {}, command {}/{} (result {})",
         if alive {

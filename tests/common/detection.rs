@@ -535,6 +535,39 @@ pub fn muted_tracer(sh: &mut dyn FnMut(&str) -> String, check: &dyn Fn() -> Outp
     clean("rk_mute unloaded, still reported");
 }
 
+/// The kernel's taint flags cleared (rk_untaint; the whole mask or the
+/// modules' flags, drawn per run): the guest says it is not tainted by
+/// its out-of-tree modules, and the module whose flag is gone is named.
+pub fn cleared_taint(sh: &mut dyn FnMut(&str) -> String, check: &dyn Fn() -> Output, dir: &str) {
+    let clean = nothing_beyond_now(check);
+    let how = pick("rk_untaint clears", &["all", "modules"]);
+    let out = sh(&format!("insmod {dir}/rk_untaint.ko how={how}; echo rc=$?"));
+    assert!(out.contains("rc=0"), "{out}");
+    let tainted = last_line(&sh("cat /proc/sys/kernel/tainted"));
+    assert_eq!(
+        tainted.parse::<u64>().map(|t| t & 1 << 12),
+        Ok(0),
+        "rk_untaint left the out-of-tree flag: {tainted}"
+    );
+    let o = check();
+    let f = findings(&o);
+    assert_eq!(o.status.code(), Some(1), "{f:#?}");
+    assert!(
+        has(
+            &f,
+            "taint",
+            &[
+                "module rk_untaint tainted the kernel with",
+                "(O",
+                "no longer has"
+            ]
+        ),
+        "cleared taint flags ({how}) were not found: {f:#?}"
+    );
+    sh("rmmod rk_untaint");
+    clean("rk_untaint unloaded, still reported");
+}
+
 /// A module that hides, drawn per run: from the module list and sysfs
 /// (`how=list`; then its code is also code no listed module owns), or from
 /// sysfs only (`how=sysfs`). Seen to hide, then found. It cannot be unloaded.

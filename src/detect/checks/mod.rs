@@ -22,6 +22,7 @@ pub mod operation_tables;
 pub mod ro_after_init;
 pub mod syscall_dispatch;
 pub mod syscall_table;
+pub mod taint;
 pub mod tracer;
 pub mod vcpu_state;
 
@@ -525,6 +526,7 @@ pub const CHECKS: &[&dyn Check] = &[
     &tracer::TracerIntegrity,
     &vcpu_state::VcpuState,
     &foreign_modules::ForeignModules,
+    &taint::Taint,
 ];
 
 /// Every check's inventory lines: the guest's hooks that a baseline
