@@ -184,6 +184,20 @@ impl SystemMap {
         self.starts.get(i).and_then(|&next| next.checked_sub(a))
     }
 
+    /// Every symbol (of any kind) linked in `[start, end)` with the bytes
+    /// to the next symbol, sorted: the objects of a section outside the
+    /// image, such as the per-CPU template (linked at 0).
+    pub fn symbols_between(&self, start: u64, end: u64) -> Vec<(u64, u64, &str)> {
+        let mut v: Vec<(u64, u64, &str)> = self
+            .by_name
+            .iter()
+            .filter(|(_, &a)| a >= start && a < end)
+            .map(|(n, &a)| (a, self.extent_at(a).unwrap_or(8), n.as_str()))
+            .collect();
+        v.sort_unstable();
+        v
+    }
+
     /// Bytes from link-time `addr` to the next symbol.
     pub fn extent_at(&self, addr: u64) -> Option<u64> {
         let i = self.starts.partition_point(|&s| s <= addr);
