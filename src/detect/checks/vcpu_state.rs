@@ -160,7 +160,8 @@ fn known_roots(cx: &Context) -> Option<BTreeSet<u64>> {
     mms.extend(cx.sym("poking_mm").and_then(|p| cx.read_word(p)));
     mms.extend(cx.sym("efi_mm"));
     if let (Some(tlb), Some(loaded)) = (
-        cx.sym("cpu_tlbstate"),
+        // Per-CPU: its System.map value is an offset, not slid.
+        cx.map().addr("cpu_tlbstate"),
         cx.field("tlb_state", &["loaded_mm"]),
     ) {
         for (_, at) in cx.per_cpu(tlb).unwrap_or_default() {
