@@ -6,12 +6,14 @@
 //! | [`checks`] | one file per check over guest memory, behind the [`checks::Check`] trait |
 //! | [`callflow`] | what traced syscalls call, against a baseline |
 //! | [`inventory`] | the hooks a baseline records as known (`hooks.json`) |
+//! | [`witness`] | the tracer's records as a witness of which tasks run, against a census of the kernel's tasks |
 //! | [`run`] | `check`, `watch` and `baseline`: open the guest once, run everything |
 
 pub mod callflow;
 pub mod checks;
 pub mod inventory;
 pub mod run;
+pub mod witness;
 
 pub use run::{baseline, check, watch, CheckOptions, Checked, Watch};
 
@@ -61,6 +63,15 @@ finding_kinds! {
     RoAfterInit = "ro-after-init",
     /// A module in the kernel's module address tree but not in its list.
     HiddenModule = "hidden-module",
+    /// A task missing from one of the kernel's enumerations of tasks (the
+    /// task list, the process tree, the PID allocator) and present in
+    /// another, or on a run queue: unlinked to hide it.
+    HiddenTask = "hidden-task",
+    /// A task's credentials changed behind the kernel's back: IDs written
+    /// in place, an object another process or the idle task holds, one
+    /// made outside the credential cache, capabilities beyond the
+    /// bounding set.
+    Credentials = "credentials",
     /// Executable kernel memory that no known code owns.
     HiddenCode = "hidden-code",
     /// The kernel's page tables map its image somewhere other than its own
@@ -287,7 +298,7 @@ mod tests {
                 .all(|c| c.is_ascii_lowercase() || c == b'-'));
             assert!(names.insert(k.as_str()), "{k} twice");
         }
-        assert_eq!(names.len(), 23);
+        assert_eq!(names.len(), 25);
         assert!(serde_json::from_str::<FindingKind>("\"rootkit\"").is_err());
     }
     use crate::kernel::locate::tests::{place_kernel, synthetic_guest, SLIDE, TEXT_PA};

@@ -13,7 +13,7 @@ use crate::kernel::target::Target;
 use crate::trace::session;
 
 use super::checks::{self, Context};
-use super::{callflow, Finding, FindingKind};
+use super::{callflow, witness, Finding, FindingKind};
 
 /// How `check` and `watch` work.
 #[derive(Clone, Debug)]
@@ -125,7 +125,51 @@ fn call_flow(
         return Ok(Vec::new());
     }
     let length = Duration::from_secs(opts.trace_seconds);
-    let (cap, mut out) = probed_capture(target, g, &b.functions, length)?;
+    // Halfway through the window, a census of the kernel's tasks, which
+    // the records from before it and after it witness for.
+    let mut census = None;
+    let mut midway = || {
+        let before = heads(g);
+        let c = crate::kernel::tasks::census(&g.view(&g.kernel));
+        census = c.map(|c| {
+            (
+                witness::Bracket {
+                    before,
+                    after: heads(g),
+                },
+                c,
+            )
+        });
+    };
+    let (cap, mut out) = probed_capture(target, g, &b.functions, length, &mut midway)?;
+    if let Some((bracket, c)) = &census {
+        let (seen, full) = witness::sides(cap.records()?, bracket);
+        if full {
+            info!(
+                "task witness: more than {} PIDs in the records; the rest not followed",
+                witness::MAX_PIDS
+            );
+        }
+        let both = seen
+            .values()
+            .filter(|s| s.before > 0 && s.after > 0)
+            .count();
+        log::debug!(
+            "task witness: {} PIDs in the records, {both} before and after a census of {} tasks (ring heads {:?} -> {:?})",
+            seen.len(),
+            c.tasks.len(),
+            bracket.before,
+            bracket.after
+        );
+        log::trace!(
+            "task witness: {:?}",
+            seen.iter()
+                .take(256)
+                .map(|(p, s)| format!("{p} {} {}/{}", s.comm, s.before, s.after))
+                .collect::<Vec<_>>()
+        );
+        out.extend(witness::hidden(&seen, c));
+    }
     let flow = {
         let view = g.view(&g.kernel);
         callflow::analyze(
@@ -163,12 +207,13 @@ fn probed_capture(
     g: &crate::kernel::guest::Guest,
     functions: &[String],
     length: Duration,
+    midway: &mut dyn FnMut(),
 ) -> Result<(session::Capture, Vec<Finding>)> {
     let h = &g.kernel.header;
     let rings = h.nr_rings.min(h.nr_cpus).min(crate::abi::MAX_RINGS);
     let online = || g.view(&g.kernel).online_cpus(rings);
     let before = online();
-    let cap = session::capture(target, g, functions, length)?;
+    let cap = session::capture(target, g, functions, length, midway)?;
     // Online from the start of the window to its end.
     let online = before.zip(online()).map(|(a, b)| &a & &b);
     let tally = cap.probes()?;
@@ -180,6 +225,16 @@ fn probed_capture(
         ctl: g.kernel.ctl.0,
     });
     Ok((cap, found))
+}
+
+/// Each ring's head (records ever written to it), 0 where unreadable: no
+/// record of that ring then counts as written before the census, so it
+/// witnesses nothing.
+fn heads(g: &crate::kernel::guest::Guest) -> Vec<u64> {
+    let h = &g.kernel.header;
+    (0..h.nr_rings.min(crate::abi::MAX_RINGS))
+        .map(|r| g.ram.read_u64(g.kernel.head(r)).unwrap_or(0))
+        .collect()
 }
 
 /// A function's name in call flow: its symbol in the image; `[module]+off`
@@ -206,7 +261,7 @@ pub fn baseline(
     depth: u32,
 ) -> Result<callflow::Baseline> {
     let g = target.open()?;
-    let (cap, blinded) = probed_capture(target, &g, functions, duration)?;
+    let (cap, blinded) = probed_capture(target, &g, functions, duration, &mut || {})?;
     if let Some(f) = blinded.first() {
         // A baseline is what later checks trust: not from a blinded tracer.
         cap.finish()?;

@@ -14,12 +14,15 @@
 //! | [`patching`], [`text`] | the integrity engine: where the kernel patches its own code, and the guest's code against the build |
 //! | [`printk`] | the guest kernel's log (printk's ring buffer) |
 //! | [`taint`] | the kernel's and its modules' taint flags |
+//! | [`creds`] | credential objects: their IDs, capabilities, user_struct, and the slab cache they come from |
+//! | [`tasks`] | the guest's tasks, counted in the task list, the process tree, the PID allocator and the run queues |
 //! | [`target`] | which guest to open and opening it: a RAM file, or a domain of a manager reached through `target::Domains`, which a higher layer implements (nothing here knows libvirt) |
 
 pub mod btf;
 pub mod builds;
 pub mod callgraph;
 pub mod code;
+pub mod creds;
 pub mod guest;
 pub mod locate;
 pub mod modcode;
@@ -31,6 +34,7 @@ pub mod stale;
 pub mod symbols;
 pub mod taint;
 pub mod target;
+pub mod tasks;
 pub mod text;
 pub mod vmlinux;
 pub mod walk;

@@ -62,6 +62,8 @@ ffffffff813055f0 D nr_cpu_ids
 ffffffff81305600 D __per_cpu_offset
 ffffffff81305700 D socket_file_ops
 ffffffff81305800 D delayed_work_timer_fn
+ffffffff81305900 D init_pid_ns
+ffffffff81305980 D pid_max
 ffffffff81400000 d xftrace_control
 ffffffff81401000 D init_top_pgt
 ffffffff81402000 D level3_kernel_pgt
@@ -74,6 +76,7 @@ ffffffff81800000 B _end
 0000000000003000 D cpu_worker_pools
 0000000000003400 D tasklet_vec
 0000000000003410 D tasklet_hi_vec
+0000000000004000 D runqueues
 ";
 
 /// The layouts of the kernel objects [`MAP`]'s census symbols head, for
@@ -150,7 +153,7 @@ pub fn census_btf() -> Vec<u8> {
         ),
         (
             "task_struct",
-            128,
+            192,
             &[
                 ("tasks", 0, ""),
                 ("files", 16, ""),
@@ -158,8 +161,32 @@ pub fn census_btf() -> Vec<u8> {
                 ("comm", 32, ""),
                 ("flags", 48, ""),
                 ("worker_private", 56, ""),
+                ("tgid", 64, ""),
+                ("signal", 72, ""),
+                ("thread_node", 80, ""),
+                ("children", 96, ""),
+                ("sibling", 112, ""),
+                ("pid_links", 128, ""),
+                ("thread_pid", 144, ""),
+                ("se", 152, "sched_entity"),
             ],
         ),
+        ("signal_struct", 16, &[("thread_head", 0, "")]),
+        (
+            "pid",
+            48,
+            &[("level", 0, ""), ("tasks", 8, ""), ("numbers", 16, "upid")],
+        ),
+        ("upid", 16, &[("nr", 0, ""), ("ns", 8, "")]),
+        ("pid_namespace", 64, &[("idr", 0, "idr")]),
+        ("idr", 24, &[("idr_rt", 0, "xarray")]),
+        (
+            "rq",
+            64,
+            &[("curr", 0, ""), ("idle", 8, ""), ("cfs", 16, "cfs_rq")],
+        ),
+        ("cfs_rq", 16, &[("tasks_timeline", 0, "")]),
+        ("sched_entity", 32, &[("run_node", 0, ""), ("my_q", 24, "")]),
         ("files_struct", 16, &[("fdt", 8, "")]),
         ("fdtable", 16, &[("max_fds", 0, ""), ("fd", 8, "")]),
         ("file", 32, &[("f_op", 8, ""), ("private_data", 16, "")]),

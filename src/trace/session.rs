@@ -624,19 +624,27 @@ impl Capture {
 }
 
 /// Trace `functions` of the opened guest `g` for `duration` (for baselines
-/// and call-flow checks).
+/// and call-flow checks), calling `midway` halfway through the window
+/// (what looks at the guest while its tracer records: the census that the
+/// records then witness for).
 pub fn capture(
     target: &Target,
     g: &Guest,
     functions: &[String],
     duration: Duration,
+    midway: &mut dyn FnMut(),
 ) -> Result<Capture> {
     let t = Instant::now();
     start(target, g, functions, CollectOptions::default(), &[])?;
     debug!("capture: tracing on after {:?}", t.elapsed());
     // A stop signal (caught by the command) ends the window early; the
     // tracer is switched off all the same, and the part seen is dropped.
-    signals::sleep(duration);
+    let half = duration / 2;
+    signals::sleep(half);
+    if signals::caught().is_none() {
+        midway();
+    }
+    signals::sleep(duration.saturating_sub(half));
     let t = Instant::now();
     let stopped = stop(target, Some(g), None, &mut None)?;
     debug!(

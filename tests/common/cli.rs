@@ -88,13 +88,15 @@ pub fn xftrace_with_map(x: &Xftrace, map: &Path, args: &[&str]) -> Output {
     y.run(args)
 }
 
-/// Run the xftrace binary with state in `state`.
+/// Run the xftrace binary with state in `state`, logging at `info`
+/// (`XFTRACE_TEST_RUST_LOG` overrides it, to debug a test).
 pub fn xftrace(state: &Path, args: &[&str]) -> Output {
+    let log = std::env::var("XFTRACE_TEST_RUST_LOG").unwrap_or_else(|_| "info".into());
     let out = Command::new(env!("CARGO_BIN_EXE_xftrace"))
         .arg("--state-dir")
         .arg(state)
         .args(args)
-        .env("RUST_LOG", "info")
+        .env("RUST_LOG", log)
         .output()
         .expect("run xftrace");
     logged("xftrace", args, out)

@@ -14,6 +14,7 @@ if ! [ -x "$busybox" ] || ! file -L "$busybox" 2>/dev/null | grep -q 'statically
 	}
 fi
 root=$(mktemp -d)
+chmod 0755 "$root" # a root file system anyone may traverse, as on any system
 trap 'rm -rf "$root"' EXIT
 mkdir -p "$root"/{bin,dev,proc,sys,tmp,etc}
 cp "$busybox" "$root/bin/busybox"

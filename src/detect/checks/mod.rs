@@ -6,11 +6,13 @@
 
 pub mod bpf_programs;
 pub mod control_data;
+pub mod credentials;
 pub mod deferred_code;
 pub mod foreign_modules;
 pub mod ftrace_hooks;
 pub mod hidden_code;
 pub mod hidden_modules;
+pub mod hidden_tasks;
 pub mod hook_registries;
 pub mod idt;
 pub mod kernel_mapping;
@@ -515,6 +517,8 @@ pub const CHECKS: &[&dyn Check] = &[
     &hook_registries::HookRegistries,
     &bpf_programs::BpfPrograms,
     &hidden_modules::HiddenModules,
+    &hidden_tasks::HiddenTasks,
+    &credentials::Credentials,
     &hidden_code::HiddenCode,
     &kernel_mapping::KernelMapping,
     &idt::Idt,

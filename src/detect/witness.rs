@@ -1,0 +1,211 @@
+//! The tracer's records as a witness of which tasks run. Every record
+//! carries the PID and command of the task that made the traced call,
+//! written by the guest kernel before any hook in the call runs. A census
+//! of the kernel's tasks ([`crate::kernel::tasks`]) taken halfway through
+//! a call-flow window is bracketed by the rings' heads read just before
+//! and just after it: a PID with records from before the census and from
+//! after it was alive all through it (PIDs are not reused within
+//! seconds), so a census that finds no task of that PID was hidden from.
+#![deny(clippy::arithmetic_side_effects)]
+
+use std::collections::BTreeMap;
+
+use crate::abi::Record;
+use crate::kernel::tasks::Census;
+
+use super::{Finding, FindingKind};
+
+/// PIDs a witness follows at most (forged records can invent 4 M).
+pub const MAX_PIDS: usize = 1 << 16;
+
+/// What the rings held when a census began and ended: per ring (CPU),
+/// its head (records ever written).
+#[derive(Clone, Debug, Default)]
+pub struct Bracket {
+    pub before: Vec<u64>,
+    pub after: Vec<u64>,
+}
+
+/// One PID's records around the census.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Seen {
+    /// Its command (escaped), from its latest entry record.
+    pub comm: String,
+    pub before: u64,
+    pub after: u64,
+}
+
+/// Each PID's records written before and after the census (PID 0, the
+/// idle tasks and interrupts on them, left out). A ring with no head read
+/// counts nothing on either side.
+pub fn sides(records: impl Iterator<Item = Record>, b: &Bracket) -> (BTreeMap<u32, Seen>, bool) {
+    let mut out: BTreeMap<u32, Seen> = BTreeMap::new();
+    let mut full = false;
+    for r in records {
+        if r.pid == 0 {
+            continue;
+        }
+        let Ok(ring) = usize::try_from(r.cpu) else {
+            continue;
+        };
+        let (Some(&start), Some(&end)) = (b.before.get(ring), b.after.get(ring)) else {
+            continue;
+        };
+        let side = if r.seq < start {
+            Some(true)
+        } else if r.seq >= end {
+            Some(false)
+        } else {
+            None
+        };
+        let Some(before) = side else { continue };
+        if !out.contains_key(&r.pid) && out.len() >= MAX_PIDS {
+            full = true;
+            continue;
+        }
+        let s = out.entry(r.pid).or_default();
+        if before {
+            s.before = s.before.saturating_add(1);
+        } else {
+            s.after = s.after.saturating_add(1);
+        }
+        if !r.comm().is_empty() {
+            s.comm = crate::base::escape::escape_bytes(r.comm());
+        }
+    }
+    (out, full)
+}
+
+/// The PIDs that made traced calls before and after the census and that
+/// the census did not find in every one of the task list, the process
+/// tree and the PID allocator (a task found on a run queue only, or in
+/// some of them, ran all through the census all the same).
+pub fn hidden(seen: &BTreeMap<u32, Seen>, census: &Census) -> Vec<Finding> {
+    let by_pid: BTreeMap<u32, &crate::kernel::tasks::Task> =
+        census.tasks.values().map(|t| (t.pid, t)).collect();
+    seen.iter()
+        .filter(|(_, s)| s.before > 0 && s.after > 0)
+        .filter_map(|(pid, s)| {
+            let found = match by_pid.get(pid) {
+                Some(t) if t.missing().is_empty() || t.idle => return None,
+                Some(t) => {
+                    let v: Vec<&str> = t.views.iter().map(|v| v.describe()).collect();
+                    let m: Vec<&str> = t.missing().iter().map(|v| v.describe()).collect();
+                    format!("found it in {} but not in {}", v.join(" and "), m.join(" and "))
+                }
+                None => {
+                    "found it in none of the task list, the process tree, the PID allocator and the run queues".to_string()
+                }
+            };
+            Some(Finding::new(
+                FindingKind::HiddenTask,
+                format!(
+                    "task {pid} ({}) made traced calls before and after a census of the kernel's tasks that {found}: hidden",
+                    s.comm
+                ),
+                &[],
+                format!(
+                    "{} records before the census, {} after",
+                    s.before, s.after
+                ),
+            ))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::abi::record::Kind;
+    use crate::kernel::tasks::{Task, View, ENUMERATIONS};
+
+    fn rec(cpu: u32, seq: u64, pid: u32, comm: &[u8]) -> Record {
+        let mut c = [0u8; 16];
+        c[..comm.len()].copy_from_slice(comm);
+        Record {
+            cpu,
+            seq,
+            epoch: 1,
+            kind: Kind::Entry,
+            func: 0,
+            time: 0,
+            calltime: 0,
+            depth: 0,
+            pid,
+            overrun: 0,
+            comm: c,
+        }
+    }
+
+    /// A PID seen on both sides of the census and absent from it is
+    /// named; one seen on one side only (it started or ended meanwhile),
+    /// one the census found, and records written during the census are
+    /// not.
+    #[test]
+    fn a_task_running_through_a_census_that_missed_it_is_named() {
+        let b = Bracket {
+            before: vec![10, 5],
+            after: vec![12, 6],
+        };
+        let records = vec![
+            rec(0, 3, 77, b"sh"),
+            rec(1, 7, 77, b"sh"),
+            rec(0, 4, 88, b"exiting"),
+            rec(0, 12, 99, b"new"),
+            rec(0, 5, 100, b"known"),
+            rec(1, 9, 100, b"known"),
+            rec(0, 10, 111, b"during"),
+            rec(0, 11, 111, b"during"),
+            rec(0, 1, 0, b"swapper/0"),
+            rec(0, 20, 0, b"swapper/0"),
+            rec(7, 1, 123, b"no ring"),
+        ];
+        let (seen, full) = sides(records.into_iter(), &b);
+        assert!(!full);
+        let mut census = Census::default();
+        let task = |pid: u32, views: &[View]| Task {
+            addr: u64::from(pid),
+            pid,
+            tgid: pid,
+            comm: "x".into(),
+            kthread: false,
+            cred: 0,
+            real_cred: 0,
+            idle: false,
+            views: views.iter().copied().collect(),
+        };
+        census.tasks.insert(100, task(100, &ENUMERATIONS));
+        let f = hidden(&seen, &census);
+        assert_eq!(f.len(), 1, "{f:#?}");
+        assert!(
+            f[0].detail.starts_with(
+                "task 77 (sh) made traced calls before and after a census of the kernel's tasks that found it in none of"
+            ),
+            "{}",
+            f[0].detail
+        );
+        assert_eq!(f[0].evidence, "1 records before the census, 1 after");
+        // Found on a run queue only: hidden all the same.
+        census.tasks.insert(77, task(77, &[View::RunQueue]));
+        let f = hidden(&seen, &census);
+        assert!(
+            f.len() == 1
+                && f[0]
+                    .detail
+                    .contains("that found it in a run queue but not in the task list and the process tree and the PID allocator"),
+            "{f:#?}"
+        );
+    }
+
+    #[test]
+    fn invented_pids_are_bounded() {
+        let b = Bracket {
+            before: vec![u64::MAX],
+            after: vec![u64::MAX],
+        };
+        let n = u32::try_from(MAX_PIDS).unwrap() + 10;
+        let (seen, full) = sides((1..=n).map(|p| rec(0, 1, p, b"x")), &b);
+        assert!(full);
+        assert_eq!(seen.len(), MAX_PIDS);
+    }
+}
