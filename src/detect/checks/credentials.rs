@@ -79,7 +79,7 @@ fn look(cx: &Context, out: &Report) -> BTreeMap<(u64, String), Finding> {
                 t,
                 "shared",
                 format!(
-                    "{} shares its credential object (real_cred at {p:#x}) with another process: {}",
+                    "{} shares its credential object (real_cred at {p:#x}) with another process; it is held by {}",
                     t.describe(),
                     names.join(", ")
                 ),
