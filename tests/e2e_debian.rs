@@ -3,7 +3,7 @@
 //! kernel from its own disk; the domain is enrolled; the Ansible guest role
 //! installs the xftrace kernel package over SSH, makes it GRUB's default,
 //! reboots into it and hands its System.map to the host's enrollment; then
-//! nginx's and systemd's calls are traced under HTTP load, 20 checks of the
+//! nginx's and systemd's calls are traced under HTTP load, 12 checks of the
 //! clean guest find nothing, and every test rootkit is found. libvirt's
 //! lifecycle events show the guest was never paused.
 //!
@@ -19,8 +19,8 @@ use std::time::{Duration, Instant};
 
 use common::debian::{image_dir, Lifecycle};
 use common::detection::{
-    body_hooks, census_cost, control_data_hooks, findings, has, hidden_module, measured,
-    registry_hooks, CASES,
+    body_hooks, census_cost, control_data_hooks, findings, has, hidden_module, hidden_task,
+    measured, registry_hooks, root_by_credentials, CASES,
 };
 use common::libvirtd::{virsh, Libvirtd, URI};
 use common::xftrace;
@@ -267,8 +267,12 @@ fn debian_vm_gets_the_kernel_by_ansible_and_is_traced_and_checked() {
     );
 
     phase("a traced session");
-    // A baseline of the clean guest under the same load, then 20 checks
+    // A baseline of the clean guest under the same load, then 12 checks
     // with call flow: no finding.
+    // Legitimate credential changes all through: su and runuser to an
+    // unprivileged user (and an ssh login per clean check below).
+    vm.sh("systemd-run --unit xftrace-creds sh -c \
+         'while :; do su -s /bin/sh nobody -c id > /dev/null; runuser -u nobody -- true; sleep 1; done'");
     let o = xftrace(st, &["--domain", &name, "baseline", "--duration", "10"]);
     assert!(o.status.success(), "{}", out(&o));
     let x = |args: &[&str]| {
@@ -280,7 +284,8 @@ fn debian_vm_gets_the_kernel_by_ansible_and_is_traced_and_checked() {
         c
     };
     let mut worst = (Duration::ZERO, 0);
-    for i in 0..20 {
+    for i in 0..12 {
+        vm.sh("true");
         let (o, t, rss) = measured(x(&["check", "--json", "--trace-seconds", "1"]));
         let f = findings(&o);
         assert!(
@@ -298,7 +303,8 @@ fn debian_vm_gets_the_kernel_by_ansible_and_is_traced_and_checked() {
         worst.0.as_secs_f64(),
         worst.1
     );
-    phase("baseline and 20 clean checks with call flow");
+    vm.sh("systemctl stop xftrace-creds");
+    phase("baseline and 12 clean checks with call flow");
     census_cost(
         x(&["check", "--json", "--trace-seconds", "0"]),
         "Debian VM, nginx serving",
@@ -349,6 +355,15 @@ fn debian_vm_gets_the_kernel_by_ansible_and_is_traced_and_checked() {
     registry_hooks(&mut |c| vm.sh(c), &check, "/root/rk");
     control_data_hooks(&mut |c| vm.sh(c), &check, "/root/rk");
     phase("hooks at drawn targets");
+    // What rootkits hide: a process, and who a process is.
+    let traced = || {
+        x(&["check", "--json", "--trace-seconds", "3"])
+            .output()
+            .unwrap()
+    };
+    hidden_task(&mut |c| vm.sh(c), &check, &traced, "/root/rk");
+    root_by_credentials(&mut |c| vm.sh(c), &check, "/root/rk");
+    phase("hidden tasks and credentials");
     // Data sealed after boot (/dev/ptmx's open swapped), found against this
     // boot's snapshot; then a module that hides itself.
     let ptmx = || vm.sh("(: < /dev/ptmx) 2>&1; echo rc=$?");
