@@ -50,7 +50,7 @@ fn main() {
         .and_then(|i| args.get(i + 1))
         .map_or(5, |v| v.parse().expect("--runs N"));
     for (mb, sparse) in [(512u64, false), (16u64 << 10, true)] {
-        let vm = Vm::boot_with(
+        let mut vm = Vm::boot_with(
             mb,
             1,
             &Boot {
@@ -73,6 +73,32 @@ fn main() {
             first * 1e3
         );
         if mb == 512 {
+            // The task census (hidden-task, credentials) with 500 more
+            // processes: the tasks walked and what each check took.
+            let census = |x: &Xftrace| {
+                let mut c = x.command(&check);
+                c.env("RUST_LOG", "xftrace::detect::checks=debug");
+                let o = c.output().expect("run xftrace");
+                String::from_utf8_lossy(&o.stderr)
+                    .lines()
+                    .filter(|l| {
+                        l.contains("hidden-task")
+                            || l.contains("check credentials took")
+                            || l.contains("credentials:")
+                    })
+                    .map(|l| l.split_once("] ").map_or(l, |x| x.1).to_string())
+                    .collect::<Vec<_>>()
+            };
+            println!("task census, idle guest: {:?}", census(&x));
+            vm.sh("i=0; while [ $i -lt 500 ]; do sleep 3600 > /dev/null 2>&1 & i=$((i+1)); done; echo spawned");
+            let more: Vec<f64> = (0..runs).map(|_| timed(&x, &check).0).collect();
+            println!(
+                "integrity-only check with 500 more processes: median {:.0} ms of {runs} ({:+.0} ms); {:?}",
+                median(more.clone()) * 1e3,
+                (median(more) - median(times.clone())) * 1e3,
+                census(&x)
+            );
+            vm.sh("killall sleep; echo killed");
             // A call-flow check (every syscall, against a baseline of the
             // same): what it spends beyond its window.
             let o = x.run(&["baseline", "--duration", "5"]);
