@@ -127,22 +127,28 @@ fn call_flow(
     let length = Duration::from_secs(opts.trace_seconds);
     // Halfway through the window, a census of the kernel's tasks, which
     // the records from before it and after it witness for.
+    // Halfway through the window, two censuses of the kernel's tasks a
+    // moment apart, which the records from before and after them witness
+    // for.
     let mut census = None;
     let mut midway = || {
         let before = heads(g);
-        let c = crate::kernel::tasks::census(&g.view(&g.kernel));
-        census = c.map(|c| {
+        let view = g.view(&g.kernel);
+        let first = crate::kernel::tasks::census(&view);
+        crate::base::settle::settle(checks::SETTLE);
+        let second = crate::kernel::tasks::census(&view);
+        census = first.zip(second).map(|cs| {
             (
                 witness::Bracket {
                     before,
                     after: heads(g),
                 },
-                c,
+                cs,
             )
         });
     };
     let (cap, mut out) = probed_capture(target, g, &b.functions, length, &mut midway)?;
-    if let Some((bracket, c)) = &census {
+    if let Some((bracket, (c1, c2))) = &census {
         let (seen, full) = witness::sides(cap.records()?, bracket);
         if full {
             info!(
@@ -150,14 +156,18 @@ fn call_flow(
                 witness::MAX_PIDS
             );
         }
+        if let Some(cut) = c1.cut.first().or(c2.cut.first()) {
+            info!("task witness: a census was cut short ({cut}); no witness this window");
+        }
         let both = seen
             .values()
             .filter(|s| s.before > 0 && s.after > 0)
             .count();
         log::debug!(
-            "task witness: {} PIDs in the records, {both} before and after a census of {} tasks (ring heads {:?} -> {:?})",
+            "task witness: {} PIDs in the records, {both} before and after censuses of {} and {} tasks (ring heads {:?} -> {:?})",
             seen.len(),
-            c.tasks.len(),
+            c1.tasks.len(),
+            c2.tasks.len(),
             bracket.before,
             bracket.after
         );
@@ -168,7 +178,7 @@ fn call_flow(
                 .map(|(p, s)| format!("{p} {} {}/{}", s.comm, s.before, s.after))
                 .collect::<Vec<_>>()
         );
-        out.extend(witness::hidden(&seen, c));
+        out.extend(witness::hidden(&seen, &[c1, c2]));
     }
     let flow = {
         let view = g.view(&g.kernel);

@@ -76,38 +76,55 @@ pub fn sides(records: impl Iterator<Item = Record>, b: &Bracket) -> (BTreeMap<u3
     (out, full)
 }
 
-/// The PIDs that made traced calls before and after the census and that
-/// the census did not find in every one of the task list, the process
-/// tree and the PID allocator (a task found on a run queue only, or in
-/// some of them, ran all through the census all the same).
-pub fn hidden(seen: &BTreeMap<u32, Seen>, census: &Census) -> Vec<Finding> {
-    let by_pid: BTreeMap<u32, &crate::kernel::tasks::Task> =
-        census.tasks.values().map(|t| (t.pid, t)).collect();
+/// The PIDs that made traced calls before and after the censuses and that
+/// no census found in every one of the task list, the process tree and
+/// the PID allocator (a task found on a run queue only, or in some of
+/// them, ran all through the censuses all the same). The host's walks are
+/// not atomic: a census taken while the guest forks and reaps may miss a
+/// task in a list being changed, so a PID counts only if every census
+/// (two, a moment apart) misses it, and a census whose walks were cut
+/// short witnesses nothing (the integrity check reports a cut that
+/// stays).
+pub fn hidden(seen: &BTreeMap<u32, Seen>, censuses: &[&Census]) -> Vec<Finding> {
+    if censuses.is_empty() || censuses.iter().any(|c| !c.cut.is_empty()) {
+        return Vec::new();
+    }
+    let by_pid: Vec<BTreeMap<u32, &crate::kernel::tasks::Task>> = censuses
+        .iter()
+        .map(|c| c.tasks.values().map(|t| (t.pid, t)).collect())
+        .collect();
+    let status = |by: &BTreeMap<u32, &crate::kernel::tasks::Task>, pid: &u32| {
+        match by.get(pid) {
+        Some(t) if t.missing().is_empty() || t.idle => None,
+        Some(t) => {
+            let v: Vec<&str> = t.views.iter().map(|v| v.describe()).collect();
+            let m: Vec<&str> = t.missing().iter().map(|v| v.describe()).collect();
+            Some(format!(
+                "found it in {} but not in {}",
+                v.join(" and "),
+                m.join(" and ")
+            ))
+        }
+        None => Some(
+            "found it in none of the task list, the process tree, the PID allocator and the run queues"
+                .to_string(),
+        ),
+    }
+    };
     seen.iter()
         .filter(|(_, s)| s.before > 0 && s.after > 0)
         .filter_map(|(pid, s)| {
-            let found = match by_pid.get(pid) {
-                Some(t) if t.missing().is_empty() || t.idle => return None,
-                Some(t) => {
-                    let v: Vec<&str> = t.views.iter().map(|v| v.describe()).collect();
-                    let m: Vec<&str> = t.missing().iter().map(|v| v.describe()).collect();
-                    format!("found it in {} but not in {}", v.join(" and "), m.join(" and "))
-                }
-                None => {
-                    "found it in none of the task list, the process tree, the PID allocator and the run queues".to_string()
-                }
-            };
+            let all: Option<Vec<String>> = by_pid.iter().map(|by| status(by, pid)).collect();
+            let found = all?.pop()?;
             Some(Finding::new(
                 FindingKind::HiddenTask,
                 format!(
-                    "task {pid} ({}) made traced calls before and after a census of the kernel's tasks that {found}: hidden",
-                    s.comm
+                    "task {pid} ({}) made traced calls before and after {} censuses of the kernel's tasks; the last {found}: hidden",
+                    s.comm,
+                    censuses.len()
                 ),
                 &[],
-                format!(
-                    "{} records before the census, {} after",
-                    s.before, s.after
-                ),
+                format!("{} records before the censuses, {} after", s.before, s.after),
             ))
         })
         .collect()
@@ -175,26 +192,36 @@ mod tests {
             views: views.iter().copied().collect(),
         };
         census.tasks.insert(100, task(100, &ENUMERATIONS));
-        let f = hidden(&seen, &census);
+        let f = hidden(&seen, &[&census, &census]);
         assert_eq!(f.len(), 1, "{f:#?}");
         assert!(
             f[0].detail.starts_with(
-                "task 77 (sh) made traced calls before and after a census of the kernel's tasks that found it in none of"
+                "task 77 (sh) made traced calls before and after 2 censuses of the kernel's tasks; the last found it in none of"
             ),
             "{}",
             f[0].detail
         );
-        assert_eq!(f[0].evidence, "1 records before the census, 1 after");
+        assert_eq!(f[0].evidence, "1 records before the censuses, 1 after");
         // Found on a run queue only: hidden all the same.
         census.tasks.insert(77, task(77, &[View::RunQueue]));
-        let f = hidden(&seen, &census);
+        let f = hidden(&seen, &[&census]);
         assert!(
             f.len() == 1
                 && f[0]
                     .detail
-                    .contains("that found it in a run queue but not in the task list and the process tree and the PID allocator"),
+                    .contains("the last found it in a run queue but not in the task list and the process tree and the PID allocator"),
             "{f:#?}"
         );
+        // Missed by one census only (a walk that met a list being changed
+        // while the guest forked): not hidden.
+        let mut whole = Census::default();
+        whole.tasks.insert(77, task(77, &ENUMERATIONS));
+        assert_eq!(hidden(&seen, &[&census, &whole]), vec![]);
+        // A census whose walks were cut short witnesses nothing.
+        let mut cut = census.clone();
+        cut.cut
+            .push("the task list: a link at 0x10 cannot be read".into());
+        assert_eq!(hidden(&seen, &[&cut, &census]), vec![]);
     }
 
     #[test]

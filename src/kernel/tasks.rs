@@ -108,7 +108,7 @@ impl Task {
 }
 
 /// The tasks found, by `task_struct` address, and what could not be read.
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct Census {
     pub tasks: BTreeMap<u64, Task>,
     /// Walks that stopped before their end, or views the build does not

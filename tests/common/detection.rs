@@ -631,7 +631,11 @@ pub fn hidden_task(
             "is in the process tree",
             "missing from the task list and the PID allocator:",
         ],
-        _ => vec![&task, "made traced calls before and after a census"],
+        _ => vec![
+            &task,
+            "made traced calls before and after 2 censuses",
+            "found it in none",
+        ],
     };
     assert!(
         has(&f, "hidden-task", &parts),
