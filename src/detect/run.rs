@@ -149,7 +149,11 @@ fn call_flow(
     };
     let (cap, mut out) = probed_capture(target, g, &b.functions, length, &mut midway)?;
     if let Some((bracket, (c1, c2))) = &census {
-        let (seen, full) = witness::sides(cap.records()?, bracket);
+        // Ring heads count every record written, the probe's included:
+        // compared with the records as their rings numbered them (with
+        // the probe's calls taken out and the rest renumbered, a task that
+        // began after the census looked as if it ran before it too).
+        let (seen, full) = witness::sides(cap.records_as_written()?, bracket);
         if full {
             info!(
                 "task witness: more than {} PIDs in the records; the rest not followed",
@@ -237,14 +241,15 @@ fn probed_capture(
     Ok((cap, found))
 }
 
-/// Each ring's head (records ever written to it), 0 where unreadable: no
-/// record of that ring then counts as written before the census, so it
-/// witnesses nothing.
+/// Each ring's head (records ever written to it); none at all if one
+/// cannot be read (a head read as 0 would put every record of its ring
+/// after the census), and then no ring witnesses anything.
 fn heads(g: &crate::kernel::guest::Guest) -> Vec<u64> {
     let h = &g.kernel.header;
     (0..h.nr_rings.min(crate::abi::MAX_RINGS))
-        .map(|r| g.ram.read_u64(g.kernel.head(r)).unwrap_or(0))
-        .collect()
+        .map(|r| g.ram.read_u64(g.kernel.head(r)).ok())
+        .collect::<Option<Vec<u64>>>()
+        .unwrap_or_default()
 }
 
 /// A function's name in call flow: its symbol in the image; `[module]+off`

@@ -606,6 +606,13 @@ impl Capture {
         ))
     }
 
+    /// Every captured record, the probe's included, numbered as its ring
+    /// numbered it (what ring heads read from the guest compare with:
+    /// [`Capture::records`] renumbers around the probe calls it leaves out).
+    pub fn records_as_written(&self) -> Result<impl Iterator<Item = crate::abi::Record>> {
+        Ok(spool::Merged::new(spool::open(self.stopped.dir.path())?))
+    }
+
     /// The probe's entries and all records, per ring (`None`: the build has
     /// no probe).
     pub fn probes(&self) -> Result<Option<Tally>> {
@@ -962,5 +969,43 @@ mod tests {
         assert!(klog.contains("00000000000000aa"));
         let trace = std::fs::read_to_string(out.join("trace_graph.txt")).unwrap();
         assert!(trace.starts_with("# tracer: function_graph"));
+    }
+
+    /// The records a census's ring heads are compared with keep the
+    /// numbers their rings gave them; only the call-flow view renumbers
+    /// around the probe's calls.
+    #[test]
+    fn records_as_written_keep_their_ring_numbers() {
+        use crate::trace::rings::tests::rec;
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = GuestDir::for_domain(&tmp.path().join("state"), "d").unwrap();
+        let probe = 0xffff_ffff_8110_0000;
+        let mut sp = SpoolWriter::create(dir.path(), 1, spool::DEFAULT_LIMIT).unwrap();
+        for (seq, func) in [(0, probe), (1, probe), (2, 0), (3, 0)] {
+            let mut r = rec(0, seq, 1);
+            if func != 0 {
+                r.func = func;
+            }
+            sp.push(&r).unwrap();
+        }
+        sp.flush().unwrap();
+        let lock = File::open(dir.path()).unwrap();
+        let cap = Capture {
+            status: CollectorStatus::default(),
+            map: SystemMap::parse(
+                "ffffffff81000000 T _text\nffffffff81100000 T xftrace_probe\nffffffff81100010 T next_one\nffffffff82000000 B _end\n",
+            )
+            .unwrap(),
+            stopped: Stopped {
+                dir,
+                guest_error: None,
+                _lock: lock,
+            },
+        };
+        let seqs = |it: &mut dyn Iterator<Item = crate::abi::Record>| {
+            it.map(|r| r.seq).collect::<Vec<_>>()
+        };
+        assert_eq!(seqs(&mut cap.records().unwrap()), [0, 1]);
+        assert_eq!(seqs(&mut cap.records_as_written().unwrap()), [0, 1, 2, 3]);
     }
 }
