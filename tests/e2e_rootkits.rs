@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 
 use common::detection::{
     body_hooks, census_cost, cleared_taint, control_data_hooks, findings, has, hidden_module,
-    hidden_task, idt_register, impostor_module, measured, muted_tracer, pick, registry_hooks,
-    root_by_credentials, shadow_page, CASES,
+    hidden_task, idt_register, impostor_module, kernel_oops, magic_packet_filter, measured,
+    muted_tracer, pick, registry_hooks, root_by_credentials, shadow_page, CASES,
 };
 use common::{Boot, Vm, Xftrace};
 
@@ -160,7 +160,8 @@ fn detects_every_test_rootkit_and_nothing_on_a_clean_guest() {
     assert!(!out.contains("rror"), "{out}");
     // The IDT hook, within 30 s. A round that met the module half loaded
     // (in mod_tree, not yet listed, its init not yet run) may report it as
-    // a foreign module first.
+    // a foreign module first, and the taint flag it set since the
+    // baseline: inventory (severity low), both.
     let until = Instant::now() + Duration::from_secs(30);
     let mut lines = Vec::new();
     let (seen, line) = loop {
@@ -179,9 +180,10 @@ fn detects_every_test_rootkit_and_nothing_on_a_clean_guest() {
         "{line}"
     );
     assert!(
-        lines
-            .iter()
-            .all(|l| l.contains("\"foreign-module\"") && l.contains("rk_idt")),
+        lines.iter().all(|l| {
+            (l.contains("\"foreign-module\"") && l.contains("rk_idt"))
+                || (l.contains("\"taint\"") && l.contains("\"severity\":\"low\""))
+        }),
         "watch reported something else first: {lines:#?}"
     );
     eprintln!(
@@ -230,9 +232,15 @@ fn detects_every_test_rootkit_and_nothing_on_a_clean_guest() {
     impostor_module(&mut |c| vm.sh(c), &check, "/lib/xftrace-test");
     idt_register(&mut |c| vm.sh(c), &check, "/lib/xftrace-test");
     cleared_taint(&mut |c| vm.sh(c), &check, "/lib/xftrace-test");
+    magic_packet_filter(&mut |c| vm.sh(c), &check, "/lib/xftrace-test");
     let traced = || x.run(&["check", "--json", "--trace-seconds", "3"]);
     hidden_task(&mut |c| vm.sh(c), &check, &traced, "/lib/xftrace-test");
-    root_by_credentials(&mut |c| vm.sh(c), &check, "/lib/xftrace-test");
+    root_by_credentials(
+        &mut |c| vm.sh(c),
+        &check,
+        x.command(&["check", "--json", "--trace-seconds", "4"]),
+        "/lib/xftrace-test",
+    );
     // The guest's kernel log, read from the host, holds what the guest's
     // own dmesg shows (the tracer's boot line, rk_untaint's).
     let o = x.run(&["dmesg"]);
@@ -303,6 +311,26 @@ fn detects_every_test_rootkit_and_nothing_on_a_clean_guest() {
 
     // A module that hides from the module list or sysfs.
     hidden_module(&mut |c| vm.sh(c), &check, "/lib/xftrace-test");
+
+    // A kernel thread that oopses (or warns): reported by `watch` as the
+    // kernel writes it, whatever its rounds are doing.
+    let took = kernel_oops(
+        &mut |c| vm.sh(c),
+        x.command(&[
+            "watch",
+            "--json",
+            "--interval",
+            "30",
+            "--trace-seconds",
+            "0",
+        ]),
+        "/lib/xftrace-test",
+    );
+    assert!(
+        took < Duration::from_secs(1),
+        "the kernel's log reached watch {:.2} s after insmod returned, not within 1 s",
+        took.as_secs_f64()
+    );
 
     // A rootkit that goes for xftrace itself, while a session runs.
     let o = x.run(&["on", "sys_openat", "sys_read"]);

@@ -440,20 +440,39 @@ pub fn run(cli: Cli) -> Result<Outcome, Error> {
             let opts = detect::CheckOptions {
                 trace_seconds: *trace_seconds,
             };
-            let mut any = false;
-            for new in detect::watch(
-                &target,
-                &opts,
-                Duration::from_secs_f64(interval.max(0.1)),
-                *rounds,
-            ) {
-                let new = new?;
-                any |= detect::alarming(&new);
-                for line in detect::report(&new, *json) {
-                    println!("{line}");
-                }
-            }
-            Ok(if any {
+            use std::sync::atomic::{AtomicBool, Ordering};
+            // Beside the rounds, the guest's kernel log, followed a few
+            // times a second: an Oops is reported as it happens.
+            let (stop, logged) = (AtomicBool::new(false), AtomicBool::new(false));
+            let any = std::thread::scope(|s| {
+                s.spawn(|| {
+                    detect::follow_log(&target, &stop, &mut |events| {
+                        logged.fetch_or(detect::alarming(&events), Ordering::Relaxed);
+                        for line in detect::report(&events, *json) {
+                            println!("{line}");
+                        }
+                    })
+                });
+                let rounds = (|| {
+                    let mut any = false;
+                    for new in detect::watch(
+                        &target,
+                        &opts,
+                        Duration::from_secs_f64(interval.max(0.1)),
+                        *rounds,
+                    ) {
+                        let new = new?;
+                        any |= detect::alarming(&new);
+                        for line in detect::report(&new, *json) {
+                            println!("{line}");
+                        }
+                    }
+                    Ok::<bool, Error>(any)
+                })();
+                stop.store(true, Ordering::Relaxed);
+                rounds
+            })?;
+            Ok(if any || logged.load(Ordering::Relaxed) {
                 Outcome::Findings
             } else {
                 Outcome::Clean

@@ -6,16 +6,18 @@
 //! | [`checks`] | one file per check over guest memory, behind the [`checks::Check`] trait |
 //! | [`callflow`] | what traced syscalls call, against a baseline |
 //! | [`inventory`] | the hooks a baseline records as known (`hooks.json`) |
+//! | [`kernel_log`] | Oopses, BUGs, warnings and panics in the guest kernel's log, as `watch` follows it |
 //! | [`witness`] | the tracer's records as a witness of which tasks run, against a census of the kernel's tasks |
 //! | [`run`] | `check`, `watch` and `baseline`: open the guest once, run everything |
 
 pub mod callflow;
 pub mod checks;
 pub mod inventory;
+pub mod kernel_log;
 pub mod run;
 pub mod witness;
 
-pub use run::{baseline, check, watch, CheckOptions, Checked, Watch};
+pub use run::{baseline, check, follow_log, watch, CheckOptions, Checked, Watch};
 
 use log::warn;
 use serde::{Deserialize, Serialize};
@@ -81,6 +83,9 @@ finding_kinds! {
     /// A notifier, tracepoint, netfilter or LSM handler in no known code,
     /// or in a module outside the build that the hook inventory lacks.
     HookRegistry = "hook-registry",
+    /// A raw or packet socket with a BPF filter attached, by a process the
+    /// baseline's inventory does not know (without one: inventory, low).
+    SocketFilter = "socket-filter",
     /// A BPF program the baseline's hook inventory lacks (without one: a
     /// program that hooks the kernel's own control flow).
     BpfProgram = "bpf-program",
@@ -107,8 +112,13 @@ finding_kinds! {
     ForeignModule = "foreign-module",
     /// An ftrace callback outside the kernel image.
     FtraceHook = "ftrace-hook",
-    /// The kernel's taint mask lacks a flag a loaded module set: cleared.
+    /// The kernel's taint mask lacks a flag a loaded module set, or one it
+    /// had at the baseline in the same boot (cleared); or flags set since
+    /// the baseline (low).
     Taint = "taint",
+    /// The guest kernel logged an Oops, a BUG, a warning, a lockup, a
+    /// stall or a panic (`watch`, as it happens).
+    KernelLog = "kernel-log",
     /// xftrace itself was attacked, narrowed or duplicated.
     TracerIntegrity = "tracer-integrity",
     /// A traced call ran code outside the kernel image.
@@ -165,7 +175,7 @@ pub enum Severity {
 impl FindingKind {
     pub fn severity(self) -> Severity {
         match self {
-            FindingKind::CallFlowNewEdge => Severity::Medium,
+            FindingKind::CallFlowNewEdge | FindingKind::KernelLog => Severity::Medium,
             FindingKind::ForeignModule => Severity::Low,
             _ => Severity::High,
         }
@@ -298,7 +308,7 @@ mod tests {
                 .all(|c| c.is_ascii_lowercase() || c == b'-'));
             assert!(names.insert(k.as_str()), "{k} twice");
         }
-        assert_eq!(names.len(), 25);
+        assert_eq!(names.len(), 27);
         assert!(serde_json::from_str::<FindingKind>("\"rootkit\"").is_err());
     }
     use crate::kernel::locate::tests::{place_kernel, synthetic_guest, SLIDE, TEXT_PA};

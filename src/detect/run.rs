@@ -1,6 +1,7 @@
 //! `check`, `watch` and `baseline`: open the guest once per round, run
 //! every check against it, and trace through the same opened guest.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -125,29 +126,47 @@ fn call_flow(
         return Ok(Vec::new());
     }
     let length = Duration::from_secs(opts.trace_seconds);
-    // Halfway through the window, a census of the kernel's tasks, which
-    // the records from before it and after it witness for.
     // Halfway through the window, two censuses of the kernel's tasks a
     // moment apart, which the records from before and after them witness
-    // for.
+    // for; at its end (the tracer still on) a third, for who became root.
     let mut census = None;
-    let mut midway = || {
-        let before = heads(g);
+    let mut last = None;
+    // Who each task was at the first census and at the last, read then.
+    let mut ids_at = (None, None);
+    // Each ring's dropped-events counter at the first census and the
+    // last, and its head at the last: what the window between them lost.
+    let mut dropped_at = (Vec::new(), Vec::new());
+    let mut last_heads = Vec::new();
+    let mut look = |at: session::Look| {
         let view = g.view(&g.kernel);
-        let first = crate::kernel::tasks::census(&view);
-        crate::base::settle::settle(checks::SETTLE);
-        let second = crate::kernel::tasks::census(&view);
-        census = first.zip(second).map(|cs| {
-            (
-                witness::Bracket {
-                    before,
-                    after: heads(g),
-                },
-                cs,
-            )
-        });
+        match at {
+            session::Look::Midway => {
+                dropped_at.0 = dropped(g);
+                let before = heads(g);
+                let first = crate::kernel::tasks::census(&view);
+                ids_at.0 = first.as_ref().map(|c| ids(&view, c));
+                crate::base::settle::settle(checks::SETTLE);
+                let second = crate::kernel::tasks::census(&view);
+                census = first.zip(second).map(|cs| {
+                    (
+                        witness::Bracket {
+                            before,
+                            after: heads(g),
+                        },
+                        cs,
+                    )
+                });
+                info!("call-flow window: censuses of the guest's tasks taken halfway");
+            }
+            session::Look::Last => {
+                last = crate::kernel::tasks::census(&view);
+                ids_at.1 = last.as_ref().map(|c| ids(&view, c));
+                last_heads = heads(g);
+                dropped_at.1 = dropped(g);
+            }
+        }
     };
-    let (cap, mut out) = probed_capture(target, g, &b.functions, length, &mut midway)?;
+    let (cap, mut out) = probed_capture(target, g, &b.functions, length, &mut look)?;
     if let Some((bracket, (c1, c2))) = &census {
         // Ring heads count every record written, the probe's included:
         // compared with the records as their rings numbered them (with
@@ -183,6 +202,16 @@ fn call_flow(
                 .collect::<Vec<_>>()
         );
         out.extend(witness::hidden(&seen, &[c1, c2]));
+        if let (Some(c3), (Some(a), Some(c))) = (&last, &ids_at) {
+            let dropped = dropped_at.0.is_empty() || dropped_at.0 != dropped_at.1;
+            let window = Window {
+                start: &bracket.before,
+                end: &last_heads,
+                dropped,
+            };
+            let cut = !c1.cut.is_empty() || !c3.cut.is_empty();
+            out.extend(rooted(&cap, &b.functions, &window, cut, a, c)?);
+        }
     }
     let flow = {
         let view = g.view(&g.kernel);
@@ -221,13 +250,13 @@ fn probed_capture(
     g: &crate::kernel::guest::Guest,
     functions: &[String],
     length: Duration,
-    midway: &mut dyn FnMut(),
+    look: &mut dyn FnMut(session::Look),
 ) -> Result<(session::Capture, Vec<Finding>)> {
     let h = &g.kernel.header;
     let rings = h.nr_rings.min(h.nr_cpus).min(crate::abi::MAX_RINGS);
     let online = || g.view(&g.kernel).online_cpus(rings);
     let before = online();
-    let cap = session::capture(target, g, functions, length, midway)?;
+    let cap = session::capture(target, g, functions, length, look)?;
     // Online from the start of the window to its end.
     let online = before.zip(online()).map(|(a, b)| &a & &b);
     let tally = cap.probes()?;
@@ -241,13 +270,154 @@ fn probed_capture(
     Ok((cap, found))
 }
 
+/// Who became root between the first census of a call-flow window (`c1`,
+/// begun at ring heads `start`) and its last (`c3`) with no credential
+/// call of theirs in the trace ([`witness::became_root`]). Judged only
+/// where the window traced those calls (the baseline's `functions` cover
+/// them) and lost none of its records, with censuses not cut short.
+/// The part of a call-flow window between its first census and its last,
+/// by the rings' heads; `dropped`: a ring's guest counted events it could
+/// not record in it.
+struct Window<'a> {
+    start: &'a [u64],
+    end: &'a [u64],
+    dropped: bool,
+}
+
+impl Window<'_> {
+    /// Is every record the rings numbered in the window in `records`
+    /// (none overwritten before the collector read it)?
+    fn whole(&self, records: impl Iterator<Item = crate::abi::Record>) -> bool {
+        if self.dropped || self.start.len() != self.end.len() || self.start.is_empty() {
+            return false;
+        }
+        let mut seen = vec![0u64; self.start.len()];
+        for r in records {
+            let Ok(i) = usize::try_from(r.cpu) else {
+                continue;
+            };
+            if let (Some(&s), Some(&e), Some(n)) =
+                (self.start.get(i), self.end.get(i), seen.get_mut(i))
+            {
+                if (s..e).contains(&r.seq) {
+                    *n = n.saturating_add(1);
+                }
+            }
+        }
+        self.start
+            .iter()
+            .zip(self.end)
+            .zip(&seen)
+            .all(|((s, e), n)| e.saturating_sub(*s) == *n)
+    }
+}
+
+fn rooted(
+    cap: &session::Capture,
+    functions: &[String],
+    window: &Window,
+    cut: bool,
+    before: &BTreeMap<u32, witness::Ids>,
+    after: &BTreeMap<u32, witness::Ids>,
+) -> Result<Vec<Finding>> {
+    use crate::kernel::symbols::glob_match;
+    let sym = cap.symbolizer();
+    let calls: Vec<(u64, u64)> = witness::CREDENTIAL_CALLS
+        .iter()
+        .filter_map(|n| {
+            let a = sym.addr(n)?;
+            let len = sym.map.extent(n).unwrap_or(16).clamp(1, 4096);
+            Some((*n, a, a.checked_add(len)?))
+        })
+        .filter(|(n, _, _)| functions.iter().any(|p| glob_match(p, n)))
+        .map(|(_, a, e)| (a, e))
+        .collect();
+    let covered = [
+        "__x64_sys_execve",
+        "__x64_sys_setuid",
+        "__x64_sys_setresuid",
+    ]
+    .iter()
+    .all(|n| functions.iter().any(|p| glob_match(p, n)));
+    if !covered || cut || window.start.is_empty() {
+        info!(
+            "credentials: who became root not judged this window ({})",
+            if !covered {
+                "the baseline's functions do not cover execve and set*id"
+            } else {
+                "a census was cut short"
+            },
+        );
+        return Ok(Vec::new());
+    }
+    let whole = window.whole(cap.records_as_written()?);
+    if !whole {
+        let r = &cap.status.rings;
+        info!(
+            "credentials: records were lost between the window's first look and its last ({} lost, {} dropped by the guest in the whole capture): who became root is judged only for tasks that did not run meanwhile",
+            r.lost,
+            cap.status.guest_dropped
+        );
+    }
+    let is_call = |f: u64| calls.iter().any(|&(a, e)| (a..e).contains(&f));
+    Ok(witness::became_root(
+        cap.records_as_written()?,
+        window.start,
+        &is_call,
+        whole,
+        before,
+        after,
+    ))
+}
+
+/// Who each task of census `c` is now (its objective credentials, read
+/// now: a rootkit may write them in place later) and how long it has run.
+fn ids(
+    view: &crate::kernel::guest::KernelView,
+    c: &crate::kernel::tasks::Census,
+) -> BTreeMap<u32, witness::Ids> {
+    let runtime = view.field("task_struct", &["se", "sum_exec_runtime"]);
+    c.tasks
+        .values()
+        .filter(|t| !t.idle && !t.kthread)
+        .filter_map(|t| {
+            let cr = crate::kernel::creds::read(view, t.real_cred)?;
+            Some((
+                t.pid,
+                witness::Ids {
+                    tgid: t.tgid,
+                    uid: cr.uid,
+                    euid: cr.euid,
+                    comm: t.comm.clone(),
+                    ran: runtime
+                        .and_then(|o| t.addr.checked_add(o))
+                        .and_then(|a| view.read_word(a)),
+                },
+            ))
+        })
+        .collect()
+}
+
+/// Each ring's dropped-events counter; none at all if one cannot be read.
+fn dropped(g: &crate::kernel::guest::Guest) -> Vec<u64> {
+    ring_words(g, crate::kernel::locate::GuestKernel::dropped)
+}
+
 /// Each ring's head (records ever written to it); none at all if one
 /// cannot be read (a head read as 0 would put every record of its ring
 /// after the census), and then no ring witnesses anything.
 fn heads(g: &crate::kernel::guest::Guest) -> Vec<u64> {
+    ring_words(g, crate::kernel::locate::GuestKernel::head)
+}
+
+/// One word of each ring's line in `xftrace_heads`, or none at all.
+fn ring_words(
+    g: &crate::kernel::guest::Guest,
+    at: fn(&crate::kernel::locate::GuestKernel, u32) -> crate::guest::addr::GuestAddress,
+) -> Vec<u64> {
     let h = &g.kernel.header;
     (0..h.nr_rings.min(crate::abi::MAX_RINGS))
-        .map(|r| g.ram.read_u64(g.kernel.head(r)).ok())
+        .map(|r| g.ram.read_u64(at(&g.kernel, r)).ok())
         .collect::<Option<Vec<u64>>>()
         .unwrap_or_default()
 }
@@ -276,7 +446,7 @@ pub fn baseline(
     depth: u32,
 ) -> Result<callflow::Baseline> {
     let g = target.open()?;
-    let (cap, blinded) = probed_capture(target, &g, functions, duration, &mut || {})?;
+    let (cap, blinded) = probed_capture(target, &g, functions, duration, &mut |_| {})?;
     if let Some(f) = blinded.first() {
         // A baseline is what later checks trust: not from a blinded tracer.
         cap.finish()?;
@@ -312,6 +482,91 @@ pub fn baseline(
         baseline_path(&dir).display()
     );
     Ok(b)
+}
+
+/// How often [`follow_log`] reads the guest's log.
+pub const LOG_POLL: Duration = Duration::from_millis(200);
+/// How long [`follow_log`] keeps one opening of the guest (a reboot moves
+/// its kernel; the next opening finds it).
+const LOG_REOPEN: Duration = Duration::from_secs(30);
+
+/// Follow the guest kernel's log (every [`LOG_POLL`]) until `stop` is set
+/// or a stop signal is caught, handing each event (an Oops, a BUG, a
+/// warning, a panic: [`super::kernel_log`]) to `emit` as a finding as soon
+/// as the kernel has written it. `watch` runs it beside its rounds, so
+/// that an event is reported within a second whatever a round is doing.
+/// A guest that cannot be opened or whose log cannot be read is tried
+/// again a second later; what went wrong is logged once until it reads.
+pub fn follow_log(
+    target: &Target,
+    stop: &std::sync::atomic::AtomicBool,
+    emit: &mut dyn FnMut(Vec<Finding>),
+) {
+    use std::sync::atomic::Ordering;
+    let mut follower = super::kernel_log::Follower::default();
+    let mut guest: Option<(crate::kernel::guest::Guest, Instant)> = None;
+    let mut failing: Option<String> = None;
+    let mut first = true;
+    while !stop.load(Ordering::Relaxed) && crate::host::signals::caught().is_none() {
+        let t = Instant::now();
+        if guest
+            .as_ref()
+            .is_none_or(|(_, at)| at.elapsed() >= LOG_REOPEN)
+        {
+            guest = match target.open() {
+                Ok(g) => Some((g, t)),
+                Err(e) => {
+                    note_failure(&mut failing, format!("cannot open the guest: {e}"));
+                    std::thread::sleep(Duration::from_secs(1));
+                    continue;
+                }
+            };
+        }
+        let Some((g, _)) = &guest else { continue };
+        let boot = g.kernel.slide.0 ^ g.kernel.text_pa.0.rotate_left(32);
+        let events = match crate::kernel::printk::read(&g.view(&g.kernel)) {
+            Ok(log) => {
+                if failing.take().is_some() {
+                    info!("{}: the guest's log reads again", target.describe());
+                }
+                if first {
+                    first = false;
+                    info!(
+                        "{}: following the guest kernel's log after its record {}",
+                        target.describe(),
+                        log.records.last().map_or(0, |r| r.seq)
+                    );
+                }
+                follower.feed(boot, &log.records, Instant::now())
+            }
+            Err(e) => {
+                note_failure(&mut failing, format!("cannot read the guest's log: {e}"));
+                guest = None;
+                std::thread::sleep(Duration::from_secs(1));
+                continue;
+            }
+        };
+        if !events.is_empty() {
+            let findings = events
+                .iter()
+                .map(|e| {
+                    let mut f = e.finding();
+                    f.domain = target.describe();
+                    f
+                })
+                .collect();
+            emit(findings);
+        }
+        std::thread::sleep(LOG_POLL.saturating_sub(t.elapsed()));
+    }
+}
+
+/// Log a failure of [`follow_log`] once, until it reads again.
+fn note_failure(failing: &mut Option<String>, what: String) {
+    if failing.as_deref() != Some(what.as_str()) {
+        warn!("following the guest's log: {what}; trying again every second");
+        *failing = Some(what);
+    }
 }
 
 /// `watch`: check every `interval` until interrupted (or `rounds` checks);
@@ -458,5 +713,56 @@ impl Watch<'_> {
             self.known.clear();
         }
         new
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(cpu: u32, seq: u64) -> crate::abi::Record {
+        crate::abi::Record {
+            cpu,
+            seq,
+            epoch: 1,
+            kind: crate::abi::Kind::Entry,
+            func: 0,
+            time: 0,
+            calltime: 0,
+            depth: 0,
+            pid: 1,
+            overrun: 0,
+            comm: [0; 16],
+        }
+    }
+
+    /// A window is whole when every record its rings numbered between the
+    /// two looks was collected; losses outside it do not count; events
+    /// the guest dropped in it, or heads not read, make it not whole.
+    #[test]
+    fn a_window_is_whole_only_with_every_record_between_its_looks() {
+        let w = Window {
+            start: &[10, 5],
+            end: &[13, 5],
+            dropped: false,
+        };
+        let all = [
+            rec(0, 2),
+            rec(0, 10),
+            rec(0, 11),
+            rec(0, 12),
+            rec(0, 20),
+            rec(1, 9),
+        ];
+        assert!(w.whole(all.iter().copied()));
+        let gap = [rec(0, 10), rec(0, 12), rec(1, 1)];
+        assert!(!w.whole(gap.iter().copied()));
+        assert!(!Window { dropped: true, ..w }.whole(all.iter().copied()));
+        assert!(!Window {
+            start: &[],
+            end: &[],
+            dropped: false
+        }
+        .whole(all.iter().copied()));
     }
 }

@@ -8,7 +8,7 @@
 //! seconds), so a census that finds no task of that PID was hidden from.
 #![deny(clippy::arithmetic_side_effects)]
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use crate::abi::Record;
 use crate::kernel::tasks::Census;
@@ -130,6 +130,128 @@ pub fn hidden(seen: &BTreeMap<u32, Seen>, censuses: &[&Census]) -> Vec<Finding> 
         .collect()
 }
 
+/// Who a task acts as, at one look.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Ids {
+    pub tgid: u32,
+    pub uid: u32,
+    pub euid: u32,
+    /// Its command (escaped).
+    pub comm: String,
+    /// How long it has run (`se.sum_exec_runtime`, ns), where readable.
+    pub ran: Option<u64>,
+}
+
+/// The system calls by which a task legitimately becomes root: an
+/// `execve` of a set-user-ID program, the `set*id` family, `capset`
+/// (x86_64 and 32-bit compat entry points).
+pub const CREDENTIAL_CALLS: &[&str] = &[
+    "__x64_sys_execve",
+    "__x64_sys_execveat",
+    "__x64_sys_setuid",
+    "__x64_sys_setreuid",
+    "__x64_sys_setresuid",
+    "__x64_sys_setfsuid",
+    "__x64_sys_setgid",
+    "__x64_sys_setregid",
+    "__x64_sys_setresgid",
+    "__x64_sys_setfsgid",
+    "__x64_sys_setgroups",
+    "__x64_sys_capset",
+    "__ia32_compat_sys_execve",
+    "__ia32_compat_sys_execveat",
+    "__ia32_sys_setuid",
+    "__ia32_sys_setreuid",
+    "__ia32_sys_setresuid",
+    "__ia32_sys_setuid16",
+    "__ia32_sys_setreuid16",
+    "__ia32_sys_setresuid16",
+    "__ia32_sys_capset",
+];
+
+/// Tasks that were not root at the first look (`before`, its censuses
+/// begun when the rings' heads were `start`) and are root at the last
+/// (`after`: real or effective UID 0, from the objective credentials,
+/// which only `commit_creds` changes), although no thread of their
+/// process made one of the [`CREDENTIAL_CALLS`] (`is_call` tells their
+/// addresses) in the records from `start` on. The kernel gives root no
+/// other way to a running task; a rootkit that writes a task's
+/// credentials or swaps in another's does. Where the records between
+/// the looks are not `whole` (a ring overwrote some before they were
+/// read), only a task that did not run at all between the looks (its run
+/// time unchanged: it made no call) is judged.
+pub fn became_root(
+    records: impl Iterator<Item = Record>,
+    start: &[u64],
+    is_call: &dyn Fn(u64) -> bool,
+    whole: bool,
+    before: &BTreeMap<u32, Ids>,
+    after: &BTreeMap<u32, Ids>,
+) -> Vec<Finding> {
+    let rooted: Vec<(&u32, &Ids, &Ids)> = before
+        .iter()
+        .filter_map(|(pid, b)| {
+            let a = after.get(pid)?;
+            let still = b.ran.is_some() && b.ran == a.ran;
+            (b.uid != 0
+                && b.euid != 0
+                && (a.uid == 0 || a.euid == 0)
+                && a.tgid == b.tgid
+                && (whole || still))
+                .then_some((pid, b, a))
+        })
+        .collect();
+    if rooted.is_empty() {
+        return Vec::new();
+    }
+    // Their processes' threads (PIDs in records are threads').
+    let tgids: BTreeSet<u32> = rooted.iter().map(|(_, b, _)| b.tgid).collect();
+    let threads: BTreeMap<u32, u32> = before
+        .iter()
+        .chain(after)
+        .filter(|(_, i)| tgids.contains(&i.tgid))
+        .map(|(p, i)| (*p, i.tgid))
+        .collect();
+    let mut called: BTreeMap<u32, u64> = BTreeMap::new();
+    for r in records {
+        let Some(&tgid) = threads.get(&r.pid) else {
+            continue;
+        };
+        let Some(&s) = usize::try_from(r.cpu).ok().and_then(|c| start.get(c)) else {
+            continue;
+        };
+        if r.seq >= s && is_call(r.func) {
+            let n = called.entry(tgid).or_insert(0);
+            *n = n.saturating_add(1);
+        }
+    }
+    rooted
+        .into_iter()
+        .filter(|(_, b, _)| !called.contains_key(&b.tgid))
+        .map(|(pid, b, a)| {
+            let how = if b.ran.is_some() && b.ran == a.ran {
+                "it did not run at all meanwhile"
+            } else {
+                "its process made none"
+            };
+            Finding::new(
+                FindingKind::Credentials,
+                format!(
+                    "task {pid} ({}) became root (uid {} euid {} -> uid {} euid {}) while the tracer recorded every execve, set*id and capset call, and {how}: its credentials were changed behind the kernel's back",
+                    a.comm, b.uid, b.euid, a.uid, a.euid
+                ),
+                &[],
+                format!(
+                    "process {}: no traced credential call from the first look to the last (run time {} -> {} ns)",
+                    b.tgid,
+                    b.ran.map_or("?".into(), |r| r.to_string()),
+                    a.ran.map_or("?".into(), |r| r.to_string())
+                ),
+            )
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -234,5 +356,107 @@ mod tests {
         let (seen, full) = sides((1..=n).map(|p| rec(0, 1, p, b"x")), &b);
         assert!(full);
         assert_eq!(seen.len(), MAX_PIDS);
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::arithmetic_side_effects)]
+mod root_tests {
+    use super::*;
+    use crate::abi::record::Kind;
+
+    fn ids(tgid: u32, uid: u32, comm: &str) -> Ids {
+        Ids {
+            tgid,
+            uid,
+            euid: uid,
+            comm: comm.into(),
+            ran: Some(u64::from(tgid) * 1000 + u64::from(uid)),
+        }
+    }
+
+    fn rec(cpu: u32, seq: u64, pid: u32, func: u64) -> Record {
+        Record {
+            cpu,
+            seq,
+            epoch: 1,
+            kind: Kind::Return,
+            func,
+            time: 0,
+            calltime: 0,
+            depth: 0,
+            pid,
+            overrun: 0,
+            comm: [0; 16],
+        }
+    }
+
+    /// Root by a traced setuid (of the process's other thread, returning
+    /// after the first look) is the kernel's doing; root with no such
+    /// call, or with one before the first look only, is not; a task root
+    /// already, or new, is not judged.
+    #[test]
+    fn root_without_a_credential_call_is_named() {
+        let setuid = 0xffff_ffff_8110_0000;
+        let is_call = |f: u64| f == setuid;
+        let before = BTreeMap::from([
+            (10, ids(10, 1000, "su")),
+            (11, ids(10, 1000, "su")),
+            (20, ids(20, 1000, "sh")),
+            (30, ids(30, 0, "sshd")),
+            (40, ids(40, 1000, "cat")),
+        ]);
+        let mut after = before.clone();
+        after.insert(10, ids(10, 0, "su"));
+        after.insert(20, ids(20, 0, "sh"));
+        after.insert(50, ids(50, 0, "new"));
+        let records = [
+            rec(0, 5, 20, setuid),
+            rec(1, 7, 11, setuid),
+            rec(1, 8, 40, setuid),
+        ];
+        let f = became_root(
+            records.iter().copied(),
+            &[6, 6],
+            &is_call,
+            true,
+            &before,
+            &after,
+        );
+        assert_eq!(f.len(), 1, "{f:#?}");
+        assert!(
+            f[0].detail
+                .starts_with("task 20 (sh) became root (uid 1000 euid 1000 -> uid 0 euid 0)")
+                && f[0].detail.contains("its process made none"),
+            "{}",
+            f[0].detail
+        );
+        assert_eq!(f[0].kind, FindingKind::Credentials);
+        // Records lost between the looks: only a task that did not run
+        // meanwhile is judged (20 ran: its run time changed).
+        let lossy = |after: &BTreeMap<u32, Ids>| {
+            became_root(
+                records.iter().copied(),
+                &[6, 6],
+                &is_call,
+                false,
+                &before,
+                after,
+            )
+        };
+        assert_eq!(lossy(&after), vec![]);
+        let mut still = after.clone();
+        still.insert(
+            20,
+            Ids {
+                ran: before[&20].ran,
+                ..ids(20, 0, "sh")
+            },
+        );
+        let f = lossy(&still);
+        assert!(
+            f.len() == 1 && f[0].detail.contains("it did not run at all meanwhile"),
+            "{f:#?}"
+        );
     }
 }

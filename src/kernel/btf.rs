@@ -111,7 +111,19 @@ impl Btf {
                     }
                     vlen.checked_mul(12).ok_or("BTF overflow")?
                 }
-                KIND_ENUM | KIND_FUNC_PROTO => vlen.checked_mul(8).ok_or("BTF overflow")?,
+                KIND_ENUM => {
+                    // Enumerators: (name offset, value, 0).
+                    for i in 0..vlen {
+                        let e = i.checked_mul(8).and_then(|o| o.checked_add(12));
+                        let ew = |o: usize| e.and_then(|e| w(e.checked_add(o)?));
+                        let (Some(n), Some(v)) = (ew(0), ew(4)) else {
+                            return Err("a truncated BTF enum".into());
+                        };
+                        t.members.push((n, v, 0));
+                    }
+                    vlen.checked_mul(8).ok_or("BTF overflow")?
+                }
+                KIND_FUNC_PROTO => vlen.checked_mul(8).ok_or("BTF overflow")?,
                 KIND_DATASEC | KIND_ENUM64 => vlen.checked_mul(12).ok_or("BTF overflow")?,
                 KIND_PTR | KIND_FWD | KIND_TYPEDEF | KIND_VOLATILE | KIND_CONST | KIND_RESTRICT
                 | KIND_FUNC | KIND_FLOAT | KIND_TYPE_TAG => 0,
@@ -144,6 +156,17 @@ impl Btf {
         let rest = self.strings.get(off as usize..)?;
         let end = rest.iter().position(|&c| c == 0)?;
         std::str::from_utf8(&rest[..end]).ok()
+    }
+
+    /// The value of enumerator `name` (a C enumerator's name is unique in
+    /// the kernel), read as the signed 32-bit value C gives it.
+    pub fn enumerator(&self, name: &str) -> Option<i64> {
+        self.types
+            .iter()
+            .filter(|t| t.kind == KIND_ENUM)
+            .flat_map(|t| &t.members)
+            .find(|(n, _, _)| self.string(*n) == Some(name))
+            .map(|&(_, v, _)| i64::from(v as i32))
     }
 
     /// Through typedefs and qualifiers to the type itself.
@@ -254,6 +277,25 @@ impl ModuleLayout {
 #[allow(clippy::arithmetic_side_effects)]
 pub(crate) mod tests {
     use super::*;
+
+    /// `enum lockdown_reason { LOCKDOWN_NONE, LOCKDOWN_INTEGRITY_MAX = 21,
+    /// LOCKDOWN_X = -1 }`: enumerators by name, signed as C has them.
+    #[test]
+    fn enumerators_are_found_by_name() {
+        let strings = b"\0lockdown_reason\0LOCKDOWN_NONE\0LOCKDOWN_INTEGRITY_MAX\0LOCKDOWN_X\0";
+        let mut types = Vec::new();
+        for v in [1u32, (KIND_ENUM << 24) | 3, 4, 17, 0, 31, 21, 54, u32::MAX] {
+            types.extend_from_slice(&v.to_le_bytes());
+        }
+        let b = crate::testkit::synthetic::btf_blob(&types, strings);
+        let btf = Btf::parse(&b).unwrap();
+        assert_eq!(btf.enumerator("LOCKDOWN_NONE"), Some(0));
+        assert_eq!(btf.enumerator("LOCKDOWN_INTEGRITY_MAX"), Some(21));
+        assert_eq!(btf.enumerator("LOCKDOWN_X"), Some(-1));
+        assert_eq!(btf.enumerator("lockdown_reason"), None);
+        // A BTF cut short is refused.
+        assert!(Btf::parse(&b[..b.len() - strings.len() - 4]).is_err());
+    }
 
     /// A BTF with `struct module_layout { void *base; unsigned size;
     /// unsigned text_size; }` and `struct module { int state; struct

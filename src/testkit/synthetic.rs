@@ -61,6 +61,7 @@ ffffffff813055e0 D irq_desc_tree
 ffffffff813055f0 D nr_cpu_ids
 ffffffff81305600 D __per_cpu_offset
 ffffffff81305700 D socket_file_ops
+ffffffff81305780 D perf_fops
 ffffffff81305800 D delayed_work_timer_fn
 ffffffff81305900 D init_pid_ns
 ffffffff81305980 D pid_max
@@ -86,7 +87,11 @@ pub fn census_btf() -> Vec<u8> {
     btf(&[
         ("list_head", 16, &[("next", 0, ""), ("prev", 8, "")]),
         ("qstr", 16, &[("name", 8, "")]),
-        ("sock_common", 16, &[("skc_prot", 8, "")]),
+        (
+            "sock_common",
+            16,
+            &[("skc_family", 0, ""), ("skc_prot", 8, "")],
+        ),
         (
             "work_struct",
             32,
@@ -202,8 +207,21 @@ pub fn census_btf() -> Vec<u8> {
                 ("sk_error_report", 40, ""),
                 ("sk_backlog_rcv", 48, ""),
                 ("sk_destruct", 56, ""),
+                ("sk_type", 64, ""),
+                ("sk_protocol", 72, ""),
+                ("sk_filter", 80, ""),
             ],
         ),
+        ("sk_filter", 24, &[("prog", 16, "")]),
+        (
+            "bpf_prog",
+            64,
+            &[("len", 8, ""), ("orig_prog", 16, ""), ("aux", 24, "")],
+        ),
+        ("sock_fprog_kern", 16, &[("len", 0, "")]),
+        ("bpf_prog_aux", 16, &[("id", 0, "")]),
+        ("perf_event", 16, &[("prog", 0, ""), ("tp_event", 8, "")]),
+        ("trace_event_call", 16, &[("name", 0, ""), ("flags", 8, "")]),
         (
             "net_device",
             128,
@@ -215,6 +233,8 @@ pub fn census_btf() -> Vec<u8> {
                 ("header_ops", 48, ""),
                 ("rx_handler", 56, ""),
                 ("ptype_all", 64, ""),
+                ("promiscuity", 80, ""),
+                ("xdp_prog", 88, ""),
             ],
         ),
         (
@@ -685,6 +705,11 @@ pub fn btf(structs: &[StructLayout]) -> Vec<u8> {
             word(&mut types, off * 8);
         }
     }
+    btf_blob(&types, &strings)
+}
+
+/// A BTF blob: its header, then `types` and `strings` as they are.
+pub fn btf_blob(types: &[u8], strings: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
     out.extend_from_slice(&0xeb9fu16.to_le_bytes());
     out.extend_from_slice(&[1, 0]);
@@ -697,8 +722,8 @@ pub fn btf(structs: &[StructLayout]) -> Vec<u8> {
     ] {
         out.extend_from_slice(&v.to_le_bytes());
     }
-    out.extend_from_slice(&types);
-    out.extend_from_slice(&strings);
+    out.extend_from_slice(types);
+    out.extend_from_slice(strings);
     out
 }
 

@@ -630,16 +630,25 @@ impl Capture {
     }
 }
 
+/// When [`capture`] lets its caller look at the guest while the tracer
+/// records (the censuses that the records then witness for).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Look {
+    /// Halfway through the window.
+    Midway,
+    /// At its end, before the tracer is switched off.
+    Last,
+}
+
 /// Trace `functions` of the opened guest `g` for `duration` (for baselines
-/// and call-flow checks), calling `midway` halfway through the window
-/// (what looks at the guest while its tracer records: the census that the
-/// records then witness for).
+/// and call-flow checks), calling `look` halfway through the window and
+/// at its end, while the tracer still records (not after a stop signal).
 pub fn capture(
     target: &Target,
     g: &Guest,
     functions: &[String],
     duration: Duration,
-    midway: &mut dyn FnMut(),
+    look: &mut dyn FnMut(Look),
 ) -> Result<Capture> {
     let t = Instant::now();
     start(target, g, functions, CollectOptions::default(), &[])?;
@@ -649,9 +658,12 @@ pub fn capture(
     let half = duration / 2;
     signals::sleep(half);
     if signals::caught().is_none() {
-        midway();
+        look(Look::Midway);
     }
     signals::sleep(duration.saturating_sub(half));
+    if signals::caught().is_none() {
+        look(Look::Last);
+    }
     let t = Instant::now();
     let stopped = stop(target, Some(g), None, &mut None)?;
     debug!(
@@ -787,9 +799,7 @@ fn tracer_lines(g: &Guest, out: &mut Vec<String>) -> Result<bool> {
     // An idle guest's thread beats at least once a second.
     let alive = switch::guest_alive(&g.ram, &g.kernel, Duration::from_secs(2))?;
     out.push(format!("kernel:     {}", escape(&g.kernel.banner)));
-    if let Some(t) = crate::kernel::taint::mask(&g.view(&g.kernel)) {
-        out.push(format!("tainted:    {}", crate::kernel::taint::describe(t)));
-    }
+    out.extend(crate::kernel::taint::status_lines(&g.view(&g.kernel)));
     out.push(format!(
         "guest:      {}, tracer {}, key epoch {}, command {}/{} (result {})",
         if alive {

@@ -28,10 +28,12 @@ pub fn census_cost(mut cmd: Command, guest: &str) {
     cmd.env("RUST_LOG", "xftrace::detect::checks=debug");
     let (o, t, rss) = measured(cmd);
     let log = String::from_utf8_lossy(&o.stderr);
-    for l in log
-        .lines()
-        .filter(|l| l.contains("words read") || l.contains(" objects, ") || l.contains("took"))
-    {
+    for l in log.lines().filter(|l| {
+        l.contains("words read")
+            || l.contains(" objects, ")
+            || l.contains(" tasks, ")
+            || l.contains("took")
+    }) {
         let l = l.split_once("] ").map_or(l, |x| x.1);
         eprintln!("census ({guest}): {l}");
     }
@@ -434,6 +436,10 @@ pub fn registry_hooks(sh: &mut dyn FnMut(&str) -> String, check: &dyn Fn() -> Ou
     let mut parts = vec![format!("a {kind} BPF program '{name}'")];
     if mode == "raw_tp" {
         parts.push(format!("attached to tracepoint {target}"));
+    } else {
+        // Attached through a perf event the loader holds open.
+        parts.push(format!("attached to kprobe {target} by the perf event fd "));
+        parts.push("(bpf_hook)".into());
     }
     let parts: Vec<&str> = parts.iter().map(String::as_str).collect();
     assert!(
@@ -646,16 +652,21 @@ pub fn hidden_task(
     clean("rk_hidetask unloaded, still reported");
 }
 
-/// A process of an unprivileged user given root behind the kernel's back
-/// (rk_cred), drawn per run: root's IDs written into its own credentials,
-/// PID 1's credentials, or init_cred. The guest then says uid 0 for it,
-/// and the check names its PID and how. Put back and ended, nothing is
-/// left.
+/// A process given root behind the kernel's back (rk_cred), drawn per
+/// run: its own credentials written, another process's swapped in, or
+/// the idle task's. The module loads while a check with call flow
+/// (`traced`, a command not yet started) records, after the window's
+/// first census: that check names the task by what the tracer saw (root
+/// with no execve, set*id or capset call between two looks), the next
+/// integrity check by what its credentials now are (shared, not of their
+/// user, from outside the cache). Put back and unloaded, nothing is left.
 pub fn root_by_credentials(
     sh: &mut dyn FnMut(&str) -> String,
     check: &dyn Fn() -> Output,
+    mut traced: Command,
     dir: &str,
 ) {
+    use std::io::{BufRead, BufReader};
     let clean = nothing_beyond_now(check);
     let how = pick("rk_cred makes root by", &["write", "swap", "init"]);
     sh("grep -q '^nobody:' /etc/passwd 2>/dev/null || echo 'nobody:x:65534:65534:nobody:/:/bin/sh' >> /etc/passwd");
@@ -671,19 +682,75 @@ pub fn root_by_credentials(
             .collect::<Vec<_>>()
     };
     assert_eq!(uids(sh), vec!["65534"; 4], "the victim is not nobody's");
+    // Loaded halfway through the check's call-flow window.
+    let mut child = traced
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        std::io::Read::read_to_string(&mut { stdout }, &mut s).unwrap();
+        s
+    });
+    // Its log, read to the end (a pipe closed early would kill it).
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stderr = child.stderr.take().unwrap();
+    let log = std::thread::spawn(move || {
+        let mut all = Vec::new();
+        for l in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(l.clone());
+            all.push(l);
+        }
+        all
+    });
+    let mut err = Vec::new();
+    while let Ok(l) = rx.recv_timeout(Duration::from_secs(120)) {
+        let half = l.contains("censuses of the guest's tasks taken halfway");
+        err.push(l);
+        if half {
+            break;
+        }
+    }
     let out = sh(&format!(
         "insmod {dir}/rk_cred.ko pid={pid} how={how}; echo rc=$?"
     ));
-    assert!(out.contains("rc=0"), "{out}");
+    assert!(out.contains("rc=0"), "{out}\n{err:#?}");
     assert_eq!(
         uids(sh),
         vec!["0"; 4],
         "rk_cred ({how}) did not make it root"
     );
+    let status = child.wait().unwrap();
+    let stdout = reader.join().unwrap();
+    let err = log.join().unwrap();
+    let f: Vec<serde_json::Value> = stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    assert_eq!(status.code(), Some(1), "{f:#?}\n{err:#?}");
+    let task = format!("task {pid} (sleep)");
+    assert!(
+        has(
+            &f,
+            "credentials",
+            &[
+                &format!("{task} became root (uid 65534 euid 65534 -> uid 0 euid 0)"),
+                "its credentials were changed behind the kernel's back"
+            ]
+        ),
+        "root by credentials ({how}) was not seen to come with no credential call: {f:#?}\n{err:#?}"
+    );
+    for x in f.iter().filter(|x| x["kind"] == "credentials") {
+        eprintln!("root by credentials ({how}), traced check: {x}");
+    }
+    // The check's integrity part ran before the module loaded: the next
+    // one sees the credential objects as they are now.
     let o = check();
     let f = findings(&o);
     assert_eq!(o.status.code(), Some(1), "{f:#?}");
-    let task = format!("task {pid} (sleep)");
     let parts: Vec<&str> = match how {
         "write" => vec![
             &task,
@@ -906,4 +973,154 @@ pub fn control_data_hooks(
         sh(trigger);
         clean(&format!("{module} unloaded, still reported"));
     }
+}
+
+/// A kernel thread that oopses, hits BUG() or warns in a work item
+/// (rk_oops, drawn per run), while `watch` (the command, not started)
+/// runs: the event reaches it as a `kernel-log` finding with the kernel's
+/// lines about it, naming the module. Returns how long after insmod
+/// returned `watch` printed it. The module stays loaded (a work item that
+/// oopsed never finishes).
+pub fn kernel_oops(sh: &mut dyn FnMut(&str) -> String, mut watch: Command, dir: &str) -> Duration {
+    use std::io::{BufRead, BufReader};
+    let how = pick("rk_oops how", &["null", "bug", "warn"]);
+    let mut w = watch
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    for (out, r) in [
+        (
+            true,
+            Box::new(w.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
+        ),
+        (false, Box::new(w.stderr.take().unwrap())),
+    ] {
+        let tx = tx.clone();
+        std::thread::spawn(move || {
+            for l in BufReader::new(r).lines().map_while(Result::ok) {
+                let _ = tx.send((out, Instant::now(), l));
+            }
+        });
+    }
+    let mut seen = Vec::new();
+    let next = |until: Instant, seen: &mut Vec<String>| {
+        let r = rx.recv_timeout(until.saturating_duration_since(Instant::now()));
+        let (out, t, l) = r.unwrap_or_else(|_| {
+            panic!("watch printed nothing more in time (rk_oops how={how}): {seen:#?}")
+        });
+        seen.push(l.clone());
+        (out, t, l)
+    };
+    // Once watch follows the log, what the kernel writes is news.
+    let until = Instant::now() + Duration::from_secs(60);
+    while !next(until, &mut seen)
+        .2
+        .contains("following the guest kernel's log after its record")
+    {}
+    let out = sh(&format!("insmod {dir}/rk_oops.ko how={how}; echo rc=$?"));
+    let loaded = Instant::now();
+    assert!(out.contains("rc=0"), "{out}");
+    let until = loaded + Duration::from_secs(20);
+    let (t, line) = loop {
+        let (out, t, l) = next(until, &mut seen);
+        if out && l.contains("\"kernel-log\"") {
+            break (t, l);
+        }
+    };
+    let _ = w.kill();
+    let _ = w.wait();
+    // The guest prints the Oops to its serial console long after its log
+    // holds it (seconds under TCG, with the CPU held): a shell command's
+    // answer on that console comes after it.
+    sh("true");
+    let f: serde_json::Value = serde_json::from_str(&line).unwrap();
+    let (detail, evidence) = (
+        f["detail"].as_str().unwrap_or(""),
+        f["evidence"].as_str().unwrap_or(""),
+    );
+    let want = match how {
+        "null" => "the guest kernel logged a BUG: BUG: kernel NULL pointer dereference",
+        "bug" => "the guest kernel logged a BUG: kernel BUG at ",
+        _ => "the guest kernel logged a warning: WARNING: CPU: ",
+    };
+    assert!(detail.starts_with(want), "rk_oops how={how}: {f:#}");
+    assert!(
+        evidence.contains("rk_oops"),
+        "the event's lines do not name the module: {f:#}"
+    );
+    assert_eq!(f["severity"], "medium", "{f:#}");
+    let took = t.saturating_duration_since(loaded);
+    eprintln!("kernel log: watch printed {line}");
+    eprintln!(
+        "kernel log: {how} in a work item reported by watch {:.2} s after insmod returned",
+        took.as_secs_f64()
+    );
+    took
+}
+
+/// A user-space passive backdoor (magic_sniff): a raw socket or a packet
+/// socket, drawn per run, with a classic BPF filter that lets through
+/// only its magic packet. Seen to work in the guest, then found as a
+/// `socket-filter` finding naming its PID, its command and the filter;
+/// killed, nothing is left.
+pub fn magic_packet_filter(
+    sh: &mut dyn FnMut(&str) -> String,
+    check: &dyn Fn() -> Output,
+    dir: &str,
+) {
+    let clean = nothing_beyond_now(check);
+    let family = pick("magic_sniff socket", &["inet", "packet"]);
+    sh(&format!(
+        "ip link set lo up; rm -f /tmp/magic_sniff.out; {{ setsid {dir}/magic_sniff {family} < /dev/null > /dev/null 2>&1 & }}"
+    ));
+    let until = Instant::now() + Duration::from_secs(20);
+    let pid = loop {
+        let o = sh("cat /tmp/magic_sniff.out 2>/dev/null");
+        if let Some(p) = o
+            .lines()
+            .find_map(|l| l.strip_prefix("filter works: pid "))
+            .and_then(|r| r.split(',').next())
+        {
+            break p.trim().to_string();
+        }
+        assert!(
+            Instant::now() < until && !o.contains("something else"),
+            "magic_sniff {family}: the filter was not seen to work: {o}"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    let o = check();
+    let f = findings(&o);
+    assert_eq!(o.status.code(), Some(1), "magic_sniff not reported: {f:#?}");
+    let kind = if family == "packet" {
+        "packet/raw"
+    } else {
+        "inet/raw"
+    };
+    assert!(
+        has(
+            &f,
+            "socket-filter",
+            &[
+                &format!("of pid {pid} (magic_sniff) ({kind}) has a classic BPF filter of 5 instructions attached"),
+            ]
+        ),
+        "magic_sniff {family} (pid {pid}): no socket-filter finding naming it: {f:#?}"
+    );
+    // A packet socket put loopback in promiscuous mode: inventory.
+    assert_eq!(
+        f.iter().any(|x| x["kind"] == "socket-filter"
+            && x["severity"] == "low"
+            && x["detail"]
+                .as_str()
+                .is_some_and(|d| d.starts_with("network device lo of netns ")
+                    && d.ends_with("is in promiscuous mode: it receives every frame on its link"))),
+        family == "packet",
+        "magic_sniff {family}: promiscuous loopback reported wrong: {f:#?}"
+    );
+    sh("kill $(pidof magic_sniff); sleep 1");
+    clean("magic_sniff killed, still reported");
 }

@@ -156,17 +156,19 @@ pub fn rootkit_modules() -> &'static [PathBuf] {
         kos.sort();
         // None failed to build.
         assert_eq!(kos.len(), sources, "{kos:?}");
-        // The BPF loader is a static user-space program (kbuild left its
-        // source alone).
-        let loader = build.join("bpf_hook");
-        let st = Command::new("gcc")
-            .args(["-static", "-O2", "-Wall", "-o"])
-            .arg(&loader)
-            .arg(build.join("bpf_hook.c"))
-            .status()
-            .expect("run gcc");
-        assert!(st.success(), "building bpf_hook failed");
-        kos.push(loader);
+        // The BPF loader and the magic-packet listener are static
+        // user-space programs (kbuild left their sources alone).
+        for program in ["bpf_hook", "magic_sniff"] {
+            let out = build.join(program);
+            let st = Command::new("gcc")
+                .args(["-static", "-O2", "-Wall", "-o"])
+                .arg(&out)
+                .arg(build.join(format!("{program}.c")))
+                .status()
+                .expect("run gcc");
+            assert!(st.success(), "building {program} failed");
+            kos.push(out);
+        }
         kos
     })
 }

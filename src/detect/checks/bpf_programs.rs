@@ -74,8 +74,14 @@ const HOOKS_THE_KERNEL: &[&str] = &[
     "lsm",
 ];
 
-/// `enum bpf_link_type` value of raw tracepoint links (uapi).
+/// `enum bpf_link_type` values (uapi: stable).
 const LINK_RAW_TRACEPOINT: u32 = 1;
+const LINK_CGROUP: u32 = 3;
+const LINK_ITER: u32 = 4;
+const LINK_NETNS: u32 = 5;
+const LINK_XDP: u32 = 6;
+const LINK_PERF_EVENT: u32 = 7;
+const LINK_KPROBE_MULTI: u32 = 8;
 
 /// One loaded program.
 #[derive(Clone, Debug)]
@@ -86,8 +92,13 @@ pub struct Program {
     /// Its name (escaped; a rootkit chooses it).
     pub name: String,
     /// What it is attached to, where the kernel keeps it: the function of
-    /// fentry/fexit/LSM programs, the tracepoint of raw tracepoint links.
+    /// fentry/fexit/LSM programs, the tracepoint of raw tracepoint links,
+    /// the cgroup or device of other links, the kprobe or tracepoint of a
+    /// perf event, the device of XDP attached without a link.
     pub attach: String,
+    /// What holds it attached where a task or namespace does ("perf event
+    /// fd 4 of pid 90 (loader)"): not part of its inventory line.
+    pub held_by: Option<String>,
     /// Its code (JIT image), if any.
     pub code: u64,
 }
@@ -125,10 +136,10 @@ impl Check for BpfPrograms {
             if listed == Some(true) || (listed.is_none() && !p.hooks_the_kernel()) {
                 continue;
             }
-            let at = if p.attach.is_empty() {
-                String::new()
-            } else {
-                format!(" attached to {}", p.attach)
+            let at = match (p.attach.is_empty(), &p.held_by) {
+                (true, _) => String::new(),
+                (false, None) => format!(" attached to {}", p.attach),
+                (false, Some(h)) => format!(" attached to {} by the {h}", p.attach),
             };
             found.push(out.finding(
                 format!(
@@ -194,7 +205,15 @@ pub fn programs(cx: &Context, out: &mut Report) -> Option<Vec<Program>> {
         );
         return None;
     };
-    let tracepoints = raw_tracepoint_links(cx);
+    let links = links(cx);
+    // Programs attached without a link: to perf events (kprobes,
+    // tracepoints) held open by a task, XDP on a device.
+    let objects: BTreeMap<u64, (&str, &str)> = cx
+        .objects()
+        .attached
+        .iter()
+        .map(|(p, a, h)| (*p, (a.as_str(), h.as_str())))
+        .collect();
     let v = &cx.view;
     let mut progs = Vec::new();
     for p in v.xarray(idr.checked_add(head)?, MAX_PROGRAMS).0 {
@@ -208,8 +227,13 @@ pub fn programs(cx: &Context, out: &mut Report) -> Option<Vec<Program>> {
         let aux_u32 = |o: u64| aux.checked_add(o).and_then(|a| v.read_u32(a));
         let mut name = [0u8; 16];
         let _ = aux.checked_add(o_name).and_then(|a| v.read(a, &mut name));
-        let attach = match tracepoints.get(&p) {
-            Some(tp) => format!("tracepoint {tp}"),
+        let held_by = objects.get(&p).map(|(_, h)| h.to_string());
+        let attach = match links
+            .get(&p)
+            .map(String::as_str)
+            .or(objects.get(&p).map(|(a, _)| *a))
+        {
+            Some(a) => a.to_string(),
             None => aux
                 .checked_add(o_attach)
                 .and_then(|a| v.read_word(a))
@@ -226,25 +250,26 @@ pub fn programs(cx: &Context, out: &mut Report) -> Option<Vec<Program>> {
                 .map_or_else(|| format!("type-{ty}"), |t| t.to_string()),
             name: escape_bytes(until_nul(&name)),
             attach,
+            held_by,
             code: word(o_func).unwrap_or(0),
         });
     }
     Some(progs)
 }
 
-/// The tracepoint each raw tracepoint link attaches its program to, by
-/// program (`link_idr`; a link is what `BPF_RAW_TRACEPOINT_OPEN` makes).
-fn raw_tracepoint_links(cx: &Context) -> BTreeMap<u64, String> {
+/// Where each link of `link_idr` attaches its program, by program: the
+/// tracepoint of a raw tracepoint link, the cgroup of a cgroup link, the
+/// device of an XDP link, the kind of the rest (a tracing link's function
+/// is its program's `attach_func_name`, not named here). Link types are
+/// the UAPI's `enum bpf_link_type`.
+fn links(cx: &Context) -> BTreeMap<u64, String> {
     let mut out = BTreeMap::new();
     let off = |ty: &str, path: &[&str]| cx.field(ty, path);
-    let (Some(idr), Some(head), Some(o_type), Some(o_prog), Some(o_btp), Some(o_tp), Some(o_name)) = (
+    let (Some(idr), Some(head), Some(o_type), Some(o_prog)) = (
         cx.sym("link_idr"),
         off("idr", &["idr_rt", "xa_head"]),
         off("bpf_link", &["type"]),
         off("bpf_link", &["prog"]),
-        off("bpf_raw_tp_link", &["btp"]),
-        off("bpf_raw_event_map", &["tp"]),
-        off("tracepoint", &["name"]),
     ) else {
         return out;
     };
@@ -252,20 +277,48 @@ fn raw_tracepoint_links(cx: &Context) -> BTreeMap<u64, String> {
     let Some(at) = idr.checked_add(head) else {
         return out;
     };
+    let word = |a: Option<u64>| a.and_then(|a| v.read_word(a)).filter(|&w| w != 0);
+    let str_at = |a: Option<u64>| word(a).and_then(|s| cstring(cx, s));
     for l in v.xarray(at, MAX_PROGRAMS).0 {
-        let at = |o: u64| l.checked_add(o);
-        if at(o_type).and_then(|a| v.read_u32(a)) != Some(LINK_RAW_TRACEPOINT) {
+        let at = |o: Option<u64>| o.and_then(|o| l.checked_add(o));
+        let Some(prog) = word(at(Some(o_prog))) else {
             continue;
-        }
-        let name = at(o_btp)
-            .and_then(|a| v.read_word(a))
-            .and_then(|btp| btp.checked_add(o_tp))
-            .and_then(|a| v.read_word(a))
-            .and_then(|tp| tp.checked_add(o_name))
-            .and_then(|a| v.read_word(a))
-            .and_then(|s| cstring(cx, s));
-        if let (Some(prog), Some(name)) = (at(o_prog).and_then(|a| v.read_word(a)), name) {
-            out.insert(prog, name);
+        };
+        let attach = match at(Some(o_type)).and_then(|a| v.read_u32(a)) {
+            Some(LINK_RAW_TRACEPOINT) => {
+                let tp = word(at(off("bpf_raw_tp_link", &["btp"]))).and_then(|btp| {
+                    word(off("bpf_raw_event_map", &["tp"]).and_then(|o| btp.checked_add(o)))
+                });
+                tp.and_then(|tp| {
+                    str_at(off("tracepoint", &["name"]).and_then(|o| tp.checked_add(o)))
+                })
+                .map(|n| format!("tracepoint {n}"))
+            }
+            Some(LINK_CGROUP) => {
+                let name = word(at(off("bpf_cgroup_link", &["cgroup"])))
+                    .and_then(|c| word(off("cgroup", &["kn"]).and_then(|o| c.checked_add(o))))
+                    .and_then(|kn| {
+                        str_at(off("kernfs_node", &["name"]).and_then(|o| kn.checked_add(o)))
+                    });
+                Some(format!("cgroup {}", name.as_deref().unwrap_or("?")))
+            }
+            Some(LINK_XDP) => {
+                let dev = word(at(off("bpf_xdp_link", &["dev"])))
+                    .and_then(|d| off("net_device", &["name"]).and_then(|o| d.checked_add(o)))
+                    .and_then(|a| cx.read_cstr(a, 16).ok());
+                Some(format!(
+                    "XDP on device {} (link)",
+                    dev.as_deref().unwrap_or("?")
+                ))
+            }
+            Some(LINK_NETNS) => Some("a network namespace (link)".into()),
+            Some(LINK_PERF_EVENT) => Some("a perf event (link)".into()),
+            Some(LINK_KPROBE_MULTI) => Some("kprobes (kprobe_multi link)".into()),
+            Some(LINK_ITER) => Some("an iterator (link)".into()),
+            _ => None,
+        };
+        if let Some(a) = attach {
+            out.insert(prog, a);
         }
     }
     out

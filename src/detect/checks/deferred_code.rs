@@ -23,7 +23,7 @@ impl Check for DeferredCode {
         run_census(
             cx,
             "timers, work items, threads and IRQ handlers",
-            || cx.deferred_callbacks(),
+            &cx.deferred_callbacks(),
             out,
         );
     }

@@ -22,6 +22,7 @@ pub mod kprobes;
 pub mod object_operations;
 pub mod operation_tables;
 pub mod ro_after_init;
+pub mod socket_filters;
 pub mod syscall_dispatch;
 pub mod syscall_table;
 pub mod taint;
@@ -56,6 +57,9 @@ pub struct Context<'a> {
     pub vcpus: Option<&'a VcpuReader<'a>>,
     /// Code the kernel knows it runs, sorted by start (read once).
     code: std::sync::OnceLock<Vec<Owned>>,
+    /// The census of the kernel's objects (walked once, for the checks
+    /// of their operations and of their sockets).
+    objects: std::sync::OnceLock<Census>,
 }
 
 /// What reads the vCPUs' registers: None where no monitor is known.
@@ -85,7 +89,25 @@ impl<'a> Context<'a> {
             heartbeat,
             vcpus: None,
             code: std::sync::OnceLock::new(),
+            objects: std::sync::OnceLock::new(),
         }
+    }
+
+    /// The census of the kernel's objects ([`KernelView::object_operations`]),
+    /// walked at the first call.
+    pub fn objects(&self) -> &Census {
+        self.objects.get_or_init(|| {
+            let t = std::time::Instant::now();
+            let c = self.view.object_operations();
+            log::debug!(
+                "kernel objects: {} objects, {} pointers, {} sockets in {:?}",
+                c.objects,
+                c.pointers.len(),
+                c.sockets.len(),
+                t.elapsed()
+            );
+            c
+        })
     }
 }
 
@@ -325,14 +347,11 @@ pub fn settled(cx: &Context, found: Vec<(u64, u64, Finding)>) -> Vec<Finding> {
 
 /// A census check: take `census` (timed), judge its pointers, report what
 /// it could not see, and keep the findings that hold a moment later.
-pub fn run_census(cx: &Context, what: &str, census: impl FnOnce() -> Census, out: &mut Report) {
-    let t = std::time::Instant::now();
-    let census = census();
+pub fn run_census(cx: &Context, what: &str, census: &Census, out: &mut Report) {
     log::debug!(
-        "{what}: {} objects, {} pointers in {:?}",
+        "{what}: {} objects, {} pointers",
         census.objects,
         census.pointers.len(),
-        t.elapsed()
     );
     if log::log_enabled!(log::Level::Trace) {
         let mut by = std::collections::BTreeMap::new();
@@ -342,7 +361,7 @@ pub fn run_census(cx: &Context, what: &str, census: impl FnOnce() -> Census, out
         }
         log::trace!("{what}: pointers by member {by:?}");
     }
-    report_cut(&census, what, out);
+    report_cut(census, what, out);
     let known = super::inventory::load(cx.dir);
     let found = judge_pointers(cx, &census.pointers, &known, out);
     out.capped(settled(cx, found), what);
@@ -516,6 +535,7 @@ pub const CHECKS: &[&dyn Check] = &[
     &kprobes::Kprobes,
     &hook_registries::HookRegistries,
     &bpf_programs::BpfPrograms,
+    &socket_filters::SocketFilters,
     &hidden_modules::HiddenModules,
     &hidden_tasks::HiddenTasks,
     &credentials::Credentials,

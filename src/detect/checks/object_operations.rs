@@ -24,10 +24,10 @@ impl Check for ObjectOperations {
     }
 
     fn run(&self, cx: &Context, out: &mut Report) {
-        run_census(cx, "kernel objects", || cx.object_operations(), out);
+        run_census(cx, "kernel objects", cx.objects(), out);
     }
 
     fn inventory(&self, cx: &Context) -> BTreeSet<String> {
-        pointer_inventory(cx, &cx.object_operations().pointers)
+        pointer_inventory(cx, &cx.objects().pointers)
     }
 }
