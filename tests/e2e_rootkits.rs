@@ -232,13 +232,32 @@ fn detects_every_test_rootkit_and_nothing_on_a_clean_guest() {
     impostor_module(&mut |c| vm.sh(c), &check, "/lib/xftrace-test");
     idt_register(&mut |c| vm.sh(c), &check, "/lib/xftrace-test");
     cleared_taint(&mut |c| vm.sh(c), &check, "/lib/xftrace-test");
+    // `status`: the taint flags, and what changed since the baseline
+    // (the test rootkits' out-of-tree flag).
+    let o = x.run(&["status"]);
+    let text = String::from_utf8_lossy(&o.stdout);
+    // "0x1000 (O)", "0x1080 (D O)": the letters in parentheses.
+    let has_o = |l: &str| {
+        l.split_once('(')
+            .is_some_and(|(_, r)| r.split([' ', ')']).any(|w| w == "O"))
+    };
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("tainted:    ") && has_o(l))
+            && text
+                .lines()
+                .any(|l| l.starts_with("baseline:   tainted with ")
+                    && has_o(l)
+                    && l.ends_with(" since (same boot)")),
+        "{text}"
+    );
     magic_packet_filter(&mut |c| vm.sh(c), &check, "/lib/xftrace-test");
     let traced = || x.run(&["check", "--json", "--trace-seconds", "3"]);
     hidden_task(&mut |c| vm.sh(c), &check, &traced, "/lib/xftrace-test");
     root_by_credentials(
         &mut |c| vm.sh(c),
         &check,
-        x.command(&["check", "--json", "--trace-seconds", "4"]),
+        x.command(&["check", "--json", "--trace-seconds", "6"]),
         "/lib/xftrace-test",
     );
     // The guest's kernel log, read from the host, holds what the guest's

@@ -404,9 +404,19 @@ pub fn run(cli: Cli) -> Result<Outcome, Error> {
             off.result.map(|_| Outcome::Done)
         }
         Command::Status => {
-            let status = session::status(&target(&cli.guest, root)?);
+            let t = target(&cli.guest, root)?;
+            let status = session::status(&t);
             for line in &status.lines {
                 println!("{line}");
+            }
+            // The kernel's taint, lockdown and signatures against the
+            // baseline's, where one kept them.
+            if status.result.is_ok() {
+                if let (Ok(g), Ok(dir)) = (t.open(), t.dir()) {
+                    if let Some(l) = detect::checks::taint::status_line(&g.view(&g.kernel), &dir) {
+                        println!("{l}");
+                    }
+                }
             }
             done(status.result)
         }

@@ -22,6 +22,8 @@ use std::collections::BTreeSet;
 use super::{Check, Context, Report};
 use crate::detect::FindingKind;
 use crate::detect::Severity;
+use crate::host::statedir::GuestDir;
+use crate::kernel::guest::KernelView;
 use crate::kernel::taint;
 
 pub struct Taint;
@@ -32,14 +34,17 @@ impl Check for Taint {
     }
 
     fn inventory(&self, cx: &Context) -> BTreeSet<String> {
-        State::read(cx).map(|s| s.line()).into_iter().collect()
+        State::read(&cx.view)
+            .map(|s| s.line())
+            .into_iter()
+            .collect()
     }
 
     fn run(&self, cx: &Context, out: &mut Report) {
         if let (Some(base), Some(now)) = (
             crate::detect::inventory::load(cx.dir)
                 .and_then(|k| k.iter().find_map(|l| State::parse(l))),
-            State::read(cx),
+            State::read(&cx.view),
         ) {
             since_baseline(cx, &base, &now, out);
         }
@@ -105,15 +110,15 @@ const PREFIX: &str = "kernel-state ";
 impl State {
     /// Now (None if the mask or the clock cannot be read: the check then
     /// compares nothing, and the mask is reported unreadable above).
-    fn read(cx: &Context) -> Option<State> {
-        let k = cx.view.kernel;
+    fn read(v: &KernelView) -> Option<State> {
+        let k = v.kernel;
         Some(State {
             slide: k.slide.0,
             text_pa: k.text_pa.0,
-            jiffies: cx.read_word(cx.sym("jiffies_64")?)?,
-            taint: taint::mask(cx)?,
-            lockdown: taint::lockdown(cx).ok().flatten(),
-            sig_enforce: taint::sig_enforce(cx).ok().flatten(),
+            jiffies: v.read_word(v.sym("jiffies_64")?)?,
+            taint: taint::mask(v)?,
+            lockdown: taint::lockdown(v).ok().flatten(),
+            sig_enforce: taint::sig_enforce(v).ok().flatten(),
         })
     }
 
@@ -158,6 +163,57 @@ impl State {
     fn same_boot(&self, now: &State) -> bool {
         self.slide == now.slide && self.text_pa == now.text_pa && now.jiffies >= self.jiffies
     }
+}
+
+/// What `status` says of the kernel's state against the baseline's
+/// (None without a baseline that kept it, or a mask that cannot be read).
+pub fn status_line(v: &KernelView, dir: &GuestDir) -> Option<String> {
+    let base = crate::detect::inventory::load(dir)?
+        .iter()
+        .find_map(|l| State::parse(l))?;
+    let now = State::read(v)?;
+    let (set, cleared) = (now.taint & !base.taint, base.taint & !now.taint);
+    let mut parts = Vec::new();
+    if set != 0 {
+        parts.push(format!("tainted with {} since", taint::describe(set)));
+    }
+    let same = base.same_boot(&now);
+    if cleared != 0 {
+        parts.push(format!(
+            "{} cleared{}",
+            taint::describe(cleared),
+            if same {
+                " in the same boot (a finding)"
+            } else {
+                " (another boot)"
+            }
+        ));
+    }
+    if base.lockdown != now.lockdown {
+        parts.push(format!(
+            "lockdown {} -> {}",
+            base.lockdown
+                .map_or("-".into(), |l| taint::describe_lockdown(v, l)),
+            now.lockdown
+                .map_or("-".into(), |l| taint::describe_lockdown(v, l))
+        ));
+    }
+    if base.sig_enforce != now.sig_enforce {
+        parts.push("module signature enforcement changed".into());
+    }
+    Some(format!(
+        "baseline:   {} ({})",
+        if parts.is_empty() {
+            "taint, lockdown and signatures as they were".to_string()
+        } else {
+            parts.join("; ")
+        },
+        if same {
+            "same boot"
+        } else {
+            "taken in another boot"
+        }
+    ))
 }
 
 /// Compare the kernel's state now with the baseline's.
