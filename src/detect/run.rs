@@ -270,11 +270,6 @@ fn probed_capture(
     Ok((cap, found))
 }
 
-/// Who became root between the first census of a call-flow window (`c1`,
-/// begun at ring heads `start`) and its last (`c3`) with no credential
-/// call of theirs in the trace ([`witness::became_root`]). Judged only
-/// where the window traced those calls (the baseline's `functions` cover
-/// them) and lost none of its records, with censuses not cut short.
 /// The part of a call-flow window between its first census and its last,
 /// by the rings' heads; `dropped`: a ring's guest counted events it could
 /// not record in it.
@@ -312,6 +307,13 @@ impl Window<'_> {
     }
 }
 
+/// Who became root between the first look of a call-flow window
+/// (`before`) and its last (`after`) with no credential call of theirs in
+/// the trace ([`witness::became_root`]). Judged only where the window
+/// traced those calls (the baseline's `functions` cover them) and its
+/// censuses were not cut short; where records were lost between the
+/// looks, only for tasks that did not run meanwhile. The records are read
+/// only if some task became root.
 fn rooted(
     cap: &session::Capture,
     functions: &[String],
@@ -339,6 +341,9 @@ fn rooted(
     ]
     .iter()
     .all(|n| functions.iter().any(|p| glob_match(p, n)));
+    if !witness::any_became_root(before, after) {
+        return Ok(Vec::new());
+    }
     if !covered || cut || window.start.is_empty() {
         info!(
             "credentials: who became root not judged this window ({})",

@@ -169,6 +169,19 @@ pub const CREDENTIAL_CALLS: &[&str] = &[
     "__ia32_sys_capset",
 ];
 
+/// Whether any task was not root at the first look and is at the last
+/// (what [`became_root`] then judges against the records).
+pub fn any_became_root(before: &BTreeMap<u32, Ids>, after: &BTreeMap<u32, Ids>) -> bool {
+    before
+        .iter()
+        .any(|(pid, b)| after.get(pid).is_some_and(|a| rooted_between(b, a)))
+}
+
+/// Not root at `b`, root at `a`, the same process.
+fn rooted_between(b: &Ids, a: &Ids) -> bool {
+    b.uid != 0 && b.euid != 0 && (a.uid == 0 || a.euid == 0) && a.tgid == b.tgid
+}
+
 /// Tasks that were not root at the first look (`before`, its censuses
 /// begun when the rings' heads were `start`) and are root at the last
 /// (`after`: real or effective UID 0, from the objective credentials,
@@ -193,12 +206,7 @@ pub fn became_root(
         .filter_map(|(pid, b)| {
             let a = after.get(pid)?;
             let still = b.ran.is_some() && b.ran == a.ran;
-            (b.uid != 0
-                && b.euid != 0
-                && (a.uid == 0 || a.euid == 0)
-                && a.tgid == b.tgid
-                && (whole || still))
-                .then_some((pid, b, a))
+            (rooted_between(b, a) && (whole || still)).then_some((pid, b, a))
         })
         .collect();
     if rooted.is_empty() {
@@ -415,6 +423,8 @@ mod root_tests {
             rec(1, 7, 11, setuid),
             rec(1, 8, 40, setuid),
         ];
+        assert!(any_became_root(&before, &after));
+        assert!(!any_became_root(&before, &before));
         let f = became_root(
             records.iter().copied(),
             &[6, 6],
