@@ -37,7 +37,7 @@ fn main() {
         .tempdir_in("/var/tmp")
         .unwrap();
     let g = Synthetic::create(&dir.path().join("ram"), 256 << 20, 2, slots);
-    let (ram, k) = (&g.ram, &g.kernel);
+    let (ram, k) = (&g.ram, g.kernel.control().unwrap());
 
     let mut klog = Klog::default();
     klog.insert(1, KEY);

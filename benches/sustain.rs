@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 use xftrace::abi::{self, Kind, Record};
 use xftrace::guest::memory::GuestAddress;
 use xftrace::host::statedir::GuestDir;
-use xftrace::kernel::locate::GuestKernel;
+use xftrace::kernel::locate::Control;
 use xftrace::trace::spool::{SpoolWriter, RECORD_BYTES};
 use xftrace::trace::status::{CollectorState, CollectorStatus};
 
@@ -53,7 +53,7 @@ struct Guest {
     dir: tempfile::TempDir,
     ram_path: PathBuf,
     map_path: PathBuf,
-    k: GuestKernel,
+    k: Control,
     /// The mapping the writer writes through, as the guest's CPUs would.
     base: *mut u8,
     len: usize,
@@ -85,7 +85,9 @@ impl Guest {
             dir,
             ram_path,
             map_path,
-            k: g.kernel,
+            k: g.kernel
+                .tracer
+                .expect("a synthetic guest has a control block"),
             base: base as *mut u8,
             len: RAM_SIZE as usize,
         }

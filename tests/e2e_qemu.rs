@@ -660,7 +660,10 @@ fn the_guest_applies_only_whole_commands() {
     let size = std::fs::metadata(&vm.ram).unwrap().len();
     let ram = GuestRam::open(&vm.ram, MemoryLayout::x86(size, Machine::Pc, None)).unwrap();
     let map = xftrace::kernel::symbols::SystemMap::load(&common::system_map()).unwrap();
-    let k = xftrace::kernel::locate::locate(&ram, &map, None).unwrap();
+    let k = xftrace::kernel::locate::locate(&ram, &map, None)
+        .unwrap()
+        .tracer
+        .expect("our kernel has a control block");
     let w = |o: u64, v: u64| ram.write_u64(k.field(o), v).unwrap();
     let r = |o: u64| ram.read_u64(k.field(o)).unwrap();
     let wait_ack = |seq: u64| {

@@ -58,7 +58,10 @@ pub fn check(target: &Target, opts: &CheckOptions) -> Result<Checked> {
     let mut findings = Vec::new();
     if !g.others.is_empty() {
         let all: Vec<_> = g.kernels().cloned().collect();
-        let ctls: Vec<u64> = all.iter().map(|k| k.ctl.0).collect();
+        let ctls: Vec<u64> = all
+            .iter()
+            .map(crate::kernel::locate::GuestKernel::id)
+            .collect();
         let e = crate::kernel::locate::decoy(&crate::kernel::locate::Located {
             kernels: all,
             candidates: 0,
@@ -79,7 +82,14 @@ pub fn check(target: &Target, opts: &CheckOptions) -> Result<Checked> {
         findings.extend(checks::run_all(&cx));
     }
     let mut failed = None;
-    if g.others.is_empty() && opts.trace_seconds > 0 {
+    let traced = g.kernel.tracer.is_some();
+    if !traced && opts.trace_seconds > 0 {
+        log::info!(
+            "{}: a stock kernel, checked from outside: no call-flow window (it needs the tracer)",
+            target.describe()
+        );
+    }
+    if g.others.is_empty() && traced && opts.trace_seconds > 0 {
         match call_flow(target, &g, &dir, opts) {
             Ok(f) => findings.extend(f),
             // The baseline's functions were traced when it was taken: a
@@ -88,7 +98,7 @@ pub fn check(target: &Target, opts: &CheckOptions) -> Result<Checked> {
             Err(e @ (Error::Guest(_) | Error::Timeout(_))) => findings.push(Finding::new(
                 FindingKind::TracerIntegrity,
                 format!("the call-flow check could not trace the baseline's functions: {e}"),
-                &[g.kernel.ctl.0],
+                &[g.kernel.control()?.ctl.0],
                 "they were traced when the baseline was taken",
             )),
             Err(e) => failed = Some(e),
@@ -252,7 +262,8 @@ fn probed_capture(
     length: Duration,
     look: &mut dyn FnMut(session::Look),
 ) -> Result<(session::Capture, Vec<Finding>)> {
-    let h = &g.kernel.header;
+    let c = g.kernel.control()?;
+    let h = &c.header;
     let rings = h.nr_rings.min(h.nr_cpus).min(crate::abi::MAX_RINGS);
     let online = || g.view(&g.kernel).online_cpus(rings);
     let before = online();
@@ -265,7 +276,7 @@ fn probed_capture(
         tally: tally.as_ref(),
         online,
         rings,
-        ctl: g.kernel.ctl.0,
+        ctl: c.ctl.0,
     });
     Ok((cap, found))
 }
@@ -405,24 +416,26 @@ fn ids(
 
 /// Each ring's dropped-events counter; none at all if one cannot be read.
 fn dropped(g: &crate::kernel::guest::Guest) -> Vec<u64> {
-    ring_words(g, crate::kernel::locate::GuestKernel::dropped)
+    ring_words(g, crate::kernel::locate::Control::dropped)
 }
 
 /// Each ring's head (records ever written to it); none at all if one
 /// cannot be read (a head read as 0 would put every record of its ring
 /// after the census), and then no ring witnesses anything.
 fn heads(g: &crate::kernel::guest::Guest) -> Vec<u64> {
-    ring_words(g, crate::kernel::locate::GuestKernel::head)
+    ring_words(g, crate::kernel::locate::Control::head)
 }
 
 /// One word of each ring's line in `xftrace_heads`, or none at all.
 fn ring_words(
     g: &crate::kernel::guest::Guest,
-    at: fn(&crate::kernel::locate::GuestKernel, u32) -> crate::guest::addr::GuestAddress,
+    at: fn(&crate::kernel::locate::Control, u32) -> crate::guest::addr::GuestAddress,
 ) -> Vec<u64> {
-    let h = &g.kernel.header;
-    (0..h.nr_rings.min(crate::abi::MAX_RINGS))
-        .map(|r| g.ram.read_u64(at(&g.kernel, r)).ok())
+    let Some(c) = g.kernel.tracer.as_ref() else {
+        return Vec::new();
+    };
+    (0..c.header.nr_rings.min(crate::abi::MAX_RINGS))
+        .map(|r| g.ram.read_u64(at(c, r)).ok())
         .collect::<Option<Vec<u64>>>()
         .unwrap_or_default()
 }

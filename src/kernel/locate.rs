@@ -33,30 +33,33 @@ const MAX_KEPT: usize = 8;
 /// The guest kernel as found in RAM.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct GuestKernel {
-    pub ctl: GuestAddress,
-    pub header: ControlHeader,
+    /// Runtime virtual address of `_text`.
+    pub text_va: u64,
     /// Runtime minus link-time virtual address.
     pub slide: Slide,
     /// Guest physical address of `_text`.
     pub text_pa: GuestAddress,
-    /// Guest physical address of the ring head lines.
-    pub heads: GuestAddress,
     /// The banner read from guest memory (no control characters).
     pub banner: String,
     /// The kernel's top-level page table and whether it is 5-level.
     pub pgd: GuestAddress,
     pub five_level: bool,
+    /// xftrace's control block, where the guest kernel has the tracer
+    /// (xftrace's kernel, or the xftrace-dkms module); None for a stock
+    /// kernel checked from outside only.
+    pub tracer: Option<Control>,
 }
 
-impl GuestKernel {
-    /// Guest physical address of a runtime kernel-image virtual address.
-    pub fn kva_to_gpa(&self, va: u64) -> Option<GuestAddress> {
-        let off = va
-            .checked_sub(self.header.text_va)
-            .filter(|&o| o < KERNEL_IMAGE_SIZE)?;
-        self.text_pa.checked_add(off)
-    }
+/// The xftrace control block of a guest kernel that has the tracer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Control {
+    pub ctl: GuestAddress,
+    pub header: ControlHeader,
+    /// Guest physical address of the ring head lines.
+    pub heads: GuestAddress,
+}
 
+impl Control {
     /// Guest physical address of a field of the control block (`off` is
     /// one of [`abi::off`] or computed by [`abi`]: below 4096).
     pub fn field(&self, off: u64) -> GuestAddress {
@@ -77,6 +80,40 @@ impl GuestKernel {
         // heads is page-aligned and the lines fit in the RAM checked at
         // validation.
         GuestAddress(self.heads.0.saturating_add(abi::head_line(ring)) | field)
+    }
+}
+
+impl GuestKernel {
+    /// Guest physical address of a runtime kernel-image virtual address.
+    pub fn kva_to_gpa(&self, va: u64) -> Option<GuestAddress> {
+        let off = va
+            .checked_sub(self.text_va)
+            .filter(|&o| o < KERNEL_IMAGE_SIZE)?;
+        self.text_pa.checked_add(off)
+    }
+
+    /// The tracer's control block, or why there is none.
+    pub fn control(&self) -> Result<&Control> {
+        self.tracer.as_ref().ok_or_else(|| {
+            Error::Input(
+                "the guest runs a kernel without xftrace's tracer (a stock kernel, checked from outside only): tracing needs xftrace's guest kernel or the xftrace-dkms module in the guest".into(),
+            )
+        })
+    }
+
+    /// The guest physical address that tells this kernel from another
+    /// copy in the same RAM: its control block's, or its `_text`'s.
+    pub fn id(&self) -> u64 {
+        self.tracer.as_ref().map_or(self.text_pa.0, |c| c.ctl.0)
+    }
+
+    /// Where the kernel is, for logs and errors: its control block, or
+    /// its physical base where it has none.
+    pub fn place(&self) -> String {
+        match &self.tracer {
+            Some(c) => format!("control block at {}", c.ctl),
+            None => format!("stock kernel at {}", self.text_pa),
+        }
     }
 
     /// The guest kernel's own page tables.
@@ -216,19 +253,19 @@ fn identity(
         return Err("kernel image would lie outside guest RAM".into());
     }
     let mut kernel = GuestKernel {
-        ctl,
-        heads: GuestAddress(0),
+        text_va: header.text_va,
         slide,
         text_pa: GuestAddress(text_pa),
         banner: String::new(),
         pgd: GuestAddress(0),
         five_level: false,
-        header,
+        tracer: None,
     };
-    kernel.heads = kernel
-        .kva_to_gpa(kernel.header.heads_va)
-        .filter(|&h| ram.layout().locate(h, kernel.header.heads_len()).is_some())
+    let heads = kernel
+        .kva_to_gpa(header.heads_va)
+        .filter(|&h| ram.layout().locate(h, header.heads_len()).is_some())
         .ok_or("ring heads lie outside guest RAM")?;
+    kernel.tracer = Some(Control { ctl, header, heads });
     Ok(kernel)
 }
 
@@ -267,19 +304,27 @@ fn banner(
 }
 
 /// The candidate's own `init_top_pgt` must map `ctl_va` to the candidate's
-/// control block, through the image's static kernel tables.
+/// control block (a stock kernel: `linux_banner` to its banner), through
+/// the image's static kernel tables.
 fn confirm_by_page_tables(
     ram: &GuestRam,
     map: &SystemMap,
     k: &GuestKernel,
 ) -> std::result::Result<(), String> {
-    let walk = k
-        .page_tables(ram)
-        .walk(VirtAddr(k.header.ctl_va))
-        .ok_or("the kernel's own page tables do not map its control block")?;
-    if walk.pa != k.ctl {
+    let (va, pa, what) = match &k.tracer {
+        Some(c) => (c.header.ctl_va, c.ctl, "control block"),
+        None => {
+            let va = k.slide.runtime(LinkAddr(sym(map, "linux_banner")?)).0;
+            let pa = k.kva_to_gpa(va).ok_or("linux_banner outside the image")?;
+            (va, pa, "banner")
+        }
+    };
+    let walk = k.page_tables(ram).walk(VirtAddr(va)).ok_or(format!(
+        "the kernel's own page tables do not map its {what}"
+    ))?;
+    if walk.pa != pa {
         return Err(format!(
-            "the kernel's own page tables map its control block to {}, not here",
+            "the kernel's own page tables map its {what} to {}, not here",
             walk.pa
         ));
     }
@@ -402,6 +447,146 @@ pub fn locate_at(
     })
 }
 
+/// Find every copy of a kernel without a control block (a distribution's
+/// stock kernel) whose build is `map`, with `banner` its `linux_banner`
+/// from the trusted image: at every 2 MiB-aligned physical address `P`,
+/// the build's banner must lie at `P + (linux_banner − _text)`; the
+/// candidate's own `init_top_pgt` (inside the candidate image) must map
+/// the kernel text mapping's 2 MiB slot at `_text + slide` to `P`, for
+/// exactly one KASLR slide, and the banner's virtual address to the banner
+/// read, through the image's static tables. A process can fill its pages
+/// with the banner (it is in /proc/version), but it cannot make them the
+/// kernel's page tables.
+pub fn locate_stock_all(ram: &GuestRam, map: &SystemMap, banner: &str) -> Result<Located> {
+    let (start, end) = map.image();
+    let text = sym(map, "_text").map_err(|m| Error::Input(format!("System.map: {m}")))?;
+    let off_banner = sym(map, "linux_banner")
+        .ok()
+        .and_then(|b| b.checked_sub(text))
+        .filter(|&o| o < KERNEL_IMAGE_SIZE)
+        .ok_or_else(|| Error::Input("System.map: no linux_banner inside the image".into()))?;
+    let want = banner.as_bytes();
+    let lay = Layout {
+        off_ctl: off_banner,
+        image_len: end.saturating_sub(start),
+    };
+    let mut found = Located {
+        kernels: Vec::new(),
+        candidates: 0,
+        rejected: 0,
+        first_reason: None,
+    };
+    let mut head = vec![0u8; want.len().min(256)];
+    for text_pa in text_candidates(ram, &lay) {
+        let at = GuestAddress(text_pa.saturating_add(off_banner));
+        if ram.read_into(at, &mut head).is_err() || head != want[..head.len()] {
+            continue;
+        }
+        found.candidates = found.candidates.saturating_add(1);
+        match validate_stock(ram, map, text_pa, &lay, banner) {
+            Ok(k) if found.kernels.len() < MAX_KEPT => found.kernels.push(k),
+            Ok(_) => found.rejected = found.rejected.saturating_add(1),
+            Err(why) => {
+                debug!("rejected stock kernel candidate at {text_pa:#x}: {why}");
+                found.rejected = found.rejected.saturating_add(1);
+                found.first_reason.get_or_insert(why);
+            }
+        }
+    }
+    Ok(found)
+}
+
+/// Validate only the stock kernel another process found at `text_pa`.
+pub fn locate_stock_at(
+    ram: &GuestRam,
+    map: &SystemMap,
+    text_pa: u64,
+    banner: &str,
+) -> Result<GuestKernel> {
+    let (start, end) = map.image();
+    let lay = Layout {
+        off_ctl: 0,
+        image_len: end.saturating_sub(start),
+    };
+    if text_pa % ALIGN_2M != 0 {
+        return Err(Error::Guest(format!(
+            "{text_pa:#x} is not a 2 MiB-aligned kernel base"
+        )));
+    }
+    validate_stock(ram, map, text_pa, &lay, banner).map_err(|why| {
+        Error::Guest(format!(
+            "the guest kernel is no longer at {text_pa:#x} ({why}); was the guest rebooted?"
+        ))
+    })
+}
+
+/// One stock-kernel candidate at `text_pa`: its slide from its own page
+/// tables, then the banner and the page tables as for a control block.
+fn validate_stock(
+    ram: &GuestRam,
+    map: &SystemMap,
+    text_pa: u64,
+    lay: &Layout,
+    expected_banner: &str,
+) -> std::result::Result<GuestKernel, String> {
+    if ram
+        .layout()
+        .locate(GuestAddress(text_pa), lay.image_len)
+        .is_none()
+    {
+        return Err("kernel image would lie outside guest RAM".into());
+    }
+    let text = sym(map, "_text")?;
+    let image_off = |n: &str| -> std::result::Result<GuestAddress, String> {
+        sym(map, n)?
+            .checked_sub(text)
+            .filter(|&o| o < KERNEL_IMAGE_SIZE)
+            .and_then(|o| text_pa.checked_add(o))
+            .map(GuestAddress)
+            .ok_or(format!("{n} outside the image"))
+    };
+    let pgd = image_off("init_top_pgt")?;
+    let five_level = match map.addr("__pgtable_l5_enabled") {
+        Some(_) => {
+            let mut b = [0u8; 4];
+            ram.read_into(image_off("__pgtable_l5_enabled")?, &mut b)
+                .map_err(|e| e.to_string())?;
+            u32::from_le_bytes(b) != 0
+        }
+        None => false,
+    };
+    let tables = PageTables::new(ram, pgd, five_level);
+    // The kernel text mapping: _text at link + slide, slide a multiple of
+    // 2 MiB below 1 GiB; exactly one must map this candidate's _text.
+    let slots = KERNEL_IMAGE_SIZE
+        .saturating_sub(text.wrapping_sub(START_KERNEL_MAP))
+        .checked_div(ALIGN_2M)
+        .unwrap_or(0);
+    let mut slides = (0..slots).filter_map(|i| {
+        let slide = i.checked_mul(ALIGN_2M)?;
+        let va = text.checked_add(slide)?;
+        (tables.walk(VirtAddr(va))?.pa == GuestAddress(text_pa)).then_some(slide)
+    });
+    let slide = slides
+        .next()
+        .ok_or("its own page tables do not map its text")?;
+    if slides.next().is_some() {
+        return Err("its own page tables map its text at two places".into());
+    }
+    let mut kernel = GuestKernel {
+        text_va: text.wrapping_add(slide),
+        slide: Slide(slide),
+        text_pa: GuestAddress(text_pa),
+        banner: String::new(),
+        pgd,
+        five_level,
+        tracer: None,
+    };
+    kernel.banner = self::banner(ram, map, &kernel, Some(expected_banner))?;
+    confirm_by_page_tables(ram, map, &kernel)?;
+    Ok(kernel)
+}
+
 /// The error for several control blocks that all pass.
 pub fn decoy(found: &Located) -> Error {
     Error::Decoy(format!(
@@ -410,7 +595,7 @@ pub fn decoy(found: &Located) -> Error {
         found
             .kernels
             .iter()
-            .map(|k| k.ctl.to_string())
+            .map(GuestKernel::place)
             .collect::<Vec<_>>()
             .join(", ")
     ))
@@ -470,8 +655,11 @@ pub(crate) mod tests {
         let k = locate(&ram, &map, None).unwrap();
         assert_eq!(k.slide, Slide(SLIDE));
         assert_eq!(k.text_pa, GuestAddress(TEXT_PA));
-        assert_eq!(k.ctl.0, pa_of(&map, TEXT_PA, "xftrace_control"));
-        assert_eq!(k.heads.0, pa_of(&map, TEXT_PA, "xftrace_heads"));
+        assert_eq!(k.id(), pa_of(&map, TEXT_PA, "xftrace_control"));
+        assert_eq!(
+            k.tracer.as_ref().unwrap().heads.0,
+            pa_of(&map, TEXT_PA, "xftrace_heads")
+        );
         assert_eq!(k.pgd.0, pa_of(&map, TEXT_PA, "init_top_pgt"));
         assert!(k.banner.starts_with("Linux version 6.1.192"));
         assert_eq!(max_low_pfn(&ram, &map, &k), Some((160 << 20) >> 12));
@@ -490,10 +678,10 @@ pub(crate) mod tests {
         place_kernel(&ram, &map, text_pa, SLIDE);
         let k = locate(&ram, &map, None).unwrap();
         assert_eq!(k.text_pa, GuestAddress(text_pa));
-        assert_eq!(k.ctl.0, pa_of(&map, text_pa, "xftrace_control"));
+        assert_eq!(k.id(), pa_of(&map, text_pa, "xftrace_control"));
         // In the file, that is 2 GiB + 64 MiB + the offset into the image.
         assert_eq!(
-            ram.layout().to_file_offset(k.ctl, 8),
+            ram.layout().to_file_offset(GuestAddress(k.id()), 8),
             Some((2u64 << 30) + (64 << 20) + 0x100_1000)
         );
     }
@@ -512,7 +700,7 @@ pub(crate) mod tests {
                 .unwrap();
         }
         let k = locate(&ram, &map, None).unwrap();
-        assert_eq!(k.ctl.0, ctl);
+        assert_eq!(k.id(), ctl);
     }
 
     /// What an unprivileged process can do: fill pages with the control
@@ -552,6 +740,56 @@ pub(crate) mod tests {
             locate(&ram, &map, None).unwrap().text_pa,
             GuestAddress(TEXT_PA)
         );
+    }
+
+    /// A stock kernel (no control block) is found by its banner and its
+    /// own page tables; the slide comes from those tables; a process's
+    /// pages full of the banner are not taken for it.
+    #[test]
+    fn a_stock_kernel_is_found_by_its_banner_and_page_tables_not_a_spray() {
+        let dir = tempfile::tempdir().unwrap();
+        let (ram, map) = synthetic_guest(dir.path());
+        let banner_pa = pa_of(&map, TEXT_PA, "linux_banner");
+        let banner = String::from_utf8(read_cstr(&ram, GuestAddress(banner_pa)).unwrap()).unwrap();
+        // No control block at all: erase its magic.
+        let ctl = pa_of(&map, TEXT_PA, "xftrace_control");
+        ram.write_u64(GuestAddress(ctl), 0).unwrap();
+        assert!(locate(&ram, &map, None).is_err());
+        // The banner where a kernel 2 MiB-aligned elsewhere would have it,
+        // in pages that are not the kernel's page tables.
+        let mut sprayed = 0;
+        for p in ((TEXT_PA + (32 << 20))..(128 << 20)).step_by(2 << 20) {
+            let at = pa_of(&map, p, "linux_banner");
+            let mut b = banner.clone().into_bytes();
+            b.resize(b.len().div_ceil(8) * 8 + 8, 0);
+            for (i, w) in b.chunks_exact(8).enumerate() {
+                let w = u64::from_le_bytes(w.try_into().unwrap());
+                ram.write_u64(GuestAddress(at + 8 * i as u64), w).unwrap();
+            }
+            sprayed += 1;
+        }
+        let found = locate_stock_all(&ram, &map, &banner).unwrap();
+        assert_eq!(found.kernels.len(), 1, "{found:?}");
+        let k = &found.kernels[0];
+        assert_eq!(k.text_pa, GuestAddress(TEXT_PA));
+        assert_eq!(k.slide, Slide(SLIDE));
+        assert_eq!(k.text_va, map.addr("_text").unwrap() + SLIDE);
+        assert!(k.tracer.is_none());
+        assert_eq!(k.id(), TEXT_PA);
+        assert_eq!(found.rejected, sprayed);
+        assert!(k.control().is_err());
+        assert_eq!(max_low_pfn(&ram, &map, k), Some((160 << 20) >> 12));
+        // Found again where it was; not with another build's banner.
+        assert_eq!(
+            locate_stock_at(&ram, &map, TEXT_PA, &banner).unwrap(),
+            k.clone()
+        );
+        let other = banner.replace("Linux version", "Linux versioN");
+        assert!(locate_stock_all(&ram, &map, &other)
+            .unwrap()
+            .kernels
+            .is_empty());
+        assert!(locate_stock_at(&ram, &map, TEXT_PA, &other).is_err());
     }
 
     #[test]

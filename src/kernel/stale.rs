@@ -69,7 +69,11 @@ pub struct Sorted {
 
 /// The heartbeat and `jiffies_64` of the kernel of `k`.
 fn pulse(ram: &GuestRam, map: &SystemMap, k: &GuestKernel) -> Option<(u64, u64)> {
-    let heartbeat = ram.read_u64(k.field(abi::off::HEARTBEAT)).ok()?;
+    // A stock kernel has no heartbeat: its jiffies alone say.
+    let heartbeat = match &k.tracer {
+        Some(c) => ram.read_u64(c.field(abi::off::HEARTBEAT)).ok()?,
+        None => 0,
+    };
     let va = k.slide.runtime(LinkAddr(map.addr("jiffies_64")?)).0;
     let gpa = k.page_tables(ram).translate(VirtAddr(va))?;
     Some((heartbeat, ram.read_u64(gpa).ok()?))
@@ -104,7 +108,7 @@ pub fn sort(
     let remembered = |i: usize| {
         let (heartbeat, jiffies) = first[i];
         known.iter().find(|f| {
-            f.ctl == kernels[i].ctl.0
+            f.ctl == kernels[i].id()
                 && f.heartbeat == heartbeat
                 && f.jiffies == jiffies
                 && now - f.since >= window
@@ -163,15 +167,15 @@ pub fn sort(
         let (heartbeat, jiffies) = first[i];
         let since = known
             .iter()
-            .find(|f| f.ctl == k.ctl.0 && f.heartbeat == heartbeat && f.jiffies == jiffies)
+            .find(|f| f.ctl == k.id() && f.heartbeat == heartbeat && f.jiffies == jiffies)
             .map_or(now, |f| f.since);
         info!(
-            "control block at {} is an earlier boot's (its heartbeat and jiffies stand still): ignored",
-            k.ctl
+            "{} is an earlier boot's (its heartbeat and jiffies stand still): ignored",
+            k.place()
         );
         if out.frozen.len() < MAX_REMEMBERED {
             out.frozen.push(Frozen {
-                ctl: k.ctl.0,
+                ctl: k.id(),
                 heartbeat,
                 jiffies,
                 since,
@@ -237,7 +241,7 @@ mod tests {
             assert_eq!(s.stale.len(), 1);
             assert_eq!(s.stale[0].text_pa, GuestAddress(OLD_PA));
             assert_eq!(s.frozen.len(), 1);
-            assert_eq!(s.frozen[0].ctl, s.stale[0].ctl.0);
+            assert_eq!(s.frozen[0].ctl, s.stale[0].id());
             assert_eq!(s.frozen[0].since, 100.0);
         });
     }

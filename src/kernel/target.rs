@@ -405,11 +405,11 @@ impl Target {
             max_vcpus: b.max_vcpus,
         };
         info!(
-            "{}: kernel at {:#x} (slide {:#x}), control block at {}: {}",
+            "{}: kernel at {:#x} (slide {:#x}), {}: {}",
             self.describe(),
             g.kernel.text_pa,
             g.kernel.slide,
-            g.kernel.ctl,
+            g.kernel.place(),
             escape(&g.kernel.banner)
         );
         Ok(g)

@@ -240,9 +240,11 @@ pub fn locate(data: &[u8]) {
                 opts,
             ) {
                 for k in &found.kernels {
-                    let _ = crate::trace::switch::read_status(&g.ram, k);
                     let _ = locate::max_low_pfn(&g.ram, &g.map, k);
-                    let _ = k.page_tables(&g.ram).translate(VirtAddr(k.header.ctl_va));
+                    if let Some(c) = &k.tracer {
+                        let _ = crate::trace::switch::read_status(&g.ram, c);
+                        let _ = k.page_tables(&g.ram).translate(VirtAddr(c.header.ctl_va));
+                    }
                 }
                 // The slow path (a scan of all RAM) for one input in eight.
                 if found.kernels.is_empty() && data.first().is_some_and(|b| b & 7 == 0) {
@@ -258,7 +260,10 @@ pub fn locate(data: &[u8]) {
 /// guest left them, polled twice around a rotation.
 pub fn rings(data: &[u8]) {
     with_guest(|g| {
-        let Ok(k) = locate::locate(&g.ram, &g.map, None) else {
+        let Some(k) = locate::locate(&g.ram, &g.map, None)
+            .ok()
+            .and_then(|k| k.tracer)
+        else {
             return;
         };
         let Ok(mut rd) = RingReader::start(&g.ram, &k) else {

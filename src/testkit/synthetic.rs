@@ -628,20 +628,28 @@ impl Synthetic {
             ),
         ];
         for (off, v) in header {
-            put_at(&file, &layout, k0.field(off).0, &v.to_le_bytes());
+            put_at(
+                &file,
+                &layout,
+                k0.control().unwrap().field(off).0,
+                &v.to_le_bytes(),
+            );
         }
         for r in 0..rings {
             let pa = BENCH_RINGS_PA + u64::from(r) * slots * abi::SLOT_SIZE;
             put_at(
                 &file,
                 &layout,
-                k0.field(abi::ring_pa(r)).0,
+                k0.control().unwrap().field(abi::ring_pa(r)).0,
                 &pa.to_le_bytes(),
             );
         }
         let kernel = locate(&ram, &map, None).expect("located again");
-        assert_eq!(u64::from(kernel.header.ring_slots), slots);
-        assert_eq!(kernel.header.nr_rings, rings);
+        assert_eq!(
+            u64::from(kernel.control().unwrap().header.ring_slots),
+            slots
+        );
+        assert_eq!(kernel.control().unwrap().header.nr_rings, rings);
         Synthetic {
             file,
             layout,
@@ -657,7 +665,10 @@ impl Synthetic {
 
     /// Where ring `ring` starts.
     pub fn ring_pa(&self, ring: u32) -> u64 {
-        BENCH_RINGS_PA + u64::from(ring) * u64::from(self.kernel.header.ring_slots) * abi::SLOT_SIZE
+        BENCH_RINGS_PA
+            + u64::from(ring)
+                * u64::from(self.kernel.control().unwrap().header.ring_slots)
+                * abi::SLOT_SIZE
     }
 }
 

@@ -14,6 +14,7 @@ use crate::host::process::ProcessId;
 use crate::host::signals;
 use crate::host::statedir::{now_unix, GuestDir};
 use crate::kernel::guest::Guest;
+use crate::kernel::locate::Control;
 use crate::kernel::target::Target;
 use crate::trace::anomalies::AnomalyLog;
 use crate::trace::keys::KeyController;
@@ -66,6 +67,8 @@ pub fn run(
 
 struct Collector<'a> {
     g: Guest,
+    /// The guest kernel's control block (a collector runs only where there is one).
+    ctl: Control,
     dir: &'a GuestDir,
     opts: CollectOptions,
     keys: KeyController,
@@ -92,17 +95,18 @@ impl<'a> Collector<'a> {
             Some(pa) => target.open_at(pa)?,
             None => target.open()?,
         };
+        let ctl = g.kernel.control()?.clone();
         status.slide = g.kernel.slide;
-        status.nr_cpus = g.kernel.header.nr_cpus;
+        status.nr_cpus = ctl.header.nr_cpus;
         status.banner = escape(&g.kernel.banner).into_owned();
         status.system_map = g.system_map.display().to_string();
 
-        let mut keys = KeyController::new(&g.ram, &g.kernel, &dir.klog())?;
-        let mut reader = RingReader::start(&g.ram, &g.kernel)?;
-        let first = keys.rotate(&g.ram, &g.kernel)?;
-        reader.note_rotation(&g.ram, &g.kernel, first)?;
+        let mut keys = KeyController::new(&g.ram, &ctl, &dir.klog())?;
+        let mut reader = RingReader::start(&g.ram, &ctl)?;
+        let first = keys.rotate(&g.ram, &ctl)?;
+        reader.note_rotation(&g.ram, &ctl, first)?;
         status.key_rotations = 1;
-        let spool = SpoolWriter::create(dir.path(), g.kernel.header.nr_rings, opts.spool_limit)?;
+        let spool = SpoolWriter::create(dir.path(), ctl.header.nr_rings, opts.spool_limit)?;
         let anomalies =
             AnomalyLog::create(dir.anomalies(), dir.anomalies_rotated(), Instant::now())?;
         status.state = CollectorState::Collecting;
@@ -114,11 +118,12 @@ impl<'a> Collector<'a> {
             keys.epoch()
         );
         let heartbeat = (
-            g.ram.read_u64(g.kernel.field(crate::abi::off::HEARTBEAT))?,
+            g.ram.read_u64(ctl.field(crate::abi::off::HEARTBEAT))?,
             Instant::now(),
         );
         Ok(Collector {
             g,
+            ctl,
             dir,
             opts,
             keys,
@@ -152,8 +157,8 @@ impl<'a> Collector<'a> {
                 break;
             }
             if self.last_rotation.elapsed() >= self.opts.key_interval {
-                let e = self.keys.rotate(&self.g.ram, &self.g.kernel)?;
-                self.reader.note_rotation(&self.g.ram, &self.g.kernel, e)?;
+                let e = self.keys.rotate(&self.g.ram, &self.ctl)?;
+                self.reader.note_rotation(&self.g.ram, &self.ctl, e)?;
                 status.key_rotations = status.key_rotations.saturating_add(1);
                 self.last_rotation = Instant::now();
             }
@@ -198,7 +203,7 @@ impl<'a> Collector<'a> {
         );
         self.reader.poll(
             &self.g.ram,
-            &self.g.kernel,
+            &self.ctl,
             self.keys.klog(),
             |r| match spool.push(&r) {
                 Ok(true) => {}
@@ -224,7 +229,7 @@ impl<'a> Collector<'a> {
 
     /// Bring the status file up to date with the rings and the guest.
     fn report(&mut self, status: &mut CollectorStatus) -> Result<()> {
-        let gs = switch::read_status(&self.g.ram, &self.g.kernel)?;
+        let gs = switch::read_status(&self.g.ram, &self.ctl)?;
         if gs.heartbeat != self.heartbeat.0 {
             self.heartbeat = (gs.heartbeat, Instant::now());
             status.heartbeat_stalled = false;

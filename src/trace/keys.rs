@@ -20,7 +20,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use crate::abi;
 use crate::base::error::{Error, Result};
 use crate::guest::memory::GuestRam;
-use crate::kernel::locate::GuestKernel;
+use crate::kernel::locate::Control;
 
 /// Epochs the collector keeps in memory: records older than the previous
 /// epoch are stale once read anyway (see [`crate::trace::rings`]).
@@ -103,7 +103,7 @@ fn random_key() -> Result<u64> {
 impl KeyController {
     /// Start a Klog at `path` (mode 0600), continuing after whatever epoch
     /// the guest last saw so old records in the rings never alias new keys.
-    pub fn new(ram: &GuestRam, kernel: &GuestKernel, path: &Path) -> Result<Self> {
+    pub fn new(ram: &GuestRam, kernel: &Control, path: &Path) -> Result<Self> {
         let file = OpenOptions::new()
             .create(true)
             .append(true)
@@ -142,7 +142,7 @@ impl KeyController {
 
     /// Generate a new key, log it, install it in the guest and wipe the
     /// keys it no longer needs.
-    pub fn rotate(&mut self, ram: &GuestRam, kernel: &GuestKernel) -> Result<u64> {
+    pub fn rotate(&mut self, ram: &GuestRam, kernel: &Control) -> Result<u64> {
         let key = random_key()?;
         let epoch = self
             .epoch
@@ -172,7 +172,7 @@ impl KeyController {
 /// Write `key` for `epoch` into the guest, publish it, and wipe every slot
 /// but the ones of `epoch` and `epoch − 1` (a CPU that read `cur_epoch`
 /// just before this may still be using the previous key).
-pub fn install(ram: &GuestRam, kernel: &GuestKernel, epoch: u64, key: u64) -> Result<()> {
+pub fn install(ram: &GuestRam, kernel: &Control, epoch: u64, key: u64) -> Result<()> {
     let slot = abi::key_slot(epoch);
     ram.write_u64(kernel.field(slot), abi::EPOCH_INVALID)?;
     ram.write_u64(kernel.field(slot | 8), key)?;
@@ -199,7 +199,7 @@ mod tests {
     fn rotation_logs_then_publishes() {
         let dir = tempfile::tempdir().unwrap();
         let (ram, map) = synthetic_guest(dir.path());
-        let k = locate(&ram, &map, None).unwrap();
+        let k = locate(&ram, &map, None).unwrap().tracer.unwrap();
         let klog = dir.path().join("klog");
         let mut kc = KeyController::new(&ram, &k, &klog).unwrap();
         let e1 = kc.rotate(&ram, &k).unwrap();
@@ -228,7 +228,7 @@ mod tests {
     fn rotated_away_keys_leave_guest_memory() {
         let dir = tempfile::tempdir().unwrap();
         let (ram, map) = synthetic_guest(dir.path());
-        let k = locate(&ram, &map, None).unwrap();
+        let k = locate(&ram, &map, None).unwrap().tracer.unwrap();
         let mut kc = KeyController::new(&ram, &k, &dir.path().join("klog")).unwrap();
         for _ in 0..5 {
             kc.rotate(&ram, &k).unwrap();

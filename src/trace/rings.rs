@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use crate::abi::{self, DecodeError, RawSlot, Record};
 use crate::base::error::Result;
 use crate::guest::memory::{GuestAddress, GuestRam};
-use crate::kernel::locate::GuestKernel;
+use crate::kernel::locate::Control;
 use crate::trace::keys::Klog;
 
 /// Counters a collection keeps; saved in the session's status.
@@ -209,7 +209,7 @@ const RUN: u64 = 256;
 const RUN_WORDS: usize = 2048;
 
 /// The ring `ring` as the guest published it, if usable.
-fn ring_base(ram: &GuestRam, k: &GuestKernel, ring: u32, len: u64) -> Result<Option<GuestAddress>> {
+fn ring_base(ram: &GuestRam, k: &Control, ring: u32, len: u64) -> Result<Option<GuestAddress>> {
     let pa = ram.read_u64(k.field(abi::ring_pa(ring)))?;
     let ok = pa != 0 && pa % 4096 == 0 && ram.layout().locate(GuestAddress(pa), len).is_some();
     Ok(ok.then_some(GuestAddress(pa)))
@@ -219,7 +219,7 @@ impl RingReader {
     /// Start at the rings' current heads: older records belong to earlier
     /// sessions. A ring the guest has not allocated yet starts at 0 when it
     /// appears.
-    pub fn start(ram: &GuestRam, kernel: &GuestKernel) -> Result<Self> {
+    pub fn start(ram: &GuestRam, kernel: &Control) -> Result<Self> {
         let ring_len = kernel.header.ring_len();
         let mut rings = Vec::new();
         for ring in 0..kernel.header.nr_rings {
@@ -250,12 +250,7 @@ impl RingReader {
 
     /// Tell the reader the host just installed `epoch`: from each ring's
     /// current head on, records may use only this epoch or the one before.
-    pub fn note_rotation(
-        &mut self,
-        ram: &GuestRam,
-        kernel: &GuestKernel,
-        epoch: u64,
-    ) -> Result<()> {
+    pub fn note_rotation(&mut self, ram: &GuestRam, kernel: &Control, epoch: u64) -> Result<()> {
         for (ring, c) in (0u32..).zip(self.rings.iter_mut()) {
             let head = ram.read_u64(kernel.head(ring))?;
             // Bounded: the reader drains these as it passes them.
@@ -276,7 +271,7 @@ impl RingReader {
     pub fn poll(
         &mut self,
         ram: &GuestRam,
-        kernel: &GuestKernel,
+        kernel: &Control,
         klog: &Klog,
         mut record: impl FnMut(Record),
         mut anomaly: impl FnMut(Anomaly),
@@ -555,13 +550,13 @@ pub(crate) mod tests {
     use crate::trace::keys::KeyController;
 
     /// Where ring `cpu`'s slot `idx` is.
-    pub(crate) fn slot_at(ram: &GuestRam, k: &GuestKernel, cpu: u32, idx: u64) -> GuestAddress {
+    pub(crate) fn slot_at(ram: &GuestRam, k: &Control, cpu: u32, idx: u64) -> GuestAddress {
         let base = ram.read_u64(k.field(abi::ring_pa(cpu))).unwrap();
         GuestAddress(base + idx * 64)
     }
 
     /// Write record `seq` into ring `cpu` as the guest would, and publish it.
-    pub(crate) fn guest_push(ram: &GuestRam, k: &GuestKernel, r: &Record, key: u64) {
+    pub(crate) fn guest_push(ram: &GuestRam, k: &Control, r: &Record, key: u64) {
         let slots = u64::from(k.header.ring_slots);
         let at = slot_at(ram, k, r.cpu, r.seq % slots);
         let words = abi::encode(r, key);
@@ -598,17 +593,17 @@ pub(crate) mod tests {
         }
     }
 
-    fn setup() -> (tempfile::TempDir, GuestRam, GuestKernel) {
+    fn setup() -> (tempfile::TempDir, GuestRam, Control) {
         let dir = tempfile::tempdir().unwrap();
         let (ram, map) = synthetic_guest(dir.path());
-        let k = locate(&ram, &map, None).unwrap();
+        let k = locate(&ram, &map, None).unwrap().tracer.unwrap();
         (dir, ram, k)
     }
 
     fn poll_all(
         rd: &mut RingReader,
         ram: &GuestRam,
-        k: &GuestKernel,
+        k: &Control,
         klog: &Klog,
     ) -> (Vec<Record>, Vec<Anomaly>) {
         let (mut recs, mut anoms) = (Vec::new(), Vec::new());

@@ -177,10 +177,10 @@ pub fn on(
 /// under this host's keys. A guest that is not tracing is left alone.
 pub fn adopt(target: &Target, opts: CollectOptions, gaps: &[String]) -> Result<Began> {
     let g = target.open()?;
-    if !switch::guest_alive(&g.ram, &g.kernel, Duration::from_secs(3))? {
+    if !switch::guest_alive(&g.ram, g.kernel.control()?, Duration::from_secs(3))? {
         return Err(not_running());
     }
-    if !switch::read_status(&g.ram, &g.kernel)?.tracing {
+    if !switch::read_status(&g.ram, g.kernel.control()?)?.tracing {
         return Ok(Began::NothingToAdopt {
             target: target.describe(),
         });
@@ -188,8 +188,16 @@ pub fn adopt(target: &Target, opts: CollectOptions, gaps: &[String]) -> Result<B
     // What the control block says the guest traces: written by a host,
     // rewritable by the guest, so checked like any function name (and
     // resolved against the trusted System.map by `start`).
-    let Some((functions, flags)) = switch::applied_on(&g.ram, &g.kernel)? else {
-        switch::send(&g.ram, &g.kernel, Op::Off, &[], 0, GUEST_ACK, None)?;
+    let Some((functions, flags)) = switch::applied_on(&g.ram, g.kernel.control()?)? else {
+        switch::send(
+            &g.ram,
+            g.kernel.control()?,
+            Op::Off,
+            &[],
+            0,
+            GUEST_ACK,
+            None,
+        )?;
         return Err(Error::State(format!(
             "{}: the guest was tracing under a command xftrace cannot read back, so its tracer was switched off; start a session with `xftrace on FUNCTION...`",
             target.describe()
@@ -274,12 +282,12 @@ pub fn start(
     // A guest being restored is paused while its RAM is still arriving:
     // nothing is adopted or started before its kernel runs (`on --wait`
     // retries).
-    if !switch::guest_alive(&g.ram, &g.kernel, Duration::from_secs(3))? {
+    if !switch::guest_alive(&g.ram, g.kernel.control()?, Duration::from_secs(3))? {
         return Err(not_running());
     }
     let seen_alive = Instant::now();
     gaps.extend(gaps_given.iter().cloned());
-    if switch::read_status(&g.ram, &g.kernel)?.tracing {
+    if switch::read_status(&g.ram, g.kernel.control()?)?.tracing {
         // Adopted: the guest was tracing with no collector of ours reading
         // it (a collector died, a restore, a live migration). Its current
         // key came from a Klog this session does not have (a dead
@@ -288,7 +296,15 @@ pub fn start(
         // under this session's keys.
         let gap = "the guest's tracer was already on with no collector of this session reading it (adopted: switched off, then on again under this session's keys): what it recorded before is not in this trace".to_string();
         warn!("{}: {gap}", target.describe());
-        switch::send(&g.ram, &g.kernel, Op::Off, &[], 0, GUEST_ACK, None)?;
+        switch::send(
+            &g.ram,
+            g.kernel.control()?,
+            Op::Off,
+            &[],
+            0,
+            GUEST_ACK,
+            None,
+        )?;
         gaps.push(gap);
     }
     reset(&dir)?;
@@ -297,7 +313,7 @@ pub fn start(
     wait_collecting(&dir, &mut child)?;
     if let Err(e) = switch::send(
         &g.ram,
-        &g.kernel,
+        g.kernel.control()?,
         Op::On,
         &symbols,
         flags,
@@ -425,7 +441,7 @@ fn stop(
     let mut guest_error = None;
     match (g, open_error) {
         (Some(g), _) => {
-            let gs = switch::read_status(&g.ram, &g.kernel)?;
+            let gs = switch::read_status(&g.ram, g.kernel.control()?)?;
             if !running && !gs.tracing && !have_spool {
                 return Err(Error::State(format!(
                     "tracing is not on for {}; start it with `xftrace on FUNCTION...`",
@@ -435,7 +451,15 @@ fn stop(
             if !running && !have_spool {
                 warn!("no collector was running: turning the guest's tracer off, nothing to write");
             }
-            if let Err(e) = switch::send(&g.ram, &g.kernel, Op::Off, &[], 0, GUEST_ACK, None) {
+            if let Err(e) = switch::send(
+                &g.ram,
+                g.kernel.control()?,
+                Op::Off,
+                &[],
+                0,
+                GUEST_ACK,
+                None,
+            ) {
                 guest_error = Some(e);
             }
         }
@@ -795,11 +819,19 @@ fn status_into(target: &Target, out: &mut Vec<String>) -> Result<()> {
 
 /// The guest's side; returns whether its tracer is on.
 fn tracer_lines(g: &Guest, out: &mut Vec<String>) -> Result<bool> {
-    let gs = switch::read_status(&g.ram, &g.kernel)?;
-    // An idle guest's thread beats at least once a second.
-    let alive = switch::guest_alive(&g.ram, &g.kernel, Duration::from_secs(2))?;
     out.push(format!("kernel:     {}", escape(&g.kernel.banner)));
     out.extend(crate::kernel::taint::status_lines(&g.view(&g.kernel)));
+    let Some(ctl) = g.kernel.tracer.as_ref() else {
+        out.push(format!(
+            "mode:       stock kernel, checked from outside (kernel at {}, slide {:#x}): no tracer, integrity checks only",
+            g.kernel.text_pa,
+            g.kernel.slide.0,
+        ));
+        return Ok(false);
+    };
+    let gs = switch::read_status(&g.ram, ctl)?;
+    // An idle guest's thread beats at least once a second.
+    let alive = switch::guest_alive(&g.ram, ctl, Duration::from_secs(2))?;
     out.push(format!(
         "guest:      {}, tracer {}, key epoch {}, command {}/{} (result {})",
         if alive {
@@ -818,8 +850,8 @@ fn tracer_lines(g: &Guest, out: &mut Vec<String>) -> Result<bool> {
     }
     for k in &g.stale {
         out.push(format!(
-            "stale:      control block at {} of an earlier boot (its heartbeat and jiffies stand still): ignored",
-            k.ctl
+            "stale:      {} of an earlier boot (its heartbeat and jiffies stand still): ignored",
+            k.place()
         ));
     }
     Ok(gs.tracing)

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use crate::abi::{self, GateState, Op};
 use crate::base::error::{Error, Result};
 use crate::guest::memory::GuestRam;
-use crate::kernel::locate::GuestKernel;
+use crate::kernel::locate::Control;
 
 /// The guest's view, read from its control block.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -49,7 +49,7 @@ impl TracerStatus {
     }
 }
 
-pub fn read_status(ram: &GuestRam, k: &GuestKernel) -> Result<TracerStatus> {
+pub fn read_status(ram: &GuestRam, k: &Control) -> Result<TracerStatus> {
     let w = |o| ram.read_u64(k.field(o));
     let ack = w(abi::off::ACK_RESULT_TRACING)?;
     let gate = w(abi::off::STATE_NARROWED)?;
@@ -76,7 +76,7 @@ pub fn read_status(ram: &GuestRam, k: &GuestKernel) -> Result<TracerStatus> {
 }
 
 /// Wait up to `within` for the guest's heartbeat to advance.
-pub fn guest_alive(ram: &GuestRam, k: &GuestKernel, within: Duration) -> Result<bool> {
+pub fn guest_alive(ram: &GuestRam, k: &Control, within: Duration) -> Result<bool> {
     let first = ram.read_u64(k.field(abi::off::HEARTBEAT))?;
     guest_alive_since(ram, k, first, Instant::now(), within)
 }
@@ -86,7 +86,7 @@ pub fn guest_alive(ram: &GuestRam, k: &GuestKernel, within: Duration) -> Result<
 /// 100 ms to 1 s.)
 pub fn guest_alive_since(
     ram: &GuestRam,
-    k: &GuestKernel,
+    k: &Control,
     first: u64,
     since: Instant,
     within: Duration,
@@ -134,7 +134,7 @@ fn next_seq(cmd_seq: u64, ack_seq: u64) -> Result<(u64, u64)> {
 /// guest applied (what a guest still tracing traces). Read back from the
 /// control block the host wrote: a guest can rewrite it, and gains only
 /// that xftrace switches it off and on again.
-pub fn applied_on(ram: &GuestRam, k: &GuestKernel) -> Result<Option<(Vec<String>, u64)>> {
+pub fn applied_on(ram: &GuestRam, k: &Control) -> Result<Option<(Vec<String>, u64)>> {
     let seq = ram.read_u64(k.field(abi::off::CMD_SEQ))?;
     if seq != ram.read_u64(k.field(abi::off::ACK_SEQ))? || seq % 2 == 1 {
         return Ok(None);
@@ -171,7 +171,7 @@ pub fn applied_on(ram: &GuestRam, k: &GuestKernel) -> Result<Option<(Vec<String>
 /// another.
 pub fn send(
     ram: &GuestRam,
-    k: &GuestKernel,
+    k: &Control,
     op: Op,
     functions: &[String],
     flags: u64,
@@ -265,7 +265,7 @@ mod tests {
     fn status_of_a_hostile_control_block_reads_without_panic() {
         let dir = tempfile::tempdir().unwrap();
         let (ram, map) = synthetic_guest(dir.path());
-        let k = locate(&ram, &map, None).unwrap();
+        let k = locate(&ram, &map, None).unwrap().tracer.unwrap();
         for off in [
             abi::off::UNRINGED,
             abi::off::NESTED,
@@ -289,7 +289,7 @@ mod tests {
     fn the_applied_on_command_is_read_back_and_a_hostile_one_is_not() {
         let dir = tempfile::tempdir().unwrap();
         let (ram, map) = synthetic_guest(dir.path());
-        let k = locate(&ram, &map, None).unwrap();
+        let k = locate(&ram, &map, None).unwrap().tracer.unwrap();
         let command = |seq: u64, ack: u64, op: u64, list: &[u8], len: u64| {
             let mut b = [0u8; abi::FUNCS_SIZE];
             b[..list.len()].copy_from_slice(list);

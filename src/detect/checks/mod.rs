@@ -78,9 +78,10 @@ impl<'a> Context<'a> {
             view.btf = vmlinux.btf();
         }
         let heartbeat = view
-            .ram
-            .read_u64(view.kernel.field(crate::abi::off::HEARTBEAT))
-            .ok()
+            .kernel
+            .tracer
+            .as_ref()
+            .and_then(|c| view.ram.read_u64(c.field(crate::abi::off::HEARTBEAT)).ok())
             .map(|h| (h, std::time::Instant::now()));
         Context {
             view,

@@ -124,8 +124,10 @@ fn against_snapshot(
     let running = cx.system_running();
     // The boot is known by the identity the host wrote into the control
     // block (docs/abi.md §2.1), not by the guest's clock.
-    let id_at = k.field(crate::abi::off::BOOT_ID);
-    let boot_id = cx.view.ram.read_u64(id_at).ok();
+    // A stock kernel has no control block to hold one: its boot is known
+    // by where it lies (slide and physical base) alone.
+    let id_at = k.tracer.as_ref().map(|c| c.field(crate::abi::off::BOOT_ID));
+    let boot_id = id_at.and_then(|a| cx.view.ram.read_u64(a).ok());
     let path = cx.dir.path().join("ro-after-init.snapshot");
     let saved =
         crate::host::files::read_bounded(&path, MAX_LEN.saturating_add(HEADER as u64), "snapshot")
@@ -147,6 +149,15 @@ fn against_snapshot(
         Some((id, snap)) if id != 0 && boot_id == Some(id) => {
             diff(cx, start, snap, live, seen, "this boot's snapshot", out)
         }
+        Some((_, snap)) if id_at.is_none() => diff(
+            cx,
+            start,
+            snap,
+            live,
+            seen,
+            "the snapshot of the kernel that lay where this one lies",
+            out,
+        ),
         _ if !running => {
             info!("the guest is still booting: no snapshot of __ro_after_init data yet")
         }
@@ -165,21 +176,24 @@ fn against_snapshot(
                     out,
                 );
             }
-            let id = match new_boot_id() {
-                Some(id) => id,
-                None => {
+            let id = match (id_at, new_boot_id()) {
+                (None, _) => 0,
+                (Some(_), None) => {
                     out.add("cannot get random bytes for a boot identity", &[], "");
                     return;
                 }
+                (Some(at), Some(id)) => {
+                    if let Err(e) = cx.view.ram.write_u64(at, id) {
+                        out.add(
+                            format!("cannot write the boot identity into the control block: {e}"),
+                            &[],
+                            "",
+                        );
+                        return;
+                    }
+                    id
+                }
             };
-            if let Err(e) = cx.view.ram.write_u64(id_at, id) {
-                out.add(
-                    format!("cannot write the boot identity into the control block: {e}"),
-                    &[],
-                    "",
-                );
-                return;
-            }
             let mut s = Vec::with_capacity(HEADER.saturating_add(live.len()));
             s.extend_from_slice(MAGIC);
             s.extend_from_slice(&k.slide.0.to_le_bytes());
@@ -294,7 +308,7 @@ mod tests {
         put(0xffff_ffff_8210_0008, 1_000_000);
         // The first check takes the boot's snapshot and marks the boot.
         assert_eq!(check(), Vec::<String>::new());
-        let id_at = k.field(crate::abi::off::BOOT_ID);
+        let id_at = k.control().unwrap().field(crate::abi::off::BOOT_ID);
         let id = ram.read_u64(id_at).unwrap();
         assert_ne!(id, 0);
         assert_eq!(check(), Vec::<String>::new());

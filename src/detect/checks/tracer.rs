@@ -9,7 +9,7 @@ use crate::abi::{self, GateState};
 use crate::detect::{Finding, FindingKind};
 use crate::guest::memory::GuestRam;
 use crate::host::statedir::GuestDir;
-use crate::kernel::locate::GuestKernel;
+use crate::kernel::locate::Control;
 use crate::trace::keys::Klog;
 use crate::trace::probe::Tally;
 use crate::trace::status::{CollectorState, CollectorStatus};
@@ -33,15 +33,20 @@ impl Check for TracerIntegrity {
     }
 
     fn run(&self, cx: &Context, out: &mut Report) {
-        out.extend(check(cx.view.ram, cx.view.kernel, cx.dir, cx.heartbeat));
+        // A stock kernel has no tracer to check (it runs no such check:
+        // `detect::checks::for_kernel`).
+        let Some(k) = cx.view.kernel.tracer.as_ref() else {
+            return;
+        };
+        out.extend(check(cx.view.ram, k, cx.dir, cx.heartbeat));
         let nr_cpu_ids = cx.sym("nr_cpu_ids").and_then(|a| cx.view.read_u32(a));
-        out.extend(rings(cx.view.kernel, nr_cpu_ids, cx.view.max_vcpus));
+        out.extend(rings(k, nr_cpu_ids, cx.view.max_vcpus));
     }
 }
 
 fn check(
     ram: &GuestRam,
-    k: &GuestKernel,
+    k: &Control,
     dir: &GuestDir,
     heartbeat: Option<(u64, Instant)>,
 ) -> Vec<Finding> {
@@ -68,7 +73,7 @@ fn check(
 /// (`nr_cpu_ids`) and as its manager gave it (`max_vcpus`, where known):
 /// a guest that claims fewer has the host read fewer rings, and the
 /// events of the other CPUs vanish unseen.
-fn rings(k: &GuestKernel, nr_cpu_ids: Option<u32>, max_vcpus: Option<u32>) -> Vec<Finding> {
+fn rings(k: &Control, nr_cpu_ids: Option<u32>, max_vcpus: Option<u32>) -> Vec<Finding> {
     let h = &k.header;
     let at = k.field(abi::off::NR_RINGS).0;
     let mut out = Vec::new();
@@ -215,7 +220,7 @@ fn finding(detail: impl Into<String>, at: u64, evidence: impl Into<String>) -> F
 }
 
 /// What the guest itself says thins or corrupts its capture.
-fn reported_by_the_guest(k: &GuestKernel, gs: &TracerStatus, out: &mut Vec<Finding>) {
+fn reported_by_the_guest(k: &Control, gs: &TracerStatus, out: &mut Vec<Finding>) {
     let gate = k.field(abi::off::STATE_NARROWED).0;
     for why in gs.narrowed_reasons() {
         out.push(finding(
@@ -246,7 +251,7 @@ fn reported_by_the_guest(k: &GuestKernel, gs: &TracerStatus, out: &mut Vec<Findi
 /// The guest thread must beat and answer commands.
 fn liveness(
     ram: &GuestRam,
-    k: &GuestKernel,
+    k: &Control,
     gs: &TracerStatus,
     heartbeat: Option<(u64, Instant)>,
     out: &mut Vec<Finding>,
@@ -281,13 +286,7 @@ fn liveness(
 
 /// A session the host runs: the guest must trace with the host's key, and
 /// what the collector read must have passed its checks.
-fn session(
-    ram: &GuestRam,
-    k: &GuestKernel,
-    gs: &TracerStatus,
-    dir: &GuestDir,
-    out: &mut Vec<Finding>,
-) {
+fn session(ram: &GuestRam, k: &Control, gs: &TracerStatus, dir: &GuestDir, out: &mut Vec<Finding>) {
     let running = dir.collector_running().unwrap_or(false);
     let status = CollectorStatus::read(dir);
     if let (true, Some(s)) = (running, &status) {
@@ -353,7 +352,7 @@ fn session(
 }
 
 /// The key in guest RAM must be the one the host wrote for that epoch.
-fn key_matches(ram: &GuestRam, k: &GuestKernel, klog: &Klog, out: &mut Vec<Finding>) {
+fn key_matches(ram: &GuestRam, k: &Control, klog: &Klog, out: &mut Vec<Finding>) {
     for _ in 0..5 {
         let Ok(epoch) = ram.read_u64(k.field(abi::off::CUR_EPOCH)) else {
             return;
@@ -475,7 +474,7 @@ mod tests {
     fn fewer_rings_than_cpus_is_a_finding() {
         let dir = tempfile::tempdir().unwrap();
         let (ram, map) = synthetic_guest(dir.path());
-        let mut k = locate(&ram, &map, None).unwrap();
+        let mut k = locate(&ram, &map, None).unwrap().tracer.unwrap();
         k.header.nr_cpus = 4;
         k.header.nr_rings = 4;
         assert!(rings(&k, Some(4), Some(4)).is_empty());
