@@ -1,7 +1,9 @@
 //! What xftrace reads from the real guest kernel build (no guest needed):
 //! its call graph (`kernel::callgraph`): the calls the kernel makes are
-//! allowed, a jump the build does not contain is not; and its BTF
-//! (`kernel::btf`): the layout of `struct module`.
+//! allowed, a jump the build does not contain is not; its BTF
+//! (`kernel::btf`): the layout of `struct module`; and its own symbol
+//! table (`kernel::kallsyms`, what a stock kernel's System.map is made of)
+//! against the System.map the build wrote.
 
 mod common;
 
@@ -59,4 +61,57 @@ fn btf_gives_the_layout_of_struct_module() {
     );
     assert!(l.text_base > l.name + 56);
     assert_eq!(btf.offset_of("list_head", &["next"]), Some(0));
+}
+
+/// The symbol table xftrace rebuilds from a stripped kernel's kallsyms
+/// tables (for a distribution's kernel, whose System.map is not shipped) is
+/// the build's System.map: every decoded symbol at its address, and every
+/// line of the map decoded but those kallsyms leaves out by design (its own
+/// tables, two absolute symbols, the `init_per_cpu__` aliases).
+#[test]
+fn kallsyms_of_the_build_is_its_system_map() {
+    let _t = common::timed();
+    let k = common::kernel_dir();
+    let v = std::fs::read(k.join("vmlinux")).unwrap();
+    let truth = std::fs::read_to_string(k.join("System.map")).unwrap();
+    let got = xftrace::kernel::kallsyms::symbols(&v).unwrap();
+    // System.map as a multiset of (address, name): it repeats a few.
+    let mut left: std::collections::HashMap<(u64, &str), usize> = Default::default();
+    for l in truth.lines() {
+        let mut it = l.split_whitespace();
+        let (Some(a), Some(_), Some(n)) = (it.next(), it.next(), it.next()) else {
+            continue;
+        };
+        *left
+            .entry((u64::from_str_radix(a, 16).unwrap(), n))
+            .or_default() += 1;
+    }
+    for s in &got {
+        let n = left
+            .get_mut(&(s.addr, s.name.as_str()))
+            .filter(|n| **n > 0)
+            .unwrap_or_else(|| panic!("decoded {:#x} {}, not in System.map", s.addr, s.name));
+        *n -= 1;
+    }
+    let missing: Vec<&str> = left
+        .iter()
+        .filter(|(_, n)| **n > 0)
+        .map(|((_, name), _)| *name)
+        .collect();
+    let by_design = |n: &str| {
+        n.starts_with("kallsyms_")
+            || n.starts_with("init_per_cpu__")
+            || n == "text_size"
+            || n == "phys_startup_64"
+    };
+    assert!(
+        missing.iter().all(|n| by_design(n)),
+        "System.map lines not decoded: {missing:?}"
+    );
+    assert!(got.len() > 50_000, "{} symbols", got.len());
+    eprintln!(
+        "kallsyms: {} symbols decoded, all in System.map; {} of its lines left out by design",
+        got.len(),
+        missing.len()
+    );
 }
