@@ -69,7 +69,7 @@ fn costs(xml: &str) -> [usize; 3] {
     let (d, hook) = peak(|| prepare_decision(xml));
     assert_eq!(d, HookDecision::Allow);
     let (_, facts) = peak(|| facts(xml));
-    let (_, enroll) = peak(|| enroll(xml, "/k/System.map", &[]));
+    let (_, enroll) = peak(|| enroll(xml, Some("/k/System.map"), &[]));
     [hook, facts, enroll]
 }
 
@@ -112,7 +112,7 @@ fn hostile_documents_cost_memory_in_proportion_to_their_size() {
         "nested within the bound, {} bytes: {c:?} bytes at most",
         saw.len()
     );
-    let out = enroll(&saw, "/k/System.map", &[]).unwrap();
+    let out = enroll(&saw, Some("/k/System.map"), &[]).unwrap();
     assert!(facts(&out).unwrap().enrolled && unenroll(&out).is_ok());
     // The hook keeps nothing of it, `facts` the 1 200 elements of the
     // fourth level and above, `enroll` those and a copy.

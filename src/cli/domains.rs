@@ -77,6 +77,36 @@ pub fn add_kernel(g: &GuestArgs, root: &Path) -> Result<(), Error> {
     Ok(())
 }
 
+/// `xftrace add-kernel --debian RELEASE=VERSION | --deb FILE`: store
+/// Debian's build of a stock kernel.
+pub fn add_stock_kernel(
+    root: &Path,
+    debian: Option<&str>,
+    deb: Option<&Path>,
+) -> Result<(), Error> {
+    use crate::kernel::debian::Package;
+    let r = match (debian, deb) {
+        (Some(spec), _) => {
+            let pkg = Package::parse(spec).ok_or_else(|| {
+                Error::Input(format!(
+                    "--debian takes RELEASE=VERSION, as in 6.1.0-57-cloud-amd64=6.1.192-3, not {}",
+                    escape(spec)
+                ))
+            })?;
+            crate::kernel::target::fetch_reference(root, &pkg)?
+        }
+        (None, Some(f)) => crate::kernel::target::store_deb(root, f)?,
+        (None, None) => unreachable!("clap asks for one"),
+    };
+    println!(
+        "stored {} (sha256 {}): {}",
+        r.package,
+        r.sha256,
+        r.system_map.display()
+    );
+    Ok(())
+}
+
 /// `xftrace enroll NAME`: store the build, edit the definition.
 pub fn enroll(
     g: &GuestArgs,
@@ -85,22 +115,45 @@ pub fn enroll(
     monitor: &[String],
     dry_run: bool,
 ) -> Result<(), Error> {
-    let (map, vmlinux, modules) = build_args(g, &format!("`xftrace enroll {}`", escape(name)))?;
-    let map = &map;
     let lv = Libvirt::connect(&g.connect)?;
     // The domain must exist before anything is copied.
     lv.domain(name)?;
-    let stored = builds::store(root, map, vmlinux.as_deref(), modules.as_deref(), dry_run)?;
-    if crate::kernel::symbols::SystemMap::load(&stored)
-        .or_else(|_| crate::kernel::symbols::SystemMap::load(map))
-        .is_ok_and(|m| m.addr("xftrace_control").is_none())
-    {
-        eprintln!(
-            "note: {} is not of an xftrace kernel: the domain's RAM can be traced once it runs one (guest-kernel/build.sh), enrolled with that kernel's System.map",
-            map.display()
+    // Without --system-map: a stock kernel (a distribution's), whose build
+    // is found by its banner when the domain is checked.
+    let stored = match g.system_map {
+        None => {
+            if !monitor.is_empty() {
+                return Err(Error::Input(format!(
+                    "--monitor traces, and a domain enrolled without --system-map runs a stock kernel with no tracer: enroll {} with the System.map of an xftrace kernel to monitor it",
+                    escape(name)
+                )));
+            }
+            None
+        }
+        Some(_) => {
+            let (map, vmlinux, modules) =
+                build_args(g, &format!("`xftrace enroll {}`", escape(name)))?;
+            let map = &map;
+            let stored = builds::store(root, map, vmlinux.as_deref(), modules.as_deref(), dry_run)?;
+            if crate::kernel::symbols::SystemMap::load(&stored)
+                .or_else(|_| crate::kernel::symbols::SystemMap::load(map))
+                .is_ok_and(|m| m.addr("xftrace_control").is_none())
+            {
+                eprintln!(
+                    "note: {} is not of an xftrace kernel: the domain's RAM can be traced once it runs one (guest-kernel/build.sh), enrolled with that kernel's System.map",
+                    map.display()
+                );
+            }
+            Some(stored)
+        }
+    };
+    let (old, new, live) = lv.enroll(name, stored.as_deref(), monitor, dry_run)?;
+    if stored.is_none() && !dry_run {
+        println!(
+            "{} is enrolled for a stock kernel: checks find its kernel by its banner and fetch the build of a Debian kernel with apt the first time they meet it (`xftrace add-kernel --debian RELEASE=VERSION` stores one ahead)",
+            escape(name)
         );
     }
-    let (old, new, live) = lv.enroll(name, &stored, monitor, dry_run)?;
     let name = escape(name);
     if dry_run {
         print_change(&old, &new);

@@ -172,8 +172,20 @@ pub enum Command {
     /// Store a guest kernel build (--system-map, and the vmlinux beside it)
     /// in the state directory, as `enroll` does, without enrolling a
     /// domain: a domain enrolled with that build on another host can then
-    /// arrive here by live migration and be traced.
-    AddKernel,
+    /// arrive here by live migration and be traced. With --debian or
+    /// --deb, store Debian's own kernel of that version instead, to check
+    /// guests that run it (`check` fetches it itself when it meets one).
+    AddKernel {
+        /// A Debian kernel image package to fetch with apt:
+        /// RELEASE=VERSION (`uname -r` and the package version, as in
+        /// `6.1.0-57-cloud-amd64=6.1.192-3`).
+        #[arg(long, value_name = "RELEASE=VERSION", conflicts_with = "deb")]
+        debian: Option<String>,
+        /// A Debian kernel image package (`linux-image-*.deb`) already
+        /// downloaded.
+        #[arg(long, value_name = "FILE")]
+        deb: Option<PathBuf>,
+    },
     /// Entry point of the libvirt hook (reads the domain XML on stdin).
     Hook {
         /// The hook's driver; only `qemu` is handled.
@@ -430,7 +442,10 @@ pub fn run(cli: Cli) -> Result<Outcome, Error> {
         }
         Command::Dmesg => dmesg(&target(&cli.guest, root)?),
         Command::List => done(domains::list(&cli.guest, root)),
-        Command::AddKernel => done(domains::add_kernel(&cli.guest, root)),
+        Command::AddKernel { debian, deb } => match (debian, deb) {
+            (None, None) => done(domains::add_kernel(&cli.guest, root)),
+            (d, f) => done(domains::add_stock_kernel(root, d.as_deref(), f.as_deref())),
+        },
         Command::Baseline {
             duration,
             depth,
@@ -551,7 +566,11 @@ fn baseline(t: &Target, functions: &[String], seconds: u64, depth: u32) -> Resul
     };
     let b = detect::baseline(t, f, Duration::from_secs(seconds), depth)?;
     let n: usize = b.edges.values().map(|e| e.len()).sum();
-    println!("baseline: {n} call edges of {}", b.functions.join(" "));
+    if b.functions.is_empty() {
+        println!("baseline: hook inventory and kernel state (a stock kernel: no call flow)");
+    } else {
+        println!("baseline: {n} call edges of {}", b.functions.join(" "));
+    }
     Ok(Outcome::Done)
 }
 

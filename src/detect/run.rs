@@ -464,6 +464,19 @@ pub fn baseline(
     depth: u32,
 ) -> Result<callflow::Baseline> {
     let g = target.open()?;
+    if g.kernel.tracer.is_none() {
+        // A stock kernel: no call flow to record, only what it holds now.
+        let b = callflow::Baseline {
+            functions: Vec::new(),
+            depth,
+            edges: Default::default(),
+        };
+        save_baseline(target, &g, &b)?;
+        info!(
+            "a stock kernel: its baseline holds its hook inventory and kernel state, no call flow"
+        );
+        return Ok(b);
+    }
     let (cap, blinded) = probed_capture(target, &g, functions, duration, &mut |_| {})?;
     if let Some(f) = blinded.first() {
         // A baseline is what later checks trust: not from a blinded tracer.
@@ -481,6 +494,17 @@ pub fn baseline(
     };
     let records = cap.status.rings.records;
     cap.finish()?;
+    save_baseline(target, &g, &b)?;
+    info!("baseline of {records} records saved");
+    Ok(b)
+}
+
+/// Save `b` and the guest's hook inventory as its baseline.
+fn save_baseline(
+    target: &Target,
+    g: &crate::kernel::guest::Guest,
+    b: &callflow::Baseline,
+) -> Result<()> {
     crate::host::signals::check("no baseline was saved")?;
     let dir = target.dir()?;
     // The clean guest's hooks by modules outside the build, which later
@@ -492,14 +516,11 @@ pub fn baseline(
         let n = lines.len();
         info!("hook inventory: {n} hooks by modules outside the build and BPF programs");
     }
-    let text = serde_json::to_string_pretty(&b).expect("serializes");
+    let text = serde_json::to_string_pretty(b).expect("serializes");
     crate::host::signals::check("no baseline was saved")?;
     crate::host::files::write_atomically(&baseline_path(&dir), text.as_bytes())?;
-    info!(
-        "baseline of {records} records saved in {}",
-        baseline_path(&dir).display()
-    );
-    Ok(b)
+    info!("baseline saved in {}", baseline_path(&dir).display());
+    Ok(())
 }
 
 /// How often [`follow_log`] reads the guest's log.

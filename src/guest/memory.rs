@@ -414,6 +414,40 @@ impl GuestRam {
         Ok(u64::from_le_bytes(word))
     }
 
+    /// Read all of every backing file in chunks of at most `chunk` bytes,
+    /// each overlapping the next by `overlap`, with pread into one host
+    /// buffer (a copy: the guest may write while it is read), and call
+    /// `f` on each; `f` returns false to stop. Where a chunk lies in guest
+    /// physical memory is not said: this is for finding strings.
+    pub fn scan_chunks(
+        &self,
+        chunk: usize,
+        overlap: usize,
+        mut f: impl FnMut(&[u8]) -> bool,
+    ) -> Result<()> {
+        use std::os::unix::fs::FileExt;
+        let chunk = chunk.max(overlap.saturating_add(1));
+        let step = chunk.saturating_sub(overlap) as u64;
+        let mut buf = vec![0u8; chunk];
+        for m in &self.files {
+            let mut off = 0u64;
+            while off < m.len {
+                let n = usize::try_from(m.len.saturating_sub(off))
+                    .unwrap_or(chunk)
+                    .min(chunk);
+                let b = &mut buf[..n];
+                m.file
+                    .read_exact_at(b, off)
+                    .map_err(|e| Error::io(format!("cannot read {}", m.path.display()), e))?;
+                if !f(b) {
+                    return Ok(());
+                }
+                off = off.saturating_add(step);
+            }
+        }
+        Ok(())
+    }
+
     /// Read the u64 at each page boundary of every backing file: the cheap
     /// first pass of a scan for a page-aligned structure. Calls
     /// `f(gpa, word)` for pages that are guest RAM. Uses pread rather than

@@ -218,11 +218,187 @@ pub fn recorded_vmlinux(system_map: &Path) -> Option<PathBuf> {
     meta.is_file().then_some(v)
 }
 
+/// The relocation table stored beside a checked System.map (a stock
+/// kernel's build), if there is a trustworthy one.
+pub fn recorded_relocs(system_map: &Path) -> Option<PathBuf> {
+    let v = system_map.with_file_name("vmlinux.relocs");
+    let meta = std::fs::symlink_metadata(&v).ok()?;
+    files::check_trusted(&meta, &v, "relocation table").ok()?;
+    meta.is_file().then_some(v)
+}
+
+/// A stored build of a distribution's stock kernel: where its System.map
+/// is, and what finds it in guest RAM without a control block.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Reference {
+    pub system_map: PathBuf,
+    /// `linux-image-RELEASE VERSION`.
+    pub package: String,
+    pub banner: String,
+    /// `linux_banner − _text`.
+    pub banner_offset: u64,
+    /// The image package's SHA-256.
+    pub sha256: String,
+}
+
+/// The file that makes a stored build a stock kernel's reference.
+const REFERENCE: &str = "reference";
+/// Stored references looked at, at most.
+const MAX_REFERENCES: usize = 256;
+
+impl Reference {
+    fn text(&self) -> String {
+        format!(
+            "package={}\nsha256={}\nbanner-offset={:#x}\nbanner={}\n",
+            self.package, self.sha256, self.banner_offset, self.banner
+        )
+    }
+
+    fn parse(system_map: PathBuf, text: &str) -> Option<Reference> {
+        let field = |k: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(k)?.strip_prefix('='))
+                .map(str::to_string)
+        };
+        let off = field("banner-offset")?;
+        Some(Reference {
+            system_map,
+            package: field("package")?,
+            sha256: field("sha256")?,
+            banner_offset: u64::from_str_radix(off.strip_prefix("0x")?, 16).ok()?,
+            banner: field("banner").filter(|b| b.starts_with("Linux version "))?,
+        })
+    }
+}
+
+/// Store a stock kernel's build made of its image package
+/// ([`crate::kernel::debian::make`]): System.map, vmlinux, its relocation
+/// table, its modules, and the `reference` that finds it in guest RAM.
+/// Returns what was stored.
+pub fn store_reference(root: &Path, made: &crate::kernel::debian::Made) -> Result<Reference> {
+    let stored = store(
+        root,
+        &made.system_map,
+        Some(&made.vmlinux),
+        Some(&made.modules),
+        false,
+    )?;
+    let dir = stored
+        .parent()
+        .ok_or_else(|| Error::Input("a stored build has no directory".into()))?;
+    let relocs = files::read_bounded(&made.relocs, 256 << 20, "relocation table")?;
+    files::write_atomically(&dir.join("vmlinux.relocs"), &relocs)?;
+    let r = Reference {
+        system_map: stored.clone(),
+        package: made.package.to_string(),
+        banner: made.banner.clone(),
+        banner_offset: made.banner_offset,
+        sha256: made.sha256.clone(),
+    };
+    // Written last: a build without it is not taken for a reference.
+    files::write_atomically(&dir.join(REFERENCE), r.text().as_bytes())?;
+    Ok(r)
+}
+
+/// Every stock kernel's reference stored under `root` (at most 256; an
+/// entry that is not trusted like a stored build is passed over).
+pub fn references(root: &Path) -> Vec<Reference> {
+    let kernels = root.join("kernels");
+    let Ok(rd) = std::fs::read_dir(&kernels) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for e in rd.flatten().take(MAX_REFERENCES.saturating_mul(4)) {
+        let map = e.path().join("System.map");
+        let Ok(map) = check_recorded(root, &map) else {
+            continue;
+        };
+        let p = map.with_file_name(REFERENCE);
+        let trusted = std::fs::symlink_metadata(&p)
+            .ok()
+            .is_some_and(|m| m.is_file() && files::check_trusted(&m, &p, REFERENCE).is_ok());
+        if !trusted {
+            continue;
+        }
+        let Ok(text) = files::read_text_bounded(&p, 4096, REFERENCE) else {
+            continue;
+        };
+        if let Some(r) = Reference::parse(map, &text) {
+            out.push(r);
+        }
+        if out.len() >= MAX_REFERENCES {
+            break;
+        }
+    }
+    out.sort_by(|a, b| a.package.cmp(&b.package));
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::kernel::symbols::tests::MAP;
     use std::os::unix::fs::PermissionsExt;
+
+    /// A stock kernel's build is stored like any other, with its
+    /// relocation table and the reference that finds it; only a trusted
+    /// reference file of a stored build is read back.
+    #[test]
+    fn a_stock_kernels_reference_is_stored_and_read_back_only_when_trusted() {
+        let root = tempfile::tempdir().unwrap();
+        let st = root.path().join("state");
+        let work = root.path().join("work");
+        std::fs::create_dir_all(work.join("modules")).unwrap();
+        std::fs::write(work.join("System.map"), MAP).unwrap();
+        let text = MAP
+            .lines()
+            .find_map(|l| l.strip_suffix(" T _text"))
+            .map(|a| u64::from_str_radix(a, 16).unwrap())
+            .unwrap();
+        let banner = MAP
+            .lines()
+            .find_map(|l| l.strip_suffix(" D linux_banner"))
+            .map(|a| u64::from_str_radix(a, 16).unwrap())
+            .unwrap();
+        // A vmlinux with the banner where the map puts it.
+        let mut data = vec![0u8; (banner - text + 256) as usize];
+        let b = b"Linux version 6.1.0-9-cloud-amd64 (debian-kernel@lists.debian.org) #1 SMP Debian 6.1.9-1 (x)";
+        data[(banner - text) as usize..][..b.len()].copy_from_slice(b);
+        std::fs::write(
+            work.join("vmlinux"),
+            crate::testkit::synthetic::elf(text, &data, &[]),
+        )
+        .unwrap();
+        std::fs::write(
+            work.join("vmlinux.relocs"),
+            crate::kernel::vmlinux::write_relocs(&[]),
+        )
+        .unwrap();
+        let made = crate::kernel::debian::Made {
+            package: crate::kernel::debian::Package::from_banner(std::str::from_utf8(b).unwrap())
+                .unwrap(),
+            sha256: "ab".repeat(32),
+            system_map: work.join("System.map"),
+            vmlinux: work.join("vmlinux"),
+            relocs: work.join("vmlinux.relocs"),
+            modules: work.join("modules"),
+            banner: String::from_utf8(b.to_vec()).unwrap(),
+            banner_offset: banner - text,
+        };
+        assert!(references(&st).is_empty());
+        let r = store_reference(&st, &made).unwrap();
+        assert_eq!(r.package, "linux-image-6.1.0-9-cloud-amd64 6.1.9-1");
+        assert_eq!(references(&st), vec![r.clone()]);
+        assert!(recorded_relocs(&r.system_map).is_some());
+        // Made writable by others: passed over.
+        let p = r.system_map.with_file_name("reference");
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o666)).unwrap();
+        assert!(references(&st).is_empty());
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+        // Not a reference.
+        std::fs::write(&p, "package=x\n").unwrap();
+        assert!(references(&st).is_empty());
+    }
 
     #[test]
     fn stores_by_content_and_accepts_only_stored_paths() {

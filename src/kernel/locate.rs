@@ -465,7 +465,6 @@ pub fn locate_stock_all(ram: &GuestRam, map: &SystemMap, banner: &str) -> Result
         .and_then(|b| b.checked_sub(text))
         .filter(|&o| o < KERNEL_IMAGE_SIZE)
         .ok_or_else(|| Error::Input("System.map: no linux_banner inside the image".into()))?;
-    let want = banner.as_bytes();
     let lay = Layout {
         off_ctl: off_banner,
         image_len: end.saturating_sub(start),
@@ -476,10 +475,12 @@ pub fn locate_stock_all(ram: &GuestRam, map: &SystemMap, banner: &str) -> Result
         rejected: 0,
         first_reason: None,
     };
-    let mut head = vec![0u8; want.len().min(256)];
-    for text_pa in text_candidates(ram, &lay) {
-        let at = GuestAddress(text_pa.saturating_add(off_banner));
-        if ram.read_into(at, &mut head).is_err() || head != want[..head.len()] {
+    for text_pa in banner_bases(ram, off_banner, banner) {
+        if ram
+            .layout()
+            .locate(GuestAddress(text_pa), lay.image_len)
+            .is_none()
+        {
             continue;
         }
         found.candidates = found.candidates.saturating_add(1);
@@ -494,6 +495,63 @@ pub fn locate_stock_all(ram: &GuestRam, map: &SystemMap, banner: &str) -> Result
         }
     }
     Ok(found)
+}
+
+/// The 2 MiB-aligned bases in `ram` at which a kernel would have `banner`
+/// at `offset` from its `_text`.
+pub fn banner_bases(ram: &GuestRam, offset: u64, banner: &str) -> Vec<u64> {
+    let want = banner.as_bytes();
+    let mut head = vec![0u8; want.len().min(256)];
+    let lay = Layout {
+        off_ctl: offset,
+        image_len: 0,
+    };
+    text_candidates(ram, &lay)
+        .into_iter()
+        .filter(|&p| {
+            let at = GuestAddress(p.saturating_add(offset));
+            ram.read_into(at, &mut head).is_ok() && head == want[..head.len()]
+        })
+        .collect()
+}
+
+/// Distinct kernel banners anywhere in guest RAM (at most `max`, each at
+/// most 256 bytes without control characters), in the order found: what
+/// names the build of a stock kernel before there is one. Anything in RAM
+/// may have written them (/proc/version is world-readable): they are a
+/// hint for which build to try, never evidence.
+pub fn banners_in(ram: &GuestRam, max: usize) -> Vec<String> {
+    const NEEDLE: &[u8] = b"Linux version ";
+    const LONGEST: usize = 256;
+    /// Hits looked at, at most, whatever a guest sprays.
+    const MAX_HITS: usize = 4096;
+    let finder = memchr::memmem::Finder::new(NEEDLE);
+    let mut out: Vec<String> = Vec::new();
+    let mut hits = 0usize;
+    let _ = ram.scan_chunks(1 << 20, LONGEST, |b| {
+        for at in finder.find_iter(b) {
+            hits = hits.saturating_add(1);
+            let Some(rest) = b.get(at..) else { break };
+            let end = rest
+                .iter()
+                .take(LONGEST)
+                .position(|&c| c == 0 || c == b'\n');
+            // Cut by the chunk's end: the next chunk holds it whole.
+            let Some(end) = end else { continue };
+            let text = &rest[..end];
+            if text.iter().all(|&c| (0x20..0x7f).contains(&c)) {
+                let s = String::from_utf8_lossy(text).into_owned();
+                if !out.contains(&s) {
+                    out.push(s);
+                }
+            }
+            if out.len() >= max || hits >= MAX_HITS {
+                return false;
+            }
+        }
+        true
+    });
+    out
 }
 
 /// Validate only the stock kernel another process found at `text_pa`.
@@ -790,6 +848,44 @@ pub(crate) mod tests {
             .kernels
             .is_empty());
         assert!(locate_stock_at(&ram, &map, TEXT_PA, &other).is_err());
+    }
+
+    /// The banners anywhere in RAM, each once, whole across the scan's
+    /// chunks, and no more than asked for however many a guest sprays.
+    #[test]
+    fn banners_in_ram_are_found_once_each_and_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let (ram, _map) = synthetic_guest(dir.path());
+        let put = |at: u64, text: &[u8]| {
+            let mut b = text.to_vec();
+            b.resize(b.len().div_ceil(8) * 8, 0);
+            for (i, w) in b.chunks_exact(8).enumerate() {
+                let w = u64::from_le_bytes(w.try_into().unwrap());
+                ram.write_u64(GuestAddress(at + 8 * i as u64), w).unwrap();
+            }
+        };
+        let found = banners_in(&ram, 8);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(found[0].starts_with("Linux version 6.1.192 "), "{found:?}");
+        // One across the boundary of two 1 MiB chunks, one with a control
+        // character (not taken), one again (not twice).
+        put(
+            (3 << 20) - 16,
+            b"Linux version 6.1.0-9-cloud-amd64 (x) #1\0",
+        );
+        put(5 << 20, b"Linux version 6.1.0-8\x1b[2J\0");
+        put(6 << 20, b"Linux version 6.1.0-9-cloud-amd64 (x) #1\0");
+        let found = banners_in(&ram, 8);
+        assert_eq!(found.len(), 2, "{found:?}");
+        assert!(!found.iter().any(|b| b.contains("6.1.0-8")), "{found:?}");
+        assert!(found.contains(&"Linux version 6.1.0-9-cloud-amd64 (x) #1".to_string()));
+        for i in 0..64u64 {
+            put(
+                (8 << 20) + i * 4096,
+                format!("Linux version {i}\0").as_bytes(),
+            );
+        }
+        assert_eq!(banners_in(&ram, 4).len(), 4);
     }
 
     #[test]

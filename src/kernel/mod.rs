@@ -3,8 +3,10 @@
 //! | module | what |
 //! |---|---|
 //! | [`symbols`], [`vmlinux`], [`btf`], [`builds`] | the trusted build: System.map, the image's sections and relocations, struct layouts, stored builds |
+//! | [`bzimage`], [`kallsyms`] | a stock build without its debug package: the vmlinux and KASLR relocations inside a bzImage, and a System.map from the kernel's own symbol table |
+//! | [`debian`] | Debian's kernel image packages as the trusted build of a stock guest kernel: the package a banner names, fetched by apt and made into a build |
 //! | [`callgraph`] | the calls the build's code can make |
-//! | [`locate`], [`stale`] | finding the kernel (control block, slide) in guest RAM; control blocks of earlier boots |
+//! | [`locate`], [`stale`] | finding the kernel (control block, slide; a stock kernel by its banner and page tables) in guest RAM; kernels of earlier boots |
 //! | [`guest`] | an opened guest and the view of one kernel's virtual memory |
 //! | [`modules`] | the loaded modules: their list, address tree and sysfs kobjects; who owns an address |
 //! | [`modcode`] | a loaded module against the build's `.ko` of its name: the same code, or an impostor |
@@ -20,10 +22,13 @@
 
 pub mod btf;
 pub mod builds;
+pub mod bzimage;
 pub mod callgraph;
 pub mod code;
 pub mod creds;
+pub mod debian;
 pub mod guest;
+pub mod kallsyms;
 pub mod locate;
 pub mod modcode;
 pub mod modules;

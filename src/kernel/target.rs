@@ -7,7 +7,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use log::{info, warn};
+use log::{debug, info, warn};
 
 use crate::base::error::{Error, Result};
 use crate::base::escape::escape;
@@ -15,6 +15,7 @@ use crate::guest::memory::{GuestRam, Machine, MemoryLayout};
 use crate::guest::vcpu::VcpuRegs;
 use crate::host::statedir::{now_unix, GuestDir};
 use crate::kernel::btf::ModuleLayout;
+use crate::kernel::builds::Reference;
 use crate::kernel::guest::Guest;
 use crate::kernel::locate::{self, GuestKernel, LocateOptions, Located};
 use crate::kernel::modcode::ModuleFiles;
@@ -84,7 +85,9 @@ struct Backing {
     paths: Vec<PathBuf>,
     /// Paths from QEMU's monitor are not followed through links.
     follow_links: bool,
-    system_map: PathBuf,
+    /// None: a stock kernel, whose build is found by its banner among the
+    /// stored references ([`crate::kernel::builds::references`]).
+    system_map: Option<PathBuf>,
     /// The System.map came from a domain's definition (a stored build).
     recorded: bool,
     /// The most vCPUs the guest may have, where its manager says.
@@ -210,34 +213,27 @@ impl Target {
     /// Where the guest's RAM is and which build it runs.
     fn backing(&self) -> Result<Backing> {
         match &self.source {
-            Source::MemFile(m) => {
-                let map = self.system_map.clone().ok_or_else(|| {
-                    Error::Input("--system-map PATH is required: the System.map of the kernel the guest runs".into())
-                })?;
-                Ok(Backing {
-                    layouts: mem_file_layouts(&m.path, m.machine, m.max_ram_below_4g)?,
-                    paths: vec![m.path.clone()],
-                    follow_links: true,
-                    system_map: map,
-                    recorded: false,
-                    max_vcpus: None,
-                })
-            }
+            Source::MemFile(m) => Ok(Backing {
+                layouts: mem_file_layouts(&m.path, m.machine, m.max_ram_below_4g)?,
+                paths: vec![m.path.clone()],
+                follow_links: true,
+                system_map: self.system_map.clone(),
+                recorded: false,
+                max_vcpus: None,
+            }),
             Source::Domain { name, domains, .. } => {
                 let dom = domains.running(name)?;
                 let (map, recorded) = match (&self.system_map, dom.system_map()) {
-                    (Some(m), _) => (m.clone(), false),
+                    (Some(m), _) => (Some(m.clone()), false),
                     (None, Some(m)) => (
-                        crate::kernel::builds::check_recorded(&self.state_root, Path::new(&m))?,
+                        Some(crate::kernel::builds::check_recorded(
+                            &self.state_root,
+                            Path::new(&m),
+                        )?),
                         true,
                     ),
-                    (None, None) => {
-                        return Err(Error::Input(format!(
-                            "domain {} has no System.map on record: pass --system-map, or enroll it with `xftrace enroll {} --system-map PATH`",
-                            escape(name),
-                            escape(name)
-                        )))
-                    }
+                    // A stock kernel's domain.
+                    (None, None) => (None, true),
                 };
                 let backing = dom.ram()?;
                 Ok(Backing {
@@ -254,17 +250,25 @@ impl Target {
 
     /// The trusted build: System.map, vmlinux, the banner it expects, and
     /// what it says of modules.
-    fn build(&self, b: &Backing) -> Result<Build> {
-        let map = SystemMap::load(&b.system_map)?;
+    fn build(&self, system_map: &Path, recorded: bool) -> Result<Build> {
+        let map = SystemMap::load(system_map)?;
+        let relocs = if recorded && self.vmlinux.is_none() {
+            crate::kernel::builds::recorded_relocs(system_map)
+        } else {
+            None
+        };
         let vmlinux = self
-            .vmlinux_for(&b.system_map, b.recorded)
-            .map(|p| Vmlinux::load(&p))
+            .vmlinux_for(system_map, recorded)
+            .map(|p| match &relocs {
+                Some(r) => Vmlinux::load_with_relocs(&p, r),
+                None => Vmlinux::load(&p),
+            })
             .transpose()?;
         let banner = match (&vmlinux, map.addr("linux_banner")) {
             (Some(v), Some(a)) => Some(v.cstring(a).ok_or_else(|| {
                 Error::Input(format!(
                     "the vmlinux has no linux_banner at {a:#x}; is it the vmlinux of {}?",
-                    b.system_map.display()
+                    system_map.display()
                 ))
             })?),
             _ => None,
@@ -273,14 +277,15 @@ impl Target {
             .as_ref()
             .and_then(|v| v.btf())
             .and_then(ModuleLayout::from_btf);
-        let module_files = self.module_files_for(&b.system_map, b.recorded)?;
-        let mut build_modules = crate::kernel::builds::build_modules(&b.system_map, b.recorded);
+        let module_files = self.module_files_for(system_map, recorded)?;
+        let mut build_modules = crate::kernel::builds::build_modules(system_map, recorded);
         if let Some(f) = &module_files {
             build_modules
                 .get_or_insert_with(Default::default)
                 .extend(f.names().map(String::from));
         }
         Ok(Build {
+            system_map: system_map.to_path_buf(),
             build_modules,
             module_files,
             map,
@@ -293,7 +298,41 @@ impl Target {
     /// Open the guest keeping every control block that passes.
     pub fn open_all(&self) -> Result<Guest> {
         let b = self.backing()?;
-        let build = self.build(&b)?;
+        let Some(system_map) = &b.system_map else {
+            return self.open_stock(&b);
+        };
+        match self.open_traced(&b, system_map) {
+            // No control block anywhere this build puts one: the guest may
+            // run a distribution's kernel (booted before xftrace's, or
+            // instead of it).
+            Err((e, true)) => match self.open_stock(&b) {
+                Ok(g) => {
+                    warn!(
+                        "{}: runs {}, not the build on record ({}): checked as a stock kernel",
+                        self.describe(),
+                        escape(&g.kernel.banner),
+                        system_map.display()
+                    );
+                    Ok(g)
+                }
+                Err(stock) => {
+                    debug!("not a stock kernel either: {stock}");
+                    Err(e)
+                }
+            },
+            Err((e, _)) => Err(e),
+            Ok(g) => Ok(g),
+        }
+    }
+
+    /// Open the guest with the build `system_map` (an xftrace kernel's);
+    /// on failure, also whether no control block was seen at all.
+    fn open_traced(
+        &self,
+        b: &Backing,
+        system_map: &Path,
+    ) -> std::result::Result<Guest, (Error, bool)> {
+        let build = self.build(system_map, b.recorded).map_err(|e| (e, false))?;
         let (map, banner) = (&build.map, build.banner.as_deref());
         let several = b.layouts.len() > 1;
         // The first layout that held no kernel, for the error if none fits
@@ -301,8 +340,10 @@ impl Target {
         let mut first_miss = None;
         let mut fits = Vec::new();
         for layout in b.layouts.clone() {
-            let ram = GuestRam::open_files(&b.paths, layout, b.follow_links)?;
-            let found = locate::locate_all(&ram, map, banner, LocateOptions::default())?;
+            let ram =
+                GuestRam::open_files(&b.paths, layout, b.follow_links).map_err(|e| (e, false))?;
+            let found = locate::locate_all(&ram, map, banner, LocateOptions::default())
+                .map_err(|e| (e, false))?;
             if found.kernels.is_empty() {
                 if first_miss.is_none() {
                     first_miss = Some((ram, found));
@@ -315,25 +356,141 @@ impl Target {
             fits.push((ram, found));
         }
         if fits.len() > 1 {
+            return Err((
+                Error::Input(format!(
+                    "{} holds a kernel that fits both the pc and the q35 memory layout; pass --machine pc or --machine q35",
+                    b.paths[0].display()
+                )),
+                false,
+            ));
+        }
+        let Some((ram, found)) = fits.pop() else {
+            return Err(match first_miss {
+                Some((ram, found)) => {
+                    let none_seen = found.candidates == 0;
+                    (locate::not_found(&ram, &found), none_seen)
+                }
+                None => (
+                    Error::Input(format!(
+                        "{} fits neither the pc nor the q35 memory layout; pass --machine and, if QEMU ran with it, --max-ram-below-4g",
+                        b.paths[0].display()
+                    )),
+                    false,
+                ),
+            });
+        };
+        let sorted = self.set_aside_stale(&ram, map, found.kernels);
+        let mut kernels = sorted.live.into_iter();
+        let kernel = kernels.next().expect("found at least one");
+        let mut g = self
+            .opened(build, b, ram, kernel, kernels.collect())
+            .map_err(|e| (e, false))?;
+        g.stale = sorted.stale;
+        Ok(g)
+    }
+
+    /// Open a guest that runs a distribution's stock kernel: its build is
+    /// the stored reference whose banner lies in its RAM where that build
+    /// puts it; with none, the banners in its RAM name the packages to
+    /// fetch ([`Target::fetch_reference`]).
+    fn open_stock(&self, b: &Backing) -> Result<Guest> {
+        let several = b.layouts.len() > 1;
+        let mut fits = Vec::new();
+        let mut why = None;
+        for layout in b.layouts.clone() {
+            let ram = GuestRam::open_files(&b.paths, layout, b.follow_links)?;
+            let Some(r) = self.reference_for(&ram)? else {
+                continue;
+            };
+            let build = self.build(&r.system_map, true)?;
+            let found = locate::locate_stock_all(&ram, &build.map, &r.banner)?;
+            if found.kernels.is_empty() {
+                why = why.or(found.first_reason);
+                continue;
+            }
+            if several
+                && !found
+                    .kernels
+                    .iter()
+                    .any(|k| layout_agrees(&ram, &build.map, k))
+            {
+                continue;
+            }
+            fits.push((ram, found, build));
+        }
+        if fits.len() > 1 {
             return Err(Error::Input(format!(
                 "{} holds a kernel that fits both the pc and the q35 memory layout; pass --machine pc or --machine q35",
                 b.paths[0].display()
             )));
         }
-        let Some((ram, found)) = fits.pop() else {
-            return Err(first_miss.map(|(ram, found)| locate::not_found(&ram, &found)).unwrap_or_else(|| {
-                Error::Input(format!(
-                    "{} fits neither the pc nor the q35 memory layout; pass --machine and, if QEMU ran with it, --max-ram-below-4g",
+        let Some((ram, found, build)) = fits.pop() else {
+            return Err(Error::Guest(match why {
+                Some(w) => format!(
+                    "the guest holds a stock kernel's banner, but not its kernel ({w})"
+                ),
+                None => format!(
+                    "no kernel xftrace knows in {}: no xftrace control block, and no banner of a Debian kernel (pass --system-map for a kernel built from guest-kernel/, or `xftrace add-kernel --debian RELEASE=VERSION` for a Debian kernel)",
                     b.paths[0].display()
-                ))
+                ),
             }));
         };
-        let sorted = self.set_aside_stale(&ram, map, found.kernels);
+        let sorted = self.set_aside_stale(&ram, &build.map, found.kernels);
         let mut kernels = sorted.live.into_iter();
         let kernel = kernels.next().expect("found at least one");
-        let mut g = self.opened(build, &b, ram, kernel, kernels.collect())?;
+        let mut g = self.opened(build, b, ram, kernel, kernels.collect())?;
         g.stale = sorted.stale;
         Ok(g)
+    }
+
+    /// The stored reference whose banner lies in `ram` at one of its
+    /// kernel's possible bases; if none does, the Debian banners anywhere
+    /// in `ram` name packages to fetch (at most [`MAX_FETCHES`], each
+    /// stored for the next time), and one of those is tried.
+    fn reference_for(&self, ram: &GuestRam) -> Result<Option<Reference>> {
+        let refs = crate::kernel::builds::references(&self.state_root);
+        let hit = |refs: &[Reference]| {
+            refs.iter()
+                .find(|r| !locate::banner_bases(ram, r.banner_offset, &r.banner).is_empty())
+                .cloned()
+        };
+        if let Some(r) = hit(&refs) {
+            return Ok(Some(r));
+        }
+        let t = std::time::Instant::now();
+        let banners = locate::banners_in(ram, MAX_FETCHES);
+        debug!(
+            "scanned {} for kernel banners in {:?}: {} found",
+            ram.path().display(),
+            t.elapsed(),
+            banners.len()
+        );
+        let known: Vec<&str> = refs.iter().map(|r| r.banner.as_str()).collect();
+        let mut fetched = Vec::new();
+        let mut first_error = None;
+        for banner in banners.iter().filter(|b| !known.contains(&b.as_str())) {
+            let Some(pkg) = crate::kernel::debian::Package::from_banner(banner) else {
+                continue;
+            };
+            match self.fetch_reference(&pkg) {
+                Ok(r) => fetched.push(r),
+                Err(e) => {
+                    warn!("cannot fetch {pkg}: {e}");
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        match (hit(&fetched), first_error) {
+            (Some(r), _) => Ok(Some(r)),
+            (None, Some(e)) => Err(e),
+            (None, None) => Ok(None),
+        }
+    }
+
+    /// Fetch Debian's image package `pkg` with apt and store its build as
+    /// a reference ([`fetch_reference`]).
+    pub fn fetch_reference(&self, pkg: &crate::kernel::debian::Package) -> Result<Reference> {
+        fetch_reference(&self.state_root, pkg)
     }
 
     /// Several control blocks: set aside those of an earlier boot,
@@ -370,7 +527,12 @@ impl Target {
     /// validated again (fully, page tables included).
     pub fn open_at(&self, text_pa: u64) -> Result<Guest> {
         let b = self.backing()?;
-        let build = self.build(&b)?;
+        // Only a kernel with the tracer is opened again this way (by its
+        // collector).
+        let system_map = b.system_map.as_deref().ok_or_else(|| {
+            Error::Input("a stock kernel has no tracer: nothing to collect".into())
+        })?;
+        let build = self.build(system_map, b.recorded)?;
         let mut last_err = None;
         for layout in b.layouts.clone() {
             let ram = GuestRam::open_files(&b.paths, layout, b.follow_links)?;
@@ -398,7 +560,7 @@ impl Target {
             others,
             stale: Vec::new(),
             vmlinux: build.vmlinux,
-            system_map: b.system_map.clone(),
+            system_map: build.system_map,
             module_layout: build.module_layout,
             build_modules: build.build_modules,
             module_files: build.module_files,
@@ -475,12 +637,73 @@ impl Target {
 
 /// What a trusted build provides (see `Target::build`).
 struct Build {
+    system_map: PathBuf,
     map: SystemMap,
     vmlinux: Option<Vmlinux>,
     banner: Option<String>,
     module_layout: Option<ModuleLayout>,
     build_modules: Option<std::collections::BTreeSet<String>>,
     module_files: Option<ModuleFiles>,
+}
+
+/// Store the build of the Debian image package in the file `deb` under
+/// the state root `root`.
+pub fn store_deb(root: &Path, deb: &Path) -> Result<Reference> {
+    let work = WorkDir::new(root)?;
+    let made = crate::kernel::debian::make(deb, work.path(), None)?;
+    crate::kernel::builds::store_reference(root, &made)
+}
+
+/// Fetch Debian's image package `pkg` with apt and store its build as a
+/// reference under the state root `root` (`xftrace add-kernel --debian`;
+/// `check` on a guest that runs a Debian kernel with none stored).
+pub fn fetch_reference(root: &Path, pkg: &crate::kernel::debian::Package) -> Result<Reference> {
+    let t = std::time::Instant::now();
+    let work = WorkDir::new(root)?;
+    let deb = crate::kernel::debian::download(pkg, work.path())?;
+    let made = crate::kernel::debian::make(&deb, work.path(), Some(pkg))?;
+    let r = crate::kernel::builds::store_reference(root, &made)?;
+    info!(
+        "stored {} (sha256 {}) as the build of its kernel in {:.1} s: {}",
+        r.package,
+        r.sha256,
+        t.elapsed().as_secs_f64(),
+        r.system_map.display()
+    );
+    Ok(r)
+}
+
+/// Packages fetched for one guest at most, whatever banners it holds (its
+/// processes can write banners of other Debian kernels into their pages).
+const MAX_FETCHES: usize = 4;
+
+/// A private work directory under the state root, removed when dropped.
+struct WorkDir(PathBuf);
+
+impl WorkDir {
+    fn new(root: &Path) -> Result<WorkDir> {
+        crate::host::statedir::open_root(root)?;
+        let kernels = root.join("kernels");
+        crate::host::files::trusted_dir(&kernels)?;
+        let mut id = [0u8; 8];
+        getrandom::getrandom(&mut id)
+            .map_err(|e| Error::Input(format!("cannot get random bytes: {e}")))?;
+        let p = kernels.join(format!(".fetch-{:016x}", u64::from_le_bytes(id)));
+        crate::host::files::private_dir(&p)?;
+        Ok(WorkDir(p))
+    }
+
+    fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for WorkDir {
+    fn drop(&mut self) {
+        if let Err(e) = std::fs::remove_dir_all(&self.0) {
+            warn!("cannot remove {}: {e}", self.0.display());
+        }
+    }
 }
 
 #[cfg(test)]

@@ -79,6 +79,10 @@ pub struct Vmlinux {
     sections: Vec<Section>,
     /// The symbol table, read once: every relocation names a symbol.
     symtab: std::sync::OnceLock<Option<Vec<u8>>>,
+    /// A stripped vmlinux's KASLR relocations, from the table its bzImage
+    /// carries ([`crate::kernel::bzimage`]), sorted: used instead of
+    /// `.rela.*` sections, which such a vmlinux no longer has.
+    table: Option<Vec<Reloc>>,
     btf: std::sync::OnceLock<Option<crate::kernel::btf::Btf>>,
 }
 
@@ -97,8 +101,23 @@ impl Vmlinux {
             sections: Vec::new(),
             symtab: std::sync::OnceLock::new(),
             btf: std::sync::OnceLock::new(),
+            table: None,
         };
         v.sections = v.parse_sections().ok_or_else(not_elf)?;
+        Ok(v)
+    }
+
+    /// Load a stripped vmlinux (a stock kernel's, out of its bzImage) with
+    /// the relocation table stored beside it ([`write_relocs`]).
+    pub fn load_with_relocs(path: &Path, relocs: &Path) -> Result<Self> {
+        let mut v = Vmlinux::load(path)?;
+        let b = crate::host::files::read_bounded(relocs, MAX_RELOCS_FILE, "relocation table")?;
+        v.table = Some(parse_relocs(&b).ok_or_else(|| {
+            Error::Input(format!(
+                "{} is not a relocation table xftrace wrote",
+                relocs.display()
+            ))
+        })?);
         Ok(v)
     }
 
@@ -221,6 +240,11 @@ impl Vmlinux {
     /// kernels keep with `--emit-relocs` for exactly this purpose), chosen
     /// as the kernel's `relocs` tool chooses them.
     pub fn kaslr_relocations(&self, start: u64, end: u64) -> Result<Vec<Reloc>> {
+        if let Some(t) = &self.table {
+            let from = t.partition_point(|r| r.addr < start);
+            let to = t.partition_point(|r| r.addr < end);
+            return Ok(t.get(from..to).unwrap_or_default().to_vec());
+        }
         let bad = |what: &str| {
             Error::Input(format!(
                 "vmlinux {}: {what}; is it the vmlinux of this kernel build?",
@@ -360,6 +384,29 @@ impl Vmlinux {
                 at = at.saturating_add(n);
             }
         }
+        if let Some(t) = &self.table {
+            // A stripped vmlinux: the addresses its code loads absolute
+            // (`mov $sym`, the relocation table's 32-bit sites), read from
+            // the code. Its `lea sym(%rip)` are not relocated and so not in
+            // the table: those functions are missing here.
+            for name in [".text", ".init.text"] {
+                let Some((lo, hi)) = self.section_range(name) else {
+                    continue;
+                };
+                let from = t.partition_point(|r| r.addr < lo);
+                let to = t.partition_point(|r| r.addr < hi);
+                for r in t.get(from..to).unwrap_or_default() {
+                    if r.kind != RelocKind::Abs32 {
+                        continue;
+                    }
+                    if let Some(b) = self.bytes(r.addr, 4) {
+                        let v = i64::from(i32::from_le_bytes([b[0], b[1], b[2], b[3]]));
+                        out.push(v as u64);
+                    }
+                }
+            }
+            return Ok(out);
+        }
         let text = self
             .sections
             .iter()
@@ -437,6 +484,53 @@ impl Vmlinux {
                 .collect(),
         )
     }
+}
+
+/// A stored relocation table: 8 bytes of magic, then per site its
+/// link-time address (8 bytes, little-endian) and kind (1 byte).
+const RELOCS_MAGIC: &[u8; 8] = b"XFRELOC1";
+/// A 6.1 cloud kernel has about 130 000 sites; 8 Mi is far beyond any.
+const MAX_RELOCS: usize = 8 << 20;
+const MAX_RELOCS_FILE: u64 = 8 + 9 * (MAX_RELOCS as u64);
+
+/// The bytes of a relocation table file for [`Vmlinux::load_with_relocs`].
+pub fn write_relocs(relocs: &[Reloc]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(relocs.len().saturating_mul(9).saturating_add(8));
+    out.extend_from_slice(RELOCS_MAGIC);
+    for r in relocs {
+        out.extend_from_slice(&r.addr.to_le_bytes());
+        out.push(match r.kind {
+            RelocKind::Abs32 => 0,
+            RelocKind::Abs64 => 1,
+            RelocKind::NegPc32 => 2,
+        });
+    }
+    out
+}
+
+/// A relocation table file's sites, sorted; None if it is not one.
+pub fn parse_relocs(b: &[u8]) -> Option<Vec<Reloc>> {
+    let body = b.strip_prefix(RELOCS_MAGIC)?;
+    if body.len() % 9 != 0 || body.len() / 9 > MAX_RELOCS {
+        return None;
+    }
+    let mut out = body
+        .chunks_exact(9)
+        .map(|c| {
+            let kind = match c.get(8)? {
+                0 => RelocKind::Abs32,
+                1 => RelocKind::Abs64,
+                2 => RelocKind::NegPc32,
+                _ => return None,
+            };
+            Some(Reloc {
+                addr: u64_at(c, 0)?,
+                kind,
+            })
+        })
+        .collect::<Option<Vec<_>>>()?;
+    out.sort_by_key(|r| r.addr);
+    Some(out)
 }
 
 /// How KASLR changes a relocation of type `ty` against a symbol in section
@@ -585,6 +679,50 @@ pub(crate) mod tests {
         ] {
             assert!(!moves_with_kernel(n), "{n}");
         }
+    }
+
+    /// A stripped vmlinux (no `.rela.*`, no symbols) with its bzImage's
+    /// relocation table stored beside it: the table is the relocations,
+    /// and the 32-bit sites in its code are the addresses it loads.
+    #[test]
+    fn a_stripped_vmlinux_takes_its_relocations_from_the_stored_table() {
+        let dir = tempfile::tempdir().unwrap();
+        let (p, t) = (dir.path().join("vmlinux"), dir.path().join("relocs"));
+        let base = 0xffff_ffff_8100_0000u64;
+        let mut text = vec![0u8; 64];
+        // mov $0xffffffff81000020, %rax: its immediate at +4.
+        text[4..8].copy_from_slice(&(base as u32 + 0x20).to_le_bytes());
+        std::fs::write(&p, elf(base, &text, &[])).unwrap();
+        let table = [
+            Reloc {
+                addr: base + 24,
+                kind: RelocKind::Abs64,
+            },
+            Reloc {
+                addr: base + 4,
+                kind: RelocKind::Abs32,
+            },
+            Reloc {
+                addr: base + 200,
+                kind: RelocKind::NegPc32,
+            },
+        ];
+        std::fs::write(&t, write_relocs(&table)).unwrap();
+        let v = Vmlinux::load_with_relocs(&p, &t).unwrap();
+        let r = v.kaslr_relocations(base, base + 64).unwrap();
+        assert_eq!(r, vec![table[1], table[0]]);
+        assert_eq!(v.pointer_words(base, base + 64).len(), 1);
+        assert_eq!(v.referenced_addresses().unwrap(), vec![base + 0x20]);
+        // Not a table: refused, whole or cut.
+        let mut b = write_relocs(&table);
+        b.pop();
+        assert!(parse_relocs(&b).is_none());
+        b.push(7);
+        assert!(parse_relocs(&b).is_none());
+        assert!(parse_relocs(b"XFRELOC0").is_none());
+        assert_eq!(parse_relocs(b"XFRELOC1"), Some(vec![]));
+        std::fs::write(&t, b"nonsense").unwrap();
+        assert!(Vmlinux::load_with_relocs(&p, &t).is_err());
     }
 
     #[test]

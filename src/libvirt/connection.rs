@@ -99,7 +99,8 @@ impl Libvirt {
     }
 
     /// Enroll `name` with the stored System.map at `system_map` (from
-    /// [`crate::kernel::builds::store`]); returns (old XML, new XML, what
+    /// [`crate::kernel::builds::store`]; None: a stock kernel, whose build
+    /// is found by its banner); returns (old XML, new XML, what
     /// became of the running domain). With
     /// `dry_run`, nothing is defined.
     ///
@@ -110,7 +111,7 @@ impl Libvirt {
     pub fn enroll(
         &self,
         name: &str,
-        system_map: &Path,
+        system_map: Option<&Path>,
         monitor: &[String],
         dry_run: bool,
     ) -> Result<(String, String, LiveEnrollment)> {
@@ -122,8 +123,11 @@ impl Libvirt {
             )));
         }
         let map = system_map
-            .to_str()
-            .ok_or_else(|| Error::Input(format!("{} is not a UTF-8 path", system_map.display())))?;
+            .map(|m| {
+                m.to_str()
+                    .ok_or_else(|| Error::Input(format!("{} is not a UTF-8 path", m.display())))
+            })
+            .transpose()?;
         let old = self.persistent_xml(&dom)?;
         let new = domain_xml::enroll(&old, map, monitor).map_err(Error::Input)?;
         if dry_run {

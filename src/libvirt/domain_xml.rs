@@ -445,7 +445,7 @@ pub fn refuse_reason(f: &DomainFacts) -> Option<String> {
 
 /// Enroll: the edited XML (identical to `xml` if already enrolled the same
 /// way). `monitor` lists functions to trace from every start.
-pub fn enroll(xml: &str, system_map: &str, monitor: &[String]) -> Result<String, String> {
+pub fn enroll(xml: &str, system_map: Option<&str>, monitor: &[String]) -> Result<String, String> {
     for m in monitor {
         crate::abi::funcs::check_pattern(m)?;
     }
@@ -455,7 +455,7 @@ pub fn enroll(xml: &str, system_map: &str, monitor: &[String]) -> Result<String,
         return Err(why);
     }
     let already = f.enrolled && f.backing_ok() && !f.balloon;
-    if already && f.system_map.as_deref() == Some(system_map) && f.monitor == monitor {
+    if already && f.system_map.as_deref() == system_map && f.monitor == monitor {
         return Ok(xml.to_string());
     }
     let mut edits = Vec::new();
@@ -541,7 +541,7 @@ impl Doc<'_> {
     /// what an earlier enrollment saved as "previous" (kept as it was).
     fn enrollment_metadata(
         &self,
-        system_map: &str,
+        system_map: Option<&str>,
         monitor: &[String],
         old_backing: Option<String>,
         old_balloon: Option<String>,
@@ -557,9 +557,14 @@ impl Doc<'_> {
                 },
             }
         };
-        let element = format!(
-            "<{PREFIX}:enrollment xmlns:{PREFIX}=\"{NAMESPACE}\"><{PREFIX}:system-map path=\"{}\"/>{}{}{}</{PREFIX}:enrollment>",
-            escape(system_map),
+        let element =
+            format!(
+            "<{PREFIX}:enrollment xmlns:{PREFIX}=\"{NAMESPACE}\">{}{}{}{}</{PREFIX}:enrollment>",
+            // None: a stock kernel, its build found by its banner.
+            system_map.map_or(String::new(), |m| format!(
+                "<{PREFIX}:system-map path=\"{}\"/>",
+                escape(m)
+            )),
             if monitor.is_empty() {
                 String::new()
             } else {
@@ -749,7 +754,7 @@ mod tests {
 
     #[test]
     fn enroll_adds_backing_balloon_and_metadata_and_keeps_the_rest() {
-        let out = enroll(PLAIN, "/var/lib/xftrace/kernels/6.1/System.map", &[]).unwrap();
+        let out = enroll(PLAIN, Some("/var/lib/xftrace/kernels/6.1/System.map"), &[]).unwrap();
         let f = facts(&out).unwrap();
         assert!(f.enrolled && f.backing_ok() && !f.balloon, "{out}");
         assert_eq!(
@@ -771,8 +776,8 @@ mod tests {
 
     #[test]
     fn enroll_is_idempotent_and_unenroll_restores() {
-        let once = enroll(PLAIN, "/k/System.map", &[]).unwrap();
-        let twice = enroll(&once, "/k/System.map", &[]).unwrap();
+        let once = enroll(PLAIN, Some("/k/System.map"), &[]).unwrap();
+        let twice = enroll(&once, Some("/k/System.map"), &[]).unwrap();
         assert_eq!(once, twice);
         let back = unenroll(&twice).unwrap();
         assert_eq!(back, PLAIN, "{back}");
@@ -781,14 +786,14 @@ mod tests {
         // Always-on monitoring is recorded, and changing it is a change.
         let mon = enroll(
             &once,
-            "/k/System.map",
+            Some("/k/System.map"),
             &["sys_read".into(), "sys_openat".into()],
         )
         .unwrap();
         assert_eq!(facts(&mon).unwrap().monitor, vec!["sys_read", "sys_openat"]);
         assert_eq!(unenroll(&mon).unwrap(), PLAIN);
         // A new System.map updates the enrollment but keeps what it saved.
-        let other = enroll(&once, "/k2/System.map", &[]).unwrap();
+        let other = enroll(&once, Some("/k2/System.map"), &[]).unwrap();
         assert_eq!(
             facts(&other).unwrap().system_map.as_deref(),
             Some("/k2/System.map")
@@ -802,7 +807,7 @@ mod tests {
             "  <vcpu",
             "  <memoryBacking>\n    <nosharepages/>\n    <discard/>\n  </memoryBacking>\n  <vcpu",
         );
-        let out = enroll(&xml, "/k/System.map", &[]).unwrap();
+        let out = enroll(&xml, Some("/k/System.map"), &[]).unwrap();
         assert!(out.contains("<nosharepages/>"), "{out}");
         assert!(!out.contains("<discard/>\n"), "{out}");
         assert!(facts(&out).unwrap().backing_ok());
@@ -819,36 +824,42 @@ mod tests {
     fn enroll_monitor_takes_function_names_only() {
         let e = enroll(
             PLAIN,
-            "/k/System.map",
+            Some("/k/System.map"),
             &["sys_read --state-dir=/etc".into()],
         )
         .unwrap_err();
         assert!(e.contains("not a function name"), "{e}");
-        assert!(enroll(PLAIN, "/k/System.map", &["__x64_sys_*".into()]).is_ok());
+        assert!(enroll(PLAIN, Some("/k/System.map"), &["__x64_sys_*".into()]).is_ok());
     }
 
     #[test]
     fn refuses_what_cannot_work() {
         let xen = PLAIN.replace("type='kvm'", "type='xen'");
-        assert!(enroll(&xen, "/m", &[]).unwrap_err().contains("type 'xen'"));
+        assert!(enroll(&xen, Some("/m"), &[])
+            .unwrap_err()
+            .contains("type 'xen'"));
         let huge = PLAIN.replace(
             "  <vcpu",
             "  <memoryBacking><hugepages/></memoryBacking>\n  <vcpu",
         );
-        assert!(enroll(&huge, "/m", &[]).unwrap_err().contains("hugepage"));
+        assert!(enroll(&huge, Some("/m"), &[])
+            .unwrap_err()
+            .contains("hugepage"));
         let memfd = PLAIN.replace(
             "  <vcpu",
             "  <memoryBacking><source type='memfd'/></memoryBacking>\n  <vcpu",
         );
-        assert!(enroll(&memfd, "/m", &[]).unwrap_err().contains("memfd"));
+        assert!(enroll(&memfd, Some("/m"), &[])
+            .unwrap_err()
+            .contains("memfd"));
         assert!(unenroll(PLAIN).unwrap_err().contains("not enrolled"));
-        assert!(enroll("<domain", "/m", &[]).is_err());
+        assert!(enroll("<domain", Some("/m"), &[]).is_err());
     }
 
     #[test]
     fn hook_allows_plain_and_enrolled_domains_and_refuses_broken_ones() {
         assert_eq!(prepare_decision(PLAIN), HookDecision::Allow);
-        let enrolled = enroll(PLAIN, "/k/System.map", &[]).unwrap();
+        let enrolled = enroll(PLAIN, Some("/k/System.map"), &[]).unwrap();
         assert_eq!(prepare_decision(&enrolled), HookDecision::Allow);
         // Someone edited the backing away but left the enrollment.
         let broken = enrolled.replace("<access mode='shared'/>", "<access mode='private'/>");
@@ -865,7 +876,7 @@ mod tests {
             "  <memory",
             "  <metadata>\n    <app:info xmlns:app=\"http://example.org/app\">x</app:info>\n  </metadata>\n  <memory",
         );
-        let out = enroll(&xml, "/k/System.map", &[]).unwrap();
+        let out = enroll(&xml, Some("/k/System.map"), &[]).unwrap();
         assert!(out.contains("<app:info xmlns:app=\"http://example.org/app\">x</app:info>"));
         let back = unenroll(&out).unwrap();
         assert!(back.contains("<app:info"));
@@ -875,7 +886,7 @@ mod tests {
     /// [`PLAIN`] with `inner` in its `<metadata>`, enrolled if `enrolled`.
     fn with_metadata(inner: &str, enrolled: bool) -> String {
         if enrolled {
-            let xml = enroll(PLAIN, "/k/System.map", &[]).unwrap();
+            let xml = enroll(PLAIN, Some("/k/System.map"), &[]).unwrap();
             xml.replace("</metadata>", &format!("{inner}</metadata>"))
         } else {
             PLAIN.replace(
@@ -904,7 +915,7 @@ mod tests {
             assert_eq!(prepare_decision(&xml), HookDecision::Allow);
             let e = facts(&xml).unwrap_err();
             assert_eq!(e, "the domain XML nests elements deeper than 256 levels");
-            assert_eq!(enroll(&xml, "/k/System.map", &[]).unwrap_err(), e);
+            assert_eq!(enroll(&xml, Some("/k/System.map"), &[]).unwrap_err(), e);
             assert_eq!(unenroll(&xml).unwrap_err(), e);
             assert_eq!(enrollment_element(&xml), None);
             let took = t.elapsed();
@@ -918,7 +929,7 @@ mod tests {
         // top levels kept.
         let saw = with_metadata(&nested(MAX_DEPTH - 2).repeat(600), false);
         assert!(saw.len() > 1 << 20);
-        let out = enroll(&saw, "/k/System.map", &[]).unwrap();
+        let out = enroll(&saw, Some("/k/System.map"), &[]).unwrap();
         assert!(facts(&out).unwrap().enrolled);
         assert_eq!(prepare_decision(&out), HookDecision::Allow);
         let back = unenroll(&out).unwrap();
@@ -934,7 +945,7 @@ mod tests {
         assert!(!may_be_enrolled(&xml));
         assert_eq!(prepare_decision(&xml), HookDecision::Allow);
         assert!(!facts(&xml).unwrap().enrolled);
-        let out = enroll(&xml, "/k/System.map", &[]).unwrap();
+        let out = enroll(&xml, Some("/k/System.map"), &[]).unwrap();
         assert!(facts(&out).unwrap().enrolled);
         let back = unenroll(&out).unwrap();
         assert!(back.contains(&wide) && !facts(&back).unwrap().enrolled);
@@ -966,16 +977,19 @@ mod tests {
             "{e}"
         );
         assert_eq!(prepare_decision(&xml), HookDecision::Allow);
-        assert!(enroll(&xml, "/k/System.map", &[]).is_err());
+        assert!(enroll(&xml, Some("/k/System.map"), &[]).is_err());
     }
 
     #[test]
     fn a_byte_order_mark_is_not_counted_in_spans() {
         let xml = format!("\u{feff}{PLAIN}");
-        let out = enroll(&xml, "/k/System.map", &[]).unwrap();
+        let out = enroll(&xml, Some("/k/System.map"), &[]).unwrap();
         assert_eq!(
             out,
-            format!("\u{feff}{}", enroll(PLAIN, "/k/System.map", &[]).unwrap())
+            format!(
+                "\u{feff}{}",
+                enroll(PLAIN, Some("/k/System.map"), &[]).unwrap()
+            )
         );
         assert_eq!(unenroll(&out).unwrap(), xml);
     }

@@ -580,7 +580,8 @@ pub fn domain_xml(data: &[u8]) {
         );
         if let Ok(new) = crate::libvirt::domain_xml::enroll(
             &xml,
-            "/var/lib/xftrace/kernels/x/System.map",
+            // A stock kernel's enrollment (no System.map) for one input in two.
+            (data.len() % 2 == 0).then_some("/var/lib/xftrace/kernels/x/System.map"),
             &["sys_read".into()],
         ) {
             let _ = crate::libvirt::domain_xml::facts(&new);
@@ -713,7 +714,7 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
 <devices><memballoon model='virtio'/></devices></domain>";
     let enrolled = crate::libvirt::domain_xml::enroll(
         xml,
-        "/var/lib/xftrace/kernels/x/System.map",
+        Some("/var/lib/xftrace/kernels/x/System.map"),
         &["sys_read".into()],
     )
     .unwrap_or_default();
