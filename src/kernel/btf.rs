@@ -259,6 +259,9 @@ pub struct ModuleLayout {
     pub text_size: u64,
     /// `core_layout.size` (u32): code, read-only data and data.
     pub core_size: u64,
+    /// `percpu` (a per-CPU pointer) and `percpu_size` (u32), where the
+    /// build has them (CONFIG_SMP).
+    pub percpu: Option<(u64, u64)>,
 }
 
 impl ModuleLayout {
@@ -269,6 +272,9 @@ impl ModuleLayout {
             text_base: btf.offset_of("module", &["core_layout", "base"])?,
             text_size: btf.offset_of("module", &["core_layout", "text_size"])?,
             core_size: btf.offset_of("module", &["core_layout", "size"])?,
+            percpu: btf
+                .offset_of("module", &["percpu"])
+                .zip(btf.offset_of("module", &["percpu_size"])),
         })
     }
 }
@@ -380,7 +386,8 @@ pub(crate) mod tests {
                 name: 24,
                 text_base: 80,
                 text_size: 92,
-                core_size: 88
+                core_size: 88,
+                percpu: None
             })
         );
         assert_eq!(btf.offset_of("module", &["nothing"]), None);

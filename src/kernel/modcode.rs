@@ -350,7 +350,7 @@ impl KoImage {
             let (stride, len): (u64, Len) = match tname.as_str() {
                 ".altinstructions" => (12, Len::Byte(10)),
                 ".parainstructions" => (16, Len::Byte(9)),
-                "__jump_table" => (16, Len::Fixed(5)),
+                "__jump_table" => (16, Len::JumpLabel),
                 "__mcount_loc" => (8, Len::Fixed(5)),
                 ".static_call_sites" => (8, Len::Fixed(5)),
                 ".retpoline_sites" => (4, Len::Fixed(6)),
@@ -378,6 +378,15 @@ impl KoImage {
                 }
                 let n = match len {
                     Len::Fixed(n) => n,
+                    // A 2-byte NOP or jmp where the target is near (6.1
+                    // picks the size at build time), else 5 bytes.
+                    Len::JumpLabel => {
+                        let at = usize::try_from(site).unwrap_or(usize::MAX);
+                        match code.get(at..at.saturating_add(2)) {
+                            Some([0x66, 0x90] | [0xeb, _]) => 2,
+                            _ => 5,
+                        }
+                    }
                     Len::Byte(at) => off
                         .checked_add(at)
                         .and_then(|i| table.get(usize::try_from(i).ok()?))
@@ -488,7 +497,19 @@ impl KoImage {
             }
         }
         if let Some(i) = want.iter().zip(live).position(|(a, b)| a != b) {
-            return Err(format!("its code differs from the build's at +{i:#x}"));
+            let bytes = |b: &[u8]| {
+                b.get(i..i.saturating_add(8).min(b.len()))
+                    .unwrap_or_default()
+                    .iter()
+                    .map(|x| format!("{x:02x}"))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            };
+            return Err(format!(
+                "its code differs from the build's at +{i:#x} ({}, the build's {})",
+                bytes(live),
+                bytes(&want)
+            ));
         }
         Ok(())
     }
@@ -497,6 +518,8 @@ impl KoImage {
 #[derive(Clone, Copy)]
 enum Len {
     Fixed(u64),
+    /// A static branch: as long as the instruction the build put there.
+    JumpLabel,
     /// The byte at this offset of the entry.
     Byte(u64),
 }
@@ -620,9 +643,12 @@ impl KernelView<'_> {
                     _ => Ok(want),
                 };
             }
+            // Another module's export: its code or data, or one of its
+            // per-CPU variables (an offset into the per-CPU area).
             Err(self.modules().iter().filter(|o| o.addr != m.addr).any(|o| {
+                let inside = |r: Option<(u64, u64)>| r.is_some_and(|(s, e)| s <= at && at < e);
                 self.build_modules.is_some_and(|b| b.contains(&o.name))
-                    && o.memory.is_some_and(|(s, e)| s <= at && at < e)
+                    && (inside(o.memory) || inside(self.module_percpu(o.addr)))
             }))
         };
         match ko.compare(&live, start, &import) {

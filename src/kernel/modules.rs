@@ -44,6 +44,16 @@ impl KernelView<'_> {
         Some((base, base.checked_add(u64::from(size))?))
     }
 
+    /// `[start, end)` of the per-CPU variables of the `struct module` at
+    /// `module` (per-CPU offsets, as its code and relocations hold them),
+    /// where the layout is known and it has any.
+    pub fn module_percpu(&self, module: u64) -> Option<(u64, u64)> {
+        let (ptr, size) = self.module_layout?.percpu?;
+        let base = self.read_word(module.checked_add(ptr)?)?;
+        let size = self.read_u32(module.checked_add(size)?)?;
+        (size > 0).then_some((base, base.checked_add(u64::from(size))?))
+    }
+
     /// `[start, end)` of the core memory (code, read-only data, data) of
     /// the `struct module` at `module`, where the layout is known.
     pub fn module_memory(&self, module: u64) -> Option<(u64, u64)> {
@@ -75,6 +85,7 @@ impl KernelView<'_> {
             text_base: 0,
             text_size: 0,
             core_size: 0,
+            percpu: None,
         });
         let Some(head) = self.sym.addr("modules") else {
             return (Vec::new(), End::Complete);
