@@ -135,11 +135,14 @@ pub const SOCK_RAW: u16 = 3;
 pub const SOCK_PACKET: u16 = 10;
 
 impl SocketSeen {
-    /// A socket that sees packets before the protocols do (a raw socket,
-    /// or any packet socket): where a passive backdoor listens for its
-    /// magic packet.
+    /// A socket that sees packets before the protocols do (a raw IP
+    /// socket, or any packet socket): where a passive backdoor listens for
+    /// its magic packet. A netlink socket is raw too, but carries the
+    /// kernel's messages, not the network's (systemd filters several).
     pub fn sees_raw_packets(&self) -> bool {
-        self.family == AF_PACKET || self.kind == SOCK_RAW || self.kind == SOCK_PACKET
+        self.family == AF_PACKET
+            || ((self.family == AF_INET || self.family == AF_INET6)
+                && (self.kind == SOCK_RAW || self.kind == SOCK_PACKET))
     }
 
     /// `packet/raw`, `inet/raw`, `inet6/dgram`, or the numbers.

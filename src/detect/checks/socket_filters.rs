@@ -142,6 +142,15 @@ mod tests {
             None,
             "a TCP socket's filter sees no raw packets"
         );
+        let netlink = SocketSeen {
+            family: 16,
+            ..s.clone()
+        };
+        assert_eq!(
+            line(&netlink),
+            None,
+            "a netlink socket carries the kernel's messages, not packets"
+        );
         let bare = SocketSeen {
             filter: None,
             ..s.clone()
