@@ -742,6 +742,64 @@ mod tests {
         assert!(k.compare(&live[..2048], BASE, &import).is_err());
     }
 
+    /// A static branch the compiler made 2 bytes long (`66 90`), right
+    /// before an instruction whose displacement is relocated: the site is
+    /// those 2 bytes, and the relocation after it is checked, not skipped
+    /// (taken as 5 bytes, it left Debian's kvm and virtio_net unrelocated
+    /// and "impostors").
+    #[test]
+    fn a_two_byte_static_branch_leaves_the_next_relocation_checked() {
+        use object::write::{Object, Relocation};
+        use object::{Architecture, BinaryFormat, Endianness, RelocationFlags, SectionKind};
+        let mut o = Object::new(BinaryFormat::Elf, Architecture::X86_64, Endianness::Little);
+        let text = o.add_section(Vec::new(), b".text".to_vec(), SectionKind::Text);
+        // nop2 (a static branch), cmpb $0, data(%rip), ret.
+        let code = [0x66, 0x90, 0x80, 0x3d, 0, 0, 0, 0, 0, 0xc3];
+        o.append_section_data(text, &code, 16);
+        let data = o.add_section(Vec::new(), b".data".to_vec(), SectionKind::Data);
+        o.append_section_data(data, &[0u8; 8], 8);
+        let jt = o.add_section(Vec::new(), b"__jump_table".to_vec(), SectionKind::Data);
+        o.append_section_data(jt, &[0u8; 16], 8);
+        let (ts, ds) = (o.section_symbol(text), o.section_symbol(data));
+        let rel = |o: &mut Object, s, offset, symbol, addend, r_type| {
+            o.add_relocation(
+                s,
+                Relocation {
+                    offset,
+                    symbol,
+                    addend,
+                    flags: RelocationFlags::Elf { r_type },
+                },
+            )
+            .unwrap()
+        };
+        // The displacement ends 1 byte before the instruction does.
+        rel(&mut o, text, 4, ds, -5, object::elf::R_X86_64_PC32);
+        // The jump entry: code, target, key.
+        rel(&mut o, jt, 0, ts, 0, object::elf::R_X86_64_PC32);
+        rel(&mut o, jt, 4, ts, 9, object::elf::R_X86_64_PC32);
+        rel(&mut o, jt, 8, ds, 0, object::elf::R_X86_64_64);
+        let k = KoImage::parse(&o.write().unwrap()).unwrap();
+        assert_eq!(k.sites, vec![(0, 2)]);
+        let mut live = k.code.clone();
+        let r = k.relocs.iter().find(|r| r.at == 4).unwrap();
+        let Target::Local(to) = r.target else {
+            panic!("{:?}", r.target)
+        };
+        // Where the loader puts it: the data's place, PC-relative.
+        let v = (BASE + to).wrapping_sub(BASE + 4);
+        live[4..8].copy_from_slice(&(v as u32).to_le_bytes());
+        assert_eq!(k.compare(&live, BASE, &import), Ok(()));
+        // The branch enabled (a 2-byte jmp): still the build's.
+        let mut on = live.clone();
+        on[..2].copy_from_slice(&[0xeb, 0x07]);
+        assert_eq!(k.compare(&on, BASE, &import), Ok(()));
+        // The compare aimed at another byte: found.
+        let mut bad = live.clone();
+        bad[4..8].copy_from_slice(&((v as u32) + 0x40).to_le_bytes());
+        assert!(k.compare(&bad, BASE, &import).is_err());
+    }
+
     #[test]
     fn a_hostile_or_foreign_file_is_refused_not_panicked_on() {
         assert!(KoImage::parse(b"not an ELF").is_err());
