@@ -590,6 +590,15 @@ pub fn domain_xml(data: &[u8]) {
     }
 }
 
+/// The seed of `bzimage`: a small ELF and its relocation table, in an LZ4
+/// legacy payload.
+fn stock_vmlinuz(base: u64) -> Vec<u8> {
+    use super::synthetic::{bzimage_of, relocs_table};
+    let mut full = elf(base, &[0x90u8; 256], &[]);
+    full.extend(relocs_table(&[base + 0x10], &[base + 0x20], &[base + 0x8]));
+    bzimage_of(&full)
+}
+
 /// A harness: any bytes in, a normal return out.
 pub type Harness = fn(&[u8]);
 
@@ -608,7 +617,27 @@ pub const TARGETS: &[(&str, Harness)] = &[
     ("domain_xml", domain_xml),
     ("ko", ko),
     ("printk", printk),
+    ("bzimage", bzimage),
+    ("kallsyms", kallsyms),
 ];
+
+/// A stock kernel's `vmlinuz`: its boot header, LZ4 legacy payload, the
+/// ELF and relocation table inside (`kernel::bzimage`). The file comes
+/// from a Debian package apt checked, or the operator: not the guest's,
+/// but parsed with the same care.
+pub fn bzimage(data: &[u8]) {
+    if let Ok(u) = crate::kernel::bzimage::unpack(data) {
+        let _ = crate::kernel::kallsyms::system_map(&u.vmlinux);
+    }
+}
+
+/// The kallsyms tables of a stripped vmlinux, turned into a System.map
+/// (`kernel::kallsyms`).
+pub fn kallsyms(data: &[u8]) {
+    if let Ok(text) = crate::kernel::kallsyms::system_map(data) {
+        let _ = crate::kernel::symbols::SystemMap::parse(&text);
+    }
+}
 
 /// The guest kernel's log (printk's ring buffer, `kernel::printk`), from
 /// hostile arrays: the oldest and newest record ids (16 bytes), the ring
@@ -828,6 +857,8 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
             "vmlinux",
             elf_with_btf(base, &[0x90u8; 256], &[], &module_btf),
         ),
+        ("bzimage", stock_vmlinuz(base)),
+        ("kallsyms", elf(base, &[0x90u8; 256], &[])),
         ("domain_xml", xml.as_bytes().to_vec()),
         ("domain_xml", enrolled.into_bytes()),
         ("domain_xml", deep.into_bytes()),
@@ -839,6 +870,20 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
 mod tests {
     use super::super::synthetic::SLIDE;
     use super::*;
+
+    /// The stock kernel's seed gets through the boot header, the LZ4
+    /// frame and the ELF to its relocation table.
+    #[test]
+    fn the_bzimage_seed_unpacks_to_its_elf_and_relocations() {
+        let seed = seeds()
+            .into_iter()
+            .find(|(t, _)| *t == "bzimage")
+            .unwrap()
+            .1;
+        let u = crate::kernel::bzimage::unpack(&seed).unwrap();
+        assert_eq!(u.relocs.len(), 3, "{:?}", u.relocs);
+        assert!(u.vmlinux.starts_with(b"\x7fELF"));
+    }
 
     #[test]
     fn the_census_seed_reaches_the_walks_of_kernel_objects() {

@@ -424,7 +424,10 @@ pub fn elf_with_btf(
         h
     };
     out.extend(sh(0, 0, 0, 0, 0, 0, 0));
-    out.extend(sh(1, 1, text_addr, text_off, text.len() as u64, 0, 0));
+    let mut text_header = sh(1, 1, text_addr, text_off, text.len() as u64, 0, 0);
+    // SHF_ALLOC | SHF_EXECINSTR, as a vmlinux's .text has them.
+    text_header[8..16].copy_from_slice(&6u64.to_le_bytes());
+    out.extend(text_header);
     out.extend(sh(7, SHT_RELA, 0, rela_off, rela.len() as u64, 3, 1));
     out.extend(sh(18, SHT_SYMTAB, 0, sym_off, symtab.len() as u64, 5, 0));
     out.extend(sh(26, 1, 0, 0, 0, 0, 0));
@@ -811,4 +814,55 @@ pub fn synthetic_ko() -> Vec<u8> {
     );
     r(&mut o, mcount, 0, text_sym, 0, object::elf::R_X86_64_64);
     o.write().unwrap()
+}
+
+/// A bzImage whose payload is an LZ4 legacy frame of `decompressed` (one
+/// block of literals only, valid LZ4 with nothing compressed), as
+/// `kernel::bzimage::unpack` reads it: the fuzz seed of a stock kernel's
+/// `vmlinuz`.
+pub fn bzimage_of(decompressed: &[u8]) -> Vec<u8> {
+    let n = decompressed.len();
+    assert!(n < 8 << 20, "one LZ4 legacy block");
+    let mut block = Vec::new();
+    if n < 15 {
+        block.push((n as u8) << 4);
+    } else {
+        block.push(0xf0);
+        let mut r = n - 15;
+        while r >= 255 {
+            block.push(255);
+            r -= 255;
+        }
+        block.push(r as u8);
+    }
+    block.extend_from_slice(decompressed);
+    let mut payload = 0x184C_2102u32.to_le_bytes().to_vec();
+    payload.extend_from_slice(&(block.len() as u32).to_le_bytes());
+    payload.extend_from_slice(&block);
+    payload.extend_from_slice(&(n as u32).to_le_bytes());
+    // One setup sector: the protected-mode part starts at 1 KiB.
+    let pm = 2 * 512;
+    let mut b = vec![0u8; pm + 0x40];
+    b[0x1f1] = 1;
+    b[0x1fe..0x200].copy_from_slice(&0xaa55u16.to_le_bytes());
+    b[0x202..0x206].copy_from_slice(b"HdrS");
+    b[0x206..0x208].copy_from_slice(&0x020fu16.to_le_bytes());
+    b[0x248..0x24c].copy_from_slice(&0x40u32.to_le_bytes());
+    b[0x24c..0x250].copy_from_slice(&(payload.len() as u32).to_le_bytes());
+    b.extend_from_slice(&payload);
+    b
+}
+
+/// A KASLR relocation table as arch/x86/tools/relocs.c appends it to the
+/// vmlinux in a bzImage (read backwards: 32-bit sites, inverse 32-bit
+/// sites, 64-bit sites, each list after a 0).
+pub fn relocs_table(abs32: &[u64], neg: &[u64], abs64: &[u64]) -> Vec<u8> {
+    let mut t = Vec::new();
+    for list in [abs64, neg, abs32] {
+        t.extend_from_slice(&0u32.to_le_bytes());
+        for &a in list {
+            t.extend_from_slice(&(a as u32).to_le_bytes());
+        }
+    }
+    t
 }
