@@ -124,53 +124,81 @@ pub fn build_modules_dir() -> &'static Path {
 /// kernel's headers package and sorted by name, then the BPF loader.
 pub fn rootkit_modules() -> &'static [PathBuf] {
     static P: OnceLock<Vec<PathBuf>> = OnceLock::new();
+    P.get_or_init(|| build_rootkits(headers_dir(), &scratch().join("xftrace-rootkits")))
+}
+
+/// The test rootkits built for Debian's stock kernel `release` (`uname
+/// -r` of the Debian image's first kernel), against Debian's own headers
+/// package of it, installed on this machine with apt as a guest would
+/// install it (linux-headers-RELEASE, with its -common and linux-kbuild
+/// packages).
+pub fn stock_rootkit_modules(release: &str) -> &'static [PathBuf] {
+    static P: OnceLock<Vec<PathBuf>> = OnceLock::new();
     P.get_or_init(|| {
-        let build = scratch().join("xftrace-rootkits");
-        let _ = std::fs::remove_dir_all(&build);
-        std::fs::create_dir_all(&build).unwrap();
-        // One module per rk_*.c source, counted as they are copied.
-        let mut sources = 0;
-        for e in std::fs::read_dir(repo().join("tests/rootkits")).unwrap() {
-            let e = e.unwrap();
-            let n = e.file_name();
-            let n = n.to_string_lossy();
-            if n.starts_with("rk_") && n.ends_with(".c") {
-                sources += 1;
-            }
-            std::fs::copy(e.path(), build.join(e.file_name())).unwrap();
-        }
-        let st = Command::new("make")
-            .arg("-C")
-            .arg(headers_dir())
-            .arg(format!("M={}", build.display()))
-            .arg("modules")
-            .stdout(Stdio::null())
-            .status()
-            .expect("run make");
-        assert!(st.success(), "building the test rootkits failed");
-        let mut kos: Vec<PathBuf> = std::fs::read_dir(&build)
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .filter(|p| p.extension().is_some_and(|x| x == "ko"))
-            .collect();
-        kos.sort();
-        // None failed to build.
-        assert_eq!(kos.len(), sources, "{kos:?}");
-        // The BPF loader and the magic-packet listener are static
-        // user-space programs (kbuild left their sources alone).
-        for program in ["bpf_hook", "magic_sniff"] {
-            let out = build.join(program);
-            let st = Command::new("gcc")
-                .args(["-static", "-O2", "-Wall", "-o"])
-                .arg(&out)
-                .arg(build.join(format!("{program}.c")))
+        let tree = PathBuf::from(format!("/usr/src/linux-headers-{release}"));
+        if !tree.join("Makefile").is_file() {
+            let st = Command::new("apt-get")
+                .args(["install", "-y", "-q", "--no-install-recommends"])
+                .arg(format!("linux-headers-{release}"))
+                .env("DEBIAN_FRONTEND", "noninteractive")
+                .stdout(Stdio::null())
                 .status()
-                .expect("run gcc");
-            assert!(st.success(), "building {program} failed");
-            kos.push(out);
+                .expect("run apt-get");
+            assert!(st.success(), "cannot install linux-headers-{release}");
         }
-        kos
+        build_rootkits(
+            &tree,
+            &scratch().join(format!("xftrace-rootkits-{release}")),
+        )
     })
+}
+
+/// Build every test rootkit against the headers tree `headers` in `build`.
+fn build_rootkits(headers: &Path, build: &Path) -> Vec<PathBuf> {
+    let _ = std::fs::remove_dir_all(build);
+    std::fs::create_dir_all(build).unwrap();
+    // One module per rk_*.c source, counted as they are copied.
+    let mut sources = 0;
+    for e in std::fs::read_dir(repo().join("tests/rootkits")).unwrap() {
+        let e = e.unwrap();
+        let n = e.file_name();
+        let n = n.to_string_lossy();
+        if n.starts_with("rk_") && n.ends_with(".c") {
+            sources += 1;
+        }
+        std::fs::copy(e.path(), build.join(e.file_name())).unwrap();
+    }
+    let st = Command::new("make")
+        .arg("-C")
+        .arg(headers)
+        .arg(format!("M={}", build.display()))
+        .arg("modules")
+        .stdout(Stdio::null())
+        .status()
+        .expect("run make");
+    assert!(st.success(), "building the test rootkits failed");
+    let mut kos: Vec<PathBuf> = std::fs::read_dir(build)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "ko"))
+        .collect();
+    kos.sort();
+    // None failed to build.
+    assert_eq!(kos.len(), sources, "{kos:?}");
+    // The BPF loader and the magic-packet listener are static
+    // user-space programs (kbuild left their sources alone).
+    for program in ["bpf_hook", "magic_sniff"] {
+        let out = build.join(program);
+        let st = Command::new("gcc")
+            .args(["-static", "-O2", "-Wall", "-o"])
+            .arg(&out)
+            .arg(build.join(format!("{program}.c")))
+            .status()
+            .expect("run gcc");
+        assert!(st.success(), "building {program} failed");
+        kos.push(out);
+    }
+    kos
 }
 
 /// An initramfs that carries the test rootkits in /lib/xftrace-test/.
