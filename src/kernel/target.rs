@@ -685,6 +685,27 @@ impl WorkDir {
         crate::host::statedir::open_root(root)?;
         let kernels = root.join("kernels");
         crate::host::files::trusted_dir(&kernels)?;
+        // What a fetch killed midway left (an unpacked package is about
+        // 150 MB): gone an hour later.
+        if let Ok(rd) = std::fs::read_dir(&kernels) {
+            for e in rd.flatten() {
+                let old = e
+                    .metadata()
+                    .ok()
+                    .and_then(|m| m.modified().ok())
+                    .is_some_and(|t| {
+                        t.elapsed()
+                            .is_ok_and(|a| a > std::time::Duration::from_secs(3600))
+                    });
+                let ours = e
+                    .file_name()
+                    .to_str()
+                    .is_some_and(|n| n.starts_with(".fetch-"));
+                if ours && old && e.file_type().is_ok_and(|t| t.is_dir()) {
+                    let _ = std::fs::remove_dir_all(e.path());
+                }
+            }
+        }
         let mut id = [0u8; 8];
         getrandom::getrandom(&mut id)
             .map_err(|e| Error::Input(format!("cannot get random bytes: {e}")))?;
