@@ -177,10 +177,11 @@ pub fn on(
 /// under this host's keys. A guest that is not tracing is left alone.
 pub fn adopt(target: &Target, opts: CollectOptions, gaps: &[String]) -> Result<Began> {
     let g = target.open()?;
-    if !switch::guest_alive(&g.ram, g.kernel.control()?, Duration::from_secs(3))? {
+    let ctl = g.kernel.control()?;
+    if !switch::guest_alive(&g.ram, ctl, Duration::from_secs(3))? {
         return Err(not_running());
     }
-    if !switch::read_status(&g.ram, g.kernel.control()?)?.tracing {
+    if !switch::read_status(&g.ram, ctl)?.tracing {
         return Ok(Began::NothingToAdopt {
             target: target.describe(),
         });
@@ -188,16 +189,8 @@ pub fn adopt(target: &Target, opts: CollectOptions, gaps: &[String]) -> Result<B
     // What the control block says the guest traces: written by a host,
     // rewritable by the guest, so checked like any function name (and
     // resolved against the trusted System.map by `start`).
-    let Some((functions, flags)) = switch::applied_on(&g.ram, g.kernel.control()?)? else {
-        switch::send(
-            &g.ram,
-            g.kernel.control()?,
-            Op::Off,
-            &[],
-            0,
-            GUEST_ACK,
-            None,
-        )?;
+    let Some((functions, flags)) = switch::applied_on(&g.ram, ctl)? else {
+        switch::send(&g.ram, ctl, Op::Off, &[], 0, GUEST_ACK, None)?;
         return Err(Error::State(format!(
             "{}: the guest was tracing under a command xftrace cannot read back, so its tracer was switched off; start a session with `xftrace on FUNCTION...`",
             target.describe()
@@ -265,6 +258,7 @@ pub fn start(
     opts: CollectOptions,
     gaps_given: &[String],
 ) -> Result<(Vec<String>, u32)> {
+    let ctl = g.kernel.control()?;
     let symbols = resolve(&g.map, functions)?;
     let dir = target.dir()?;
     let Some(lock) = dir.try_lock()? else {
@@ -282,12 +276,12 @@ pub fn start(
     // A guest being restored is paused while its RAM is still arriving:
     // nothing is adopted or started before its kernel runs (`on --wait`
     // retries).
-    if !switch::guest_alive(&g.ram, g.kernel.control()?, Duration::from_secs(3))? {
+    if !switch::guest_alive(&g.ram, ctl, Duration::from_secs(3))? {
         return Err(not_running());
     }
     let seen_alive = Instant::now();
     gaps.extend(gaps_given.iter().cloned());
-    if switch::read_status(&g.ram, g.kernel.control()?)?.tracing {
+    if switch::read_status(&g.ram, ctl)?.tracing {
         // Adopted: the guest was tracing with no collector of ours reading
         // it (a collector died, a restore, a live migration). Its current
         // key came from a Klog this session does not have (a dead
@@ -296,15 +290,7 @@ pub fn start(
         // under this session's keys.
         let gap = "the guest's tracer was already on with no collector of this session reading it (adopted: switched off, then on again under this session's keys): what it recorded before is not in this trace".to_string();
         warn!("{}: {gap}", target.describe());
-        switch::send(
-            &g.ram,
-            g.kernel.control()?,
-            Op::Off,
-            &[],
-            0,
-            GUEST_ACK,
-            None,
-        )?;
+        switch::send(&g.ram, ctl, Op::Off, &[], 0, GUEST_ACK, None)?;
         gaps.push(gap);
     }
     reset(&dir)?;
@@ -313,7 +299,7 @@ pub fn start(
     wait_collecting(&dir, &mut child)?;
     if let Err(e) = switch::send(
         &g.ram,
-        g.kernel.control()?,
+        ctl,
         Op::On,
         &symbols,
         flags,
@@ -441,7 +427,8 @@ fn stop(
     let mut guest_error = None;
     match (g, open_error) {
         (Some(g), _) => {
-            let gs = switch::read_status(&g.ram, g.kernel.control()?)?;
+            let ctl = g.kernel.control()?;
+            let gs = switch::read_status(&g.ram, ctl)?;
             if !running && !gs.tracing && !have_spool {
                 return Err(Error::State(format!(
                     "tracing is not on for {}; start it with `xftrace on FUNCTION...`",
@@ -451,15 +438,7 @@ fn stop(
             if !running && !have_spool {
                 warn!("no collector was running: turning the guest's tracer off, nothing to write");
             }
-            if let Err(e) = switch::send(
-                &g.ram,
-                g.kernel.control()?,
-                Op::Off,
-                &[],
-                0,
-                GUEST_ACK,
-                None,
-            ) {
+            if let Err(e) = switch::send(&g.ram, ctl, Op::Off, &[], 0, GUEST_ACK, None) {
                 guest_error = Some(e);
             }
         }
