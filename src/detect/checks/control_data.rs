@@ -124,16 +124,29 @@ fn per_cpu_stacks(
         .collect()
 }
 
+/// The part of a writable region `[start, end)` of the image compared
+/// with the build: not `__ro_after_init` data (its own check), nor what the
+/// kernel gives back to the page allocator at boot, which then holds
+/// whatever the allocator hands out (the unused part of `.bss..decrypted`,
+/// freed by mem_encrypt_free_decrypted_mem() on kernels built with
+/// CONFIG_AMD_MEM_ENCRYPT, as Debian's are).
+fn compared(map: &crate::kernel::symbols::SystemMap, region: (u64, u64)) -> Vec<(u64, u64)> {
+    let range = |s: &str, e: &str| (map.addr(s).unwrap_or(0), map.addr(e).unwrap_or(0));
+    crate::kernel::text::subtract(
+        region,
+        &[
+            range("__start_ro_after_init", "__end_ro_after_init"),
+            range("__start_bss_decrypted_unused", "__end_bss_decrypted"),
+        ],
+    )
+}
+
 /// Every kernel-half word of the writable regions that differs from the
 /// build, and how many words were read.
 fn changed_words(cx: &Context, out: &mut Report) -> (Vec<Changed>, usize) {
     let map = cx.map();
     let mut changed = Vec::new();
     let mut words = 0usize;
-    let ro = (
-        map.addr("__start_ro_after_init").unwrap_or(0),
-        map.addr("__end_ro_after_init").unwrap_or(0),
-    );
     for (s, e, what) in [
         ("_sdata", "_edata", ".data"),
         ("__bss_start", "__bss_stop", ".bss"),
@@ -146,7 +159,7 @@ fn changed_words(cx: &Context, out: &mut Report) -> (Vec<Changed>, usize) {
             );
             continue;
         };
-        for (a, b) in crate::kernel::text::subtract((start, end), &[ro]) {
+        for (a, b) in compared(map, (start, end)) {
             region(
                 cx,
                 (a, b),
@@ -358,6 +371,34 @@ mod tests {
     /// 6.1's per-CPU stacks, as a small build's System.map has them: the
     /// IRQ stack and the exception stacks are left out, the TSS and the
     /// rest are compared.
+    /// What the kernel frees at boot inside .bss (Debian's unused
+    /// `.bss..decrypted`) is heap afterwards, and `__ro_after_init` has a
+    /// check of its own: neither is compared with the build.
+    #[test]
+    fn memory_the_kernel_frees_at_boot_is_not_compared() {
+        let map = SystemMap::parse(
+            "ffffffff81000000 T _text\nffffffff82000000 D __start_ro_after_init\nffffffff82001000 D __end_ro_after_init\nffffffff83000000 B __bss_start\nffffffff83600000 B __start_bss_decrypted\nffffffff83603000 B __start_bss_decrypted_unused\nffffffff83800000 B __end_bss_decrypted\nffffffff83800000 B __bss_stop\nffffffff83830000 B _end\n",
+        )
+        .unwrap();
+        assert_eq!(
+            compared(&map, (0xffff_ffff_8300_0000, 0xffff_ffff_8380_0000)),
+            vec![(0xffff_ffff_8300_0000, 0xffff_ffff_8360_3000)]
+        );
+        assert_eq!(
+            compared(&map, (0xffff_ffff_8200_0000, 0xffff_ffff_8210_0000)),
+            vec![(0xffff_ffff_8200_1000, 0xffff_ffff_8210_0000)]
+        );
+        // A build without them (xftrace's small profile): all of it.
+        let small = SystemMap::parse(
+            "ffffffff81000000 T _text\nffffffff83000000 B __bss_start\nffffffff83800000 B __bss_stop\nffffffff83830000 B _end\n",
+        )
+        .unwrap();
+        assert_eq!(
+            compared(&small, (0xffff_ffff_8300_0000, 0xffff_ffff_8380_0000)),
+            vec![(0xffff_ffff_8300_0000, 0xffff_ffff_8380_0000)]
+        );
+    }
+
     #[test]
     fn the_per_cpu_stacks_are_not_control_data() {
         let map = SystemMap::parse(
