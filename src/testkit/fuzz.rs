@@ -251,6 +251,19 @@ pub fn locate(data: &[u8]) {
                     let _ = locate::not_found(&g.ram, &found).to_string();
                 }
             }
+            // The same RAM as a stock kernel's (no control block needed):
+            // the banner at each base, the slide from the page tables; and
+            // the scan for banners, for one input in eight.
+            if let Ok(found) =
+                locate::locate_stock_all(&g.ram, &g.map, "Linux version 6.1.192 (fuzz) #1")
+            {
+                for k in &found.kernels {
+                    let _ = locate::max_low_pfn(&g.ram, &g.map, k);
+                }
+            }
+            if data.first().is_some_and(|b| b & 7 == 1) {
+                let _ = locate::banners_in(&g.ram, 4);
+            }
         }
         g.reset(&dirty);
     })
