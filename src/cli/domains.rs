@@ -93,9 +93,9 @@ pub fn add_stock_kernel(
                     escape(spec)
                 ))
             })?;
-            crate::kernel::target::fetch_reference(root, &pkg)?
+            crate::kernel::debian::fetch_reference(root, &pkg)?
         }
-        (None, Some(f)) => crate::kernel::target::store_deb(root, f)?,
+        (None, Some(f)) => crate::kernel::debian::store_deb(root, f)?,
         (None, None) => unreachable!("clap asks for one"),
     };
     println!(

@@ -13,13 +13,14 @@
 //! - the modules (`lib/modules/RELEASE/**.ko`), to tell a loaded module by
 //!   its code ([`crate::kernel::modcode`]).
 //!
-//! The build is then stored like any other ([`crate::kernel::builds`]).
+//! The build is then stored like any other ([`crate::kernel::builds`]),
+//! by [`fetch_reference`] (apt) or [`store_deb`] (a `.deb` the operator has).
 #![deny(clippy::arithmetic_side_effects)]
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use log::info;
+use log::{info, warn};
 
 use crate::base::error::{Error, Result};
 use crate::base::escape::escape;
@@ -294,6 +295,83 @@ pub fn make(deb: &Path, work: &Path, expect: Option<&Package>) -> Result<Made> {
         banner,
         banner_offset: at.wrapping_sub(text),
     })
+}
+
+/// Store the build of the Debian image package in the file `deb` under
+/// the state root `root`.
+pub fn store_deb(root: &Path, deb: &Path) -> Result<crate::kernel::builds::Reference> {
+    let work = WorkDir::new(root)?;
+    let made = make(deb, work.path(), None)?;
+    crate::kernel::builds::store_reference(root, &made)
+}
+
+/// Fetch Debian's image package `pkg` with apt and store its build as a
+/// reference under the state root `root` (`xftrace add-kernel --debian`;
+/// `check` on a guest that runs a Debian kernel with none stored).
+pub fn fetch_reference(root: &Path, pkg: &Package) -> Result<crate::kernel::builds::Reference> {
+    let t = std::time::Instant::now();
+    let work = WorkDir::new(root)?;
+    let deb = download(pkg, work.path())?;
+    let made = make(&deb, work.path(), Some(pkg))?;
+    let r = crate::kernel::builds::store_reference(root, &made)?;
+    info!(
+        "stored {} (sha256 {}) as the build of its kernel in {:.1} s: {}",
+        r.package,
+        r.sha256,
+        t.elapsed().as_secs_f64(),
+        r.system_map.display()
+    );
+    Ok(r)
+}
+
+/// A private work directory under the state root, removed when dropped.
+struct WorkDir(PathBuf);
+
+impl WorkDir {
+    fn new(root: &Path) -> Result<WorkDir> {
+        crate::host::statedir::open_root(root)?;
+        let kernels = root.join("kernels");
+        crate::host::files::trusted_dir(&kernels)?;
+        // What a fetch killed midway left (an unpacked package is about
+        // 150 MB): gone an hour later.
+        if let Ok(rd) = std::fs::read_dir(&kernels) {
+            for e in rd.flatten() {
+                let old = e
+                    .metadata()
+                    .ok()
+                    .and_then(|m| m.modified().ok())
+                    .is_some_and(|t| {
+                        t.elapsed()
+                            .is_ok_and(|a| a > std::time::Duration::from_secs(3600))
+                    });
+                let ours = e
+                    .file_name()
+                    .to_str()
+                    .is_some_and(|n| n.starts_with(".fetch-"));
+                if ours && old && e.file_type().is_ok_and(|t| t.is_dir()) {
+                    let _ = std::fs::remove_dir_all(e.path());
+                }
+            }
+        }
+        let mut id = [0u8; 8];
+        getrandom::getrandom(&mut id)
+            .map_err(|e| Error::Input(format!("cannot get random bytes: {e}")))?;
+        let p = kernels.join(format!(".fetch-{:016x}", u64::from_le_bytes(id)));
+        crate::host::files::private_dir(&p)?;
+        Ok(WorkDir(p))
+    }
+
+    fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for WorkDir {
+    fn drop(&mut self) {
+        if let Err(e) = std::fs::remove_dir_all(&self.0) {
+            warn!("cannot remove {}: {e}", self.0.display());
+        }
+    }
 }
 
 #[cfg(test)]

@@ -488,9 +488,9 @@ impl Target {
     }
 
     /// Fetch Debian's image package `pkg` with apt and store its build as
-    /// a reference ([`fetch_reference`]).
+    /// a reference ([`crate::kernel::debian::fetch_reference`]).
     pub fn fetch_reference(&self, pkg: &crate::kernel::debian::Package) -> Result<Reference> {
-        fetch_reference(&self.state_root, pkg)
+        crate::kernel::debian::fetch_reference(&self.state_root, pkg)
     }
 
     /// Several control blocks: set aside those of an earlier boot,
@@ -646,86 +646,9 @@ struct Build {
     module_files: Option<ModuleFiles>,
 }
 
-/// Store the build of the Debian image package in the file `deb` under
-/// the state root `root`.
-pub fn store_deb(root: &Path, deb: &Path) -> Result<Reference> {
-    let work = WorkDir::new(root)?;
-    let made = crate::kernel::debian::make(deb, work.path(), None)?;
-    crate::kernel::builds::store_reference(root, &made)
-}
-
-/// Fetch Debian's image package `pkg` with apt and store its build as a
-/// reference under the state root `root` (`xftrace add-kernel --debian`;
-/// `check` on a guest that runs a Debian kernel with none stored).
-pub fn fetch_reference(root: &Path, pkg: &crate::kernel::debian::Package) -> Result<Reference> {
-    let t = std::time::Instant::now();
-    let work = WorkDir::new(root)?;
-    let deb = crate::kernel::debian::download(pkg, work.path())?;
-    let made = crate::kernel::debian::make(&deb, work.path(), Some(pkg))?;
-    let r = crate::kernel::builds::store_reference(root, &made)?;
-    info!(
-        "stored {} (sha256 {}) as the build of its kernel in {:.1} s: {}",
-        r.package,
-        r.sha256,
-        t.elapsed().as_secs_f64(),
-        r.system_map.display()
-    );
-    Ok(r)
-}
-
 /// Packages fetched for one guest at most, whatever banners it holds (its
 /// processes can write banners of other Debian kernels into their pages).
 const MAX_FETCHES: usize = 4;
-
-/// A private work directory under the state root, removed when dropped.
-struct WorkDir(PathBuf);
-
-impl WorkDir {
-    fn new(root: &Path) -> Result<WorkDir> {
-        crate::host::statedir::open_root(root)?;
-        let kernels = root.join("kernels");
-        crate::host::files::trusted_dir(&kernels)?;
-        // What a fetch killed midway left (an unpacked package is about
-        // 150 MB): gone an hour later.
-        if let Ok(rd) = std::fs::read_dir(&kernels) {
-            for e in rd.flatten() {
-                let old = e
-                    .metadata()
-                    .ok()
-                    .and_then(|m| m.modified().ok())
-                    .is_some_and(|t| {
-                        t.elapsed()
-                            .is_ok_and(|a| a > std::time::Duration::from_secs(3600))
-                    });
-                let ours = e
-                    .file_name()
-                    .to_str()
-                    .is_some_and(|n| n.starts_with(".fetch-"));
-                if ours && old && e.file_type().is_ok_and(|t| t.is_dir()) {
-                    let _ = std::fs::remove_dir_all(e.path());
-                }
-            }
-        }
-        let mut id = [0u8; 8];
-        getrandom::getrandom(&mut id)
-            .map_err(|e| Error::Input(format!("cannot get random bytes: {e}")))?;
-        let p = kernels.join(format!(".fetch-{:016x}", u64::from_le_bytes(id)));
-        crate::host::files::private_dir(&p)?;
-        Ok(WorkDir(p))
-    }
-
-    fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for WorkDir {
-    fn drop(&mut self) {
-        if let Err(e) = std::fs::remove_dir_all(&self.0) {
-            warn!("cannot remove {}: {e}", self.0.display());
-        }
-    }
-}
 
 #[cfg(test)]
 mod tests {
