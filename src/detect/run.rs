@@ -89,6 +89,23 @@ pub fn check(target: &Target, opts: &CheckOptions) -> Result<Checked> {
             target.describe()
         );
     }
+    // A baseline with call flow was taken through a tracer: on a kernel
+    // that has none now, the xftrace-dkms module was unloaded (or the
+    // guest booted a kernel without it), like a tracer stopped for good.
+    if !traced {
+        if let Some(b) = read_baseline(&dir).filter(|b| !b.functions.is_empty()) {
+            findings.push(Finding::new(
+                FindingKind::TracerIntegrity,
+                format!(
+                    "the baseline's call flow ({}) was traced through xftrace's tracer, which this kernel no longer has: the {} module was unloaded, or the guest booted without it",
+                    b.functions.join(" "),
+                    crate::kernel::dkms::MODULE_NAME
+                ),
+                &[g.kernel.text_pa.0],
+                "take a new baseline if the tracer was removed on purpose",
+            ));
+        }
+    }
     if g.others.is_empty() && traced && opts.trace_seconds > 0 {
         match call_flow(target, &g, &dir, opts) {
             Ok(f) => findings.extend(f),
@@ -117,6 +134,13 @@ pub fn check(target: &Target, opts: &CheckOptions) -> Result<Checked> {
     Ok(Checked { findings, failed })
 }
 
+/// The guest's saved baseline, if it has one that reads.
+fn read_baseline(dir: &GuestDir) -> Option<callflow::Baseline> {
+    crate::host::files::read_text_bounded(&baseline_path(dir), MAX_BASELINE, "baseline")
+        .ok()
+        .and_then(|t| serde_json::from_str::<callflow::Baseline>(&t).ok())
+}
+
 /// Trace the baseline's functions through the opened guest and compare.
 fn call_flow(
     target: &Target,
@@ -124,11 +148,7 @@ fn call_flow(
     dir: &GuestDir,
     opts: &CheckOptions,
 ) -> Result<Vec<Finding>> {
-    let Some(b) =
-        crate::host::files::read_text_bounded(&baseline_path(dir), MAX_BASELINE, "baseline")
-            .ok()
-            .and_then(|t| serde_json::from_str::<callflow::Baseline>(&t).ok())
-    else {
+    let Some(b) = read_baseline(dir) else {
         return Ok(Vec::new());
     };
     if dir.collector_running()? {

@@ -57,6 +57,18 @@ pub struct Control {
     pub header: ControlHeader,
     /// Guest physical address of the ring head lines.
     pub heads: GuestAddress,
+    /// The `xftrace-dkms` module that holds it, or None: xftrace's kernel.
+    pub module: Option<TracerModule>,
+}
+
+/// The `xftrace-dkms` module whose tracer a stock kernel runs
+/// ([`crate::kernel::dkms`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TracerModule {
+    /// Its `struct module`.
+    pub addr: u64,
+    /// `[start, end)` of its `xftrace_probe` (runtime addresses).
+    pub probe: (u64, u64),
 }
 
 impl Control {
@@ -111,6 +123,14 @@ impl GuestKernel {
     /// its physical base where it has none.
     pub fn place(&self) -> String {
         match &self.tracer {
+            Some(Control {
+                ctl,
+                module: Some(_),
+                ..
+            }) => format!(
+                "stock kernel at {}, xftrace-dkms control block at {ctl}",
+                self.text_pa
+            ),
             Some(c) => format!("control block at {}", c.ctl),
             None => format!("stock kernel at {}", self.text_pa),
         }
@@ -265,7 +285,12 @@ fn identity(
         .kva_to_gpa(header.heads_va)
         .filter(|&h| ram.layout().locate(h, header.heads_len()).is_some())
         .ok_or("ring heads lie outside guest RAM")?;
-    kernel.tracer = Some(Control { ctl, header, heads });
+    kernel.tracer = Some(Control {
+        ctl,
+        header,
+        heads,
+        module: None,
+    });
     Ok(kernel)
 }
 

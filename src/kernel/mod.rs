@@ -6,6 +6,7 @@
 //! | [`bzimage`], [`kallsyms`] | a stock build without its debug package: the vmlinux and KASLR relocations inside a bzImage, and a System.map from the kernel's own symbol table |
 //! | [`debian`] | Debian's kernel image packages as the trusted build of a stock guest kernel: the package a banner names, fetched by apt and made into a build |
 //! | [`callgraph`] | the calls the build's code can make |
+//! | [`dkms`] | the tracer of the `xftrace-dkms` module on a stock kernel: its control block in the module's memory |
 //! | [`locate`], [`stale`] | finding the kernel (control block, slide; a stock kernel by its banner and page tables) in guest RAM; kernels of earlier boots |
 //! | [`guest`] | an opened guest and the view of one kernel's virtual memory |
 //! | [`modules`] | the loaded modules: their list, address tree and sysfs kobjects; who owns an address |
@@ -27,6 +28,7 @@ pub mod callgraph;
 pub mod code;
 pub mod creds;
 pub mod debian;
+pub mod dkms;
 pub mod guest;
 pub mod kallsyms;
 pub mod locate;

@@ -160,6 +160,16 @@ impl KernelView<'_> {
             .find(|m| m.memory.is_some_and(|(s, e)| s <= addr && addr < e))
     }
 
+    /// Is the `struct module` at `module` the xftrace-dkms module whose
+    /// control block is the kernel's tracer ([`crate::kernel::dkms`])?
+    pub fn is_tracer_module(&self, module: u64) -> bool {
+        self.kernel
+            .tracer
+            .as_ref()
+            .and_then(|c| c.module)
+            .is_some_and(|t| t.addr == module)
+    }
+
     /// Is `addr` code of the kernel's build: in its image, or in the code
     /// of a loaded module that is one the build ships (by content where the
     /// build's `.ko` files are known, [`Self::is_build_module`])?

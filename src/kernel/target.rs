@@ -440,6 +440,25 @@ impl Target {
         let kernel = kernels.next().expect("found at least one");
         let mut g = self.opened(build, b, ram, kernel, kernels.collect())?;
         g.stale = sorted.stale;
+        // The xftrace-dkms module, where the guest loaded it, is its tracer.
+        let tracer = crate::kernel::dkms::find(&g.view(&g.kernel));
+        match tracer {
+            Ok(Some(c)) => {
+                info!(
+                    "{}: traced by the {} module (control block at {})",
+                    self.describe(),
+                    crate::kernel::dkms::MODULE_NAME,
+                    c.ctl
+                );
+                g.kernel.tracer = Some(c);
+            }
+            Ok(None) => {}
+            Err(e) => warn!(
+                "{}: the guest's {} module is not a tracer xftrace can use: {e}; checked from outside only",
+                self.describe(),
+                crate::kernel::dkms::MODULE_NAME
+            ),
+        }
         Ok(g)
     }
 
@@ -527,21 +546,28 @@ impl Target {
     /// validated again (fully, page tables included).
     pub fn open_at(&self, text_pa: u64) -> Result<Guest> {
         let b = self.backing()?;
-        // Only a kernel with the tracer is opened again this way (by its
-        // collector).
-        let system_map = b.system_map.as_deref().ok_or_else(|| {
-            Error::Input("a stock kernel has no tracer: nothing to collect".into())
-        })?;
-        let build = self.build(system_map, b.recorded)?;
         let mut last_err = None;
-        for layout in b.layouts.clone() {
-            let ram = GuestRam::open_files(&b.paths, layout, b.follow_links)?;
-            match locate::locate_at(&ram, &build.map, text_pa, build.banner.as_deref()) {
-                Ok(kernel) => return self.opened(build, &b, ram, kernel, Vec::new()),
-                Err(e) => last_err = Some(e),
+        if let Some(system_map) = b.system_map.as_deref() {
+            let build = self.build(system_map, b.recorded)?;
+            for layout in b.layouts.clone() {
+                let ram = GuestRam::open_files(&b.paths, layout, b.follow_links)?;
+                match locate::locate_at(&ram, &build.map, text_pa, build.banner.as_deref()) {
+                    Ok(kernel) => return self.opened(build, &b, ram, kernel, Vec::new()),
+                    Err(e) => last_err = Some(e),
+                }
             }
         }
-        Err(last_err.unwrap_or_else(|| Error::Guest("no guest RAM".into())))
+        // A stock kernel, traced by the xftrace-dkms module.
+        match self.open_stock(&b) {
+            Ok(g) if g.kernel.text_pa.0 == text_pa && g.kernel.tracer.is_some() => Ok(g),
+            Ok(_) => Err(last_err.unwrap_or_else(|| {
+                Error::Guest(format!(
+                    "the guest kernel is no longer at {text_pa:#x} with xftrace's tracer (its {} module unloaded, or the guest rebooted)",
+                    crate::kernel::dkms::MODULE_NAME
+                ))
+            })),
+            Err(e) => Err(last_err.unwrap_or(e)),
+        }
     }
 
     /// The guest opened with `kernel` (and `others`, decoys) found in `ram`.

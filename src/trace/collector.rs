@@ -100,6 +100,7 @@ impl<'a> Collector<'a> {
         status.nr_cpus = ctl.header.nr_cpus;
         status.banner = escape(&g.kernel.banner).into_owned();
         status.system_map = g.system_map.display().to_string();
+        status.probe = ctl.module.map(|m| m.probe);
 
         let mut keys = KeyController::new(&g.ram, &ctl, &dir.klog())?;
         let mut reader = RingReader::start(&g.ram, &ctl)?;

@@ -25,6 +25,15 @@ pub struct Probe {
 }
 
 impl Probe {
+    /// The session's probe: the one its collector recorded (the
+    /// `xftrace-dkms` module's), else the build's.
+    pub fn of(recorded: Option<(u64, u64)>, sym: &Symbolizer) -> Option<Probe> {
+        match recorded {
+            Some((start, end)) if start < end => Some(Probe { start, end }),
+            _ => Probe::new(sym),
+        }
+    }
+
     /// The probe of the kernel `sym` names, if its build has one. Its
     /// records carry the address of its call site, a few bytes in (after
     /// an `endbr64`), so the whole function counts.

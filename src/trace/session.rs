@@ -602,7 +602,7 @@ impl Capture {
     /// The captured records, merged across CPUs in time order, streamed;
     /// without the guest's probe, which is not the guest's call flow.
     pub fn records(&self) -> Result<impl Iterator<Item = crate::abi::Record>> {
-        let probe = Probe::new(&self.symbolizer());
+        let probe = Probe::of(self.status.probe, &self.symbolizer());
         Ok(crate::trace::probe::without(
             spool::Merged::new(spool::open(self.stopped.dir.path())?),
             probe,
@@ -619,7 +619,7 @@ impl Capture {
     /// The probe's entries and all records, per ring (`None`: the build has
     /// no probe).
     pub fn probes(&self) -> Result<Option<Tally>> {
-        Probe::new(&self.symbolizer())
+        Probe::of(self.status.probe, &self.symbolizer())
             .map(|p| p.tally(self.stopped.dir.path()))
             .transpose()
     }
@@ -702,7 +702,7 @@ pub fn write_trace(
 ) -> Result<u64> {
     let klog_path = klog_beside(output)?;
     let name = |addr: u64| sym.function(addr);
-    let probe = Probe::new(sym);
+    let probe = Probe::of(status.probe, sym);
     let mut notes = vec![
         format!("guest {} ({})", status.target, status.banner),
         format!("functions {}", status.functions.join(" ")),
@@ -808,6 +808,14 @@ fn tracer_lines(g: &Guest, out: &mut Vec<String>) -> Result<bool> {
         ));
         return Ok(false);
     };
+    if let Some(m) = ctl.module {
+        out.push(format!(
+            "mode:       stock kernel, traced by the {} module (xftrace-dkms; struct module at {:#x}, control block at {}): every check, call flow included; the module's code is not checked against a reference",
+            crate::kernel::dkms::MODULE_NAME,
+            m.addr,
+            ctl.ctl
+        ));
+    }
     let gs = switch::read_status(&g.ram, ctl)?;
     // An idle guest's thread beats at least once a second.
     let alive = switch::guest_alive(&g.ram, ctl, Duration::from_secs(2))?;

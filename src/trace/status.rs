@@ -57,6 +57,9 @@ pub struct CollectorStatus {
     pub banner: String,
     /// The System.map the collector used (for rendering after the guest is gone).
     pub system_map: String,
+    /// `[start, end)` of the probe where the build's System.map does not
+    /// have it: the `xftrace-dkms` module's.
+    pub probe: Option<(u64, u64)>,
     #[serde(flatten)]
     pub rings: RingStats,
     /// Events the guest could not record: no valid key, a CPU without a

@@ -6,7 +6,8 @@
 //! has it. It is inventory, not a hook: what a module hooks is for the
 //! other checks to name, and this finding alone leaves `check` clean.
 //! A module is matched by name; that its code is the build's is not
-//! checked here.
+//! checked here. The xftrace-dkms module that serves the kernel's tracer
+//! is not reported (`status` names it).
 #![deny(clippy::arithmetic_side_effects)]
 
 use std::collections::BTreeSet;
@@ -72,7 +73,8 @@ fn foreign(cx: &Context) -> Vec<(u64, String, bool)> {
             out.push((*m, cx.module_name(*m).unwrap_or_else(|| "?".into()), false));
         }
     }
-    out.retain(|(_, n, _)| !build.contains(n));
+    // The tracer's own module (xftrace-dkms) is named by `status`.
+    out.retain(|(a, n, _)| !build.contains(n) && !cx.is_tracer_module(*a));
     out
 }
 
