@@ -18,8 +18,8 @@
  *    register_ftrace_graph() nor kallsyms_lookup_name(). As LKRG does, the
  *    module takes kallsyms_lookup_name's address from a kprobe placed on
  *    it, and resolves the rest by name (xftrace_resolve()). It refuses to
- *    load when any is missing, or on a kernel release other than the one
- *    it was built for.
+ *    load when any is missing, on a kernel release other than the one it
+ *    was built for, and on xftrace's own kernel (which has the tracer).
  *  - The filter. The patch matches names with ftrace's own matcher into a
  *    hash; this module walks kallsyms (the kernel's and modules' symbols)
  *    with glob_match() into a sorted array of ftrace call sites.
@@ -812,6 +812,11 @@ static int __init xftrace_resolve(void)
 	if (ret) {
 		pr_err("xftrace: cannot find kallsyms_lookup_name (kprobe: %d)\n", ret);
 		return ret;
+	}
+	/* xftrace's own kernel has the tracer already: two would be a decoy. */
+	if (k.lookup_name("xftrace_control")) {
+		pr_err("xftrace: this kernel has xftrace's tracer built in; the module is for stock kernels\n");
+		return -EEXIST;
 	}
 	for (i = 0; i < ARRAY_SIZE(names); i++) {
 		a[i] = k.lookup_name(names[i]);
