@@ -156,7 +156,7 @@ impl Libvirt {
         if live.enrolled && live.system_map == want.system_map && live.monitor == want.monitor {
             return Ok(LiveEnrollment::Unchanged);
         }
-        let element = domain_xml::enrollment_element(new)
+        let element = domain_xml::enrollment_for_metadata(new)
             .ok_or_else(|| Error::Libvirt("the new definition lacks its enrollment".into()))?;
         dom.set_metadata(
             sys::VIR_DOMAIN_METADATA_ELEMENT as i32,

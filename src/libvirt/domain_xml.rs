@@ -331,6 +331,21 @@ pub fn enrollment_element(xml: &str) -> Option<String> {
     doc.enrollment().map(|n| doc.text(n))
 }
 
+/// `xml`'s enrollment as `virDomainSetMetadata` takes it: without the
+/// namespace's prefix and declaration, which libvirt adds itself (given a
+/// declared prefix, it fails to "create a new XML namespace"). Tags only:
+/// a `<` inside an attribute value is escaped in XML text.
+pub fn enrollment_for_metadata(xml: &str) -> Option<String> {
+    let element = enrollment_element(xml)?;
+    Some(
+        element
+            .replace(&format!(" xmlns:{PREFIX}=\"{NAMESPACE}\""), "")
+            .replace(&format!(" xmlns:{PREFIX}='{NAMESPACE}'"), "")
+            .replace(&format!("</{PREFIX}:"), "</")
+            .replace(&format!("<{PREFIX}:"), "<"),
+    )
+}
+
 pub fn facts(xml: &str) -> Result<DomainFacts, String> {
     Doc::parse(xml)?.facts()
 }
@@ -772,6 +787,35 @@ mod tests {
         assert!(out.contains("<memballoon model='none'/>"));
         assert!(!out.contains("<memballoon model='virtio'>\n"));
         assert!(out.contains("<memoryBacking>"));
+    }
+
+    #[test]
+    fn the_enrollment_for_live_metadata_has_no_prefix_or_declaration() {
+        let xml = enroll(PLAIN, Some("/var/lib/xftrace/kernels/a b/System.map"), &[]).unwrap();
+        let m = enrollment_for_metadata(&xml).unwrap();
+        assert!(m.starts_with("<enrollment>"), "{m}");
+        assert!(
+            m.contains("<system-map path=\"/var/lib/xftrace/kernels/a b/System.map\"/>"),
+            "{m}"
+        );
+        assert!(!m.contains("xftrace:") && !m.contains("xmlns"), "{m}");
+        assert!(m.ends_with("</enrollment>"), "{m}");
+        // A stock kernel's enrollment: no system-map, the rest kept.
+        let stock = enroll(&xml, None, &[]).unwrap();
+        let m = enrollment_for_metadata(&stock).unwrap();
+        assert!(
+            !m.contains("system-map") && m.contains("<previous-memory-backing"),
+            "{m}"
+        );
+        // As libvirt formats it in a definition it returns.
+        let formatted = PLAIN.replace(
+            "  <memory unit",
+            "  <metadata>\n    <xftrace:enrollment xmlns:xftrace=\"http://xftrace.invalid/ns/enrollment/1\">\n      <xftrace:system-map path=\"/a&lt;xftrace:b\"/>\n    </xftrace:enrollment>\n  </metadata>\n  <memory unit",
+        );
+        assert_eq!(
+            enrollment_for_metadata(&formatted).unwrap(),
+            "<enrollment>\n      <system-map path=\"/a&lt;xftrace:b\"/>\n    </enrollment>"
+        );
     }
 
     #[test]
