@@ -8,9 +8,12 @@
 //! timer interrupts per second of an idle guest (each one a VM exit under
 //! KVM), before any session and after one; whether a session made ftrace
 //! allocate its own ring buffers (tracefs `buffer_size_kb`); and the rings
-//! xftrace allocated.
+//! xftrace allocated. With `--dkms`, the same on Debian's stock kernel (the
+//! Debian VM image's) traced by the xftrace-dkms module: tracing off before
+//! and after the module is loaded, the module on the filter, and stock
+//! function_graph on the same filter, in one boot.
 //!
-//!   cargo bench --bench guest [-- --rounds N] [-- --unpatched]
+//!   cargo bench --bench guest [-- --rounds N] [-- --unpatched] [-- --dkms]
 //!
 //! The guest runs under TCG with `-icount shift=1,sleep=on` (one vCPU):
 //! its clock follows the instructions it executes, so rounds agree within
@@ -183,6 +186,10 @@ fn main() {
         .map_or(3, |r| r.parse().expect("--rounds N"));
     let unpatched = args.iter().any(|a| a == "--unpatched");
     let initramfs = bench_initramfs();
+    if args.iter().any(|a| a == "--dkms") {
+        dkms(rounds);
+        return;
+    }
 
     let mut vm = boot(None, &initramfs);
     vm.output("mount -t tracefs nodev /sys/kernel/tracing 2>/dev/null; echo mounted");
@@ -305,4 +312,163 @@ fn main() {
             spread(&plain, u)
         );
     }
+}
+
+/// Debian's stock kernel of the Debian VM image
+/// (`tests/guest/make-debian-image.sh`): its release, and a directory with
+/// its `vmlinuz` as `bzImage` (from its package, fetched by apt once).
+fn stock_kernel() -> (String, PathBuf) {
+    let out = Command::new("bash")
+        .arg(common::repo().join("tests/guest/make-debian-image.sh"))
+        .output()
+        .expect("run make-debian-image.sh");
+    assert!(out.status.success(), "make-debian-image.sh");
+    let img = PathBuf::from(
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .last()
+            .expect("make-debian-image.sh prints its directory"),
+    );
+    let release = std::fs::read_to_string(img.join("stock-kernel"))
+        .unwrap()
+        .trim()
+        .to_string();
+    let dir = common::repo()
+        .join("target/xftrace-bench-stock")
+        .join(&release);
+    if !dir.join("bzImage").is_file() {
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let st = Command::new("apt-get")
+            .args(["download", "-o", "APT::Sandbox::User=root"])
+            .arg(format!("linux-image-{release}"))
+            .current_dir(&dir)
+            .status()
+            .expect("run apt-get download");
+        assert!(st.success(), "apt-get download linux-image-{release}");
+        let deb = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| p.extension().is_some_and(|e| e == "deb"))
+            .expect("the package");
+        let st = Command::new("dpkg-deb")
+            .arg("-x")
+            .arg(&deb)
+            .arg(dir.join("pkg"))
+            .status()
+            .expect("run dpkg-deb");
+        assert!(st.success(), "dpkg-deb -x");
+        std::fs::copy(
+            dir.join("pkg/boot").join(format!("vmlinuz-{release}")),
+            dir.join("bzImage"),
+        )
+        .unwrap();
+        let _ = std::fs::remove_dir_all(dir.join("pkg"));
+        let _ = std::fs::remove_file(deb);
+    }
+    (release, dir)
+}
+
+/// `--dkms`: the xftrace-dkms module on Debian's stock kernel, side by side
+/// with tracing off (module not loaded, then loaded) and stock
+/// function_graph, in one boot.
+fn dkms(rounds: usize) {
+    let (release, kdir) = stock_kernel();
+    let ko = common::stock_xftrace_module(&release);
+    let target = common::repo().join("target");
+    let initramfs = target.join("xftrace-bench-dkms-initramfs.cpio.gz");
+    let st = Command::new("bash")
+        .arg(common::repo().join("tests/guest/make-initramfs.sh"))
+        .arg(&initramfs)
+        .arg(target.join("xftrace-bench-syscalls"))
+        .arg(&ko)
+        .status()
+        .expect("run make-initramfs.sh");
+    assert!(st.success(), "make-initramfs.sh");
+    let mut vm = boot(Some(&kdir), &initramfs);
+    vm.output("mount -t tracefs nodev /sys/kernel/tracing 2>/dev/null; echo mounted");
+    let state = common::state_dir();
+    let trace = state.path().join("bench-trace.txt");
+    let ram = vm.ram.clone();
+    let x = |args: &[&str]| {
+        let o = Command::new(env!("CARGO_BIN_EXE_xftrace"))
+            .arg("--state-dir")
+            .arg(state.path())
+            .arg("--mem-file")
+            .arg(&ram)
+            .args(args)
+            .output()
+            .expect("run xftrace");
+        assert!(
+            o.status.success(),
+            "xftrace {args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    };
+    run(&mut vm);
+    let plain: Vec<Sample> = (0..rounds).map(|_| run(&mut vm)).collect();
+    let out = vm.output("insmod /lib/xftrace-test/xftrace.ko; echo rc=$?");
+    assert!(out.contains("rc=0"), "insmod xftrace.ko: {out}");
+    // The first opening fetches Debian's package of the kernel.
+    let t = std::time::Instant::now();
+    x(&["status"]);
+    let first = t.elapsed();
+    let (mut off, mut xf, mut st) = (Vec::new(), Vec::new(), Vec::new());
+    for r in 0..rounds {
+        off.push(run(&mut vm));
+        x(&["on", FILTER]);
+        xf.push(run(&mut vm));
+        x(&["off", "--output", trace.to_str().unwrap()]);
+        stock(&mut vm, true);
+        st.push(run(&mut vm));
+        stock(&mut vm, false);
+        eprintln!(
+            "round {r}: off {:?}, xftrace-dkms {:?}, stock {:?}",
+            off[r], xf[r], st[r]
+        );
+    }
+    let text = std::fs::read_to_string(&trace).unwrap();
+    assert!(
+        text.contains(" 0 failed integrity checks") && text.contains("__x64_sys_openat() {"),
+        "the module's trace: {}",
+        text.chars().take(2000).collect::<String>()
+    );
+    let m = |v: &[Sample], f: fn(&Sample) -> f64| median(v.iter().map(f).collect());
+    let t = |s: &Sample| s.traced;
+    let u = |s: &Sample| s.untraced;
+    let (p_t, off_t, xf_t, st_t) = (m(&plain, t), m(&off, t), m(&xf, t), m(&st, t));
+    let (p_u, off_u, xf_u, st_u) = (m(&plain, u), m(&off, u), m(&xf, u), m(&st, u));
+    println!("xftrace-dkms on Debian's {release}, {rounds} rounds in one boot, medians of guest time per round (TCG -icount shift=1, 1 vCPU, filter {FILTER}):");
+    println!("| in the guest | no module | module loaded, tracing off | xftrace-dkms on the filter | stock function_graph, same filter |");
+    println!("|---|---|---|---|---|");
+    println!(
+        "| openat+read+close (traced) | {:.2} µs | {:.2} µs | {:.2} µs | {:.2} µs |",
+        p_t / 1e3,
+        off_t / 1e3,
+        xf_t / 1e3,
+        st_t / 1e3
+    );
+    println!(
+        "| getppid (not traced) | {:.3} µs | {:.3} µs | {:.3} µs (×{:.2}) | {:.3} µs (×{:.2}) |",
+        p_u / 1e3,
+        off_u / 1e3,
+        xf_u / 1e3,
+        xf_u / off_u,
+        st_u / 1e3,
+        st_u / off_u
+    );
+    println!(
+        "traced path: xftrace-dkms adds {:.2} µs, stock adds {:.2} µs: {:.2}× stock's added cost; untraced: {:.3}× stock",
+        (xf_t - off_t) / 1e3,
+        (st_t - off_t) / 1e3,
+        (xf_t - off_t) / (st_t - off_t),
+        xf_u / st_u
+    );
+    println!(
+        "module loaded, tracing off, against no module: openat+read+close {:+.2} %, getppid {:+.2} %; the host's first opening of this kernel (Debian's package fetched): {:.1} s",
+        100.0 * (off_t - p_t) / p_t,
+        100.0 * (off_u - p_u) / p_u,
+        first.as_secs_f64()
+    );
 }

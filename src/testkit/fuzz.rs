@@ -371,8 +371,9 @@ pub fn paging(data: &[u8]) {
 }
 
 /// Every check of guest memory over a hostile guest but the census's (the
-/// `census` target's), and every walk of a kernel structure (lists,
-/// chains, trees, XArrays, per-CPU) from heads the input chooses.
+/// `census` target's), the search for the xftrace-dkms module's control
+/// block, and every walk of a kernel structure (lists, chains, trees,
+/// XArrays, per-CPU) from heads the input chooses.
 pub fn kernel_lists(data: &[u8]) {
     with_guest(|g| {
         let Ok(k) = locate::locate(&g.ram, &g.map, None) else {
@@ -389,6 +390,8 @@ pub fn kernel_lists(data: &[u8]) {
             i += 1;
             !CENSUS.contains(&kind) && i % 4 == quarter
         });
+        // The xftrace-dkms module's tracer, looked for in the module list.
+        let _ = crate::kernel::dkms::find(&cx.view);
         for c in data.chunks_exact(8).take(8) {
             let a = u64::from_le_bytes(c.try_into().unwrap());
             let _ = cx.name(a);
