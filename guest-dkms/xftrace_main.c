@@ -813,10 +813,15 @@ static int __init xftrace_resolve(void)
 		pr_err("xftrace: cannot find kallsyms_lookup_name (kprobe: %d)\n", ret);
 		return ret;
 	}
-	/* xftrace's own kernel has the tracer already: two would be a decoy. */
-	if (k.lookup_name("xftrace_control")) {
+	/*
+	 * xftrace's own kernel has the tracer already: two would be a decoy.
+	 * (kallsyms looks in the kernel's image before the modules', this
+	 * one's included; -EINVAL, since modprobe takes -EEXIST for success.)
+	 */
+	a[0] = k.lookup_name("xftrace_control");
+	if (a[0] && a[0] != (unsigned long)&xftrace_control) {
 		pr_err("xftrace: this kernel has xftrace's tracer built in; the module is for stock kernels\n");
-		return -EEXIST;
+		return -EINVAL;
 	}
 	for (i = 0; i < ARRAY_SIZE(names); i++) {
 		a[i] = k.lookup_name(names[i]);

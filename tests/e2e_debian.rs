@@ -19,8 +19,8 @@ use std::time::{Duration, Instant};
 
 use common::debian::{image_dir, Lifecycle};
 use common::detection::{
-    body_hooks, census_cost, control_data_hooks, findings, has, hidden_module, hidden_task,
-    measured, registry_hooks, root_by_credentials, shadow_page, CASES,
+    body_hooks, census_cost, cleared_taint, control_data_hooks, findings, has, hidden_module,
+    hidden_task, idt_register, measured, registry_hooks, root_by_credentials, shadow_page, CASES,
 };
 use common::libvirtd::{virsh, Libvirtd, URI};
 use common::xftrace;
@@ -208,7 +208,11 @@ fn debian_vm_gets_the_kernel_by_ansible_and_is_traced_and_checked() {
     for (module, ..) in CASES.iter().rev() {
         vm.sh(&format!("rmmod {module}"));
     }
-    hidden_module(&mut |c| vm.sh(c), &check, "/root/rk-stock");
+    // Control data in writable memory and heap objects, deferred code, the
+    // vCPUs' IDT register and cleared taint flags: none needs the tracer.
+    control_data_hooks(&mut |c| vm.sh(c), &check, "/root/rk-stock");
+    idt_register(&mut |c| vm.sh(c), &check, "/root/rk-stock");
+    cleared_taint(&mut |c| vm.sh(c), &check, "/root/rk-stock");
     phase("stock kernel: rootkits found");
 
     // The fleet rollout, for real: the guest role over the forwarded SSH
@@ -239,6 +243,7 @@ fn debian_vm_gets_the_kernel_by_ansible_and_is_traced_and_checked() {
           xftrace_guest_hypervisor: localhost
           xftrace_guest_domain: {name}
       vars:
+        xftrace_guest_tracer: kernel
         xftrace_guest_kernel_dir: {kdir}
 "#,
         bin = env!("CARGO_BIN_EXE_xftrace"),
@@ -257,6 +262,198 @@ fn debian_vm_gets_the_kernel_by_ansible_and_is_traced_and_checked() {
         "--limit",
         "xftrace_guests",
     ];
+    // The same stock kernel traced by xftrace-dkms: the guest role in its
+    // default mode installs the package (guest-dkms/build-deb.sh), DKMS
+    // builds the module in the guest against Debian's headers, it loads,
+    // and the domain is enrolled for a stock kernel. The host finds the
+    // module's control block.
+    let deb = common::xftrace_dkms_deb();
+    let dkms_vars = format!("xftrace_guest_dkms_deb={}", deb.display());
+    let dkms_args: Vec<&str> = args
+        .iter()
+        .copied()
+        .chain(["-e", "xftrace_guest_tracer=dkms", "-e", &dkms_vars])
+        .collect();
+    let t = Instant::now();
+    let o = ansible_playbook(&dkms_args, tmp.path());
+    assert!(o.status.success(), "the guest role (dkms) failed");
+    assert!(changed(&o, "debian-guest") > 0);
+    let dkms_time = t.elapsed();
+    assert_eq!(vm.sh("cat /sys/module/xftrace/initstate").trim(), "live");
+    let o = ansible_playbook(&dkms_args, tmp.path());
+    assert!(o.status.success(), "the guest role (dkms), again, failed");
+    assert_eq!(
+        changed(&o, "debian-guest"),
+        0,
+        "the second run (dkms) changed something"
+    );
+    eprintln!(
+        "debian: guest role, dkms: {:.0} s (the package installed, DKMS built the module in the guest, loaded; enrolled for a stock kernel)",
+        dkms_time.as_secs_f64()
+    );
+    let o = xftrace(st, &["--domain", &name, "status"]);
+    assert!(o.status.success(), "{}", out(&o));
+    assert!(
+        out(&o).contains("mode:       stock kernel, traced by the xftrace module"),
+        "{}",
+        out(&o)
+    );
+    // Under HTTP load, while a unit of the guest lists directories and
+    // reads files, from the trace through the baseline to the checks.
+    let load = vm.http_load();
+    vm.sh("systemd-run --unit xftrace-dkms-workload sh -c \
+         'while :; do ls / /run > /dev/null; cat /etc/hostname > /dev/null; sleep 0.3; done'");
+    std::thread::sleep(Duration::from_secs(1));
+    let o = xftrace(st, &["--domain", &name, "on", "sys_read"]);
+    assert!(o.status.success(), "{}", out(&o));
+    // nginx serves with recvfrom and sendfile: something that reads.
+    for _ in 0..4 {
+        vm.sh("cat /etc/hostname /etc/os-release > /dev/null");
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let trace = dir.path().join("trace_graph.txt");
+    let o = xftrace(
+        st,
+        &[
+            "--domain",
+            &name,
+            "off",
+            "--output",
+            trace.to_str().unwrap(),
+        ],
+    );
+    assert!(o.status.success(), "{}", out(&o));
+    let text = std::fs::read_to_string(&trace).unwrap();
+    let excerpt = |t: &str| t.chars().take(3000).collect::<String>();
+    assert!(
+        text.contains(" 0 failed integrity checks") && text.contains("|  __x64_sys_read() {"),
+        "{}",
+        excerpt(&text)
+    );
+    assert!(text.contains("|    ksys_read() {"), "{}", excerpt(&text));
+    // The (one) vCPU's ring holds the module's probe calls.
+    let probes = text
+        .lines()
+        .find(|l| l.starts_with("# xftrace: probe calls (not shown) by CPU: "))
+        .unwrap_or_else(|| panic!("no probe line: {}", excerpt(&text)));
+    assert!(probes.contains("cpu0 "), "{probes}");
+    eprintln!(
+        "debian: xftrace-dkms traced sys_read for 4 s: {} lines; {probes}",
+        text.lines().filter(|l| !l.starts_with('#')).count()
+    );
+    // A baseline with call flow, clean checks with it, and the call-flow
+    // rootkits seen by their call flow too.
+    let o = xftrace(st, &["--domain", &name, "baseline", "--duration", "10"]);
+    assert!(o.status.success(), "{}", out(&o));
+    let flow_check = || {
+        stock_check(&["check", "--json", "--trace-seconds", "3"])
+            .output()
+            .unwrap()
+    };
+    for i in 0..3 {
+        let o = flow_check();
+        let f = findings(&o);
+        assert!(
+            f.is_empty() && o.status.code() == Some(0),
+            "clean check {i} of the stock kernel traced by xftrace-dkms found {f:#?}\n{}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+    for (module, kind, parts, flow) in CASES {
+        let Some(flow) = flow else { continue };
+        vm.sh(&format!("insmod /root/rk-stock/{module}.ko"));
+        let o = flow_check();
+        let f = findings(&o);
+        assert_eq!(o.status.code(), Some(1), "{module} not reported: {f:#?}");
+        assert!(
+            has(&f, kind, parts) && has(&f, "call-flow-unknown-code", flow),
+            "{module} on the stock kernel traced by xftrace-dkms: no {kind} finding with {parts:?}, or call flow missed it, in {f:#?}"
+        );
+        vm.sh(&format!("rmmod {module}"));
+    }
+    vm.sh("systemctl stop xftrace-dkms-workload");
+    drop(load);
+    // Unloading the module is a tracer gone: reported, like a stopped one.
+    vm.sh("rmmod xftrace");
+    let o = check();
+    let f = findings(&o);
+    assert!(
+        o.status.code() == Some(1) && has(&f, "tracer-integrity", &["no longer has"]),
+        "the unloaded tracer was not reported: {f:#?}"
+    );
+    // A module that hides, which cannot be unloaded: the reboot of the
+    // kernel update below ends it.
+    hidden_module(&mut |c| vm.sh(c), &check, "/root/rk-stock");
+    phase("stock kernel traced by xftrace-dkms: trace, call flow, unload");
+
+    // A kernel update: the guest boots another of Debian's cloud kernels
+    // (the image holds each one the archive offers, with its headers, and
+    // DKMS built the module for each when the package was installed). The
+    // host meets a version it has no build of, fetches Debian's package of
+    // it, and the checks stay clean; the module, loaded at boot by
+    // modules-load.d, traces it.
+    let next = read_trimmed(&img.join("other-kernels"));
+    let next = next.lines().next().unwrap_or_else(|| {
+        panic!("the image holds one cloud kernel ({stock}): the archive offers no second version to update to")
+    });
+    // GRUB's menu lists the image's kernels newest first: the next entry.
+    vm.sh("sed -i 's/^set default=0$/set default=1/' /boot/grub/grub.cfg");
+    vm.reboot(Duration::from_secs(900));
+    assert_eq!(vm.sh("uname -r").trim(), next);
+    let (o, first, _) = measured(stock_check(&["check", "--json", "--trace-seconds", "0"]));
+    let f = findings(&o);
+    assert!(
+        f.is_empty() && o.status.code() == Some(0),
+        "the first check of {next} found {f:#?}\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let fetched: Vec<String> = std::fs::read_dir(st.join("kernels"))
+        .unwrap()
+        .filter_map(|e| std::fs::read_to_string(e.unwrap().path().join("reference")).ok())
+        .collect();
+    assert!(
+        fetched
+            .iter()
+            .any(|r| r.contains(&format!("package=linux-image-{next} "))),
+        "{fetched:?}"
+    );
+    let o = xftrace(st, &["--domain", &name, "status"]);
+    assert!(
+        out(&o).contains("traced by the xftrace module") && out(&o).contains(next),
+        "{}",
+        out(&o)
+    );
+    let o = xftrace(st, &["--domain", &name, "on", "sys_read"]);
+    assert!(o.status.success(), "{}", out(&o));
+    vm.sh("cat /etc/hostname /etc/os-release > /dev/null");
+    std::thread::sleep(Duration::from_secs(1));
+    let trace = dir.path().join("update.txt");
+    let o = xftrace(
+        st,
+        &[
+            "--domain",
+            &name,
+            "off",
+            "--output",
+            trace.to_str().unwrap(),
+        ],
+    );
+    assert!(o.status.success(), "{}", out(&o));
+    let text = std::fs::read_to_string(&trace).unwrap();
+    assert!(
+        text.contains(" 0 failed integrity checks") && text.contains("|  __x64_sys_read() {"),
+        "{}",
+        excerpt(&text)
+    );
+    eprintln!(
+        "debian: kernel update to {next}: its first check, Debian's package fetched, {:.1} s; clean; traced by the module DKMS built for it",
+        first.as_secs_f64()
+    );
+    // Back to the newest kernel, which the guest role then replaces.
+    vm.sh("sed -i 's/^set default=1$/set default=0/' /boot/grub/grub.cfg");
+    phase("kernel update: another stock kernel, fetched, clean, traced");
+
     let t = Instant::now();
     let first = ansible_playbook(&args, tmp.path());
     let first_time = t.elapsed();
@@ -596,33 +793,12 @@ fn soak(vm: &common::debian::Debian, x: &dyn Fn(&[&str]) -> Command) {
         .unwrap_or(250)
         .max(1);
     let mut st = common::soak::SoakState::load("XFTRACE_SOAK_DEBIAN_STATE");
-    let boot_id = || {
-        vm.sh("cat /proc/sys/kernel/random/boot_id")
-            .trim()
-            .to_string()
-    };
     let mut done = 0;
     while done < n {
         let boot = st.n("boots");
         if done > 0 {
             // A new boot: new KASLR slide, new snapshot, new baseline.
-            let before = boot_id();
-            let _ = vm.ssh("systemctl reboot");
-            let end = Instant::now() + Duration::from_secs(600);
-            loop {
-                std::thread::sleep(Duration::from_secs(5));
-                let o = vm.ssh(
-                    "systemctl is-active multi-user.target && cat /proc/sys/kernel/random/boot_id",
-                );
-                let text = String::from_utf8_lossy(&o.stdout).to_string();
-                if o.status.success() && !text.contains(&before) {
-                    break;
-                }
-                assert!(
-                    Instant::now() < end,
-                    "the guest did not come back from reboot"
-                );
-            }
+            vm.reboot(Duration::from_secs(600));
             let end = Instant::now() + Duration::from_secs(120);
             loop {
                 let o = x(&["status"]).output().unwrap();

@@ -124,7 +124,7 @@ pub fn enroll(
         None => {
             if !monitor.is_empty() {
                 return Err(Error::Input(format!(
-                    "--monitor traces, and a domain enrolled without --system-map runs a stock kernel with no tracer: enroll {} with the System.map of an xftrace kernel to monitor it",
+                    "--monitor traces from the domain's start, and a domain enrolled without --system-map runs a stock kernel, whose tracer (the xftrace-dkms module) comes later if at all: enroll {} with the System.map of an xftrace kernel to monitor it, or trace it with `xftrace on` once the module is loaded",
                     escape(name)
                 )));
             }
@@ -150,7 +150,7 @@ pub fn enroll(
     let (old, new, live) = lv.enroll(name, stored.as_deref(), monitor, dry_run)?;
     if stored.is_none() && !dry_run {
         println!(
-            "{} is enrolled for a stock kernel: checks find its kernel by its banner and fetch the build of a Debian kernel with apt the first time they meet it (`xftrace add-kernel --debian RELEASE=VERSION` stores one ahead)",
+            "{} is enrolled for a stock kernel: checks find its kernel by its banner and fetch the build of a Debian kernel with apt the first time they meet it (`xftrace add-kernel --debian RELEASE=VERSION` stores one ahead); it is traced once the guest loads the xftrace-dkms module",
             escape(name)
         );
     }

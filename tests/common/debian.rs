@@ -195,6 +195,30 @@ impl Debian {
         assert!(st.success(), "scp into the guest");
     }
 
+    /// Reboot the guest and wait until it is back at multi-user.target
+    /// with a new boot ID.
+    pub fn reboot(&self, timeout: Duration) {
+        let boot_id = "cat /proc/sys/kernel/random/boot_id";
+        let before = self.sh(boot_id).trim().to_string();
+        let _ = self.ssh("systemctl reboot");
+        let end = Instant::now() + timeout;
+        loop {
+            std::thread::sleep(Duration::from_secs(5));
+            let o = self.ssh(&format!(
+                "systemctl is-active multi-user.target && {boot_id}"
+            ));
+            if o.status.success() && !String::from_utf8_lossy(&o.stdout).contains(&before) {
+                return;
+            }
+            assert!(
+                Instant::now() < end,
+                "{} did not come back from reboot in {timeout:?}; console:\n{}",
+                self.name,
+                self.console_tail()
+            );
+        }
+    }
+
     /// Wait until systemd has reached multi-user.target (over SSH).
     pub fn wait_multi_user(&self, timeout: Duration) {
         let end = Instant::now() + timeout;

@@ -135,22 +135,80 @@ pub fn rootkit_modules() -> &'static [PathBuf] {
 pub fn stock_rootkit_modules(release: &str) -> &'static [PathBuf] {
     static P: OnceLock<Vec<PathBuf>> = OnceLock::new();
     P.get_or_init(|| {
-        let tree = PathBuf::from(format!("/usr/src/linux-headers-{release}"));
-        if !tree.join("Makefile").is_file() {
-            let st = Command::new("apt-get")
-                .args(["install", "-y", "-q", "--no-install-recommends"])
-                .arg(format!("linux-headers-{release}"))
-                .env("DEBIAN_FRONTEND", "noninteractive")
-                .stdout(Stdio::null())
-                .status()
-                .expect("run apt-get");
-            assert!(st.success(), "cannot install linux-headers-{release}");
-        }
         build_rootkits(
-            &tree,
+            &stock_headers(release),
             &scratch().join(format!("xftrace-rootkits-{release}")),
         )
     })
+}
+
+/// Debian's headers tree of kernel `release`, its package installed by
+/// apt where it is not yet.
+fn stock_headers(release: &str) -> PathBuf {
+    let tree = PathBuf::from(format!("/usr/src/linux-headers-{release}"));
+    if !tree.join("Makefile").is_file() {
+        let st = Command::new("apt-get")
+            .args(["install", "-y", "-q", "--no-install-recommends"])
+            .arg(format!("linux-headers-{release}"))
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .stdout(Stdio::null())
+            .status()
+            .expect("run apt-get");
+        assert!(st.success(), "cannot install linux-headers-{release}");
+    }
+    tree
+}
+
+/// The xftrace-dkms package, built by `guest-dkms/build-deb.sh` (once per
+/// test binary).
+pub fn xftrace_dkms_deb() -> PathBuf {
+    static P: OnceLock<PathBuf> = OnceLock::new();
+    P.get_or_init(|| {
+        let out = Command::new("bash")
+            .arg(repo().join("guest-dkms/build-deb.sh"))
+            .arg(scratch().join("xftrace-dkms-deb"))
+            .output()
+            .expect("run guest-dkms/build-deb.sh");
+        assert!(
+            out.status.success(),
+            "guest-dkms/build-deb.sh: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        PathBuf::from(
+            String::from_utf8(out.stdout)
+                .unwrap()
+                .lines()
+                .last()
+                .expect("build-deb.sh prints the package's path"),
+        )
+    })
+    .clone()
+}
+
+/// `guest-dkms/`'s module built against Debian's headers package of
+/// kernel `release`, as DKMS builds it in a guest: `xftrace.ko`.
+pub fn stock_xftrace_module(release: &str) -> PathBuf {
+    let headers = stock_headers(release);
+    let build = scratch().join(format!("xftrace-dkms-{release}"));
+    let _ = std::fs::remove_dir_all(&build);
+    std::fs::create_dir_all(&build).unwrap();
+    for e in std::fs::read_dir(repo().join("guest-dkms")).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), build.join(e.file_name())).unwrap();
+    }
+    let st = Command::new("make")
+        .arg("-C")
+        .arg(&headers)
+        .arg(format!("M={}", build.display()))
+        .arg("modules")
+        .stdout(Stdio::null())
+        .status()
+        .expect("run make");
+    assert!(
+        st.success(),
+        "building guest-dkms against {release}'s headers failed"
+    );
+    build.join("xftrace.ko")
 }
 
 /// Build every test rootkit against the headers tree `headers` in `build`.

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Build the Debian bookworm VM of the tests and the demo: a partitioned raw
 # disk that boots on its own, GRUB in its MBR, Debian's stock cloud kernel,
-# systemd, openssh-server, nginx, python3 (for Ansible), a serial console and
-# DHCP networking. Root logs in over SSH with a key kept beside the image.
+# systemd, openssh-server, nginx, python3 (for Ansible), dkms and the stock
+# kernel's headers (so that `apt install xftrace-dkms` builds the tracer module
+# in the guest with no network), a serial console and DHCP networking. Root
+# logs in over SSH with a key kept beside the image.
 #
 #   tests/guest/make-debian-image.sh        build (or reuse) and print the output dir
 #
@@ -10,8 +12,8 @@
 # mounted: the file system is made from a directory (mkfs.ext4 -d) at its
 # partition's offset, and GRUB's boot sector and core image are written into
 # the disk's first megabyte. The output directory holds debian.img (raw,
-# sparse), id_ed25519 (0600) and its .pub, and the stock kernel's release
-# (stock-kernel);
+# sparse), id_ed25519 (0600) and its .pub, the default stock kernel's release
+# (stock-kernel) and the other kernels' in GRUB's menu order (other-kernels);
 # it is keyed by this script, so an unchanged script reuses the cache. The
 # last line on stdout is its absolute path; progress goes to stderr.
 #
@@ -67,7 +69,17 @@ ssh-keygen -q -t ed25519 -N '' -C xftrace-test -f "$tmp/id_ed25519"
 chmod 0600 "$tmp/id_ed25519"
 
 packages=systemd,systemd-sysv,udev,dbus,libpam-systemd,openssh-server,nginx-light,python3,python3-apt,
-packages+=linux-image-cloud-amd64,initramfs-tools,grub-pc,kmod,iproute2,procps,netbase,curl,less,sudo
+packages+=linux-image-cloud-amd64,initramfs-tools,grub-pc,kmod,iproute2,procps,netbase,curl,less,sudo,
+packages+=dkms,linux-headers-cloud-amd64
+# Every cloud kernel the archive offers (bookworm's point release and the
+# security suite's, as the host's apt index lists them), with its headers:
+# the newest boots by default, and the tests boot another as a kernel update
+# would arrive.
+mapfile -t extra < <(apt-cache show linux-image-cloud-amd64 2>/dev/null |
+	sed -n 's/^Depends: \(linux-image-[0-9.]*-[0-9]*-cloud-amd64\) .*/\1/p' | sort -uV)
+for k in "${extra[@]}"; do
+	packages+=",$k,${k/linux-image-/linux-headers-}"
+done
 say "building a bookworm root file system with mmdebstrap (packages from $mirror)"
 start=$(date +%s)
 mmdebstrap --variant=apt --mode=root --include="$packages" \
@@ -87,10 +99,11 @@ mmdebstrap --variant=apt --mode=root --include="$packages" \
 	"deb $mirror bookworm main" "deb $mirror bookworm-updates main" "deb $security bookworm-security main" >&2
 say "root file system in $(($(date +%s) - start)) s"
 
-# The stock kernel GRUB boots first (the tests install xftrace's over SSH).
-kver=$(basename "$(ls -d "$root"/lib/modules/*-cloud-amd64 | head -n1)")
-[ -f "$root/boot/vmlinuz-$kver" ] && [ -f "$root/boot/initrd.img-$kver" ] ||
-	die "no cloud kernel and initramfs in the image"
+# The newest stock kernel GRUB boots first (the tests install xftrace's over
+# SSH); one entry a kernel, newest first.
+mapfile -t kvers < <(ls "$root/lib/modules" | grep -e '-cloud-amd64$' | sort -rV)
+((${#kvers[@]})) || die "no cloud kernel in the image"
+kver=${kvers[0]}
 mkdir -p "$root/boot/grub"
 cat >"$root/boot/grub/grub.cfg" <<EOF
 serial --unit=0 --speed=115200
@@ -98,14 +111,20 @@ terminal_input serial
 terminal_output serial
 set timeout=1
 set default=0
-menuentry 'Debian GNU/Linux, with Linux $kver' {
+EOF
+for k in "${kvers[@]}"; do
+	[ -f "$root/boot/vmlinuz-$k" ] && [ -f "$root/boot/initrd.img-$k" ] ||
+		die "no kernel or initramfs of $k in the image"
+	cat >>"$root/boot/grub/grub.cfg" <<EOF
+menuentry 'Debian GNU/Linux, with Linux $k' {
 	insmod part_msdos
 	insmod ext2
 	search --no-floppy --fs-uuid --set=root $uuid
-	linux /boot/vmlinuz-$kver root=UUID=$uuid ro console=ttyS0,115200
-	initrd /boot/initrd.img-$kver
+	linux /boot/vmlinuz-$k root=UUID=$uuid ro console=ttyS0,115200
+	initrd /boot/initrd.img-$k
 }
 EOF
+done
 
 # What grub-install would copy: the guest's own GRUB modules, so that the
 # grub.cfg its update-grub writes later finds every module it loads.
@@ -127,8 +146,9 @@ dd if="$grub/boot.img" of="$disk" bs=440 count=1 conv=notrunc status=none
 dd if="$tmp/core.img" of="$disk" bs=512 seek=1 conv=notrunc status=none
 
 echo "$kver" >"$tmp/stock-kernel"
+printf '%s\n' "${kvers[@]:1}" >"$tmp/other-kernels"
 mkdir -p "$tmp/out"
-mv "$disk" "$tmp/id_ed25519" "$tmp/id_ed25519.pub" "$tmp/stock-kernel" "$tmp/out/"
+mv "$disk" "$tmp/id_ed25519" "$tmp/id_ed25519.pub" "$tmp/stock-kernel" "$tmp/other-kernels" "$tmp/out/"
 touch "$tmp/out/.complete"
 rm -rf "$out"
 mv "$tmp/out" "$out"
