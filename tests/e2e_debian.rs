@@ -3,7 +3,7 @@
 //! kernel from its own disk; the domain is enrolled; the Ansible guest role
 //! installs the xftrace kernel package over SSH, makes it GRUB's default,
 //! reboots into it and hands its System.map to the host's enrollment; then
-//! nginx's and systemd's calls are traced under HTTP load, 12 checks of the
+//! nginx's and systemd's calls are traced under HTTP load, 8 checks of the
 //! clean guest find nothing, and every test rootkit is found. libvirt's
 //! lifecycle events show the guest was never paused.
 //!
@@ -351,7 +351,7 @@ fn debian_vm_gets_the_kernel_by_ansible_and_is_traced_and_checked() {
             .output()
             .unwrap()
     };
-    for i in 0..3 {
+    for i in 0..2 {
         let o = flow_check();
         let f = findings(&o);
         assert!(
@@ -544,7 +544,7 @@ fn debian_vm_gets_the_kernel_by_ansible_and_is_traced_and_checked() {
     );
 
     phase("a traced session");
-    // A baseline of the clean guest under the same load, then 12 checks
+    // A baseline of the clean guest under the same load, then 8 checks
     // with call flow: no finding.
     // Legitimate credential changes all through: su and runuser to an
     // unprivileged user (and an ssh login per clean check below).
@@ -561,7 +561,7 @@ fn debian_vm_gets_the_kernel_by_ansible_and_is_traced_and_checked() {
         c
     };
     let mut worst = (Duration::ZERO, 0);
-    for i in 0..12 {
+    for i in 0..8 {
         vm.sh("true");
         let (o, t, rss) = measured(x(&["check", "--json", "--trace-seconds", "1"]));
         let f = findings(&o);
@@ -581,7 +581,7 @@ fn debian_vm_gets_the_kernel_by_ansible_and_is_traced_and_checked() {
         worst.1
     );
     vm.sh("systemctl stop xftrace-creds");
-    phase("baseline and 12 clean checks with call flow");
+    phase("baseline and 8 clean checks with call flow");
     census_cost(
         x(&["check", "--json", "--trace-seconds", "0"]),
         "Debian VM, nginx serving",

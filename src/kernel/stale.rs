@@ -79,6 +79,30 @@ fn pulse(ram: &GuestRam, map: &SystemMap, k: &GuestKernel) -> Option<(u64, u64)>
     Some((heartbeat, ram.read_u64(gpa).ok()?))
 }
 
+/// Which of `kernels` (each with its build's System.map) runs: the first
+/// whose `jiffies_64` (or heartbeat) moves within [`WINDOW`], polled every
+/// 50 ms, so a running kernel answers at its next tick. None: none moves
+/// (or none can be read). A stock kernel that rebooted into another
+/// version leaves its image in RAM as a copy that stands still
+/// ([`crate::kernel::target`] then looks for the other).
+pub fn first_moving(ram: &GuestRam, kernels: &[(&SystemMap, &GuestKernel)]) -> Option<usize> {
+    let first: Vec<Option<(u64, u64)>> = kernels.iter().map(|(m, k)| pulse(ram, m, k)).collect();
+    let start = Instant::now();
+    loop {
+        std::thread::sleep(POLL);
+        for (i, (m, k)) in kernels.iter().enumerate() {
+            if let (Some(a), Some(b)) = (first[i], pulse(ram, m, k)) {
+                if a != b {
+                    return Some(i);
+                }
+            }
+        }
+        if start.elapsed() >= WINDOW {
+            return None;
+        }
+    }
+}
+
 /// Sort `kernels` (as `locate_all` found them) given the stale blocks
 /// remembered from earlier (`known`) and the time now (Unix seconds).
 pub fn sort(
@@ -243,6 +267,21 @@ mod tests {
             assert_eq!(s.frozen.len(), 1);
             assert_eq!(s.frozen[0].ctl, s.stale[0].id());
             assert_eq!(s.frozen[0].since, 100.0);
+        });
+    }
+
+    #[test]
+    fn the_kernel_that_runs_is_the_one_whose_counters_move() {
+        with_two(&[OLD_PA], |ram, map, kernels| {
+            let both: Vec<(&SystemMap, &GuestKernel)> = kernels.iter().map(|k| (map, k)).collect();
+            let i = first_moving(ram, &both).expect("one moves");
+            assert_eq!(kernels[i].text_pa, GuestAddress(OLD_PA));
+        });
+        with_two(&[], |ram, map, kernels| {
+            let both: Vec<(&SystemMap, &GuestKernel)> = kernels.iter().map(|k| (map, k)).collect();
+            let t = Instant::now();
+            assert_eq!(first_moving(ram, &both), None);
+            assert!(t.elapsed() >= WINDOW);
         });
     }
 

@@ -399,24 +399,48 @@ impl Target {
         let mut why = None;
         for layout in b.layouts.clone() {
             let ram = GuestRam::open_files(&b.paths, layout, b.follow_links)?;
-            let Some(r) = self.reference_for(&ram)? else {
-                continue;
+            // The stored builds whose banner lies where their kernel would;
+            // none: the packages Debian banners in RAM name, fetched.
+            let stored = self.stored_references_in(&ram);
+            let fetched_now = stored.is_empty();
+            let candidates = if fetched_now {
+                self.fetch_from_banners(&ram)?
+            } else {
+                stored
             };
-            let build = self.build(&r.system_map, true)?;
-            let found = locate::locate_stock_all(&ram, &build.map, &r.banner)?;
-            if found.kernels.is_empty() {
-                why = why.or(found.first_reason);
-                continue;
+            let mut found = Vec::new();
+            for r in &candidates {
+                if let Some(c) = self.stock_candidate(&ram, r, several, &mut why)? {
+                    found.push(c);
+                }
             }
-            if several
-                && !found
-                    .kernels
-                    .iter()
-                    .any(|k| layout_agrees(&ram, &build.map, k))
-            {
-                continue;
+            let mut live = self.running(&ram, &found);
+            // Every kernel found stands still: an earlier boot's image, left
+            // in RAM by a reboot into another version whose build is not
+            // stored yet (or a paused guest). Banners elsewhere say which.
+            if live.is_none() && !found.is_empty() && !fetched_now {
+                let mut more = Vec::new();
+                for r in &self.fetch_from_banners(&ram)? {
+                    if let Some(c) = self.stock_candidate(&ram, r, several, &mut why)? {
+                        more.push(c);
+                    }
+                }
+                live = self
+                    .running(&ram, &more)
+                    .map(|i| i.saturating_add(found.len()));
+                found.extend(more);
             }
-            fits.push((ram, found, build));
+            // The running kernel, or the first found (a paused guest); the
+            // others' kernels are an earlier boot's, set aside.
+            let pick = live.unwrap_or(0);
+            if pick < found.len() {
+                let (mut sorted, build) = found.swap_remove(pick);
+                for (other, _) in found {
+                    sorted.stale.extend(other.live);
+                    sorted.stale.extend(other.stale);
+                }
+                fits.push((ram, sorted, build));
+            }
         }
         if fits.len() > 1 {
             return Err(Error::Input(format!(
@@ -424,7 +448,7 @@ impl Target {
                 b.paths[0].display()
             )));
         }
-        let Some((ram, found, build)) = fits.pop() else {
+        let Some((ram, sorted, build)) = fits.pop() else {
             return Err(Error::Guest(match why {
                 Some(w) => format!(
                     "the guest holds a stock kernel's banner, but not its kernel ({w})"
@@ -435,7 +459,6 @@ impl Target {
                 ),
             }));
         };
-        let sorted = self.set_aside_stale(&ram, &build.map, found.kernels);
         let mut kernels = sorted.live.into_iter();
         let kernel = kernels.next().expect("found at least one");
         let mut g = self.opened(build, b, ram, kernel, kernels.collect())?;
@@ -462,20 +485,71 @@ impl Target {
         Ok(g)
     }
 
-    /// The stored reference whose banner lies in `ram` at one of its
-    /// kernel's possible bases; if none does, the Debian banners anywhere
-    /// in `ram` name packages to fetch (at most [`MAX_FETCHES`], each
-    /// stored for the next time), and one of those is tried.
-    fn reference_for(&self, ram: &GuestRam) -> Result<Option<Reference>> {
-        let refs = crate::kernel::builds::references(&self.state_root);
-        let hit = |refs: &[Reference]| {
-            refs.iter()
-                .find(|r| !locate::banner_bases(ram, r.banner_offset, &r.banner).is_empty())
-                .cloned()
-        };
-        if let Some(r) = hit(&refs) {
-            return Ok(Some(r));
+    /// The kernels of reference `r` in `ram`, an earlier boot's copies of
+    /// the same build set aside, and its build (None: none, or none that
+    /// fits this memory layout when there are several to choose from).
+    fn stock_candidate(
+        &self,
+        ram: &GuestRam,
+        r: &Reference,
+        several: bool,
+        why: &mut Option<String>,
+    ) -> Result<Option<(stale::Sorted, Build)>> {
+        let build = self.build(&r.system_map, true)?;
+        let found = locate::locate_stock_all(ram, &build.map, &r.banner)?;
+        if found.kernels.is_empty() {
+            if why.is_none() {
+                *why = found.first_reason;
+            }
+            return Ok(None);
         }
+        if several
+            && !found
+                .kernels
+                .iter()
+                .any(|k| layout_agrees(ram, &build.map, k))
+        {
+            return Ok(None);
+        }
+        let sorted = self.set_aside_stale(ram, &build.map, found.kernels);
+        Ok(Some((sorted, build)))
+    }
+
+    /// Which of the stock kernels `found` (one build each) runs, by its
+    /// moving `jiffies_64` ([`stale::first_moving`]); None: none moves.
+    fn running(&self, ram: &GuestRam, found: &[(stale::Sorted, Build)]) -> Option<usize> {
+        let kernels: Vec<(&SystemMap, &GuestKernel)> = found
+            .iter()
+            .filter_map(|(s, b)| Some((&b.map, s.live.first()?)))
+            .collect();
+        if kernels.is_empty() || kernels.len() != found.len() {
+            return None;
+        }
+        let i = stale::first_moving(ram, &kernels);
+        if i.is_none() {
+            info!(
+                "{}: no stock kernel in its RAM runs (an earlier boot's image, or a paused guest)",
+                self.describe()
+            );
+        }
+        i
+    }
+
+    /// The stored references whose banner lies in `ram` at one of their
+    /// kernel's possible bases.
+    fn stored_references_in(&self, ram: &GuestRam) -> Vec<Reference> {
+        crate::kernel::builds::references(&self.state_root)
+            .into_iter()
+            .filter(|r| !locate::banner_bases(ram, r.banner_offset, &r.banner).is_empty())
+            .collect()
+    }
+
+    /// The packages that Debian banners anywhere in `ram` name and that no
+    /// stored reference has, fetched (at most [`MAX_FETCHES`], each stored
+    /// for the next time): those whose banner lies where their kernel
+    /// would. An error only if none was fetched and one failed.
+    fn fetch_from_banners(&self, ram: &GuestRam) -> Result<Vec<Reference>> {
+        let refs = crate::kernel::builds::references(&self.state_root);
         let t = std::time::Instant::now();
         let banners = locate::banners_in(ram, MAX_FETCHES);
         debug!(
@@ -499,10 +573,10 @@ impl Target {
                 }
             }
         }
-        match (hit(&fetched), first_error) {
-            (Some(r), _) => Ok(Some(r)),
-            (None, Some(e)) => Err(e),
-            (None, None) => Ok(None),
+        fetched.retain(|r| !locate::banner_bases(ram, r.banner_offset, &r.banner).is_empty());
+        match (fetched.is_empty(), first_error) {
+            (true, Some(e)) => Err(e),
+            _ => Ok(fetched),
         }
     }
 

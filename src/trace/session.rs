@@ -800,12 +800,21 @@ fn status_into(target: &Target, out: &mut Vec<String>) -> Result<()> {
 fn tracer_lines(g: &Guest, out: &mut Vec<String>) -> Result<bool> {
     out.push(format!("kernel:     {}", escape(&g.kernel.banner)));
     out.extend(crate::kernel::taint::status_lines(&g.view(&g.kernel)));
+    let stale = |out: &mut Vec<String>| {
+        for k in &g.stale {
+            out.push(format!(
+                "stale:      {} of an earlier boot (its heartbeat and jiffies stand still): ignored",
+                k.place()
+            ));
+        }
+    };
     let Some(ctl) = g.kernel.tracer.as_ref() else {
         out.push(format!(
             "mode:       stock kernel, checked from outside (kernel at {}, slide {:#x}): no tracer, integrity checks only",
             g.kernel.text_pa,
             g.kernel.slide.0,
         ));
+        stale(out);
         return Ok(false);
     };
     if let Some(m) = ctl.module {
@@ -835,12 +844,7 @@ fn tracer_lines(g: &Guest, out: &mut Vec<String>) -> Result<bool> {
     for why in gs.narrowed_reasons() {
         out.push(format!("warning:    {why}"));
     }
-    for k in &g.stale {
-        out.push(format!(
-            "stale:      {} of an earlier boot (its heartbeat and jiffies stand still): ignored",
-            k.place()
-        ));
-    }
+    stale(out);
     Ok(gs.tracing)
 }
 
