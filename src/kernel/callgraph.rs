@@ -133,6 +133,72 @@ impl<'a> CallGraph<'a> {
         self.reaches(from, to) || self.async_entries.iter().any(|&e| self.reaches(e, to))
     }
 
+    /// The functions (link-time starts) that a call of `roots` can run,
+    /// the code of the interrupts and exceptions that may land inside it
+    /// included: every direct call or jump target, and once any function
+    /// reached makes an indirect call (a retpoline thunk, a static call's
+    /// trampoline, or `call *`/`jmp *`), every function whose address the
+    /// build takes. Without `indirect`, direct calls only: a lower bound,
+    /// not what a call can reach. Bounded by the build's function count.
+    pub fn reach(&self, roots: &[u64], indirect: bool) -> BTreeSet<u64> {
+        let thunks: HashSet<u64> = self
+            .map
+            .functions()
+            .filter(|(n, _)| {
+                n.starts_with("__x86_indirect_")
+                    || n.starts_with("__SCT__")
+                    || n.starts_with("__static_call_return")
+            })
+            .map(|(_, a)| a)
+            .collect();
+        let mut seen: BTreeSet<u64> = roots.iter().copied().collect();
+        if indirect {
+            seen.extend(self.async_entries.iter().copied());
+        }
+        let mut work: Vec<u64> = seen.iter().copied().collect();
+        let mut all_taken = false;
+        while let Some(f) = work.pop() {
+            let targets = self.direct_targets(f);
+            let calls_indirect = targets.iter().any(|t| thunks.contains(t)) || self.has_indirect(f);
+            for t in targets {
+                if seen.insert(t) {
+                    work.push(t);
+                }
+            }
+            if indirect && calls_indirect && !all_taken {
+                all_taken = true;
+                for &a in &self.address_taken {
+                    if seen.insert(a) {
+                        work.push(a);
+                    }
+                }
+            }
+        }
+        seen
+    }
+
+    /// Does the body of `f` hold `call *`/`jmp *` (ff /2, ff /4) through a
+    /// register or memory? Scanned byte by byte, as the direct targets
+    /// are: it may see one in the middle of another instruction, which
+    /// only makes the reach larger.
+    fn has_indirect(&self, f: u64) -> bool {
+        let len = self.map.extent_at(f).unwrap_or(0).min(MAX_BODY);
+        self.vmlinux.bytes(f, len).is_some_and(|code| {
+            code.windows(2)
+                .any(|w| w[0] == 0xff && matches!((w[1] >> 3) & 7, 2 | 4))
+        })
+    }
+
+    /// Functions ftrace can trace, of those in `fs`.
+    pub fn traceable_among(&self, fs: &BTreeSet<u64>) -> usize {
+        fs.iter().filter(|f| self.traceable.contains(f)).count()
+    }
+
+    /// Functions ftrace can trace in the build: its call sites.
+    pub fn traceable_count(&self) -> usize {
+        self.traceable.len()
+    }
+
     /// Does the code at `from` call or jump to `to`, directly or through
     /// functions ftrace cannot see?
     fn reaches(&self, from: u64, to: u64) -> bool {
