@@ -163,6 +163,56 @@ fn stock(vm: &mut Vm, on: bool) {
     assert!(out.contains(want), "tracefs: {out:?}");
 }
 
+/// The function tracer with its pid filter on kthreadd (pid 2, asleep):
+/// every call site then calls ftrace's trampoline, which calls the pid
+/// check and returns: what patching a call site costs with the cheapest
+/// callback there is.
+fn stock_function_elsewhere(vm: &mut Vm, on: bool) {
+    let cmd = if on {
+        "cd /sys/kernel/tracing && echo 2 > set_ftrace_pid && echo function > current_tracer && cat current_tracer; cd /"
+    } else {
+        "cd /sys/kernel/tracing && echo nop > current_tracer && echo > set_ftrace_pid && echo > trace && cat current_tracer; cd /"
+    };
+    let out = vm.output(cmd);
+    let want = if on { "function" } else { "nop" };
+    assert!(out.contains(want), "tracefs: {out:?}");
+}
+
+/// Call sites ftrace has enabled (tracefs `enabled_functions`).
+fn enabled_sites(vm: &mut Vm) -> u64 {
+    let out = vm.output("wc -l < /sys/kernel/tracing/enabled_functions");
+    out.trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("enabled_functions: {out:?}"))
+}
+
+/// Traced functions one getppid call enters: the function tracer on the
+/// bench program alone, events written for 20 000 calls less those for
+/// none (its exec and exit), read before the tracer is switched off (which
+/// empties the buffer).
+fn entries_per_getppid(vm: &mut Vm) -> f64 {
+    const CALLS: u32 = 20_000;
+    let mut written = |n: u32| -> f64 {
+        let out = vm.output(&format!(
+            "cd /sys/kernel/tracing && echo > trace && sh -c 'echo $$ > set_ftrace_pid && echo function > current_tracer && exec /lib/xftrace-test/xftrace-bench-syscalls -g {n}'; grep -m1 entries-in-buffer trace; echo nop > current_tracer; echo > set_ftrace_pid; echo > trace; cd /"
+        ));
+        // "# entries-in-buffer/entries-written: 61/61   #P:1"
+        let line = out
+            .lines()
+            .find(|l| l.contains("entries-written:"))
+            .unwrap_or_else(|| panic!("no entries-written in {out:?}"));
+        let w = line
+            .split(':')
+            .nth(1)
+            .and_then(|x| x.split_whitespace().next());
+        w.and_then(|x| x.split('/').nth(1))
+            .and_then(|x| x.parse().ok())
+            .unwrap_or_else(|| panic!("entries-written: {line:?}"))
+    };
+    let none = written(0);
+    (written(CALLS) - none) / f64::from(CALLS)
+}
+
 fn xftrace_on(x: &Xftrace, vm: &mut Vm, on: bool, trace: &Path) {
     let o = if on {
         x.run(&["on", FILTER])
@@ -204,9 +254,19 @@ fn main() {
     let free_on = mem_free_kb(&mut vm);
     xftrace_on(&x, &mut vm, false, &trace);
     let after = idle(&mut vm);
-    let (mut off, mut xf, mut st) = (Vec::new(), Vec::new(), Vec::new());
+    let per_getppid = entries_per_getppid(&mut vm);
+    xftrace_on(&x, &mut vm, true, &trace);
+    let sites_xftrace = enabled_sites(&mut vm);
+    xftrace_on(&x, &mut vm, false, &trace);
+    stock_function_elsewhere(&mut vm, true);
+    let sites_function = enabled_sites(&mut vm);
+    stock_function_elsewhere(&mut vm, false);
+    let (mut off, mut xf, mut st, mut el) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for r in 0..rounds {
         off.push(run(&mut vm));
+        stock_function_elsewhere(&mut vm, true);
+        el.push(run(&mut vm));
+        stock_function_elsewhere(&mut vm, false);
         xftrace_on(&x, &mut vm, true, &trace);
         xf.push(run(&mut vm));
         xftrace_on(&x, &mut vm, false, &trace);
@@ -214,8 +274,8 @@ fn main() {
         st.push(run(&mut vm));
         stock(&mut vm, false);
         eprintln!(
-            "round {r}: off {:?}, xftrace {:?}, stock {:?}",
-            off[r], xf[r], st[r]
+            "round {r}: off {:?}, function tracer elsewhere {:?}, xftrace {:?}, stock {:?}",
+            off[r], el[r], xf[r], st[r]
         );
     }
     let m = |v: &[Sample], f: fn(&Sample) -> f64| median(v.iter().map(f).collect());
@@ -223,6 +283,7 @@ fn main() {
     let u = |s: &Sample| s.untraced;
     let (off_t, xf_t, st_t) = (m(&off, t), m(&xf, t), m(&st, t));
     let (off_u, xf_u, st_u) = (m(&off, u), m(&xf, u), m(&st, u));
+    let el_u = m(&el, u);
     let spread = |v: &[Sample], f: fn(&Sample) -> f64| {
         let xs: Vec<f64> = v.iter().map(f).collect();
         let (lo, hi) = xs
@@ -259,6 +320,10 @@ fn main() {
         xf_u / off_u
     );
     println!(
+        "spread between rounds: function tracer elsewhere {:.1} % (untraced)",
+        spread(&el, u)
+    );
+    println!(
         "spread between rounds: off {:.1} %/{:.1} %, xftrace {:.1} %/{:.1} %, stock {:.1} %/{:.1} % (traced/untraced)",
         spread(&off, t),
         spread(&off, u),
@@ -266,6 +331,20 @@ fn main() {
         spread(&xf, u),
         spread(&st, t),
         spread(&st, u)
+    );
+    // Where an untraced call's added cost goes, per call site it enters.
+    let site = |c: f64| (c - off_u) / per_getppid;
+    println!(
+        "where the untraced cost goes: getppid enters {per_getppid:.2} traced functions; each costs, with every site patched: {:.0} ns for the call to ftrace's trampoline and back with the cheapest callback (function tracer, pid filter elsewhere: getppid {:.3} µs, ×{:.2}), {:.0} ns with xftrace's graph entry and filter test ({:.0} ns more), {:.0} ns with stock function_graph's",
+        site(el_u),
+        el_u / 1e3,
+        el_u / off_u,
+        site(xf_u),
+        site(xf_u) - site(el_u),
+        site(st_u)
+    );
+    println!(
+        "call sites enabled (tracefs enabled_functions): xftrace on {FILTER}: {sites_xftrace}; function tracer: {sites_function}"
     );
     println!(
         "idle guest (10 s of guest time): xftrace thread {:.1} wakeups/s and {:.1} timer interrupts/s before any session, {:.1} and {:.1} after one",

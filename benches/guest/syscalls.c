@@ -3,6 +3,8 @@
 // untraced one (getppid), and print nanoseconds per round.
 //
 //   syscalls N    ->  "XFBENCH open_read_close NS getppid NS"
+//   syscalls -g N ->  N getppid calls and nothing else (to count what one
+//                     of them runs under the function tracer)
 //
 // Static, no libc caching (getppid goes through syscall(2)).
 #define _GNU_SOURCE
@@ -27,6 +29,13 @@ int main(int argc, char **argv)
 	char buf[64];
 	double t0, t1, t2;
 	long i;
+
+	if (argc > 2 && argv[1][0] == '-' && argv[1][1] == 'g') {
+		n = atol(argv[2]);
+		for (i = 0; i < n; i++)
+			syscall(SYS_getppid);
+		return 0;
+	}
 
 	if (n <= 0)
 		return 2;
