@@ -55,6 +55,8 @@ fn median(mut v: Vec<f64>) -> f64 {
 /// The static in-guest program, in an initramfs of its own.
 fn bench_initramfs() -> PathBuf {
     let target = common::repo().join("target");
+    // Absent when cargo builds elsewhere (CARGO_TARGET_DIR).
+    std::fs::create_dir_all(&target).expect("create target/");
     let bin = target.join("xftrace-bench-syscalls");
     let st = Command::new("gcc")
         .args(["-static", "-O2", "-Wall", "-o"])
