@@ -154,15 +154,23 @@ fn mem_free_kb(vm: &mut Vm) -> i64 {
     out.trim().parse().expect("MemFree")
 }
 
-fn stock(vm: &mut Vm, on: bool) {
+/// A stock tracer through tracefs: on, `setting` (a tracefs file) set to
+/// `value` and `tracer` current; off, the tracer `nop`, the setting and the
+/// buffer emptied.
+fn tracefs(vm: &mut Vm, on: bool, tracer: &str, setting: &str, value: &str) {
     let cmd = if on {
-        format!("cd /sys/kernel/tracing && echo {FILTER} > set_graph_function && echo function_graph > current_tracer && cat current_tracer; cd /")
+        format!("cd /sys/kernel/tracing && echo {value} > {setting} && echo {tracer} > current_tracer && cat current_tracer; cd /")
     } else {
-        "cd /sys/kernel/tracing && echo nop > current_tracer && echo > set_graph_function && echo > trace && cat current_tracer; cd /".into()
+        format!("cd /sys/kernel/tracing && echo nop > current_tracer && echo > {setting} && echo > trace && cat current_tracer; cd /")
     };
     let out = vm.output(&cmd);
-    let want = if on { "function_graph" } else { "nop" };
+    let want = if on { tracer } else { "nop" };
     assert!(out.contains(want), "tracefs: {out:?}");
+}
+
+/// Stock function_graph on the filter.
+fn stock(vm: &mut Vm, on: bool) {
+    tracefs(vm, on, "function_graph", "set_graph_function", FILTER);
 }
 
 /// The function tracer with its pid filter on kthreadd (pid 2, asleep):
@@ -170,14 +178,7 @@ fn stock(vm: &mut Vm, on: bool) {
 /// check and returns: what patching a call site costs with the cheapest
 /// callback there is.
 fn stock_function_elsewhere(vm: &mut Vm, on: bool) {
-    let cmd = if on {
-        "cd /sys/kernel/tracing && echo 2 > set_ftrace_pid && echo function > current_tracer && cat current_tracer; cd /"
-    } else {
-        "cd /sys/kernel/tracing && echo nop > current_tracer && echo > set_ftrace_pid && echo > trace && cat current_tracer; cd /"
-    };
-    let out = vm.output(cmd);
-    let want = if on { "function" } else { "nop" };
-    assert!(out.contains(want), "tracefs: {out:?}");
+    tracefs(vm, on, "function", "set_ftrace_pid", "2");
 }
 
 /// Call sites ftrace has enabled (tracefs `enabled_functions`).
