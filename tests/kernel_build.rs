@@ -12,12 +12,19 @@ use xftrace::kernel::callgraph::CallGraph;
 use xftrace::kernel::symbols::SystemMap;
 use xftrace::kernel::vmlinux::Vmlinux;
 
+/// The build's System.map and vmlinux.
+fn build() -> (SystemMap, Vmlinux) {
+    let k = common::kernel_dir();
+    (
+        SystemMap::load(&k.join("System.map")).unwrap(),
+        Vmlinux::load(&k.join("vmlinux")).unwrap(),
+    )
+}
+
 #[test]
 fn allows_the_kernels_own_calls_and_nothing_else() {
     let _t = common::timed();
-    let k = common::kernel_dir();
-    let map = SystemMap::load(&k.join("System.map")).unwrap();
-    let v = Vmlinux::load(&k.join("vmlinux")).unwrap();
+    let (map, v) = build();
     let t = std::time::Instant::now();
     let g = CallGraph::new(&v, &map).unwrap();
     eprintln!(
@@ -124,9 +131,7 @@ fn kallsyms_of_the_build_is_its_system_map() {
 #[test]
 fn a_traced_calls_reach_holds_its_indirect_targets() {
     let _t = common::timed();
-    let k = common::kernel_dir();
-    let map = SystemMap::load(&k.join("System.map")).unwrap();
-    let v = Vmlinux::load(&k.join("vmlinux")).unwrap();
+    let (map, v) = build();
     let g = CallGraph::new(&v, &map).unwrap();
     let a = |n: &str| map.addr(n).unwrap_or_else(|| panic!("{n} in System.map"));
     let read = [a("__x64_sys_read")];

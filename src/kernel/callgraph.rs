@@ -159,13 +159,17 @@ impl<'a> CallGraph<'a> {
         let mut all_taken = false;
         while let Some(f) = work.pop() {
             let targets = self.direct_targets(f);
-            let calls_indirect = targets.iter().any(|t| thunks.contains(t)) || self.has_indirect(f);
+            // Once every address-taken function is in, indirect calls add
+            // nothing: the body is not scanned for them again.
+            let adds_taken = indirect
+                && !all_taken
+                && (targets.iter().any(|t| thunks.contains(t)) || self.has_indirect(f));
             for t in targets {
                 if seen.insert(t) {
                     work.push(t);
                 }
             }
-            if indirect && calls_indirect && !all_taken {
+            if adds_taken {
                 all_taken = true;
                 for &a in &self.address_taken {
                     if seen.insert(a) {
