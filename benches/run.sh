@@ -21,6 +21,7 @@ map=${XFTRACE_KERNEL_DIR:+$XFTRACE_KERNEL_DIR/System.map}
 run() { echo "== $*"; "$@"; }
 run cargo bench --bench guest -- --rounds 3 "${unpatched[@]}"
 run cargo bench --bench guest -- --rounds 3 --dkms
+run cargo bench --bench workloads -- --rounds 3
 run cargo bench --bench decode -- ${map:+"$map"}
 run cargo bench --features fuzzing --bench collect
 run cargo bench --features fuzzing --bench sustain

@@ -345,3 +345,126 @@ impl Drop for Lifecycle {
         let _ = self.child.wait();
     }
 }
+
+/// The Debian image booted by QEMU itself (no libvirt) on one of our kernel
+/// builds (`-kernel`; the small profile has virtio and ext4 built in), for
+/// benches that want `-icount` so that guest time repeats. Disk writes go to
+/// a throwaway overlay (`snapshot=on`), the RAM to a shared file in a private
+/// directory on tmpfs (`ram`) for the host tool, where the Ansible role puts
+/// libvirt's `memory_backing_dir` (with the file on a disk file system, whose
+/// page cache the guest's every write dirties, the workloads bench's busiest
+/// session lost 1–2 % of its records to lapped rings; on tmpfs, none); QEMU
+/// is killed on drop.
+pub struct DirectDebian {
+    pub guest: Debian,
+    pub ram: PathBuf,
+    child: Child,
+    _dir: tempfile::TempDir,
+}
+
+impl DirectDebian {
+    pub fn boot(kernel_dir: &Path, mem_mb: u64, icount: bool) -> DirectDebian {
+        use std::os::unix::fs::PermissionsExt;
+        let img = image_dir();
+        let dir = tempfile::Builder::new()
+            .prefix("xftrace-debian-")
+            .tempdir_in("/dev/shm")
+            .unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+        let ram = dir.path().join("pc.ram");
+        let console = dir.path().join("console.log");
+        let (ssh_port, http_port) = (free_port(), free_port());
+        let accel = super::accel();
+        let child = Command::new("qemu-system-x86_64")
+            .args(["-machine", "q35", "-cpu", "max", "-accel", accel])
+            .args(
+                (icount && accel == "tcg")
+                    .then_some(["-icount", "shift=1,sleep=on"])
+                    .into_iter()
+                    .flatten(),
+            )
+            .args(["-m", &format!("{mem_mb}M"), "-smp", "1"])
+            .args([
+                "-object",
+                &format!(
+                    "memory-backend-file,id=pc.ram,size={mem_mb}M,mem-path={},share=on,prealloc=on",
+                    ram.display()
+                ),
+                "-machine",
+                "memory-backend=pc.ram",
+            ])
+            .arg("-kernel")
+            .arg(kernel_dir.join("bzImage"))
+            .args(["-append", "root=/dev/vda1 ro console=ttyS0 quiet"])
+            .arg("-drive")
+            .arg(format!(
+                "file={},if=virtio,format=raw,snapshot=on",
+                img.join("debian.img").display()
+            ))
+            .args([
+                "-netdev",
+                &format!(
+                    "user,id=n0,hostfwd=tcp:127.0.0.1:{ssh_port}-:22,hostfwd=tcp:127.0.0.1:{http_port}-:80"
+                ),
+                "-device",
+                "virtio-net-pci,netdev=n0",
+                "-device",
+                "virtio-rng-pci",
+            ])
+            .args(["-display", "none", "-nodefaults", "-no-reboot"])
+            .arg("-serial")
+            .arg(format!("file:{}", console.display()))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.path().join("qemu.err")).unwrap())
+            .spawn()
+            .expect("run qemu-system-x86_64");
+        let mut d = DirectDebian {
+            guest: Debian {
+                name: "debian-direct".to_string(),
+                ssh_port,
+                http_port,
+                console,
+                key: img.join("id_ed25519"),
+            },
+            ram,
+            child,
+            _dir: dir,
+        };
+        let start = Instant::now();
+        loop {
+            if d.guest
+                .ssh("systemctl is-active multi-user.target")
+                .status
+                .success()
+            {
+                break;
+            }
+            if let Ok(Some(st)) = d.child.try_wait() {
+                panic!(
+                    "qemu exited ({st}) before the Debian guest came up: {}\nconsole:\n{}",
+                    std::fs::read_to_string(d._dir.path().join("qemu.err")).unwrap_or_default(),
+                    d.guest.console_tail()
+                );
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(900),
+                "the Debian guest did not reach multi-user.target in 900 s; console:\n{}",
+                d.guest.console_tail()
+            );
+            std::thread::sleep(Duration::from_secs(2));
+        }
+        eprintln!(
+            "harness: Debian guest ({accel}) at multi-user.target in {:.0} s",
+            start.elapsed().as_secs_f64()
+        );
+        d
+    }
+}
+
+impl Drop for DirectDebian {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
