@@ -242,7 +242,7 @@ fn main() {
     // last word on each filter's records.
     let (mut xf_on, mut xf_off, mut fg_on, mut fg_off) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    let mut wrote = vec![None; CONFIGS.len()];
+    let mut wrote: Vec<Vec<String>> = vec![Vec::new(); CONFIGS.len()];
     for r in 0..rounds {
         for (ci, c) in CONFIGS.iter().enumerate() {
             let on = switch(g, &x, c, true, &trace);
@@ -256,9 +256,7 @@ fn main() {
                 fg_on.extend(on.guest_s);
                 fg_off.extend(off.guest_s);
             }
-            if off.wrote.is_some() {
-                wrote[ci] = off.wrote;
-            }
+            wrote[ci].extend(off.wrote);
             eprintln!(
                 "round {r}: {}: {}",
                 c.label,
@@ -314,8 +312,8 @@ fn main() {
             .join(", ")
     );
     for (ci, c) in CONFIGS.iter().enumerate() {
-        if let Some(w) = &wrote[ci] {
-            println!("{}, last round's trace: {w}", c.label);
+        if !wrote[ci].is_empty() {
+            println!("{}, each round's trace: {}", c.label, wrote[ci].join("; "));
         }
     }
     for (ci, c) in CONFIGS.iter().enumerate() {

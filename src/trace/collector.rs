@@ -178,6 +178,8 @@ impl<'a> Collector<'a> {
                 std::thread::sleep(sleep);
             }
         }
+        // The session's records are all read: now wait for the disk.
+        self.spool.sync()?;
         if status.state == CollectorState::Collecting {
             status.state = CollectorState::Stopped;
         }

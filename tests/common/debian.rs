@@ -351,10 +351,9 @@ impl Drop for Lifecycle {
 /// benches that want `-icount` so that guest time repeats. Disk writes go to
 /// a throwaway overlay (`snapshot=on`), the RAM to a shared file in a private
 /// directory on tmpfs (`ram`) for the host tool, where the Ansible role puts
-/// libvirt's `memory_backing_dir` (with the file on a disk file system, whose
-/// page cache the guest's every write dirties, the workloads bench's busiest
-/// session lost 1–2 % of its records to lapped rings; on tmpfs, none); QEMU
-/// is killed on drop.
+/// libvirt's `memory_backing_dir` (on a disk file system, the guest's every
+/// write to its memory would become the host's writeback); QEMU is killed on
+/// drop.
 pub struct DirectDebian {
     pub guest: Debian,
     pub ram: PathBuf,
