@@ -175,7 +175,9 @@ impl Guest {
             .recursive(true)
             .create(self.state_dir())
             .unwrap();
-        let lock = File::create(self.dir.path().join("lock")).unwrap();
+        // `collect` adopts only the guest's own collector.lock (as `on`
+        // hands it over), held by the process that starts it.
+        let lock = File::create(self.guest_dir().path().join("collector.lock")).unwrap();
         let fd = lock.as_raw_fd();
         let log = File::create(self.dir.path().join("collector.log")).unwrap();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_xftrace"));
