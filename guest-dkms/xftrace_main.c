@@ -30,6 +30,12 @@
  *  - What narrows the capture is read from the kernel's own variables
  *    (ftrace_enabled, ftrace_disabled, global_ops' filter and notrace
  *    hashes, kill_ftrace_graph, ftrace_graph_return).
+ *  - The gate (patch 0003's test in ftrace_graph_func). A module cannot
+ *    change that function, so while it is the graph client it points
+ *    fgraph's own ftrace_ops (graph_ops) at xftrace_gate(), which calls
+ *    ftrace_graph_func() only for a call that may be recorded. The
+ *    pointer is set and restored under ftrace_lock, and only while no
+ *    graph tracer is registered (xftrace_hook_graph()).
  *
  * Unloading turns tracing off, clears the magic and stops the heartbeat:
  * the host reports it as a stopped tracer.
@@ -40,11 +46,13 @@
 #include <linux/gfp.h>
 #include <linux/io.h>
 #include <linux/glob.h>
+#include <linux/hash.h>
 #include <linux/jump_label.h>
 #include <linux/kprobes.h>
 #include <linux/kthread.h>
 #include <linux/mm.h>
 #include <linux/module.h>
+#include <linux/mutex.h>
 #include <linux/percpu.h>
 #include <linux/rcupdate.h>
 #include <linux/sched.h>
@@ -210,6 +218,12 @@ static struct {
 					    struct module *, unsigned long),
 				  void *data);
 	trace_func_graph_ret_t *graph_return;
+	/* The gate's: fgraph's ftrace_ops, its function, the lock that
+	 * registration holds, and whether a graph tracer is registered. */
+	struct ftrace_ops *graph_ops;
+	ftrace_func_t graph_func;
+	struct mutex *ftrace_lock;
+	int *graph_active;
 	int *enabled;
 	int *disabled;
 	struct ftrace_ops *global_ops;
@@ -418,6 +432,100 @@ static void xftrace_return(struct ftrace_graph_ret *trace)
 		     trace->calltime, trace->overrun);
 }
 
+/*
+ * The gate (patch 0003's xftrace_graph_gate()): fgraph's entry for a call
+ * only if xftrace may record it. A task with no frame on its return stack
+ * is inside no call xftrace took (fgraph pops the frame of a call the
+ * entry refuses, and xftrace is the only graph client while the gate is
+ * on), so its call is recorded only if its function is in the filter: one
+ * bit of a word first, the search only when that bit is set. A task with
+ * a frame goes to the entry, which decides as before. So the gate refuses
+ * nothing the entry would take, and the records do not change. While
+ * xftrace_gated is false (being switched, or someone else's
+ * function_graph that registered with the gate in place), it passes all.
+ */
+static unsigned long xftrace_bloom;
+static bool xftrace_gated;
+/* The module stays loaded while someone else's function_graph calls it. */
+static bool xftrace_pinned;
+
+static __always_inline unsigned long xftrace_bloom_bit(unsigned long ip)
+{
+	return 1UL << hash_long(ip, 6);
+}
+
+static void notrace xftrace_gate(unsigned long ip, unsigned long parent_ip,
+				 struct ftrace_ops *op, struct ftrace_regs *fregs)
+{
+	if (likely(READ_ONCE(xftrace_gated)) && current->curr_ret_stack < 0 &&
+	    (!(READ_ONCE(xftrace_bloom) & xftrace_bloom_bit(ip)) ||
+	     !xftrace_filtered(ip)))
+		return;
+	k.graph_func(ip, parent_ip, op, fregs);
+}
+
+/*
+ * Point graph_ops at the gate before registering, while no graph tracer is
+ * registered (one that is would keep calling what it was given). False if
+ * the gate is not in place: someone else's function_graph is registered
+ * (register_ftrace_graph() then fails anyway), or graph_ops calls
+ * something else than ftrace_graph_func() (then xftrace runs ungated).
+ */
+static bool xftrace_hook_graph(void)
+{
+	bool hooked = false;
+
+	mutex_lock(k.ftrace_lock);
+	if (!READ_ONCE(*k.graph_active) && k.graph_ops->func == k.graph_func) {
+		WRITE_ONCE(k.graph_ops->func, xftrace_gate);
+		hooked = true;
+	}
+	mutex_unlock(k.ftrace_lock);
+	return hooked;
+}
+
+/*
+ * Give graph_ops its function back (after unregistering, or after a
+ * failed registration). A function_graph someone registered while the gate
+ * was in place (between the hook and xftrace's registration, or between
+ * its unregistration and this) has the gate in its trampoline: the gate is
+ * off, so it passes everything, and the module stays loaded until that
+ * tracer is gone (xftrace_unpin()).
+ */
+static void xftrace_unhook_graph(void)
+{
+	mutex_lock(k.ftrace_lock);
+	if (k.graph_ops->func == xftrace_gate)
+		WRITE_ONCE(k.graph_ops->func, k.graph_func);
+	if (k.graph_ops->saved_func == xftrace_gate) {
+		WRITE_ONCE(k.graph_ops->saved_func, k.graph_func);
+		if (READ_ONCE(*k.graph_active) && !xftrace_pinned) {
+			__module_get(THIS_MODULE);
+			xftrace_pinned = true;
+			pr_warn("xftrace: a function_graph tracer registered while xftrace switched; the module stays loaded until it stops\n");
+		}
+	}
+	mutex_unlock(k.ftrace_lock);
+}
+
+/* Let the module go once no graph tracer can be calling the gate. */
+static void xftrace_unpin(void)
+{
+	bool gone;
+
+	if (!xftrace_pinned)
+		return;
+	mutex_lock(k.ftrace_lock);
+	gone = !READ_ONCE(*k.graph_active);
+	mutex_unlock(k.ftrace_lock);
+	if (!gone)
+		return;
+	/* A CPU may still be in the trampoline that called the gate. */
+	synchronize_rcu_tasks_rude();
+	xftrace_pinned = false;
+	module_put(THIS_MODULE);
+}
+
 static struct fgraph_ops xftrace_gops = {
 	.entryfunc	= xftrace_entry,
 	.retfunc	= xftrace_return,
@@ -581,9 +689,10 @@ static bool xftrace_read_command(struct xftrace_cmd *cmd)
 static int xftrace_on(struct xftrace_cmd *cmd)
 {
 	struct xftrace_control *c = &xftrace_control;
-	unsigned long *funcs = NULL;
+	unsigned long *funcs = NULL, bloom;
+	bool hooked;
 	u64 start;
-	int ret, n;
+	int ret, n, i;
 
 	if (xftrace_state != XFTRACE_OFF)
 		return -EBUSY;
@@ -602,13 +711,19 @@ static int xftrace_on(struct xftrace_cmd *cmd)
 
 	WRITE_ONCE(xftrace_nfuncs, n);
 	WRITE_ONCE(xftrace_funcs, funcs);
+	for (bloom = 0, i = 0; i < n; i++)
+		bloom |= xftrace_bloom_bit(funcs[i]);
+	WRITE_ONCE(xftrace_bloom, bloom);
 	WRITE_ONCE(xftrace_irqs, !!(cmd->flags & XFTRACE_FLAG_IRQS));
 	WRITE_ONCE(xftrace_session, xftrace_session + 1);
 	atomic_set(&xftrace_active, 0);
 	WRITE_ONCE(xftrace_state, XFTRACE_ARMED);
+	hooked = xftrace_hook_graph();
 	ret = k.register_graph(&xftrace_gops);
 	if (ret) {
 		/* -EBUSY: a guest user runs function_graph through tracefs. */
+		if (hooked)
+			xftrace_unhook_graph();
 		WRITE_ONCE(xftrace_state, XFTRACE_OFF);
 		WRITE_ONCE(xftrace_funcs, NULL);
 		WRITE_ONCE(xftrace_nfuncs, 0);
@@ -622,6 +737,8 @@ static int xftrace_on(struct xftrace_cmd *cmd)
 	WRITE_ONCE(c->filter_count, n);
 	smp_wmb();
 	WRITE_ONCE(xftrace_state, XFTRACE_CAPTURING);
+	/* From here the gate may refuse: xftrace is the graph client. */
+	WRITE_ONCE(xftrace_gated, hooked);
 	return 0;
 }
 
@@ -636,8 +753,10 @@ static int xftrace_off(void)
 	while (atomic_read(&xftrace_active) > 0 && time_before(jiffies, end))
 		schedule_timeout_interruptible(1);
 	WRITE_ONCE(xftrace_state, XFTRACE_OFF);
+	WRITE_ONCE(xftrace_gated, false);
 	synchronize_rcu_tasks_rude();
 	k.unregister_graph(&xftrace_gops);
+	xftrace_unhook_graph();
 	/*
 	 * A return callback runs with preemption on until it writes: wait
 	 * until no task can be inside one before the filter goes.
@@ -763,6 +882,7 @@ static int xftrace_thread(void *unused)
 			xftrace_probe_cpus();
 			next_probe = jiffies + msecs_to_jiffies(XFTRACE_PROBE_MS);
 		}
+		xftrace_unpin();
 		xftrace_publish();
 		WRITE_ONCE(c->heartbeat, c->heartbeat + 1);
 		if (READ_ONCE(xftrace_state) == XFTRACE_OFF &&
@@ -803,7 +923,8 @@ static int __init xftrace_resolve(void)
 		"ftrace_location", "kallsyms_on_each_symbol",
 		"module_kallsyms_on_each_symbol", "ftrace_graph_return",
 		"ftrace_enabled", "ftrace_disabled", "global_ops",
-		"kill_ftrace_graph", "_text",
+		"kill_ftrace_graph", "_text", "graph_ops", "ftrace_graph_func",
+		"ftrace_lock", "ftrace_graph_active",
 	};
 	unsigned long a[ARRAY_SIZE(names)];
 	unsigned int i;
@@ -841,6 +962,10 @@ static int __init xftrace_resolve(void)
 	k.global_ops = (void *)a[8];
 	k.dead = (void *)a[9];
 	k.text = a[10];
+	k.graph_ops = (void *)a[11];
+	k.graph_func = (void *)a[12];
+	k.ftrace_lock = (void *)a[13];
+	k.graph_active = (void *)a[14];
 	return 0;
 }
 
