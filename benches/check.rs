@@ -17,12 +17,7 @@ mod common;
 use std::process::Command;
 use std::time::Instant;
 
-use common::{Boot, Vm, Xftrace};
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
-}
+use common::{median, Boot, Vm, Xftrace};
 
 /// Seconds one `xftrace check ARGS` takes, and its exit code (0 clean).
 fn timed(x: &Xftrace, args: &[&str]) -> (f64, Option<i32>) {

@@ -28,7 +28,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::{Boot, Vm, Xftrace};
+use common::{median, Boot, Vm, Xftrace};
 
 /// Rounds of the traced path per measurement; the untraced one runs ten
 /// times as many.
@@ -42,29 +42,13 @@ struct Sample {
     untraced: f64,
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    let n = v.len();
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
-}
-
 /// The static in-guest program, in an initramfs of its own.
 fn bench_initramfs() -> PathBuf {
     let target = common::repo().join("target");
     // Absent when cargo builds elsewhere (CARGO_TARGET_DIR).
     std::fs::create_dir_all(&target).expect("create target/");
     let bin = target.join("xftrace-bench-syscalls");
-    let st = Command::new("gcc")
-        .args(["-static", "-O2", "-Wall", "-o"])
-        .arg(&bin)
-        .arg(common::repo().join("benches/guest/syscalls.c"))
-        .status()
-        .expect("run gcc");
-    assert!(st.success(), "gcc benches/guest/syscalls.c");
+    common::static_program(&common::repo().join("benches/guest/syscalls.c"), &bin);
     let out = target.join("xftrace-bench-initramfs.cpio.gz");
     let st = Command::new("bash")
         .arg(common::repo().join("tests/guest/make-initramfs.sh"))

@@ -23,11 +23,10 @@
 mod common;
 
 use std::path::PathBuf;
-use std::process::Command;
 use std::time::Instant;
 
 use common::debian::{Debian, DirectDebian};
-use common::Xftrace;
+use common::{median, Xftrace};
 
 /// A workload, its size, and what one unit of it is.
 struct Workload {
@@ -106,28 +105,12 @@ const CONFIGS: [Config; 6] = [
     },
 ];
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    let n = v.len();
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
-}
-
 /// The static in-guest program.
 fn program() -> PathBuf {
     let target = common::repo().join("target");
     std::fs::create_dir_all(&target).expect("create target/");
     let bin = target.join("xfwork");
-    let st = Command::new("gcc")
-        .args(["-static", "-O2", "-Wall", "-o"])
-        .arg(&bin)
-        .arg(common::repo().join("benches/guest/workloads.c"))
-        .status()
-        .expect("run gcc");
-    assert!(st.success(), "gcc benches/guest/workloads.c");
+    common::static_program(&common::repo().join("benches/guest/workloads.c"), &bin);
     bin
 }
 

@@ -247,13 +247,7 @@ fn build_rootkits(headers: &Path, build: &Path) -> Vec<PathBuf> {
     // user-space programs (kbuild left their sources alone).
     for program in ["bpf_hook", "magic_sniff"] {
         let out = build.join(program);
-        let st = Command::new("gcc")
-            .args(["-static", "-O2", "-Wall", "-o"])
-            .arg(&out)
-            .arg(build.join(format!("{program}.c")))
-            .status()
-            .expect("run gcc");
-        assert!(st.success(), "building {program} failed");
+        super::static_program(&build.join(format!("{program}.c")), &out);
         kos.push(out);
     }
     kos

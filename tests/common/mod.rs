@@ -97,3 +97,25 @@ pub fn binary_name() -> Option<String> {
 pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
+
+/// Build the C program `src` statically into `out`, to run in a guest.
+pub fn static_program(src: &std::path::Path, out: &std::path::Path) {
+    let st = std::process::Command::new("gcc")
+        .args(["-static", "-O2", "-Wall", "-o"])
+        .arg(out)
+        .arg(src)
+        .status()
+        .expect("run gcc");
+    assert!(st.success(), "gcc {}", src.display());
+}
+
+/// The median of the benches' samples.
+pub fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
