@@ -94,7 +94,7 @@ impl Guest {
     }
 
     fn word(&self, gpa: GuestAddress) -> &AtomicU64 {
-        assert!(gpa.0 % 8 == 0 && gpa.0 + 8 <= self.len as u64);
+        assert!(gpa.0.is_multiple_of(8) && gpa.0 + 8 <= self.len as u64);
         // Aligned, in the mapping, which lives as long as self.
         unsafe { AtomicU64::from_ptr(self.base.add(gpa.0 as usize) as *mut u64) }
     }
@@ -136,14 +136,14 @@ impl Guest {
             cpu: ring,
             seq,
             epoch,
-            kind: if seq % 2 == 0 {
+            kind: if seq.is_multiple_of(2) {
                 Kind::Entry
             } else {
                 Kind::Return
             },
             func: 0xffff_ffff_a100_0000 + (seq % 509) * 0x40,
             time,
-            calltime: if seq % 2 == 0 { 0 } else { time - 100 },
+            calltime: if seq.is_multiple_of(2) { 0 } else { time - 100 },
             depth: (seq % 2) as u32,
             pid: 42,
             overrun: 0,

@@ -71,7 +71,7 @@ impl ControlHeader {
         if !h.ring_slots.is_power_of_two() || !(64..=MAX_RING_SLOTS).contains(&h.ring_slots) {
             return Err(format!("implausible ring size {}", h.ring_slots));
         }
-        if h.ctl_va % CTL_SIZE != 0 || h.heads_va % 4096 != 0 {
+        if !h.ctl_va.is_multiple_of(CTL_SIZE) || !h.heads_va.is_multiple_of(4096) {
             return Err("control block or ring heads not page-aligned".into());
         }
         Ok(h)

@@ -11,27 +11,28 @@ use crate::trace::status::{CollectorState, CollectorStatus};
 
 use super::GuestArgs;
 
-/// The changed lines between two versions of a document.
-fn print_change(old: &str, new: &str) {
-    let (a, b): (Vec<&str>, Vec<&str>) = (old.lines().collect(), new.lines().collect());
-    let head = a.iter().zip(&b).take_while(|(x, y)| x == y).count();
-    let tail = a[head..]
-        .iter()
-        .rev()
-        .zip(b[head..].iter().rev())
-        .take_while(|(x, y)| x == y)
-        .count();
-    if head == a.len() && head == b.len() {
-        println!("(no change)");
-        return;
+/// `--dry-run`: the change to a domain's definition as a unified diff
+/// (3 lines of context), each line escaped (a definition may hold any
+/// text); the diff gives up refining after a second on a pathological
+/// definition, and is then coarser, never wrong.
+fn change(name: &str, old: &str, new: &str) -> String {
+    if old == new {
+        return "(no change)\n".into();
     }
-    println!("@@ line {} @@", head + 1);
-    for l in &a[head..a.len() - tail] {
-        println!("-{l}");
-    }
-    for l in &b[head..b.len() - tail] {
-        println!("+{l}");
-    }
+    let diff = similar::TextDiff::configure()
+        .timeout(std::time::Duration::from_secs(1))
+        .diff_lines(old, new);
+    let text = diff
+        .unified_diff()
+        .context_radius(3)
+        .missing_newline_hint(false)
+        .header(&format!("{name} (now)"), &format!("{name} (after)"))
+        .to_string();
+    text.lines().fold(String::new(), |mut out, l| {
+        out.push_str(&escape(l));
+        out.push('\n');
+        out
+    })
 }
 
 /// The build `enroll` records: --system-map, with --vmlinux or the vmlinux
@@ -154,10 +155,12 @@ pub fn enroll(
             escape(name)
         );
     }
-    let name = escape(name);
     if dry_run {
-        print_change(&old, &new);
-    } else if live == LiveEnrollment::Updated {
+        print!("{}", change(name, &old, &new));
+        return Ok(());
+    }
+    let name = escape(name);
+    if live == LiveEnrollment::Updated {
         println!("enrolled {name}: the running domain uses this kernel build now");
     } else if old == new {
         println!("{name} is already enrolled");
@@ -186,7 +189,7 @@ pub fn unenroll(g: &GuestArgs, root: &Path, name: &str, dry_run: bool) -> Result
     }
     let (old, new) = lv.unenroll(name, dry_run)?;
     if dry_run {
-        print_change(&old, &new);
+        print!("{}", change(name, &old, &new));
     } else {
         println!(
             "unenrolled {}: its previous memory backing applies from its next start",
@@ -196,29 +199,46 @@ pub fn unenroll(g: &GuestArgs, root: &Path, name: &str, dry_run: bool) -> Result
     Ok(())
 }
 
-/// One line of `xftrace list` (`map` already escaped).
-fn row(name: &str, state: &str, enrolled: &str, tracing: &str, map: &str) {
+/// One line of `xftrace list`: a table row, or with `json` an object
+/// (docs/json.md).
+fn row(json: bool, name: &str, state: &str, enrolled: &str, tracing: &str, map: Option<&str>) {
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "domain": name,
+                "state": state,
+                "enrolled": enrolled,
+                "tracing": tracing,
+                "system_map": map,
+            })
+        );
+        return;
+    }
     println!(
-        "{:<24} {:<8} {:<9} {:<8} {map}",
+        "{:<24} {:<8} {:<9} {:<8} {}",
         escape(name),
         state,
         enrolled,
-        tracing
+        tracing,
+        escape(map.unwrap_or("-"))
     );
 }
 
 /// `xftrace list`: domains, running or not, enrolled or not, tracing or not.
-pub fn list(g: &GuestArgs, root: &Path) -> Result<(), Error> {
+pub fn list(g: &GuestArgs, root: &Path, json: bool) -> Result<(), Error> {
     let lv = Libvirt::connect(&g.connect)?;
-    println!(
-        "{:<24} {:<8} {:<9} {:<8} SYSTEM.MAP",
-        "DOMAIN", "STATE", "ENROLLED", "TRACING"
-    );
+    if !json {
+        println!(
+            "{:<24} {:<8} {:<9} {:<8} SYSTEM.MAP",
+            "DOMAIN", "STATE", "ENROLLED", "TRACING"
+        );
+    }
     let mut unreadable = Vec::new();
     for d in lv.list()? {
         let state = if d.running { "running" } else { "off" };
         if let Some(why) = &d.problem {
-            row(&d.name, state, "unknown", "unknown", "-");
+            row(json, &d.name, state, "unknown", "unknown", None);
             unreadable.push(format!("{}: {}", escape(&d.name), escape(why)));
             continue;
         }
@@ -238,11 +258,12 @@ pub fn list(g: &GuestArgs, root: &Path) -> Result<(), Error> {
             _ => "no",
         };
         row(
+            json,
             &d.name,
             state,
             if d.enrolled { "yes" } else { "no" },
             tracing,
-            &escape(d.system_map.as_deref().unwrap_or("-")),
+            d.system_map.as_deref(),
         );
     }
     // Every readable domain is listed first; then what could not be read
@@ -255,4 +276,30 @@ pub fn list(g: &GuestArgs, root: &Path) -> Result<(), Error> {
         )));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::change;
+
+    #[test]
+    fn a_dry_run_shows_each_change_in_its_own_hunk_escaped() {
+        let mut old: Vec<String> = (0..40).map(|i| format!("  <line{i}/>")).collect();
+        old[3] = "<domain>\u{1b}[2J".into();
+        let mut new = old.clone();
+        new[5] = "  <memoryBacking/>".into();
+        new[30] = "  <memballoon model='none'/>".into();
+        let d = change("web01", &old.join("\n"), &new.join("\n"));
+        assert!(d.starts_with("--- web01 (now)\n+++ web01 (after)\n"), "{d}");
+        assert_eq!(d.matches("@@ -").count(), 2, "{d}");
+        assert!(d.contains("\n-  <line5/>\n+  <memoryBacking/>\n"), "{d}");
+        assert!(d.contains("+  <memballoon model='none'/>"), "{d}");
+        assert!(
+            !d.contains('\u{1b}') && d.contains("<domain>\\x1b[2J"),
+            "{d}"
+        );
+        // Far from the changes: not shown.
+        assert!(!d.contains("<line18/>"), "{d}");
+        assert_eq!(change("web01", "a\n", "a\n"), "(no change)\n");
+    }
 }

@@ -3,12 +3,14 @@
 //! ([`exit_code`]).
 
 mod domains;
+mod logging;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand};
+use clap_verbosity_flag::{Verbosity, WarnLevel};
 
 use crate::base::error::Error;
 use crate::detect;
@@ -21,13 +23,22 @@ use crate::lifecycle::hook;
 use crate::trace::session::{self, CollectOptions};
 use crate::trace::{collector, spool};
 
-/// Trace a KVM guest's kernel from the host, through the file that backs its
-/// RAM, without pausing it.
+/// Rootkit detection for KVM guests, from the host: trace a guest kernel's
+/// calls and check what it will jump through, by reading the file that
+/// backs its RAM, without pausing it or installing an agent in it.
 #[derive(Parser, Debug)]
-#[command(name = "xftrace", version, about, long_about = None)]
+#[command(name = "xftrace", version, long_about = None)]
 pub struct Cli {
     #[command(flatten)]
     pub guest: GuestArgs,
+
+    #[command(flatten)]
+    pub verbosity: Verbosity<WarnLevel>,
+
+    /// JSON output, one object per line (`check`, `watch`, `list`); an
+    /// error as {"error": MESSAGE, "exit": CODE} on stdout (docs/json.md).
+    #[arg(long, global = true)]
+    pub json: bool,
 
     /// Where xftrace keeps per-guest state (0700).
     #[arg(long, global = true, env = "XFTRACE_STATE_DIR", default_value = statedir::DEFAULT_ROOT)]
@@ -37,7 +48,7 @@ pub struct Cli {
     pub command: Command,
 }
 
-#[derive(Args, Debug)]
+#[derive(Args, Clone, Debug)]
 pub struct GuestArgs {
     /// The libvirt domain to trace.
     #[arg(
@@ -140,15 +151,26 @@ pub enum Command {
     },
     /// Stop tracing, drain the rings and write the trace.
     Off {
+        /// The libvirt domain (as --domain).
+        #[arg(value_name = "DOMAIN")]
+        name: Option<String>,
         /// Where to write the function_graph trace.
         #[arg(short, long, default_value = "trace_graph.txt")]
         output: PathBuf,
     },
     /// Show the guest's tracer and the collector.
-    Status,
+    Status {
+        /// The libvirt domain (as --domain).
+        #[arg(value_name = "DOMAIN")]
+        name: Option<String>,
+    },
     /// Print the guest kernel's log (printk's ring buffer), read from the
     /// host as `dmesg` prints it, escaped: no login, no agent, no pause.
-    Dmesg,
+    Dmesg {
+        /// The libvirt domain (as --domain).
+        #[arg(value_name = "DOMAIN")]
+        name: Option<String>,
+    },
     /// Prepare a libvirt domain for tracing (takes effect at its next start).
     Enroll {
         /// The domain.
@@ -186,7 +208,9 @@ pub enum Command {
         #[arg(long, value_name = "FILE")]
         deb: Option<PathBuf>,
     },
-    /// Entry point of the libvirt hook (reads the domain XML on stdin).
+    /// Entry point of the libvirt hook (reads the domain XML on stdin; not
+    /// for direct use).
+    #[command(hide = true)]
     Hook {
         /// The hook's driver; only `qemu` is handled.
         driver: String,
@@ -208,17 +232,18 @@ pub enum Command {
     },
     /// Check the guest once: exit 0 clean, 1 findings, 2 error.
     Check {
-        /// One JSON object per finding.
-        #[arg(long)]
-        json: bool,
+        /// The libvirt domain (as --domain).
+        #[arg(value_name = "DOMAIN")]
+        name: Option<String>,
         /// Seconds of tracing for the call-flow check against the baseline (0: skip).
         #[arg(long, default_value_t = 3)]
         trace_seconds: u64,
     },
     /// Check continuously, reporting each finding when it appears.
     Watch {
-        #[arg(long)]
-        json: bool,
+        /// The libvirt domain (as --domain).
+        #[arg(value_name = "DOMAIN")]
+        name: Option<String>,
         /// Seconds between checks.
         #[arg(long, default_value_t = 1.0)]
         interval: f64,
@@ -228,6 +253,12 @@ pub enum Command {
         /// Stop after this many checks.
         #[arg(long)]
         rounds: Option<u64>,
+    },
+    /// Print a completion script for SHELL (bash: save it as
+    /// /usr/share/bash-completion/completions/xftrace).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
     },
     /// Run the collector (started by `on`; not for direct use).
     #[command(hide = true)]
@@ -258,6 +289,26 @@ impl Command {
         matches!(self, Command::Check { .. } | Command::Watch { .. })
     }
 
+    /// Commands that can answer in JSON.
+    fn speaks_json(&self) -> bool {
+        matches!(
+            self,
+            Command::Check { .. } | Command::Watch { .. } | Command::List
+        )
+    }
+
+    /// The domain named as a positional argument, as virsh takes it.
+    fn domain(&self) -> Option<&String> {
+        match self {
+            Command::Off { name, .. }
+            | Command::Status { name }
+            | Command::Dmesg { name }
+            | Command::Check { name, .. }
+            | Command::Watch { name, .. } => name.as_ref(),
+            _ => None,
+        }
+    }
+
     /// Commands that switch the guest's tracer on (and off again, or
     /// leave it to a collector): a stop signal (SIGINT, SIGTERM, SIGHUP)
     /// is caught, the tracer switched off, and the command says it was
@@ -279,9 +330,10 @@ impl Command {
     fn only_reports(&self) -> bool {
         matches!(
             self,
-            Command::Status
-                | Command::Dmesg
+            Command::Status { .. }
+                | Command::Dmesg { .. }
                 | Command::List
+                | Command::Completions { .. }
                 | Command::Check { .. }
                 | Command::Watch { .. }
         )
@@ -315,6 +367,12 @@ pub fn exit_code(detection: bool, result: &Result<Outcome, Error>) -> u8 {
 /// are printed as one line).
 pub fn main() -> u8 {
     let cli = Cli::parse();
+    logging::init(cli.verbosity.log_level_filter());
+    let name: String = format!("{:?}", cli.command)
+        .chars()
+        .take_while(char::is_ascii_alphanumeric)
+        .collect();
+    log::debug!("xftrace {}: {name}", env!("CARGO_PKG_VERSION"));
     let detection = cli.command.is_detection();
     if cli.command.only_reports() {
         // Printing into a closed pipe (`xftrace status | head`) ends the
@@ -336,11 +394,20 @@ pub fn main() -> u8 {
             return u8::try_from(e.exit_code()).unwrap_or(1);
         }
     }
+    let json = cli.json;
     let result = run(cli);
+    let code = exit_code(detection, &result);
     if let Err(e) = &result {
-        eprintln!("xftrace: error: {e}");
+        if json {
+            println!(
+                "{}",
+                serde_json::json!({"error": e.to_string(), "exit": code})
+            );
+        } else {
+            eprintln!("xftrace: error: {e}");
+        }
     }
-    exit_code(detection, &result)
+    code
 }
 
 fn target(g: &GuestArgs, root: &Path) -> Result<Target, Error> {
@@ -371,9 +438,40 @@ fn target(g: &GuestArgs, root: &Path) -> Result<Target, Error> {
     })
 }
 
+/// `--domain` and the positional domain, which may both name it, once.
+fn guest_args(cli: &Cli) -> Result<GuestArgs, Error> {
+    let mut g = cli.guest.clone();
+    if let Some(name) = cli.command.domain() {
+        match &g.domain {
+            Some(d) if d != name => {
+                return Err(Error::Input(format!(
+                    "two domains given: '{}' and --domain '{}'; name one",
+                    crate::base::escape::escape(name),
+                    crate::base::escape::escape(d)
+                )))
+            }
+            _ if g.mem_file.is_some() => {
+                return Err(Error::Input(
+                    "a domain and --mem-file given: name one guest".into(),
+                ))
+            }
+            _ => g.domain = Some(name.clone()),
+        }
+    }
+    Ok(g)
+}
+
 /// Run the command `cli` names.
 pub fn run(cli: Cli) -> Result<Outcome, Error> {
     let root = &cli.state_dir;
+    let guest = guest_args(&cli)?;
+    let json = cli.json;
+    if json && !cli.command.speaks_json() {
+        return Err(Error::Input(
+            "--json: this command answers in text only; `check`, `watch` and `list` speak JSON"
+                .into(),
+        ));
+    }
     let done = |r: Result<(), Error>| r.map(|()| Outcome::Done);
     match &cli.command {
         Command::On {
@@ -385,7 +483,7 @@ pub fn run(cli: Cli) -> Result<Outcome, Error> {
             gap,
             spool_limit,
         } => {
-            let target = target(&cli.guest, root)?;
+            let target = target(&guest, root)?;
             let opts = CollectOptions {
                 key_interval: Duration::from_millis(*key_interval_ms),
                 irqs: *irqs,
@@ -405,8 +503,8 @@ pub fn run(cli: Cli) -> Result<Outcome, Error> {
             println!("{began}");
             Ok(Outcome::Done)
         }
-        Command::Off { output } => {
-            let off = session::off(&target(&cli.guest, root)?, output);
+        Command::Off { output, .. } => {
+            let off = session::off(&target(&guest, root)?, output);
             if let Some(note) = &off.gone {
                 eprintln!("{note}");
             }
@@ -415,8 +513,8 @@ pub fn run(cli: Cli) -> Result<Outcome, Error> {
             }
             off.result.map(|_| Outcome::Done)
         }
-        Command::Status => {
-            let t = target(&cli.guest, root)?;
+        Command::Status { .. } => {
+            let t = target(&guest, root)?;
             let status = session::status(&t);
             for line in &status.lines {
                 println!("{line}");
@@ -436,32 +534,29 @@ pub fn run(cli: Cli) -> Result<Outcome, Error> {
             name,
             dry_run,
             monitor,
-        } => done(domains::enroll(&cli.guest, root, name, monitor, *dry_run)),
+        } => done(domains::enroll(&guest, root, name, monitor, *dry_run)),
         Command::Unenroll { name, dry_run } => {
-            done(domains::unenroll(&cli.guest, root, name, *dry_run))
+            done(domains::unenroll(&guest, root, name, *dry_run))
         }
-        Command::Dmesg => dmesg(&target(&cli.guest, root)?),
-        Command::List => done(domains::list(&cli.guest, root)),
+        Command::Dmesg { .. } => dmesg(&target(&guest, root)?),
+        Command::List => done(domains::list(&guest, root, json)),
         Command::AddKernel { debian, deb } => match (debian, deb) {
-            (None, None) => done(domains::add_kernel(&cli.guest, root)),
+            (None, None) => done(domains::add_kernel(&guest, root)),
             (d, f) => done(domains::add_stock_kernel(root, d.as_deref(), f.as_deref())),
         },
         Command::Baseline {
             duration,
             depth,
             functions,
-        } => baseline(&target(&cli.guest, root)?, functions, *duration, *depth),
-        Command::Check {
-            json,
-            trace_seconds,
-        } => check(&target(&cli.guest, root)?, *json, *trace_seconds),
+        } => baseline(&target(&guest, root)?, functions, *duration, *depth),
+        Command::Check { trace_seconds, .. } => check(&target(&guest, root)?, json, *trace_seconds),
         Command::Watch {
-            json,
             interval,
             trace_seconds,
             rounds,
+            ..
         } => {
-            let target = target(&cli.guest, root)?;
+            let target = target(&guest, root)?;
             let opts = detect::CheckOptions {
                 trace_seconds: *trace_seconds,
             };
@@ -473,7 +568,7 @@ pub fn run(cli: Cli) -> Result<Outcome, Error> {
                 s.spawn(|| {
                     detect::follow_log(&target, &stop, &mut |events| {
                         logged.fetch_or(detect::alarming(&events), Ordering::Relaxed);
-                        for line in detect::report(&events, *json) {
+                        for line in detect::report(&events, json) {
                             println!("{line}");
                         }
                     })
@@ -488,7 +583,7 @@ pub fn run(cli: Cli) -> Result<Outcome, Error> {
                     ) {
                         let new = new?;
                         any |= detect::alarming(&new);
-                        for line in detect::report(&new, *json) {
+                        for line in detect::report(&new, json) {
                             println!("{line}");
                         }
                     }
@@ -503,6 +598,11 @@ pub fn run(cli: Cli) -> Result<Outcome, Error> {
                 Outcome::Clean
             })
         }
+        Command::Completions { shell } => {
+            let mut cmd = visible(&Cli::command());
+            clap_complete::generate(*shell, &mut cmd, "xftrace", &mut std::io::stdout());
+            Ok(Outcome::Done)
+        }
         Command::Hook { driver, args } => match driver.as_str() {
             "qemu" => done(hook::qemu(root, args, &mut std::io::stdin())),
             _ => Ok(Outcome::Done),
@@ -516,7 +616,7 @@ pub fn run(cli: Cli) -> Result<Outcome, Error> {
             functions,
         } => {
             // The descriptor was left open for us by `on`.
-            let target = target(&cli.guest, root)?;
+            let target = target(&guest, root)?;
             let lock = target.dir()?.inherited_lock(*lock_fd)?;
             done(collector::run(
                 &target,
@@ -532,6 +632,26 @@ pub fn run(cli: Cli) -> Result<Outcome, Error> {
             ))
         }
     }
+}
+
+/// `cmd` without its hidden commands and options: clap_complete's
+/// generators would offer them (the libvirt hook's entry point, the
+/// collector, the hook's own flags of `on`).
+fn visible(cmd: &clap::Command) -> clap::Command {
+    let mut c = clap::Command::new(cmd.get_name().to_string())
+        .args(cmd.get_arguments().filter(|a| !a.is_hide_set()).cloned())
+        .subcommands(
+            cmd.get_subcommands()
+                .filter(|s| !s.is_hide_set())
+                .map(visible),
+        );
+    if let Some(v) = cmd.get_version() {
+        c = c.version(v.to_string());
+    }
+    if let Some(a) = cmd.get_about() {
+        c = c.about(a.clone());
+    }
+    c
 }
 
 /// What `baseline` traces when given no functions.

@@ -19,7 +19,6 @@ pub mod witness;
 
 pub use run::{baseline, check, follow_log, watch, CheckOptions, Checked, Watch};
 
-use log::warn;
 use serde::{Deserialize, Serialize};
 
 /// Declares [`FindingKind`] with each kind's name, written once: the
@@ -272,13 +271,12 @@ impl std::fmt::Display for Finding {
     }
 }
 
-/// Log findings, and return the lines that report them: one per finding,
-/// JSON objects with `json` (the command line prints them).
+/// The lines that report findings: one per finding, JSON objects with
+/// `json` (the command line prints them, once: not also as a log line).
 pub fn report(findings: &[Finding], json: bool) -> Vec<String> {
     findings
         .iter()
         .map(|f| {
-            warn!("finding: {f}");
             if json {
                 serde_json::to_string(f).expect("serializes")
             } else {

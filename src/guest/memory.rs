@@ -319,7 +319,7 @@ impl GuestRam {
     /// aligned in the guest and in the mapping (atomics need both).
     fn words_at(&self, gpa: GuestAddress, len: u64) -> Result<*mut u64> {
         let p = self.ptr_at(gpa, len)?;
-        if gpa.0 % 8 != 0 || (p as usize) % 8 != 0 {
+        if !gpa.0.is_multiple_of(8) || !(p as usize).is_multiple_of(8) {
             return Err(ReadError::physical(gpa.0, 8, ReadFailure::Unaligned).into());
         }
         Ok(p as *mut u64)
@@ -358,7 +358,7 @@ impl GuestRam {
 
     /// Copy aligned u64 words starting at `gpa` with atomic loads, in order.
     pub fn read_words(&self, gpa: GuestAddress, words: &mut [u64]) -> Result<()> {
-        if gpa.0 % 8 != 0 {
+        if !gpa.0.is_multiple_of(8) {
             return Err(ReadError::physical(gpa.0, 8, ReadFailure::Unaligned).into());
         }
         let len = (words.len() as u64)
@@ -376,7 +376,7 @@ impl GuestRam {
     /// `gpa` (each atomically, in order): one word of each of a run of
     /// records, with one bounds check.
     pub fn read_strided(&self, gpa: GuestAddress, stride: u64, out: &mut [u64]) -> Result<()> {
-        if gpa.0 % 8 != 0 || stride % 8 != 0 || stride == 0 {
+        if !gpa.0.is_multiple_of(8) || !stride.is_multiple_of(8) || stride == 0 {
             return Err(ReadError::physical(gpa.0, 8, ReadFailure::Unaligned).into());
         }
         let range = || ReadError::physical(gpa.0, u64::MAX, ReadFailure::Overflow);

@@ -210,8 +210,7 @@ pub fn read_tail(path: &Path, max: u64) -> Option<String> {
 /// written: it must be a regular file owned by root or the effective user
 /// and not writable by group or others.
 pub fn check_trusted(meta: &std::fs::Metadata, path: &Path, what: &str) -> Result<()> {
-    // SAFETY: geteuid(2) cannot fail.
-    let euid = unsafe { libc::geteuid() };
+    let euid = nix::unistd::geteuid().as_raw();
     let problem = if meta.file_type().is_symlink() {
         Some("is a symbolic link")
     } else if !(meta.is_file() || meta.is_dir()) {
@@ -258,8 +257,7 @@ pub fn private_dir(path: &Path) -> Result<()> {
     }
     let meta = std::fs::symlink_metadata(path)
         .map_err(|e| Error::io(format!("cannot stat {}", path.display()), e))?;
-    // SAFETY: geteuid(2) cannot fail.
-    let euid = unsafe { libc::geteuid() };
+    let euid = nix::unistd::geteuid().as_raw();
     if !meta.is_dir() {
         return Err(Error::Input(format!(
             "{} is not a directory (a symbolic link?); xftrace keeps guest data and keys there",

@@ -10,7 +10,7 @@
 //! is there.
 
 use std::fs::{File, OpenOptions};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{FromRawFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -165,18 +165,23 @@ impl GuestDir {
             .map_err(|e| Error::io(format!("cannot open {}", self.lock_path().display()), e))
     }
 
-    /// flock(2) `f` with `op | LOCK_NB`: Ok(false) if someone holds a
-    /// conflicting lock.
-    fn flock(f: &File, op: libc::c_int) -> Result<bool> {
-        // flock(2) on a descriptor we own.
-        if unsafe { libc::flock(f.as_raw_fd(), op | libc::LOCK_NB) } == 0 {
-            return Ok(true);
-        }
-        let e = std::io::Error::last_os_error();
-        if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
-            Ok(false)
+    /// flock(2) `f`, exclusive or shared, without waiting: Ok(false) if
+    /// someone holds a conflicting lock. The standard library's
+    /// `File::try_lock` is flock(2) on Linux and, unlike nix's `Flock`,
+    /// does not unlock when dropped: the lock must outlive `on`'s handle,
+    /// held by the collector's inherited descriptor.
+    fn flock(f: &File, exclusive: bool) -> Result<bool> {
+        let r = if exclusive {
+            f.try_lock()
         } else {
-            Err(Error::io("cannot lock the collector lock", e))
+            f.try_lock_shared()
+        };
+        match r {
+            Ok(()) => Ok(true),
+            Err(std::fs::TryLockError::WouldBlock) => Ok(false),
+            Err(std::fs::TryLockError::Error(e)) => {
+                Err(Error::io("cannot lock the collector lock", e))
+            }
         }
     }
 
@@ -188,12 +193,12 @@ impl GuestDir {
     pub fn try_lock(&self) -> Result<Option<File>> {
         let f = self.lock_file()?;
         for _ in 0..100 {
-            if Self::flock(&f, libc::LOCK_EX)? {
+            if Self::flock(&f, true)? {
                 return Ok(Some(f));
             }
             // Held. Exclusively (a collector) or shared (a probe)?
             let probe = self.lock_file()?;
-            if !Self::flock(&probe, libc::LOCK_SH)? {
+            if !Self::flock(&probe, false)? {
                 return Ok(None);
             }
             drop(probe);
@@ -206,7 +211,7 @@ impl GuestDir {
     /// instant, so that it never gets in the way of a collector starting.
     pub fn collector_running(&self) -> Result<bool> {
         let f = self.lock_file()?;
-        Ok(!Self::flock(&f, libc::LOCK_SH)?)
+        Ok(!Self::flock(&f, false)?)
     }
 
     /// Wait until no collector holds the lock.
@@ -274,7 +279,7 @@ impl GuestDir {
         let f = File::from(unsafe { OwnedFd::from_raw_fd(fd) });
         // Held through `on`'s open file description, this succeeds; held
         // by another collector, it does not.
-        if !Self::flock(&f, libc::LOCK_EX)? {
+        if !Self::flock(&f, true)? {
             std::mem::forget(f); // not ours to close after all
             return Err(wrong("is locked by another collector"));
         }
@@ -293,7 +298,7 @@ mod tests {
 
     #[test]
     fn only_this_guests_lock_is_adopted_as_the_collectors() {
-        use std::os::fd::IntoRawFd;
+        use std::os::fd::{AsRawFd, IntoRawFd};
         let root = tempfile::tempdir().unwrap();
         let ram = root.path().join("ram");
         std::fs::write(&ram, b"x").unwrap();
@@ -347,7 +352,7 @@ mod tests {
         let st = GuestDir::for_domain(&root.path().join("state"), "web01").unwrap();
         // A `status` probing at the same moment as `on` takes the lock.
         let probe = st.lock_file().unwrap();
-        assert!(GuestDir::flock(&probe, libc::LOCK_SH).unwrap());
+        assert!(GuestDir::flock(&probe, false).unwrap());
         assert!(!st.collector_running().unwrap());
         let releaser = std::thread::spawn(move || {
             std::thread::sleep(Duration::from_millis(100));

@@ -392,7 +392,7 @@ pub(crate) mod tests {
         let mut names = vec![0u8];
         let mut hdrs: Vec<(u32, u32, u64, u64, u64, u64)> = vec![(0, 0, 0, 0, 0, 0)];
         for s in secs {
-            while out.len() % 16 != 0 {
+            while !out.len().is_multiple_of(16) {
                 out.push(0);
             }
             let off = out.len() as u64;
@@ -415,7 +415,7 @@ pub(crate) mod tests {
         let off = out.len() as u64;
         out.extend_from_slice(&names);
         hdrs.push((shstr_name, 3, 0, 0, off, names.len() as u64));
-        while out.len() % 8 != 0 {
+        while !out.len().is_multiple_of(8) {
             out.push(0);
         }
         let shoff = out.len() as u64;

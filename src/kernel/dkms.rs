@@ -117,7 +117,7 @@ pub fn find(v: &KernelView) -> Result<Option<Control>, String> {
 /// The guest physical address of `[va, va + len)` when the kernel's page
 /// tables map it page by page onto consecutive physical pages of RAM.
 fn contiguous(v: &KernelView, va: u64, len: u64) -> Option<GuestAddress> {
-    if va % PAGE != 0 || len == 0 || len > u64::from(abi::MAX_RINGS) * 64 {
+    if !va.is_multiple_of(PAGE) || len == 0 || len > u64::from(abi::MAX_RINGS) * 64 {
         return None;
     }
     let pt = v.page_tables();

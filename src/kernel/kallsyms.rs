@@ -656,7 +656,7 @@ pub(crate) mod tests {
             }
         }
         let align = |v: &mut Vec<u8>| {
-            while v.len() % 8 != 0 {
+            while !v.len().is_multiple_of(8) {
                 v.push(0);
             }
         };

@@ -248,7 +248,7 @@ fn identity(
         LinkAddr(sym(map, "xftrace_control")?),
         VirtAddr(header.ctl_va),
     );
-    if slide.0 % ALIGN_2M != 0 || slide.0 >= KERNEL_IMAGE_SIZE {
+    if !slide.0.is_multiple_of(ALIGN_2M) || slide.0 >= KERNEL_IMAGE_SIZE {
         return Err(format!(
             "slide {slide:#x} is not a KASLR slide: System.map does not match"
         ));
@@ -452,7 +452,7 @@ pub fn locate_at(
     expected_banner: Option<&str>,
 ) -> Result<GuestKernel> {
     let lay = layout(map).map_err(|m| Error::Input(format!("System.map: {m}")))?;
-    if text_pa % ALIGN_2M != 0 {
+    if !text_pa.is_multiple_of(ALIGN_2M) {
         return Err(Error::Guest(format!(
             "{text_pa:#x} is not a 2 MiB-aligned kernel base"
         )));
@@ -591,7 +591,7 @@ pub fn locate_stock_at(
         off_ctl: 0,
         image_len: end.saturating_sub(start),
     };
-    if text_pa % ALIGN_2M != 0 {
+    if !text_pa.is_multiple_of(ALIGN_2M) {
         return Err(Error::Guest(format!(
             "{text_pa:#x} is not a 2 MiB-aligned kernel base"
         )));

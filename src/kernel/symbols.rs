@@ -301,7 +301,7 @@ impl SystemMap {
             .map(|s| s.name.as_str())
             .filter_map(|n| {
                 let sys = n.strip_prefix("__x64_sys_")?;
-                let d = edit_distance(sys, bare);
+                let d = strsim::levenshtein(sys, bare);
                 (d <= (bare.len() / 3).max(1) || (bare.len() >= 3 && sys.contains(bare)))
                     .then_some((d, n))
             })
@@ -374,24 +374,6 @@ impl<'a> Symbolizer<'a> {
             off => format!("{s}+{off:#x}"),
         })
     }
-}
-
-fn edit_distance(a: &str, b: &str) -> usize {
-    // Both strings are at most MAX_PATTERN or a symbol's length: the sums
-    // below stay far from overflow.
-    let b: Vec<char> = b.chars().collect();
-    let mut prev: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut cur = vec![i.saturating_add(1)];
-        for (j, &cb) in b.iter().enumerate() {
-            let sub = prev[j].saturating_add(usize::from(ca != cb));
-            let del = prev[j.saturating_add(1)].saturating_add(1);
-            let ins = cur[j].saturating_add(1);
-            cur.push(sub.min(del).min(ins));
-        }
-        prev = cur;
-    }
-    prev[b.len()]
 }
 
 #[cfg(test)]

@@ -43,6 +43,9 @@ pub trait Domains: fmt::Debug + Send + Sync {
     /// Is the domain known not to run here (stopped, or gone)? `false`
     /// when the manager cannot tell.
     fn known_stopped(&self, name: &str) -> bool;
+    /// Does the manager know a domain `name`, running or not? An error
+    /// when it cannot say.
+    fn defined(&self, name: &str) -> Result<bool>;
 }
 
 /// A running domain, looked up once.
@@ -690,7 +693,20 @@ impl Target {
     pub fn dir(&self) -> Result<GuestDir> {
         match &self.source {
             Source::MemFile(m) => GuestDir::for_mem_file(&self.state_root, &m.path),
-            Source::Domain { name, .. } => GuestDir::for_domain(&self.state_root, name),
+            // A domain's state is created only for a domain its manager
+            // knows: a mistyped name leaves nothing behind.
+            Source::Domain { name, uri, domains } => {
+                if let Some(d) = GuestDir::existing_domain(&self.state_root, name) {
+                    return Ok(d);
+                }
+                if !domains.defined(name)? {
+                    return Err(Error::Input(format!(
+                        "no domain named '{}' at {uri} (`virsh -c {uri} list --all` lists them)",
+                        escape(name)
+                    )));
+                }
+                GuestDir::for_domain(&self.state_root, name)
+            }
         }
     }
 

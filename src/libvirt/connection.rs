@@ -87,6 +87,20 @@ impl Libvirt {
         })
     }
 
+    /// Is there a domain `name`? Only libvirt's "no such domain" is a no.
+    pub fn defined(&self, name: &str) -> Result<bool> {
+        match self.conn.lookup_domain_by_name(name) {
+            Ok(_) => Ok(true),
+            Err(e) if e.code().is(virt::error::ErrorNumber::NoDomain) => Ok(false),
+            Err(e) => Err(Error::Libvirt(format!(
+                "cannot look up domain '{}' at {}: {}",
+                escape(name),
+                self.uri,
+                e.message()
+            ))),
+        }
+    }
+
     /// The persistent definition (what the next start uses).
     pub fn persistent_xml(&self, dom: &Domain) -> Result<String> {
         dom.xml_desc(sys::VIR_DOMAIN_XML_INACTIVE)

@@ -68,6 +68,10 @@ impl Domains for LibvirtDomains {
         }))
     }
 
+    fn defined(&self, name: &str) -> Result<bool> {
+        Libvirt::connect(&self.uri)?.defined(name)
+    }
+
     fn known_stopped(&self, name: &str) -> bool {
         Libvirt::connect(&self.uri).is_ok_and(|lv| {
             lv.domain(name)

@@ -598,7 +598,9 @@ pub fn domain_xml(data: &[u8]) {
         if let Ok(new) = crate::libvirt::domain_xml::enroll(
             &xml,
             // A stock kernel's enrollment (no System.map) for one input in two.
-            (data.len() % 2 == 0).then_some("/var/lib/xftrace/kernels/x/System.map"),
+            data.len()
+                .is_multiple_of(2)
+                .then_some("/var/lib/xftrace/kernels/x/System.map"),
             &["sys_read".into()],
         ) {
             let _ = crate::libvirt::domain_xml::facts(&new);

@@ -574,14 +574,14 @@ pub(crate) mod tests {
             cpu,
             seq,
             epoch,
-            kind: if seq % 2 == 0 {
+            kind: if seq.is_multiple_of(2) {
                 Kind::Entry
             } else {
                 Kind::Return
             },
             func: 0xffff_ffff_9f20_0100,
             time: 1000 + seq * 10,
-            calltime: if seq % 2 == 0 {
+            calltime: if seq.is_multiple_of(2) {
                 0
             } else {
                 1000 + (seq - 1) * 10

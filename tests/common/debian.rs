@@ -258,7 +258,7 @@ impl Debian {
         let thread = std::thread::spawn(move || {
             let mut i = 0u64;
             while !s.load(Ordering::Relaxed) {
-                let path = if i % 3 == 0 { "/missing" } else { "/" };
+                let path = if i.is_multiple_of(3) { "/missing" } else { "/" };
                 if http_get(port, path).is_some() {
                     n.fetch_add(1, Ordering::Relaxed);
                 }
