@@ -11,7 +11,9 @@
 //! xftrace allocated. With `--dkms`, the same on Debian's stock kernel (the
 //! Debian VM image's) traced by the xftrace-dkms module: tracing off before
 //! and after the module is loaded, the module on the filter, and stock
-//! function_graph on the same filter, in one boot.
+//! function_graph on the same filter, in one boot; then a build of the
+//! module that writes no records (`XFTRACE_BENCH_NOWRITE=y`), which
+//! takes the traced path's cost apart: fgraph's machinery, the records.
 //!
 //!   cargo bench --bench guest [-- --rounds N] [-- --unpatched] [-- --dkms]
 //!
@@ -436,6 +438,16 @@ fn stock_kernel() -> (String, PathBuf) {
     (release, dir)
 }
 
+/// The records a session wrote, from `off`'s "wrote … (L lines, R records,
+/// …)".
+fn session_records(out: &str) -> u64 {
+    out.split(" records,")
+        .next()
+        .and_then(|s| s.rsplit(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no record count in {out:?}"))
+}
+
 /// `--dkms`: the xftrace-dkms module on Debian's stock kernel, side by side
 /// with tracing off (module not loaded, then loaded) and stock
 /// function_graph, in one boot.
@@ -443,12 +455,20 @@ fn dkms(rounds: usize) {
     let (release, kdir) = stock_kernel();
     let ko = common::stock_xftrace_module(&release);
     let target = common::repo().join("target");
+    // The same module writing no records: fgraph's machinery alone.
+    let nowrite = target.join("xftrace-nowrite.ko");
+    std::fs::copy(
+        common::stock_xftrace_module_with(&release, &["XFTRACE_BENCH_NOWRITE=y"]),
+        &nowrite,
+    )
+    .unwrap();
     let initramfs = target.join("xftrace-bench-dkms-initramfs.cpio.gz");
     let st = Command::new("bash")
         .arg(common::repo().join("tests/guest/make-initramfs.sh"))
         .arg(&initramfs)
         .arg(target.join("xftrace-bench-syscalls"))
         .arg(&ko)
+        .arg(&nowrite)
         .status()
         .expect("run make-initramfs.sh");
     assert!(st.success(), "make-initramfs.sh");
@@ -457,10 +477,10 @@ fn dkms(rounds: usize) {
     let state = common::state_dir();
     let trace = state.path().join("bench-trace.txt");
     let ram = vm.ram.clone();
-    let x = |args: &[&str]| {
+    let xs = |state: &Path, args: &[&str]| {
         let o = Command::new(env!("CARGO_BIN_EXE_xftrace"))
             .arg("--state-dir")
-            .arg(state.path())
+            .arg(state)
             .arg("--mem-file")
             .arg(&ram)
             .args(args)
@@ -471,7 +491,9 @@ fn dkms(rounds: usize) {
             "xftrace {args:?}: {}",
             String::from_utf8_lossy(&o.stderr)
         );
+        String::from_utf8_lossy(&o.stderr).into_owned() + &String::from_utf8_lossy(&o.stdout)
     };
+    let x = |args: &[&str]| xs(state.path(), args);
     run(&mut vm);
     let plain: Vec<Sample> = (0..rounds).map(|_| run(&mut vm)).collect();
     let out = vm.output("insmod /lib/xftrace-test/xftrace.ko; echo rc=$?");
@@ -481,11 +503,16 @@ fn dkms(rounds: usize) {
     x(&["status"]);
     let first = t.elapsed();
     let (mut off, mut xf, mut st) = (Vec::new(), Vec::new(), Vec::new());
+    let mut records = Vec::new();
     for r in 0..rounds {
         off.push(run(&mut vm));
         x(&["on", FILTER]);
         xf.push(run(&mut vm));
-        x(&["off", "--output", trace.to_str().unwrap()]);
+        records.push(session_records(&x(&[
+            "off",
+            "--output",
+            trace.to_str().unwrap(),
+        ])));
         stock(&mut vm, true);
         st.push(run(&mut vm));
         stock(&mut vm, false);
@@ -500,11 +527,36 @@ fn dkms(rounds: usize) {
         "the module's trace: {}",
         text.chars().take(2000).collect::<String>()
     );
+    // The build that writes nothing, in the same boot: a state directory of
+    // its own (another module, another control block).
+    x(&["status"]);
+    let out = vm.output(
+        "rmmod xftrace && insmod /lib/xftrace-test/xftrace-nowrite.ko && dmesg | grep -c 'writes no records'; echo rc=$?",
+    );
+    assert!(out.contains("rc=0"), "insmod xftrace-nowrite.ko: {out}");
+    let state_nw = common::state_dir();
+    let trace_nw = state_nw.path().join("bench-trace.txt");
+    let mut nw = Vec::new();
+    for r in 0..rounds {
+        xs(state_nw.path(), &["on", FILTER]);
+        nw.push(run(&mut vm));
+        let out = xs(
+            state_nw.path(),
+            &["off", "--output", trace_nw.to_str().unwrap()],
+        );
+        assert_eq!(
+            session_records(&out),
+            0,
+            "the nowrite build wrote records: {out}"
+        );
+        eprintln!("round {r}: xftrace-dkms writing nothing {:?}", nw[r]);
+    }
     let m = |v: &[Sample], f: fn(&Sample) -> f64| median(v.iter().map(f).collect());
     let t = |s: &Sample| s.traced;
     let u = |s: &Sample| s.untraced;
     let (p_t, off_t, xf_t, st_t) = (m(&plain, t), m(&off, t), m(&xf, t), m(&st, t));
     let (p_u, off_u, xf_u, st_u) = (m(&plain, u), m(&off, u), m(&xf, u), m(&st, u));
+    let nw_t = m(&nw, t);
     println!("xftrace-dkms on Debian's {release}, {rounds} rounds in one boot, medians of guest time per round (TCG -icount shift=1, 1 vCPU, filter {FILTER}):");
     println!("| in the guest | no module | module loaded, tracing off | xftrace-dkms on the filter | stock function_graph, same filter |");
     println!("|---|---|---|---|---|");
@@ -530,6 +582,18 @@ fn dkms(rounds: usize) {
         (st_t - off_t) / 1e3,
         (xf_t - off_t) / (st_t - off_t),
         xf_u / st_u
+    );
+    // Records of one traced openat+read+close: a session's records over
+    // the rounds of the traced path it ran (nearly all of them).
+    let per_round = median(records.iter().map(|&n| n as f64).collect()) / f64::from(N);
+    println!(
+        "the traced path's added cost taken apart: the same module writing no records {:.2} µs: fgraph's entry and return machinery with xftrace's decisions add {:.2} µs ({:.2}× stock's added cost), the records {:.2} µs ({:.2}×): {per_round:.1} records a round, {:.0} ns a record",
+        nw_t / 1e3,
+        (nw_t - off_t) / 1e3,
+        (nw_t - off_t) / (st_t - off_t),
+        (xf_t - nw_t) / 1e3,
+        (xf_t - nw_t) / (st_t - off_t),
+        (xf_t - nw_t) / per_round
     );
     println!(
         "module loaded, tracing off, against no module: openat+read+close {:+.2} %, getppid {:+.2} %; the host's first opening of this kernel (Debian's package fetched): {:.1} s",

@@ -188,8 +188,19 @@ pub fn xftrace_dkms_deb() -> PathBuf {
 /// `guest-dkms/`'s module built against Debian's headers package of
 /// kernel `release`, as DKMS builds it in a guest: `xftrace.ko`.
 pub fn stock_xftrace_module(release: &str) -> PathBuf {
+    stock_xftrace_module_with(release, &[])
+}
+
+/// The same with `make` variables `vars` (`XFTRACE_BENCH_NOWRITE=y`, say),
+/// built in a directory of its own.
+pub fn stock_xftrace_module_with(release: &str, vars: &[&str]) -> PathBuf {
     let headers = stock_headers(release);
-    let build = scratch().join(format!("xftrace-dkms-{release}"));
+    // kbuild takes no '=' in M=.
+    let suffix: String = vars
+        .iter()
+        .map(|v| format!("-{}", v.replace(|c: char| !c.is_ascii_alphanumeric(), "_")))
+        .collect();
+    let build = scratch().join(format!("xftrace-dkms-{release}{suffix}"));
     let _ = std::fs::remove_dir_all(&build);
     std::fs::create_dir_all(&build).unwrap();
     for e in std::fs::read_dir(repo().join("guest-dkms")).unwrap() {
@@ -200,6 +211,7 @@ pub fn stock_xftrace_module(release: &str) -> PathBuf {
         .arg("-C")
         .arg(&headers)
         .arg(format!("M={}", build.display()))
+        .args(vars)
         .arg("modules")
         .stdout(Stdio::null())
         .status()

@@ -21,7 +21,8 @@ pub use cli::{
 pub use console::Console;
 pub use kernel::{
     build_modules_dir, headers_dir, initramfs, kernel_dir, rootkit_initramfs, rootkit_modules,
-    stock_rootkit_modules, stock_xftrace_module, system_map, xftrace_dkms_deb,
+    stock_rootkit_modules, stock_xftrace_module, stock_xftrace_module_with, system_map,
+    xftrace_dkms_deb,
 };
 pub use qmp::{qmp, qmp_status_at};
 pub use vm::{accel, serial, Boot, Serial, Vm};
