@@ -19,7 +19,8 @@
 //! | [`trace`] | `keys`, `switch`, `rings`, `spool`, `render`, `status`, `session`, `collector` | Klog and keys, on/off, reading the rings, the spool, `trace_graph.txt`, sessions and the collector; prints nothing (sessions return what they did) |
 //! | [`detect`] | `checks`, `callflow`, `inventory`, `run` | findings: one file per check of guest memory (no check uses another), call flow against a baseline, the baseline's hook inventory, `check`/`watch`/`baseline`; prints nothing |
 //! | [`lifecycle`] | `hook` | a domain's life: the `virsh start` hook, which guards starts and migrations, starts always-on monitoring and resumes interrupted sessions |
-//! | [`cli`] | `domains` | the command line (the only user of `clap`), the only place that prints, and its one exit-code mapping |
+//! | [`report`] | `metrics` | what xftrace tells other systems: Prometheus metrics from the state directory |
+//! | [`cli`] | `domains`, `logging` | the command line (the only user of `clap`), the only place that prints, its log set-up, and its one exit-code mapping |
 //!
 //! Besides `crate::` paths, `tests/layers.rs` keeps `clap` in `cli` (and
 //! main.rs), libvirt's bindings (`virt`) in `libvirt`, and printing in `cli`.
@@ -37,6 +38,7 @@ pub mod host;
 pub mod kernel;
 pub mod libvirt;
 pub mod lifecycle;
+pub mod report;
 pub mod trace;
 
 #[cfg(any(test, feature = "fuzzing"))]

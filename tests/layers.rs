@@ -23,6 +23,7 @@ const LAYERS: &[&[&str]] = &[
     &["trace"],
     &["detect"],
     &["lifecycle"],
+    &["report"],
     &["cli"],
 ];
 

@@ -254,6 +254,16 @@ pub enum Command {
         #[arg(long)]
         rounds: Option<u64>,
     },
+    /// Print Prometheus metrics of every guest with state on this host:
+    /// collectors, records, keys, and the last check's findings
+    /// (docs/metrics.md).
+    Metrics {
+        /// Write them to this file instead, atomically and readable by all
+        /// (node_exporter's textfile collector: a `.prom` file in its
+        /// directory).
+        #[arg(long, value_name = "PATH")]
+        textfile: Option<PathBuf>,
+    },
     /// Print a completion script for SHELL (bash: save it as
     /// /usr/share/bash-completion/completions/xftrace).
     Completions {
@@ -333,6 +343,7 @@ impl Command {
             Command::Status { .. }
                 | Command::Dmesg { .. }
                 | Command::List
+                | Command::Metrics { .. }
                 | Command::Completions { .. }
                 | Command::Check { .. }
                 | Command::Watch { .. }
@@ -597,6 +608,14 @@ pub fn run(cli: Cli) -> Result<Outcome, Error> {
             } else {
                 Outcome::Clean
             })
+        }
+        Command::Metrics { textfile } => {
+            let m = crate::report::metrics::render(root)?;
+            match textfile {
+                Some(p) => crate::host::files::write_atomically_readable(p, m.as_bytes())?,
+                None => print!("{m}"),
+            }
+            Ok(Outcome::Done)
         }
         Command::Completions { shell } => {
             let mut cmd = visible(&Cli::command());

@@ -9,11 +9,13 @@
 //! | [`kernel_log`] | Oopses, BUGs, warnings and panics in the guest kernel's log, as `watch` follows it |
 //! | [`witness`] | the tracer's records as a witness of which tasks run, against a census of the kernel's tasks |
 //! | [`run`] | `check`, `watch` and `baseline`: open the guest once, run everything |
+//! | [`last_check`] | what the last check found, kept for `xftrace metrics` |
 
 pub mod callflow;
 pub mod checks;
 pub mod inventory;
 pub mod kernel_log;
+pub mod last_check;
 pub mod run;
 pub mod witness;
 

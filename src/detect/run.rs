@@ -14,6 +14,7 @@ use crate::kernel::target::Target;
 use crate::trace::session;
 
 use super::checks::{self, Context};
+use super::last_check::LastCheck;
 use super::{callflow, witness, Finding, FindingKind};
 
 /// How `check` and `watch` work.
@@ -47,6 +48,27 @@ pub struct Checked {
 /// a call-flow trace the guest refuses is a finding, and one that fails on
 /// the host leaves the other findings standing.
 pub fn check(target: &Target, opts: &CheckOptions) -> Result<Checked> {
+    let t = Instant::now();
+    let r = check_once(target, opts);
+    // What it found, for `xftrace metrics`. Only a guest with a state
+    // directory (one `check_once` could create), and not a check a stop
+    // signal cut short.
+    let kept = match &r {
+        Ok(c) if !matches!(c.failed, Some(Error::Interrupted { .. })) => {
+            Some(LastCheck::new(&c.findings, c.failed.as_ref(), t.elapsed()))
+        }
+        Err(Error::Interrupted { .. }) | Ok(_) => None,
+        Err(e) => Some(LastCheck::new(&[], Some(e), t.elapsed())),
+    };
+    if let (Some(k), Ok(dir)) = (kept, target.dir()) {
+        if let Err(e) = k.write(&dir) {
+            warn!("{}: cannot keep the check's result: {e}", target.describe());
+        }
+    }
+    r
+}
+
+fn check_once(target: &Target, opts: &CheckOptions) -> Result<Checked> {
     let dir = target.dir()?;
     let g = target.open_all()?;
     let vmlinux = g.vmlinux.as_ref().ok_or_else(|| {

@@ -152,6 +152,19 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
     f.commit()
 }
 
+/// Replace `path` with `bytes` atomically, mode 0644: for what others
+/// must read (a metrics file for node_exporter) and holds no guest data.
+pub fn write_atomically_readable(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut f = AtomicFile::create(path)?;
+    f.writer()
+        .get_ref()
+        .set_permissions(std::fs::Permissions::from_mode(0o644))
+        .map_err(|e| Error::io(format!("cannot write {}", path.display()), e))?;
+    f.write_all(bytes)?;
+    f.commit()
+}
+
 /// Open an existing regular file for reading without following a link.
 pub fn open_regular(path: &Path, what: &str) -> Result<File> {
     let f = OpenOptions::new()

@@ -111,6 +111,30 @@ impl GuestDir {
             .flatten()
     }
 
+    /// Every guest with state under `root`, sorted: libvirt domains by
+    /// name, guests given by their RAM file by their directory's name
+    /// (`file-…`). Nothing is created, and links are not followed.
+    pub fn all(root: &Path) -> Result<Vec<(String, GuestDir)>> {
+        let mut out = Vec::new();
+        for kind in ["domains", "guests"] {
+            let parent = root.join(kind);
+            let entries = match std::fs::read_dir(&parent) {
+                Ok(e) => e,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(Error::io(format!("cannot list {}", parent.display()), e)),
+            };
+            for e in entries {
+                let e = e.map_err(|e| Error::io(format!("cannot list {}", parent.display()), e))?;
+                let is_dir = e.file_type().is_ok_and(|t| t.is_dir());
+                if let (true, Some(name)) = (is_dir, e.file_name().to_str()) {
+                    out.push((name.to_string(), GuestDir { dir: e.path() }));
+                }
+            }
+        }
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(out)
+    }
+
     pub fn path(&self) -> &Path {
         &self.dir
     }
