@@ -116,6 +116,19 @@ fn the_domain_is_positional_as_in_virsh() {
     );
     let both = node.xftrace(&["--mem-file", "/dev/null", "status", "web01"]);
     assert_eq!(both.status.code(), Some(3), "{}", text(&both));
+    // `check --all`: the connection's running enrolled domains (none
+    // here), and no single domain besides.
+    let all = node.xftrace(&["check", "--all"]);
+    assert_eq!(all.status.code(), Some(0), "{}", text(&all));
+    assert!(
+        String::from_utf8_lossy(&all.stdout).contains("no running enrolled domain"),
+        "{}",
+        text(&all)
+    );
+    let o = node.xftrace(&["--domain", "web01", "check", "--all"]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    let o = node.xftrace(&["check", "web01", "--all"]);
+    assert_eq!(o.status.code(), Some(2), "clap refuses both: {}", text(&o));
 }
 
 #[test]

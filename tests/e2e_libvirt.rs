@@ -508,6 +508,33 @@ fn monitoring_resumes_after_managed_save() {
         &["--domain", &name, "check", "--json", "--trace-seconds", "0"],
     );
     assert_eq!(o.status.code(), Some(0), "{}", out(&o));
+    // `list` shows that check; `check --all` checks every running enrolled
+    // domain, this one.
+    let o = xftrace(st, &["-c", URI, "list"]);
+    assert!(
+        out(&o)
+            .lines()
+            .any(|l| list_row(l, &name, ["running", "yes", "yes"])
+                && l.contains(" ago ")
+                && l.contains(" clean ")),
+        "{}",
+        out(&o)
+    );
+    let o = xftrace(st, &["-c", URI, "list", "--json"]);
+    let row: serde_json::Value = String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .find(|v| v["domain"] == name.as_str())
+        .unwrap_or_else(|| panic!("{}", out(&o)));
+    assert_eq!(row["last_check"]["findings"]["high"], 0, "{row}");
+    assert_eq!(row["last_check"]["failed"], false, "{row}");
+    let o = xftrace(st, &["-c", URI, "check", "--all", "--trace-seconds", "0"]);
+    assert_eq!(o.status.code(), Some(0), "{}", out(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains(&format!("domain {name}: clean")),
+        "{}",
+        out(&o)
+    );
     let dir = tempfile::tempdir().unwrap();
     let trace = dir.path().join("trace_graph.txt");
     let o = off(st, &name, &trace);

@@ -4,7 +4,8 @@ use std::path::Path;
 
 use crate::base::error::Error;
 use crate::base::escape::escape;
-use crate::host::statedir::GuestDir;
+use crate::detect::last_check::LastCheck;
+use crate::host::statedir::{self, GuestDir};
 use crate::kernel::builds;
 use crate::libvirt::connection::{Libvirt, LiveEnrollment};
 use crate::trace::status::{CollectorState, CollectorStatus};
@@ -201,7 +202,21 @@ pub fn unenroll(g: &GuestArgs, root: &Path, name: &str, dry_run: bool) -> Result
 
 /// One line of `xftrace list`: a table row, or with `json` an object
 /// (docs/json.md).
-fn row(json: bool, name: &str, state: &str, enrolled: &str, tracing: &str, map: Option<&str>) {
+fn row(
+    json: bool,
+    name: &str,
+    state: &str,
+    enrolled: &str,
+    tracing: &str,
+    checked: Option<&LastCheck>,
+    map: Option<&str>,
+) {
+    let count = |c: &LastCheck, sev: &str| {
+        c.findings
+            .iter()
+            .filter(|f| f.severity == sev)
+            .fold(0u64, |a, f| a.saturating_add(f.count))
+    };
     if json {
         println!(
             "{}",
@@ -210,17 +225,50 @@ fn row(json: bool, name: &str, state: &str, enrolled: &str, tracing: &str, map: 
                 "state": state,
                 "enrolled": enrolled,
                 "tracing": tracing,
+                "last_check": checked.map(|c| serde_json::json!({
+                    "time": c.time,
+                    "findings": {
+                        "high": count(c, "high"),
+                        "medium": count(c, "medium"),
+                        "low": count(c, "low"),
+                    },
+                    "failed": c.error.is_some(),
+                })),
                 "system_map": map,
             })
         );
         return;
     }
+    let (when, found) = match checked {
+        None => ("-".to_string(), "-".to_string()),
+        Some(c) => {
+            let ago = (statedir::now_unix() - c.time).max(0.0);
+            let when = if ago < 120.0 {
+                format!("{ago:.0}s ago")
+            } else if ago < 7200.0 {
+                format!("{:.0}m ago", ago / 60.0)
+            } else {
+                format!("{:.0}h ago", ago / 3600.0)
+            };
+            let (h, m) = (count(c, "high"), count(c, "medium"));
+            let found = match (h, m, c.error.is_some()) {
+                (0, 0, false) => "clean".to_string(),
+                (0, 0, true) => "failed".to_string(),
+                (h, 0, _) => format!("{h} high"),
+                (0, m, _) => format!("{m} medium"),
+                (h, m, _) => format!("{h} high, {m} medium"),
+            };
+            (when, found)
+        }
+    };
     println!(
-        "{:<24} {:<8} {:<9} {:<8} {}",
+        "{:<24} {:<8} {:<9} {:<8} {:<10} {:<16} {}",
         escape(name),
         state,
         enrolled,
         tracing,
+        when,
+        found,
         escape(map.unwrap_or("-"))
     );
 }
@@ -230,20 +278,22 @@ pub fn list(g: &GuestArgs, root: &Path, json: bool) -> Result<(), Error> {
     let lv = Libvirt::connect(&g.connect)?;
     if !json {
         println!(
-            "{:<24} {:<8} {:<9} {:<8} SYSTEM.MAP",
-            "DOMAIN", "STATE", "ENROLLED", "TRACING"
+            "{:<24} {:<8} {:<9} {:<8} {:<10} {:<16} SYSTEM.MAP",
+            "DOMAIN", "STATE", "ENROLLED", "TRACING", "CHECKED", "FINDINGS"
         );
     }
     let mut unreadable = Vec::new();
     for d in lv.list()? {
         let state = if d.running { "running" } else { "off" };
         if let Some(why) = &d.problem {
-            row(json, &d.name, state, "unknown", "unknown", None);
+            row(json, &d.name, state, "unknown", "unknown", None, None);
             unreadable.push(format!("{}: {}", escape(&d.name), escape(why)));
             continue;
         }
+        let dir = GuestDir::existing_domain(root, &d.name);
+        let checked = dir.as_ref().and_then(LastCheck::read);
         // A collector that died leaves its status saying it collects.
-        let tracing = match GuestDir::existing_domain(root, &d.name) {
+        let tracing = match dir {
             Some(st) if st.collector_running()? => "yes",
             Some(st)
                 if CollectorStatus::read(&st).is_some_and(|s| {
@@ -263,6 +313,7 @@ pub fn list(g: &GuestArgs, root: &Path, json: bool) -> Result<(), Error> {
             state,
             if d.enrolled { "yes" } else { "no" },
             tracing,
+            checked.as_ref(),
             d.system_map.as_deref(),
         );
     }

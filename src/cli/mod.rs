@@ -235,6 +235,10 @@ pub enum Command {
         /// The libvirt domain (as --domain).
         #[arg(value_name = "DOMAIN")]
         name: Option<String>,
+        /// Check every running enrolled domain of this host, one after the
+        /// other; one that cannot be checked does not stop the others.
+        #[arg(long, conflicts_with = "name")]
+        all: bool,
         /// Seconds of tracing for the call-flow check against the baseline (0: skip).
         #[arg(long, default_value_t = 3)]
         trace_seconds: u64,
@@ -560,6 +564,11 @@ pub fn run(cli: Cli) -> Result<Outcome, Error> {
             depth,
             functions,
         } => baseline(&target(&guest, root)?, functions, *duration, *depth),
+        Command::Check {
+            all: true,
+            trace_seconds,
+            ..
+        } => check_all(&guest, root, json, *trace_seconds),
         Command::Check { trace_seconds, .. } => check(&target(&guest, root)?, json, *trace_seconds),
         Command::Watch {
             interval,
@@ -711,6 +720,69 @@ fn baseline(t: &Target, functions: &[String], seconds: u64, depth: u32) -> Resul
         println!("baseline: {n} call edges of {}", b.functions.join(" "));
     }
     Ok(Outcome::Done)
+}
+
+/// `xftrace check --all`: every running, enrolled domain, in turn. Exit
+/// 1 if any has findings; else 2 if any could not be checked (each error
+/// said as it happens); else 0.
+fn check_all(g: &GuestArgs, root: &Path, json: bool, trace_seconds: u64) -> Result<Outcome, Error> {
+    if g.domain.is_some() || g.mem_file.is_some() {
+        return Err(Error::Input(
+            "check --all checks every domain of the connection: no --domain or --mem-file".into(),
+        ));
+    }
+    let rows = crate::libvirt::connection::Libvirt::connect(&g.connect)?.list()?;
+    let chosen: Vec<_> = rows
+        .iter()
+        .filter(|d| d.running && (d.enrolled || d.problem.is_some()))
+        .collect();
+    if chosen.is_empty() && !json {
+        println!("no running enrolled domain at {}", g.connect);
+    }
+    let (mut any, mut failed) = (false, Vec::new());
+    for d in chosen {
+        let name = crate::base::escape::escape(&d.name).into_owned();
+        let r = match &d.problem {
+            Some(why) => Err(Error::Libvirt(format!(
+                "cannot read the definition of {name}: {}",
+                crate::base::escape::escape(why)
+            ))),
+            None => {
+                let one = GuestArgs {
+                    domain: Some(d.name.clone()),
+                    ..g.clone()
+                };
+                target(&one, root).and_then(|t| check(&t, json, trace_seconds))
+            }
+        };
+        match r {
+            Ok(Outcome::Findings) => any = true,
+            Ok(_) => {}
+            Err(e @ Error::Interrupted { .. }) => return Err(e),
+            Err(e) => {
+                if json {
+                    println!(
+                        "{}",
+                        serde_json::json!({"domain": d.name, "error": e.to_string(), "exit": 2})
+                    );
+                } else {
+                    eprintln!("xftrace: error: domain {name}: {e}");
+                }
+                failed.push(name);
+            }
+        }
+    }
+    if any {
+        return Ok(Outcome::Findings);
+    }
+    if !failed.is_empty() {
+        return Err(Error::Guest(format!(
+            "{} domain(s) could not be checked: {}",
+            failed.len(),
+            failed.join(", ")
+        )));
+    }
+    Ok(Outcome::Clean)
 }
 
 /// `xftrace check`
