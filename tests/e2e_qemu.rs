@@ -532,7 +532,8 @@ fn findings(x: &Xftrace) -> Vec<serde_json::Value> {
     assert!(matches!(o.status.code(), Some(0 | 1)), "{:?}", text(&o));
     String::from_utf8_lossy(&o.stdout)
         .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v.get("kind").is_some())
         .collect()
 }
 

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use common::detection::{
     body_hooks, census_cost, cleared_taint, control_data_hooks, findings, has, hidden_module,
     hidden_task, idt_register, impostor_module, kernel_oops, magic_packet_filter, measured,
-    muted_tracer, pick, registry_hooks, root_by_credentials, shadow_page, CASES,
+    muted_tracer, pick, registry_hooks, root_by_credentials, shadow_page, summary, CASES,
 };
 use common::{Boot, Vm, Xftrace};
 
@@ -61,6 +61,11 @@ fn detects_every_test_rootkit_and_nothing_on_a_clean_guest() {
         assert!(
             f.is_empty() && o.status.code() == Some(0),
             "clean check {i} found {f:?}"
+        );
+        let s = summary(&o).expect("check --json ends with its summary");
+        assert!(
+            s["clean"] == true && s["findings"]["high"] == 0 && s["failed"].is_null(),
+            "{s}"
         );
         worst = (worst.0.max(t), worst.1.max(rss));
         assert_eq!(
@@ -171,7 +176,10 @@ fn detects_every_test_rootkit_and_nothing_on_a_clean_guest() {
         if l.contains("\"idt\"") {
             break (t, l);
         }
-        lines.push(l);
+        // Each round ends with its summary (docs/json.md).
+        if !l.starts_with("{\"summary\"") {
+            lines.push(l);
+        }
     };
     let _ = watch.kill();
     let _ = watch.wait();
@@ -190,6 +198,12 @@ fn detects_every_test_rootkit_and_nothing_on_a_clean_guest() {
         "detection latency (insmod returned -> watch reported): {:.2} s",
         seen.saturating_duration_since(loaded).as_secs_f64()
     );
+    // What that watch's last round found, as metrics, fires the alert.
+    let o = x.run(&["metrics"]);
+    assert!(o.status.success());
+    let series =
+        common::prometheus::rootkit_alert_fires(&String::from_utf8_lossy(&o.stdout), "idt");
+    eprintln!("XftraceRootkitFinding fires on {series}");
 
     // Each rootkit, cumulatively.
     for (module, kind, parts, flow) in CASES {
@@ -198,6 +212,11 @@ fn detects_every_test_rootkit_and_nothing_on_a_clean_guest() {
         let o = x.run(&["check", "--json", "--trace-seconds", "3"]);
         assert_eq!(o.status.code(), Some(1), "{module} not reported");
         let f = findings(&o);
+        let s = summary(&o).expect("check --json ends with its summary");
+        assert!(
+            s["clean"] == false && s["findings"]["high"].as_u64() >= Some(1),
+            "{module}: {s}"
+        );
         assert!(
             has(&f, kind, parts),
             "{module}: no {kind} finding with {parts:?} in {f:#?}"

@@ -7,87 +7,27 @@
 //! node_exporter. promtool comes from Debian's `prometheus` package,
 //! fetched and unpacked (not installed: nothing is started).
 
+mod common;
+
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
+
+use common::prometheus::promtool;
 
 use xftrace::detect::last_check::LastCheck;
 use xftrace::detect::{Finding, FindingKind};
 use xftrace::host::statedir::GuestDir;
 use xftrace::trace::status::{CollectorState, CollectorStatus};
 
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// promtool from Debian's package, unpacked once under target/ (once for
-/// all the tests of this binary, which run at once).
-fn promtool() -> PathBuf {
-    static P: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    P.get_or_init(fetch_promtool).clone()
-}
-
-fn fetch_promtool() -> PathBuf {
-    let dir = repo().join("target/xftrace-test/promtool");
-    let bin = dir.join("usr/bin/promtool");
-    if bin.is_file() {
-        return bin;
-    }
-    let dl = dir.join("download");
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dl).unwrap();
-    let st = Command::new("apt-get")
-        .args([
-            "download",
-            "-q",
-            "-o",
-            "APT::Sandbox::User=root",
-            "prometheus",
-        ])
-        .current_dir(&dl)
-        .status()
-        .expect("run apt-get download");
-    assert!(st.success(), "apt-get download prometheus");
-    let deb = std::fs::read_dir(&dl)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .find(|p| p.extension().is_some_and(|e| e == "deb"))
-        .expect("the package");
-    let st = Command::new("dpkg-deb")
-        .arg("-x")
-        .arg(&deb)
-        .arg(&dir)
-        .status()
-        .expect("run dpkg-deb");
-    assert!(st.success(), "dpkg-deb -x {}", deb.display());
-    let _ = std::fs::remove_dir_all(&dl);
-    bin
-}
-
-fn run(cmd: &mut Command) -> String {
-    let o = cmd.output().unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    assert!(o.status.success(), "{cmd:?}: {text}");
-    text
-}
-
 #[test]
 fn the_alerting_rules_pass_their_unit_tests() {
-    let p = promtool();
-    let dir = repo().join("prometheus");
-    let out = run(Command::new(&p)
-        .args(["check", "rules", "xftrace.rules.yml"])
-        .current_dir(&dir));
+    let dir = common::repo().join("prometheus");
+    let out = common::prometheus::run(&dir, &["check", "rules", "xftrace.rules.yml"]);
     assert!(out.contains("SUCCESS: 7 rules found"), "{out}");
-    let out = run(Command::new(&p)
-        .args(["test", "rules", "xftrace.rules.test.yml"])
-        .current_dir(&dir));
+    let out = common::prometheus::run(&dir, &["test", "rules", "xftrace.rules.test.yml"]);
     assert!(out.contains("SUCCESS"), "{out}");
 }
 

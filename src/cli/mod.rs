@@ -606,6 +606,9 @@ pub fn run(cli: Cli) -> Result<Outcome, Error> {
                         for line in detect::report(&new, json) {
                             println!("{line}");
                         }
+                        if json {
+                            summary(&target, Some(new.len()));
+                        }
                     }
                     Ok::<bool, Error>(any)
                 })();
@@ -722,6 +725,37 @@ fn baseline(t: &Target, functions: &[String], seconds: u64, depth: u32) -> Resul
     Ok(Outcome::Done)
 }
 
+/// With `--json`, after a check or a watch round: what it found in all,
+/// from what it kept for `metrics` (docs/json.md). `new`: the findings a
+/// watch round reported (those not reported before).
+fn summary(t: &Target, new: Option<usize>) {
+    let Some(c) = t
+        .dir()
+        .ok()
+        .and_then(|d| detect::last_check::LastCheck::read(&d))
+    else {
+        return;
+    };
+    let n = |sev: &str| {
+        c.findings
+            .iter()
+            .filter(|f| f.severity == sev)
+            .fold(0u64, |a, f| a.saturating_add(f.count))
+    };
+    println!(
+        "{}",
+        serde_json::json!({"summary": {
+            "domain": t.describe(),
+            "time": c.time,
+            "duration": c.duration,
+            "findings": {"high": n("high"), "medium": n("medium"), "low": n("low")},
+            "new": new,
+            "clean": n("high") == 0 && n("medium") == 0,
+            "failed": c.error,
+        }})
+    );
+}
+
 /// `xftrace check --all`: every running, enrolled domain, in turn. Exit
 /// 1 if any has findings; else 2 if any could not be checked (each error
 /// said as it happens); else 0.
@@ -793,6 +827,9 @@ fn check(t: &Target, json: bool, trace_seconds: u64) -> Result<Outcome, Error> {
     } = detect::check(t, &detect::CheckOptions { trace_seconds })?;
     for line in detect::report(&f, json) {
         println!("{line}");
+    }
+    if json {
+        summary(t, None);
     }
     // What was found stands; a part that could not run is an error only
     // when nothing else was found (exit 1 outranks exit 2).

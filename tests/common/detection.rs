@@ -8,8 +8,17 @@ use std::time::{Duration, Instant};
 pub fn findings(o: &Output) -> Vec<serde_json::Value> {
     String::from_utf8_lossy(&o.stdout)
         .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v.get("kind").is_some())
         .collect()
+}
+
+/// The summary object `check --json` prints after its findings.
+pub fn summary(o: &Output) -> Option<serde_json::Value> {
+    String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find_map(|v| v.get("summary").cloned())
 }
 
 /// Is there a finding of `kind` whose detail contains every part?

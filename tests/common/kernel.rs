@@ -38,7 +38,7 @@ pub fn system_map() -> PathBuf {
 /// Where this test binary builds what it needs under target/: a folder of
 /// its own, so that binaries running at once (tests/run.sh's lanes) never
 /// rebuild one another's files under them.
-fn scratch() -> PathBuf {
+pub(crate) fn scratch() -> PathBuf {
     let name = super::binary_name().unwrap_or_else(|| format!("pid-{}", std::process::id()));
     let dir = repo().join("target").join("xftrace-test").join(name);
     std::fs::create_dir_all(&dir).unwrap();

@@ -1,6 +1,7 @@
 //! Test harness: the patched guest kernel and test rootkits (`kernel`),
 //! real QEMU guests (`vm`) with a serial shell (`console`) and QMP (`qmp`),
-//! the xftrace binary (`cli`), and a real libvirtd (`libvirtd`).
+//! the xftrace binary (`cli`), a real libvirtd (`libvirtd`), and
+//! Prometheus's promtool (`prometheus`).
 #![allow(dead_code, unused_imports)]
 
 pub mod cli;
@@ -9,6 +10,7 @@ pub mod debian;
 pub mod detection;
 pub mod kernel;
 pub mod libvirtd;
+pub mod prometheus;
 pub mod qmp;
 pub mod soak;
 pub mod vm;
