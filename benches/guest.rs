@@ -408,32 +408,13 @@ fn stock_kernel() -> (String, PathBuf) {
     if !dir.join("bzImage").is_file() {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
-        let st = Command::new("apt-get")
-            .args(["download", "-o", "APT::Sandbox::User=root"])
-            .arg(format!("linux-image-{release}"))
-            .current_dir(&dir)
-            .status()
-            .expect("run apt-get download");
-        assert!(st.success(), "apt-get download linux-image-{release}");
-        let deb = std::fs::read_dir(&dir)
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .find(|p| p.extension().is_some_and(|e| e == "deb"))
-            .expect("the package");
-        let st = Command::new("dpkg-deb")
-            .arg("-x")
-            .arg(&deb)
-            .arg(dir.join("pkg"))
-            .status()
-            .expect("run dpkg-deb");
-        assert!(st.success(), "dpkg-deb -x");
+        common::unpack_package(&format!("linux-image-{release}"), &dir.join("pkg"));
         std::fs::copy(
             dir.join("pkg/boot").join(format!("vmlinuz-{release}")),
             dir.join("bzImage"),
         )
         .unwrap();
         let _ = std::fs::remove_dir_all(dir.join("pkg"));
-        let _ = std::fs::remove_file(deb);
     }
     (release, dir)
 }

@@ -211,12 +211,7 @@ fn row(
     checked: Option<&LastCheck>,
     map: Option<&str>,
 ) {
-    let count = |c: &LastCheck, sev: &str| {
-        c.findings
-            .iter()
-            .filter(|f| f.severity == sev)
-            .fold(0u64, |a, f| a.saturating_add(f.count))
-    };
+    let count = |c: &LastCheck, sev: &str| c.count(sev);
     if json {
         println!(
             "{}",

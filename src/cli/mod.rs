@@ -736,12 +736,7 @@ fn summary(t: &Target, new: Option<usize>) {
     else {
         return;
     };
-    let n = |sev: &str| {
-        c.findings
-            .iter()
-            .filter(|f| f.severity == sev)
-            .fold(0u64, |a, f| a.saturating_add(f.count))
-    };
+    let n = |sev: &str| c.count(sev);
     println!(
         "{}",
         serde_json::json!({"summary": {

@@ -69,6 +69,14 @@ impl LastCheck {
         }
     }
 
+    /// How many findings of `severity` (`high`, `medium`, `low`) it had.
+    pub fn count(&self, severity: &str) -> u64 {
+        self.findings
+            .iter()
+            .filter(|f| f.severity == severity)
+            .fold(0u64, |a, f| a.saturating_add(f.count))
+    }
+
     pub fn read(dir: &GuestDir) -> Option<Self> {
         dir.read_json(&path(dir))
     }

@@ -155,12 +155,7 @@ pub fn render(root: &Path) -> Result<String> {
             took.push(d.clone(), c.duration);
             check_failed.push(d.clone(), flag(c.error.is_some()));
             for sev in ["high", "medium", "low"] {
-                let n = c
-                    .findings
-                    .iter()
-                    .filter(|f| f.severity == sev)
-                    .fold(0u64, |a, f| a.saturating_add(f.count));
-                by_severity.push(format!("{d},severity=\"{sev}\""), count(n));
+                by_severity.push(format!("{d},severity=\"{sev}\""), count(c.count(sev)));
             }
             for f in &c.findings {
                 findings.push(

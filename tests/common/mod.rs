@@ -112,6 +112,32 @@ pub fn static_program(src: &std::path::Path, out: &std::path::Path) {
     assert!(st.success(), "gcc {}", src.display());
 }
 
+/// Debian's package `name`, fetched with apt (not installed: nothing of
+/// it runs) and unpacked into `dir`.
+pub fn unpack_package(name: &str, dir: &std::path::Path) {
+    let dl = dir.join(".download");
+    std::fs::create_dir_all(&dl).unwrap();
+    let st = std::process::Command::new("apt-get")
+        .args(["download", "-q", "-o", "APT::Sandbox::User=root", name])
+        .current_dir(&dl)
+        .status()
+        .expect("run apt-get download");
+    assert!(st.success(), "apt-get download {name}");
+    let deb = std::fs::read_dir(&dl)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e == "deb"))
+        .expect("the package");
+    let st = std::process::Command::new("dpkg-deb")
+        .arg("-x")
+        .arg(&deb)
+        .arg(dir)
+        .status()
+        .expect("run dpkg-deb");
+    assert!(st.success(), "dpkg-deb -x {}", deb.display());
+    let _ = std::fs::remove_dir_all(&dl);
+}
+
 /// The median of the benches' samples.
 pub fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));

@@ -21,34 +21,8 @@ fn fetch() -> PathBuf {
     if bin.is_file() {
         return bin;
     }
-    let dl = dir.join("download");
     let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dl).unwrap();
-    let st = Command::new("apt-get")
-        .args([
-            "download",
-            "-q",
-            "-o",
-            "APT::Sandbox::User=root",
-            "prometheus",
-        ])
-        .current_dir(&dl)
-        .status()
-        .expect("run apt-get download");
-    assert!(st.success(), "apt-get download prometheus");
-    let deb = std::fs::read_dir(&dl)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .find(|p| p.extension().is_some_and(|e| e == "deb"))
-        .expect("the package");
-    let st = Command::new("dpkg-deb")
-        .arg("-x")
-        .arg(&deb)
-        .arg(&dir)
-        .status()
-        .expect("run dpkg-deb");
-    assert!(st.success(), "dpkg-deb -x {}", deb.display());
-    let _ = std::fs::remove_dir_all(&dl);
+    super::unpack_package("prometheus", &dir);
     bin
 }
 
