@@ -48,9 +48,15 @@ fn traces_openat_and_read_on_a_running_guest() {
     let mut vm = Vm::boot(512, 2);
     let x = Xftrace::new(&vm.ram);
 
-    let o = x.run(&["on", "sys_openat", "sys_read"]);
+    let o = x.run(&["on", "sys_openat", "sys_read", "--json"]);
     assert!(o.status.success(), "on failed: {:?}", text(&o));
-    assert!(text(&o).0.contains("__x64_sys_openat __x64_sys_read"));
+    let began: serde_json::Value = serde_json::from_str(text(&o).0.trim()).unwrap();
+    assert_eq!(began["result"], "tracing", "{began}");
+    assert_eq!(
+        began["symbols"],
+        serde_json::json!(["__x64_sys_openat", "__x64_sys_read"])
+    );
+    assert!(began["pid"].as_u64().is_some_and(|p| p > 1), "{began}");
 
     // Watch the guest while collecting: QMP must say running every time, and
     // the guest's own counter must keep moving.
@@ -97,10 +103,19 @@ fn traces_openat_and_read_on_a_running_guest() {
 
     let out_dir = tempfile::tempdir().unwrap();
     let trace_path = out_dir.path().join("trace_graph.txt");
-    let o = x.run(&["off", "--output", trace_path.to_str().unwrap()]);
+    let o = x.run(&["off", "--json", "--output", trace_path.to_str().unwrap()]);
     stop.store(true, Ordering::SeqCst);
     let states = watcher.join().unwrap();
     assert!(o.status.success(), "off failed: {:?}", text(&o));
+    let wrote: serde_json::Value = serde_json::from_str(text(&o).0.trim()).unwrap();
+    assert!(
+        wrote["records"].as_u64() > Some(0)
+            && wrote["lines"].as_u64() > Some(0)
+            && wrote["failed_integrity"] == 0
+            && wrote["guest_gone"].is_null()
+            && wrote["trace"] == trace_path.to_str().unwrap(),
+        "{wrote}"
+    );
 
     assert!(states.len() >= 3, "QMP polled only {} times", states.len());
     assert!(
@@ -480,8 +495,15 @@ fn stopped_commands_switch_the_tracer_off(vm: &mut Vm, x: &Xftrace, dir: &std::p
         if i == 1 {
             // check and watch trace only with a baseline.
             assert!(!baseline.exists(), "an interrupted baseline was saved");
-            let o = x.run(&["baseline", "--duration", "2", "sys_openat"]);
+            let o = x.run(&["baseline", "--json", "--duration", "2", "sys_openat"]);
             assert!(o.status.success(), "{:?}", text(&o));
+            let b: serde_json::Value = serde_json::from_str(text(&o).0.trim()).unwrap();
+            assert!(
+                b["baseline"]["functions"]
+                    .as_array()
+                    .is_some_and(|f| f.contains(&serde_json::json!("__x64_sys_openat"))),
+                "{b}"
+            );
         }
         let before = std::fs::read(&baseline).ok();
         let child = x

@@ -307,7 +307,12 @@ impl Command {
     fn speaks_json(&self) -> bool {
         matches!(
             self,
-            Command::Check { .. } | Command::Watch { .. } | Command::List
+            Command::Check { .. }
+                | Command::Watch { .. }
+                | Command::List
+                | Command::On { .. }
+                | Command::Off { .. }
+                | Command::Baseline { .. }
         )
     }
 
@@ -483,7 +488,7 @@ pub fn run(cli: Cli) -> Result<Outcome, Error> {
     let json = cli.json;
     if json && !cli.command.speaks_json() {
         return Err(Error::Input(
-            "--json: this command answers in text only; `check`, `watch` and `list` speak JSON"
+            "--json: this command answers in text only; `on`, `off`, `baseline`, `check`, `watch` and `list` speak JSON"
                 .into(),
         ));
     }
@@ -515,16 +520,28 @@ pub fn run(cli: Cli) -> Result<Outcome, Error> {
                 session::abandon(&target)?;
                 crate::host::signals::check("the guest's tracer is off again")?;
             }
-            println!("{began}");
+            if json {
+                println!("{}", serde_json::json!(began));
+            } else {
+                println!("{began}");
+            }
             Ok(Outcome::Done)
         }
         Command::Off { output, .. } => {
             let off = session::off(&target(&guest, root)?, output);
-            if let Some(note) = &off.gone {
-                eprintln!("{note}");
-            }
-            if let Some(wrote) = &off.wrote {
-                println!("{wrote}");
+            if json {
+                if let Some(wrote) = &off.wrote {
+                    let mut v = serde_json::json!(wrote);
+                    v["guest_gone"] = serde_json::json!(off.gone);
+                    println!("{v}");
+                }
+            } else {
+                if let Some(note) = &off.gone {
+                    eprintln!("{note}");
+                }
+                if let Some(wrote) = &off.wrote {
+                    println!("{wrote}");
+                }
             }
             off.result.map(|_| Outcome::Done)
         }
@@ -563,7 +580,7 @@ pub fn run(cli: Cli) -> Result<Outcome, Error> {
             duration,
             depth,
             functions,
-        } => baseline(&target(&guest, root)?, functions, *duration, *depth),
+        } => baseline(&target(&guest, root)?, functions, *duration, *depth, json),
         Command::Check {
             all: true,
             trace_seconds,
@@ -706,7 +723,13 @@ fn dmesg(t: &Target) -> Result<Outcome, Error> {
     Ok(Outcome::Done)
 }
 
-fn baseline(t: &Target, functions: &[String], seconds: u64, depth: u32) -> Result<Outcome, Error> {
+fn baseline(
+    t: &Target,
+    functions: &[String],
+    seconds: u64,
+    depth: u32,
+    json: bool,
+) -> Result<Outcome, Error> {
     // Every syscall: a hook on any of them shows in its call flow. The
     // guest pays for the trace only while it runs (README, "Performance").
     let defaults = [DEFAULT_CALL_FLOW.to_string()];
@@ -717,7 +740,12 @@ fn baseline(t: &Target, functions: &[String], seconds: u64, depth: u32) -> Resul
     };
     let b = detect::baseline(t, f, Duration::from_secs(seconds), depth)?;
     let n: usize = b.edges.values().map(|e| e.len()).sum();
-    if b.functions.is_empty() {
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({"baseline": {"domain": t.describe(), "functions": b.functions, "edges": n}})
+        );
+    } else if b.functions.is_empty() {
         println!("baseline: hook inventory and kernel state (a stock kernel: no call flow)");
     } else {
         println!("baseline: {n} call edges of {}", b.functions.join(" "));

@@ -106,8 +106,10 @@ pub fn interrupted_session(st: &GuestDir) -> Option<Vec<String>> {
         .then_some(s.functions)
 }
 
-/// What `on` (or `on --adopt`) did, for the command line to say.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// What `on` (or `on --adopt`) did, for the command line to say (as text,
+/// or as JSON: `{"result": "tracing", "target": …, "symbols": […], "pid": N}`).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(tag = "result", rename_all = "kebab-case")]
 pub enum Began {
     /// `on`: the guest traces `symbols`, read by the collector `pid`.
     Tracing {
@@ -524,12 +526,37 @@ pub fn klog_beside(output: &Path) -> Result<PathBuf> {
 pub struct Off {
     /// A note (for stderr) that the guest no longer runs here.
     pub gone: Option<String>,
-    /// The line that says which trace was written, and what it holds.
-    pub wrote: Option<String>,
+    /// Which trace was written, and what it holds.
+    pub wrote: Option<Wrote>,
     /// The path of the trace written, or the error that ended `off`
     /// (after the trace was written, when the guest's tracer could not be
     /// switched off).
     pub result: Result<PathBuf>,
+}
+
+/// The trace `off` wrote (docs/json.md).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Wrote {
+    pub trace: PathBuf,
+    pub lines: u64,
+    pub records: u64,
+    /// Lost in the rings or dropped by the guest.
+    pub lost: u64,
+    pub failed_integrity: u64,
+}
+
+impl fmt::Display for Wrote {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "wrote {} ({} lines, {} records, {} lost, {} failed integrity checks)",
+            self.trace.display(),
+            self.lines,
+            self.records,
+            self.lost,
+            self.failed_integrity
+        )
+    }
 }
 
 /// `xftrace off`: writes the trace to `output`.
@@ -547,7 +574,7 @@ fn off_into(
     target: &Target,
     output: &Path,
     gone: &mut Option<String>,
-    wrote: &mut Option<String>,
+    wrote: &mut Option<Wrote>,
 ) -> Result<PathBuf> {
     klog_beside(output)?;
     let (g, open_error) = match target.open() {
@@ -568,12 +595,13 @@ fn off_into(
     done.message = format!("trace written to {}", output.display());
     done.write(dir)?;
     let missing = status.rings.missing().saturating_add(status.guest_dropped);
-    *wrote = Some(format!(
-        "wrote {} ({n} lines, {} records, {missing} lost, {} failed integrity checks)",
-        output.display(),
-        status.rings.records,
-        status.rings.integrity_failures()
-    ));
+    *wrote = Some(Wrote {
+        trace: output.to_path_buf(),
+        lines: n,
+        records: status.rings.records,
+        lost: missing,
+        failed_integrity: status.rings.integrity_failures(),
+    });
     if status.rings.integrity_failures() > 0 {
         warn!(
             "{} records failed integrity checks: see {}",
