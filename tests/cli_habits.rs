@@ -257,6 +257,7 @@ fn json_answers_and_errors() {
     for (args, code) in [
         (&["--json", "check", "web0l"][..], 2),
         (&["--json", "status", "web01"], 3),
+        (&["--json", "unenroll", "web01"], 5),
     ] {
         let o = node.xftrace(args);
         assert_eq!(o.status.code(), Some(code), "{args:?}: {}", text(&o));

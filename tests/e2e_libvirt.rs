@@ -93,6 +93,22 @@ fn enroll_start_trace_by_name_and_survive_destroy() {
     }
     let o = enroll(st, &name, &[]);
     assert!(out(&o).contains("already enrolled"), "{}", out(&o));
+    // The same answers in JSON (what the Ansible roles read).
+    for (args, diff) in [
+        (&["--json"][..], None),
+        (&["--json", "--dry-run"], Some("(no change)\n")),
+    ] {
+        let o = enroll(st, &name, args);
+        assert!(o.status.success(), "{}", out(&o));
+        let v: serde_json::Value =
+            serde_json::from_str(String::from_utf8_lossy(&o.stdout).trim()).unwrap();
+        assert_eq!(v["changed"], false, "{v}");
+        assert_eq!(v["domain"], name.as_str(), "{v}");
+        match diff {
+            Some(d) => assert_eq!(v["diff"], d, "{v}"),
+            None => assert_eq!(v["live"], "unchanged", "{v}"),
+        }
+    }
     let o = xftrace(st, &["-c", URI, "list"]);
     assert!(
         out(&o)

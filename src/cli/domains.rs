@@ -116,6 +116,7 @@ pub fn enroll(
     name: &str,
     monitor: &[String],
     dry_run: bool,
+    json: bool,
 ) -> Result<(), Error> {
     let lv = Libvirt::connect(&g.connect)?;
     // The domain must exist before anything is copied.
@@ -150,6 +151,27 @@ pub fn enroll(
         }
     };
     let (old, new, live) = lv.enroll(name, stored.as_deref(), monitor, dry_run)?;
+    if json {
+        let changed = old != new || (!dry_run && live == LiveEnrollment::Updated);
+        println!(
+            "{}",
+            serde_json::json!({
+                "domain": name,
+                "changed": changed,
+                "dry_run": dry_run,
+                "stock_kernel": stored.is_none(),
+                "live": match (dry_run, live) {
+                    (true, _) => None,
+                    (false, LiveEnrollment::Updated) => Some("updated"),
+                    (false, LiveEnrollment::NeedsRestart) if changed => Some("needs-restart"),
+                    (false, _) if changed => Some("next-start"),
+                    (false, _) => Some("unchanged"),
+                },
+                "diff": dry_run.then(|| change(name, &old, &new)),
+            })
+        );
+        return Ok(());
+    }
     if stored.is_none() && !dry_run {
         println!(
             "{} is enrolled for a stock kernel: checks find its kernel by its banner and fetch the build of a Debian kernel with apt the first time they meet it (`xftrace add-kernel --debian RELEASE=VERSION` stores one ahead); it is traced once the guest loads the xftrace-dkms module",
@@ -178,7 +200,13 @@ pub fn enroll(
 }
 
 /// `xftrace unenroll NAME`: put the definition back.
-pub fn unenroll(g: &GuestArgs, root: &Path, name: &str, dry_run: bool) -> Result<(), Error> {
+pub fn unenroll(
+    g: &GuestArgs,
+    root: &Path,
+    name: &str,
+    dry_run: bool,
+    json: bool,
+) -> Result<(), Error> {
     let lv = Libvirt::connect(&g.connect)?;
     if let Some(st) = GuestDir::existing_domain(root, name) {
         if !dry_run && st.collector_running()? {
@@ -189,7 +217,17 @@ pub fn unenroll(g: &GuestArgs, root: &Path, name: &str, dry_run: bool) -> Result
         }
     }
     let (old, new) = lv.unenroll(name, dry_run)?;
-    if dry_run {
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "domain": name,
+                "changed": old != new,
+                "dry_run": dry_run,
+                "diff": dry_run.then(|| change(name, &old, &new)),
+            })
+        );
+    } else if dry_run {
         print!("{}", change(name, &old, &new));
     } else {
         println!(

@@ -313,6 +313,8 @@ impl Command {
                 | Command::On { .. }
                 | Command::Off { .. }
                 | Command::Baseline { .. }
+                | Command::Enroll { .. }
+                | Command::Unenroll { .. }
         )
     }
 
@@ -488,7 +490,7 @@ pub fn run(cli: Cli) -> Result<Outcome, Error> {
     let json = cli.json;
     if json && !cli.command.speaks_json() {
         return Err(Error::Input(
-            "--json: this command answers in text only; `on`, `off`, `baseline`, `check`, `watch` and `list` speak JSON"
+            "--json: this command answers in text only; `on`, `off`, `baseline`, `check`, `watch`, `list`, `enroll` and `unenroll` speak JSON"
                 .into(),
         ));
     }
@@ -566,9 +568,9 @@ pub fn run(cli: Cli) -> Result<Outcome, Error> {
             name,
             dry_run,
             monitor,
-        } => done(domains::enroll(&guest, root, name, monitor, *dry_run)),
+        } => done(domains::enroll(&guest, root, name, monitor, *dry_run, json)),
         Command::Unenroll { name, dry_run } => {
-            done(domains::unenroll(&guest, root, name, *dry_run))
+            done(domains::unenroll(&guest, root, name, *dry_run, json))
         }
         Command::Dmesg { .. } => dmesg(&target(&guest, root)?),
         Command::List => done(domains::list(&guest, root, json)),
