@@ -180,7 +180,7 @@ pub fn on(
 pub fn adopt(target: &Target, opts: CollectOptions, gaps: &[String]) -> Result<Began> {
     let g = target.open()?;
     let ctl = g.kernel.control()?;
-    if !switch::guest_alive(&g.ram, ctl, Duration::from_secs(3))? {
+    if !switch::guest_alive(&g.ram, ctl, switch::LIVENESS)? {
         return Err(not_running());
     }
     if !switch::read_status(&g.ram, ctl)?.tracing {
@@ -278,10 +278,11 @@ pub fn start(
     // A guest being restored is paused while its RAM is still arriving:
     // nothing is adopted or started before its kernel runs (`on --wait`
     // retries).
-    if !switch::guest_alive(&g.ram, ctl, Duration::from_secs(3))? {
+    if !switch::guest_alive(&g.ram, ctl, switch::LIVENESS)? {
         return Err(not_running());
     }
-    let seen_alive = Instant::now();
+    // The `on` below needs a beat after this one.
+    let seen_alive = switch::Beat::read(&g.ram, ctl)?;
     gaps.extend(gaps_given.iter().cloned());
     if switch::read_status(&g.ram, ctl)?.tracing {
         // Adopted: the guest was tracing with no collector of ours reading

@@ -75,6 +75,30 @@ pub fn read_status(ram: &GuestRam, k: &Control) -> Result<TracerStatus> {
     })
 }
 
+/// The guest's heartbeat as read at one moment.
+#[derive(Clone, Copy, Debug)]
+pub struct Beat {
+    pub value: u64,
+    pub at: Instant,
+}
+
+impl Beat {
+    pub fn read(ram: &GuestRam, k: &Control) -> Result<Beat> {
+        Ok(Beat {
+            value: ram.read_u64(k.field(abi::off::HEARTBEAT))?,
+            at: Instant::now(),
+        })
+    }
+}
+
+/// How long a guest's heartbeat may stand still before a command is not
+/// written to it: its thread beats every 20 ms while tracing, every 100 ms
+/// to 1 s when idle. A guest stalled longer than this is paused, or its
+/// host so loaded that it gets no CPU; an `off` waits longer
+/// ([`OFF_LIVENESS`]), since leaving a tracer on is the worse outcome.
+pub const LIVENESS: Duration = Duration::from_secs(3);
+pub const OFF_LIVENESS: Duration = Duration::from_secs(10);
+
 /// Wait up to `within` for the guest's heartbeat to advance.
 pub fn guest_alive(ram: &GuestRam, k: &Control, within: Duration) -> Result<bool> {
     let first = ram.read_u64(k.field(abi::off::HEARTBEAT))?;
@@ -129,7 +153,6 @@ fn next_seq(cmd_seq: u64, ack_seq: u64) -> Result<(u64, u64)> {
     Ok((even.saturating_sub(1), even))
 }
 
-/// Send `op` with `functions` (kernel symbol names or globs) and `flags`
 /// The functions and flags of the last command, if it was an `on` that the
 /// guest applied (what a guest still tracing traces). Read back from the
 /// control block the host wrote: a guest can rewrite it, and gains only
@@ -164,6 +187,7 @@ pub fn applied_on(ram: &GuestRam, k: &Control) -> Result<Option<(Vec<String>, u6
     Ok(Some((functions, flags)))
 }
 
+/// Send `op` with `functions` (kernel symbol names or globs) and `flags`
 /// (`abi::FLAG_*`), and wait for the guest to acknowledge it.
 ///
 /// The command is one consistent unit: `cmd_seq` is odd while the host
@@ -176,7 +200,7 @@ pub fn send(
     functions: &[String],
     flags: u64,
     timeout: Duration,
-    seen_alive: Option<Instant>,
+    seen_alive: Option<Beat>,
 ) -> Result<()> {
     // Every filter holds the guest's probe (docs/abi.md §3.1).
     let sent = match op {
@@ -185,13 +209,23 @@ pub fn send(
     };
     let (funcs, len) = abi::funcs::encode(&sent).map_err(Error::Input)?;
     // A command is written only to a guest that runs (a paused one would
-    // apply it whenever it resumes); an idle guest beats only every 100 ms
-    // to 1 s, so a caller that saw it beat a moment ago says so.
-    let recent = seen_alive.is_some_and(|t| t.elapsed() < Duration::from_secs(1));
-    if !recent && !guest_alive(ram, k, Duration::from_secs(3))? {
-        return Err(Error::Guest(
-            "the guest kernel is not running: its xftrace heartbeat did not advance in 3 s (is the VM paused or stopped?)".into(),
-        ));
+    // apply it whenever it resumes). A caller that read the heartbeat a
+    // moment ago passes that reading: any beat since counts, so a slow step
+    // in between (spawning a collector on a loaded host) costs no wait.
+    let window = if op == Op::Off {
+        OFF_LIVENESS
+    } else {
+        LIVENESS
+    };
+    let alive = match seen_alive {
+        Some(b) => guest_alive_since(ram, k, b.value, b.at, b.at.elapsed().saturating_add(window))?,
+        None => guest_alive(ram, k, window)?,
+    };
+    if !alive {
+        return Err(Error::Guest(format!(
+            "the guest kernel is not running: its xftrace heartbeat did not advance in {} s (is the VM paused or stopped?)",
+            window.as_secs()
+        )));
     }
     let (writing, seq) = next_seq(
         ram.read_u64(k.field(abi::off::CMD_SEQ))?,
