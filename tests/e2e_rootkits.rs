@@ -67,6 +67,11 @@ fn detects_every_test_rootkit_and_nothing_on_a_clean_guest() {
             s["clean"] == true && s["findings"]["high"] == 0 && s["failed"].is_null(),
             "{s}"
         );
+        // The release the guest runs, as its own uname says.
+        if i == 0 {
+            let uname = vm.output("uname -r");
+            assert_eq!(s["kernel"].as_str(), Some(uname.trim()), "{s}");
+        }
         worst = (worst.0.max(t), worst.1.max(rss));
         assert_eq!(
             vm.qmp_status(),

@@ -266,6 +266,7 @@ fn row(
                         "low": count(c, "low"),
                     },
                     "failed": c.error.is_some(),
+                    "kernel": c.kernel,
                 })),
                 "system_map": map,
             })

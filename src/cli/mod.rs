@@ -777,6 +777,7 @@ fn summary(t: &Target, new: Option<usize>) {
             "new": new,
             "clean": n("high") == 0 && n("medium") == 0,
             "failed": c.error,
+            "kernel": c.kernel,
         }})
     );
 }
@@ -849,6 +850,7 @@ fn check(t: &Target, json: bool, trace_seconds: u64) -> Result<Outcome, Error> {
     let detect::Checked {
         findings: f,
         failed,
+        ..
     } = detect::check(t, &detect::CheckOptions { trace_seconds })?;
     for line in detect::report(&f, json) {
         println!("{line}");

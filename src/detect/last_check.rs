@@ -24,6 +24,9 @@ pub struct LastCheck {
     pub findings: Vec<Counted>,
     /// What could not run (the check's error, or the part that failed).
     pub error: Option<String>,
+    /// The kernel release the guest ran (None: the check found no kernel).
+    #[serde(default)]
+    pub kernel: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -66,6 +69,7 @@ impl LastCheck {
                 })
                 .collect(),
             error: error.map(ToString::to_string),
+            kernel: None,
         }
     }
 

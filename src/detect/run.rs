@@ -39,6 +39,20 @@ const MAX_KNOWN: usize = 100_000;
 pub struct Checked {
     pub findings: Vec<Finding>,
     pub failed: Option<Error>,
+    /// The kernel release the guest runs (`6.1.0-57-cloud-amd64`), from its
+    /// `linux_banner` as located (checked against the build's where the
+    /// build is known).
+    pub kernel: Option<String>,
+}
+
+/// The release in a `Linux version RELEASE (…)` banner: one word, at most
+/// 64 bytes of it (the banner is in guest memory).
+pub fn release(banner: &str) -> Option<String> {
+    let r = banner
+        .strip_prefix("Linux version ")?
+        .split_whitespace()
+        .next()?;
+    Some(r.chars().take(64).collect())
 }
 
 /// One check of the guest: integrity of control data and of the tracer,
@@ -55,7 +69,9 @@ pub fn check(target: &Target, opts: &CheckOptions) -> Result<Checked> {
     // signal cut short.
     let kept = match &r {
         Ok(c) if !matches!(c.failed, Some(Error::Interrupted { .. })) => {
-            Some(LastCheck::new(&c.findings, c.failed.as_ref(), t.elapsed()))
+            let mut k = LastCheck::new(&c.findings, c.failed.as_ref(), t.elapsed());
+            k.kernel.clone_from(&c.kernel);
+            Some(k)
         }
         Err(Error::Interrupted { .. }) | Ok(_) => None,
         Err(e) => Some(LastCheck::new(&[], Some(e), t.elapsed())),
@@ -153,7 +169,11 @@ fn check_once(target: &Target, opts: &CheckOptions) -> Result<Checked> {
         f.domain = target.describe();
         f.attribute(&|a| view.module_of(a));
     }
-    Ok(Checked { findings, failed })
+    Ok(Checked {
+        findings,
+        failed,
+        kernel: release(&g.kernel.banner),
+    })
 }
 
 /// The guest's saved baseline, if it has one that reads.
@@ -718,6 +738,7 @@ impl Iterator for Watch<'_> {
             Ok(Checked {
                 failed: Some(e @ Error::Interrupted { .. }),
                 findings,
+                ..
             }) => {
                 // What the cut-short round found is still news.
                 self.done = true;
@@ -728,7 +749,9 @@ impl Iterator for Watch<'_> {
                 }
                 return Some(Err(e));
             }
-            Ok(Checked { findings, failed }) => {
+            Ok(Checked {
+                findings, failed, ..
+            }) => {
                 if let Some(e) = failed {
                     warn!("{}: part of the check failed: {e}", self.target.describe());
                 }
@@ -800,6 +823,18 @@ impl Watch<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_release_is_one_bounded_word_of_the_banner() {
+        assert_eq!(
+            release("Linux version 6.1.0-57-cloud-amd64 (debian-kernel@lists.debian.org) (gcc-12) #1 SMP"),
+            Some("6.1.0-57-cloud-amd64".into())
+        );
+        assert_eq!(release("Linux version "), None);
+        assert_eq!(release("Windows"), None);
+        let long = format!("Linux version {} (x)", "a".repeat(4096));
+        assert_eq!(release(&long).map(|r| r.len()), Some(64));
+    }
 
     fn rec(cpu: u32, seq: u64) -> crate::abi::Record {
         crate::abi::Record {
