@@ -63,8 +63,26 @@ fn role_passes_syntax_check_and_lint() {
         &dir,
     );
     assert!(o.status.success());
+    let o = run(
+        "ansible-playbook",
+        &[
+            "--syntax-check",
+            "-i",
+            "inventory.example.yml",
+            "report.yml",
+        ],
+        &dir,
+    );
+    assert!(o.status.success());
     let o = run("ansible-lint", &["--profile", "production"], &dir);
     assert!(o.status.success(), "ansible-lint failed");
+    // The fleet report's filters on crafted answers.
+    let o = run(
+        "python3",
+        &["-m", "unittest", "discover", "-v", "-s", "tests"],
+        &dir,
+    );
+    assert!(o.status.success(), "the fleet report's filter tests failed");
 }
 
 /// Puts a file back as it was when dropped.
@@ -191,6 +209,7 @@ fn playbook_installs_idempotently_and_removes_cleanly() {
         "no RAM file under {ram_dir}: {files:?}"
     );
     assert_eq!(common::hook_state(&state, &dom).as_deref(), Some("running"));
+    fleet_report(t, inv, &dom, &plain);
     virsh(&["destroy", &dom]);
     assert!(virsh(&["start", &plain]).status.success());
     virsh(&["destroy", &plain]);
@@ -256,6 +275,85 @@ fn playbook_installs_idempotently_and_removes_cleanly() {
     );
     assert_eq!(changed(&again), 0);
     drop(lv);
+}
+
+/// ansible/report.yml against this host: it reports the host, both
+/// domains, and the running enrolled one checked. That domain runs no
+/// kernel (an empty VM), so the report must say it could not be checked,
+/// with xftrace's reason, rather than call it clean.
+fn fleet_report(t: &Path, inv: &str, dom: &str, plain: &str) {
+    let dir = t.join("report");
+    let report = common::repo().join("ansible/report.yml");
+    let o = run(
+        "ansible-playbook",
+        &[
+            "-i",
+            inv,
+            report.to_str().unwrap(),
+            "-e",
+            &format!("xftrace_report_dir={}", dir.display()),
+            "-e",
+            "xftrace_report_trace_seconds=0",
+        ],
+        t,
+    );
+    assert!(o.status.success(), "report.yml failed");
+    let json = std::fs::read(dir.join("fleet.json")).unwrap();
+    let fleet: serde_json::Value = serde_json::from_slice(&json).unwrap();
+    let hosts = fleet["hosts"].as_array().unwrap();
+    assert_eq!(hosts.len(), 1, "{fleet:#}");
+    let host = &hosts[0];
+    let uname = Command::new("uname").arg("-r").output().unwrap();
+    assert_eq!(
+        host["kernel"].as_str(),
+        Some(String::from_utf8_lossy(&uname.stdout).trim()),
+        "{host:#}"
+    );
+    assert!(
+        host["xftrace"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("xftrace "),
+        "{host:#}"
+    );
+    assert_eq!(host["errors"].as_array().map(Vec::len), Some(0), "{host:#}");
+    let find = |name: &str| {
+        host["domains"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|d| d["domain"] == name)
+            .cloned()
+            .unwrap_or_else(|| panic!("{name} not in the report: {host:#}"))
+    };
+    let d = find(dom);
+    assert!(
+        d["state"] == "running"
+            && d["enrolled"] == "yes"
+            && d["checked"].is_null()
+            && d["error"].as_str().is_some_and(|e| !e.is_empty()),
+        "the empty enrolled domain: {d:#}"
+    );
+    let p = find(plain);
+    assert!(p["state"] == "off" && p["enrolled"] == "no", "{p:#}");
+    assert!(
+        fleet["totals"]["not_checked"].as_u64() >= Some(1),
+        "{fleet:#}"
+    );
+    let table = std::fs::read_to_string(dir.join("fleet.txt")).unwrap();
+    assert!(
+        table
+            .lines()
+            .any(|l| l.contains(dom) && l.contains("NOT CHECKED")),
+        "{table}"
+    );
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(dir.join("fleet.json"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o007, 0, "the report is readable by others");
+    eprintln!("fleet.txt:\n{table}");
 }
 
 fn walk(dir: &Path) -> Vec<PathBuf> {
