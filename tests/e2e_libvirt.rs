@@ -357,7 +357,143 @@ fn always_on_monitoring_starts_from_the_hook() {
     assert!(std::fs::read_to_string(&trace)
         .unwrap()
         .contains("__x64_sys_openat() {"));
+    watch_service(&mut lv, st, &name, &mut con);
     drop(lv);
+}
+
+/// The host's watch service (`watch --all`), on the guest the hook
+/// monitored, now with no collector: it starts the monitoring itself,
+/// checks the guest every round, goes on while another enrolled domain
+/// (started paused: no kernel runs in it) cannot be checked, follows that
+/// domain's start and stop through libvirt's events while the hook leaves
+/// its start to the service, writes the metrics file, and when stopped
+/// switches off the tracing it started and writes its trace.
+fn watch_service(lv: &mut Libvirtd, st: &std::path::Path, name: &str, con: &mut Console) {
+    use std::io::BufRead;
+    use std::sync::{Arc, Mutex};
+    let t0 = Instant::now();
+    let other = format!("xft-mon2-{}", std::process::id());
+    lv.define(&other, 128);
+    let o = enroll(st, &other, &[]);
+    assert!(o.status.success(), "{}", out(&o));
+    let prom = st.join("xftrace.prom");
+    let log = std::fs::File::create(st.join("watch-all.log")).unwrap();
+    let mut svc = std::process::Command::new(env!("CARGO_BIN_EXE_xftrace"))
+        .arg("--state-dir")
+        .arg(st)
+        .args(["-c", URI, "watch", "--all", "--json", "--interval", "2"])
+        .arg("--textfile")
+        .arg(&prom)
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::piped())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let lines: Arc<Mutex<Vec<serde_json::Value>>> = Arc::default();
+    let reader = {
+        let (lines, stdout) = (lines.clone(), svc.stdout.take().unwrap());
+        std::thread::spawn(move || {
+            for l in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
+                let v = serde_json::from_str(&l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}"));
+                lines.lock().unwrap().push(v);
+            }
+        })
+    };
+    let seen = |what: &dyn Fn(&[serde_json::Value]) -> bool, why: &str| {
+        let end = Instant::now() + Duration::from_secs(180);
+        loop {
+            if what(&lines.lock().unwrap()) {
+                return;
+            }
+            assert!(
+                Instant::now() < end,
+                "watch --all: {why}, in {:#?}\n{}",
+                lines.lock().unwrap(),
+                std::fs::read_to_string(st.join("watch-all.log")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    let event = |v: &serde_json::Value, e: &str, d: &str| v["event"] == e && v["domain"] == d;
+    let summary_of =
+        |v: &serde_json::Value, d: &str| v["summary"]["domain"] == format!("domain {d}").as_str();
+    // It follows the running domain and starts its monitoring itself.
+    seen(
+        &|l| l.iter().any(|v| event(v, "tracing", name)),
+        "no tracing event",
+    );
+    wait_collecting(st, name);
+    seen(
+        &|l| {
+            l.iter()
+                .any(|v| summary_of(v, name) && v["summary"]["failed"].is_null())
+        },
+        "no checked round of the guest",
+    );
+    // Another enrolled domain starts (paused: nothing to check in it).
+    assert!(virsh(&["start", "--paused", &other]).status.success());
+    let monitor_log = std::fs::read_to_string(st.join("domains").join(&other).join("monitor.log"))
+        .unwrap_or_default();
+    assert!(
+        monitor_log.contains("left to the watch service"),
+        "the hook did not leave the start to the service: {monitor_log:?}"
+    );
+    seen(
+        &|l| l.iter().any(|v| event(v, "following", &other)),
+        "the second domain's start not followed",
+    );
+    // Its rounds cannot check it (a finding each time it runs so), and the
+    // guest's rounds go on after them.
+    seen(
+        &|l| {
+            l.iter()
+                .position(|v| {
+                    v["domain"] == format!("domain {other}").as_str() && v["kind"].is_string()
+                })
+                .is_some_and(|i| l[i..].iter().any(|v| summary_of(v, name)))
+        },
+        "the unreadable domain stopped the guest's rounds",
+    );
+    assert!(virsh(&["destroy", &other]).status.success());
+    seen(
+        &|l| l.iter().any(|v| event(v, "left", &other)),
+        "the second domain's stop not followed",
+    );
+    let metrics = std::fs::read_to_string(&prom).unwrap();
+    assert!(
+        metrics.contains(&format!("xftrace_collector_up{{domain=\"{name}\"}} 1")),
+        "{metrics}"
+    );
+    // Stopped, it switches off what it started and says where the trace is.
+    con.sh("cat /tmp/hello.txt > /dev/null");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(svc.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let status = svc.wait().unwrap();
+    reader.join().unwrap();
+    assert_eq!(status.code(), Some(0), "watch --all did not end cleanly");
+    let l = lines.lock().unwrap();
+    let stopped = l
+        .iter()
+        .find(|v| event(v, "stopped", name))
+        .unwrap_or_else(|| panic!("no stopped event: {l:#?}"));
+    let trace = std::fs::read_to_string(stopped["trace"].as_str().unwrap()).unwrap();
+    assert!(trace.contains("__x64_sys_openat() {"), "{trace}");
+    let s = out(&xftrace(st, &["--domain", name, "status"]));
+    assert!(
+        s.contains("tracer off") && !s.contains("collector:  running"),
+        "{s}"
+    );
+    eprintln!(
+        "watch --all: {} events and rounds in {:.1} s",
+        l.len(),
+        t0.elapsed().as_secs_f64()
+    );
 }
 
 /// Calls traced after a restore: the adoption switched the restored

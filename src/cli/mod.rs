@@ -61,7 +61,7 @@ pub struct GuestArgs {
     pub domain: Option<String>,
 
     /// libvirt connection URI.
-    #[arg(long, short = 'c', global = true, value_name = "URI", default_value = DEFAULT_URI)]
+    #[arg(long, short = 'c', global = true, value_name = "URI", env = "XFTRACE_CONNECT", default_value = DEFAULT_URI)]
     pub connect: String,
 
     /// File backing the guest's RAM (QEMU memory-backend-file, share=on), for guests outside libvirt.
@@ -248,11 +248,22 @@ pub enum Command {
         /// The libvirt domain (as --domain).
         #[arg(value_name = "DOMAIN")]
         name: Option<String>,
-        /// Seconds between checks.
-        #[arg(long, default_value_t = 1.0)]
+        /// The host's watch service: follow every enrolled domain of the
+        /// connection as domains start, stop and migrate (libvirt's
+        /// events), check each running one every interval, and start the
+        /// tracing the hook starts otherwise (unit xftrace-watch.service).
+        #[arg(long, conflicts_with_all = ["name", "rounds"])]
+        all: bool,
+        /// After each round, write `xftrace metrics` to this file
+        /// (atomically, readable by all: node_exporter's textfile
+        /// collector).
+        #[arg(long, value_name = "PATH", env = "XFTRACE_TEXTFILE")]
+        textfile: Option<PathBuf>,
+        /// Seconds between checks (of each domain, with --all).
+        #[arg(long, env = "XFTRACE_WATCH_INTERVAL", default_value_t = 1.0)]
         interval: f64,
         /// Seconds of tracing per call-flow check (0: integrity checks only).
-        #[arg(long, default_value_t = 0)]
+        #[arg(long, env = "XFTRACE_WATCH_TRACE_SECONDS", default_value_t = 0)]
         trace_seconds: u64,
         /// Stop after this many checks.
         #[arg(long)]
@@ -434,11 +445,7 @@ pub fn main() -> u8 {
 
 fn target(g: &GuestArgs, root: &Path) -> Result<Target, Error> {
     let source = match (&g.domain, &g.mem_file) {
-        (Some(name), _) => Source::Domain {
-            name: name.clone(),
-            uri: g.connect.clone(),
-            domains: Arc::new(LibvirtDomains::new(&g.connect)),
-        },
+        (Some(name), _) => return Ok(domain_target(g, root, name)),
         (None, Some(path)) => Source::MemFile(MemFile {
             path: path.clone(),
             machine: g.machine.map(Machine::from),
@@ -590,9 +597,24 @@ pub fn run(cli: Cli) -> Result<Outcome, Error> {
         } => check_all(&guest, root, json, *trace_seconds),
         Command::Check { trace_seconds, .. } => check(&target(&guest, root)?, json, *trace_seconds),
         Command::Watch {
+            all: true,
+            interval,
+            trace_seconds,
+            textfile,
+            ..
+        } => watch_all(
+            &guest,
+            root,
+            json,
+            Duration::from_secs_f64(interval.max(0.1)),
+            *trace_seconds,
+            textfile.as_deref(),
+        ),
+        Command::Watch {
             interval,
             trace_seconds,
             rounds,
+            textfile,
             ..
         } => {
             let target = target(&guest, root)?;
@@ -628,6 +650,7 @@ pub fn run(cli: Cli) -> Result<Outcome, Error> {
                         if json {
                             summary(&target, Some(new.len()));
                         }
+                        write_metrics(root, textfile.as_deref());
                     }
                     Ok::<bool, Error>(any)
                 })();
@@ -780,6 +803,135 @@ fn summary(t: &Target, new: Option<usize>) {
             "kernel": c.kernel,
         }})
     );
+}
+
+/// `xftrace watch --all`: the host's watch service
+/// ([`crate::lifecycle::service`]) until a stop signal, which ends it
+/// normally (exit 0) once the tracing it started is switched off. Its
+/// findings, each round's summary (`--json`), and what it does and cannot
+/// do, as they happen; metrics to `textfile` after each round.
+fn watch_all(
+    g: &GuestArgs,
+    root: &Path,
+    json: bool,
+    interval: Duration,
+    trace_seconds: u64,
+    textfile: Option<&Path>,
+) -> Result<Outcome, Error> {
+    use crate::base::escape::escape;
+    use crate::lifecycle::service::{self, Event, ServiceOptions};
+    if g.domain.is_some() || g.mem_file.is_some() {
+        return Err(Error::Input(
+            "watch --all follows every domain of the connection: no --domain or --mem-file".into(),
+        ));
+    }
+    let opts = ServiceOptions {
+        uri: g.connect.clone(),
+        interval,
+        check: detect::CheckOptions { trace_seconds },
+    };
+    let make_target = |name: &str| domain_target(g, root, name);
+    let metrics = || write_metrics(root, textfile);
+    let event = |what: &str, domain: &str, extra: serde_json::Value| {
+        if json {
+            let mut o = serde_json::json!({"event": what, "domain": domain});
+            if let (Some(o), serde_json::Value::Object(x)) = (o.as_object_mut(), extra) {
+                o.extend(x);
+            }
+            println!("{o}");
+        }
+    };
+    metrics();
+    service::run(root, &opts, &make_target, &mut |e| match e {
+        Event::Following { domain } => {
+            log::info!("following domain {}", escape(domain));
+            event("following", domain, serde_json::Value::Null);
+        }
+        Event::Left { domain } => {
+            log::info!("domain {} no longer runs here", escape(domain));
+            event("left", domain, serde_json::Value::Null);
+            metrics();
+        }
+        Event::Tracing { domain, pid } => {
+            log::info!(
+                "domain {}: tracing started (xftrace on, pid {pid})",
+                escape(domain)
+            );
+            event("tracing", domain, serde_json::json!({"pid": pid}));
+        }
+        Event::Round { target, new, .. } => {
+            for line in detect::report(new, json) {
+                println!("{line}");
+            }
+            if json {
+                summary(target, Some(new.len()));
+            }
+            metrics();
+        }
+        Event::Failed { domain, error } => {
+            match domain {
+                Some(d) => log::warn!("domain {}: {error}", escape(d)),
+                None => log::warn!("{error}"),
+            }
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({"domain": domain, "error": error.to_string()})
+                );
+            }
+        }
+        Event::Stopped { domain, result } => match result {
+            Ok(p) => {
+                log::info!(
+                    "domain {}: tracing switched off, trace written to {}",
+                    escape(domain),
+                    p.display()
+                );
+                event("stopped", domain, serde_json::json!({"trace": p}));
+            }
+            Err(e) => {
+                log::warn!(
+                    "domain {}: could not switch its tracing off: {e}",
+                    escape(domain)
+                );
+                if json {
+                    println!(
+                        "{}",
+                        serde_json::json!({"domain": domain, "error": e.to_string()})
+                    );
+                }
+            }
+        },
+    })?;
+    metrics();
+    Ok(Outcome::Done)
+}
+
+/// `xftrace metrics` into `textfile`, if one is given: a failure is logged,
+/// and the watch goes on.
+fn write_metrics(root: &Path, textfile: Option<&Path>) {
+    if let Some(p) = textfile {
+        let written = crate::report::metrics::render(root)
+            .and_then(|m| crate::host::files::write_atomically_readable(p, m.as_bytes()));
+        if let Err(e) = written {
+            log::warn!("cannot write the metrics to {}: {e}", p.display());
+        }
+    }
+}
+
+/// The target of libvirt domain `name`, with the rest of `g`'s options.
+fn domain_target(g: &GuestArgs, root: &Path, name: &str) -> Target {
+    Target {
+        source: Source::Domain {
+            name: name.to_string(),
+            uri: g.connect.clone(),
+            domains: Arc::new(LibvirtDomains::new(&g.connect)),
+        },
+        system_map: g.system_map.clone(),
+        vmlinux: g.vmlinux.clone(),
+        modules: g.modules.clone(),
+        state_root: root.to_path_buf(),
+    }
 }
 
 /// `xftrace check --all`: every running, enrolled domain, in turn. Exit

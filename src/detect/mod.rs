@@ -19,7 +19,7 @@ pub mod last_check;
 pub mod run;
 pub mod witness;
 
-pub use run::{baseline, check, follow_log, watch, CheckOptions, Checked, Watch};
+pub use run::{baseline, check, follow_log, watch, CheckOptions, Checked, Rounds, Watch};
 
 use serde::{Deserialize, Serialize};
 

@@ -684,8 +684,7 @@ pub fn watch<'a>(
         opts,
         interval,
         rounds,
-        known: std::collections::BTreeSet::new(),
-        last_clean: now_unix(),
+        state: Rounds::new(),
         n: 0,
         last_start: None,
         done: false,
@@ -703,8 +702,7 @@ pub struct Watch<'a> {
     opts: &'a CheckOptions,
     interval: Duration,
     rounds: Option<u64>,
-    known: std::collections::BTreeSet<(FindingKind, String)>,
-    last_clean: f64,
+    state: Rounds,
     n: u64,
     /// When the last round started (the next starts `interval` after it).
     last_start: Option<Instant>,
@@ -734,57 +732,84 @@ impl Iterator for Watch<'_> {
         }
         self.last_start = Some(Instant::now());
         self.n += 1;
-        let findings = match check(self.target, self.opts) {
+        let (new, end) = self.state.round(self.target, self.opts);
+        if let Some(e) = end {
+            self.done = true;
+            // What the cut-short round found is still news.
+            if !new.is_empty() {
+                self.pending = Some(e);
+                return Some(Ok(new));
+            }
+            return Some(Err(e));
+        }
+        Some(Ok(new))
+    }
+}
+
+/// What a watch of one guest remembers between its rounds: the findings it
+/// has reported (each is reported once), and when the guest was last clean.
+/// [`watch`] runs it on a timer; `watch --all` keeps one per domain.
+pub struct Rounds {
+    known: std::collections::BTreeSet<(FindingKind, String)>,
+    last_clean: f64,
+}
+
+impl Default for Rounds {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Rounds {
+    pub fn new() -> Self {
+        Rounds {
+            known: std::collections::BTreeSet::new(),
+            last_clean: now_unix(),
+        }
+    }
+
+    /// Check `target` once: the findings not reported before, and the error
+    /// that ends the watch, if one does (a stop signal, or a command line
+    /// that can never work: no vmlinux, a bad argument). Anything else a
+    /// round meets is a finding while the guest runs, and the next round
+    /// checks again.
+    pub fn round(&mut self, target: &Target, opts: &CheckOptions) -> (Vec<Finding>, Option<Error>) {
+        match check(target, opts) {
             Ok(Checked {
                 failed: Some(e @ Error::Interrupted { .. }),
                 findings,
                 ..
-            }) => {
-                // What the cut-short round found is still news.
-                self.done = true;
-                let new = self.news(findings);
-                if !new.is_empty() {
-                    self.pending = Some(e);
-                    return Some(Ok(new));
-                }
-                return Some(Err(e));
-            }
+            }) => (self.news(findings), Some(e)),
             Ok(Checked {
                 findings, failed, ..
             }) => {
                 if let Some(e) = failed {
-                    warn!("{}: part of the check failed: {e}", self.target.describe());
+                    warn!("{}: part of the check failed: {e}", target.describe());
                 }
-                findings
+                (self.news(findings), None)
             }
-            // Nothing a round meets ends the watch, except a stop signal
-            // or a command line that can never work (no vmlinux, a bad
-            // argument).
-            Err(e @ (Error::Input(_) | Error::Interrupted { .. })) => {
-                self.done = true;
-                return Some(Err(e));
+            Err(e @ (Error::Input(_) | Error::Interrupted { .. })) => (Vec::new(), Some(e)),
+            Err(e) => {
+                let f = Self::round_failed(target, e);
+                (self.news(f), None)
             }
-            Err(e) => self.round_failed(e),
-        };
-        Some(Ok(self.news(findings)))
+        }
     }
-}
 
-impl Watch<'_> {
     /// A round that could not check the guest: a finding while the guest
     /// runs (its control block unreadable, its tracer gone: what a rootkit
     /// that blinds the host does), an event while the domain is stopped.
-    fn round_failed(&mut self, e: Error) -> Vec<Finding> {
-        if self.target.known_stopped() {
+    fn round_failed(target: &Target, e: Error) -> Vec<Finding> {
+        if target.known_stopped() {
             warn!(
                 "{}: not running, not checked this round: {e}",
-                self.target.describe()
+                target.describe()
             );
             return Vec::new();
         }
         warn!(
             "{}: this round could not check the guest: {e}",
-            self.target.describe()
+            target.describe()
         );
         let mut f = Finding::new(
             FindingKind::TracerIntegrity,
@@ -792,7 +817,7 @@ impl Watch<'_> {
             &[],
             "watch goes on; the next round checks again",
         );
-        f.domain = self.target.describe();
+        f.domain = target.describe();
         vec![f]
     }
 

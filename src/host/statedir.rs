@@ -53,6 +53,41 @@ pub fn open_root(root: &Path) -> Result<()> {
     files::private_dir(root)
 }
 
+/// `watch --all`'s lock in the state root: held (exclusively) for as long
+/// as the host's watch service runs. The hook tests it to leave starting
+/// collectors to the service.
+fn service_lock_file(root: &Path) -> Result<File> {
+    let p = root.join("watch-all.lock");
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(&p)
+        .map_err(|e| Error::io(format!("cannot open {}", p.display()), e))
+}
+
+/// Take the watch service's lock of `root`: None if another holds it. The
+/// lock lasts as long as the returned file is open.
+pub fn service_lock(root: &Path) -> Result<Option<File>> {
+    open_root(root)?;
+    let f = service_lock_file(root)?;
+    Ok(GuestDir::flock(&f, true)?.then_some(f))
+}
+
+/// Does a `watch --all` service run for `root`? (Its lock is held.)
+pub fn service_running(root: &Path) -> bool {
+    if !root.join("watch-all.lock").exists() {
+        return false;
+    }
+    match service_lock_file(root) {
+        Ok(f) => matches!(GuestDir::flock(&f, false), Ok(false)),
+        Err(_) => false,
+    }
+}
+
 impl GuestDir {
     /// State of the guest whose RAM file is `ram` (direct mode).
     pub fn for_mem_file(root: &Path, ram: &Path) -> Result<Self> {

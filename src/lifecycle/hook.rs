@@ -18,6 +18,7 @@
 
 use std::io::{Read, Write};
 use std::path::Path;
+use std::process::Child;
 
 use log::warn;
 
@@ -25,7 +26,7 @@ use crate::base::error::{Error, Result};
 use crate::base::escape::escape;
 use crate::host::files;
 use crate::host::process::{self, ProcessId};
-use crate::host::statedir::GuestDir;
+use crate::host::statedir::{self, GuestDir};
 use crate::kernel::builds;
 use crate::libvirt::domain_xml::{self, DomainFacts, HookDecision};
 use crate::libvirt::hook::{
@@ -48,7 +49,7 @@ fn resume_session(
     name: &str,
     functions: Option<&[String]>,
     arrival: Arrival,
-) -> Result<()> {
+) -> Result<Option<Child>> {
     let mut log = files::replace_private(&st.path().join("monitor.log"))?;
     match on_args(root, name, functions, Some(arrival)) {
         Ok(args) => {
@@ -61,14 +62,16 @@ fn resume_session(
                 },
                 escape(name)
             );
-            process::spawn_detached(&args, log, None)?;
+            Ok(Some(process::spawn_detached(&args, log, None)?))
         }
-        Err(why) => warn!(
-            "xftrace hook: not resuming the session of {}: {why}",
-            escape(name)
-        ),
+        Err(why) => {
+            warn!(
+                "xftrace hook: not resuming the session of {}: {why}",
+                escape(name)
+            );
+            Ok(None)
+        }
     }
-    Ok(())
 }
 
 /// Always-on monitoring: start `xftrace --domain NAME on -- FUNCTIONS` in
@@ -82,7 +85,7 @@ fn start_monitoring(
     name: &str,
     facts: &DomainFacts,
     arrival: Option<Arrival>,
-) -> Result<()> {
+) -> Result<Option<Child>> {
     let mut log = files::replace_private(&st.path().join("monitor.log"))?;
     let args = match monitor_args(root, name, facts, arrival) {
         Ok(a) => a,
@@ -93,11 +96,37 @@ fn start_monitoring(
             );
             warn!("{msg}");
             let _ = writeln!(log, "{msg}");
-            return Ok(());
+            return Ok(None);
         }
     };
-    process::spawn_detached(&args, log, None)?;
-    Ok(())
+    Ok(Some(process::spawn_detached(&args, log, None)?))
+}
+
+/// Start what traces an enrolled domain that has just started (or that
+/// `watch --all` finds running with no collector): always-on monitoring
+/// when its definition asks for it, else the session a restore or an
+/// incoming migration brought along, if one did. The `xftrace on` it
+/// starts, if any, is returned (it exits once its collector runs).
+pub fn begin_tracing(
+    root: &Path,
+    st: &GuestDir,
+    name: &str,
+    facts: &DomainFacts,
+) -> Result<Option<Child>> {
+    if !facts.monitor.is_empty() {
+        let arrival = take_arrival(st);
+        return start_monitoring(root, st, name, facts, arrival);
+    }
+    match take_arrival(st) {
+        Some(arrival) => {
+            let session = match arrival {
+                Arrival::Restore => session::interrupted_session(st),
+                Arrival::Migration => None,
+            };
+            resume_session(root, st, name, session.as_deref(), arrival)
+        }
+        None => Ok(None),
+    }
 }
 
 /// Run the hook. `args` are libvirt's: domain, operation, sub-operation,
@@ -124,26 +153,22 @@ pub fn qemu(root: &Path, args: &[String], stdin: &mut dyn Read) -> Result<()> {
             };
             if f.enrolled {
                 match record(root, name, DomainLife::Running) {
-                    Ok(st) if !f.monitor.is_empty() => {
-                        let arrival = take_arrival(&st);
-                        if let Err(e) = start_monitoring(root, &st, name, &f, arrival) {
-                            warn!(
-                                "xftrace hook: cannot start monitoring {}: {e}",
+                    // The host's watch service (`watch --all`) follows this
+                    // start through libvirt's events and starts the
+                    // collector itself, as a process of its own service.
+                    Ok(st) if statedir::service_running(root) => {
+                        if let Ok(mut log) = files::replace_private(&st.path().join("monitor.log"))
+                        {
+                            let _ = writeln!(
+                                log,
+                                "xftrace hook: {} started; tracing left to the watch service (xftrace watch --all)",
                                 escape(name)
                             );
                         }
                     }
                     Ok(st) => {
-                        if let Some(arrival) = take_arrival(&st) {
-                            let session = match arrival {
-                                Arrival::Restore => session::interrupted_session(&st),
-                                Arrival::Migration => None,
-                            };
-                            if let Err(e) =
-                                resume_session(root, &st, name, session.as_deref(), arrival)
-                            {
-                                warn!("xftrace hook: cannot resume tracing {}: {e}", escape(name));
-                            }
+                        if let Err(e) = begin_tracing(root, &st, name, &f) {
+                            warn!("xftrace hook: cannot start tracing {}: {e}", escape(name));
                         }
                     }
                     Err(e) => warn!(

@@ -4,7 +4,7 @@
 # headers the virt crate links against), python3-venv for Ansible. Installs what is missing when run as root.
 set -euo pipefail
 pkgs=(qemu-system-x86 busybox-static cpio file build-essential pkg-config
-	libvirt-dev libvirt-daemon-system libvirt-clients util-linux python3-venv)
+	libvirt-dev libvirt-daemon-system libvirt-clients util-linux python3-venv systemd)
 missing=()
 for p in "${pkgs[@]}"; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
