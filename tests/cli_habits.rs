@@ -269,3 +269,69 @@ fn json_answers_and_errors() {
         assert!(o.stderr.is_empty(), "{args:?}: {}", text(&o));
     }
 }
+
+/// The watch service's unit: systemd accepts it (`systemd-analyze verify`,
+/// with its ExecStart pointed at this build), it is hardened (systemd's own
+/// exposure score at most 2.5 of 10: today 1.9), and a second `watch --all`
+/// on the same state directory is refused while one runs.
+#[test]
+fn the_watch_service_unit_verifies_is_hardened_and_runs_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let unit = tmp.path().join("xftrace-watch.service");
+    let shipped = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("systemd/xftrace-watch.service"),
+    )
+    .unwrap();
+    assert!(shipped.contains("ExecStart=/usr/bin/xftrace watch --all"));
+    std::fs::write(
+        &unit,
+        shipped.replace("/usr/bin/xftrace", env!("CARGO_BIN_EXE_xftrace")),
+    )
+    .unwrap();
+    let run = |args: &[&str]| {
+        let o = Command::new("systemd-analyze")
+            .args(args)
+            .arg(&unit)
+            .output()
+            .expect("systemd-analyze (package systemd; tests/guest/install-deps.sh installs it)");
+        eprintln!(
+            "systemd-analyze {args:?}: {}{}",
+            text_of(&o.stdout),
+            text_of(&o.stderr)
+        );
+        o
+    };
+    assert!(run(&["verify", "--man=no"]).status.success());
+    let o = run(&["security", "--offline=true", "--threshold=25"]);
+    assert!(o.status.success(), "the unit's exposure is above 2.5");
+
+    let n = Node::new();
+    let mut first = n.command(&["watch", "--all"]).spawn().unwrap();
+    let end = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !n.state().join("watch-all.lock").exists() {
+        assert!(std::time::Instant::now() < end, "watch --all never started");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let second = n.xftrace(&["watch", "--all"]);
+    assert_eq!(second.status.code(), Some(2), "{}", text(&second));
+    assert!(
+        text(&second).contains("another `xftrace watch --all` runs"),
+        "{}",
+        text(&second)
+    );
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(first.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    assert_eq!(
+        first.wait().unwrap().code(),
+        Some(0),
+        "stopped, it ends cleanly"
+    );
+}
+
+fn text_of(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
