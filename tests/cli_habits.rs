@@ -256,7 +256,10 @@ fn json_answers_and_errors() {
     // it names, nothing on stderr.
     for (args, code) in [
         (&["--json", "check", "web0l"][..], 2),
-        (&["--json", "status", "web01"], 3),
+        (
+            &["--json", "metrics", "--textfile", "/nonexistent/dir/x.prom"],
+            3,
+        ),
         (&["--json", "unenroll", "web01"], 5),
     ] {
         let o = node.xftrace(args);
@@ -268,6 +271,22 @@ fn json_answers_and_errors() {
         assert!(v["error"].as_str().is_some_and(|e| !e.is_empty()), "{v}");
         assert!(o.stderr.is_empty(), "{args:?}: {}", text(&o));
     }
+    // `status` of a domain whose RAM cannot be read (the test driver has
+    // none): what it knows as data, then the error.
+    let o = node.xftrace(&["--json", "status", "web01"]);
+    let out: Vec<serde_json::Value> = String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l}: {e}")))
+        .collect();
+    assert_eq!(out.len(), 2, "{}", text(&o));
+    assert_eq!(out[0]["target"], "domain web01", "{}", out[0]);
+    assert_eq!(out[0]["collector"]["state"], "none", "{}", out[0]);
+    assert!(
+        out[0]["tracer_on"].is_null() && out[0]["lines"].is_array(),
+        "{}",
+        out[0]
+    );
+    assert_eq!(out[1]["exit"], o.status.code().unwrap(), "{}", out[1]);
 }
 
 /// The watch service's unit: systemd accepts it (`systemd-analyze verify`,

@@ -484,10 +484,16 @@ fn watch_service(lv: &mut Libvirtd, st: &std::path::Path, name: &str, con: &mut 
         .unwrap_or_else(|| panic!("no stopped event: {l:#?}"));
     let trace = std::fs::read_to_string(stopped["trace"].as_str().unwrap()).unwrap();
     assert!(trace.contains("__x64_sys_openat() {"), "{trace}");
-    let s = out(&xftrace(st, &["--domain", name, "status"]));
+    let o = xftrace(st, &["--json", "--domain", name, "status"]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout)
+        .unwrap_or_else(|e| panic!("status --json: {e}: {}", out(&o)));
     assert!(
-        s.contains("tracer off") && !s.contains("collector:  running"),
-        "{s}"
+        v["mode"] == "patched"
+            && v["guest_running"] == true
+            && v["tracer_on"] == false
+            && v["collector"]["state"] == "stopped"
+            && v["collector"]["records"].as_u64() > Some(0),
+        "{v:#}"
     );
     eprintln!(
         "watch --all: {} events and rounds in {:.1} s",
@@ -812,9 +818,22 @@ fn tracing_and_monitoring_follow_a_live_migration() {
     assert!(!o.status.success());
     assert!(out(&o).contains("xftrace add-kernel"), "{}", out(&o));
     assert_eq!(domstate(&name), "running");
-    let o = host2.xftrace(&["--system-map", map.to_str().unwrap(), "add-kernel"]);
+    let o = host2.xftrace(&[
+        "--json",
+        "--system-map",
+        map.to_str().unwrap(),
+        "add-kernel",
+    ]);
     assert!(o.status.success(), "{}", out(&o));
-    assert!(out(&o).starts_with("stored: "), "{}", out(&o));
+    let v: serde_json::Value =
+        serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{e}: {}", out(&o)));
+    assert!(
+        v["changed"] == true
+            && v["system_map"]
+                .as_str()
+                .is_some_and(|p| p.ends_with("/System.map")),
+        "{v}"
+    );
 
     // 1. Always-on monitoring.
     for _ in 0..3 {

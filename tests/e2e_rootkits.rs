@@ -299,6 +299,27 @@ fn detects_every_test_rootkit_and_nothing_on_a_clean_guest() {
     for l in &lines {
         assert!(host.contains(l), "{l:?} not in the host's dmesg:\n{host}");
     }
+    // The same records as JSON, their text as the guest wrote it.
+    let o = x.run(&["--json", "dmesg"]);
+    assert!(o.status.success());
+    let texts: Vec<String> = String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value =
+                serde_json::from_str(l).unwrap_or_else(|e| panic!("{l}: {e}"));
+            assert!(
+                v["seq"].is_u64() && v["time"].is_f64() && v["level"].as_u64() <= Some(7),
+                "{v}"
+            );
+            v["text"].as_str().unwrap().to_string()
+        })
+        .collect();
+    for l in &lines {
+        assert!(
+            texts.iter().any(|t| t.trim_end() == *l),
+            "{l:?} not in dmesg --json"
+        );
+    }
     control_data_hooks(&mut |c| vm.sh(c), &check, "/lib/xftrace-test");
 
     // Data sealed after boot: /dev/ptmx's open operation swapped. Seen to

@@ -68,14 +68,21 @@ fn build_args(
 }
 
 /// `xftrace add-kernel --system-map PATH`: store a build.
-pub fn add_kernel(g: &GuestArgs, root: &Path) -> Result<(), Error> {
+pub fn add_kernel(g: &GuestArgs, root: &Path, json: bool) -> Result<(), Error> {
     let (map, vmlinux, modules) = build_args(g, "add-kernel")?;
     let (v, m) = (vmlinux.as_deref(), modules.as_deref());
     let stored = builds::store(root, &map, v, m, true)?;
     let had = builds::check_recorded(root, &stored).is_ok();
     builds::store(root, &map, v, m, false)?;
-    let how = if had { "already stored" } else { "stored" };
-    println!("{how}: {}", stored.display());
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({"system_map": stored, "changed": !had})
+        );
+    } else {
+        let how = if had { "already stored" } else { "stored" };
+        println!("{how}: {}", stored.display());
+    }
     Ok(())
 }
 
@@ -85,6 +92,7 @@ pub fn add_stock_kernel(
     root: &Path,
     debian: Option<&str>,
     deb: Option<&Path>,
+    json: bool,
 ) -> Result<(), Error> {
     use crate::kernel::debian::Package;
     let r = match (debian, deb) {
@@ -100,12 +108,23 @@ pub fn add_stock_kernel(
         (None, Some(f)) => crate::kernel::debian::store_deb(root, f)?,
         (None, None) => unreachable!("clap asks for one"),
     };
-    println!(
-        "stored {} (sha256 {}): {}",
-        r.package,
-        r.sha256,
-        r.system_map.display()
-    );
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "package": r.package.to_string(),
+                "sha256": r.sha256,
+                "system_map": r.system_map,
+            })
+        );
+    } else {
+        println!(
+            "stored {} (sha256 {}): {}",
+            r.package,
+            r.sha256,
+            r.system_map.display()
+        );
+    }
     Ok(())
 }
 

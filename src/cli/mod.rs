@@ -321,6 +321,9 @@ impl Command {
             Command::Check { .. }
                 | Command::Watch { .. }
                 | Command::List
+                | Command::Status { .. }
+                | Command::Dmesg { .. }
+                | Command::AddKernel { .. }
                 | Command::On { .. }
                 | Command::Off { .. }
                 | Command::Baseline { .. }
@@ -497,7 +500,7 @@ pub fn run(cli: Cli) -> Result<Outcome, Error> {
     let json = cli.json;
     if json && !cli.command.speaks_json() {
         return Err(Error::Input(
-            "--json: this command answers in text only; `on`, `off`, `baseline`, `check`, `watch`, `list`, `enroll` and `unenroll` speak JSON"
+            "--json: this command answers in text only (`metrics` speaks Prometheus's format; `completions` a shell's); every other command speaks JSON"
                 .into(),
         ));
     }
@@ -556,17 +559,28 @@ pub fn run(cli: Cli) -> Result<Outcome, Error> {
         }
         Command::Status { .. } => {
             let t = target(&guest, root)?;
-            let status = session::status(&t);
-            for line in &status.lines {
-                println!("{line}");
-            }
+            let mut status = session::status(&t);
             // The kernel's taint, lockdown and signatures against the
             // baseline's, where one kept them.
             if status.result.is_ok() {
                 if let (Ok(g), Ok(dir)) = (t.open(), t.dir()) {
                     if let Some(l) = detect::checks::taint::status_line(&g.view(&g.kernel), &dir) {
-                        println!("{l}");
+                        status.lines.push(l);
                     }
+                }
+            }
+            if json {
+                // The data, and the text's lines (escaped) for what it
+                // does not break down (taint, lockdown, signatures).
+                let mut v = serde_json::to_value(&status.facts)
+                    .map_err(|e| Error::State(format!("cannot encode the status: {e}")))?;
+                if let Some(o) = v.as_object_mut() {
+                    o.insert("lines".into(), serde_json::json!(status.lines));
+                }
+                println!("{v}");
+            } else {
+                for line in &status.lines {
+                    println!("{line}");
                 }
             }
             done(status.result)
@@ -579,11 +593,16 @@ pub fn run(cli: Cli) -> Result<Outcome, Error> {
         Command::Unenroll { name, dry_run } => {
             done(domains::unenroll(&guest, root, name, *dry_run, json))
         }
-        Command::Dmesg { .. } => dmesg(&target(&guest, root)?),
+        Command::Dmesg { .. } => dmesg(&target(&guest, root)?, json),
         Command::List => done(domains::list(&guest, root, json)),
         Command::AddKernel { debian, deb } => match (debian, deb) {
-            (None, None) => done(domains::add_kernel(&guest, root)),
-            (d, f) => done(domains::add_stock_kernel(root, d.as_deref(), f.as_deref())),
+            (None, None) => done(domains::add_kernel(&guest, root, json)),
+            (d, f) => done(domains::add_stock_kernel(
+                root,
+                d.as_deref(),
+                f.as_deref(),
+                json,
+            )),
         },
         Command::Baseline {
             duration,
@@ -732,12 +751,24 @@ pub const DEFAULT_CALL_FLOW: &str = "__x64_sys_*";
 
 /// `xftrace baseline [FUNCTIONS]`
 /// `dmesg`: the guest kernel's log, oldest first.
-fn dmesg(t: &Target) -> Result<Outcome, Error> {
+fn dmesg(t: &Target, json: bool) -> Result<Outcome, Error> {
     let g = t.open()?;
     let log = crate::kernel::printk::read(&g.view(&g.kernel))
         .map_err(|e| Error::Guest(format!("{}: {e}", t.describe())))?;
     for r in &log.records {
-        println!("{}", r.line());
+        if json {
+            println!(
+                "{}",
+                serde_json::json!({
+                    "seq": r.seq,
+                    "time": r.ts_nsec as f64 / 1e9,
+                    "level": r.level,
+                    "text": String::from_utf8_lossy(&r.text),
+                })
+            );
+        } else {
+            println!("{}", r.line());
+        }
     }
     if log.unreadable > 0 {
         log::warn!(
@@ -763,7 +794,17 @@ fn baseline(
     } else {
         functions
     };
-    let b = detect::baseline(t, f, Duration::from_secs(seconds), depth)?;
+    // On a terminal, how far the trace has gone (the baseline itself says
+    // nothing until it is over); nothing in a log or a pipe.
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let b = std::thread::scope(|s| {
+        if std::io::IsTerminal::is_terminal(&std::io::stderr()) && seconds > 0 {
+            s.spawn(|| progress(&done, "baseline: tracing", seconds));
+        }
+        let b = detect::baseline(t, f, Duration::from_secs(seconds), depth);
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        b
+    })?;
     let n: usize = b.edges.values().map(|e| e.len()).sum();
     if json {
         println!(
@@ -776,6 +817,32 @@ fn baseline(
         println!("baseline: {n} call edges of {}", b.functions.join(" "));
     }
     Ok(Outcome::Done)
+}
+
+/// `what: N/TOTAL s` on one line of the terminal (stderr), every second
+/// until `done`, then the line is cleared; past the total (the guest
+/// still answering), the time so far.
+fn progress(done: &std::sync::atomic::AtomicBool, what: &str, total: u64) {
+    use std::io::Write;
+    let start = std::time::Instant::now();
+    let mut err = std::io::stderr();
+    while !done.load(std::sync::atomic::Ordering::Relaxed) {
+        let n = start.elapsed().as_secs();
+        let _ = if n <= total {
+            write!(err, "\r{what}: {n}/{total} s ")
+        } else {
+            write!(err, "\r{what}: {n} s (finishing) ")
+        };
+        let _ = err.flush();
+        for _ in 0..10 {
+            if done.load(std::sync::atomic::Ordering::Relaxed) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    let _ = write!(err, "\r\x1b[K");
+    let _ = err.flush();
 }
 
 /// With `--json`, after a check or a watch round: what it found in all,

@@ -782,51 +782,110 @@ pub fn write_trace(
 #[derive(Debug)]
 pub struct Status {
     pub lines: Vec<String>,
+    /// The same, as data (`status --json`, docs/json.md).
+    pub facts: StatusFacts,
     pub result: Result<()>,
+}
+
+/// What `status` knows, as data: the guest's side (None where the guest
+/// could not be opened) and the collector's.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct StatusFacts {
+    pub target: String,
+    /// The kernel's `linux_banner` (guest memory: a JSON string).
+    pub kernel: Option<String>,
+    /// `patched` (xftrace's kernel), `module` (a stock kernel traced by
+    /// xftrace-dkms) or `stock` (checked from outside, no tracer).
+    pub mode: Option<&'static str>,
+    /// The guest's tracer thread beats (None: no tracer to ask).
+    pub guest_running: Option<bool>,
+    pub tracer_on: Option<bool>,
+    pub key_epoch: Option<u64>,
+    pub cmd_seq: Option<u64>,
+    pub ack_seq: Option<u64>,
+    pub ack_result: Option<i32>,
+    pub warnings: Vec<String>,
+    /// Control blocks of an earlier boot, set aside.
+    pub stale: Vec<String>,
+    pub collector: CollectorFacts,
+}
+
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct CollectorFacts {
+    /// `running`, `starting`, `died`, `stopped` or `none` (never started).
+    pub state: &'static str,
+    pub pid: Option<u32>,
+    /// What its status file says it was doing (`collecting`, `written`, …).
+    pub phase: Option<String>,
+    pub message: Option<String>,
+    pub functions: Vec<String>,
+    pub records: Option<u64>,
+    pub lost: Option<u64>,
+    pub dropped_by_guest: Option<u64>,
+    pub failed_integrity: Option<u64>,
+    pub key_epoch: Option<u64>,
+    pub key_rotations: Option<u64>,
+    /// When its status was last written, seconds since the epoch.
+    pub updated: Option<f64>,
 }
 
 /// `xftrace status`: what is known of the guest's tracer and the collector.
 pub fn status(target: &Target) -> Status {
     let mut lines = Vec::new();
-    let result = status_into(target, &mut lines);
-    Status { lines, result }
+    let mut facts = StatusFacts {
+        target: target.describe(),
+        ..Default::default()
+    };
+    let result = status_into(target, &mut lines, &mut facts);
+    Status {
+        lines,
+        facts,
+        result,
+    }
 }
 
-fn status_into(target: &Target, out: &mut Vec<String>) -> Result<()> {
+fn status_into(target: &Target, out: &mut Vec<String>, facts: &mut StatusFacts) -> Result<()> {
     let dir = target.dir()?;
     out.push(format!("guest:      {}", target.describe()));
     let guest = target.open();
     let running = dir.collector_running()?;
     let status = CollectorStatus::read(&dir);
     if let Ok(g) = &guest {
-        let tracing = tracer_lines(g, out)?;
+        let tracing = tracer_lines(g, out, facts)?;
         if tracing && !running {
-            out.push(format!(
-                "warning:    the guest's tracer is on and no collector of this host reads it: `xftrace on` adopts it, `xftrace off` stops it{}",
+            let w = format!(
+                "the guest's tracer is on and no collector of this host reads it: `xftrace on` adopts it, `xftrace off` stops it{}",
                 if spool::exists(dir.path()) {
                     " and writes what was collected"
                 } else {
                     ""
                 }
-            ));
+            );
+            out.push(format!("warning:    {w}"));
+            facts.warnings.push(w);
         }
     }
     match status {
-        Some(s) => collector_lines(&s, running, out),
-        None => out.push(format!(
-            "collector:  {}",
-            if running {
-                "starting"
-            } else {
-                "not running (tracing is off)"
-            }
-        )),
+        Some(s) => collector_lines(&s, running, out, &mut facts.collector),
+        None => {
+            facts.collector.state = if running { "starting" } else { "none" };
+            out.push(format!(
+                "collector:  {}",
+                if running {
+                    "starting"
+                } else {
+                    "not running (tracing is off)"
+                }
+            ))
+        }
     }
     guest.map(|_| ())
 }
 
 /// The guest's side; returns whether its tracer is on.
-fn tracer_lines(g: &Guest, out: &mut Vec<String>) -> Result<bool> {
+fn tracer_lines(g: &Guest, out: &mut Vec<String>, facts: &mut StatusFacts) -> Result<bool> {
+    facts.kernel = Some(g.kernel.banner.clone());
+    facts.stale = g.stale.iter().map(|k| k.place()).collect();
     out.push(format!("kernel:     {}", escape(&g.kernel.banner)));
     out.extend(crate::kernel::taint::status_lines(&g.view(&g.kernel)));
     let stale = |out: &mut Vec<String>| {
@@ -838,6 +897,7 @@ fn tracer_lines(g: &Guest, out: &mut Vec<String>) -> Result<bool> {
         }
     };
     let Some(ctl) = g.kernel.tracer.as_ref() else {
+        facts.mode = Some("stock");
         out.push(format!(
             "mode:       stock kernel, checked from outside (kernel at {}, slide {:#x}): no tracer, integrity checks only",
             g.kernel.text_pa,
@@ -846,6 +906,11 @@ fn tracer_lines(g: &Guest, out: &mut Vec<String>) -> Result<bool> {
         stale(out);
         return Ok(false);
     };
+    facts.mode = Some(if ctl.module.is_some() {
+        "module"
+    } else {
+        "patched"
+    });
     if let Some(m) = ctl.module {
         out.push(format!(
             "mode:       stock kernel, traced by the {} module (xftrace-dkms; struct module at {:#x}, control block at {}): every check, call flow included; the module's code is not checked against a reference",
@@ -870,19 +935,51 @@ fn tracer_lines(g: &Guest, out: &mut Vec<String>) -> Result<bool> {
         gs.cmd_seq,
         gs.ack_result
     ));
+    facts.guest_running = Some(alive);
+    facts.tracer_on = Some(gs.tracing);
+    facts.key_epoch = Some(gs.key_epoch);
+    facts.cmd_seq = Some(gs.cmd_seq);
+    facts.ack_seq = Some(gs.ack_seq);
+    facts.ack_result = Some(gs.ack_result);
     for why in gs.narrowed_reasons() {
         out.push(format!("warning:    {why}"));
+        facts.warnings.push(why.to_string());
     }
     stale(out);
     Ok(gs.tracing)
 }
 
-fn collector_lines(s: &CollectorStatus, running: bool, out: &mut Vec<String>) {
+fn collector_lines(
+    s: &CollectorStatus,
+    running: bool,
+    out: &mut Vec<String>,
+    facts: &mut CollectorFacts,
+) {
     let died = !running
         && matches!(
             s.state,
             CollectorState::Starting | CollectorState::Collecting
         );
+    *facts = CollectorFacts {
+        state: if running {
+            "running"
+        } else if died {
+            "died"
+        } else {
+            "stopped"
+        },
+        pid: Some(s.process.pid),
+        phase: Some(s.state.to_string()),
+        message: (!s.message.is_empty()).then(|| s.message.clone()),
+        functions: s.functions.clone(),
+        records: Some(s.rings.records),
+        lost: Some(s.rings.missing()),
+        dropped_by_guest: Some(s.guest_dropped),
+        failed_integrity: Some(s.rings.integrity_failures()),
+        key_epoch: Some(s.key_epoch),
+        key_rotations: Some(s.key_rotations),
+        updated: Some(s.updated),
+    };
     if died {
         out.push(format!(
             "collector:  died (pid {}) while {}: what it collected is kept; `xftrace off` writes it (`xftrace on` writes it aside first)",
