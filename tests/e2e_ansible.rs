@@ -370,3 +370,211 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
     }
     out
 }
+
+/// The host package (packaging/build-deb.sh), for real on this machine:
+/// built from this build's binary, `lintian`-clean, installed with apt;
+/// the installed hook, and `xftrace watch --all` run from the installed
+/// binary, follow an enrolled domain's start; upgraded to a rebuilt
+/// package while that watch runs, which goes on; purged, it leaves no
+/// binary, hook, unit, settings or state behind. (No systemd here: the
+/// package's systemd fragments are the generated ones, checked by lintian,
+/// and the unit by tests/cli_habits.rs.)
+#[test]
+fn host_package_installs_upgrades_and_purges_cleanly() {
+    use std::io::BufRead;
+    let _one = common::serial();
+    const PATHS: [&str; 6] = [
+        "/usr/bin/xftrace",
+        HOOK,
+        "/etc/default/xftrace",
+        "/usr/lib/systemd/system/xftrace-watch.service",
+        "/lib/systemd/system/xftrace-watch@.service",
+        "/var/lib/xftrace",
+    ];
+    let installed = |p: &str| {
+        Command::new("dpkg-query")
+            .args(["-W", "-f=${Status} ${Version}", p])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default()
+    };
+    assert!(
+        !installed("xftrace").contains("installed") && PATHS.iter().all(|p| !Path::new(p).exists()),
+        "xftrace is installed on this machine (package or files in {PATHS:?}): the package test would replace it; remove it first"
+    );
+    /// Purges the package however the test ends.
+    struct Purge;
+    impl Drop for Purge {
+        fn drop(&mut self) {
+            let _ = Command::new("dpkg").args(["--purge", "xftrace"]).status();
+        }
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let build = |revision: &str| {
+        let o = Command::new(common::repo().join("packaging/build-deb.sh"))
+            .args([
+                "--binary",
+                env!("CARGO_BIN_EXE_xftrace"),
+                "--revision",
+                revision,
+            ])
+            .arg(t.join(revision))
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "build-deb.sh: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        PathBuf::from(String::from_utf8_lossy(&o.stdout).trim())
+    };
+    let first = build("1");
+    let o = Command::new("lintian")
+        .args(["--fail-on", "error,warning"])
+        .arg(&first)
+        .output()
+        .expect("lintian (tests/guest/install-deps.sh installs it)");
+    assert!(
+        o.status.success(),
+        "lintian: {}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let apt = |deb: &Path| {
+        let o = Command::new("apt-get")
+            .args(["install", "-y", "-q", "--no-install-recommends"])
+            .arg(deb)
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "apt-get install {}: {}{}",
+            deb.display(),
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+    };
+    let _purge = Purge;
+    apt(&first);
+    assert!(installed("xftrace").starts_with("install ok installed 0.1.0-1"));
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata("/var/lib/xftrace")
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777,
+        0o700
+    );
+    for p in [
+        "/usr/share/man/man1/xftrace-watch.1.gz",
+        "/usr/share/bash-completion/completions/xftrace",
+        "/usr/share/zsh/vendor-completions/_xftrace",
+        "/usr/share/fish/vendor_completions.d/xftrace.fish",
+    ] {
+        assert!(Path::new(p).is_file(), "{p} not installed");
+    }
+    let hook = std::fs::read_to_string(HOOK).unwrap();
+    assert!(hook.contains("XFTRACE=/usr/bin/xftrace"), "{hook}");
+
+    // The installed binary, as an operator runs it: the watch service by
+    // hand (no systemd here), then an enrolled domain's start.
+    let lv = Libvirtd::start_with_hook(None);
+    let xf = |args: &[&str]| {
+        Command::new("/usr/bin/xftrace")
+            .args(["-c", common::libvirtd::URI])
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let mut watch = Command::new("/usr/bin/xftrace")
+        .args([
+            "-c",
+            common::libvirtd::URI,
+            "watch",
+            "--all",
+            "--json",
+            "--interval",
+            "2",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    let stdout = watch.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        for l in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(l);
+        }
+    });
+    let wait_line = |want: &dyn Fn(&serde_json::Value) -> bool, why: &str| {
+        let end = Instant::now() + std::time::Duration::from_secs(60);
+        while let Ok(l) = rx.recv_timeout(end.saturating_duration_since(Instant::now())) {
+            if serde_json::from_str::<serde_json::Value>(&l).is_ok_and(|v| want(&v)) {
+                return;
+            }
+        }
+        panic!("watch --all from the package: {why}");
+    };
+    let mut lv = lv;
+    let dom = format!("xft-pkg-{}", std::process::id());
+    lv.define(&dom, 128);
+    let o = xf(&["enroll", &dom, "--json"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stdout));
+    assert!(virsh(&["start", "--paused", &dom]).status.success());
+    assert_eq!(
+        common::hook_state(Path::new("/var/lib/xftrace"), &dom).as_deref(),
+        Some("running"),
+        "the installed hook did not record the start"
+    );
+    wait_line(
+        &|v| v["event"] == "following" && v["domain"] == dom.as_str(),
+        "the start not followed",
+    );
+
+    // Upgraded while the watch runs: it goes on, and so does the hook.
+    let second = build("2");
+    apt(&second);
+    assert!(installed("xftrace").starts_with("install ok installed 0.1.0-2"));
+    assert!(
+        watch.try_wait().unwrap().is_none(),
+        "the upgrade stopped the watch"
+    );
+    assert!(virsh(&["destroy", &dom]).status.success());
+    assert_eq!(
+        common::hook_state(Path::new("/var/lib/xftrace"), &dom).as_deref(),
+        Some("stopped"),
+        "the upgraded hook did not record the stop"
+    );
+    wait_line(
+        &|v| v["event"] == "left" && v["domain"] == dom.as_str(),
+        "the stop not followed after the upgrade",
+    );
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(watch.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    assert_eq!(watch.wait().unwrap().code(), Some(0));
+    reader.join().unwrap();
+    let o = xf(&["unenroll", &dom, "--json"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stdout));
+    drop(lv);
+
+    // Purged: nothing of it left.
+    let o = Command::new("dpkg")
+        .args(["--purge", "xftrace"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    for p in PATHS {
+        assert!(!Path::new(p).exists(), "{p} left after purge");
+    }
+    assert!(!installed("xftrace").contains("installed"));
+}

@@ -13,6 +13,13 @@ say() { echo "tests/run.sh: $*" >&2; }
 
 tests/guest/install-deps.sh
 
+# cargo-deb for the host package's test (packaging/build-deb.sh), built once
+# into ~/.cargo/bin.
+if ! command -v cargo-deb >/dev/null; then
+	say "installing cargo-deb (cargo install)"
+	cargo install --locked cargo-deb@3.8.0
+fi
+
 # Ansible for the role's tests, from PyPI, in a venv outside the repository.
 venv=${XFTRACE_ANSIBLE_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/xftrace/ansible-venv}
 if ! "$venv/bin/ansible-playbook" --version >/dev/null 2>&1 || ! "$venv/bin/ansible-lint" --version >/dev/null 2>&1; then

@@ -285,6 +285,10 @@ pub enum Command {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
+    /// Write the man pages (xftrace.1, xftrace-COMMAND.1) into DIR (for
+    /// the package; not for direct use).
+    #[command(hide = true)]
+    Manpages { dir: PathBuf },
     /// Run the collector (started by `on`; not for direct use).
     #[command(hide = true)]
     Collect {
@@ -690,6 +694,12 @@ pub fn run(cli: Cli) -> Result<Outcome, Error> {
             }
             Ok(Outcome::Done)
         }
+        Command::Manpages { dir } => {
+            for p in man_pages(dir)? {
+                println!("{}", p.display());
+            }
+            Ok(Outcome::Done)
+        }
         Command::Completions { shell } => {
             let mut cmd = visible(&Cli::command());
             clap_complete::generate(*shell, &mut cmd, "xftrace", &mut std::io::stdout());
@@ -744,6 +754,40 @@ fn visible(cmd: &clap::Command) -> clap::Command {
         c = c.about(a.clone());
     }
     c
+}
+
+/// `xftrace.1` and `xftrace-COMMAND.1` for every command an operator
+/// uses (hidden ones have none), written into `dir`.
+fn man_pages(dir: &Path) -> Result<Vec<PathBuf>, Error> {
+    std::fs::create_dir_all(dir)
+        .map_err(|e| Error::io(format!("cannot create {}", dir.display()), e))?;
+    let top = Cli::command();
+    let version = top.get_version().unwrap_or_default().to_string();
+    let mut pages = vec![(PathBuf::from("xftrace.1"), top.clone())];
+    for sub in top.get_subcommands().filter(|s| !s.is_hide_set()) {
+        let name = format!("xftrace-{}", sub.get_name());
+        let mut cmd = sub.clone().name(name.clone()).version(version.clone());
+        // The global options, as on the top page.
+        for a in top
+            .get_arguments()
+            .filter(|a| a.is_global_set() && !a.is_hide_set())
+        {
+            cmd = cmd.arg(a.clone());
+        }
+        pages.push((PathBuf::from(format!("{name}.1")), cmd));
+    }
+    let mut written = Vec::new();
+    for (file, cmd) in pages {
+        let mut out = Vec::new();
+        clap_mangen::Man::new(cmd)
+            .render(&mut out)
+            .map_err(|e| Error::io("cannot render a man page", e))?;
+        let path = dir.join(file);
+        std::fs::write(&path, out)
+            .map_err(|e| Error::io(format!("cannot write {}", path.display()), e))?;
+        written.push(path);
+    }
+    Ok(written)
 }
 
 /// What `baseline` traces when given no functions.
