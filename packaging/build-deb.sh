@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # Build xftrace's host package (Debian 12) with cargo-deb:
 #
-#   packaging/build-deb.sh [--binary PATH] [--revision N] OUTDIR
+#   packaging/build-deb.sh [--binary PATH] [--revision N] [--fast] OUTDIR
 #
 # Builds the release binary (or packages PATH, a binary already built: the
 # tests package the one they test), generates what the package carries
 # beside it (completions, man pages, the hook pointed at /usr/bin/xftrace),
-# and prints the .deb's path. The package's layout is in Cargo.toml
+# and prints the .deb's path. --fast: lighter compression (the tests). The package's layout is in Cargo.toml
 # ([package.metadata.deb]); its maintainer scripts in packaging/debian/.
 #
 # cargo-deb packages what sits under a target directory's release/: the
@@ -15,17 +15,18 @@
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 repo=$(dirname "$here")
-binary= revision=
+binary= revision= fast=
 while (($#)); do
 	case "$1" in
 	--binary) binary=$2; shift 2 ;;
 	--revision) revision=$2; shift 2 ;;
+	--fast) fast=1; shift ;;
 	-h | --help) sed -n '2,15p' "$0"; exit 0 ;;
 	-*) echo "build-deb.sh: unknown option $1" >&2; exit 2 ;;
 	*) break ;;
 	esac
 done
-(($# == 1)) || { echo "usage: build-deb.sh [--binary PATH] [--revision N] OUTDIR" >&2; exit 2; }
+(($# == 1)) || { echo "usage: build-deb.sh [--binary PATH] [--revision N] [--fast] OUTDIR" >&2; exit 2; }
 out=$1
 command -v cargo-deb >/dev/null || { echo "build-deb.sh: cargo-deb not found (cargo install cargo-deb --locked)" >&2; exit 1; }
 cd "$repo"
@@ -61,4 +62,5 @@ dir=${dir#\\"}; dir=${dir%\\"}\
 mkdir -p "$out"
 args=(--no-build --output "$out")
 [[ -n $revision ]] && args+=(--deb-revision "$revision")
+[[ -n $fast ]] && args+=(--fast)
 CARGO_TARGET_DIR=$target cargo deb "${args[@]}" | tail -n 1

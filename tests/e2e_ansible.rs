@@ -383,52 +383,12 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
 fn host_package_installs_upgrades_and_purges_cleanly() {
     use std::io::BufRead;
     let _one = common::serial();
-    const PATHS: [&str; 6] = [
-        "/usr/bin/xftrace",
-        HOOK,
-        "/etc/default/xftrace",
-        "/usr/lib/systemd/system/xftrace-watch.service",
-        "/lib/systemd/system/xftrace-watch@.service",
-        "/var/lib/xftrace",
-    ];
-    let installed = |p: &str| {
-        Command::new("dpkg-query")
-            .args(["-W", "-f=${Status} ${Version}", p])
-            .output()
-            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-            .unwrap_or_default()
-    };
-    assert!(
-        !installed("xftrace").contains("installed") && PATHS.iter().all(|p| !Path::new(p).exists()),
-        "xftrace is installed on this machine (package or files in {PATHS:?}): the package test would replace it; remove it first"
-    );
-    /// Purges the package however the test ends.
-    struct Purge;
-    impl Drop for Purge {
-        fn drop(&mut self) {
-            let _ = Command::new("dpkg").args(["--purge", "xftrace"]).status();
-        }
-    }
+    let installed = package_status;
+    nothing_installed();
+    let _purge = Purge;
     let tmp = tempfile::tempdir().unwrap();
     let t = tmp.path();
-    let build = |revision: &str| {
-        let o = Command::new(common::repo().join("packaging/build-deb.sh"))
-            .args([
-                "--binary",
-                env!("CARGO_BIN_EXE_xftrace"),
-                "--revision",
-                revision,
-            ])
-            .arg(t.join(revision))
-            .output()
-            .unwrap();
-        assert!(
-            o.status.success(),
-            "build-deb.sh: {}",
-            String::from_utf8_lossy(&o.stderr)
-        );
-        PathBuf::from(String::from_utf8_lossy(&o.stdout).trim())
-    };
+    let build = |revision: &str| build_package(t, revision);
     let first = build("1");
     let o = Command::new("lintian")
         .args(["--fail-on", "error,warning"])
@@ -456,7 +416,6 @@ fn host_package_installs_upgrades_and_purges_cleanly() {
             String::from_utf8_lossy(&o.stderr)
         );
     };
-    let _purge = Purge;
     apt(&first);
     assert!(installed("xftrace").starts_with("install ok installed 0.1.0-1"));
     use std::os::unix::fs::PermissionsExt;
@@ -573,8 +532,157 @@ fn host_package_installs_upgrades_and_purges_cleanly() {
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    for p in PATHS {
+    for p in PACKAGE_PATHS {
         assert!(!Path::new(p).exists(), "{p} left after purge");
     }
     assert!(!installed("xftrace").contains("installed"));
+}
+
+/// What the package puts on a host (its state directory included).
+const PACKAGE_PATHS: [&str; 6] = [
+    "/usr/bin/xftrace",
+    HOOK,
+    "/etc/default/xftrace",
+    "/usr/lib/systemd/system/xftrace-watch.service",
+    "/lib/systemd/system/xftrace-watch@.service",
+    "/var/lib/xftrace",
+];
+
+/// dpkg's status and version of package `p` ("" when unknown).
+fn package_status(p: &str) -> String {
+    Command::new("dpkg-query")
+        .args(["-W", "-f=${Status} ${Version}", p])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default()
+}
+
+/// The package tests install xftrace on this machine: not where it is.
+fn nothing_installed() {
+    assert!(
+        !package_status("xftrace").contains("installed")
+            && PACKAGE_PATHS.iter().all(|p| !Path::new(p).exists()),
+        "xftrace is installed on this machine (package or files in {PACKAGE_PATHS:?}): the package tests would replace it; remove it first"
+    );
+}
+
+/// Purges the package however a test ends.
+struct Purge;
+impl Drop for Purge {
+    fn drop(&mut self) {
+        let _ = Command::new("dpkg").args(["--purge", "xftrace"]).status();
+    }
+}
+
+/// packaging/build-deb.sh of the tested binary, into `dir/revision`.
+fn build_package(dir: &Path, revision: &str) -> PathBuf {
+    let o = Command::new(common::repo().join("packaging/build-deb.sh"))
+        .args([
+            "--fast",
+            "--binary",
+            env!("CARGO_BIN_EXE_xftrace"),
+            "--revision",
+            revision,
+        ])
+        .arg(dir.join(revision))
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "build-deb.sh: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    PathBuf::from(String::from_utf8_lossy(&o.stdout).trim())
+}
+
+/// The role with `xftrace_package_src`: it installs the package with apt
+/// (the package's binary, hook and units; the role's settings, qemu.conf,
+/// enrollment), a second run changes nothing, and `absent` with
+/// `xftrace_remove_state` purges it: nothing of it is left.
+#[test]
+fn playbook_installs_the_host_package_and_purges_it() {
+    let _one = common::serial();
+    let _conf = Restore(QEMU_CONF, std::fs::read(QEMU_CONF).ok());
+    nothing_installed();
+    let _purge = Purge;
+    let tmp = tempfile::Builder::new()
+        .prefix("xftrace-ansible-")
+        .tempdir()
+        .unwrap();
+    let t = tmp.path();
+    let deb = build_package(t, "1");
+    let ram_dir = format!("/dev/shm/xftrace-test-ram-pkg-{}", std::process::id());
+    struct RmDir(String);
+    impl Drop for RmDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+    let _ram = RmDir(ram_dir.clone());
+    let mut lv = Libvirtd::start_with_hook(None);
+    let dom = format!("xft-ans-pkg-{}", std::process::id());
+    lv.define(&dom, 128);
+    let inventory = format!(
+        r#"all:
+  hosts:
+    localhost:
+      ansible_connection: local
+      ansible_python_interpreter: "{{{{ ansible_playbook_python }}}}"
+  children:
+    libvirt_hosts:
+      hosts:
+        localhost:
+      vars:
+        xftrace_package_src: {deb}
+        xftrace_memory_backing_dir: {ram_dir}
+        xftrace_libvirtd_start_command: "{start}"
+        xftrace_domains:
+          - name: {dom}
+"#,
+        deb = deb.display(),
+        start = libvirtd_command().replace('"', "\\\""),
+    );
+    let inv = t.join("inventory.yml");
+    std::fs::write(&inv, inventory).unwrap();
+    let site = common::repo().join("ansible/site.yml");
+    let (inv, site) = (inv.to_str().unwrap(), site.to_str().unwrap());
+    let first = run("ansible-playbook", &["-i", inv, site], t);
+    assert!(first.status.success(), "first run failed");
+    assert!(package_status("xftrace").starts_with("install ok installed 0.1.0-1"));
+    let hook = std::fs::read_to_string(HOOK).unwrap();
+    assert!(
+        hook.contains("XFTRACE=/usr/bin/xftrace"),
+        "not the package's hook: {hook}"
+    );
+    let settings = std::fs::read_to_string("/etc/default/xftrace").unwrap();
+    assert!(
+        settings.contains("XFTRACE_STATE_DIR=/var/lib/xftrace"),
+        "{settings}"
+    );
+    let xml = String::from_utf8_lossy(&virsh(&["dumpxml", "--inactive", &dom]).stdout).into_owned();
+    assert!(xml.contains("xftrace:enrollment"), "{xml}");
+    let second = run("ansible-playbook", &["-i", inv, site], t);
+    assert!(second.status.success());
+    assert_eq!(changed(&second), 0, "second run changed something");
+    let gone = run(
+        "ansible-playbook",
+        &[
+            "-i",
+            inv,
+            site,
+            "-e",
+            "xftrace_state=absent",
+            "-e",
+            "xftrace_remove_state=true",
+        ],
+        t,
+    );
+    assert!(gone.status.success());
+    assert!(!package_status("xftrace").contains("installed"));
+    for p in PACKAGE_PATHS {
+        assert!(!Path::new(p).exists(), "{p} left after absent");
+    }
+    let xml = String::from_utf8_lossy(&virsh(&["dumpxml", "--inactive", &dom]).stdout).into_owned();
+    assert!(!xml.contains("xftrace:enrollment"), "{xml}");
+    drop(lv);
 }

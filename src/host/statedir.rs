@@ -57,7 +57,12 @@ pub fn open_root(root: &Path) -> Result<()> {
 /// as the host's watch service runs. The hook tests it to leave starting
 /// collectors to the service.
 fn service_lock_file(root: &Path) -> Result<File> {
-    let p = root.join("watch-all.lock");
+    open_lock_file(&root.join("watch-all.lock"))
+}
+
+/// A lock file (created 0600 if missing; never through a symlink, never
+/// inherited across exec).
+fn open_lock_file(p: &Path) -> Result<File> {
     OpenOptions::new()
         .read(true)
         .write(true)
@@ -65,7 +70,7 @@ fn service_lock_file(root: &Path) -> Result<File> {
         .truncate(false)
         .mode(0o600)
         .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(&p)
+        .open(p)
         .map_err(|e| Error::io(format!("cannot open {}", p.display()), e))
 }
 
@@ -74,7 +79,14 @@ fn service_lock_file(root: &Path) -> Result<File> {
 pub fn service_lock(root: &Path) -> Result<Option<File>> {
     open_root(root)?;
     let f = service_lock_file(root)?;
-    Ok(GuestDir::flock(&f, true)?.then_some(f))
+    // A hook probing the lock holds it shared for an instant: waited out.
+    for _ in 0..50 {
+        if GuestDir::flock(&f, true)? {
+            return Ok(Some(f));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    Ok(None)
 }
 
 /// Does a `watch --all` service run for `root`? (Its lock is held.)
@@ -213,15 +225,7 @@ impl GuestDir {
     }
 
     fn lock_file(&self) -> Result<File> {
-        OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-            .open(self.lock_path())
-            .map_err(|e| Error::io(format!("cannot open {}", self.lock_path().display()), e))
+        open_lock_file(&self.lock_path())
     }
 
     /// flock(2) `f`, exclusive or shared, without waiting: Ok(false) if
