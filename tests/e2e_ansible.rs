@@ -85,6 +85,15 @@ fn role_passes_syntax_check_and_lint() {
     assert!(o.status.success(), "the fleet report's filter tests failed");
 }
 
+/// Removes a directory when dropped.
+struct RmDir(String);
+
+impl Drop for RmDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 /// Puts a file back as it was when dropped.
 struct Restore(&'static str, Option<Vec<u8>>);
 
@@ -112,12 +121,6 @@ fn playbook_installs_idempotently_and_removes_cleanly() {
     let state = t.join("state");
     let bin = t.join("bin/xftrace");
     let ram_dir = format!("/dev/shm/xftrace-test-ram-{}", std::process::id());
-    struct RmDir(String);
-    impl Drop for RmDir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
     let _ram = RmDir(ram_dir.clone());
 
     let mut lv = Libvirtd::start_with_hook(None);
@@ -612,12 +615,6 @@ fn playbook_installs_the_host_package_and_purges_it() {
     let t = tmp.path();
     let deb = build_package(t, "1");
     let ram_dir = format!("/dev/shm/xftrace-test-ram-pkg-{}", std::process::id());
-    struct RmDir(String);
-    impl Drop for RmDir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
     let _ram = RmDir(ram_dir.clone());
     let mut lv = Libvirtd::start_with_hook(None);
     let dom = format!("xft-ans-pkg-{}", std::process::id());
