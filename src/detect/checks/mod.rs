@@ -346,9 +346,47 @@ pub fn settled(cx: &Context, found: Vec<(u64, u64, Finding)>) -> Vec<Finding> {
         .collect()
 }
 
+/// The findings whose pointer (at `.0`) a second census, taken a moment
+/// after the first, still finds leading somewhere wrong: objects are freed
+/// and their memory reused while a census reads them (a timer that fired,
+/// a file closed), and a stale node read mid-change can hold any word.
+/// Re-reading the word alone is not enough, since the reused memory holds
+/// still; the second walk shows whether the object is still where the
+/// kernel will look. Its value may differ (a hook that swaps between two
+/// functions is still a hook). `again` is only called when there is
+/// something to confirm.
+pub fn confirmed(
+    cx: &Context,
+    found: Vec<(u64, u64, Finding)>,
+    again: impl FnOnce() -> Census,
+) -> Vec<Finding> {
+    if found.is_empty() {
+        return Vec::new();
+    }
+    crate::base::settle::settle(SETTLE);
+    let still: std::collections::HashSet<u64> = again()
+        .pointers
+        .iter()
+        .filter(|p| !matches!(cx.verdict(p.points, p.value), Verdict::Fine))
+        .map(|p| p.at)
+        .collect();
+    found
+        .into_iter()
+        .filter(|(at, _, _)| still.contains(at))
+        .map(|(_, _, f)| f)
+        .collect()
+}
+
 /// A census check: take `census` (timed), judge its pointers, report what
-/// it could not see, and keep the findings that hold a moment later.
-pub fn run_census(cx: &Context, what: &str, census: &Census, out: &mut Report) {
+/// it could not see, and keep the findings that a second census (`again`)
+/// confirms a moment later.
+pub fn run_census(
+    cx: &Context,
+    what: &str,
+    census: &Census,
+    again: impl FnOnce() -> Census,
+    out: &mut Report,
+) {
     log::debug!(
         "{what}: {} objects, {} pointers",
         census.objects,
@@ -365,7 +403,7 @@ pub fn run_census(cx: &Context, what: &str, census: &Census, out: &mut Report) {
     report_cut(census, what, out);
     let known = super::inventory::load(cx.dir);
     let found = judge_pointers(cx, &census.pointers, &known, out);
-    out.capped(settled(cx, found), what);
+    out.capped(confirmed(cx, found, again), what);
 }
 
 /// What a census could not see: one the guest filled to its bound is a

@@ -24,7 +24,13 @@ impl Check for ObjectOperations {
     }
 
     fn run(&self, cx: &Context, out: &mut Report) {
-        run_census(cx, "kernel objects", cx.objects(), out);
+        run_census(
+            cx,
+            "kernel objects",
+            cx.objects(),
+            || cx.object_operations(),
+            out,
+        );
     }
 
     fn inventory(&self, cx: &Context) -> BTreeSet<String> {
