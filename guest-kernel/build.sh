@@ -19,7 +19,8 @@
 #
 # The output directory holds bzImage, System.map, vmlinux (without its
 # DWARF), config, kernelversion, modules (the names of the modules it
-# ships) and debs/ (linux-image-*.deb, linux-headers-*.deb). It is
+# ships), units (how many compile units it took: the next build's
+# progress total) and debs/ (linux-image-*.deb, linux-headers-*.deb). It is
 # keyed by the profile, the source version, the patches, the configuration
 # and this script, so an unchanged input reuses the cache. The build itself
 # runs in a work directory keyed by what the compiled tree depends on; it
@@ -27,7 +28,8 @@
 # stopped instead of starting over), and for the cloud profile a success
 # too, so that a change to this script's packaging costs minutes. The last
 # line printed on stdout is the absolute path of the output directory;
-# progress goes to stderr.
+# progress goes to stderr: the steps, and while make runs, every minute,
+# units compiled of the last build's total and time left (progress.sh).
 #
 # Environment:
 #   XFTRACE_KERNEL_CACHE  cache root (default ${XDG_CACHE_HOME:-$HOME/.cache}/xftrace/guest-kernel)
@@ -50,6 +52,12 @@ done
 
 say() { echo "guest-kernel: $*" >&2; }
 die() { echo "guest-kernel: error: $*" >&2; exit 1; }
+plain= progress=
+cleanup() {
+	[ -z "$progress" ] || kill "$progress" 2>/dev/null || true
+	[ -z "$plain" ] || rm -f "$plain"
+}
+trap cleanup EXIT
 
 deps=(linux-source-6.1 build-essential flex bison libelf-dev libssl-dev bc xz-utils kmod cpio
 	dpkg-dev rsync dwarves)
@@ -66,7 +74,6 @@ if [ -n "$unpatched" ]; then
 	localversion=$localversion-unpatched
 	patches=()
 	plain=$(mktemp)
-	trap 'rm -f "$plain"' EXIT
 	grep -v 'XFTRACE' "$fragment" | sed "s/^CONFIG_LOCALVERSION=\"\(.*\)\"$/CONFIG_LOCALVERSION=\"\1-unpatched\"/" >"$plain"
 	fragment=$plain
 fi
@@ -166,11 +173,22 @@ start=$(date +%s)
 # tree that is continued (or, for cloud, kept) holds an earlier packaging's
 # debs, one revision older: only this run's may be taken below.
 rm -f "$work"/*.deb "$work"/*.buildinfo "$work"/*.changes
+# Units done of the total the last complete build of this profile
+# compiled, and time left, every minute (progress.sh, outside this key).
+units=0
+for u in "$cache_root/$flavor"-*/units; do
+	[ -f "$u" ] && units=$(head -c 16 "$u")
+done
+[[ $units =~ ^[0-9]+$ ]] || units=0
+"$here/progress.sh" "$log" "$units" "$flavor" &
+progress=$!
 if ! make -C "$tree" -j"$jobs" LOCALVERSION= bindeb-pkg >>"$log" 2>&1; then
 	grep -E 'error|Error' "$log" | tail -20 >&2
 	tail -20 "$log" >&2
 	die "kernel build failed; run again to continue from where it stopped (work: $work)"
 fi
+kill "$progress" 2>/dev/null || true
+progress=
 release=$(make -s -C "$tree" kernelrelease)
 say "built $release in $(($(date +%s) - start)) s"
 
@@ -184,6 +202,8 @@ cp "$tree/.config" "$stage/config"
 # The modules this build ships, by name.
 sed -e 's#.*/##' -e 's#\.ko$##' "$tree/modules.order" | sort >"$stage/modules"
 echo "$release" >"$stage/kernelversion"
+# The units this build compiled: the next build's total for its progress.
+grep -cE '^  (CC|AS)( \[M\])? ' "$log" >"$stage/units" || true
 for d in "$work"/linux-image-"$release"_*.deb "$work"/linux-headers-"$release"_*.deb; do
 	[ -f "$d" ] || die "no $(basename "$d") after the build"
 	cp "$d" "$stage/debs/"

@@ -177,3 +177,83 @@ fn a_traced_calls_reach_holds_its_indirect_targets() {
     );
     assert!(s <= total && d < s);
 }
+
+/// The kernel build reports its progress (issue 28): it keeps how many
+/// units it compiled, the next build's total, and `progress.sh` turns a
+/// growing log into units done of that total and time left.
+#[test]
+fn the_kernel_build_reports_units_done_and_time_left() {
+    use std::io::Write;
+    let _t = common::timed();
+    let units: u64 = std::fs::read_to_string(common::kernel_dir().join("units"))
+        .expect("the build keeps its unit count (guest-kernel/build.sh)")
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(units > 1_000, "{units} units");
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("build.log");
+    let lines = |n: usize, f: &mut std::fs::File| {
+        for i in 0..n {
+            writeln!(
+                f,
+                "  CC      kernel/u{i}.o\n  LD      x.o\n  CC [M]  fs/m{i}.o"
+            )
+            .unwrap();
+        }
+    };
+    let mut f = std::fs::File::create(&log).unwrap();
+    lines(50, &mut f); // 100 units from an earlier run of the build
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("guest-kernel/progress.sh");
+    // progress.sh LOG TOTAL PROFILE 1: a line a second; its lines, as they
+    // come.
+    let run = |total: &str, profile: &str| {
+        let mut c = std::process::Command::new(&script)
+            .args([log.to_str().unwrap(), total, profile, "1"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let lines = std::io::BufRead::lines(std::io::BufReader::new(c.stderr.take().unwrap()));
+        (c, lines.map(Result::unwrap))
+    };
+    let (mut known, mut known_says) = run("400", "small");
+    let (mut unknown, mut unknown_says) = run("0", "cloud");
+    // The first line of each: both counted the earlier run's units.
+    let first = known_says.next().unwrap();
+    assert!(
+        first.starts_with("guest-kernel: 100/400 units compiled (25 %), "),
+        "{first}"
+    );
+    assert!(
+        !first.contains("left"),
+        "nothing compiled in this run yet: {first}"
+    );
+    unknown_says.next().unwrap();
+    lines(50, &mut f); // 100 units in this run
+                       // 200 of 400 done, 100 of them in this run's time: about as long again.
+    let next = known_says.next().unwrap();
+    assert!(
+        next.starts_with("guest-kernel: 200/400 units compiled (50 %), ")
+            && next.ends_with(" s left"),
+        "{next}"
+    );
+    let next = unknown_says.next().unwrap();
+    assert!(
+        next.starts_with("guest-kernel: 200 units compiled, ")
+            && next.ends_with("(no earlier build of this profile to estimate the total)"),
+        "{next}"
+    );
+    // Past the total: what is left is linking and packaging.
+    let (mut past, mut past_says) = run("150", "small");
+    let next = past_says.next().unwrap();
+    assert!(
+        next.starts_with("guest-kernel: 200 units compiled, ")
+            && next.ends_with(" in: linking and packaging"),
+        "{next}"
+    );
+    for c in [&mut known, &mut unknown, &mut past] {
+        c.kill().unwrap();
+        c.wait().unwrap();
+    }
+}
