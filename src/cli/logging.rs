@@ -9,7 +9,15 @@ use std::os::fd::AsFd;
 /// Set up `log` for this process.
 pub fn init(level: log::LevelFilter) {
     let mut b = env_logger::Builder::new();
-    b.filter_level(level).parse_default_env();
+    b.filter_level(level);
+    // What the watch service does is told at the default verbosity.
+    if level == log::LevelFilter::Warn {
+        b.filter_module(
+            crate::lifecycle::service::LOG_TARGET,
+            log::LevelFilter::Info,
+        );
+    }
+    b.parse_default_env();
     if to_journal() {
         b.format(|buf, r| writeln!(buf, "<{}>{}: {}", priority(r.level()), r.target(), r.args()));
     } else {

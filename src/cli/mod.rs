@@ -955,16 +955,21 @@ fn watch_all(
     metrics();
     service::run(root, &opts, &make_target, &mut |e| match e {
         Event::Following { domain } => {
-            log::info!("following domain {}", escape(domain));
+            log::info!(target: service::LOG_TARGET, "following domain {}", escape(domain));
             event("following", domain, serde_json::Value::Null);
         }
         Event::Left { domain } => {
-            log::info!("domain {} no longer runs here", escape(domain));
+            log::info!(
+                target: service::LOG_TARGET,
+                "domain {} no longer runs here",
+                escape(domain)
+            );
             event("left", domain, serde_json::Value::Null);
             metrics();
         }
         Event::Tracing { domain, pid } => {
             log::info!(
+                target: service::LOG_TARGET,
                 "domain {}: tracing started (xftrace on, pid {pid})",
                 escape(domain)
             );
@@ -994,6 +999,7 @@ fn watch_all(
         Event::Stopped { domain, result } => match result {
             Ok(p) => {
                 log::info!(
+                    target: service::LOG_TARGET,
                     "domain {}: tracing switched off, trace written to {}",
                     escape(domain),
                     p.display()

@@ -23,6 +23,13 @@ use std::time::{Duration, Instant};
 
 use log::info;
 
+/// The log target of what the service does (following libvirt, a domain
+/// followed or left, tracing started or switched off): shown at `info`
+/// even at the default verbosity, so that the journal of
+/// `xftrace-watch.service` tells its story; a check's own `info` lines,
+/// every round, stay behind `-v`.
+pub const LOG_TARGET: &str = "xftrace::service";
+
 use crate::base::error::{Error, Result};
 use crate::detect::{CheckOptions, Finding, Rounds};
 use crate::host::signals;
@@ -135,7 +142,7 @@ impl Service<'_> {
             if events.is_none() && now >= subscribe_at {
                 match Events::subscribe(&self.opts.uri) {
                     Ok(e) => {
-                        info!("following libvirt's domain events at {}", self.opts.uri);
+                        info!(target: LOG_TARGET, "following libvirt's domain events at {}", self.opts.uri);
                         events = Some(e);
                         reconcile_at = now;
                     }
@@ -348,7 +355,7 @@ impl Service<'_> {
     /// to its domain's state directory), all domains at once.
     fn shut_down(&mut self) {
         for (name, c) in &mut self.starting {
-            info!("stopping the xftrace on still starting the tracing of {name}");
+            info!(target: LOG_TARGET, "stopping the xftrace on still starting the tracing of {name}");
             let _ = nix::sys::signal::kill(
                 nix::unistd::Pid::from_raw(c.id() as i32),
                 nix::sys::signal::Signal::SIGTERM,
