@@ -391,7 +391,7 @@ fn host_package_installs_upgrades_and_purges_cleanly() {
     let _purge = Purge;
     let tmp = tempfile::tempdir().unwrap();
     let t = tmp.path();
-    let build = |revision: &str| build_package(t, revision);
+    let build = |revision: &str| common::host_package(t, revision);
     let first = build("1");
     let o = Command::new("lintian")
         .args(["--fail-on", "error,warning"])
@@ -577,27 +577,6 @@ impl Drop for Purge {
     }
 }
 
-/// packaging/build-deb.sh of the tested binary, into `dir/revision`.
-fn build_package(dir: &Path, revision: &str) -> PathBuf {
-    let o = Command::new(common::repo().join("packaging/build-deb.sh"))
-        .args([
-            "--fast",
-            "--binary",
-            env!("CARGO_BIN_EXE_xftrace"),
-            "--revision",
-            revision,
-        ])
-        .arg(dir.join(revision))
-        .output()
-        .unwrap();
-    assert!(
-        o.status.success(),
-        "build-deb.sh: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    PathBuf::from(String::from_utf8_lossy(&o.stdout).trim())
-}
-
 /// The role with `xftrace_package_src`: it installs the package with apt
 /// (the package's binary, hook and units; the role's settings, qemu.conf,
 /// enrollment), a second run changes nothing, and `absent` with
@@ -613,7 +592,7 @@ fn playbook_installs_the_host_package_and_purges_it() {
         .tempdir()
         .unwrap();
     let t = tmp.path();
-    let deb = build_package(t, "1");
+    let deb = common::host_package(t, "1");
     let ram_dir = format!("/dev/shm/xftrace-test-ram-pkg-{}", std::process::id());
     let _ram = RmDir(ram_dir.clone());
     let mut lv = Libvirtd::start_with_hook(None);

@@ -13,7 +13,7 @@
 
 mod common;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
@@ -734,6 +734,10 @@ fn debian_vm_gets_the_kernel_by_ansible_and_is_traced_and_checked() {
         ],
     );
 
+    phase("the rest");
+    host_package_under_systemd(&vm, dir.path());
+    phase("the host package under systemd");
+
     // Never paused: libvirt saw it start, reboot (the role), and nothing else.
     let ev = events.events();
     assert!(
@@ -750,10 +754,163 @@ fn debian_vm_gets_the_kernel_by_ansible_and_is_traced_and_checked() {
         "running"
     );
     eprintln!("debian: lifecycle events: {ev:?}");
-    phase("the rest");
+    phase("lifecycle events");
     for (name, secs) in &phases.borrow().1 {
         eprintln!("debian: phase {secs:7.1} s  {name}");
+        common::phase_timing(name, *secs);
     }
+}
+
+/// The host package on a Debian 12 host that runs systemd (issue 28): this
+/// guest, with libvirt's daemon in its image. Installed with apt while
+/// libvirtd runs, the package restarts libvirtd (its hook directory is new),
+/// enables and starts xftrace-watch.service, which runs under its hardening
+/// as systemd applies it (two capabilities, the exposure
+/// `systemd-analyze security` rates), logs to the journal with priorities,
+/// follows libvirt's events, reconnects when libvirtd restarts, and writes
+/// the metrics file it is configured with; an upgrade restarts it; a stop
+/// ends it cleanly (exit 0); a purge leaves no unit, hook, binary or state.
+/// No guest runs in this guest (no nested virtualization under TCG): the
+/// service following real domains is `e2e_libvirt`'s and `e2e_ansible`'s.
+fn host_package_under_systemd(vm: &common::debian::Debian, tmp: &Path) {
+    let debs = [
+        common::host_package(tmp, "1"),
+        common::host_package(tmp, "2"),
+    ];
+    vm.copy_in(&debs, "/root/xftrace-pkg");
+    let file = |d: &PathBuf| d.file_name().unwrap().to_string_lossy().into_owned();
+    let apt = |what: &str| {
+        let o = vm.ssh(&format!(
+            "DEBIAN_FRONTEND=noninteractive apt-get {what} -y -q 2>&1"
+        ));
+        assert!(o.status.success(), "apt-get {what}: {}", out(&o));
+    };
+    let main_pid = |unit: &str| {
+        vm.sh(&format!("systemctl show -p MainPID --value {unit}"))
+            .trim()
+            .to_string()
+    };
+    // Until `cond` (a shell test) holds in the guest, or 60 s.
+    let wait_for = |cond: &str, what: &str| {
+        let end = Instant::now() + Duration::from_secs(60);
+        while !vm.ssh(cond).status.success() {
+            assert!(
+                Instant::now() < end,
+                "{what}: not so after 60 s; the service's journal, its status and threads:\n{}",
+                vm.sh("journalctl -u xftrace-watch -u libvirtd --no-pager -o short-precise | tail -n 40; systemctl status --no-pager xftrace-watch | head -n 12; P=$(systemctl show -p MainPID --value xftrace-watch); for t in /proc/$P/task/*; do echo \"$(cat $t/comm) $(cat $t/wchan)\"; cat $t/stack 2>/dev/null; done")
+            );
+            std::thread::sleep(Duration::from_secs(1));
+        }
+    };
+    // The journal of the service's current process, at `priority` or more
+    // urgent, as `journalctl -o cat` prints it.
+    let journal = |priority: &str| {
+        let pid = main_pid("xftrace-watch");
+        vm.sh(&format!(
+            "journalctl --no-pager -o cat -p {priority} _PID={pid}"
+        ))
+    };
+
+    vm.sh("systemctl start libvirtd.service");
+    let libvirtd = main_pid("libvirtd");
+    assert!(
+        !vm.ssh("test -e /etc/libvirt/hooks/qemu.d").status.success(),
+        "the image already has libvirt's hook directory"
+    );
+    apt(&format!("install /root/xftrace-pkg/{}", file(&debs[0])));
+    // The hook directory was new: libvirtd was restarted to find it.
+    assert_ne!(main_pid("libvirtd"), libvirtd, "libvirtd was not restarted");
+    assert_eq!(
+        vm.sh("systemctl is-enabled xftrace-watch.service").trim(),
+        "enabled"
+    );
+    wait_for(
+        "systemctl is-active -q xftrace-watch && journalctl -o cat _PID=$(systemctl show -p MainPID --value xftrace-watch) | grep -q \"following libvirt's domain events at qemu:///system\"",
+        "the service follows libvirt",
+    );
+    // Under its hardening: root with two capabilities (CAP_DAC_OVERRIDE,
+    // CAP_DAC_READ_SEARCH: bits 1 and 2), rated as the host test rates it.
+    let pid = main_pid("xftrace-watch");
+    let caps = vm.sh(&format!("grep -E '^Cap(Eff|Bnd):' /proc/{pid}/status"));
+    assert!(
+        caps.lines().all(|l| l.ends_with("0000000000000006")),
+        "{caps}"
+    );
+    let rated = vm.sh("systemd-analyze security --no-pager xftrace-watch.service | tail -n 1");
+    let exposure: f64 = rated
+        .split(':')
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("{rated}"));
+    assert!(exposure <= 2.5, "{rated}");
+    // libvirtd restarts: a warning in the journal, and the service follows
+    // it again.
+    vm.sh("systemctl restart libvirtd.service");
+    wait_for(
+        &format!("journalctl -o cat -p warning _PID={pid} | grep -q 'closed (libvirtd stopped or restarted?); reconnecting'"),
+        "the service saw libvirtd go",
+    );
+    wait_for(
+        &format!("test $(journalctl -o cat _PID={pid} | grep -c \"following libvirt's domain events\") -ge 2"),
+        "the service follows the restarted libvirtd",
+    );
+    assert_eq!(
+        main_pid("xftrace-watch"),
+        pid,
+        "the service itself restarted"
+    );
+    // The metrics file, once configured (`systemctl restart` applies
+    // /etc/default/xftrace), and an upgrade, which restarts the service.
+    vm.sh("mkdir -p /var/lib/prometheus/node-exporter && sed -i 's|^#XFTRACE_TEXTFILE=|XFTRACE_TEXTFILE=|' /etc/default/xftrace && systemctl restart xftrace-watch");
+    // (No domain runs in this guest: the file holds the metrics' help and
+    // types, no series.)
+    wait_for(
+        "grep -q '^# TYPE xftrace_collector_up gauge' /var/lib/prometheus/node-exporter/xftrace.prom",
+        "the metrics file",
+    );
+    let before = main_pid("xftrace-watch");
+    apt(&format!("install /root/xftrace-pkg/{}", file(&debs[1])));
+    assert_ne!(
+        main_pid("xftrace-watch"),
+        before,
+        "the upgrade did not restart the service"
+    );
+    assert!(
+        vm.sh("grep ^XFTRACE_TEXTFILE= /etc/default/xftrace")
+            .contains("xftrace.prom"),
+        "the upgrade did not keep the settings"
+    );
+    wait_for(
+        "journalctl -o cat -p info _PID=$(systemctl show -p MainPID --value xftrace-watch) | grep -q \"following libvirt's domain events\"",
+        "the upgraded service follows libvirt",
+    );
+    assert!(
+        journal("err").trim().is_empty(),
+        "errors in the journal: {}",
+        journal("err")
+    );
+    // Stopped, it ends cleanly.
+    vm.sh("systemctl stop xftrace-watch");
+    let ended = vm.sh("systemctl show -p Result -p ExecMainStatus xftrace-watch");
+    assert!(
+        ended.contains("Result=success") && ended.contains("ExecMainStatus=0"),
+        "{ended}"
+    );
+    // Purged: nothing of it is left, and libvirt goes on.
+    apt("purge xftrace");
+    let left = vm.sh(
+        "for p in /usr/bin/xftrace /etc/libvirt/hooks/qemu.d/xftrace /lib/systemd/system/xftrace-watch.service /etc/systemd/system/multi-user.target.wants/xftrace-watch.service /etc/default/xftrace /var/lib/xftrace; do [ ! -e $p ] || echo $p; done",
+    );
+    assert!(left.trim().is_empty(), "left after purge: {left}");
+    assert!(vm.ssh("systemctl is-active -q libvirtd").status.success());
+    vm.sh(
+        "systemctl stop libvirtd.service libvirtd.socket libvirtd-ro.socket libvirtd-admin.socket",
+    );
+    eprintln!(
+        "debian: the host package under systemd: installed, the service ran with exposure {exposure} ({}), upgraded, stopped cleanly, purged",
+        caps.lines().next().unwrap_or_default()
+    );
 }
 
 /// Workloads of the Debian guest's soak, by name (HTTP comes from the host).

@@ -55,11 +55,6 @@ pub struct Timer {
 
 impl Drop for Timer {
     fn drop(&mut self) {
-        use std::io::Write;
-        let Some(path) = std::env::var_os("XFTRACE_TEST_TIMINGS") else {
-            return;
-        };
-        let binary = binary_name().unwrap_or_default();
         let test = std::thread::current()
             .name()
             .unwrap_or("(unnamed)")
@@ -69,18 +64,34 @@ impl Drop for Timer {
         } else {
             "ok"
         };
-        let line = format!(
-            "{binary}\t{test}\t{:.1}\t{result}\n",
-            self.start.elapsed().as_secs_f64()
-        );
-        // O_APPEND: one write per line, whole, whatever else appends.
-        if let Ok(mut f) = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-        {
-            let _ = f.write_all(line.as_bytes());
-        }
+        timing_row(&test, self.start.elapsed().as_secs_f64(), result);
+    }
+}
+
+/// A phase of a long test, as a row of `tests/run.sh`'s table
+/// (`phase: NAME`, result `phase`: not counted in its sum, being part of
+/// the test's own row); passing tests' output is not shown, so this is
+/// where their phases' times can be read.
+pub fn phase_timing(name: &str, secs: f64) {
+    timing_row(&format!("  phase: {name}"), secs, "phase");
+}
+
+/// One line `binary<TAB>what<TAB>seconds<TAB>result` appended to the file
+/// `XFTRACE_TEST_TIMINGS` names, if it names one.
+fn timing_row(what: &str, secs: f64, result: &str) {
+    use std::io::Write;
+    let Some(path) = std::env::var_os("XFTRACE_TEST_TIMINGS") else {
+        return;
+    };
+    let binary = binary_name().unwrap_or_default();
+    let line = format!("{binary}\t{what}\t{secs:.1}\t{result}\n");
+    // O_APPEND: one write per line, whole, whatever else appends.
+    if let Ok(mut f) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+    {
+        let _ = f.write_all(line.as_bytes());
     }
 }
 
@@ -147,4 +158,26 @@ pub fn median(mut v: Vec<f64>) -> f64 {
     } else {
         (v[n / 2 - 1] + v[n / 2]) / 2.0
     }
+}
+
+/// The host package (packaging/build-deb.sh) of the tested binary, into
+/// `dir/revision`.
+pub fn host_package(dir: &std::path::Path, revision: &str) -> PathBuf {
+    let o = std::process::Command::new(repo().join("packaging/build-deb.sh"))
+        .args([
+            "--fast",
+            "--binary",
+            env!("CARGO_BIN_EXE_xftrace"),
+            "--revision",
+            revision,
+        ])
+        .arg(dir.join(revision))
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "build-deb.sh: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    PathBuf::from(String::from_utf8_lossy(&o.stdout).trim())
 }

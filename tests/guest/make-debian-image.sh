@@ -3,7 +3,9 @@
 # disk that boots on its own, GRUB in its MBR, Debian's stock cloud kernel,
 # systemd, openssh-server, nginx, python3 (for Ansible), dkms and the stock
 # kernel's headers (so that `apt install xftrace-dkms` builds the tracer module
-# in the guest with no network), a serial console and DHCP networking. Root
+# in the guest with no network), libvirt's daemon (not started at boot: the
+# host package is tested in this guest, a Debian host that runs systemd),
+# a serial console and DHCP networking. Root
 # logs in over SSH with a key kept beside the image.
 #
 #   tests/guest/make-debian-image.sh        build (or reuse) and print the output dir
@@ -70,7 +72,10 @@ chmod 0600 "$tmp/id_ed25519"
 
 packages=systemd,systemd-sysv,udev,dbus,libpam-systemd,openssh-server,nginx-light,python3,python3-apt,
 packages+=linux-image-cloud-amd64,initramfs-tools,grub-pc,kmod,iproute2,procps,netbase,curl,less,sudo,
-packages+=dkms,linux-headers-cloud-amd64
+packages+=dkms,linux-headers-cloud-amd64,
+# libvirt's daemon, disabled at boot: the host package's test starts it (the
+# guest as a libvirt host that runs systemd).
+packages+=libvirt-daemon-system
 # Every cloud kernel the archive offers (bookworm's point release and the
 # security suite's, as the host's apt index lists them), with its headers:
 # the newest boots by default, and the tests boot another as a kernel update
@@ -90,6 +95,7 @@ mmdebstrap --variant=apt --mode=root --include="$packages" \
 	--customize-hook="echo 'UUID=$uuid / ext4 errors=remount-ro 0 1' >\"\$1/etc/fstab\"" \
 	--customize-hook='mkdir -p "$1/etc/systemd/network" && printf "[Match]\nName=en* eth*\n\n[Network]\nDHCP=yes\n" >"$1/etc/systemd/network/10-dhcp.network"' \
 	--customize-hook='chroot "$1" systemctl enable systemd-networkd.service' \
+	--customize-hook='chroot "$1" systemctl disable libvirtd.service libvirt-guests.service' \
 	--customize-hook='mkdir -m 0700 -p "$1/root/.ssh"' \
 	--customize-hook="cp '$tmp/id_ed25519.pub' \"\$1/root/.ssh/authorized_keys\"" \
 	--customize-hook='chmod 0600 "$1/root/.ssh/authorized_keys"' \
