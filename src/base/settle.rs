@@ -17,6 +17,18 @@ pub fn settle(d: Duration) {
     std::thread::sleep(d);
 }
 
+/// How much longer to watch a guest that may only be starved of host CPU
+/// (an overloaded host, a TCG guest beside others) before concluding that
+/// it stands still: `d`, or nothing where settling is switched off (a
+/// guest that never changes, whose stillness is already known).
+pub fn patience(d: Duration) -> Duration {
+    #[cfg(any(test, feature = "fuzzing"))]
+    if SKIP.with(std::cell::Cell::get) {
+        return Duration::ZERO;
+    }
+    d
+}
+
 #[cfg(any(test, feature = "fuzzing"))]
 thread_local! {
     /// Per thread, so that a harness never shortens another test's wait.
@@ -47,6 +59,11 @@ mod tests {
         let t = Instant::now();
         without_settling(|| settle(Duration::from_secs(5)));
         assert!(t.elapsed() < Duration::from_secs(1));
+        assert_eq!(
+            without_settling(|| patience(Duration::from_secs(5))),
+            Duration::ZERO
+        );
+        assert_eq!(patience(Duration::from_secs(5)), Duration::from_secs(5));
         // Nested, and restored after.
         without_settling(|| without_settling(|| {}));
         let t = Instant::now();
