@@ -89,7 +89,14 @@ own=$(mktemp -d /var/lib/xftrace-own-libvirt.XXXXXX)
 for name in "${own_libvirt[@]}"; do
 	mkdir "$own/$name"
 	cp -a /etc/libvirt "$own/$name/etc"
+	# Without xftrace's hook: those tests install their own, and refuse to
+	# start over one they did not put there (an installed xftrace, or the
+	# hook of a test run that was killed before it could put things back).
+	rm -f "$own/$name/etc/hooks/qemu.d/xftrace"
 done
+if [[ -e /etc/libvirt/hooks/qemu.d/xftrace ]]; then
+	say "note: /etc/libvirt/hooks/qemu.d/xftrace exists on this machine (an installed xftrace, or left by an interrupted test run); e2e_debian puts its own in place and restores this one when it ends"
+fi
 mapfile -t built < <(cargo test --locked "${features[@]}" --bins --tests --no-run \
 	--message-format=json 2>/dev/null | python3 -c '
 import json, sys
