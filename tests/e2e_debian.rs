@@ -88,10 +88,13 @@ fn debian_vm_gets_the_kernel_by_ansible_and_is_traced_and_checked() {
     let mut lv = Libvirtd::start(st);
     // Where the test's time goes, phase by phase.
     let phases = std::cell::RefCell::new((Instant::now(), Vec::<(&str, f64)>::new()));
+    // Each phase's row is written as it ends: a run that fails later
+    // still shows where its time went.
     let phase = |name: &'static str| {
         let mut p = phases.borrow_mut();
         let secs = p.0.elapsed().as_secs_f64();
         p.1.push((name, secs));
+        common::phase_timing(name, secs);
         p.0 = Instant::now();
     };
     let name = format!("xft-deb-{}", std::process::id());
@@ -653,11 +656,10 @@ fn debian_vm_gets_the_kernel_by_ansible_and_is_traced_and_checked() {
             .output()
             .unwrap()
     };
-    // Hooks on ordinary functions, at targets drawn per run.
-    body_hooks(&mut |c| vm.sh(c), &check, "/root/rk");
-    registry_hooks(&mut |c| vm.sh(c), &check, "/root/rk");
-    control_data_hooks(&mut |c| vm.sh(c), &check, "/root/rk");
-    phase("hooks at drawn targets");
+    // Hooks at targets drawn per run (function bodies, registries, control
+    // data) are not drawn again here: those checks do not use the tracer,
+    // and they ran on this guest's userland with Debian's kernel above, and
+    // on this same kernel in e2e_rootkits.
     // What rootkits hide: a process, and who a process is.
     let traced = || {
         x(&["check", "--json", "--trace-seconds", "3"])
@@ -665,12 +667,13 @@ fn debian_vm_gets_the_kernel_by_ansible_and_is_traced_and_checked() {
             .unwrap()
     };
     hidden_task(&mut |c| vm.sh(c), &check, &traced, "/root/rk");
-    // The window's second half (6 s) holds the module's load over ssh,
-    // which takes seconds under TCG while nginx serves.
+    // The window's second half (12 s) holds the module's load over ssh,
+    // which takes seconds under TCG while nginx serves: 6.2 s in a CI run
+    // beside the other lane, over the 6 s a 12 s window left it.
     root_by_credentials(
         &mut |c| vm.sh(c),
         &check,
-        x(&["check", "--json", "--trace-seconds", "12"]),
+        x(&["check", "--json", "--trace-seconds", "24"]),
         "/root/rk",
     );
     phase("hidden tasks and credentials");
@@ -757,7 +760,6 @@ fn debian_vm_gets_the_kernel_by_ansible_and_is_traced_and_checked() {
     phase("lifecycle events");
     for (name, secs) in &phases.borrow().1 {
         eprintln!("debian: phase {secs:7.1} s  {name}");
-        common::phase_timing(name, *secs);
     }
 }
 
